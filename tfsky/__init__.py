@@ -1,0 +1,14 @@
+"""tfsky: a TensorFlow/Keras toolkit for sky imagery.
+
+Importing tfsky switches TensorFlow to Keras 2 (`tf-keras`) and tells
+segmentation-models to use it. This must happen before anything imports
+TensorFlow, which is why it is the only work done at import time.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"

@@ -1,0 +1,218 @@
+"""One config system for every command: YAML files checked against dataclasses.
+
+Each command declares its configuration as a (nested) dataclass next to the
+code that uses it. `load_config` reads a YAML file, applies ``--set key=value``
+overrides, and builds the dataclass, rejecting unknown keys and wrong types
+with a `ConfigError` that names the dotted key. Defaults live in the
+dataclass, once. Dataclasses may define ``validate(self)`` that raises
+`ConfigError` with a key relative to themselves; the loader prefixes it.
+
+Example:
+
+    @dataclasses.dataclass
+    class Train:
+        epochs: int = 10
+
+    @dataclasses.dataclass
+    class Run:
+        name: str = "demo"
+        train: Train = dataclasses.field(default_factory=Train)
+
+    cfg = load_config(Run, "configs/run.yaml", ["train.epochs=3"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tfsky.errors import ConfigError
+from tfsky.io.atomic import write_text
+
+T = TypeVar("T")
+
+
+def load_config(
+    schema: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] | None = (),
+    section: str | None = None,
+) -> T:
+    """Build ``schema`` from an optional YAML file plus ``key=value`` overrides.
+
+    With ``section`` (e.g. ``"data"``) only that top-level section of the file
+    is read, so a command can use its part of a shared config file; overrides
+    are still written with full keys (``data.patch_size=256``).
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml(path)
+    for item in overrides or ():
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    if section is None:
+        return from_dict(schema, raw)
+    return from_dict(schema, raw.get(section) or {}, section)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``safe_load``; every failure is a one-line `ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), "config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(str(path), f"not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "the file must hold a mapping of keys to values")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``a.b=value``; the value is parsed as YAML so ``3``, ``true`` and ``[1, 2]`` keep their types."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(item, "an override must look like key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw['a']['b'] = value`` for key ``a.b``, creating mappings on the way."""
+    parts = key.split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(parts[: depth + 1]), "is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(schema: type[T], raw: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``schema`` from ``raw``, checking keys and types recursively."""
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix or "<root>", f"expected a section (mapping), got {type(raw).__name__}")
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(_join(prefix, str(unknown[0])), f"unknown key (known keys here: {known})")
+    values = {name: _coerce(hints[name], raw[name], _join(prefix, name)) for name in raw}
+    try:
+        obj = schema(**values)
+    except TypeError as err:  # a required field without default is missing
+        raise ConfigError(prefix or "<root>", str(err)) from None
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ConfigError as err:
+            raise ConfigError(_join(prefix, err.key), err.problem) from None
+    return obj
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The plain-data form of a config (enums as values, tuples as lists), ready for YAML or JSON."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def dump_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically, so a run can be reproduced from it."""
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against type ``hint`` and convert where lossless (int -> float, str -> Path/Enum)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as err:
+                problems.append(err.problem)
+        raise ConfigError(key, " or ".join(problems))
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(key, f"must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(key, f"expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        items = [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        vtype = args[1] if args else Any
+        return {str(k): _coerce(vtype, v, f"{key}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value if value is not None else {}, key)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise ConfigError(key, f"must be one of {', '.join(str(m.value) for m in hint)}; got {value!r}") from None
+    if hint is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(key, f"expected a path, got {value!r}")
+        return Path(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config type {hint!r} at {key} is not supported")  # a schema bug, not a user error

@@ -1,0 +1,1 @@
+"""From labelled images to a prepared cache to a `tf.data` pipeline of patches."""

@@ -1,0 +1,42 @@
+"""Typed errors for problems a user can fix.
+
+The library raises these; only the CLI turns them into one line on stderr and
+a non-zero exit code. Anything else that escapes is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TfskyError(Exception):
+    """A user-facing error whose message is one self-explanatory line."""
+
+
+class InputError(TfskyError):
+    """A file that cannot be used: missing, truncated, not an image, wrong size...
+
+    Args:
+        path: the offending file.
+        problem: what is wrong with it, phrased for the user.
+    """
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(TfskyError):
+    """A configuration value that is unknown, mistyped or out of range.
+
+    Args:
+        key: dotted config key, e.g. ``data.patch_size``.
+        problem: what is wrong with the value.
+    """
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config key '{key}': {problem}")

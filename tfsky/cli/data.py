@@ -2,6 +2,58 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
+from tfsky.errors import TfskyError
+
 app = typer.Typer(help="Inspect images, rasterise COCO labels, prepare the training cache.", no_args_is_help=True)
+
+
+@app.command()
+def inspect(
+    files: Annotated[list[Path], typer.Argument(help="Image files (.jpg .png .exr .hdr .tif ...).")],
+) -> None:
+    """One line per file: format, size, channels, dtype, value range, NaN/Inf counts. Exit 1 if any file failed."""
+    from tfsky.io.inspect import inspect_file
+
+    failed = 0
+    for path in files:
+        try:
+            info = inspect_file(path)
+        except TfskyError as err:
+            typer.echo(str(err), err=True)
+            failed += 1
+            continue
+        typer.echo(
+            f"{info.path}  {info.format}  {info.width}x{info.height}x{info.channels}  {info.dtype}  "
+            f"min={info.min:.6g} max={info.max:.6g}  nan={info.nan_count} inf={info.inf_count}"
+        )
+    if failed:
+        typer.echo(f"{failed} of {len(files)} files could not be read", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def masks(
+    annotations: Annotated[Path, typer.Argument(help="COCO annotation JSON.", dir_okay=False)],
+    images: Annotated[Path, typer.Option("--images", help="Folder the image file_names are relative to.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the 0/255 PNG masks.")],
+    positive: Annotated[
+        Optional[list[str]], typer.Option("--positive", help="Category that is 1 (repeatable). Default: sky.")
+    ] = None,
+    negative: Annotated[
+        Optional[list[str]], typer.Option("--negative", help="Category cut out of the mask (repeatable).")
+    ] = None,
+) -> None:
+    """Rasterise COCO annotations into one binary mask PNG per image. Exit 1 if none was written."""
+    from tfsky.data.coco import write_masks
+
+    report = write_masks(annotations, images, out, positive or ["sky"], negative or [])
+    for file_name, reason in report.skipped:
+        typer.echo(f"skipped {file_name}: {reason}", err=True)
+    typer.echo(f"wrote {len(report.written)} masks to {out}, skipped {len(report.skipped)}")
+    if not report.written:
+        raise typer.Exit(1)

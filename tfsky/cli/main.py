@@ -35,8 +35,16 @@ app = typer.Typer(
 
 def _register() -> None:
     from tfsky.cli import data
+    from tfsky.cli import evaluate
 
     app.add_typer(data.app, name="data")
+    app.add_typer(evaluate.app, name="evaluate")
+    from tfsky.cli import streams
+
+    app.add_typer(streams.app, name="streams")
+    from tfsky.cli import predict
+
+    app.command("predict")(predict.predict_cli)
 
 
 _register()

@@ -1,0 +1,190 @@
+"""The segmenter builder, precision handling, encoder weights files, losses and metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsky.config import load_config
+from tfsky.errors import ConfigError, InputError
+from tfsky.models.losses import make_loss
+from tfsky.models.metrics import F1, IoU
+from tfsky.models.precision import check_tf_config, global_batch_size, precision_policy, resolve_precision
+from tfsky.models.segmenter import (
+    SegmenterModelConfig,
+    build_segmenter,
+    load_encoder_weights,
+    save_encoder_weights,
+)
+
+TINY = dict(backbone="resnet18", decoder_filters=(32, 16, 8, 8, 4))
+
+
+def tiny(**overrides) -> SegmenterModelConfig:
+    return SegmenterModelConfig(**{**TINY, **overrides})
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_head_is_float32_and_inner_layers_follow_the_policy(policy):
+    with precision_policy(policy):
+        model = build_segmenter(tiny(), 3)
+    compute = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}[policy]
+    assert model.get_layer("probabilities").compute_dtype == "float32"
+    assert model.get_layer("final_conv").compute_dtype == compute
+    assert model.get_layer("conv0").compute_dtype == compute
+    assert model.output.dtype == tf.float32
+    assert model(tf.zeros([1, 64, 64, 3])).dtype == tf.float32
+
+
+def test_mixed_float16_compile_wraps_optimizer_in_loss_scaling():
+    with precision_policy("mixed_float16"):
+        model = build_segmenter(tiny(), 3)
+        model.compile(optimizer=tf.keras.optimizers.Adam(), loss=make_loss("bce_jaccard"))
+    assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+    with precision_policy("float32"):
+        model = build_segmenter(tiny(), 3)
+        model.compile(optimizer=tf.keras.optimizers.Adam(), loss=make_loss("bce_jaccard"))
+    assert not isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+
+
+def test_auto_precision_is_float32_without_gpu():
+    assert not tf.config.list_physical_devices("GPU")
+    assert resolve_precision("auto") == "float32"
+    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert global_batch_size(8, tf.distribute.get_strategy()) == 8
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+def test_output_shape_and_head(classes):
+    model = build_segmenter(tiny(classes=classes), 3)
+    out = model(tf.random.uniform([2, 64, 64, 3])).numpy()
+    assert out.shape == (2, 64, 64, classes)
+    if classes == 1:
+        assert model.get_layer("probabilities").get_config()["activation"] == "sigmoid"
+        assert 0 <= out.min() and out.max() <= 1
+    else:
+        np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_input_channels(channels):
+    model = build_segmenter(tiny(), channels)
+    assert model.input_shape == (None, None, None, channels)
+    assert model(tf.zeros([1, 64, 64, channels])).shape == (1, 64, 64, 1)
+
+
+@pytest.mark.parametrize("architecture", ["unet", "fpn", "linknet"])
+def test_architectures(architecture):
+    model = build_segmenter(tiny(architecture=architecture), 3)
+    assert model.name == f"{architecture}_resnet18"
+    assert model(tf.zeros([1, 64, 64, 3])).shape == (1, 64, 64, 1)
+
+
+def test_layer_names_are_deterministic():
+    first = [layer.name for layer in build_segmenter(tiny(), 3).layers]
+    second = [layer.name for layer in build_segmenter(tiny(), 3).layers]
+    assert first == second
+
+
+def test_shipped_resnet34_unet_builds():
+    model = build_segmenter(SegmenterModelConfig(), 3)
+    assert model.name == "unet_resnet34"
+    assert 24e6 < model.count_params() < 25e6
+
+
+def test_encoder_weights_file_round_trip(tmp_path):
+    source = build_segmenter(tiny(), 4)
+    path = tmp_path / "encoder.h5"
+    save_encoder_weights(source, path, "resnet18")
+    fresh = build_segmenter(tiny(encoder_weights=path), 4)
+    for name in ("bn_data", "conv0", "stage4_unit2_conv2"):
+        for a, b in zip(source.get_layer(name).weights, fresh.get_layer(name).weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(  # the decoder is not part of the file
+        source.get_layer("final_conv").kernel.numpy(), fresh.get_layer("final_conv").kernel.numpy()
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["encoder.h5"]
+
+
+def test_encoder_weights_channel_mismatch_is_one_clear_line(tmp_path):
+    path = tmp_path / "rgb.h5"
+    save_encoder_weights(build_segmenter(tiny(), 3), path, "resnet18")
+    model = build_segmenter(tiny(), 4)
+    with pytest.raises(InputError, match="encoder weights are for 3 input channels, the model has 4"):
+        load_encoder_weights(model, path, "resnet18")
+
+
+def test_encoder_weights_of_another_backbone(tmp_path):
+    path = tmp_path / "r18.h5"
+    save_encoder_weights(build_segmenter(tiny(), 3), path, "resnet18")
+    model = build_segmenter(tiny(backbone="seresnet18"), 3)
+    with pytest.raises(InputError, match="not weights of a .* backbone"):
+        load_encoder_weights(model, path, "seresnet18")
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="config key 'model.backbone': unknown backbone 'resnet35'"):
+        load_config(SegmenterModelConfig, None, ["model.backbone=resnet35"], section="model")
+    with pytest.raises(ConfigError, match="config key 'model.encoder_weights': weights file not found"):
+        load_config(SegmenterModelConfig, None, [f"model.encoder_weights={tmp_path}/none.h5"], section="model")
+    with pytest.raises(ConfigError, match="config key 'model.architecture': must be one of unet, fpn, linknet"):
+        load_config(SegmenterModelConfig, None, ["model.architecture=pspnet"], section="model")
+
+
+def test_multi_worker_needs_tf_config():
+    with pytest.raises(ConfigError, match="train.strategy.*TF_CONFIG.*not set"):
+        check_tf_config(None)
+    with pytest.raises(ConfigError, match="train.strategy.*'cluster' and 'task'"):
+        check_tf_config('{"cluster": {}}')
+    check_tf_config('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}')
+
+
+def masks(*rows) -> tf.Tensor:
+    """A [1, 1, W, 1] mask from a row of 0/1 values."""
+    return tf.constant(rows, tf.float32)[None, :, :, None]
+
+
+@pytest.mark.parametrize(
+    "truth, pred, iou, f1",
+    [
+        ([[1, 1, 0, 0]], [[0.9, 0.2, 0.0, 0.0]], 0.5, 2 / 3),  # tp 1, fn 1
+        ([[1, 1, 0, 0]], [[0.0, 0.7, 0.6, 0.0]], 1 / 3, 0.5),  # tp 1, fp 1, fn 1
+        ([[1, 1, 0, 1]], [[0.9, 0.9, 0.1, 0.1]], 2 / 3, 0.8),  # tp 2, fn 1
+        ([[0, 0, 0, 0]], [[0.1, 0.5, 0.2, 0.0]], 1.0, 1.0),  # empty vs empty (0.5 is not > 0.5)
+        ([[0, 0, 0, 0]], [[0.0, 0.0, 0.9, 0.0]], 0.0, 0.0),  # sky predicted where there is none
+    ],
+)
+def test_metrics_on_hand_computed_masks(truth, pred, iou, f1):
+    for metric, expected in ((IoU(), iou), (F1(), f1)):
+        metric.update_state(masks(*truth), masks(*pred))
+        assert metric.result().numpy() == pytest.approx(expected, abs=1e-7)
+
+
+def test_metrics_accumulate_over_batches_not_average_them():
+    metric = IoU()
+    metric.update_state(masks([1, 1, 1, 1]), masks([1, 1, 1, 0]))  # batch IoU 3/4
+    metric.update_state(masks([1, 0, 0, 0]), masks([0, 0, 0, 0]))  # batch IoU 0
+    assert metric.result().numpy() == pytest.approx(3 / 5)  # not (3/4 + 0) / 2
+    metric.reset_state()
+    assert metric.result().numpy() == 1.0
+
+
+def test_softmax_metric_uses_argmax_and_averages_classes():
+    truth = tf.one_hot([[[0, 1, 2, 2]]], 3)
+    pred = tf.one_hot([[[0, 1, 2, 1]]], 3) * 0.6 + 0.1
+    metric = IoU(classes=3)
+    metric.update_state(truth, pred)
+    assert metric.result().numpy() == pytest.approx((1 + 1 / 2 + 1 / 2) / 3)
+
+
+@pytest.mark.parametrize("name", ["bce_jaccard", "dice", "focal", "bce"])
+@pytest.mark.parametrize("classes", [1, 3])
+def test_losses_are_float32_and_smaller_for_better_predictions(name, classes):
+    truth = tf.one_hot([[[0, 1, 2, 0]]], 3)[..., :classes] if classes > 1 else masks([1, 0, 1, 1])
+    good = tf.cast(truth * 0.8 + 0.1, tf.float16)
+    bad = tf.cast(1 - good, tf.float16)
+    loss = make_loss(name, classes)
+    good_loss, bad_loss = loss(truth, good), loss(truth, bad)
+    assert good_loss.dtype == tf.float32
+    assert 0 <= good_loss.numpy() < bad_loss.numpy()

@@ -1,0 +1,208 @@
+"""Tiling: exact blending, graph == numpy driver, full batches, flip TTA, fewer seams than plain averaging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsky.errors import ConfigError
+from tfsky.tiling import (
+    WINDOWS,
+    TilingConfig,
+    blend_window,
+    reflect_indices,
+    seam_score,
+    sliding_window_graph,
+    sliding_window_inference,
+    tile_starts,
+    weight_profile,
+    with_flip_tta,
+)
+
+SIZES = [(1000, 777), (33, 65), (5, 200), (1, 1)]
+
+
+def first_channel(tiles):
+    return tiles[..., :1]
+
+
+def double(tiles):
+    return 2 * tiles
+
+
+def random_image(height, width, channels=3, seed=0):
+    return np.random.default_rng(seed).random((height, width, channels), dtype=np.float32)
+
+
+def graph_driver(channels, **tiling):
+    """The graph driver compiled once for images of any height and width."""
+    spec = tf.TensorSpec([None, None, channels], tf.float32)
+    return tf.function(lambda image: sliding_window_graph(image, **tiling), input_signature=[spec])
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("tile", [16, 32, 64])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_numpy_driver_reproduces_identity_exactly(window, tile, overlap):
+    for height, width in SIZES:
+        image = random_image(height, width)
+        out = sliding_window_inference(image, first_channel, tile=tile, overlap=overlap, window=window, tile_batch=16)
+        assert out.shape == (height, width, 1) and out.dtype == np.float32
+        np.testing.assert_allclose(out, image[..., :1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("tile,overlap", [(16, 0.5), (32, 0.0), (64, 0.25)])
+def test_graph_driver_with_dynamic_size_reproduces_identity_exactly(window, tile, overlap):
+    run = graph_driver(3, predict_batch=double, tile=tile, overlap=overlap, window=window, tile_batch=64)
+    for height, width in SIZES:
+        image = random_image(height, width)
+        out = run(image).numpy()
+        assert out.shape == (height, width, 3)
+        np.testing.assert_allclose(out, 2 * image, atol=1e-6, rtol=0)
+
+
+def test_graph_driver_equals_numpy_driver_on_a_position_dependent_model():
+    kernel = tf.constant(np.random.default_rng(1).normal(size=(3, 3, 3, 2)).astype(np.float32))
+
+    def conv(tiles):  # zero padding makes tile borders differ from the interior: blending matters
+        return tf.nn.conv2d(tf.cast(tiles, tf.float32), kernel, 1, "SAME")
+
+    image = random_image(150, 97, seed=2)
+    tiling = dict(tile=32, overlap=0.25, window="gaussian", tile_batch=5)
+    expected = sliding_window_inference(image, conv, **tiling)
+    got = graph_driver(3, predict_batch=conv, **tiling)(image).numpy()
+    assert seam_score(expected, 32, 0.25) > 0  # a real, non-trivial output
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("length", [1, 5, 31, 32, 33, 100, 777, 1000])
+@pytest.mark.parametrize("tile,overlap", [(32, 0.0), (32, 0.25), (16, 0.5), (64, 0.9)])
+def test_grid_covers_every_pixel_and_ends_at_the_border(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap).numpy()
+    padded = max(length, tile)
+    assert starts[0] == 0 and starts[-1] + tile == padded
+    assert np.all(np.diff(starts) > 0) and np.all(np.diff(starts) <= tile)
+    for mode in WINDOWS:
+        assert weight_profile(starts, padded, blend_window(tile, mode)).numpy().min() >= 1e-3
+
+
+def test_tile_starts_follow_the_stride():
+    assert tile_starts(1000, 64, 0.25).numpy().tolist() == list(range(0, 937, 48)) + [936]
+    assert tile_starts(128, 64, 0.0).numpy().tolist() == [0, 64]
+
+
+def test_reflect_indices_mirror_without_repeating_the_edge():
+    assert reflect_indices(3, 10).numpy().tolist() == [0, 1, 2, 1, 0, 1, 2, 1, 0, 1]
+    assert reflect_indices(1, 4).numpy().tolist() == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("mode", WINDOWS)
+def test_windows_are_symmetric_peak_one_and_floored(mode):
+    window = blend_window(256, mode)
+    assert window.shape == (256,) and window.dtype == np.float32
+    assert window.max() == pytest.approx(1.0) and window.min() >= 1e-3
+    np.testing.assert_allclose(window, window[::-1])
+    if mode != "constant":
+        assert window[0] < 0.2 and window[0] < window[64] < window[127]
+
+
+def test_gaussian_window_has_monai_sigma():
+    window = blend_window(64, "gaussian", floor=0)
+    centre, sigma = 31.5, 8.0
+    assert window[0] == pytest.approx(np.exp(-0.5 * (centre / sigma) ** 2) / np.exp(-0.5 * (0.5 / sigma) ** 2))
+
+
+def test_unknown_window_is_a_config_error():
+    with pytest.raises(ConfigError, match="config key 'window': must be one of constant, gaussian, hann, spline"):
+        blend_window(32, "triangle")
+
+
+def test_numpy_driver_feeds_full_batches_except_the_last():
+    batch_sizes = []
+
+    def record(tiles):
+        batch_sizes.append(len(tiles))
+        return tiles[..., :1]
+
+    progress = []
+    image = random_image(100, 90)  # 4 x 4 = 16 tiles of 32 at 25 % overlap: rows of 4 carried across bands
+    sliding_window_inference(image, record, tile=32, overlap=0.25, tile_batch=6, progress=lambda *a: progress.append(a))
+    assert batch_sizes == [6, 6, 4]
+    assert progress == [(6, 16), (12, 16), (16, 16)]
+
+
+def test_numpy_driver_passes_tiles_in_the_image_dtype():
+    dtypes = set()
+
+    def record(tiles):
+        dtypes.add(tiles.dtype)
+        return tiles[..., :1].astype(np.float32) / 255
+
+    image = (random_image(40, 50) * 255).astype(np.uint8)
+    out = sliding_window_inference(image, record, tile=32)
+    assert dtypes == {np.dtype(np.uint8)}
+    np.testing.assert_allclose(out[..., 0], image[..., 0] / 255, atol=1e-6)
+
+
+def test_flip_tta_is_neutral_for_a_flip_equivariant_model():
+    image = random_image(70, 90)
+    squares = lambda tiles: tf.reduce_sum(tf.square(tiles), axis=-1, keepdims=True)  # noqa: E731
+    plain = sliding_window_inference(image, squares, tile=32, window="hann")
+    for tta in ("flip2", "flip4"):
+        np.testing.assert_allclose(sliding_window_inference(image, squares, tile=32, window="hann", tta=tta), plain,
+                                   atol=1e-6)
+
+
+def test_flip_tta_undoes_flips_before_averaging():
+    ramp = np.arange(8, dtype=np.float32)
+
+    def skewed(tiles):  # depends on position: a flip changes the answer
+        return tiles * ramp[None, :, None, None] + tiles * 10 * ramp[None, None, :, None]
+
+    tiles = np.random.default_rng(3).random((2, 8, 8, 1), dtype=np.float32)
+    flip_w = skewed(tiles[:, :, ::-1])[:, :, ::-1]
+    flip_h = skewed(tiles[:, ::-1])[:, ::-1]
+    flip_hw = skewed(tiles[:, ::-1, ::-1])[:, ::-1, ::-1]
+    np.testing.assert_allclose(with_flip_tta(skewed, "flip2")(tiles).numpy(), (skewed(tiles) + flip_w) / 2, rtol=1e-6)
+    np.testing.assert_allclose(with_flip_tta(skewed, "flip4")(tiles).numpy(),
+                               (skewed(tiles) + flip_w + flip_h + flip_hw) / 4, rtol=1e-6)
+    assert with_flip_tta(skewed, "none") is skewed
+
+
+def test_tiling_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match="'overlap': must be in \\[0, 1\\); got 1.0"):
+        TilingConfig(overlap=1.0).validate()
+    with pytest.raises(ConfigError, match="'tile_batch': must be >= 1"):
+        TilingConfig(tile_batch=0).validate()
+
+
+def test_seam_score_is_one_without_seams_and_high_with_them():
+    smooth = np.tile(np.linspace(0, 1, 128, dtype=np.float32), (128, 1))
+    assert seam_score(smooth, 32, 0.0) == pytest.approx(1.0)
+    blocky = smooth + np.repeat(np.arange(4), 32)[None, :] * 0.5  # steps at every tile border
+    assert seam_score(blocky, 32, 0.0) > 10
+
+
+@pytest.fixture(scope="module")
+def unet():
+    """A real segmentation network (random init): its tiles disagree near their borders."""
+    import segmentation_models as sm
+
+    tf.keras.utils.set_random_seed(0)
+    model = sm.Unet("resnet18", encoder_weights=None, decoder_filters=(32, 16, 8, 8, 4), input_shape=(None, None, 3))
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    return tf.function(lambda tiles: model(tiles, training=False), input_signature=[spec])
+
+
+def test_gaussian_blending_hides_seams_of_a_real_model(unet, shared_data):
+    import cv2
+
+    photo = sorted((shared_data / "sky_ade20k" / "images").glob("*.jpg"))[0]
+    image = cv2.imread(str(photo))[..., ::-1].astype(np.float32) / 255
+    scores = {
+        window: seam_score(sliding_window_inference(image, unet, tile=64, overlap=0.25, window=window), 64, 0.25)
+        for window in ("constant", "gaussian")
+    }
+    assert scores["gaussian"] < 1.2 and scores["constant"] > 1.5, scores

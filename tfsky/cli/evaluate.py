@@ -1,0 +1,61 @@
+"""``tfsky evaluate ...``: measure a trained model on labelled images and write JSON + Markdown reports."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tfsky.cli.options import QuietOption
+
+app = typer.Typer(help="Evaluate trained models against labelled data and naive baselines.", no_args_is_help=True)
+
+
+@app.command()
+def segmenter(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model file written by tfsky train (.keras).")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", "-d", help="Prepared cache (manifest.json), images/ + masks/ folder, or camera folder."
+        ),
+    ],
+    split: Annotated[str, typer.Option("--split", help="Cache split to evaluate (ignored for folders).")] = "val",
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: eval/ beside the model.")
+    ] = None,
+    labels: Annotated[
+        Optional[Path],
+        typer.Option("--labels", help="CSV with image,sky_condition columns: per-condition breakdown for folders."),
+    ] = None,
+    threshold: Annotated[float, typer.Option("--threshold", help="Sky probability threshold.")] = 0.5,
+    band: Annotated[float, typer.Option("--band", help="Boundary F1 tolerance in pixels.")] = 3.0,
+    quiet: QuietOption = False,
+) -> None:
+    """IoU, F1, pixel accuracy, MCR and boundary F1 of a segmenter and two naive baselines.
+
+    Writes eval.json and eval.md; exits 1 when an image had to be skipped.
+    """
+    from rich.console import Console
+
+    from tfsky.evaluate.report import rich_table
+    from tfsky.evaluate.segmenter import evaluate_segmenter, overall_table, verdict
+
+    console = Console(quiet=quiet)
+    out_dir = out or model.parent / "eval"
+    with console.status("loading the model...") as status:
+        done = itertools.count(1)
+        report = evaluate_segmenter(
+            model, data, split=split, threshold=threshold, band=band, labels_csv=labels, out_dir=out_dir,
+            on_image=lambda image_id: status.update(f"evaluated {next(done)} images (last: {image_id})"),
+        )
+    summary = report.to_json()
+    console.print(rich_table(overall_table(summary)))
+    console.print(verdict(summary))
+    for skipped in report.skipped:
+        typer.echo(f"skipped {skipped['id']}: {skipped['reason']}", err=True)
+    typer.echo(f"evaluated {len(report.images)} images, skipped {len(report.skipped)}; wrote {out_dir}/eval.json, eval.md")
+    if report.skipped:
+        raise typer.Exit(1)

@@ -1,0 +1,85 @@
+"""``tfsky streams ...``: validate webcam streams and build (source, target) weather pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tfsky.cli.options import ConfigOption, QuietOption, SetOption
+
+app = typer.Typer(help="Validate webcam streams and build weather pairs.", no_args_is_help=True)
+
+
+@app.command()
+def validate(
+    source: Annotated[Optional[Path], typer.Argument(
+        help="A stream.json or a folder of manifests to re-validate (default: import streams.root).")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Folder tree <root>/<camera>/<frames> (streams.root).")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Labels CSV (streams.labels_csv).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "--manifest", help="Folder for <camera>/stream.json (default: streams.manifests).")] = None,
+    segmenter: Annotated[Optional[Path], typer.Option(
+        help="Sky segmenter model: adds the sky-mask IoU camera-moved check.")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Mark night, corrupt, blank, saturated, moved and low-confidence frames; write the manifests."""
+    from tfsky.config import load_config
+    from tfsky.data.streams import REASONS, StreamsConfig, validate_streams
+
+    extra = [f"streams.{key}={value}" for key, value in (("root", root), ("labels_csv", labels)) if value]
+    cfg = load_config(StreamsConfig, config, [*(overrides or []), *extra], section="streams")
+    report = validate_streams(cfg, source, out, _load_segmenter(segmenter))
+    console = Console()
+    for line in report.skipped:
+        console.print(f"[yellow]skipped label row[/] {line}", markup=True, highlight=False)
+    if quiet:
+        return
+    table = Table("camera", "frames", "usable", *REASONS)
+    for row in report.streams:
+        table.add_row(row.camera, str(row.frames), str(row.usable), *(str(row.reasons[r]) for r in REASONS))
+    console.print(table)
+    for row in report.streams:
+        console.print(f"{row.camera}: {row.manifest}", highlight=False)
+
+
+@app.command()
+def pairs(
+    manifests: Annotated[Optional[Path], typer.Argument(
+        help="A stream.json or a folder of manifests (default: streams.manifests).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Pairs file to write (default: pairs.file).")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Pair source/target condition frames within each stream; split train/val by stream."""
+    from tfsky.config import load_config
+    from tfsky.data.pairs import PairsConfig, build_pairs, pairs_summary, write_pairs
+    from tfsky.data.streams import StreamsConfig, load_streams
+
+    streams_cfg = load_config(StreamsConfig, config, overrides, section="streams")
+    cfg = load_config(PairsConfig, config, overrides, section="pairs")
+    pair_set = build_pairs(load_streams(manifests or streams_cfg.manifests), cfg)
+    target = out or cfg.file
+    write_pairs(pair_set, cfg, target)
+    if quiet:
+        return
+    table = Table("split", "cameras", "pairs")
+    for split, counts in pairs_summary(pair_set).items():
+        table.add_row(split, str(counts["cameras"]), str(counts["pairs"]))
+    console = Console()
+    console.print(table)
+    console.print(f"{cfg.source} -> {cfg.target}: {len(pair_set.pairs)} pairs written to {target}", highlight=False)
+
+
+def _load_segmenter(path: Optional[Path]):
+    if path is None:
+        return None
+    from tfsky.predict.segment import TiledSegmenter
+
+    return TiledSegmenter.load(path)

@@ -1,0 +1,190 @@
+"""The ``data:`` section of a config: label sources, the cache, patches, augmentation.
+
+`tfsky data prepare` reads it alone (``load_config(DataConfig, path, overrides,
+section="data")``); training configs nest it as their ``data:`` section, so a
+model is always trained from the cache its config describes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal, Optional
+
+from tfsky.data.transforms import Preprocess
+from tfsky.errors import ConfigError
+
+SourceKind = Literal["mask_folder", "camera_folder", "coco"]
+Compression = Literal["ZLIB", "GZIP", "NONE"]
+
+# The fields each source kind needs besides ``images``.
+_REQUIRED_BY_KIND = {"mask_folder": ("masks",), "camera_folder": (), "coco": ("annotations",)}
+
+
+@dataclasses.dataclass
+class SourceConfig:
+    """One labelled image collection.
+
+    Args:
+        kind: str. ``mask_folder`` (images + same-named PNG masks in ``masks``),
+            ``camera_folder`` (SkyFinder layout: ``images/<camera>/<frame>.jpg``
+            and one ``<camera>-mask.png`` per camera beside the camera folders)
+            or ``coco`` (COCO JSON ``annotations``, file names relative to ``images``).
+        images: Path. Image folder (for ``camera_folder``: the folder holding the camera folders).
+        name: Optional[str]. Prefix of item ids in the cache. Defaults to the
+            folder name of ``images`` (its parent's when the folder is called ``images``).
+        masks: Optional[Path]. ``mask_folder``: folder of masks named like the
+            images with ``.png``. ``camera_folder``: folder of ``<camera>-mask.png``
+            files. Defaults to None (for ``camera_folder``: ``images``).
+        annotations: Optional[Path]. ``coco``: the COCO JSON file. Defaults to None.
+        labels_csv: Optional[Path]. ``camera_folder``: per-frame condition labels,
+            a CSV with an ``image`` column (path relative to ``images``, e.g.
+            ``623/20121024_124151.jpg``) and a ``condition`` or ``sky_condition``
+            column. Defaults to None.
+        positive: list[str]. ``coco``: categories that are sky (mask 1). Defaults to ``["sky"]``.
+        negative: list[str]. ``coco``: categories cut out of the sky (objects in
+            the sky, the seed's class 2 -> 0). Defaults to ``[]``.
+        cameras: Optional[list[str]]. ``camera_folder``: only these camera
+            folders. Defaults to None (all).
+        mask_threshold: int. Mask pixels >= this (0..255) are sky. Defaults to 128.
+    """
+
+    kind: SourceKind
+    images: Path
+    name: Optional[str] = None
+    masks: Optional[Path] = None
+    annotations: Optional[Path] = None
+    labels_csv: Optional[Path] = None
+    positive: list[str] = dataclasses.field(default_factory=lambda: ["sky"])
+    negative: list[str] = dataclasses.field(default_factory=list)
+    cameras: Optional[list[str]] = None
+    mask_threshold: int = 128
+
+    def __post_init__(self) -> None:
+        if self.name is None:
+            folder = Path(self.images)
+            self.name = folder.parent.name if folder.name == "images" and folder.parent.name else folder.name
+
+    def validate(self) -> None:
+        for key in _REQUIRED_BY_KIND[self.kind]:
+            if getattr(self, key) is None:
+                raise ConfigError(key, f"is required for a {self.kind} source")
+        if not self.name or "/" in self.name:
+            raise ConfigError("name", f"must be a non-empty name without '/'; got {self.name!r}")
+        if self.kind == "coco" and not self.positive:
+            raise ConfigError("positive", "needs at least one category (e.g. sky)")
+        if not 0 < self.mask_threshold <= 255:
+            raise ConfigError("mask_threshold", f"must be in 1..255; got {self.mask_threshold}")
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Training augmentation: geometric (image and mask alike) and HDR photometric.
+
+    The geometric defaults are the seed's Keras ``ImageDataGenerator`` settings
+    with the same meaning (shear in degrees, independent x/y zoom).
+
+    Args:
+        enabled: bool. Augment training patches at all. Defaults to True.
+        rotation: float. Rotation range in degrees (uniform in ±rotation). Defaults to 15.
+        shift: float. Shift range as a fraction of the patch side (±shift, x and y). Defaults to 0.3.
+        shear: float. Shear angle range in degrees (±shear), as Keras' ``shear_range``. Defaults to 0.1.
+        zoom: float. Zoom range: x and y scale factors uniform in [1 - zoom, 1 + zoom]. Defaults to 0.3.
+        horizontal_flip: bool. Mirror half of the patches left-right. Defaults to True.
+        fill: float. Image value where the transform leaves the patch, in model
+            space (after preprocessing); the mask gets 0 there. Defaults to 0.
+        exposure_ev: float. HDR only (``preprocess.mode: log``): radiance is
+            multiplied by ``2 ** U(-exposure_ev, exposure_ev)``. Defaults to 1.
+        gamma: float. HDR only: radiance is raised to ``exp(U(-gamma, gamma))``;
+            0 switches it off. Defaults to 0.
+    """
+
+    enabled: bool = True
+    rotation: float = 15.0
+    shift: float = 0.3
+    shear: float = 0.1
+    zoom: float = 0.3
+    horizontal_flip: bool = True
+    fill: float = 0.0
+    exposure_ev: float = 1.0
+    gamma: float = 0.0
+
+    def validate(self) -> None:
+        for key in ("rotation", "shift", "shear", "zoom", "exposure_ev", "gamma"):
+            if getattr(self, key) < 0:
+                raise ConfigError(key, f"must be >= 0; got {getattr(self, key)}")
+        if self.zoom >= 1:
+            raise ConfigError("zoom", f"must be < 1 (scale factors stay positive); got {self.zoom}")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where labelled images come from, where the cache goes, and how patches are cut.
+
+    Args:
+        sources: list[SourceConfig]. The labelled image collections.
+        cache: Path. Folder of the prepared cache (TFRecord shards + ``manifest.json``).
+            Defaults to ``cache/data``.
+        channels: int. Image channels fed to the model: 1, 3 or 4. Defaults to 3.
+        patch_size: int. Side of the square training/validation patches; a
+            multiple of 32. Defaults to 512.
+        stride: Optional[int]. Grid step of validation patches, at most
+            ``patch_size``. Defaults to None (= ``patch_size``).
+        patches_per_image: int. Random crops per training image per epoch. Defaults to 8.
+        val_fraction: float. Share of each source's groups (photos, or cameras
+            for webcam sources) held out for validation. Defaults to 0.2.
+        split_seed: int. Seed of the train/val split. Defaults to 0.
+        preprocess: Preprocess. Pixel normalisation (``ldr`` or HDR ``log``);
+            also decides the cache dtype (uint8 for ``ldr``, float32 for ``log``).
+        augment: AugmentConfig. Training augmentation.
+        max_pixels: int. Images with more pixels are skipped without decoding. Defaults to 2**28.
+        shard_size_mb: int. A new TFRecord shard starts when one reaches this size on disk. Defaults to 256.
+        compression: str. TFRecord compression: ``ZLIB``, ``GZIP`` or ``NONE``. Defaults to ``ZLIB``.
+        shuffle_buffer: int. Training patches shuffled together. Defaults to 256.
+    """
+
+    sources: list[SourceConfig] = dataclasses.field(default_factory=list)
+    cache: Path = Path("cache/data")
+    channels: int = 3
+    patch_size: int = 512
+    stride: Optional[int] = None
+    patches_per_image: int = 8
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    preprocess: Preprocess = dataclasses.field(default_factory=Preprocess)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    max_pixels: int = 2**28
+    shard_size_mb: int = 256
+    compression: Compression = "ZLIB"
+    shuffle_buffer: int = 256
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise ConfigError("sources", "at least one source is required")
+        names = [source.name for source in self.sources]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ConfigError(f"sources[{index}].name", f"duplicate source name {name!r}; give each source a name")
+        if self.patch_size <= 0 or self.patch_size % 32:
+            raise ConfigError(
+                "patch_size", f"must be divisible by 32 (the U-Net downsamples 5 times); got {self.patch_size}"
+            )
+        if self.stride is not None and not 0 < self.stride <= self.patch_size:
+            raise ConfigError("stride", f"must be in 1..patch_size ({self.patch_size}); got {self.stride}")
+        if self.channels not in (1, 3, 4):
+            raise ConfigError("channels", f"must be 1, 3 or 4; got {self.channels}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError("val_fraction", f"must be between 0 and 1 (exclusive); got {self.val_fraction}")
+        for key in ("patches_per_image", "max_pixels", "shard_size_mb", "shuffle_buffer"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1; got {getattr(self, key)}")
+
+    @property
+    def grid_stride(self) -> int:
+        """Validation grid step in pixels (``stride``, or ``patch_size`` when unset)."""
+        return self.stride or self.patch_size
+
+    @property
+    def cache_dtype(self) -> str:
+        """Pixel dtype stored in the cache: ``uint8`` for LDR, ``float32`` radiance for the HDR log mode."""
+        return "uint8" if self.preprocess.mode == "ldr" else "float32"

@@ -1,0 +1,1 @@
+"""Measure trained models: segmentation metrics, naive baselines and JSON + Markdown reports."""

@@ -1,0 +1,218 @@
+"""Export a tfsky segmenter as one version of a TF Serving model repository.
+
+``export_model`` writes ``<repo>/<name>/<version>/``, a SavedModel whose
+signatures all return float32 (a mixed-precision model is cast at the output):
+
+* ``serving_default``: ``tiles`` float32 [batch, H, W, C], already normalised
+  -> ``probabilities`` float32 [batch, H, W, K] (the model itself).
+* ``predict_image``: ``image_bytes``, one encoded PNG/JPEG of any size ->
+  ``mask_png_bytes`` (0/255 PNG), ``probability`` float32 [H, W] and
+  ``sky_fraction`` (share of pixels with probability >= 0.5). Decoding,
+  normalisation with the model's own `Preprocess`, overlapped tiling and
+  blending run in the graph through `tfsky.tiling.sliding_window_graph`, the
+  same code and defaults ``tfsky predict`` uses. 8-bit images decode to uint8,
+  16-bit PNGs to uint16, exactly as `tfsky.io.images.read_image` returns them.
+* ``predict_hdr`` (models trained on HDR, ``preprocess.mode == "log"``):
+  ``image_raw`` (float32 little-endian bytes of an [H, W, C] radiance image)
+  and ``shape`` int32 [3] -> the same outputs.
+
+The ``_bytes`` suffix on string aliases makes TF Serving's REST API encode
+them as ``{"b64": ...}``. The folder is written under a temporary name and
+renamed into place when complete (`tfsky.io.atomic.atomic_dir`), because TF
+Serving loads any numeric folder as soon as it appears.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+from pathlib import Path
+
+import tensorflow as tf
+
+from tfsky.errors import InputError
+from tfsky.export import metadata, warmup
+from tfsky.io.atomic import atomic_dir, write_json
+from tfsky.models.bundle import ModelInfo, load_model
+from tfsky.tiling import TilingConfig, sliding_window_graph
+
+MASK_THRESHOLD = 0.5
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_BIT_DEPTH_OFFSET = 24  # 8-byte signature, IHDR length + type (8), width + height (8)
+
+
+class SegmenterModule(tf.Module):
+    """The exported object: the Keras model plus one ``tf.function`` per signature.
+
+    Args:
+        model: tf.keras.Model. Tiles [B, h, w, C] (normalised) -> probabilities [B, h, w, K].
+        info: ModelInfo. Preprocessing, tile size and channels of the model.
+        tiling: TilingConfig. In-graph tiling; ``tile=None`` means ``info.tile_size``.
+    """
+
+    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig):
+        super().__init__(name="tfsky_segmenter")
+        self.model = model
+        self.preprocess = info.preprocess
+        self.tiling = dataclasses.replace(tiling, tile=tiling.tile or info.tile_size)
+        self.channels = channels = info.in_channels
+        self.predict_tiles = tf.function(
+            self._predict_tiles, input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)]
+        )
+        self.predict_image = tf.function(self._predict_image, input_signature=[tf.TensorSpec([], tf.string)])
+        self.predict_hdr = None
+        if info.preprocess.mode == "log":
+            self.predict_hdr = tf.function(
+                self._predict_hdr, input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([3], tf.int32)]
+            )
+
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """Signature name -> concrete function, for `tf.saved_model.save`."""
+        signatures = {
+            "serving_default": self.predict_tiles.get_concrete_function(),
+            "predict_image": self.predict_image.get_concrete_function(),
+        }
+        if self.predict_hdr is not None:
+            signatures["predict_hdr"] = self.predict_hdr.get_concrete_function()
+        return signatures
+
+    def _model_probabilities(self, tiles: tf.Tensor) -> tf.Tensor:
+        return tf.cast(self.model(tiles, training=False), tf.float32)
+
+    def _predict_tiles(self, tiles: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"probabilities": self._model_probabilities(tiles)}
+
+    def _predict_image(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._segment(decode_normalised(image_bytes, self.preprocess, self.channels))
+
+    def _predict_hdr(self, image_raw: tf.Tensor, shape: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._segment(self.preprocess.apply(decode_raw_image(image_raw, shape, self.channels)))
+
+    def _segment(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Normalised [H, W, C] -> the three ``predict_*`` outputs."""
+        tiling = self.tiling
+        probability = sliding_window_graph(
+            image, self._model_probabilities, tile=tiling.tile, overlap=tiling.overlap,
+            window=tiling.window, tile_batch=tiling.tile_batch, tta=tiling.tta,
+        )[..., 0]
+        sky = probability >= MASK_THRESHOLD
+        mask = tf.cast(sky, tf.uint8)[..., None] * 255
+        return {
+            "mask_png_bytes": tf.io.encode_png(mask),
+            "probability": probability,
+            "sky_fraction": tf.reduce_mean(tf.cast(sky, tf.float32)),
+        }
+
+
+def decode_normalised(image_bytes: tf.Tensor, preprocess, channels: int) -> tf.Tensor:
+    """Decode PNG/JPEG/BMP/GIF bytes to [H, W, channels] and normalise them with ``preprocess``.
+
+    16-bit PNGs are decoded to uint16 (``/ 65535``), everything else to uint8
+    (``/ 255``), matching what `tfsky.io.images.read_image` returns for the file.
+    """
+    header = tf.io.decode_raw(tf.strings.substr(image_bytes + b"\0" * 32, 0, 32), tf.uint8)
+    is_png16 = tf.logical_and(
+        tf.reduce_all(tf.equal(header[:8], tf.constant(list(_PNG_SIGNATURE), tf.uint8))),
+        tf.equal(header[_PNG_BIT_DEPTH_OFFSET], 16),
+    )
+
+    def decode_16bit():
+        return preprocess.apply(tf.io.decode_png(image_bytes, channels=channels, dtype=tf.uint16))
+
+    def decode_8bit():
+        image = tf.io.decode_image(image_bytes, channels=channels, expand_animations=False)
+        return preprocess.apply(tf.ensure_shape(image, [None, None, channels]))
+
+    return tf.cond(is_png16, decode_16bit, decode_8bit)
+
+
+def decode_raw_image(image_raw: tf.Tensor, shape: tf.Tensor, channels: int) -> tf.Tensor:
+    """float32 little-endian bytes + [H, W, C] shape -> [H, W, C] tensor, checking sizes and channels."""
+    values = tf.io.decode_raw(image_raw, tf.float32)
+    checks = [
+        tf.debugging.assert_equal(
+            tf.size(values), tf.reduce_prod(shape), message="image_raw does not hold shape[0]*shape[1]*shape[2] floats"
+        ),
+        tf.debugging.assert_equal(shape[2], channels, message=f"shape[2] must be {channels} channels"),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.reshape(values, tf.concat([shape[:2], [channels]], 0))
+
+
+def next_version(model_dir: str | Path) -> int:
+    """1 + the largest numeric version folder in ``model_dir`` (1 for a new model)."""
+    model_dir = Path(model_dir)
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def export_model(
+    model_path: str | Path,
+    repo: str | Path,
+    name: str,
+    *,
+    version: int | None = None,
+    overwrite: bool = False,
+    tiling: TilingConfig | None = None,
+) -> Path:
+    """Export a saved tfsky segmenter to ``<repo>/<name>/<version>/``; returns that folder.
+
+    Args:
+        model_path: str | Path. A ``.keras`` file with its tfsky sidecar.
+        repo: str | Path. The model repository root (what TF Serving mounts as /models).
+        name: str. Model name under which it is served.
+        version: int. Version number. Defaults to None (next free integer).
+        overwrite: bool. Replace an existing version folder. Defaults to False.
+        tiling: TilingConfig. In-graph tiling of ``predict_image``. Defaults to None
+            (`TilingConfig` defaults with the model's tile size, as ``tfsky predict``).
+
+    Raises:
+        InputError: bad name or version, existing version without ``overwrite``,
+            unreadable model, or a model that is not a 1-class segmenter.
+    """
+    if not _NAME.match(name):
+        raise InputError(name, "model name must be letters, digits, '_', '.' or '-' (it is a folder name)")
+    model, info = load_model(model_path)
+    if info.task != "segmenter" or info.classes != 1:
+        raise InputError(model_path, f"only 1-class segmenters can be exported; this is a {info.task} with {info.classes} classes")
+    tiling = tiling or TilingConfig()
+    tiling.validate()
+    model_dir = Path(repo) / name
+    version = next_version(model_dir) if version is None else version
+    if version < 1:
+        raise InputError(model_dir, f"version must be >= 1; got {version}")
+    target = model_dir / str(version)
+    if target.exists() and not overwrite:
+        raise InputError(target, "version already exists (omit --version for the next one, or pass --overwrite)")
+    module = SegmenterModule(model, info, tiling)
+    with atomic_dir(target) as tmp:
+        tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+        inputs = warmup.warmup_inputs(
+            tile=module.tiling.tile, channels=info.in_channels, tile_batch=tiling.tile_batch,
+            hdr=module.predict_hdr is not None,
+        )
+        warmup.write_warmup(tmp, warmup.prediction_logs(name, inputs))
+        write_json(tmp / metadata.METADATA_FILE, _metadata(model_path, name, version, info, module.tiling))
+        _make_readable(tmp)
+    return target
+
+
+def _make_readable(folder: Path) -> None:
+    """Temporary files and folders are created private; TF Serving runs as another user and must read them."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _metadata(model_path, name: str, version: int, info: ModelInfo, tiling: TilingConfig) -> dict:
+    return {
+        "name": name,
+        "version": version,
+        "source_model": str(Path(model_path).resolve()),
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mask_threshold": MASK_THRESHOLD,
+        "tiling": dataclasses.asdict(tiling),
+        "model": info.to_json(),
+    }

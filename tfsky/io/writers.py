@@ -1,0 +1,95 @@
+"""Write images and masks atomically (temporary sibling + rename, see `tfsky.io.atomic`).
+
+Arrays are ``H x W [x C]`` in RGB(A) order, like `tfsky.io.images.read_image`
+returns them; every writer round-trips exactly through the readers (half
+EXR within float16 precision).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Sequence
+
+import cv2
+import numpy as np
+import OpenEXR
+import tifffile
+
+from tfsky.errors import InputError
+from tfsky.io.atomic import atomic_path
+
+
+def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
+    """Write a ``H x W`` mask (bool, or 0/1; any non-zero counts as 1) as an 8-bit 0/255 PNG."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be H x W, got shape {mask.shape}")
+    write_png(path, np.where(mask != 0, 255, 0).astype(np.uint8))
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    """Write a ``uint8``/``uint16`` image with 1, 3 (RGB) or 4 (RGBA) channels as PNG."""
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"PNG needs uint8 or uint16 pixels, got {array.dtype}")
+    _imwrite(path, array, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+
+
+def write_jpeg(path: str | Path, array: np.ndarray, quality: int = 92) -> None:
+    """Write a ``uint8`` grey or RGB image as JPEG with ``quality`` (0-100)."""
+    if array.dtype != np.uint8:
+        raise ValueError(f"JPEG needs uint8 pixels, got {array.dtype}")
+    _imwrite(path, array, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+
+
+def write_tif(path: str | Path, array: np.ndarray) -> None:
+    """Write a float32 ``H x W [x C]`` image (e.g. linear HDR) as a zlib-compressed TIFF."""
+    array = np.asarray(array, dtype=np.float32)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, array, compression="zlib", photometric=_photometric(array))
+
+
+def write_exr(path: str | Path, array: np.ndarray, pixel_type: Literal["half", "float"] = "half") -> None:
+    """Write a float ``H x W x 3`` (RGB), ``x 4`` (RGBA) or ``H x W [x 1]`` (Y) image as a ZIP-compressed EXR.
+
+    Args:
+        path: str | Path. Destination ``.exr``.
+        array: np.ndarray. Linear float values.
+        pixel_type: str. ``half`` (float16, the usual for images) or ``float``
+            (float32, exact). Defaults to ``half``.
+    """
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[..., None]
+    names = _EXR_CHANNELS.get(array.shape[-1])
+    if array.ndim != 3 or names is None:
+        raise ValueError(f"EXR needs H x W x 1, 3 or 4 channels, got shape {array.shape}")
+    dtype = np.float16 if pixel_type == "half" else np.float32
+    planes = {name: np.ascontiguousarray(array[..., i], dtype=dtype) for i, name in enumerate(names)}
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    with atomic_path(path) as tmp:
+        OpenEXR.File(header, planes).write(str(tmp))
+
+
+_EXR_CHANNELS: dict[int, Sequence[str]] = {1: ("Y",), 3: ("R", "G", "B"), 4: ("R", "G", "B", "A")}
+
+
+def _to_bgr(array: np.ndarray) -> np.ndarray:
+    """OpenCV writes BGR(A); flip the colour channels of an RGB(A) array."""
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        order = [2, 1, 0, 3][: array.shape[-1]]
+        return np.ascontiguousarray(array[..., order])
+    if array.ndim == 2 or array.shape[-1] == 1:
+        return array
+    raise ValueError(f"expected 1, 3 or 4 channels, got shape {array.shape}")
+
+
+def _imwrite(path: str | Path, array: np.ndarray, params: list[int]) -> None:
+    """Encode with OpenCV (format from the suffix, which the temp name keeps) and rename into place."""
+    bgr = _to_bgr(array)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), bgr, params):
+            raise InputError(path, "could not write the image (OpenCV could not encode it)")
+
+
+def _photometric(array: np.ndarray) -> str:
+    return "rgb" if array.ndim == 3 and array.shape[-1] in (3, 4) else "minisblack"

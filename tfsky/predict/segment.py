@@ -1,0 +1,96 @@
+"""Sky probabilities for images of any size from a trained segmenter, tile by tile.
+
+`TiledSegmenter` wraps a saved model in one ``tf.function`` (input signature
+``[None, None, None, C]`` float32, so it is traced once), normalises each tile
+batch with the model's own `Preprocess`, and runs the shared tiling driver
+(`tfsky.tiling.sliding_window_inference`) over the image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from tfsky.data.transforms import is_hdr
+from tfsky.errors import InputError
+from tfsky.io.images import read_image
+from tfsky.models.bundle import ModelInfo, load_model
+from tfsky.tiling import TilingConfig, count_tiles, sliding_window_inference
+
+_READ_CHANNELS = (1, 3, 4)  # channel counts read_image converts to; others are read as stored
+
+
+class TiledSegmenter:
+    """A segmenter that predicts whole images of any size through overlapping tiles.
+
+    Args:
+        model: tf.keras.Model. Maps normalised [B, H, W, C] tiles to [B, H, W, K] probabilities.
+        info: ModelInfo. The model's sidecar (preprocessing, tile size, channels).
+        tiling: TilingConfig. Tile, overlap, window, batch and TTA; ``tile=None`` uses
+            ``info.tile_size``. Defaults to ``TilingConfig()``.
+    """
+
+    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig = TilingConfig()):
+        self.info = info
+        self.tiling = dataclasses.replace(tiling, tile=tiling.tile or info.tile_size)
+        self.tiling.validate()
+        spec = tf.TensorSpec([None, None, None, info.in_channels], tf.float32)
+        self._forward = tf.function(lambda tiles: model(tiles, training=False), input_signature=[spec])
+
+    @classmethod
+    def load(cls, path: str | Path, tiling: TilingConfig = TilingConfig()) -> "TiledSegmenter":
+        """Load a tfsky model file (``.keras`` + sidecar) for tiled prediction."""
+        model, info = load_model(path)
+        return cls(model, info, tiling)
+
+    def read(self, path: str | Path) -> np.ndarray:
+        """Read an image with the model's channel count and check that the model can take it."""
+        channels = self.info.in_channels if self.info.in_channels in _READ_CHANNELS else None
+        image = read_image(path, channels=channels)
+        self.check(image, path)
+        return image
+
+    def check(self, image: np.ndarray, source: str | Path = "image") -> None:
+        """Raise `InputError` when ``image`` has the wrong shape, channel count or dynamic range for the model."""
+        if image.ndim != 3:
+            raise InputError(source, f"expected an H x W x C image, got shape {image.shape}")
+        if image.shape[-1] != self.info.in_channels:
+            raise InputError(source, f"model expects {self.info.in_channels} channels, image has {image.shape[-1]}")
+        mode = self.info.preprocess.mode
+        if is_hdr(image) != (mode == "log"):
+            trained = "HDR" if mode == "log" else "LDR"
+            given = "HDR" if is_hdr(image) else "LDR"
+            raise InputError(
+                source, f"model was trained on {trained} images (preprocess mode {mode}) but the image is "
+                f"{given} ({image.dtype})"
+            )
+
+    def predict_tiles(self, tiles) -> tf.Tensor:
+        """Probabilities of a batch of raw tiles (any dtype): normalise, then the compiled model."""
+        return self._forward(self.info.preprocess.apply(tiles))
+
+    def probabilities(self, image: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Float32 [H, W, K] class probabilities of a whole [H, W, C] image (checked first)."""
+        self.check(image)
+        t = self.tiling
+        return sliding_window_inference(
+            image, self.predict_tiles, tile=t.tile, overlap=t.overlap, window=t.window,
+            tile_batch=t.tile_batch, tta=t.tta, progress=progress,
+        )
+
+    def tile_count(self, height: int, width: int) -> int:
+        """Tiles (model inputs before TTA) needed for a ``height x width`` image."""
+        return count_tiles(height, width, self.tiling.tile, self.tiling.overlap)
+
+
+def model_id(path: str | Path) -> str:
+    """A cheap identity of a model file: sha256 of its first MiB plus its size in bytes."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read(1 << 20)).hexdigest()
+    return f"sha256-1MiB:{digest[:16]}:{path.stat().st_size}"

@@ -1,0 +1,232 @@
+"""The development server's view of a TF Serving model repository.
+
+A repository is ``<root>/<model>/<version>/saved_model.pb`` (what ``tfsky
+export`` writes). Like TF Serving's default ``latest`` policy, the newest
+version of each model is loaded; versions named by a version label in an
+optional ``models.config`` (TF Serving's own ``ModelServerConfig`` text
+format) are loaded too. Without a label config, ``stable`` means the newest
+version. `ModelRepository.refresh` rescans the folder (the server calls it
+every few seconds), so a version folder renamed into place is picked up and
+an older one is retired.
+
+Errors a client caused are `ServingError` carrying the gRPC status code TF
+Serving would answer with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from tfsky.errors import TfskyError
+from tfsky.export.metadata import SAVED_MODEL_FILE, read_signature_defs
+
+log = logging.getLogger("tfsky")
+
+AVAILABLE, LOADING, END = "AVAILABLE", "LOADING", "END"
+DEFAULT_SIGNATURE = "serving_default"
+
+
+class ServingError(Exception):
+    """A request the server refuses, with the gRPC status code TF Serving uses for it."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionStatus:
+    """State of one model version: ``LOADING``, ``AVAILABLE`` or ``END`` (unloaded or failed, with the error)."""
+
+    version: int
+    state: str
+    error: str = ""
+
+
+class Servable:
+    """One loaded model version: its SavedModel signatures and their declared inputs.
+
+    Args:
+        name: str. Model name.
+        version: int. Version number.
+        path: Path. The version folder.
+    """
+
+    def __init__(self, name: str, version: int, path: Path):
+        self.name = name
+        self.version = version
+        self.signature_defs = read_signature_defs(path)
+        self._functions = tf.saved_model.load(str(path)).signatures
+
+    def predict(self, signature: str, inputs: dict[str, np.ndarray], output_filter=()) -> dict[str, np.ndarray]:
+        """Run ``signature`` on ``inputs`` (checked against the SignatureDef first); numpy in, numpy out."""
+        signature = signature or DEFAULT_SIGNATURE
+        if signature not in self.signature_defs:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"model '{self.name}' version {self.version} has no signature '{signature}' "
+                f"(it has {', '.join(sorted(self.signature_defs))})",
+            )
+        check_inputs(self.signature_defs[signature], inputs)
+        unknown = set(output_filter) - set(self.signature_defs[signature].outputs)
+        if unknown:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output_filter {sorted(unknown)}")
+        try:
+            outputs = self._functions[signature](**{key: tf.constant(value) for key, value in inputs.items()})
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, _first_line(err)) from None
+        return {key: value.numpy() for key, value in outputs.items() if not output_filter or key in output_filter}
+
+
+def check_inputs(signature_def, inputs: dict[str, np.ndarray]) -> None:
+    """Refuse missing or unknown inputs, wrong dtypes, wrong ranks and wrong fixed dimensions."""
+    expected = signature_def.inputs
+    missing, unknown = set(expected) - set(inputs), set(inputs) - set(expected)
+    if missing or unknown:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"inputs must be {sorted(expected)}; missing {sorted(missing)}, unknown {sorted(unknown)}",
+        )
+    for alias, value in inputs.items():
+        info = expected[alias]
+        want = tf.dtypes.as_dtype(info.dtype)
+        got = tf.string if value.dtype.kind in "OSU" else tf.dtypes.as_dtype(value.dtype)
+        if got != want:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input '{alias}' must be {want.name}, got {got.name}")
+        if info.tensor_shape.unknown_rank:
+            continue
+        dims = [dim.size for dim in info.tensor_shape.dim]
+        if value.ndim != len(dims) or any(d >= 0 and d != s for d, s in zip(dims, value.shape)):
+            shape = "[" + ", ".join("?" if d < 0 else str(d) for d in dims) + "]"
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"input '{alias}' must have shape {shape}, got {list(value.shape)}"
+            )
+
+
+class ModelRepository:
+    """The models of a repository folder, loaded and kept up to date by `refresh`.
+
+    Args:
+        root: Path. Repository root (``<root>/<model>/<version>/``).
+        model_config: Path. Optional ``ModelServerConfig`` text file with ``version_labels``.
+            Defaults to None (``<root>/models.config`` when it exists).
+    """
+
+    def __init__(self, root: str | Path, model_config: str | Path | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise TfskyError(f"{self.root}: model repository folder not found")
+        default_config = self.root / "models.config"
+        self.model_config = Path(model_config) if model_config else default_config if default_config.is_file() else None
+        self._lock = threading.Lock()  # guards the three dicts below
+        self._refresh_lock = threading.Lock()  # one rescan at a time
+        self._servables: dict[str, dict[int, Servable]] = {}
+        self._status: dict[str, dict[int, VersionStatus]] = {}
+        self._labels: dict[str, dict[str, int]] = {}
+
+    def refresh(self) -> None:
+        """Rescan the folder: load wanted versions that are new, retire loaded ones no longer wanted."""
+        with self._refresh_lock:
+            configured = read_version_labels(self.model_config) if self.model_config else {}
+            for name, on_disk in scan_repository(self.root).items():
+                labels = configured.get(name) or {"stable": max(on_disk)}
+                wanted = {max(on_disk)} | {v for v in labels.values() if v in on_disk}
+                with self._lock:
+                    self._labels[name] = labels
+                    loaded = set(self._servables.get(name, {}))
+                for version in sorted(wanted - loaded):
+                    self._load(name, version, on_disk[version])
+                for version in loaded - wanted:
+                    self._set(name, version, None, VersionStatus(version, END))
+
+    def _load(self, name: str, version: int, path: Path) -> None:
+        status = self._status.get(name, {}).get(version)
+        if status is not None and status.error:
+            return  # failed before: like TF Serving, do not retry forever
+        self._set(name, version, None, VersionStatus(version, LOADING))
+        try:
+            servable = Servable(name, version, path)
+        except Exception as err:  # any load failure is reported through the status API
+            log.warning("model %s version %s failed to load: %s", name, version, _first_line(err))
+            self._set(name, version, None, VersionStatus(version, END, _first_line(err)))
+            return
+        self._set(name, version, servable, VersionStatus(version, AVAILABLE))
+
+    def _set(self, name: str, version: int, servable: Servable | None, status: VersionStatus) -> None:
+        with self._lock:
+            servables = self._servables.setdefault(name, {})
+            if servable is None:
+                servables.pop(version, None)
+            else:
+                servables[version] = servable
+            self._status.setdefault(name, {})[version] = status
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable a request names: a version, a label, or (neither) the newest loaded version."""
+        with self._lock:
+            servables = self._servables.get(name)
+            if not servables:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"model '{name}' not found (no loaded version)")
+            if label:
+                if label not in self._labels.get(name, {}):
+                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"model '{name}' has no version label '{label}'")
+                version = self._labels[name][label]
+            if version is None:
+                version = max(servables)
+            if version not in servables:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"model '{name}' version {version} is not loaded")
+            return servables[version]
+
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """States of the versions of ``name`` the server has handled (one version if given)."""
+        with self._lock:
+            states = self._status.get(name)
+        if not states:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"model '{name}' not found")
+        if version is not None:
+            if version not in states:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"model '{name}' version {version} not found")
+            return [states[version]]
+        return [states[v] for v in sorted(states)]
+
+    def labels(self, name: str) -> dict[str, int]:
+        """Version labels of ``name`` (``stable`` = newest when none are configured)."""
+        with self._lock:
+            return dict(self._labels.get(name, {}))
+
+
+def scan_repository(root: Path) -> dict[str, dict[int, Path]]:
+    """``{model: {version: folder}}`` for complete version folders (numeric name, ``saved_model.pb`` present)."""
+    models = {}
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = {
+            int(v.name): v for v in model_dir.iterdir() if v.name.isdigit() and (v / SAVED_MODEL_FILE).is_file()
+        }
+        if versions:
+            models[model_dir.name] = versions
+    return models
+
+
+def read_version_labels(path: Path) -> dict[str, dict[str, int]]:
+    """``{model: {label: version}}`` from a TF Serving ``models.config`` (``ModelServerConfig`` text format)."""
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(path.read_text(), config)
+    except (OSError, text_format.ParseError) as err:
+        raise TfskyError(f"{path}: not a valid TF Serving model config ({_first_line(err)})") from None
+    return {model.name: dict(model.version_labels) for model in config.model_config_list.config}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]

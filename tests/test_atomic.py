@@ -38,3 +38,18 @@ def test_atomic_dir(tmp_path):
         (tmp / "file").write_text("x")
     assert (tmp_path / "v1" / "file").read_text() == "x"
     assert [p.name for p in tmp_path.iterdir()] == ["v1"]
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+        with atomic_dir(tmp_path / "d") as tmp:
+            pass
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

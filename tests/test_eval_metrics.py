@@ -152,6 +152,14 @@ def test_fit_on_a_half_sky_image_finds_the_middle_row_and_the_colour():
     assert (fitted.fitted_on, fitted.fit_images) == ("test images", 1)
 
 
+def test_fit_maximises_the_dataset_level_iou_not_the_mean_per_image():
+    sky_image, sky_truth = half_sky_image()
+    ground = np.zeros_like(sky_truth)
+    # Mean per-image IoU would prefer "never sky" (0 + 1 + 1) / 3 over the true horizon (1 + 0 + 0) / 3.
+    fitted = fit_baselines([(sky_image, sky_truth), (sky_image, ground), (sky_image, ground)], "test images")
+    assert fitted.horizon_fraction == 0.5
+
+
 def test_fit_without_samples_is_none():
     assert fit_baselines([], "nothing") is None
 

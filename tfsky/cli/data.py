@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from tfsky.cli.options import ConfigOption, QuietOption, SetOption
 from tfsky.errors import TfskyError
 
 app = typer.Typer(help="Inspect images, rasterise COCO labels, prepare the training cache.", no_args_is_help=True)
@@ -57,3 +58,29 @@ def masks(
     typer.echo(f"wrote {len(report.written)} masks to {out}, skipped {len(report.skipped)}")
     if not report.written:
         raise typer.Exit(1)
+
+
+@app.command()
+def prepare(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad item, don't skip it.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Read the config's label sources once into a sharded TFRecord cache (full images + masks) with a manifest.
+
+    Bad items are skipped and listed; exit 1 if nothing usable is left, or with --strict on any skip.
+    """
+    from tfsky.config import load_config
+    from tfsky.data.cache import prepare_cache
+    from tfsky.data.config import DataConfig
+
+    cfg = load_config(DataConfig, config, overrides, section="data")
+    report = prepare_cache(cfg, strict=strict, progress=not quiet)
+    for item_id, reason in report.skipped:
+        typer.echo(f"skipped {item_id}: {reason}", err=True)
+    written = ", ".join(f"{count} {split}" for split, count in report.written.items())
+    typer.echo(
+        f"wrote {sum(report.written.values())} images ({written}) to {report.cache}, "
+        f"skipped {len(report.skipped)}, {report.bytes / 2**20:.1f} MiB in {report.seconds:.1f} s"
+    )

@@ -45,7 +45,7 @@ def segmenter(
 
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
-    with console.status("loading the model...") as status:
+    with console.status("loading the model, fitting the baselines...") as status:
         done = itertools.count(1)
         report = evaluate_segmenter(
             model, data, split=split, threshold=threshold, band=band, labels_csv=labels, out_dir=out_dir,
@@ -56,6 +56,40 @@ def segmenter(
     console.print(verdict(summary))
     for skipped in report.skipped:
         typer.echo(f"skipped {skipped['id']}: {skipped['reason']}", err=True)
-    typer.echo(f"evaluated {len(report.images)} images, skipped {len(report.skipped)}; wrote {out_dir}/eval.json, eval.md")
+    typer.echo(
+        f"evaluated {len(report.images)} images, skipped {len(report.skipped)}; wrote {out_dir}/eval.json, eval.md"
+    )
     if report.skipped:
         raise typer.Exit(1)
+
+
+@app.command()
+def translator(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Translator .keras file (pix2pix or vae).")],
+    pairs: Annotated[Path, typer.Option("--pairs", "-p", help="Pairs file written by tfsky streams pairs.")],
+    split: Annotated[str, typer.Option("--split", help="Pairs split to evaluate: val or train.")] = "val",
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: eval/ beside the model.")
+    ] = None,
+    tile: Annotated[Optional[int], typer.Option(help="Tile size (default: the model's training tile).")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """PSNR, SSIM, L1, non-sky and sky PSNR of a translator vs identity and mean-target-sky baselines.
+
+    Writes translator_eval.json, translator_eval.md and contact_sheet.png.
+    """
+    from rich.console import Console
+
+    from tfsky.evaluate.report import rich_table
+    from tfsky.evaluate.translator import evaluate_translator, summary_table
+    from tfsky.tiling import TilingConfig
+
+    console = Console(quiet=quiet)
+    out_dir = out or model.parent / "eval"
+    with console.status("translating the pairs...") as status:
+        report = evaluate_translator(
+            model, pairs, out_dir, split=split, tiling=TilingConfig(tile=tile),
+            on_pair=lambda pair: status.update(f"evaluated {Path(pair.source).name} -> {Path(pair.target).name}"),
+        )
+    console.print(rich_table(summary_table(report)))
+    typer.echo(f"evaluated {len(report.per_pair)} pairs; wrote {', '.join(str(p) for p in report.files)}")

@@ -12,14 +12,21 @@ from rich.console import Console
 
 def export_cli(
     model: Annotated[
-        Optional[Path], typer.Option("--model", "-m", help="Segmenter .keras file (with its .json sidecar).", dir_okay=False)
+        Optional[Path],
+        typer.Option("--model", "-m", help="Segmenter .keras file (with its .json sidecar).", dir_okay=False),
     ] = None,
     name: Annotated[str, typer.Option("--name", help="Model name in the repository.")] = "sky_segmenter",
-    repo: Annotated[Path, typer.Option("--repo", help="Model repository root (mounted as /models by TF Serving).")] = Path("models"),
-    version: Annotated[Optional[int], typer.Option("--version", help="Version number (default: the next free one).")] = None,
+    repo: Annotated[
+        Path, typer.Option("--repo", help="Model repository root (mounted as /models by TF Serving).")
+    ] = Path("models"),
+    version: Annotated[
+        Optional[int], typer.Option("--version", help="Version number (default: the next free one).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing version folder.")] = False,
     info: Annotated[
-        Optional[Path], typer.Option("--info", help="Show the metadata and signatures of an exported version folder instead.", file_okay=False)
+        Optional[Path],
+        typer.Option("--info", help="Show the metadata and signatures of an exported version folder instead.",
+                     file_okay=False),
     ] = None,
 ) -> None:
     """Export --model to REPO/NAME/VERSION as a SavedModel (written atomically), or show --info DIR."""
@@ -31,14 +38,14 @@ def export_cli(
     from tfsky.export.savedmodel import export_model
 
     target = export_model(model, repo, name, version=version, overwrite=overwrite)
-    Console(highlight=False).print(f"exported {model} -> {target}")
+    Console(highlight=False, soft_wrap=True).print(f"exported {model} -> {target}")
 
 
 def _show_info(version_dir: Path) -> None:
     from tfsky.export.metadata import export_info
 
     metadata, signatures = export_info(version_dir)
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
     out.print(f"[bold]{version_dir}[/bold]")
     out.print(json.dumps(metadata, indent=2), markup=False)
     for signature in signatures:

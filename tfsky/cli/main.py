@@ -7,6 +7,8 @@ with exit code 1 — user errors never show a traceback.
 
 from __future__ import annotations
 
+import os
+
 import typer
 from typer.core import TyperGroup
 
@@ -38,19 +40,49 @@ def _register() -> None:
     from tfsky.cli import evaluate
 
     app.add_typer(data.app, name="data")
+    from tfsky.cli import train
+
+    app.add_typer(train.app, name="train")
     app.add_typer(evaluate.app, name="evaluate")
     from tfsky.cli import streams
 
     app.add_typer(streams.app, name="streams")
+    from tfsky.cli import translate
+
+    app.command("translate")(translate.translate_cli)
     from tfsky.cli import predict
 
     app.command("predict")(predict.predict_cli)
+    from tfsky.cli import client, export, serve
+
+    app.command("export")(export.export_cli)
+    app.command("serve")(serve.serve_cli)
+    app.add_typer(client.app, name="client")
 
 
 _register()
 
 
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with native stderr muted.
+
+    TF 2.21 prints absl ``I0000 ...`` lines (oneDNN, CUDA stubs) while loading
+    that no environment variable silences; a CLI user should not see them.
+    Python-level errors still surface: the traceback is printed after stderr is back.
+    """
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main() -> None:
+    _import_tensorflow_quietly()
     app()
 
 

@@ -20,10 +20,12 @@ def predict_cli(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     tile: Annotated[Optional[int], typer.Option(help="Tile size (default: the model's training tile).")] = None,
     overlap: Annotated[Optional[float], typer.Option(help="Tile overlap fraction in [0, 1) (default: 0.25).")] = None,
-    window: Annotated[Optional[str], typer.Option(help="constant | gaussian | hann | spline (default: gaussian).")] = None,
+    window: Annotated[Optional[str], typer.Option(help="constant | gaussian | hann | spline (default: gaussian).")] = (
+        None
+    ),
     tile_batch: Annotated[Optional[int], typer.Option(help="Tiles per model call (default: 8).")] = None,
     tta: Annotated[Optional[str], typer.Option(help="Flip TTA: none | flip2 | flip4 (default: none).")] = None,
-    threshold: Annotated[Optional[float], typer.Option(help="Sky probability threshold for the mask (default: 0.5).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Sky probability cut for the mask (default: 0.5).")] = None,
     prob_format: Annotated[Optional[str], typer.Option(help="png16 | tif (default: png16).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
     config: ConfigOption = None,
@@ -37,17 +39,18 @@ def predict_cli(
     from tfsky.config import load_config
     from tfsky.predict.batch import PredictConfig, predict_many
 
-    flags = {"tiling.tile": tile, "tiling.overlap": overlap, "tiling.window": window, "tiling.tile_batch": tile_batch,
-             "tiling.tta": tta, "threshold": threshold, "prob_format": prob_format}
+    flags = {
+        "tiling.tile": tile, "tiling.overlap": overlap, "tiling.window": window, "tiling.tile_batch": tile_batch,
+        "tiling.tta": tta, "threshold": threshold, "prob_format": prob_format,
+    }
     overrides = list(set_ or []) + [f"predict.{key}={value}" for key, value in flags.items() if value is not None]
     cfg = load_config(PredictConfig, config, overrides, section="predict")
     errors = Console(stderr=True, highlight=False)
     with _RichListener(errors, quiet) as listener:
         report = predict_many(model, inputs, out, cfg, overwrite=overwrite, listener=listener)
     if not quiet:
-        Console(highlight=False, soft_wrap=True).print(
-            f"done {len(report.done)}, skipped {len(report.skipped)}, failed {len(report.failed)} -> {out}", markup=False
-        )
+        counts = f"done {len(report.done)}, skipped {len(report.skipped)}, failed {len(report.failed)}"
+        Console(highlight=False, soft_wrap=True).print(f"{counts} -> {out}", markup=False)
     if report.failed:
         raise typer.Exit(1)
 

@@ -51,7 +51,7 @@ def encode_example(values: Mapping[str, Value]) -> bytes:
 
 
 def parse_example(record: tf.Tensor, dtype: tf.DType) -> dict[str, tf.Tensor]:
-    """Decode one record (TF ops): ``image`` ``[H, W, C]`` of ``dtype``, ``mask`` ``uint8 [H, W, 1]``, and the metadata."""
+    """Decode one record (TF ops): ``image`` ``[H, W, C]`` of ``dtype``, ``mask`` ``uint8 [H, W, 1]``, metadata."""
     example = tf.io.parse_single_example(record, FEATURES)
     height, width = tf.cast(example["height"], tf.int32), tf.cast(example["width"], tf.int32)
     channels = tf.cast(example["channels"], tf.int32)

@@ -7,8 +7,8 @@
   (float) images are tone mapped first with Reinhard's global operator
   (key 0.18 over the log-average luminance, then ``x / (1 + x)``).
 
-Each parameter is fitted by maximising the mean per-image IoU over a grid of
-values. The search never builds one mask per grid value: the counts of every
+Each parameter is fitted by maximising the dataset-level IoU over a grid of
+values (see `GridSearch`). The search never builds one mask per grid value: the counts of every
 candidate are read from cumulative sums (horizon) or sorted brightness values
 (color threshold), and are exactly those `confusion` gives on the mask the
 baseline then predicts (tested).
@@ -123,26 +123,31 @@ class Baselines:
 
 
 class GridSearch:
-    """Accumulates the per-image IoU of every grid value; the best value is the middle of the best plateau.
+    """Sums the counts of every grid value over images; the best value maximises the dataset-level IoU.
 
+    Dataset-level, like the headline of the report: on data where many images
+    have no sky (63 of the 100 ADE20K samples), maximising the mean per-image
+    IoU would pick "never sky", which scores 1.0 on every sky-free image.
     Ties are common (a threshold anywhere between the sky's and the ground's
-    brightness separates them equally well); the middle of the tied values is the most robust.
+    brightness separates them equally well); the middle of the tied values is
+    the most robust choice.
     """
 
     def __init__(self, grid: np.ndarray, confusions: Callable[..., list[Confusion]]):
         self.grid = np.asarray(grid, dtype=np.float64)
         self.confusions = confusions
-        self.iou_sum = np.zeros(len(self.grid))
+        self.counts = np.zeros((len(self.grid), 4), dtype=np.int64)
         self.images = 0
 
     def add(self, *sample: np.ndarray) -> None:
-        self.iou_sum += [c.iou for c in self.confusions(*sample, self.grid)]
+        self.counts += np.array(self.confusions(*sample, self.grid), dtype=np.int64)
         self.images += 1
 
     def best(self) -> Optional[float]:
         if not self.images:
             return None
-        best = np.flatnonzero(np.isclose(self.iou_sum, self.iou_sum.max(), rtol=0, atol=1e-9))
+        iou = np.array([Confusion(*map(int, row)).iou for row in self.counts])
+        best = np.flatnonzero(np.isclose(iou, iou.max(), rtol=0, atol=1e-12))
         return float(self.grid[best[len(best) // 2]])
 
 

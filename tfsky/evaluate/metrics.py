@@ -96,7 +96,7 @@ Counts = TypeVar("Counts", Confusion, BoundaryMatch)
 
 
 def total(counts: Sequence[Counts]) -> Counts:
-    """Field-wise sum of several `Confusion` (or `BoundaryMatch`) values: the dataset-level counts."""
+    """Field-wise sum of one or more `Confusion` (or `BoundaryMatch`) values: the dataset-level counts."""
     return type(counts[0])(*(int(sum(field)) for field in zip(*counts)))
 
 

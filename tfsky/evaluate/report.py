@@ -72,7 +72,7 @@ def rich_table(table: Table) -> RichTable:
     """The same table for the terminal."""
     result = RichTable(title=table.title, caption=table.note or None)
     for index, column in enumerate(table.columns):
-        result.add_column(column, justify="left" if index == 0 else "right")
+        result.add_column(column, justify="left" if index == 0 else "right", no_wrap=index == 0)
     for row in table.rows:
         result.add_row(*(format_cell(cell) for cell in row))
     return result

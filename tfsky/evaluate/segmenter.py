@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from tfsky.data.cache import iter_cached
+from tfsky.data.cache import MANIFEST, CachedImage, iter_cached, read_manifest
 from tfsky.data.config import SourceConfig
 from tfsky.data.sources import CAMERA_MASK_SUFFIX, LabelledImage, iter_source, read_conditions
 from tfsky.errors import InputError
@@ -91,7 +91,10 @@ class EvalReport:
         result = {}
         for name in PREDICTORS:
             scores = [image.scores[name] for image in images]
-            result[name] = {"dataset_level": metrics.dataset_level(scores), "mean_per_image": metrics.mean_per_image(scores)}
+            result[name] = {
+                "dataset_level": metrics.dataset_level(scores),
+                "mean_per_image": metrics.mean_per_image(scores),
+            }
         return result
 
     def conditions(self) -> dict[str, dict]:
@@ -195,7 +198,8 @@ def evaluate_segmenter(
         on_image: called with each image id once it is scored (progress display).
 
     Raises:
-        InputError: missing model or data, nothing to evaluate.
+        InputError: missing model or data folder, unknown layout or cache split, unusable labels CSV,
+            no image that could be evaluated.
     """
     model_path, data = Path(model_path), Path(data)
     segmenter = TiledSegmenter.load(model_path)
@@ -246,7 +250,10 @@ def open_data(data: Path, split: str, labels_csv: Optional[str | Path], segmente
     """
     if not data.is_dir():
         raise InputError(data, "data folder not found")
-    if (data / "manifest.json").is_file():
+    if (data / MANIFEST).is_file():
+        splits = read_manifest(data)["splits"]
+        if split not in splits:
+            raise InputError(data, f"the cache has no split {split!r} (it has: {', '.join(splits)})")
         if labels_csv is not None:
             raise InputError(labels_csv, "--labels is for image folders; a prepared cache keeps the conditions "
                              "it was prepared with")
@@ -280,7 +287,7 @@ def _cached_items(cache: Path, split: str, segmenter: TiledSegmenter) -> Iterato
         yield Item(cached.id, cached.condition, functools.partial(_checked_cached, cached, segmenter))
 
 
-def _checked_cached(cached, segmenter: TiledSegmenter) -> tuple[np.ndarray, np.ndarray]:
+def _checked_cached(cached: CachedImage, segmenter: TiledSegmenter) -> tuple[np.ndarray, np.ndarray]:
     segmenter.check(cached.image, cached.id)
     return cached.image, cached.mask == SKY_CLASS
 
@@ -308,9 +315,10 @@ def _load_labelled(labelled: LabelledImage, segmenter: TiledSegmenter) -> tuple[
 
 # --- report tables -------------------------------------------------------------------------------
 
-PREDICTOR_LABELS = {"model": "model", "horizon": "horizon baseline", "color_threshold": "color threshold baseline"}
+PREDICTOR_LABELS = {"model": "model", "horizon": "horizon", "color_threshold": "color threshold"}
 METRIC_LABELS = {"iou": "IoU", "f1": "F1", "pixel_accuracy": "pixel acc.", "mcr": "MCR", "boundary_f1": "boundary F1"}
 DELTA_METRICS = ("iou", "f1", "mcr")
+DELTA_NOTE = "Δ = model minus that baseline (higher IoU/F1 and lower MCR are better)."
 AGGREGATION_NOTES = {
     "dataset_level": "Dataset-level: confusion counts summed over every pixel of every image, then each metric.",
     "mean_per_image": "Mean per image: each metric on each image, then averaged (an empty-vs-empty image counts 1.0).",
@@ -326,18 +334,18 @@ def overall_table(summary: dict, aggregation: str = HEADLINE) -> Table:
         values = overall[name][aggregation]
         gains = [signed(deltas[name][key]) if name in deltas else None for key in DELTA_METRICS]
         rows.append([PREDICTOR_LABELS[name], *(values[key] for key in metrics.METRIC_NAMES), *gains])
-    columns = ["", *METRIC_LABELS.values(), *(f"model Δ{METRIC_LABELS[key]}" for key in DELTA_METRICS)]
+    columns = ["", *METRIC_LABELS.values(), *(f"Δ{METRIC_LABELS[key]}" for key in DELTA_METRICS)]
     title = "Headline (dataset-level)" if aggregation == HEADLINE else "Mean per image"
-    return Table(title, columns, rows, AGGREGATION_NOTES[aggregation])
+    return Table(title, columns, rows, f"{AGGREGATION_NOTES[aggregation]} {DELTA_NOTE}")
 
 
 def conditions_table(summary: dict) -> Table:
     """Dataset-level metrics of each predictor per condition label."""
-    rows = [
-        [condition, group["images"], PREDICTOR_LABELS[name], *(group[name][HEADLINE][key] for key in metrics.METRIC_NAMES)]
-        for condition, group in summary["conditions"].items()
-        for name in PREDICTORS
-    ]
+    rows = []
+    for condition, group in summary["conditions"].items():
+        for name in PREDICTORS:
+            values = group[name][HEADLINE]
+            rows.append([condition, group["images"], PREDICTOR_LABELS[name], *(values[k] for k in metrics.METRIC_NAMES)])
     return Table("Per condition (dataset-level)", ["condition", "images", "", *METRIC_LABELS.values()], rows)
 
 
@@ -362,7 +370,7 @@ def verdict(summary: dict) -> str:
     parts = []
     for name, delta in summary["model_minus_baseline"].items():
         verb = "beats" if delta["iou"] > 0 else "does not beat"
-        parts.append(f"{verb} the {PREDICTOR_LABELS[name]} ({signed(delta['iou'])} IoU)")
+        parts.append(f"{verb} the {PREDICTOR_LABELS[name]} baseline ({signed(delta['iou'])} IoU)")
     return "The model " + " and ".join(parts) + " (dataset-level)."
 
 

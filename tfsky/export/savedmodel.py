@@ -5,21 +5,27 @@ signatures all return float32 (a mixed-precision model is cast at the output):
 
 * ``serving_default``: ``tiles`` float32 [batch, H, W, C], already normalised
   -> ``probabilities`` float32 [batch, H, W, K] (the model itself).
-* ``predict_image``: ``image_bytes``, one encoded PNG/JPEG of any size ->
-  ``mask_png_bytes`` (0/255 PNG), ``probability`` float32 [H, W] and
-  ``sky_fraction`` (share of pixels with probability >= 0.5). Decoding,
-  normalisation with the model's own `Preprocess`, overlapped tiling and
-  blending run in the graph through `tfsky.tiling.sliding_window_graph`, the
-  same code and defaults ``tfsky predict`` uses. 8-bit images decode to uint8,
-  16-bit PNGs to uint16, exactly as `tfsky.io.images.read_image` returns them.
+* ``predict_image``: ``image_bytes`` [n], encoded PNG/JPEG images of any size
+  -> per image ``mask_png_bytes`` (0/255 PNG), ``probability_png_bytes``
+  (16-bit PNG of probability x 65535, the format of ``tfsky predict``'s
+  ``_prob.png``) and ``sky_fraction`` (share of pixels with probability
+  >= 0.5). Decoding, normalisation with the model's own `Preprocess`,
+  overlapped tiling and blending run in the graph through
+  `tfsky.tiling.sliding_window_graph`, with the same defaults as ``tfsky
+  predict``. 8-bit images decode to uint8, 16-bit PNGs to uint16, exactly as
+  `tfsky.io.images.read_image` returns them.
 * ``predict_hdr`` (models trained on HDR, ``preprocess.mode == "log"``):
-  ``image_raw`` (float32 little-endian bytes of an [H, W, C] radiance image)
-  and ``shape`` int32 [3] -> the same outputs.
+  ``image_raw`` [n] (float32 little-endian bytes of [H, W, C] radiance) and
+  ``shape`` int32 [n, 3] -> the same outputs.
 
-The ``_bytes`` suffix on string aliases makes TF Serving's REST API encode
-them as ``{"b64": ...}``. The folder is written under a temporary name and
-renamed into place when complete (`tfsky.io.atomic.atomic_dir`), because TF
-Serving loads any numeric folder as soon as it appears.
+Every input and output has a leading batch dimension and per-image results of
+any size are encoded strings, because TF Serving's ``--enable_batching``
+concatenates concurrent requests along dimension 0 (scalar inputs are refused
+and outputs must split back along it). The ``_bytes`` suffix makes TF
+Serving's REST API answer those strings as ``{"b64": ...}``. The folder is
+written under a temporary name and renamed into place when complete
+(`tfsky.io.atomic.atomic_dir`), because TF Serving loads any numeric folder as
+soon as it appears.
 """
 
 from __future__ import annotations
@@ -61,12 +67,11 @@ class SegmenterModule(tf.Module):
         self.predict_tiles = tf.function(
             self._predict_tiles, input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)]
         )
-        self.predict_image = tf.function(self._predict_image, input_signature=[tf.TensorSpec([], tf.string)])
+        self.predict_image = tf.function(self._predict_image, input_signature=[tf.TensorSpec([None], tf.string)])
         self.predict_hdr = None
         if info.preprocess.mode == "log":
-            self.predict_hdr = tf.function(
-                self._predict_hdr, input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([3], tf.int32)]
-            )
+            hdr_inputs = [tf.TensorSpec([None], tf.string), tf.TensorSpec([None, 3], tf.int32)]
+            self.predict_hdr = tf.function(self._predict_hdr, input_signature=hdr_inputs)
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """Signature name -> concrete function, for `tf.saved_model.save`."""
@@ -85,25 +90,38 @@ class SegmenterModule(tf.Module):
         return {"probabilities": self._model_probabilities(tiles)}
 
     def _predict_image(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._segment(decode_normalised(image_bytes, self.preprocess, self.channels))
+        def segment(encoded):
+            return self._segment(decode_normalised(encoded, self.preprocess, self.channels))
+
+        return self._per_image(segment, image_bytes)
 
     def _predict_hdr(self, image_raw: tf.Tensor, shape: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._segment(self.preprocess.apply(decode_raw_image(image_raw, shape, self.channels)))
+        def segment(raw_and_shape):
+            return self._segment(self.preprocess.apply(decode_raw_image(*raw_and_shape, self.channels)))
 
-    def _segment(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Normalised [H, W, C] -> the three ``predict_*`` outputs."""
+        return self._per_image(segment, (image_raw, shape))
+
+    @staticmethod
+    def _per_image(segment, images) -> dict[str, tf.Tensor]:
+        """Segment a batch of images of different sizes one after the other (bounded memory)."""
+        per_image = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.float32))
+        outputs = tf.map_fn(segment, images, parallel_iterations=1, fn_output_signature=per_image)
+        return dict(zip(("mask_png_bytes", "probability_png_bytes", "sky_fraction"), outputs))
+
+    def _segment(self, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Normalised [H, W, C] -> (mask PNG, 16-bit probability PNG, sky fraction)."""
         tiling = self.tiling
         probability = sliding_window_graph(
             image, self._model_probabilities, tile=tiling.tile, overlap=tiling.overlap,
             window=tiling.window, tile_batch=tiling.tile_batch, tta=tiling.tta,
-        )[..., 0]
-        sky = probability >= MASK_THRESHOLD
-        mask = tf.cast(sky, tf.uint8)[..., None] * 255
-        return {
-            "mask_png_bytes": tf.io.encode_png(mask),
-            "probability": probability,
-            "sky_fraction": tf.reduce_mean(tf.cast(sky, tf.float32)),
-        }
+        )
+        sky = probability[..., :1] >= MASK_THRESHOLD
+        probability_16bit = tf.cast(tf.round(tf.clip_by_value(probability[..., :1], 0.0, 1.0) * 65535.0), tf.uint16)
+        return (
+            tf.io.encode_png(tf.cast(sky, tf.uint8) * 255),
+            tf.io.encode_png(probability_16bit),
+            tf.reduce_mean(tf.cast(sky, tf.float32)),
+        )
 
 
 def decode_normalised(image_bytes: tf.Tensor, preprocess, channels: int) -> tf.Tensor:
@@ -144,8 +162,9 @@ def decode_raw_image(image_raw: tf.Tensor, shape: tf.Tensor, channels: int) -> t
 def next_version(model_dir: str | Path) -> int:
     """1 + the largest numeric version folder in ``model_dir`` (1 for a new model)."""
     model_dir = Path(model_dir)
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
-    return max(versions, default=0) + 1
+    if not model_dir.is_dir():
+        return 1
+    return max((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), default=0) + 1
 
 
 def export_model(
@@ -176,7 +195,9 @@ def export_model(
         raise InputError(name, "model name must be letters, digits, '_', '.' or '-' (it is a folder name)")
     model, info = load_model(model_path)
     if info.task != "segmenter" or info.classes != 1:
-        raise InputError(model_path, f"only 1-class segmenters can be exported; this is a {info.task} with {info.classes} classes")
+        raise InputError(
+            model_path, f"only 1-class segmenters can be exported; this is a {info.task} with {info.classes} classes"
+        )
     tiling = tiling or TilingConfig()
     tiling.validate()
     model_dir = Path(repo) / name

@@ -37,12 +37,12 @@ def warmup_inputs(*, tile: int, channels: int, tile_batch: int, hdr: bool) -> Wa
         "serving_default": [
             {"tiles": np.zeros((size, tile, tile, channels), np.float32)} for size in sorted({1, tile_batch})
         ],
-        "predict_image": [{"image_bytes": np.array(tf.io.encode_png(image).numpy(), dtype=object)}],
+        "predict_image": [{"image_bytes": np.array([tf.io.encode_png(image).numpy()], dtype=object)}],
     }
     if hdr:
         radiance = (image.astype(np.float32) / 255.0) ** 2.2 * 1000.0
         inputs["predict_hdr"] = [
-            {"image_raw": np.array(radiance.tobytes(), dtype=object), "shape": np.array(radiance.shape, np.int32)}
+            {"image_raw": np.array([radiance.tobytes()], dtype=object), "shape": np.array([radiance.shape], np.int32)}
         ]
     return inputs
 

@@ -8,6 +8,7 @@ one filesystem.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -23,6 +24,18 @@ def temp_name(path: Path) -> Path:
     return Path(name)
 
 
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, mode: int) -> None:
+    """Give a temp file/folder the permissions a plain ``open``/``mkdir`` would (mkstemp makes them private)."""
+    os.chmod(tmp, mode & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write to; rename it to ``path`` on success, delete it on failure."""
@@ -31,6 +44,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = temp_name(path)
     try:
         yield tmp
+        _publish(tmp, 0o666)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -49,6 +63,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:
         yield tmp
+        _publish(tmp, 0o777)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

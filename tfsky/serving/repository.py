@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import threading
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -68,8 +67,8 @@ class Servable:
         self.signature_defs = read_signature_defs(path)
         self._functions = tf.saved_model.load(str(path)).signatures
 
-    def predict(self, signature: str, inputs: dict[str, np.ndarray], output_filter=()) -> dict[str, np.ndarray]:
-        """Run ``signature`` on ``inputs`` (checked against the SignatureDef first); numpy in, numpy out."""
+    def signature_def(self, signature: str):
+        """The ``SignatureDef`` of ``signature`` (empty = ``serving_default``); unknown is INVALID_ARGUMENT."""
         signature = signature or DEFAULT_SIGNATURE
         if signature not in self.signature_defs:
             raise ServingError(
@@ -77,13 +76,21 @@ class Servable:
                 f"model '{self.name}' version {self.version} has no signature '{signature}' "
                 f"(it has {', '.join(sorted(self.signature_defs))})",
             )
-        check_inputs(self.signature_defs[signature], inputs)
-        unknown = set(output_filter) - set(self.signature_defs[signature].outputs)
+        return self.signature_defs[signature]
+
+    def predict(self, signature: str, inputs: dict[str, np.ndarray], output_filter=()) -> dict[str, np.ndarray]:
+        """Run ``signature`` on ``inputs`` (checked against the SignatureDef first); numpy in, numpy out."""
+        signature = signature or DEFAULT_SIGNATURE
+        signature_def = self.signature_def(signature)
+        check_inputs(signature_def, inputs)
+        unknown = set(output_filter) - set(signature_def.outputs)
         if unknown:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output_filter {sorted(unknown)}")
         try:
             outputs = self._functions[signature](**{key: tf.constant(value) for key, value in inputs.items()})
-        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
+        except tf.errors.InvalidArgumentError as err:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, op_error_text(err)) from None
+        except (ValueError, TypeError) as err:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, _first_line(err)) from None
         return {key: value.numpy() for key, value in outputs.items() if not output_filter or key in output_filter}
 
@@ -150,7 +157,8 @@ class ModelRepository:
                     self._set(name, version, None, VersionStatus(version, END))
 
     def _load(self, name: str, version: int, path: Path) -> None:
-        status = self._status.get(name, {}).get(version)
+        with self._lock:
+            status = self._status.get(name, {}).get(version)
         if status is not None and status.error:
             return  # failed before: like TF Serving, do not retry forever
         self._set(name, version, None, VersionStatus(version, LOADING))
@@ -225,6 +233,13 @@ def read_version_labels(path: Path) -> dict[str, dict[str, int]]:
     except (OSError, text_format.ParseError) as err:
         raise TfskyError(f"{path}: not a valid TF Serving model config ({_first_line(err)})") from None
     return {model.name: dict(model.version_labels) for model in config.model_config_list.config}
+
+
+def op_error_text(err: tf.errors.OpError) -> str:
+    """The line of a TensorFlow op error that says what was wrong (not the graph-location boilerplate)."""
+    boilerplate = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[{{node")
+    lines = [line.strip() for line in err.message.splitlines()]
+    return next((line for line in lines if line and not line.startswith(boilerplate)), lines[0])
 
 
 def _first_line(err: BaseException) -> str:

@@ -1,0 +1,213 @@
+"""tfsky export: SavedModel signatures, in-graph tiling equal to tfsky predict, atomic versions, warmup, metadata."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsky.data.transforms import Preprocess
+from tfsky.errors import InputError
+from tfsky.export import warmup
+from tfsky.export.metadata import export_info
+from tfsky.export.savedmodel import export_model, next_version
+from tfsky.io.writers import write_png
+from tfsky.models.bundle import ModelInfo, save_model
+from tfsky.predict.segment import TiledSegmenter
+
+TILE = 32
+
+
+def tiny_segmenter(seed: int = 0, output_dtype: str = "float32") -> tf.keras.Model:
+    """Two 3x3 convolutions and a sigmoid: tiny, but its zero padding makes every tile border matter."""
+    tf.keras.utils.set_random_seed(seed)
+    inputs = tf.keras.Input((None, None, 3))
+    x = tf.keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = tf.keras.layers.Conv2D(1, 3, padding="same", bias_initializer=tf.keras.initializers.Constant(-0.2))(x)
+    return tf.keras.Model(inputs, tf.keras.layers.Activation("sigmoid", dtype=output_dtype)(x))
+
+
+def save_tiny(path, preprocess: Preprocess = Preprocess(), **kwargs):
+    save_model(tiny_segmenter(**kwargs), path, ModelInfo(task="segmenter", preprocess=preprocess, tile_size=TILE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(model file, version folder, loaded SavedModel) of the tiny LDR segmenter, exported once."""
+    root = tmp_path_factory.mktemp("export")
+    model_path = save_tiny(root / "best.keras")
+    version_dir = export_model(model_path, root / "models", "sky_segmenter")
+    return model_path, version_dir, tf.saved_model.load(str(version_dir))
+
+
+@pytest.fixture(scope="module")
+def sky_png(tmp_path_factory):
+    """A 1000 x 777 RGB PNG: bright smooth 'sky' on top, textured ground below."""
+    rng = np.random.default_rng(1)
+    rows = np.linspace(0, 1, 1000)[:, None, None]
+    image = np.clip(255 * (1 - rows) + rng.normal(0, 40, (1000, 777, 3)) * rows, 0, 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("images") / "scene.png"
+    write_png(path, image)
+    return path
+
+
+def decode_probability(png: bytes) -> np.ndarray:
+    return tf.io.decode_png(png, dtype=tf.uint16).numpy()[..., 0].astype(np.float32) / 65535
+
+
+def test_serving_default_equals_keras_model(exported):
+    model_path, _, loaded = exported
+    tiles = np.random.default_rng(2).random((3, TILE, TILE, 3), dtype=np.float32)
+    out = loaded.signatures["serving_default"](tiles=tf.constant(tiles))["probabilities"]
+    expected = tf.keras.models.load_model(model_path, compile=False)(tiles)
+    assert out.dtype == tf.float32 and out.shape == (3, TILE, TILE, 1)
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_serving_default_is_float32_for_a_mixed_precision_model(tmp_path):
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = tiny_segmenter(output_dtype="float16")  # a head that forgot the float32 activation
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    save_model(model, tmp_path / "fp16.keras", ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=TILE))
+    loaded = tf.saved_model.load(str(export_model(tmp_path / "fp16.keras", tmp_path / "models", "fp16")))
+    tiles = np.random.default_rng(3).random((2, TILE, TILE, 3), dtype=np.float32)
+    out = loaded.signatures["serving_default"](tiles=tf.constant(tiles))["probabilities"]
+    assert model(tiles).dtype == tf.float16
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), model(tiles).numpy().astype(np.float32), atol=1e-6)
+
+
+def test_predict_image_equals_tiled_segmenter_and_tfsky_predict(exported, sky_png, cli, tmp_path):
+    model_path, _, loaded = exported
+    out = loaded.signatures["predict_image"](image_bytes=tf.constant([sky_png.read_bytes()]))
+    probability = decode_probability(out["probability_png_bytes"][0].numpy())
+
+    segmenter = TiledSegmenter.load(model_path)
+    expected = segmenter.probabilities(segmenter.read(sky_png))[..., 0]
+    assert probability.shape == (1000, 777)
+    assert 0.05 < expected.mean() < 0.95 and expected.std() > 0.01  # not a constant map
+    np.testing.assert_allclose(probability, expected, atol=1e-4)
+
+    mask = tf.io.decode_png(out["mask_png_bytes"][0]).numpy()[..., 0]
+    np.testing.assert_array_equal(mask, np.where(expected >= 0.5, 255, 0))
+    assert out["sky_fraction"].numpy()[0] == pytest.approx((expected >= 0.5).mean(), abs=1e-6)
+
+    result = cli("predict", sky_png, "--model", model_path, "--out", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    predicted = decode_probability((tmp_path / "scene_prob.png").read_bytes())
+    np.testing.assert_allclose(probability, predicted, atol=1e-4)
+
+
+def test_predict_image_handles_a_batch_of_different_sizes(exported):
+    _, _, loaded = exported
+    rng = np.random.default_rng(4)
+    small = tf.io.encode_png(rng.integers(0, 256, (20, 50, 3), dtype=np.uint8)).numpy()
+    large = tf.io.encode_png(rng.integers(0, 256, (70, 45, 3), dtype=np.uint8)).numpy()
+    out = loaded.signatures["predict_image"](image_bytes=tf.constant([small, large]))
+    shapes = [decode_probability(png).shape for png in out["probability_png_bytes"].numpy()]
+    assert shapes == [(20, 50), (70, 45)]
+
+
+def test_predict_hdr_equals_tiled_segmenter(tmp_path):
+    log = Preprocess(mode="log", log_epsilon=1e-3, output_scale=0.2)
+    model_path = save_tiny(tmp_path / "hdr.keras", preprocess=log, seed=5)
+    loaded = tf.saved_model.load(str(export_model(model_path, tmp_path / "models", "hdr")))
+    radiance = (np.random.default_rng(6).random((70, 90, 3)) ** 3 * 5e4).astype(np.float32)
+    out = loaded.signatures["predict_hdr"](
+        image_raw=tf.constant([radiance.tobytes()]), shape=tf.constant([radiance.shape], tf.int32)
+    )
+    expected = TiledSegmenter.load(model_path).probabilities(radiance)[..., 0]
+    np.testing.assert_allclose(decode_probability(out["probability_png_bytes"][0].numpy()), expected, atol=1e-4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image_raw does not hold"):
+        loaded.signatures["predict_hdr"](image_raw=tf.constant([radiance.tobytes()[:-4]]),
+                                         shape=tf.constant([radiance.shape], tf.int32))
+
+
+def test_versions_auto_increment_and_existing_version_is_refused(exported, tmp_path):
+    model_path, version_dir, _ = exported
+    repo = version_dir.parent.parent
+    assert version_dir.name == "1"
+    assert next_version(repo / "sky_segmenter") == 2
+    assert next_version(tmp_path / "new_model") == 1
+    for folder in ("1", "7", ".8.part", "latest"):  # temporaries and non-numeric folders do not count
+        (tmp_path / "model" / folder).mkdir(parents=True)
+    assert next_version(tmp_path / "model") == 8
+    with pytest.raises(InputError, match="version already exists"):
+        export_model(model_path, repo, "sky_segmenter", version=1)
+    with pytest.raises(InputError, match="model name"):
+        export_model(model_path, repo, "../escape")
+
+
+def test_failed_export_leaves_no_version_folder(exported, tmp_path, monkeypatch):
+    model_path, _, _ = exported
+
+    def fail_midway(*args, **kwargs):
+        assert list((tmp_path / "sky_segmenter").glob(".1.*.part"))  # the SavedModel is being written beside it
+        raise OSError("disk full")
+
+    monkeypatch.setattr(warmup, "write_warmup", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        export_model(model_path, tmp_path, "sky_segmenter")
+    assert list((tmp_path / "sky_segmenter").iterdir()) == []
+
+
+def test_export_is_complete_and_readable_by_another_user(exported):
+    _, version_dir, _ = exported
+    for name in ("saved_model.pb", "variables/variables.index", warmup.WARMUP_FILE, "assets/tfsky_model.json"):
+        assert (version_dir / name).is_file(), name
+    assert all((path.stat().st_mode & 0o004) for path in version_dir.rglob("*"))
+    assert not list(version_dir.parent.glob(".*"))
+
+
+def test_warmup_records_name_every_signature_and_run(exported):
+    _, version_dir, loaded = exported
+    logs = warmup.read_warmup(version_dir)
+    assert {log.predict_log.request.model_spec.signature_name for log in logs} == {"serving_default", "predict_image"}
+    assert {log.predict_log.request.model_spec.name for log in logs} == {"sky_segmenter"}
+    for log in logs:
+        request = log.predict_log.request
+        inputs = {key: tf.constant(tf.make_ndarray(proto)) for key, proto in request.inputs.items()}
+        loaded.signatures[request.model_spec.signature_name](**inputs)  # a bad warmup record fails TF Serving's load
+
+
+def test_metadata_and_signatures_read_back(exported):
+    model_path, version_dir, _ = exported
+    metadata, signatures = export_info(version_dir)
+    assert metadata["name"] == "sky_segmenter" and metadata["version"] == 1
+    assert metadata["model"]["preprocess"]["mode"] == "ldr"
+    assert metadata["tiling"] == {"tile": TILE, "overlap": 0.25, "window": "gaussian", "tile_batch": 8, "tta": "none"}
+    assert metadata["source_model"] == str(model_path.resolve())
+    by_name = {s.name: s for s in signatures}
+    assert list(by_name) == ["serving_default", "predict_image"]
+    tiles = by_name["serving_default"].inputs[0]
+    assert (tiles.name, tiles.dtype, tiles.shape) == ("tiles", "float32", (None, None, None, 3))
+    assert [o.name for o in by_name["predict_image"].outputs] == ["mask_png_bytes", "probability_png_bytes", "sky_fraction"]
+
+
+def test_cli_export_and_info(exported, cli, tmp_path):
+    model_path, _, _ = exported
+    result = cli("export", "--model", model_path, "--name", "sky", "--repo", tmp_path, "--version", 3)
+    assert result.exit_code == 0, result.stderr
+    assert f"-> {tmp_path / 'sky' / '3'}" in result.stdout
+
+    again = cli("export", "--model", model_path, "--name", "sky", "--repo", tmp_path, "--version", 3)
+    assert again.exit_code == 1
+    assert again.stderr.strip() == f"Error: {tmp_path / 'sky' / '3'}: version already exists (omit --version for the next one, or pass --overwrite)"
+
+    info = cli("export", "--info", tmp_path / "sky" / "3")
+    assert info.exit_code == 0, info.stderr
+    assert '"tfsky_version"' in info.stdout and '"mode": "ldr"' in info.stdout
+    assert "input  tiles: float32 [?, ?, ?, 3]" in info.stdout
+    assert "output probability_png_bytes: string [?]" in info.stdout
+    assert json.loads((tmp_path / "sky" / "3" / "assets" / "tfsky_model.json").read_text())["version"] == 3
+
+
+def test_cli_info_on_a_folder_that_is_not_an_export(cli, tmp_path):
+    result = cli("export", "--info", tmp_path)
+    assert result.exit_code == 1
+    assert "tfsky_model.json not found" in result.stderr

@@ -1,0 +1,65 @@
+"""``tfsky train ...``: fit a model into a run folder (``runs/<name>/<timestamp>/``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tfsky.cli.options import ConfigOption, QuietOption, SetOption
+
+app = typer.Typer(help="Train segmenters and weather translators.", no_args_is_help=True)
+
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Continue the newest run of this config's name from its last completed epoch.")
+]
+
+
+@app.command()
+def segmenter(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    resume: ResumeOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Train the sky segmenter (prepares data.cache first if it does not exist); prints the run folder and best metrics."""
+    from tfsky.config import load_config
+    from tfsky.train.config import SegmenterConfig
+    from tfsky.train.segmenter import train_segmenter
+
+    cfg = load_config(SegmenterConfig, config, overrides)
+    result = train_segmenter(cfg, resume=resume, verbose=0 if quiet else 2)
+    print_result(result)
+
+
+@app.command()
+def translator(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    resume: ResumeOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Train a pix2pix or VAE weather translator (builds pairs.file from the streams first if missing)."""
+    from tfsky.config import load_config
+    from tfsky.train.translator import TranslatorConfig, train_translator
+
+    cfg = load_config(TranslatorConfig, config, overrides)
+    print_result(train_translator(cfg, resume=resume, verbose=0 if quiet else 2))
+
+
+def print_result(result) -> None:
+    """The run folder, how training ended and the best epoch's validation metrics."""
+    console = Console()
+    ended = "stopped early" if result.stopped_early else "finished"
+    console.print(f"run: {result.run_dir}  ({result.epochs_completed} epochs, {ended})", soft_wrap=True)
+    if result.best_epoch is None:
+        return
+    table = Table(title=f"best epoch {result.best_epoch}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.best_metrics.items():
+        if key.startswith("val_"):
+            table.add_row(key, f"{value:.4f}")
+    console.print(table)

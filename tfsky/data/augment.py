@@ -1,0 +1,115 @@
+"""Training augmentation in TensorFlow ops: paired geometric transforms and HDR photometric jitter.
+
+Geometric: ONE random affine matrix per sample (rotation, shift, shear, zoom,
+horizontal flip about the patch centre, as Keras' ``ImageDataGenerator``) is
+applied to the image (bilinear) and to the mask (nearest) by the same
+``ImageProjectiveTransformV3`` call pattern, so both see the exact same
+geometry; outside the source area the image gets ``fill`` and the mask 0.
+
+Photometric (HDR only): exposure ``x * 2**e`` and gamma ``x ** exp(g)`` on
+LINEAR radiance, before the log transform.
+
+All randomness is stateless (``seed`` is a ``[2]`` int tensor), so a pipeline
+seeded once is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from tfsky.data.config import AugmentConfig
+
+
+def affine_transforms(
+    height: int,
+    width: int,
+    rotation: tf.Tensor,
+    shift_x: tf.Tensor,
+    shift_y: tf.Tensor,
+    shear: tf.Tensor,
+    zoom_x: tf.Tensor,
+    zoom_y: tf.Tensor,
+    flip: tf.Tensor,
+) -> tf.Tensor:
+    """``[B, 8]`` projective transforms (output pixel -> input pixel) for ``ImageProjectiveTransformV3``.
+
+    Each argument is a ``[B]`` float tensor: ``rotation`` and ``shear`` in
+    degrees, ``shift_*`` in pixels, ``zoom_*`` scale factors (> 1 zooms out),
+    ``flip`` 1.0 to mirror left-right, else 0.0. All act about the patch centre.
+    """
+    theta, phi = rotation * (math.pi / 180), shear * (math.pi / 180)
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    sign = 1 - 2 * flip  # -1 mirrors x about the centre
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    # Centred coordinates u = sign * (x - cx), v = y - cy go through zoom, shear, rotation, shift:
+    #   [a b] = R(theta) @ [[1, -sin(phi)], [0, cos(phi)]] @ diag(zoom_x, zoom_y)
+    a, b = cos * zoom_x, (-cos * tf.sin(phi) - sin * tf.cos(phi)) * zoom_y
+    c, d = sin * zoom_x, (-sin * tf.sin(phi) + cos * tf.cos(phi)) * zoom_y
+    a0, a1 = a * sign, b
+    b0, b1 = c * sign, d
+    a2 = cx + shift_x - a0 * cx - a1 * cy
+    b2 = cy + shift_y - b0 * cx - b1 * cy
+    zeros = tf.zeros_like(a0)
+    return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+
+def random_affine(seed: tf.Tensor, batch: int | tf.Tensor, height: int, width: int, cfg: AugmentConfig) -> tf.Tensor:
+    """``[B, 8]`` random transforms drawn from the ranges in ``cfg`` (stateless, from ``seed`` ``[2]``)."""
+    seeds = tf.random.experimental.stateless_split(seed, 7)
+
+    def uniform(index: int, bound: float, center: float = 0.0) -> tf.Tensor:
+        return tf.random.stateless_uniform([batch], seeds[index], center - bound, center + bound)
+
+    flip = tf.zeros([batch])
+    if cfg.horizontal_flip:
+        flip = tf.cast(tf.random.stateless_uniform([batch], seeds[6]) < 0.5, tf.float32)
+    return affine_transforms(
+        height,
+        width,
+        rotation=uniform(0, cfg.rotation),
+        shift_x=uniform(1, cfg.shift * width),
+        shift_y=uniform(2, cfg.shift * height),
+        shear=uniform(3, cfg.shear),
+        zoom_x=uniform(4, cfg.zoom, 1.0),
+        zoom_y=uniform(5, cfg.zoom, 1.0),
+        flip=flip,
+    )
+
+
+def apply_affine(image: tf.Tensor, mask: tf.Tensor, transforms: tf.Tensor, fill: float = 0.0):
+    """Warp ``image`` and ``mask`` by the same ``transforms``.
+
+    ``image`` (float ``[B, H, W, C]``) is sampled bilinearly with ``fill``
+    outside the source; ``mask`` (``[B, H, W, K]``) by nearest neighbour with 0 outside.
+
+    Returns:
+        ``(image, mask)`` with the dtypes and shapes they came in.
+    """
+    shape = tf.shape(image)[1:3]
+
+    def warp(tensor: tf.Tensor, interpolation: str, fill_value: float) -> tf.Tensor:
+        warped = tf.raw_ops.ImageProjectiveTransformV3(
+            images=tf.cast(tensor, tf.float32),
+            transforms=transforms,
+            output_shape=shape,
+            fill_value=fill_value,
+            interpolation=interpolation,
+            fill_mode="CONSTANT",
+        )
+        return tf.cast(warped, tensor.dtype)
+
+    return warp(image, "BILINEAR", fill), warp(mask, "NEAREST", 0.0)
+
+
+def photometric(radiance: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
+    """Per sample of ``[B, H, W, C]`` radiance: exposure ``x * 2**U(-ev, ev)``, then gamma ``x ** exp(U(-g, g))``."""
+    batch = tf.shape(radiance)[0]
+    exposure_seed, gamma_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    stops = tf.random.stateless_uniform([batch, 1, 1, 1], exposure_seed, -cfg.exposure_ev, cfg.exposure_ev)
+    radiance = radiance * tf.pow(2.0, stops)
+    if cfg.gamma > 0:
+        power = tf.exp(tf.random.stateless_uniform([batch, 1, 1, 1], gamma_seed, -cfg.gamma, cfg.gamma))
+        radiance = tf.pow(tf.maximum(radiance, 0.0), power)
+    return radiance

@@ -99,7 +99,9 @@ def test_hdr_inputs_write_float_probabilities_and_a_tone_mapped_overlay(cli, hdr
     assert cv2.imwrite(str(hdr), hdr_image(1)[..., ::-1])
     result = cli("predict", "-m", hdr_model, tif, hdr, "-o", tmp_path / "out", "--prob-format", "tif", "-q")
     assert result.exit_code == 0, result.stderr
-    expected = TiledSegmenter.load(hdr_model).probabilities(read_image(tif))[..., 0]
+    segmenter = TiledSegmenter.load(hdr_model)
+    expected = segmenter.probabilities(segmenter.read(tif))[..., 0]  # HDR is kept in float16 model space
+    np.testing.assert_allclose(expected, segmenter.probabilities(read_image(tif))[..., 0], atol=2e-3)
     mask, prob, overlay, _ = outputs_of(tmp_path / "out", "sky", ".tif")
     prob32 = read_image(prob, channels=None)[..., 0]
     assert prob32.dtype == np.float32 and prob32.shape == SIZE
@@ -107,6 +109,17 @@ def test_hdr_inputs_write_float_probabilities_and_a_tone_mapped_overlay(cli, hdr
     shown = read_image(overlay)
     assert shown.shape == SIZE + (3,) and 20 < shown.mean() < 235  # tone-mapped, neither black nor blown out
     assert all(p.is_file() for p in outputs_of(tmp_path / "out", "pano", ".tif"))
+
+
+def test_hdr_is_kept_in_float16_model_space_and_restored_for_display(hdr_model, tmp_path):
+    write_tif(tmp_path / "sky.tif", hdr_image(0))
+    segmenter = TiledSegmenter.load(hdr_model)
+    prepared = segmenter.inputs.read(tmp_path / "sky.tif")
+    assert prepared.dtype == np.float16
+    np.testing.assert_allclose(segmenter.inputs.restore(prepared), hdr_image(0), rtol=2e-3, atol=1e-6)
+    np.testing.assert_array_equal(segmenter.inputs.prepare(ldr_image()), ldr_image())  # LDR stays as read
+    with_tta = TiledSegmenter.load(hdr_model, TilingConfig(tta="flip4"))  # tiles reach the model as tensors
+    np.testing.assert_allclose(with_tta.probabilities(prepared), with_tta.probabilities(hdr_image(0)), atol=2e-3)
 
 
 def test_reinhard_tone_mapping_of_a_uniform_image():

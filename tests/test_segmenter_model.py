@@ -16,6 +16,7 @@ from tfsky.models.segmenter import (
     build_segmenter,
     load_encoder_weights,
     save_encoder_weights,
+    use_bilinear_upsampling,
 )
 
 TINY = dict(backbone="resnet18", decoder_filters=(32, 16, 8, 8, 4))
@@ -119,7 +120,7 @@ def test_encoder_weights_of_another_backbone(tmp_path):
     path = tmp_path / "r18.h5"
     save_encoder_weights(build_segmenter(tiny(), 3), path, "resnet18")
     model = build_segmenter(tiny(backbone="seresnet18"), 3)
-    with pytest.raises(InputError, match="not weights of a .* backbone"):
+    with pytest.raises(InputError, match=r"not seresnet18 encoder weights: the file (lacks|has extra) layers \("):
         load_encoder_weights(model, path, "seresnet18")
 
 
@@ -188,3 +189,33 @@ def test_losses_are_float32_and_smaller_for_better_predictions(name, classes):
     good_loss, bad_loss = loss(truth, good), loss(truth, bad)
     assert good_loss.dtype == tf.float32
     assert 0 <= good_loss.numpy() < bad_loss.numpy()
+
+
+def test_jit_compile_needs_and_gets_bilinear_upsampling():
+    def tiny_decoder():
+        inputs = tf.keras.Input((8, 8, 2))
+        x = tf.keras.layers.UpSampling2D(2)(tf.keras.layers.Conv2D(2, 1)(inputs))
+        model = tf.keras.Model(inputs, tf.keras.layers.Conv2D(1, 1)(x))
+        model.compile("sgd", "mse", jit_compile=True)
+        return model
+
+    data = (tf.ones([1, 8, 8, 2]), tf.zeros([1, 16, 16, 1]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="ResizeNearestNeighborGrad"):
+        tiny_decoder().train_on_batch(*data)
+    model = tiny_decoder()
+    use_bilinear_upsampling(model)
+    assert np.isfinite(model.train_on_batch(*data))
+    segmenter = build_segmenter(tiny(jit_compile=True), 3)
+    upsampling = [layer for layer in segmenter.layers if isinstance(layer, tf.keras.layers.UpSampling2D)]
+    assert len(upsampling) == 5 and {layer.interpolation for layer in upsampling} == {"bilinear"}
+
+
+def test_segmentation_models_metric_differs_only_by_its_smoothing():
+    """What the metrics module docstring says about sm.metrics.IOUScore."""
+    from tfsky.models.segmenter import segmentation_models
+
+    sm_iou = segmentation_models().metrics.IOUScore(threshold=0.5)
+    truth, pred = masks([1, 1, 0, 0]), masks([0.9, 0.2, 0.0, 0.0])
+    assert float(sm_iou(truth, pred)) == pytest.approx((1 + 1e-5) / (2 + 1e-5), rel=1e-6)
+    empty = masks([0, 0, 0, 0])
+    assert float(sm_iou(empty, empty)) == 1.0

@@ -141,7 +141,7 @@ def blend_window(tile: int, mode: str = "gaussian", floor: float = 1e-3) -> np.n
     return np.maximum(weights / weights.max(), floor).astype(np.float32)
 
 
-def weight_profile(starts, length, window) -> tf.Tensor:
+def weight_profile(starts: tf.Tensor, length, window: np.ndarray) -> tf.Tensor:
     """Sum of the 1-D ``window`` placed at each of ``starts``: one factor of the separable weight sum."""
     tile = tf.shape(window)[0]
     positions = tf.reshape(starts[:, None] + tf.range(tile)[None, :], [-1, 1])
@@ -201,9 +201,8 @@ def sliding_window_inference(
     """
     height, width = image.shape[:2]
     padded = _reflect_pad(image, tile)
-    starts_y = tile_starts(height, tile, overlap).numpy()
-    starts_x = tile_starts(width, tile, overlap).numpy()
-    origins = [(y, x) for y in starts_y for x in starts_x]
+    starts_y, starts_x = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    origins = [(y, x) for y in starts_y.numpy() for x in starts_x.numpy()]
     window_1d = blend_window(tile, window)
     window_2d = np.outer(window_1d, window_1d)[..., None]
     predict = with_flip_tta(predict_batch, tta)
@@ -218,8 +217,8 @@ def sliding_window_inference(
         done += len(batch_origins)
         if progress is not None:
             progress(done, len(origins))
-    _divide_by_weights(total, weight_profile(starts_y, total.shape[0], window_1d).numpy(),
-                       weight_profile(starts_x, total.shape[1], window_1d).numpy())
+    weights_y = weight_profile(starts_y, total.shape[0], window_1d).numpy()
+    _divide_by_weights(total, weights_y, weight_profile(starts_x, total.shape[1], window_1d).numpy())
     if total.shape[:2] != (height, width):
         total = np.ascontiguousarray(total[:height, :width])
     return total

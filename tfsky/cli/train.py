@@ -24,7 +24,7 @@ def segmenter(
     resume: ResumeOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Train the sky segmenter (prepares data.cache first if it does not exist); prints the run folder and best metrics."""
+    """Train the sky segmenter (preparing data.cache first if missing); print the run folder and best metrics."""
     from tfsky.config import load_config
     from tfsky.train.config import SegmenterConfig
     from tfsky.train.segmenter import train_segmenter

@@ -191,10 +191,10 @@ def _common_size(stream: Stream, frames: list[Frame]) -> tuple[int, int]:
 def _no_pairs_message(streams: list[Stream], cfg: PairsConfig) -> str:
     n_src = sum(len(_eligible(s, cfg.source, cfg.min_confidence)) for s in streams)
     n_tgt = sum(len(_eligible(s, cfg.target, cfg.min_confidence)) for s in streams)
-    within = f", at most {cfg.max_hours} h apart" if cfg.max_hours is not None else ""
+    within = f" within {cfg.max_hours} h of each other" if cfg.max_hours is not None else ""
     return (
         f"no pairs after filtering: {n_src} usable {cfg.source!r} and {n_tgt} usable {cfg.target!r} frames "
-        f"with confidence >= {cfg.min_confidence} in {len(streams)} stream(s), none in the same stream{within}"
+        f"with confidence >= {cfg.min_confidence} in {len(streams)} stream(s), but no stream has both{within}"
     )
 
 
@@ -282,7 +282,7 @@ def load_pair_arrays(source: str, target: str, mask: Optional[str]) -> tuple[np.
 def make_pair_dataset(
     pairs: list[Pair], cfg: PairDataConfig, *, batch_size: int, training: bool, repeat: bool = False
 ) -> tf.data.Dataset:
-    """Batches of ``(source, target, mask)``: [B, c, c, 3] in [-1, 1], [B, c, c, 3], [B, c, c, 1] in [0, 1].
+    """Batches of ``((source, mask), target)``: [B, c, c, 3] in [-1, 1], [B, c, c, 1] in [0, 1], [B, c, c, 3].
 
     Source, target and mask are stacked into one 7-channel image before any
     geometric step, so the resize, the random crop and the flip are exactly
@@ -340,5 +340,6 @@ def _centre_crop(stacked: tf.Tensor, crop_size: int) -> tf.Tensor:
     return tf.ensure_shape(stacked[top : top + crop_size, left : left + crop_size], [crop_size, crop_size, 7])
 
 
-def _split(stacked: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    return to_model_range(stacked[..., :3]), to_model_range(stacked[..., 3:6]), stacked[..., 6:]
+def _split(stacked: tf.Tensor) -> tuple[tuple[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """Keras' ``(x, y)``: the inputs (source, sky mask) and the target."""
+    return (to_model_range(stacked[..., :3]), stacked[..., 6:]), to_model_range(stacked[..., 3:6])

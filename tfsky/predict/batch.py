@@ -4,7 +4,8 @@
 complete (unless ``overwrite``), and predicts the rest one by one. The next
 image is decoded in a background thread while the model works on the current
 one, so an 8K EXR decode does not leave the model idle (at the price of
-holding two decoded images at once). A bad file is recorded with its reason
+holding two decoded images at once; HDR images are held as float16, see
+`tfsky.predict.segment`). A bad file is recorded with its reason
 and the job goes on; the returned `BatchReport` counts done / skipped / failed.
 
 Output stems: a file input ``a/b.jpg`` writes ``OUT/b_*``; an image
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -27,8 +29,17 @@ import numpy as np
 from tfsky import __version__
 from tfsky.errors import ConfigError, InputError, TfskyError
 from tfsky.io.images import is_image_file
-from tfsky.predict.outputs import OutputPaths, ProbFormat, remove_stale_temps, write_outputs
-from tfsky.predict.segment import TiledSegmenter, model_id
+from tfsky.models.bundle import load_info
+from tfsky.predict.outputs import (
+    OutputPaths,
+    ProbFormat,
+    overlay,
+    remove_stale_temps,
+    write_maps,
+    write_overlay,
+    write_sidecar,
+)
+from tfsky.predict.segment import ModelInputs, TiledSegmenter, model_id
 from tfsky.tiling import TilingConfig
 
 MANIFEST_SUFFIX = ".txt"
@@ -114,13 +125,15 @@ def predict_many(
     """
     out_dir = Path(out_dir)
     listener = listener or BatchListener()
-    report = BatchReport()
-    segmenter = TiledSegmenter.load(model_path, config.tiling)
-    if config.sky_class >= segmenter.info.classes:
-        raise ConfigError("predict.sky_class", f"model has {segmenter.info.classes} output channel(s)")
-    jobs, report.failed = collect_jobs(inputs, out_dir)
-    listener.begin(len(jobs) + len(report.failed))
-    for source, reason in report.failed:
+    if not Path(model_path).is_file():  # before the sidecar: a mistyped path is reported as such
+        raise InputError(model_path, "model file not found")
+    inputs_of_model = ModelInputs(load_info(model_path))
+    if config.sky_class >= inputs_of_model.info.classes:
+        raise ConfigError("predict.sky_class", f"model has {inputs_of_model.info.classes} output channel(s)")
+    jobs, failed = collect_jobs(inputs, out_dir)
+    report = BatchReport(failed=failed)
+    listener.begin(len(jobs) + len(failed))
+    for source, reason in failed:
         listener.image_finished(source, "failed", reason)
     pending = []
     for job in jobs:
@@ -131,23 +144,30 @@ def predict_many(
             listener.image_finished(job.source, "skipped")
         else:
             pending.append((job, paths))
-    facts = {"model": {"path": str(model_path), "id": model_id(model_path)}, "tfsky_version": __version__}
-    _predict_pending(segmenter, pending, config, facts, report, listener)
+    if pending:
+        facts = {"model": {"path": str(model_path), "id": model_id(model_path)}, "tfsky_version": __version__}
+        _predict_pending(model_path, inputs_of_model, pending, config, facts, report, listener)
     return report
 
 
-def _predict_pending(segmenter, pending, config, facts, report, listener) -> None:
-    """Predict ``pending`` (job, paths) pairs in order; the next image is decoded while the current one runs."""
+def _predict_pending(model_path, inputs_of_model, pending, config, facts, report, listener) -> None:
+    """Predict ``pending`` (job, paths) pairs in order; the next image is decoded while the current one runs.
+
+    The first image is decoded before the model is loaded, so the decoder's and
+    the model loader's memory peaks do not add up. Decoded images travel in a
+    one-item list that `_predict_one` empties: it holds the only reference and
+    frees the image as soon as it is drawn.
+    """
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfsky-read") as pool:
-        upcoming = pool.submit(_read, segmenter, pending[0][0].source) if pending else None
+        read = functools.partial(pool.submit, _read, inputs_of_model)
+        upcoming = read(pending[0][0].source)
+        concurrent.futures.wait([upcoming])
+        segmenter = TiledSegmenter.load(model_path, config.tiling)
         for index, (job, paths) in enumerate(pending):
-            image = upcoming.result()
-            following = pending[index + 1][0].source if index + 1 < len(pending) else None
-            upcoming = pool.submit(_read, segmenter, following) if following else None
+            current = upcoming
+            upcoming = read(pending[index + 1][0].source) if index + 1 < len(pending) else None
             try:
-                if isinstance(image, TfskyError):
-                    raise image
-                _predict_one(segmenter, image, job, paths, config, facts, listener)
+                _predict_one(segmenter, current.result(), job, paths, config, facts, listener)
             except (TfskyError, OSError) as err:
                 about_source = isinstance(err, InputError) and Path(err.path) == job.source
                 reason = err.problem if about_source else str(err)
@@ -156,29 +176,32 @@ def _predict_pending(segmenter, pending, config, facts, report, listener) -> Non
             else:
                 report.done.append(job.source)
                 listener.image_finished(job.source, "done")
-            del image  # at most two decoded images alive: this one is gone before the next is read
 
 
-def _read(segmenter: TiledSegmenter, source: Path) -> np.ndarray | TfskyError:
-    """Read in the prefetch thread; an error is returned so it is reported with its image, in order."""
-    try:
-        return segmenter.read(source)
-    except TfskyError as err:
-        return err
+def _read(inputs_of_model: ModelInputs, source: Path) -> list[np.ndarray]:
+    """Decode in the prefetch thread; the image is handed over in a list the consumer empties."""
+    return [inputs_of_model.read(source)]
 
 
-def _predict_one(segmenter, image, job, paths, config, facts, listener) -> None:
-    """Predict one decoded image and write its outputs (sidecar last)."""
+def _predict_one(segmenter, handed_over: list[np.ndarray], job, paths, config, facts, listener) -> None:
+    """Predict one decoded image and write its outputs, sidecar last; big arrays are freed as soon as possible."""
+    image = handed_over.pop()
     height, width = image.shape[:2]
     tiles = segmenter.tile_count(height, width)
     listener.image_started(job.source, tiles)
     start = time.perf_counter()
     probs = segmenter.probabilities(image, progress=listener.tiles_done)
     seconds = time.perf_counter() - start
+    mask = write_maps(paths, probs[..., config.sky_class], config.threshold)
+    del probs
+    shown = overlay(image, mask, segmenter.inputs.restore)
+    del image
+    write_overlay(paths, shown)
+    del shown
     tiling = dataclasses.asdict(segmenter.tiling)
-    sidecar = dict(source=str(job.source), height=height, width=width, tiles=tiles, **tiling, seconds=round(seconds, 3),
-                   **facts)
-    write_outputs(paths, image, probs[..., config.sky_class], config.threshold, sidecar)
+    facts = dict(source=str(job.source), height=height, width=width, tiles=tiles, **tiling, seconds=round(seconds, 3),
+                 **facts)
+    write_sidecar(paths, facts, mask, config.threshold)
 
 
 def collect_jobs(inputs: list[Path], out_dir: Path) -> tuple[list[ImageJob], list[tuple[Path, str]]]:

@@ -22,21 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
 from tfsky.data.transforms import is_hdr
 from tfsky.io.atomic import write_json
 from tfsky.io.images import luminance
-from tfsky.io.writers import write_jpeg, write_mask_png, write_png, write_tif
+from tfsky.io.writers import write_jpeg, write_png, write_tif
 
 ProbFormat = Literal["png16", "tif"]
+Restore = Optional[Callable[[np.ndarray], np.ndarray]]
 OVERLAY_COLOUR = np.array([1.0, 0.0, 1.0], np.float32)  # magenta: stands out against blue sky and green ground
 OVERLAY_OPACITY = 0.5
 REINHARD_KEY = 0.18
 GAMMA = 2.2
-_BAND = 512  # rows converted at a time, so no full-size float temporary is made
+_BAND = 64  # rows converted at a time: temporaries of a few MB even for 8K images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,41 +75,46 @@ def remove_stale_temps(paths: OutputPaths) -> None:
             stale.unlink(missing_ok=True)
 
 
-def write_outputs(
-    paths: OutputPaths, image: np.ndarray, prob: np.ndarray, threshold: float, sidecar: dict[str, Any]
-) -> dict[str, Any]:
-    """Write mask, probability map, overlay and finally the sidecar (completed with sky_fraction).
+def write_maps(paths: OutputPaths, prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Write the probability map and the mask of sky probability ``prob`` [H, W]; returns the uint8 0/255 mask.
 
-    Args:
-        paths: OutputPaths. Destinations.
-        image: np.ndarray. The input image [H, W, C] as read (LDR integers or HDR float32).
-        prob: np.ndarray. Sky probability [H, W], float32 in [0, 1].
-        threshold: float. Probability at or above which a pixel is sky.
-        sidecar: dict. Facts to record; ``sky_fraction`` and ``outputs`` are added.
-
-    Returns:
-        The sidecar as written.
+    One derived full-size array exists at a time (8K: 67 MB for the 16-bit map, then 34 MB for the mask).
     """
-    mask = prob >= threshold
-    write_mask_png(paths.mask, mask)
     if paths.prob.suffix == ".tif":
         write_tif(paths.prob, prob)
     else:
         write_png(paths.prob, _by_bands(prob, _to_uint16, np.uint16))
-    write_jpeg(paths.overlay, overlay(image, mask))
-    sidecar = dict(sidecar, sky_fraction=float(mask.mean()), threshold=threshold,
+    mask = _by_bands(prob, lambda band: np.where(band >= threshold, 255, 0), np.uint8)
+    write_png(paths.mask, mask)  # already 0/255 uint8, so no full-size temporary in the writer
+    return mask
+
+
+def write_overlay(paths: OutputPaths, shown: np.ndarray) -> None:
+    """Write the uint8 RGB overlay drawn by `overlay`."""
+    write_jpeg(paths.overlay, shown)
+
+
+def write_sidecar(paths: OutputPaths, facts: dict[str, Any], mask: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Write the JSON sidecar LAST (it marks the image complete): ``facts`` plus sky fraction and output names."""
+    sidecar = dict(facts, sky_fraction=np.count_nonzero(mask) / mask.size, threshold=threshold,
                    outputs={name: p.name for name, p in zip(("mask", "prob", "overlay"), paths.all())})
     write_json(paths.sidecar, sidecar)
     return sidecar
 
 
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """uint8 RGB view of ``image`` with ``mask`` tinted in `OVERLAY_COLOUR` at `OVERLAY_OPACITY`."""
-    exposure = hdr_exposure(image) if is_hdr(image) else None
+def overlay(image: np.ndarray, mask: np.ndarray, restore: Restore = None) -> np.ndarray:
+    """uint8 RGB view of ``image`` with the 0/255 ``mask`` tinted in `OVERLAY_COLOUR` at `OVERLAY_OPACITY`.
+
+    ``restore`` maps stored pixels back to the values read from the file (e.g.
+    `ModelInputs.restore` for HDR kept in float16 model space); it is applied per row band.
+    """
+    restore = restore or (lambda pixels: pixels)
+    sample = restore(image[::4, ::4])
+    exposure = hdr_exposure(sample) if is_hdr(sample) else None
     out = np.empty(image.shape[:2] + (3,), np.uint8)
     for row in range(0, image.shape[0], _BAND):
-        rgb = display_rgb(image[row : row + _BAND], exposure)
-        alpha = mask[row : row + _BAND, :, None].astype(np.float32) * OVERLAY_OPACITY
+        rgb = display_rgb(restore(image[row : row + _BAND]), exposure)
+        alpha = mask[row : row + _BAND, :, None] * np.float32(OVERLAY_OPACITY / 255)
         out[row : row + _BAND] = np.rint(255 * (rgb * (1 - alpha) + OVERLAY_COLOUR * alpha))
     return out
 
@@ -127,9 +133,9 @@ def display_rgb(pixels: np.ndarray, exposure: float | None = None) -> np.ndarray
     return np.clip(rgb * gain, 0, 1) ** (1 / GAMMA)
 
 
-def hdr_exposure(image: np.ndarray, step: int = 4) -> float:
-    """Reinhard's exposure: key 0.18 over the log-average luminance (estimated on every ``step``-th pixel)."""
-    lum = luminance(_as_rgb(image[::step, ::step]))
+def hdr_exposure(pixels: np.ndarray) -> float:
+    """Reinhard's exposure: key 0.18 over the log-average luminance of ``pixels`` (e.g. a subsample)."""
+    lum = luminance(_as_rgb(pixels))
     return float(REINHARD_KEY / np.exp(np.mean(np.log(1e-6 + np.maximum(lum, 0)))))
 
 

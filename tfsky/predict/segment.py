@@ -4,6 +4,14 @@
 ``[None, None, None, C]`` float32, so it is traced once), normalises each tile
 batch with the model's own `Preprocess`, and runs the shared tiling driver
 (`tfsky.tiling.sliding_window_inference`) over the image.
+
+Memory: an 8K float32 HDR panorama is 0.4 GB, and TensorFlow with a ResNet34
+U-Net already takes ~1 GB. `ModelInputs.read` therefore keeps HDR images in
+model space as float16 (`ModelInputs.prepare`): half the memory, and after the log
+transform the rounding error is below 2e-3 in model units (what
+mixed-precision inference does to its inputs anyway). A float16 image is taken
+to be in model space everywhere in this module; `restore` maps it back to
+linear radiance (for the overlay).
 """
 
 from __future__ import annotations
@@ -23,37 +31,29 @@ from tfsky.models.bundle import ModelInfo, load_model
 from tfsky.tiling import TilingConfig, count_tiles, sliding_window_inference
 
 _READ_CHANNELS = (1, 3, 4)  # channel counts read_image converts to; others are read as stored
+_BAND = 256  # rows normalised at a time by `prepare`
+MODEL_SPACE = np.float16  # dtype of images already normalised by `prepare`
 
 
-class TiledSegmenter:
-    """A segmenter that predicts whole images of any size through overlapping tiles.
+class ModelInputs:
+    """Reads images the way a model needs them: channel count, dynamic range, compact storage.
+
+    Needs only the model's sidecar, so a batch job can decode its first image
+    before the model itself is loaded.
 
     Args:
-        model: tf.keras.Model. Maps normalised [B, H, W, C] tiles to [B, H, W, K] probabilities.
-        info: ModelInfo. The model's sidecar (preprocessing, tile size, channels).
-        tiling: TilingConfig. Tile, overlap, window, batch and TTA; ``tile=None`` uses
-            ``info.tile_size``. Defaults to ``TilingConfig()``.
+        info: ModelInfo. The model's sidecar.
     """
 
-    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig = TilingConfig()):
+    def __init__(self, info: ModelInfo):
         self.info = info
-        self.tiling = dataclasses.replace(tiling, tile=tiling.tile or info.tile_size)
-        self.tiling.validate()
-        spec = tf.TensorSpec([None, None, None, info.in_channels], tf.float32)
-        self._forward = tf.function(lambda tiles: model(tiles, training=False), input_signature=[spec])
-
-    @classmethod
-    def load(cls, path: str | Path, tiling: TilingConfig = TilingConfig()) -> "TiledSegmenter":
-        """Load a tfsky model file (``.keras`` + sidecar) for tiled prediction."""
-        model, info = load_model(path)
-        return cls(model, info, tiling)
 
     def read(self, path: str | Path) -> np.ndarray:
-        """Read an image with the model's channel count and check that the model can take it."""
+        """Read an image with the model's channel count, `check` it and `prepare` it."""
         channels = self.info.in_channels if self.info.in_channels in _READ_CHANNELS else None
         image = read_image(path, channels=channels)
         self.check(image, path)
-        return image
+        return self.prepare(image)
 
     def check(self, image: np.ndarray, source: str | Path = "image") -> None:
         """Raise `InputError` when ``image`` has the wrong shape, channel count or dynamic range for the model."""
@@ -70,12 +70,69 @@ class TiledSegmenter:
                 f"{given} ({image.dtype})"
             )
 
-    def predict_tiles(self, tiles) -> tf.Tensor:
-        """Probabilities of a batch of raw tiles (any dtype): normalise, then the compiled model."""
-        return self._forward(self.info.preprocess.apply(tiles))
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """HDR images normalised into float16 model space, row band by row band; LDR images unchanged.
+
+        LDR images (uint8 / uint16) are already compact and are normalised per tile batch.
+        """
+        if not is_hdr(image) or image.dtype == MODEL_SPACE:
+            return image
+        prepared = np.empty(image.shape, MODEL_SPACE)
+        for row in range(0, image.shape[0], _BAND):
+            prepared[row : row + _BAND] = self.info.preprocess.apply(image[row : row + _BAND]).numpy()
+        return prepared
+
+    def normalise(self, tiles: np.ndarray | tf.Tensor) -> np.ndarray | tf.Tensor:
+        """Float32 model input of a batch of tiles: raw tiles are normalised, model-space (float16) ones cast."""
+        if tiles.dtype == MODEL_SPACE:  # numpy, or an eager tensor from the flip-TTA wrapper
+            return np.asarray(tiles, np.float32)
+        return self.info.preprocess.apply(tiles)
+
+    def restore(self, pixels: np.ndarray) -> np.ndarray:
+        """Pixels of a prepared image as read: model space back to float32 radiance; LDR unchanged."""
+        if pixels.dtype != MODEL_SPACE:
+            return pixels
+        return self.info.preprocess.invert(tf.cast(pixels, tf.float32)).numpy()
+
+
+class TiledSegmenter:
+    """A segmenter that predicts whole images of any size through overlapping tiles.
+
+    Args:
+        model: tf.keras.Model. Maps normalised [B, H, W, C] tiles to [B, H, W, K] probabilities.
+        info: ModelInfo. The model's sidecar (preprocessing, tile size, channels).
+        tiling: TilingConfig. Tile, overlap, window, batch and TTA; ``tile=None`` uses
+            ``info.tile_size``. Defaults to ``TilingConfig()``.
+    """
+
+    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig = TilingConfig()):
+        self.info = info
+        self.inputs = ModelInputs(info)
+        self.tiling = dataclasses.replace(tiling, tile=tiling.tile or info.tile_size)
+        self.tiling.validate()
+        spec = tf.TensorSpec([None, None, None, info.in_channels], tf.float32)
+        self._forward = tf.function(lambda tiles: model(tiles, training=False), input_signature=[spec])
+
+    @classmethod
+    def load(cls, path: str | Path, tiling: TilingConfig = TilingConfig()) -> "TiledSegmenter":
+        """Load a tfsky model file (``.keras`` + sidecar) for tiled prediction."""
+        model, info = load_model(path)
+        return cls(model, info, tiling)
+
+    def read(self, path: str | Path) -> np.ndarray:
+        """An image file ready for `probabilities` (`ModelInputs.read`)."""
+        return self.inputs.read(path)
+
+    def check(self, image: np.ndarray, source: str | Path = "image") -> None:
+        """Raise `InputError` when the model cannot take ``image`` (`ModelInputs.check`)."""
+        self.inputs.check(image, source)
+
+    def predict_tiles(self, tiles: np.ndarray) -> tf.Tensor:
+        """Probabilities of a batch of raw or model-space tiles through the compiled model."""
+        return self._forward(self.inputs.normalise(tiles))
 
     def probabilities(self, image: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Float32 [H, W, K] class probabilities of a whole [H, W, C] image (checked first)."""
+        """Float32 [H, W, K] class probabilities of a whole [H, W, C] image, raw or prepared (checked first)."""
         self.check(image)
         t = self.tiling
         return sliding_window_inference(

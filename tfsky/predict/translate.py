@@ -1,0 +1,269 @@
+"""Weather translation of whole frames through the shared tiling module, and sky-only composites.
+
+`TiledTranslator` runs a saved pix2pix generator or VAE translator over an
+image of any size with `tfsky.tiling.sliding_window_inference` (overlapping
+tiles, blended, memory-bounded); the network is one ``tf.function`` with a
+fixed input signature, traced once. Pixels are normalised with the model's
+`Preprocess` and mapped to [-1, 1] (`tfsky.data.pairs.to_model_range`).
+
+Scale: a model trained on frames resized to a shorter side of
+``data.load_size`` (the pix2pix jitter) has learnt weather at THAT scale; run
+tile by tile on a full-resolution frame, every tile would paint a whole
+downscaled sky (visible tile repeats). So by default the frame is resized
+to the training scale, translated through the tiles there and resized back
+to full resolution (the sky is smooth; composites keep the full-resolution
+ground). Models trained with ``load_size: null`` (native scale), or any
+model with ``native_scale=True``, run on the full-resolution pixels directly.
+
+Composites keep what is not weather: ``out = (1 - w) * source + w * translated``
+with a feathered sky weight ``w`` (`feathered_sky_weight`) from the sky
+probability of a segmenter or from the camera mask. The sky is eroded by the
+blur's radius before the Gaussian blur, so ``w`` is exactly 0 outside the
+sky: every non-sky pixel of the composite is the source pixel, bit for bit.
+
+Outputs per image (stem as in ``tfsky predict``): ``<stem>_translated.png``
+and, with a composite, ``<stem>_composite.png``; each written atomically, so
+a re-run skips images whose outputs exist (``overwrite`` redoes them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from tfsky.data.pairs import from_model_range, to_model_range
+from tfsky.errors import ConfigError, InputError, TfskyError
+from tfsky.io.images import read_image, read_mask
+from tfsky.io.writers import write_png
+from tfsky.models.bundle import ModelInfo, load_model
+from tfsky.models.vae import set_sampling
+from tfsky.predict.batch import BatchReport, collect_jobs
+from tfsky.tiling import TilingConfig, sliding_window_inference
+
+TRANSLATOR_TASKS = ("pix2pix", "vae")
+_BAND = 512  # rows blended at a time: no full-size float temporary for the composite
+
+
+class TiledTranslator:
+    """A translator that maps whole uint8 RGB frames of any size to the target weather.
+
+    Args:
+        model: tf.keras.Model. [B, t, t, 3] in [-1, 1] -> [B, t, t, 3] in [-1, 1].
+        info: ModelInfo. Its sidecar (task, preprocess, tile size, training config).
+        tiling: TilingConfig. ``tile=None`` uses ``info.tile_size``. Defaults to ``TilingConfig()``.
+        sample: bool. VAE only: draw z instead of using mu. Defaults to False.
+        native_scale: bool. Translate at full resolution even if the model was trained on
+            downscaled frames. Defaults to False.
+    """
+
+    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig = TilingConfig(),
+                 sample: bool = False, native_scale: bool = False):
+        self.info = info
+        self.working_side = None if native_scale else info.config.get("data", {}).get("load_size")
+        self.tiling = dataclasses.replace(tiling, tile=tiling.tile or info.tile_size)
+        self.tiling.validate()
+        multiple = size_multiple(info)
+        if self.tiling.tile % multiple:
+            raise ConfigError("tile", f"must be a multiple of {multiple} for this {info.task} model; got {self.tiling.tile}")
+        if info.task == "vae":
+            set_sampling(model, sample)
+        spec = tf.TensorSpec([None, None, None, info.in_channels], tf.float32)
+        self._forward = tf.function(lambda tiles: model(tiles, training=False), input_signature=[spec])
+
+    @classmethod
+    def load(cls, path: str | Path, tiling: TilingConfig = TilingConfig(), sample: bool = False,
+             native_scale: bool = False) -> "TiledTranslator":
+        """Load a translator model file (``.keras`` + sidecar); a segmenter file is an `InputError`."""
+        model, info = load_model(path)
+        if info.task not in TRANSLATOR_TASKS:
+            raise InputError(path, f"is a {info.task} model, not a weather translator (pix2pix or vae)")
+        return cls(model, info, tiling, sample, native_scale)
+
+    def predict_tiles(self, tiles) -> tf.Tensor:
+        """Raw tiles (uint8) -> translated tiles in [0, 1]."""
+        unit = self.info.preprocess.apply(tiles)
+        return from_model_range(tf.cast(self._forward(to_model_range(unit)), tf.float32))
+
+    def check(self, image: np.ndarray, source: str | Path = "image") -> None:
+        """Raise `InputError` unless ``image`` is what the model was trained on: uint8 H x W x C."""
+        if image.ndim != 3 or image.shape[-1] != self.info.in_channels or image.dtype != np.uint8:
+            raise InputError(source, f"the translator takes 8-bit {self.info.in_channels}-channel images, "
+                             f"got {image.dtype} {image.shape}")
+
+    def translate(self, image: np.ndarray, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+        """Float32 [H, W, 3] in [0, 1]: the whole ``image`` (uint8 [H, W, 3]) in the target weather.
+
+        Runs at the training scale (see the module docstring) and returns the input's size.
+        """
+        self.check(image)
+        height, width = image.shape[:2]
+        working = resize_shorter_side(image, self.working_side) if self.working_side else image
+        t = self.tiling
+        out = sliding_window_inference(working, self.predict_tiles, tile=t.tile, overlap=t.overlap, window=t.window,
+                                       tile_batch=t.tile_batch, tta=t.tta, progress=progress)
+        if out.shape[:2] != (height, width):
+            out = np.clip(cv2.resize(out, (width, height), interpolation=cv2.INTER_LINEAR), 0, 1)
+        return out
+
+
+def resize_shorter_side(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` resized (area interpolation down, linear up) so its shorter side is ``side`` pixels."""
+    height, width = image.shape[:2]
+    scale = side / min(height, width)
+    if scale == 1:
+        return image
+    size = (max(side, round(width * scale)), max(side, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def size_multiple(info: ModelInfo) -> int:
+    """Input sides must be multiples of this (2**depth of the network recorded in the sidecar)."""
+    model_cfg = info.config.get("model", {})
+    depth = model_cfg.get(info.task, {}).get("depth", 0)
+    return 2**depth
+
+
+def feathered_sky_weight(sky_probability: np.ndarray, feather: float) -> np.ndarray:
+    """Float32 [H, W] blend weight in [0, 1]: the sky probability, feathered inside the sky.
+
+    The sky (probability >= 0.5) is eroded by the Gaussian's radius
+    ``ceil(3 * feather)`` and the probability on the eroded sky is blurred
+    with sigma ``feather`` pixels, so the weight rises smoothly from the sky
+    border inward and is exactly 0 on every non-sky pixel. ``feather = 0``
+    returns the binary sky.
+    """
+    sky = (sky_probability >= 0.5).astype(np.uint8)
+    if feather <= 0:
+        return sky.astype(np.float32)
+    radius = math.ceil(3 * feather)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    inner = cv2.erode(sky, kernel, borderType=cv2.BORDER_REPLICATE)
+    weight = np.where(inner > 0, sky_probability, 0).astype(np.float32)
+    blurred = cv2.GaussianBlur(weight, (2 * radius + 1, 2 * radius + 1), feather, borderType=cv2.BORDER_REPLICATE)
+    return np.where(sky > 0, np.clip(blurred, 0, 1), 0).astype(np.float32)
+
+
+def composite(source: np.ndarray, translated: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """uint8 ``(1 - w) * source + w * translated`` (source uint8, translated float in [0, 1]); w = 0 keeps source."""
+    out = source.copy()
+    for row in range(0, source.shape[0], _BAND):
+        rows = slice(row, row + _BAND)
+        w = weight[rows, :, None]
+        blend = (1 - w) * (source[rows] / np.float32(255)) + w * translated[rows]
+        out[rows] = np.where(w > 0, np.round(np.clip(blend, 0, 1) * 255), source[rows]).astype(np.uint8)
+    return out
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """[0, 1] float -> uint8 (rounded)."""
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+@dataclasses.dataclass
+class CompositeOptions:
+    """Where the sky of a composite comes from.
+
+    Args:
+        segmenter: Optional[Path]. Sky segmenter model; its tiled probability is the sky.
+        mask: Optional[Path]. Camera sky mask (white = sky), the same size as the frames; wins over
+            ``segmenter``.
+        feather: float. Gaussian sigma of the edge in pixels. Defaults to 5.
+    """
+
+    segmenter: Optional[Path] = None
+    mask: Optional[Path] = None
+    feather: float = 5.0
+
+
+def translate_images(
+    model_path: str | Path,
+    inputs: list[Path],
+    out_dir: str | Path,
+    *,
+    tiling: TilingConfig = TilingConfig(),
+    composite_with: Optional[CompositeOptions] = None,
+    sample: bool = False,
+    native_scale: bool = False,
+    overwrite: bool = False,
+    progress: Optional[Callable[[Path, str], None]] = None,
+) -> BatchReport:
+    """Translate every image of ``inputs`` (files, folders, ``.txt`` manifests) into ``out_dir``.
+
+    A bad image is recorded in the report's ``failed`` with its reason and the
+    job goes on; images whose outputs all exist are skipped unless ``overwrite``.
+
+    Args:
+        model_path: str | Path. A translator (``.keras`` with its sidecar).
+        inputs: list[Path]. Images, folders or manifests (as ``tfsky predict``).
+        out_dir: str | Path. Output folder.
+        tiling: TilingConfig. Tiles and blending. Defaults to ``TilingConfig()``.
+        composite_with: Optional[CompositeOptions]. Also write sky-only composites. Defaults to None.
+        sample: bool. VAE: sample z. Defaults to False.
+        native_scale: bool. Run at full resolution even for a model trained downscaled. Defaults to False.
+        overwrite: bool. Redo complete images. Defaults to False.
+        progress: callable ``(source, status)`` after each image. Defaults to None.
+    """
+    out_dir = Path(out_dir)
+    translator = TiledTranslator.load(model_path, tiling, sample, native_scale)
+    sky = _sky_source(composite_with)
+    jobs, failed = collect_jobs(inputs, out_dir)
+    report = BatchReport(failed=failed)
+    for job in jobs:
+        outputs = output_paths(out_dir / job.stem, composite_with is not None)
+        if all(p.is_file() for p in outputs) and not overwrite:
+            report.skipped.append(job.source)
+            status = "skipped"
+        else:
+            try:
+                _translate_one(translator, job.source, outputs, sky)
+                report.done.append(job.source)
+                status = "done"
+            except (TfskyError, OSError) as err:
+                reason = err.problem if isinstance(err, InputError) and Path(err.path) == job.source else str(err)
+                report.failed.append((job.source, reason))
+                status = "failed"
+        if progress is not None:
+            progress(job.source, status)
+    return report
+
+
+def output_paths(stem: Path, with_composite: bool) -> list[Path]:
+    """``<stem>_translated.png`` and, for composites, ``<stem>_composite.png``."""
+    paths = [stem.parent / f"{stem.name}_translated.png"]
+    return paths + [stem.parent / f"{stem.name}_composite.png"] if with_composite else paths
+
+
+def _sky_source(options: Optional[CompositeOptions]):
+    """A function ``image -> sky probability [H, W]`` for composites, or None."""
+    if options is None:
+        return None
+    if options.mask is not None:
+        camera = read_mask(options.mask).astype(np.float32)
+
+        def from_mask(image: np.ndarray) -> np.ndarray:
+            if camera.shape != image.shape[:2]:
+                raise InputError(options.mask, f"mask size {camera.shape} differs from the image's {image.shape[:2]}")
+            return camera
+
+        return lambda image: feathered_sky_weight(from_mask(image), options.feather)
+    if options.segmenter is None:
+        raise ConfigError("composite", "needs a sky source: --segmenter MODEL or --mask CAMERA_MASK")
+    from tfsky.predict.segment import TiledSegmenter
+
+    segmenter = TiledSegmenter.load(options.segmenter)
+    return lambda image: feathered_sky_weight(segmenter.probabilities(image)[..., 0], options.feather)
+
+
+def _translate_one(translator: TiledTranslator, source: Path, outputs: list[Path], sky) -> None:
+    image = read_image(source)
+    translator.check(image, source)
+    translated = translator.translate(image)
+    write_png(outputs[0], to_uint8(translated))
+    if sky is not None:
+        write_png(outputs[1], composite(image, translated, sky(image)))

@@ -1,0 +1,359 @@
+"""The training loop around ``Model.fit`` shared by every tfsky model family.
+
+A run lives in ``<runs_root>/<name>/<timestamp>/`` (`run_directory`) and holds::
+
+    config.yaml            resolved config (written by the caller: dump_config)
+    best.keras, best.json  best model so far on the monitored metric (written by ``save_best``)
+    state.json             best value/epoch and whether early stopping ended the run
+    last/                  resume checkpoint (model, optimizer, epoch counter), every epoch
+    history.csv            one row per completed epoch, across resumes
+    tensorboard/           scalars (train/, validation/) and images (images/)
+    learning_curves.png    drawn when fit returns
+
+Every file is written atomically. After ``kill -9`` the same call with the
+same ``run_dir`` continues at the first unfinished epoch: Keras
+`BackupAndRestore` restores weights, optimizer state and the epoch counter
+(from ``last/``, written at the end of each epoch after every other file of
+that epoch); ``history.csv`` drops rows of epochs that are being redone.
+
+Usage (any Keras model, including one with a custom ``train_step`` — track
+extra optimizers as attributes of the model so the checkpoint holds them)::
+
+    run_dir, resumed = run_directory(Path("runs"), "pix2pix_tiny", resume=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    result = fit_run(
+        model, train_ds, val_ds, run_dir=run_dir, epochs=cfg.train.epochs,
+        monitor="val_l1", mode="min",
+        save_best=lambda model, path, logs: bundle.save_model(model, path, info(logs)),
+        images=lambda model: {"source|generated|target": triplets(model)},
+    )
+    result.best_metrics["val_l1"], result.best_epoch, result.run_dir
+
+``images(model)`` returns named float image batches ``[N, H, W, 1|3|4]`` in
+[0, 1]; they are logged to TensorBoard at the end of every epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Literal, Optional
+
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from tfsky.io.atomic import atomic_path, write_json, write_text
+
+SaveBest = Callable[[tf.keras.Model, Path, dict], None]
+ImageFn = Callable[[tf.keras.Model], dict]
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished (or resumed and finished) run produced.
+
+    Args:
+        run_dir: Path. The run folder.
+        best_epoch: Optional[int]. 1-based epoch of ``best.keras`` (None if no epoch finished).
+        best_metrics: dict. The history row of that epoch (all train and val logs).
+        epochs_completed: int. Rows in ``history.csv``.
+        resumed: bool. Whether training continued an existing run folder.
+        stopped_early: bool. Whether early stopping ended it.
+    """
+
+    run_dir: Path
+    best_epoch: Optional[int]
+    best_metrics: dict[str, float]
+    epochs_completed: int
+    resumed: bool
+    stopped_early: bool
+
+
+def run_directory(runs_root: Path, name: str, resume: bool = False) -> tuple[Path, bool]:
+    """``(run_dir, resumed)``: the newest run of ``name`` when resuming and one exists, else a new one.
+
+    New runs are named by local time, ``YYYYmmdd-HHMMSS`` (``-1``, ``-2``... if taken).
+    """
+    parent = Path(runs_root) / name
+    existing = sorted(p for p in parent.glob("*") if p.is_dir() and not p.name.startswith("."))
+    if resume and existing:
+        return existing[-1], True
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir, suffix = parent / stamp, 0
+    while run_dir.exists():
+        suffix += 1
+        run_dir = parent / f"{stamp}-{suffix}"
+    run_dir.mkdir(parents=True)
+    return run_dir, False
+
+
+def fit_run(
+    model: tf.keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    *,
+    run_dir: Path,
+    epochs: int,
+    monitor: str,
+    mode: Literal["min", "max"],
+    save_best: SaveBest,
+    images: Optional[ImageFn] = None,
+    extra_callbacks: Iterable[tf.keras.callbacks.Callback] = (),
+    steps_per_epoch: Optional[int] = None,
+    verbose: int = 2,
+) -> RunResult:
+    """Fit a compiled ``model`` into ``run_dir``, resuming from ``run_dir/last`` if present.
+
+    Args:
+        model: tf.keras.Model. Compiled (built inside the strategy scope if any).
+        train_ds: tf.data.Dataset. Training batches; repeated if ``steps_per_epoch`` is set.
+        val_ds: tf.data.Dataset. Finite validation batches (evaluated in full each epoch).
+        run_dir: Path. From `run_directory`.
+        epochs: int. Total epochs, counting those done before a resume.
+        monitor: str. Validation log key that picks ``best.keras``, e.g. ``val_iou``.
+        mode: str. ``max`` or ``min``: which direction of ``monitor`` is better.
+        save_best: callable ``(model, path, logs)`` that writes the model to
+            ``path`` (``run_dir/best.keras``) atomically; ``logs`` is the epoch's row.
+        images: optional callable ``model -> {name: images [N, H, W, C] in [0, 1]}``
+            logged to TensorBoard each epoch.
+        extra_callbacks: e.g. EarlyStopping, ReduceLROnPlateau. Run before the
+            resume checkpoint is written.
+        steps_per_epoch: Optional[int]. Batches per epoch (None: one pass).
+        verbose: int. Keras progress output (0 silent, 1 bar, 2 one line per epoch).
+    """
+    run_dir = Path(run_dir)
+    resumed = (run_dir / "last").exists()
+    for stale in run_dir.glob(".*.part*"):  # temp files of writes a kill interrupted
+        stale.unlink()
+    state = RunState.load(run_dir / "state.json", monitor, mode)
+    if not state.stopped_early:  # a run ended by early stopping has nothing left to do
+        model.fit(
+            train_ds.repeat() if steps_per_epoch else train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=run_callbacks(run_dir, state, save_best, images, extra_callbacks),
+            verbose=verbose,
+        )
+        state.stopped_early = bool(model.stop_training)
+        state.save()
+    rows = read_history(run_dir / "history.csv")
+    if rows:
+        draw_learning_curves(rows, run_dir / "learning_curves.png")
+    best_row = next((row for row in rows if row["epoch"] == state.best_epoch), {})
+    return RunResult(run_dir, state.best_epoch, best_row, len(rows), resumed, state.stopped_early)
+
+
+def run_callbacks(
+    run_dir: Path,
+    state: "RunState",
+    save_best: SaveBest,
+    images: Optional[ImageFn],
+    extra_callbacks: Iterable[tf.keras.callbacks.Callback],
+) -> list[tf.keras.callbacks.Callback]:
+    """The run's callbacks, in the order their epoch-end work must happen.
+
+    The resume checkpoint comes last: once it is written, every other file of
+    the epoch is already in place, so "epoch N done" means all of it.
+    """
+    return [
+        HistoryCSV(run_dir / "history.csv"),
+        BestModel(state, run_dir / "best.keras", save_best),
+        TensorBoardLogger(run_dir / "tensorboard", images),
+        *extra_callbacks,
+        tf.keras.callbacks.BackupAndRestore(str(run_dir / "last"), delete_checkpoint=False),
+    ]
+
+
+@dataclasses.dataclass
+class RunState:
+    """The best monitored value so far, kept in ``state.json`` so it survives a resume."""
+
+    path: Path
+    monitor: str
+    mode: str
+    best: Optional[float] = None
+    best_epoch: Optional[int] = None
+    stopped_early: bool = False
+
+    @classmethod
+    def load(cls, path: Path, monitor: str, mode: str) -> "RunState":
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        if saved.get("monitor", monitor) != monitor:
+            saved = {}  # a different metric: the old best is not comparable
+        keep = {k: saved[k] for k in ("best", "best_epoch", "stopped_early") if k in saved}
+        return cls(path, monitor, mode, **keep)
+
+    def improves(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def save(self) -> None:
+        fields = dataclasses.asdict(self)
+        del fields["path"]
+        write_json(self.path, fields)
+
+
+class BestModel(tf.keras.callbacks.Callback):
+    """Calls ``save_best`` when the monitored value improves, then records it in the run state."""
+
+    def __init__(self, state: RunState, path: Path, save_best: SaveBest):
+        super().__init__()
+        self.state, self.path, self.save_best = state, path, save_best
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = _plain_logs(logs)
+        if self.state.monitor not in logs:
+            raise KeyError(f"monitored metric {self.state.monitor!r} not in the epoch logs {sorted(logs)}")
+        if self.state.improves(logs[self.state.monitor]):
+            self.save_best(self.model, self.path, logs)
+            self.state.best, self.state.best_epoch = logs[self.state.monitor], epoch + 1
+            self.state.save()
+
+
+class HistoryCSV(tf.keras.callbacks.Callback):
+    """``history.csv``: one row per completed epoch (``epoch`` is 1-based), rewritten atomically.
+
+    Rows of epochs at or after the first epoch of this ``fit`` are dropped, so an
+    epoch redone after a kill appears once.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.rows: Optional[list[dict]] = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.rows is None:
+            self.rows = [row for row in read_history(self.path) if row["epoch"] <= epoch]
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, **_plain_logs(logs)}
+        learning_rate = current_learning_rate(self.model)
+        if learning_rate is not None:
+            row["lr"] = learning_rate
+        self.rows.append(row)
+        write_text(self.path, history_text(self.rows))
+
+
+class TensorBoardLogger(tf.keras.callbacks.Callback):
+    """Epoch scalars (``tensorboard/train``, ``tensorboard/validation``) and ``images(model)`` (``tensorboard/images``).
+
+    Written with core ``tf.summary.write`` plus the TensorBoard plugin metadata,
+    so logging works without the ``tensorboard`` package installed (TF 2.21
+    no longer depends on it); ``tensorboard --logdir runs`` reads the files.
+    """
+
+    def __init__(self, log_dir: Path, images: Optional[ImageFn] = None):
+        super().__init__()
+        self.log_dir, self.images = log_dir, images
+        self.writers: dict[str, tf.summary.SummaryWriter] = {}
+
+    def on_train_begin(self, logs=None):
+        self.writers = {name: tf.summary.create_file_writer(str(self.log_dir / name)) for name in _TB_RUNS}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in _plain_logs(logs).items():
+            run, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            with self.writers[run].as_default():
+                tf.summary.write(f"epoch_{name}", tf.constant(value, tf.float32), epoch + 1, _scalar_metadata())
+        if self.images is not None:
+            with self.writers["images"].as_default():
+                for name, batch in self.images(self.model).items():
+                    tf.summary.write(name, png_summary_tensor(batch), epoch + 1, _image_metadata())
+        for writer in self.writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()
+
+
+_TB_RUNS = ("train", "validation", "images")
+
+
+def _scalar_metadata() -> bytes:
+    return _plugin_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR)
+
+
+def _image_metadata() -> bytes:
+    return _plugin_metadata("images", summary_pb2.DATA_CLASS_BLOB_SEQUENCE)
+
+
+def _plugin_metadata(plugin: str, data_class: int) -> bytes:
+    """Serialized `SummaryMetadata` that tells TensorBoard which plugin shows a summary."""
+    plugin_data = summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin)
+    return summary_pb2.SummaryMetadata(plugin_data=plugin_data, data_class=data_class).SerializeToString()
+
+
+def png_summary_tensor(images: tf.Tensor) -> tf.Tensor:
+    """TensorBoard's image summary layout: ``[width, height, png_1, ..., png_N]`` as strings."""
+    pixels = tf.image.convert_image_dtype(tf.clip_by_value(tf.cast(images, tf.float32), 0, 1), tf.uint8)
+    pngs = [tf.io.encode_png(image) for image in tf.unstack(pixels)]
+    shape = tf.shape(pixels)
+    return tf.stack([tf.as_string(shape[2]), tf.as_string(shape[1]), *pngs])
+
+
+def current_learning_rate(model: tf.keras.Model) -> Optional[float]:
+    """The optimizer's learning rate now (schedules evaluated at the current step); None without one."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not hasattr(optimizer, "learning_rate"):
+        return None
+    rate = optimizer.learning_rate
+    if isinstance(rate, tf.keras.optimizers.schedules.LearningRateSchedule):  # legacy optimizers
+        rate = rate(optimizer.iterations)
+    return float(tf.keras.backend.get_value(rate))
+
+
+def _plain_logs(logs) -> dict[str, float]:
+    return {key: float(value) for key, value in (logs or {}).items()}
+
+
+def read_history(path: Path) -> list[dict]:
+    """Rows of ``history.csv`` with numbers parsed (``epoch`` as int); [] if there is none yet."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [
+            {key: int(value) if key == "epoch" else float(value) for key, value in row.items() if value != ""}
+            for row in csv.DictReader(f)
+        ]
+
+
+def history_text(rows: list[dict]) -> str:
+    """CSV text of ``rows``; columns in first-seen order (a resumed run may add one)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def draw_learning_curves(rows: list[dict], path: Path) -> None:
+    """One panel per metric (train and ``val_`` curves against epoch), saved atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [key for key in rows[0] if key not in ("epoch", "lr") and not key.startswith("val_")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
+    epochs = [row["epoch"] for row in rows]
+    for ax, metric in zip(axes[0], metrics):
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if key in rows[0]:
+                ax.plot(epochs, [row.get(key) for row in rows], style, marker="o", markersize=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,202 @@
+"""``tfsky train segmenter``: fit the sky segmenter from the prepared cache into a run folder.
+
+The cache (``data.cache``) is prepared automatically when it does not exist
+yet (as ``tfsky data prepare`` would); an existing cache is used as it is, so
+after changing ``data.sources`` run ``tfsky data prepare`` again. Patch size,
+augmentation and preprocessing are applied at read time and may change freely.
+
+``best.keras`` is chosen on ``val_iou``; its sidecar ``best.json`` holds the
+preprocessing, tile size, channels, classes, resolved config and the best
+epoch's validation metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+
+from tfsky.config import dump_config, to_dict
+from tfsky.data import cache, pipeline
+from tfsky.errors import ConfigError
+from tfsky.models.bundle import ModelInfo, save_model
+from tfsky.models.losses import make_loss
+from tfsky.models.metrics import segmentation_metrics
+from tfsky.models.precision import global_batch_size, make_strategy, precision_policy
+from tfsky.models.segmenter import build_segmenter
+from tfsky.train.config import SegmenterConfig, TrainConfig
+from tfsky.train.runner import RunResult, fit_run, run_directory
+
+MONITOR = "val_iou"
+
+
+def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, verbose: int = 2) -> RunResult:
+    """Train (or, with ``resume``, continue the newest run of) ``cfg.name``.
+
+    Args:
+        cfg: SegmenterConfig. The loaded config.
+        resume: bool. Continue the newest run folder of ``cfg.name`` from its
+            last completed epoch (a fresh run if there is none). Defaults to False.
+        verbose: int. Keras progress output (0 silent, 2 one line per epoch). Defaults to 2.
+
+    Returns:
+        RunResult with the run folder and the best epoch's metrics.
+    """
+    seed_everything(cfg.train)
+    ensure_cache(cfg, progress=verbose > 0)
+    strategy = make_strategy(cfg.train.strategy)
+    batch_size = global_batch_size(cfg.train.batch_size, strategy)
+    train_ds, val_ds = make_datasets(cfg, batch_size)
+    steps = training_steps(cfg, batch_size)
+    with precision_policy(cfg.model.precision), strategy.scope():
+        model = compiled_segmenter(cfg, steps)
+        run_dir, _ = run_directory(cfg.train.runs_root, cfg.name, resume)
+        dump_config(cfg, run_dir / "config.yaml")
+        return fit_run(
+            model,
+            train_ds,
+            val_ds,
+            run_dir=run_dir,
+            epochs=cfg.train.epochs,
+            monitor=MONITOR,
+            mode="max",
+            save_best=lambda model, path, logs: save_segmenter(model, path, cfg, logs),
+            images=validation_panels(val_ds, cfg.train.tensorboard_images),
+            extra_callbacks=schedule_callbacks(cfg.train),
+            steps_per_epoch=cfg.train.steps_per_epoch,
+            verbose=verbose,
+        )
+
+
+def compiled_segmenter(cfg: SegmenterConfig, steps_per_epoch: int) -> tf.keras.Model:
+    """Build and compile under the current policy and strategy scope (loss, IoU/F1, optimizer, XLA flag)."""
+    model = build_segmenter(cfg.model, cfg.data.channels)
+    model.compile(
+        optimizer=make_optimizer(cfg.train, steps_per_epoch),
+        loss=make_loss(cfg.train.loss, cfg.model.classes),
+        metrics=segmentation_metrics(cfg.model.classes),
+        jit_compile=cfg.model.jit_compile,
+    )
+    return model
+
+
+def seed_everything(train: TrainConfig) -> None:
+    """Seed Python, NumPy and TF from ``train.seed``; with ``deterministic`` also fix op order."""
+    if train.seed is not None:
+        tf.keras.utils.set_random_seed(train.seed)
+    if train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def ensure_cache(cfg: SegmenterConfig, progress: bool) -> None:
+    """Prepare ``data.cache`` unless a complete cache (with its manifest) is already there."""
+    if not (Path(cfg.data.cache) / cache.MANIFEST).is_file():
+        cache.prepare_cache(cfg.data, progress=progress)
+
+
+def training_steps(cfg: SegmenterConfig, batch_size: int) -> int:
+    """Training batches per epoch: ``train.steps_per_epoch``, else one pass over the patches.
+
+    Raises:
+        ConfigError: the cache holds less than one batch of training patches.
+    """
+    one_pass = pipeline.steps_per_epoch(cfg.data, "train", batch_size)
+    if one_pass < 1:
+        raise ConfigError("train.batch_size", f"the global batch ({batch_size}) is larger than an epoch of patches")
+    return cfg.train.steps_per_epoch or one_pass
+
+
+def make_datasets(cfg: SegmenterConfig, batch_size: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Training and validation batches of the global ``batch_size`` (validation cut to ``validation_steps``)."""
+    classes, seed = cfg.model.classes, cfg.train.seed
+    train_ds = pipeline.segmentation_dataset(cfg.data, "train", batch_size, classes=classes, seed=seed)
+    val_ds = pipeline.segmentation_dataset(cfg.data, "val", batch_size, classes=classes, seed=seed)
+    if cfg.train.validation_steps:
+        val_ds = val_ds.take(cfg.train.validation_steps)
+    return train_ds, val_ds
+
+
+def learning_rate(train: TrainConfig, steps_per_epoch: int):
+    """``train.learning_rate``, or for ``cosine`` a schedule: linear warm-up, then cosine decay to 0."""
+    if train.lr_schedule != "cosine":
+        return train.learning_rate
+    warmup = train.warmup_epochs * steps_per_epoch
+    return tf.keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else train.learning_rate,
+        decay_steps=train.epochs * steps_per_epoch - warmup,
+        warmup_target=train.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def make_optimizer(train: TrainConfig, steps_per_epoch: int) -> tf.keras.optimizers.Optimizer:
+    """The optimizer of ``train.optimizer`` with the learning rate (or schedule) of ``train``."""
+    rate = learning_rate(train, steps_per_epoch)
+    if train.optimizer == "adamw":
+        return tf.keras.optimizers.AdamW(rate, weight_decay=train.weight_decay)
+    if train.optimizer == "sgd":
+        return tf.keras.optimizers.SGD(rate, momentum=0.9)
+    return tf.keras.optimizers.Adam(rate)
+
+
+def schedule_callbacks(train: TrainConfig) -> list[tf.keras.callbacks.Callback]:
+    """ReduceLROnPlateau and EarlyStopping as configured."""
+    callbacks = []
+    if train.lr_schedule == "plateau":
+        callbacks.append(
+            tf.keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=train.plateau_factor, patience=train.plateau_patience, verbose=0
+            )
+        )
+    if train.early_stopping_patience is not None:
+        callbacks.append(
+            tf.keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=train.early_stopping_patience)
+        )
+    return callbacks
+
+
+def save_segmenter(model: tf.keras.Model, path: Path, cfg: SegmenterConfig, logs: dict) -> None:
+    """Write ``best.keras`` + sidecar: weights only (no optimizer state), metrics of this epoch."""
+    inference = tf.keras.Model(model.inputs, model.outputs, name=model.name)  # same layers, not compiled
+    metrics = {key: value for key, value in logs.items() if key.startswith("val_")}
+    info = ModelInfo(
+        task="segmenter",
+        preprocess=cfg.data.preprocess,
+        tile_size=cfg.data.patch_size,
+        in_channels=cfg.data.channels,
+        classes=cfg.model.classes,
+        config=to_dict(cfg),
+        metrics=metrics,
+    )
+    save_model(inference, path, info)
+
+
+def validation_panels(val_ds: tf.data.Dataset, count: int):
+    """The TensorBoard image function: ``count`` fixed validation images | true mask | predicted mask."""
+    if count == 0:
+        return None
+    images, masks = next(iter(val_ds.take(1)))
+    images, masks = images[:count], masks[:count]
+
+    def panels(model: tf.keras.Model) -> dict[str, tf.Tensor]:
+        predicted = model(images, training=False)
+        row = tf.concat([_displayable(images), _mask_rgb(masks), _mask_rgb(predicted)], axis=2)
+        return {"validation image | true mask | predicted mask": row}
+
+    return panels
+
+
+def _displayable(images: tf.Tensor) -> tf.Tensor:
+    """Model-space images (any range, 1/3/4 channels) as RGB in [0, 1], each stretched to its own range."""
+    rgb = tf.image.grayscale_to_rgb(images) if images.shape[-1] == 1 else images[..., :3]
+    low = tf.reduce_min(rgb, axis=[1, 2, 3], keepdims=True)
+    high = tf.reduce_max(rgb, axis=[1, 2, 3], keepdims=True)
+    return (rgb - low) / tf.maximum(high - low, 1e-6)
+
+
+def _mask_rgb(masks: tf.Tensor) -> tf.Tensor:
+    """A probability map (one channel) or one-hot / softmax classes (grey levels by class) as RGB."""
+    masks = tf.cast(masks, tf.float32)
+    if masks.shape[-1] > 1:
+        masks = tf.cast(tf.argmax(masks, axis=-1), tf.float32)[..., None] / (masks.shape[-1] - 1)
+    return tf.image.grayscale_to_rgb(masks)

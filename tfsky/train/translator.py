@@ -1,0 +1,188 @@
+"""``tfsky train translator``: fit a pix2pix or VAE weather translator into a run folder.
+
+The run folder is the segmenter's (`tfsky.train.runner`): ``best.keras`` +
+``best.json``, ``last/`` for resume after a kill, ``history.csv``,
+TensorBoard (scalars and, each epoch, fixed validation triplets
+source | generated | target) and ``learning_curves.png``. ``best.keras`` is
+the inference network only (the pix2pix generator, or the VAE translator
+that decodes mu), chosen on ``val_l1`` (plain L1 in [-1, 1] units, lower is
+better); its sidecar records ``Preprocess(ldr)`` — the [-1, 1] mapping is
+`tfsky.data.pairs.to_model_range`.
+
+When ``pairs.file`` does not exist it is built first, as ``tfsky streams
+validate`` + ``tfsky streams pairs`` would (from the manifests in
+``streams.manifests`` when they exist, else by importing ``streams.root``).
+With a single labelled camera there is no validation stream (the split is by
+camera); validation then runs on the training pairs and says so — the scores
+measure fit, not generalisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Literal
+
+import tensorflow as tf
+
+from tfsky.config import dump_config, to_dict
+from tfsky.data.pairs import (PREPROCESS, PairDataConfig, PairsConfig, build_pairs, from_model_range,
+                              make_pair_dataset, read_pairs, write_pairs)
+from tfsky.data.streams import MANIFEST_NAME, StreamsConfig, load_streams, validate_streams
+from tfsky.errors import ConfigError
+from tfsky.models.bundle import ModelInfo, save_model
+from tfsky.models.pix2pix import Pix2PixConfig, build_pix2pix
+from tfsky.models.precision import Precision, global_batch_size, make_strategy, precision_policy
+from tfsky.models.vae import KLWarmup, VAEConfig, VAETranslator, build_vae
+from tfsky.train.config import TrainConfig
+from tfsky.train.runner import RunResult, fit_run, run_directory
+from tfsky.train.segmenter import seed_everything
+
+MONITOR = "val_l1"
+log = logging.getLogger("tfsky")
+
+
+@dataclasses.dataclass
+class TranslatorModelConfig:
+    """The ``model:`` section: which translator, its settings, numeric precision.
+
+    Args:
+        kind: str. ``pix2pix`` or ``vae``. Defaults to ``pix2pix``.
+        precision: str. ``auto`` (mixed_float16 on GPU, float32 on CPU), ``float32``,
+            ``mixed_float16`` or ``mixed_bfloat16``. Defaults to ``auto``.
+        pix2pix: Pix2PixConfig. Used when ``kind`` is pix2pix.
+        vae: VAEConfig. Used when ``kind`` is vae.
+    """
+
+    kind: Literal["pix2pix", "vae"] = "pix2pix"
+    precision: Precision = "auto"
+    pix2pix: Pix2PixConfig = dataclasses.field(default_factory=Pix2PixConfig)
+    vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
+
+    @property
+    def depth(self) -> int:
+        return self.pix2pix.depth if self.kind == "pix2pix" else self.vae.depth
+
+
+@dataclasses.dataclass
+class TranslatorConfig:
+    """A whole ``tfsky train translator`` config file (``streams`` and ``pairs`` are also read by
+    ``tfsky streams validate`` / ``pairs``).
+
+    Args:
+        name: str. Run name; runs go to ``train.runs_root/<name>/``.
+        streams: StreamsConfig. Where the camera streams are and how frames are validated.
+        pairs: PairsConfig. The condition rule and the pairs file.
+        data: PairDataConfig. Resize / crop / flip of the pairs.
+        model: TranslatorModelConfig. The network.
+        train: TrainConfig. The fit (``learning_rate`` 2e-4 and ``batch_size`` 1 as in pix2pix).
+    """
+
+    name: str
+    streams: StreamsConfig = dataclasses.field(default_factory=StreamsConfig)
+    pairs: PairsConfig = dataclasses.field(default_factory=PairsConfig)
+    data: PairDataConfig = dataclasses.field(default_factory=PairDataConfig)
+    model: TranslatorModelConfig = dataclasses.field(default_factory=TranslatorModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=1, learning_rate=2e-4))
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError("name", f"must be a plain folder name; got {self.name!r}")
+        multiple = 2**self.model.depth
+        if self.data.crop_size % multiple:
+            raise ConfigError("data.crop_size", f"must be a multiple of 2**depth = {multiple} for model.{self.model.kind}")
+
+
+def train_translator(cfg: TranslatorConfig, *, resume: bool = False, verbose: int = 2) -> RunResult:
+    """Train (or, with ``resume``, continue the newest run of) ``cfg.name``; returns the run result."""
+    seed_everything(cfg.train)
+    ensure_pairs(cfg)
+    train_pairs, val_pairs = read_pairs(cfg.pairs.file, "train"), read_pairs(cfg.pairs.file, "val")
+    if not val_pairs:
+        log.warning("%s has no validation camera: validating on the training pairs (this measures fit, "
+                    "not generalisation)", cfg.pairs.file)
+        val_pairs = train_pairs
+    strategy = make_strategy(cfg.train.strategy)
+    batch_size = global_batch_size(cfg.train.batch_size, strategy)
+    train_ds = make_pair_dataset(train_pairs, cfg.data, batch_size=batch_size, training=True)
+    val_ds = make_pair_dataset(val_pairs, cfg.data, batch_size=batch_size, training=False)
+    if cfg.train.validation_steps:
+        val_ds = val_ds.take(cfg.train.validation_steps)
+    with precision_policy(cfg.model.precision), strategy.scope():
+        model = build_translator_model(cfg)
+        run_dir, _ = run_directory(cfg.train.runs_root, cfg.name, resume)
+        dump_config(cfg, run_dir / "config.yaml")
+        return fit_run(
+            model, train_ds, val_ds,
+            run_dir=run_dir, epochs=cfg.train.epochs, monitor=MONITOR, mode="min",
+            save_best=lambda model, path, logs: save_translator(model, path, cfg, logs),
+            images=triplet_panels(val_ds, cfg.train.tensorboard_images),
+            extra_callbacks=_callbacks(cfg),
+            steps_per_epoch=cfg.train.steps_per_epoch,
+            verbose=verbose,
+        )
+
+
+def build_translator_model(cfg: TranslatorConfig) -> tf.keras.Model:
+    """The compiled trainable model of ``model.kind`` (build it inside the policy and strategy scope)."""
+    if cfg.model.kind == "vae":
+        model = build_vae(cfg.model.vae, cfg.train.learning_rate)
+    else:
+        model = build_pix2pix(cfg.model.pix2pix, cfg.train.learning_rate)
+    model(tf.zeros([1, cfg.data.crop_size, cfg.data.crop_size, 3]))  # built before fit, as BackupAndRestore needs
+    return model
+
+
+def inference_model(model: tf.keras.Model) -> tf.keras.Model:
+    """The network saved as ``best.keras``: the pix2pix generator or the VAE translator."""
+    return model.translator if isinstance(model, VAETranslator) else model.generator
+
+
+def ensure_pairs(cfg: TranslatorConfig) -> None:
+    """Build ``pairs.file`` from the streams when it does not exist yet (validating them if needed)."""
+    if Path(cfg.pairs.file).is_file():
+        return
+    manifests = Path(cfg.streams.manifests)
+    if not any(manifests.glob(f"*/{MANIFEST_NAME}")):
+        validate_streams(cfg.streams)
+    write_pairs(build_pairs(load_streams(manifests), cfg.pairs), cfg.pairs, cfg.pairs.file)
+
+
+def save_translator(model: tf.keras.Model, path: Path, cfg: TranslatorConfig, logs: dict) -> None:
+    """Write the inference network to ``best.keras`` with its sidecar (task, preprocess, tile, metrics)."""
+    info = ModelInfo(
+        task=cfg.model.kind,
+        preprocess=PREPROCESS,
+        tile_size=cfg.data.crop_size,
+        in_channels=3,
+        classes=3,
+        config=to_dict(cfg),
+        metrics={key: value for key, value in logs.items() if key.startswith("val_")},
+    )
+    save_model(inference_model(model), path, info)
+
+
+def triplet_panels(val_ds: tf.data.Dataset, count: int):
+    """The TensorBoard image function: ``count`` fixed validation rows source | generated | target."""
+    if count == 0:
+        return None
+    (source, _), target = next(iter(val_ds.take(1)))
+    source, target = source[:count], target[:count]
+
+    def panels(model: tf.keras.Model) -> dict[str, tf.Tensor]:
+        generated = tf.cast(model(source, training=False), tf.float32)
+        row = tf.concat([from_model_range(source), from_model_range(generated), from_model_range(target)], axis=2)
+        return {"source | generated | target": row}
+
+    return panels
+
+
+def _callbacks(cfg: TranslatorConfig) -> list[tf.keras.callbacks.Callback]:
+    callbacks = []
+    if cfg.model.kind == "vae":
+        callbacks.append(KLWarmup(cfg.model.vae.kl_weight, cfg.model.vae.kl_warmup_epochs))
+    if cfg.train.early_stopping_patience is not None:
+        callbacks.append(tf.keras.callbacks.EarlyStopping(monitor=MONITOR, mode="min",
+                                                          patience=cfg.train.early_stopping_patience))
+    return callbacks

@@ -199,13 +199,14 @@ def test_bad_image_is_skipped_reported_and_fails_the_run(cli, model, mask_folder
     assert result.stdout.strip() == f"evaluated 2 images, skipped 3; wrote {out}/eval.json, eval.md"
 
 
-def test_sky_mask_thresholds_sigmoid_and_takes_softmax_class_one():
+def test_sky_mask_thresholds_the_sky_probability_of_sigmoid_and_softmax_models():
     from tfsky.evaluate.segmenter import sky_mask
 
     sigmoid = np.array([[[0.49], [0.5], [0.9]]], dtype=np.float32)
     assert sky_mask(sigmoid, 0.5).tolist() == [[False, True, True]]
     softmax = np.array([[[0.5, 0.3, 0.2], [0.2, 0.5, 0.3], [0.1, 0.4, 0.5]]], dtype=np.float32)
-    assert sky_mask(softmax, 0.9).tolist() == [[False, True, False]]
+    assert sky_mask(softmax, 0.5).tolist() == [[False, True, False]]  # channel 1 is sky
+    assert sky_mask(softmax, 0.35).tolist() == [[False, True, True]]
 
 
 def test_errors_are_one_line(cli, model, mask_folder, tmp_path):

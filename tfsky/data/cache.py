@@ -31,7 +31,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -47,7 +46,7 @@ from tfsky.data.config import DataConfig
 from tfsky.data.records import encode_example, parse_example
 from tfsky.data.sources import LabelledImage, iter_source
 from tfsky.errors import ConfigError, InputError, TfskyError
-from tfsky.io.atomic import atomic_dir, write_json
+from tfsky.io.atomic import atomic_dir, remove_stale_temps, write_json
 from tfsky.io.images import read_image
 
 MANIFEST = "manifest.json"
@@ -109,7 +108,7 @@ def prepare_cache(cfg: DataConfig, *, strict: bool = False, progress: bool = Tru
     splits = assign_splits([item for item in items if item.problem is None], cfg.val_fraction, cfg.split_seed)
     entries = [{"id": name, "status": "skipped", "reason": reason} for name, reason in skipped_sources]
     _stop_if_strict(entries, strict)
-    _remove_stale_temp_dirs(Path(cfg.cache))
+    remove_stale_temps(Path(cfg.cache))
     with atomic_dir(cfg.cache) as folder:
         writers = {split: ShardWriter(folder, split, cfg.shard_size_mb * 2**20, cfg.compression) for split in SPLITS}
         with _progress_bar(progress, len(items)) as advance:
@@ -294,13 +293,6 @@ def _report(cfg: DataConfig, manifest: dict) -> PrepareReport:
         bytes=manifest["totals"]["bytes"],
         seconds=manifest["totals"]["seconds"],
     )
-
-
-def _remove_stale_temp_dirs(cache: Path) -> None:
-    """Delete the temporary folders (``.<name>.*.part``, see `atomic_dir`) of an earlier, killed prepare."""
-    if cache.parent.is_dir():
-        for stale in cache.parent.glob(f".{cache.name}.*.part"):
-            shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -1,9 +1,9 @@
 """Evaluate a sky segmenter on labelled images, next to two naive baselines.
 
 Full images go through `TiledSegmenter`, the tiled predictor `tfsky predict`
-uses, so nothing is resized. A pixel is sky when its sigmoid probability is
-``>= threshold`` (one-class models, as Keras' ``BinaryIoU``) or when class 1
-wins the argmax (softmax models; class 1 is sky, the ``threshold`` is unused).
+uses, so nothing is resized. A pixel is sky when its sky probability is
+``>= threshold``, exactly as `tfsky predict` draws masks: the sigmoid output
+of one-class models (as Keras' ``BinaryIoU``), or softmax channel 1.
 Truth masks are sky where their class id is 1.
 
 The baselines (see `tfsky.evaluate.baselines`) are fitted on the cache's
@@ -31,9 +31,7 @@ from tfsky.errors import InputError
 from tfsky.evaluate import metrics
 from tfsky.evaluate.baselines import Baselines, fit_baselines
 from tfsky.evaluate.report import Table, markdown_document, signed, write_report
-from tfsky.predict.segment import TiledSegmenter
-
-SKY_CLASS = 1
+from tfsky.predict.segment import SKY_CLASS, TiledSegmenter, sky_probability
 PREDICTORS = ("model", "horizon", "color_threshold")
 HEADLINE = "dataset_level"
 NO_LABEL = "(no label)"
@@ -136,10 +134,8 @@ def model_minus_baselines(overall: dict, aggregation: str = HEADLINE) -> dict[st
 
 
 def sky_mask(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """Boolean sky mask from ``H x W x K`` probabilities: sigmoid ``>= threshold`` or softmax argmax == 1."""
-    if probabilities.shape[-1] == 1:
-        return probabilities[..., 0] >= threshold
-    return np.argmax(probabilities, axis=-1) == SKY_CLASS
+    """Boolean sky mask from ``H x W x K`` probabilities: P(sky) ``>= threshold``, as `tfsky predict` draws it."""
+    return sky_probability(probabilities) >= threshold
 
 
 def score_items(
@@ -382,7 +378,7 @@ def report_markdown(summary: dict) -> str:
     paragraphs = [
         f"Model `{summary['model']}` on `{summary['data']}` ({summary['data_kind']}{split}): "
         f"{counts['evaluated']} images evaluated, {counts['skipped']} skipped.",
-        f"Sky = probability >= {summary['threshold']} (softmax models: argmax is class 1). "
+        f"Sky = probability >= {summary['threshold']} (softmax models: channel 1). "
         f"Boundary F1 tolerance: {summary['boundary_band']} px.",
         f"Baselines: horizon at {b['horizon_fraction']:.3f} of the image height; color threshold: B >= R and "
         f"brightness >= {b['color_threshold']:.3f}. Fitted on {b['fitted_on']} ({b['fit_images']} images).",

@@ -72,6 +72,22 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def stale_temps(path: str | Path) -> list[Path]:
+    """Temporaries that interrupted atomic writes of ``path`` left beside it (files and folders)."""
+    path = Path(path)
+    patterns = (f".{path.stem}.*.part{path.suffix}", f".{path.name}.*.part")
+    return sorted({stale for pattern in patterns for stale in path.parent.glob(pattern)})
+
+
+def remove_stale_temps(path: str | Path) -> None:
+    """Delete what `stale_temps` finds; a re-run calls this before it writes ``path`` again."""
+    for stale in stale_temps(path):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Atomically write ``data`` to ``path``."""
     with atomic_path(path) as tmp:

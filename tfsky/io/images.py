@@ -244,10 +244,11 @@ def _decode_exr(path: Path) -> Decoded:
         header = exr.header()
         planes = {name: ch.pixels for name, ch in exr.channels().items()}
         sampling = {name: (ch.ySampling, ch.xSampling) for name, ch in exr.channels().items()}
-    planes = {name: p.astype(np.float32, copy=False) for name, p in planes.items()}
-    alpha = planes.get("A")
-    if {"R", "G", "B"} <= planes.keys():
-        return np.stack([planes["R"], planes["G"], planes["B"]], axis=-1), alpha
+    del exr
+    alpha = planes["A"].astype(np.float32) if "A" in planes else None
+    if {"R", "G", "B"} <= planes.keys():  # the 8K panorama path: no float32 copy of each half plane
+        return _stack_float32([planes.pop("R"), planes.pop("G"), planes.pop("B")]), alpha
+    planes = {name: plane.astype(np.float32, copy=False) for name, plane in planes.items()}
     if "Y" in planes and {"RY", "BY"} <= planes.keys():
         shape = planes["Y"].shape
         ry = _upsample(planes["RY"], sampling["RY"], shape)
@@ -330,6 +331,14 @@ def _replace_nonfinite(image: np.ndarray, path: Path) -> np.ndarray:
     largest = float(image[finite].max()) if finite.any() else 0.0
     log.warning("%s: replaced %d NaN, %d +Inf, %d -Inf values", path.name, *counts)
     return np.nan_to_num(image, nan=0.0, posinf=largest, neginf=0.0)
+
+
+def _stack_float32(planes: list[np.ndarray]) -> np.ndarray:
+    """Stack channel planes (any float type) into one float32 ``H x W x C`` array, converting in place."""
+    stacked = np.empty((*planes[0].shape, len(planes)), dtype=np.float32)
+    for index, plane in enumerate(planes):
+        stacked[..., index] = plane
+    return stacked
 
 
 def _upsample(plane: np.ndarray, sampling: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:

@@ -24,7 +24,7 @@ def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"a mask must be H x W, got shape {mask.shape}")
-    write_png(path, np.where(mask != 0, 255, 0).astype(np.uint8))
+    write_png(path, np.where(mask != 0, np.uint8(255), np.uint8(0)))
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:

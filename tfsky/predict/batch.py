@@ -28,18 +28,18 @@ import numpy as np
 
 from tfsky import __version__
 from tfsky.errors import ConfigError, InputError, TfskyError
+from tfsky.io.atomic import remove_stale_temps
 from tfsky.io.images import is_image_file
 from tfsky.models.bundle import load_info
 from tfsky.predict.outputs import (
     OutputPaths,
     ProbFormat,
     overlay,
-    remove_stale_temps,
     write_maps,
     write_overlay,
     write_sidecar,
 )
-from tfsky.predict.segment import ModelInputs, TiledSegmenter, model_id
+from tfsky.predict.segment import ModelInputs, TiledSegmenter, model_id, sky_probability
 from tfsky.tiling import TilingConfig
 
 MANIFEST_SUFFIX = ".txt"
@@ -53,19 +53,15 @@ class PredictConfig:
         tiling: TilingConfig. Tile, overlap, window, tile batch and TTA.
         threshold: float. Probability at or above which a pixel is sky in the mask. Defaults to 0.5.
         prob_format: str. ``png16`` (16-bit PNG, probability x 65535) or ``tif`` (float32). Defaults to ``png16``.
-        sky_class: int. Output channel holding the sky probability (0 for a 1-class sigmoid model). Defaults to 0.
     """
 
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
     threshold: float = 0.5
     prob_format: ProbFormat = "png16"
-    sky_class: int = 0
 
     def validate(self) -> None:
         if not 0 <= self.threshold <= 1:
             raise ConfigError("threshold", f"must be in [0, 1]; got {self.threshold}")
-        if self.sky_class < 0:
-            raise ConfigError("sky_class", f"must be >= 0; got {self.sky_class}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +124,6 @@ def predict_many(
     if not Path(model_path).is_file():  # before the sidecar: a mistyped path is reported as such
         raise InputError(model_path, "model file not found")
     inputs_of_model = ModelInputs(load_info(model_path))
-    if config.sky_class >= inputs_of_model.info.classes:
-        raise ConfigError("predict.sky_class", f"model has {inputs_of_model.info.classes} output channel(s)")
     jobs, failed = collect_jobs(inputs, out_dir)
     report = BatchReport(failed=failed)
     listener.begin(len(jobs) + len(failed))
@@ -138,7 +132,8 @@ def predict_many(
     pending = []
     for job in jobs:
         paths = OutputPaths.for_stem(out_dir / job.stem, config.prob_format)
-        remove_stale_temps(paths)
+        for path in paths.all():
+            remove_stale_temps(path)
         if paths.complete() and not overwrite:
             report.skipped.append(job.source)
             listener.image_finished(job.source, "skipped")
@@ -192,7 +187,7 @@ def _predict_one(segmenter, handed_over: list[np.ndarray], job, paths, config, f
     start = time.perf_counter()
     probs = segmenter.probabilities(image, progress=listener.tiles_done)
     seconds = time.perf_counter() - start
-    mask = write_maps(paths, probs[..., config.sky_class], config.threshold)
+    mask = write_maps(paths, sky_probability(probs), config.threshold)
     del probs
     shown = overlay(image, mask, segmenter.inputs.restore)
     del image

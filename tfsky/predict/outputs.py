@@ -10,7 +10,7 @@ For an image with output stem ``out/sub/name``:
 
 Every file goes through a temporary hidden sibling and a rename
 (`tfsky.io.atomic`); temporaries a killed run left behind are removed by
-`remove_stale_temps` before the image is looked at again.
+`tfsky.io.atomic.remove_stale_temps` before the image is looked at again.
 
 HDR images are tone-mapped for the overlay only, with Reinhard's global
 operator: luminance ``L`` (Rec.709) is scaled so its log-average becomes 0.18,
@@ -66,13 +66,6 @@ class OutputPaths:
     def complete(self) -> bool:
         """True when a previous run finished this image (the sidecar is written last)."""
         return all(path.is_file() for path in self.all())
-
-
-def remove_stale_temps(paths: OutputPaths) -> None:
-    """Delete temporaries of these outputs left by a killed run (hidden ``.name.*.part.ext`` siblings)."""
-    for path in paths.all():
-        for stale in path.parent.glob(f".{path.stem}.*.part{path.suffix}"):
-            stale.unlink(missing_ok=True)
 
 
 def write_maps(paths: OutputPaths, prob: np.ndarray, threshold: float) -> np.ndarray:

@@ -46,7 +46,9 @@ from typing import Callable, Iterable, Literal, Optional
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from tfsky.io.atomic import atomic_path, write_json, write_text
+from tfsky.io.atomic import atomic_path, remove_stale_temps, write_json, write_text
+
+RUN_FILES = ("config.yaml", "best.keras", "best.json", "state.json", "history.csv", "learning_curves.png")
 
 SaveBest = Callable[[tf.keras.Model, Path, dict], None]
 ImageFn = Callable[[tf.keras.Model], dict]
@@ -127,8 +129,8 @@ def fit_run(
     """
     run_dir = Path(run_dir)
     resumed = (run_dir / "last").exists()
-    for stale in run_dir.glob(".*.part*"):  # temp files of writes a kill interrupted
-        stale.unlink()
+    for name in RUN_FILES:  # temp files of writes a kill interrupted
+        remove_stale_temps(run_dir / name)
     state = RunState.load(run_dir / "state.json", monitor, mode)
     if not state.stopped_early:  # a run ended by early stopping has nothing left to do
         model.fit(
@@ -349,6 +351,8 @@ def draw_learning_curves(rows: list[dict], path: Path) -> None:
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             if key in rows[0]:
                 ax.plot(epochs, [row.get(key) for row in rows], style, marker="o", markersize=3, label=key)
+        if "loss" in metric:
+            ax.set_yscale("log")  # the first validation loss of a fresh BatchNorm model can be 1000x the rest
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)

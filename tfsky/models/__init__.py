@@ -1,0 +1,1 @@
+"""Model builders (one per family) and the saved-model bundle."""

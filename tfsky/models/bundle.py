@@ -1,0 +1,100 @@
+"""A trained model file plus the facts needed to use it correctly.
+
+A model is saved as ``NAME.keras`` with a sidecar ``NAME.json`` holding a
+`ModelInfo`: the preprocessing it was trained with, its tile size and channel
+count, the resolved training config and its metrics. Prediction, export and
+serving read the preprocessing from here, so it is never typed twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from tfsky import __version__
+from tfsky.data.transforms import Preprocess
+from tfsky.errors import InputError
+from tfsky.io.atomic import atomic_path, write_json
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    """What a saved model needs beside its weights.
+
+    Args:
+        task: str. ``segmenter``, ``pix2pix`` or ``vae``.
+        preprocess: Preprocess. Normalisation applied to input pixels.
+        tile_size: int. Patch size the model was trained on; the default tile for prediction.
+        in_channels: int. Input channels the model expects.
+        classes: int. Output channels (1 = sigmoid sky probability).
+        config: dict. The resolved training config.
+        metrics: dict. Best validation metrics.
+        tfsky_version: str. Version that wrote the model.
+    """
+
+    task: str
+    preprocess: Preprocess
+    tile_size: int
+    in_channels: int = 3
+    classes: int = 1
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    tfsky_version: str = __version__
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ModelInfo":
+        data = dict(data)
+        data["preprocess"] = Preprocess(**data.get("preprocess", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def info_path(model_path: str | Path) -> Path:
+    """The sidecar of ``runs/x/best.keras`` is ``runs/x/best.json``."""
+    return Path(model_path).with_suffix(".json")
+
+
+def save_model(model, path: str | Path, info: ModelInfo) -> None:
+    """Save ``model`` to ``path`` (.keras) and its sidecar, each atomically (sidecar first)."""
+    path = Path(path)
+    write_json(info_path(path), info.to_json())
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def load_info(path: str | Path) -> ModelInfo:
+    """Read the sidecar of a model file; a missing or broken sidecar is an `InputError`."""
+    sidecar = info_path(path)
+    if not sidecar.is_file():
+        raise InputError(sidecar, "model sidecar not found (it is written beside the .keras file by tfsky train)")
+    try:
+        return ModelInfo.from_json(json.loads(sidecar.read_text()))
+    except (ValueError, TypeError) as err:
+        raise InputError(sidecar, f"not a valid tfsky model sidecar ({err})") from None
+
+
+def load_model(path: str | Path):
+    """Load a tfsky model file for inference: returns ``(keras_model, ModelInfo)``."""
+    import tensorflow as tf
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "model file not found")
+    info = load_info(path)
+    try:
+        model = tf.keras.models.load_model(path, compile=False, custom_objects=custom_objects())
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"cannot load model ({str(err).splitlines()[0]})") from None
+    return model, info
+
+
+def custom_objects() -> dict[str, Any]:
+    """Custom layers and models tfsky defines, for loading saved files."""
+    from tfsky.models.vae import LatentSample
+
+    return {"tfsky>LatentSample": LatentSample}

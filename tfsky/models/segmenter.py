@@ -1,0 +1,224 @@
+"""The sky segmenter: a segmentation-models encoder/decoder with a float32 head.
+
+One builder covers U-Net, FPN and Linknet over any segmentation-models
+backbone. The network ends without activation and a separate
+``Activation(..., dtype="float32", name="probabilities")`` layer, because
+segmentation-models' own head computes in float16 under the mixed policy and
+the loss then goes NaN.
+
+Encoder weights never come from the internet (GPU boxes are air-gapped): an
+encoder weights file is a Keras ``.h5`` weights file of the bare backbone
+(``include_top=False``), the same format as the classification-models ImageNet
+"notop" files, so those can be copied in and used directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import io
+from pathlib import Path
+from typing import Literal, Optional
+
+import h5py
+import tensorflow as tf
+
+from tfsky.errors import ConfigError, InputError
+from tfsky.io.atomic import atomic_path
+from tfsky.models.precision import Precision
+
+Architecture = Literal["unet", "fpn", "linknet"]
+
+
+@dataclasses.dataclass
+class SegmenterModelConfig:
+    """The ``model:`` section of a segmenter config.
+
+    Args:
+        architecture: str. ``unet``, ``fpn`` or ``linknet``. Defaults to ``unet``.
+        backbone: str. Any segmentation-models backbone (``resnet18``,
+            ``resnet34``, ``efficientnetb0``...). Defaults to ``resnet34``.
+        classes: int. 1 gives a sigmoid sky probability; more gives a softmax
+            over classes (e.g. cloud / sky / ground). Defaults to 1.
+        encoder_weights: Path or None. Local ``.h5`` backbone weights file
+            (see module docstring); None starts from random weights. Defaults to None.
+        encoder_freeze: bool. Keep encoder weights fixed (BatchNorm still
+            adapts). Defaults to False.
+        decoder_filters: tuple of int. Filters per decoder stage for unet and
+            linknet (five stages, deepest first); for fpn the first value is the
+            pyramid width. Tiny configs shrink it, e.g. ``(32, 16, 8, 8, 4)``.
+            Defaults to ``(256, 128, 64, 32, 16)``.
+        precision: str. ``auto`` (mixed_float16 on GPU, float32 on CPU),
+            ``float32``, ``mixed_float16`` or ``mixed_bfloat16``. Defaults to ``auto``.
+        jit_compile: bool. Compile train and eval steps with XLA. XLA has no
+            gradient kernel for nearest-neighbour resizing, so with this flag the
+            decoder's 2x upsampling is bilinear instead (see
+            `use_bilinear_upsampling`). Defaults to False.
+
+    Input channels are not set here: they come from ``data.channels``.
+    """
+
+    architecture: Architecture = "unet"
+    backbone: str = "resnet34"
+    classes: int = 1
+    encoder_weights: Optional[Path] = None
+    encoder_freeze: bool = False
+    decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)
+    precision: Precision = "auto"
+    jit_compile: bool = False
+
+    def validate(self) -> None:
+        names = segmentation_models().Backbones.models_names()
+        if self.backbone not in names:
+            raise ConfigError("backbone", f"unknown backbone {self.backbone!r} (known: {', '.join(names)})")
+        if self.classes < 1:
+            raise ConfigError("classes", f"must be >= 1; got {self.classes}")
+        if not self.decoder_filters or min(self.decoder_filters) < 1:
+            raise ConfigError("decoder_filters", "must be a non-empty list of positive integers")
+        if self.encoder_weights is not None and not Path(self.encoder_weights).is_file():
+            raise ConfigError("encoder_weights", f"weights file not found: {self.encoder_weights}")
+
+
+@functools.cache
+def segmentation_models():
+    """Import segmentation-models without the banner it prints to stdout."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        import segmentation_models as sm
+    return sm
+
+
+def build_segmenter(cfg: SegmenterModelConfig, in_channels: int) -> tf.keras.Model:
+    """Build the segmenter (uncompiled) under the current global dtype policy.
+
+    Args:
+        cfg: SegmenterModelConfig. Architecture, backbone, head and encoder weights.
+        in_channels: int. Input channels (``data.channels``: 3 for LDR and
+            log-HDR; 1 and 4 work too).
+
+    Returns:
+        A Keras model mapping ``[B, H, W, in_channels]`` (H, W divisible by 32)
+        to float32 probabilities ``[B, H, W, classes]``, named
+        ``<architecture>_<backbone>`` with the same layer names on every build.
+    """
+    base = _build_base(cfg, in_channels)
+    if cfg.jit_compile:
+        use_bilinear_upsampling(base)
+    activation = "sigmoid" if cfg.classes == 1 else "softmax"
+    probabilities = tf.keras.layers.Activation(activation, dtype="float32", name="probabilities")(base.output)
+    model = tf.keras.Model(base.input, probabilities, name=f"{cfg.architecture}_{cfg.backbone}")
+    if cfg.encoder_weights is not None:
+        load_encoder_weights(model, cfg.encoder_weights, cfg.backbone)
+    return model
+
+
+def _build_base(cfg: SegmenterModelConfig, in_channels: int) -> tf.keras.Model:
+    sm = segmentation_models()
+    common = dict(
+        input_shape=(None, None, in_channels),
+        classes=cfg.classes,
+        activation=None,
+        encoder_weights=None,
+        encoder_freeze=cfg.encoder_freeze,
+    )
+    tf.keras.backend.reset_uids()  # auto-generated layer names restart at zero: deterministic names
+    if cfg.architecture == "unet":
+        return sm.Unet(cfg.backbone, decoder_filters=cfg.decoder_filters, **common)
+    if cfg.architecture == "linknet":
+        return sm.Linknet(cfg.backbone, decoder_filters=cfg.decoder_filters, **common)
+    return sm.FPN(cfg.backbone, pyramid_block_filters=cfg.decoder_filters[0], **common)
+
+
+def use_bilinear_upsampling(model: tf.keras.Model) -> None:
+    """Switch every nearest-neighbour `UpSampling2D` of ``model`` to bilinear, in place.
+
+    ``ResizeNearestNeighborGrad`` has no XLA kernel, so a segmentation-models
+    decoder cannot be trained with ``jit_compile`` as built; the bilinear
+    gradient is supported. The layers read ``interpolation`` when called and
+    save it in their config, so the change holds for training and saved files.
+    """
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.UpSampling2D) and layer.interpolation == "nearest":
+            layer.interpolation = "bilinear"
+
+
+def _bare_backbone(backbone: str, in_channels: int) -> tf.keras.Model:
+    """The backbone alone, with the layer names it has inside a freshly built segmenter."""
+    sm = segmentation_models()
+    get_backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)  # as sm.Unet calls it
+    tf.keras.backend.reset_uids()
+    return get_backbone(backbone, input_shape=(None, None, in_channels), weights=None, include_top=False)
+
+
+def save_encoder_weights(model: tf.keras.Model, path: str | Path, backbone: str) -> None:
+    """Write the encoder part of ``model`` as a backbone ``.h5`` weights file, atomically.
+
+    Args:
+        model: a model from `build_segmenter` (or loaded from a segmenter file).
+        path: destination ``.h5`` file.
+        backbone: the backbone name the model was built with.
+    """
+    encoder = _bare_backbone(backbone, model.input_shape[-1])
+    for layer in encoder.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    with atomic_path(path) as tmp:
+        encoder.save_weights(str(tmp))
+
+
+def load_encoder_weights(model: tf.keras.Model, path: str | Path, backbone: str) -> None:
+    """Copy backbone weights from an ``.h5`` file into the encoder of ``model``.
+
+    Raises:
+        InputError: the file is missing, not a weights file, or made for
+            another backbone or channel count (the message says which).
+    """
+    path = Path(path)
+    encoder = _bare_backbone(backbone, model.input_shape[-1])
+    _check_weight_shapes(encoder, path, backbone)
+    encoder.load_weights(str(path))
+    for layer in encoder.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+def _check_weight_shapes(encoder: tf.keras.Model, path: Path, backbone: str) -> None:
+    """Compare the file's weight shapes with ``encoder``'s, layer by layer, before loading."""
+    found = _h5_weight_shapes(path)
+    expected = {layer.name: [tuple(w.shape) for w in layer.weights] for layer in encoder.layers if layer.weights}
+    for problem, names in (("lacks", set(expected) - set(found)), ("has extra", set(found) - set(expected))):
+        if names:
+            listed = ", ".join(sorted(names)[:3])
+            raise InputError(path, f"not {backbone} encoder weights: the file {problem} layers ({listed}...)")
+    for name, shapes in expected.items():  # in layer order: a channel mismatch shows at the first layer
+        if found[name] != shapes:
+            raise InputError(path, _mismatch(name, shapes[0], found[name][0], encoder.input_shape[-1]))
+
+
+def _mismatch(layer: str, expected: tuple, found: tuple, channels: int) -> str:
+    found_channels = found[0] if len(found) == 1 else found[-2]
+    if found_channels != channels:
+        return f"encoder weights are for {found_channels} input channels, the model has {channels} (layer '{layer}')"
+    return f"layer '{layer}': expected weights of shape {expected}, found {found}"
+
+
+def _h5_weight_shapes(path: Path) -> dict[str, list[tuple]]:
+    """Layer name -> weight shapes in a Keras ``.h5`` weights file."""
+    if not path.is_file():
+        raise InputError(path, "encoder weights file not found")
+    shapes = {}
+    try:
+        with h5py.File(path, "r") as f:
+            root = f["model_weights"] if "model_weights" in f else f
+            for layer_name in map(_text, root.attrs["layer_names"]):
+                layer = root[layer_name]
+                weights = [tuple(layer[_text(w)].shape) for w in layer.attrs["weight_names"]]
+                if weights:
+                    shapes[layer_name] = weights
+    except (OSError, KeyError) as err:
+        raise InputError(path, f"not a Keras .h5 weights file ({err})") from None
+    return shapes
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job (`make demo`), on the real samples in ../shared/data:
 # prepare -> train a tiny segmenter -> evaluate vs baselines -> tiled predict ->
-# export to a TF Serving repository -> segment through `tfsky serve` + `tfsky client`
-# -> validate a webcam stream, pair it, train a tiny translator, translate with a sky-only composite.
+# validate a webcam stream, pair it, train a tiny translator, translate with a sky-only composite ->
+# export the segmenter to a TF Serving repository -> segment one image through `tfsky serve` + `tfsky client`.
 # Everything lands in $OUT (default demo_out/); a re-run starts the trainings afresh.
 set -euo pipefail
 
@@ -25,14 +25,26 @@ MODEL="$(newest_run sky_tiny)best.keras"
 step "3/8 evaluate on the validation split against the naive baselines"
 tfsky evaluate segmenter --model "$MODEL" --data "$OUT/cache/sky_tiny" --out "$OUT/eval"
 
-step "4/8 tiled prediction on webcam frames and a photo folder"
+step "4/8 tiled prediction on a webcam stream (overlays, probability maps, JSON sidecars)"
 tfsky predict --model "$MODEL" "$DATA/skyfinder_webcams/623" --out "$OUT/predict" --overwrite
 
-step "5/8 export to a TF Serving model repository"
+step "5/8 validate the camera-623 stream, build clear->overcast pairs, train a tiny translator"
+TRANSLATOR_SETS=(--set streams.manifests="$OUT/streams/skyfinder" --set pairs.file="$OUT/streams/pairs.json" --set train.runs_root="$OUT/runs")
+tfsky streams validate -c configs/translator_tiny.yaml "${TRANSLATOR_SETS[@]}"
+tfsky streams pairs -c configs/translator_tiny.yaml "${TRANSLATOR_SETS[@]}"
+tfsky train translator -c configs/translator_tiny.yaml "${TRANSLATOR_SETS[@]}"
+TRANSLATOR="$(newest_run translator_tiny)best.keras"
+
+step "6/8 translate a clear frame, keeping everything but the sky"
+CLEAR="$DATA/skyfinder_webcams/623/$(awk -F, 'tolower($0) ~ /,clear/ {print $1; exit}' "$DATA/skyfinder_webcams/weather_labels_cam623.csv" | xargs basename)"
+tfsky translate --model "$TRANSLATOR" "$CLEAR" --out "$OUT/translate" --composite \
+  --mask "$DATA/skyfinder_webcams/623-mask.png" --overwrite
+
+step "7/8 export to a TF Serving model repository"
 tfsky export --model "$MODEL" --name sky_segmenter --repo "$OUT/models"
 tfsky export --info "$OUT/models/sky_segmenter/1"
 
-step "6/8 segment one image through tfsky serve + tfsky client (gRPC)"
+step "8/8 segment one image through tfsky serve + tfsky client (gRPC)"
 tfsky serve --repo "$OUT/models" --grpc-port "$GRPC_PORT" --rest-port "$REST_PORT" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
@@ -47,16 +59,4 @@ kill "$SERVER"
 wait "$SERVER" 2>/dev/null || true
 trap - EXIT
 
-step "7/8 validate the camera-623 stream, build clear->overcast pairs, train a tiny translator"
-TRANSLATOR_SETS=(--set streams.manifests="$OUT/streams/skyfinder" --set pairs.file="$OUT/streams/pairs.json" --set train.runs_root="$OUT/runs")
-tfsky streams validate -c configs/translator_tiny.yaml "${TRANSLATOR_SETS[@]}"
-tfsky streams pairs -c configs/translator_tiny.yaml "${TRANSLATOR_SETS[@]}"
-tfsky train translator -c configs/translator_tiny.yaml "${TRANSLATOR_SETS[@]}"
-TRANSLATOR="$(newest_run translator_tiny)best.keras"
-
-step "8/8 translate a clear frame, keeping everything but the sky"
-CLEAR="$DATA/skyfinder_webcams/623/$(awk -F, 'tolower($0) ~ /,clear/ {print $1; exit}' "$DATA/skyfinder_webcams/weather_labels_cam623.csv" | xargs basename)"
-tfsky translate --model "$TRANSLATOR" "$CLEAR" --out "$OUT/translate" --composite \
-  --mask "$DATA/skyfinder_webcams/623-mask.png" --overwrite
-
-step "done: outputs in $OUT/ (eval/eval.md, predict/*_overlay.jpg, client/, translate/)"
+step "done: outputs in $OUT/ (eval/eval.md, predict/*_overlay.jpg, translate/, models/, client/)"

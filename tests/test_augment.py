@@ -102,6 +102,26 @@ def test_integer_shift_moves_pixels_and_fills_the_gap():
     assert np.all(shifted.numpy()[0, :3] == FILL) and np.all(shifted_mask.numpy()[0, :3] == 0)
 
 
+def test_warp_matches_tensorflows_projective_transform_in_a_dataset():
+    """The OpenCV warp is a drop-in for ImageProjectiveTransformV3 (bilinear image, nearest uint8 class ids)."""
+    rng = np.random.default_rng(5)
+    image = tf.constant(rng.random((16, SIZE, SIZE, 3), dtype=np.float32))
+    mask = tf.constant(rng.integers(0, 3, (16, SIZE, SIZE, 1), dtype=np.uint8))
+    matrices = random_affine(tf.constant([5, 6]), 16, SIZE, SIZE, AugmentConfig(rotation=25, shear=15))
+    dataset = tf.data.Dataset.from_tensors((image, mask)).map(lambda i, m: apply_affine(i, m, matrices, fill=FILL))
+    warped_image, warped_mask = next(iter(dataset))
+    assert warped_image.shape == image.shape and warped_mask.dtype == tf.uint8
+
+    def reference(tensor: tf.Tensor, interpolation: str, fill: float) -> np.ndarray:
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=tf.cast(tensor, tf.float32), transforms=matrices, output_shape=[SIZE, SIZE],
+            fill_value=fill, interpolation=interpolation, fill_mode="CONSTANT",
+        ).numpy()  # fmt: skip
+
+    np.testing.assert_allclose(warped_image.numpy(), reference(image, "BILINEAR", FILL), atol=1e-4)
+    np.testing.assert_array_equal(warped_mask.numpy(), reference(mask, "NEAREST", 0.0))
+
+
 def test_random_affine_is_reproducible_and_identity_when_ranges_are_zero():
     cfg = AugmentConfig()
     first = random_affine(tf.constant([1, 2]), 4, SIZE, SIZE, cfg).numpy()

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from numpy.lib.stride_tricks import sliding_window_view
 
 from tfsky.config import load_config
 from tfsky.data.cache import iter_cached, prepare_cache, read_manifest
+from tfsky.data import pipeline
 from tfsky.data.config import DataConfig
 from tfsky.data.pipeline import grid_count, segmentation_dataset, steps_per_epoch
 from tfsky.errors import InputError
@@ -83,6 +85,39 @@ def test_grid_count_shifts_the_last_patch_inward():
     assert grid_count(70, 90, 32, 20) == 3 * 4  # rows 0 20 38; cols 0 20 40 58
     assert grid_count(20, 50, 32, 20) == 1 * 2  # padded to 32 rows; cols 0 18
     assert grid_count(64, 64, 32, 32) == 4
+
+
+@pytest.mark.parametrize("memory_cache_bytes", [pipeline.MEMORY_CACHE_BYTES, 0], ids=["in_memory", "streaming"])
+def test_train_patches_are_exact_crops_of_the_train_images(ldr, monkeypatch, memory_cache_bytes):
+    monkeypatch.setattr(pipeline, "MEMORY_CACHE_BYTES", memory_cache_bytes)
+    windows = []
+    for item in iter_cached(ldr.cache, "train"):
+        height, width = item.image.shape[:2]
+        padded = np.pad(np.dstack([item.image, item.mask]), _reflect_to(height, width), mode="reflect")
+        windows.append(sliding_window_view(padded, (PATCH, PATCH, 4)).reshape(-1, PATCH, PATCH, 4))
+    windows = np.concatenate(windows).astype(np.float64)
+    for image, mask in batches(segmentation_dataset(ldr, "train", BATCH, seed=3, augment=False)):
+        for patch in np.concatenate([image * 255, mask], axis=-1):
+            assert np.any(np.all(np.abs(windows - patch) < 1e-3, axis=(1, 2, 3)))
+
+
+def test_decoded_train_images_are_kept_in_memory_only_when_they_fit(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    for name in ("a", "b", "c"):
+        write_png(tmp_path / "images" / f"{name}.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+        write_mask_png(tmp_path / "masks" / f"{name}.png", rng.random((40, 40)) > 0.5)
+    source = {"kind": "mask_folder", "name": "m", "images": str(tmp_path / "images"), "masks": str(tmp_path / "masks")}
+    cfg = config(tmp_path / "cache", [source], val_fraction=0.34)
+    prepare_cache(cfg, progress=False)
+    in_memory = segmentation_dataset(cfg, "train", 2, seed=0)
+    monkeypatch.setattr(pipeline, "MEMORY_CACHE_BYTES", 2 * 40 * 40 * 4 - 1)  # one byte short of the 2 train images
+    streaming = segmentation_dataset(cfg, "train", 2, seed=0)
+    assert len(batches(in_memory)) == len(batches(streaming)) == 2 * 8 // 2
+    for shard in Path(cfg.cache).glob("train-*.tfrecord"):
+        shard.unlink()
+    assert len(batches(in_memory)) == 8  # later epochs no longer read the shards
+    with pytest.raises(tf.errors.NotFoundError):
+        batches(streaming)
 
 
 def test_same_seed_same_batches_new_epoch_new_batches(ldr):

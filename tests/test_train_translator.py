@@ -63,8 +63,8 @@ def test_resume_after_kill_continues_at_the_unfinished_epoch(shared_data, tmp_pa
     first = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = tmp_path / "runs" / "translator_tiny"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (runs.is_dir() and any(history_epochs(r) for r in runs.iterdir())):
-        time.sleep(0.2)
+    while time.monotonic() < deadline and not list(runs.glob("*/last/chief/checkpoint")) and first.poll() is None:
+        time.sleep(0.05)  # epoch 1 is complete once its resume checkpoint is written
     time.sleep(0.5)  # into epoch 2 (80 steps take a few seconds)
     first.send_signal(signal.SIGKILL)
     first.wait()

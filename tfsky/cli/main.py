@@ -8,6 +8,7 @@ with exit code 1 — user errors never show a traceback.
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 from typer.core import TyperGroup
@@ -36,25 +37,15 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from tfsky.cli import data
-    from tfsky.cli import evaluate
+    """Commands in the order of the flow: data -> train -> evaluate -> predict -> export/serve."""
+    from tfsky.cli import client, data, evaluate, export, predict, serve, streams, train, translate
 
     app.add_typer(data.app, name="data")
-    from tfsky.cli import train
-
+    app.add_typer(streams.app, name="streams")
     app.add_typer(train.app, name="train")
     app.add_typer(evaluate.app, name="evaluate")
-    from tfsky.cli import streams
-
-    app.add_typer(streams.app, name="streams")
-    from tfsky.cli import translate
-
-    app.command("translate")(translate.translate_cli)
-    from tfsky.cli import predict
-
     app.command("predict")(predict.predict_cli)
-    from tfsky.cli import client, export, serve
-
+    app.command("translate")(translate.translate_cli)
     app.command("export")(export.export_cli)
     app.command("serve")(serve.serve_cli)
     app.add_typer(client.app, name="client")
@@ -82,6 +73,8 @@ def _import_tensorflow_quietly() -> None:
 
 
 def main() -> None:
+    if not sys.stdout.isatty():  # logs and pipes: rich tables would otherwise be cut to 80 columns
+        os.environ.setdefault("COLUMNS", "160")
     _import_tensorflow_quietly()
     app()
 

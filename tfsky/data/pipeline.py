@@ -2,11 +2,16 @@
 
 Patches are cut at read time from the full images in the cache (never stored):
 
-* train: shards and images shuffled, records decoded in parallel,
+* train: records decoded in parallel and images shuffled,
   ``patches_per_image`` random crops per image, patches shuffled
-  (``shuffle_buffer``), batched (``drop_remainder``), then per batch: HDR
-  photometric augmentation on linear radiance, `Preprocess.apply`, paired
-  geometric augmentation (in model space: ``augment.fill`` is a model-space value).
+  (``shuffle_buffer``), batched (``drop_remainder``), then per batch (one
+  op call for the whole batch each): HDR photometric augmentation on linear
+  radiance, `Preprocess.apply`, paired geometric augmentation (in model
+  space: ``augment.fill`` is a model-space value).
+  When the decoded training images fit in ``MEMORY_CACHE_BYTES`` they are kept
+  in memory after the first epoch (later epochs skip reading and
+  decompressing the records); larger sets are streamed from the shards every
+  epoch (shard order and images shuffled, with an image buffer bounded in bytes).
 * val: a grid of patches every ``stride`` pixels per image, the last one
   shifted inward to end at the border (`tfsky.tiling.tile_starts`, the grid
   prediction uses), no augmentation.
@@ -15,7 +20,8 @@ Images smaller than a patch are reflect-padded (image and mask alike), as in
 tiled prediction. Patches stay in the cache dtype (uint8 for LDR) until they
 are batched, which keeps the shuffle buffer small. Each dataset is finite (one
 epoch); Keras ``fit`` iterates it again every epoch with fresh crops,
-shuffles and augmentation, reproducibly when ``seed`` is given.
+shuffles and augmentation, reproducibly when ``seed`` is given (without a
+seed, training batches may come out of order when that is faster).
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ from tfsky.tiling import reflect_indices, tile_starts
 
 Split = Literal["train", "val"]
 AUTOTUNE = tf.data.AUTOTUNE
-# Decoded full images held by the image-level shuffle (an 8K float32 image is 400 MB).
+# Decoded full images held by the image-level shuffle when streaming (an 8K float32 image is 400 MB).
 IMAGE_SHUFFLE_BYTES = 512 * 2**20
+# Decoded training images (with masks) up to this total are kept in memory after the first epoch.
+MEMORY_CACHE_BYTES = 2**30
 
 
 def segmentation_dataset(
@@ -67,23 +75,25 @@ def segmentation_dataset(
     augment = (split == "train" and cfg.augment.enabled) if augment is None else augment
     dtype = tf.as_dtype(manifest["dtype"])
     if split == "train":
-        records = _shuffled_records(cfg, manifest, seed)
-    else:
-        records = tf.data.TFRecordDataset(shard_paths(cfg.cache, manifest, split), compression_type(manifest))
-    images = records.map(lambda record: _image_and_mask(record, dtype, cfg), num_parallel_calls=AUTOTUNE)
-    if split == "train":
+        images = _training_images(cfg, manifest, dtype, seed)
         crop_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         patches = tf.data.Dataset.zip(images, crop_seeds).flat_map(
             lambda pair, crop_seed: _patches(*pair, *_random_origins(pair[0], cfg, crop_seed), cfg)
         )
         batches = patches.shuffle(cfg.shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
     else:
+        records = tf.data.TFRecordDataset(shard_paths(cfg.cache, manifest, split), compression_type(manifest))
+        images = records.map(lambda record: _image_and_mask(record, dtype, cfg), num_parallel_calls=AUTOTUNE)
         patches = images.flat_map(lambda image, mask: _patches(image, mask, *_grid_origins(image, cfg), cfg))
         batches = patches.batch(batch_size)
     aug_seeds = tf.data.Dataset.random(seed=None if seed is None else seed + 1, rerandomize_each_iteration=True)
     return (
         tf.data.Dataset.zip(batches, aug_seeds.batch(2))
-        .map(lambda batch, aug_seed: _finish(*batch, aug_seed, cfg, augment, classes), num_parallel_calls=AUTOTUNE)
+        .map(
+            lambda batch, aug_seed: _finish(*batch, aug_seed, cfg, augment, classes),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=split == "val" or seed is not None,
+        )
         .prefetch(AUTOTUNE)
     )
 
@@ -121,13 +131,19 @@ def _check_compatible(cfg: DataConfig, manifest: dict, split: str) -> None:
         raise InputError(cfg.cache, f"no {split} images in the cache (the split needs at least two groups)")
 
 
-def _shuffled_records(cfg: DataConfig, manifest: dict, seed: Optional[int]) -> tf.data.Dataset:
-    """Training records: shard order and images shuffled, with an image buffer bounded in bytes."""
+def _training_images(cfg: DataConfig, manifest: dict, dtype: tf.DType, seed: Optional[int]) -> tf.data.Dataset:
+    """Decoded, padded training ``(image, mask)`` in shuffled order; held in memory if they fit (module docstring)."""
     files = shard_paths(cfg.cache, manifest, "train")
     written = [e for e in manifest["items"] if e["status"] == "written" and e["split"] == "train"]
-    itemsize = tf.as_dtype(manifest["dtype"]).size
-    largest = max(e["height"] * e["width"] * e["channels"] * itemsize for e in written)
-    buffer = max(1, min(len(written), IMAGE_SHUFFLE_BYTES // largest))
+    pixel_bytes = [e["height"] * e["width"] * (e["channels"] * dtype.size + 1) for e in written]  # + uint8 mask
+
+    def decode(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return _image_and_mask(record, dtype, cfg)
+
+    if sum(pixel_bytes) <= MEMORY_CACHE_BYTES:  # the buffer only holds references to the cached tensors
+        records = tf.data.TFRecordDataset(files, compression_type(manifest))
+        return records.map(decode, num_parallel_calls=AUTOTUNE).cache().shuffle(len(written), seed=seed)
+    buffer = max(1, min(len(written), IMAGE_SHUFFLE_BYTES // max(pixel_bytes)))
     return (
         tf.data.Dataset.from_tensor_slices(files)
         .shuffle(len(files), seed=seed)
@@ -137,6 +153,7 @@ def _shuffled_records(cfg: DataConfig, manifest: dict, seed: Optional[int]) -> t
             num_parallel_calls=AUTOTUNE,
         )
         .shuffle(buffer, seed=seed)
+        .map(decode, num_parallel_calls=AUTOTUNE)
     )
 
 
@@ -197,11 +214,11 @@ def _finish(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, cfg: DataConfig,
     if augment and cfg.preprocess.mode == "log":
         image = photometric(tf.cast(image, tf.float32), photometric_seed, cfg.augment)
     image = cfg.preprocess.apply(image)
-    mask = tf.cast(mask, tf.float32)
-    if augment:
+    if augment:  # the mask is warped as its uint8 class ids
         size = cfg.patch_size
         transforms = random_affine(geometric_seed, tf.shape(image)[0], size, size, cfg.augment)
         image, mask = apply_affine(image, mask, transforms, cfg.augment.fill)
+    mask = tf.cast(mask, tf.float32)
     if classes > 1:
         mask = tf.one_hot(tf.cast(mask[..., 0], tf.int32), classes)
     return image, mask

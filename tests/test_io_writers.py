@@ -123,3 +123,12 @@ def test_existing_file_survives_a_failed_rewrite(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert read_mask(tmp_path / "m.png").all()
     assert _leftovers(tmp_path) == ["m.png"]
+
+
+def test_half_exr_clamps_the_sun_instead_of_writing_inf(tmp_path):
+    radiance = np.full((4, 5, 3), 2.0, dtype=np.float32)
+    radiance[1, 2] = 8.7e4  # the sun in a Poly Haven panorama, beyond float16's 65504
+    write_exr(tmp_path / "sun.exr", radiance, pixel_type="half")
+    back = read_image(tmp_path / "sun.exr", nonfinite="keep")
+    assert np.isfinite(back).all()
+    assert back[1, 2].tolist() == [65504.0] * 3 and back[0, 0].tolist() == [2.0] * 3

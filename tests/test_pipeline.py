@@ -101,6 +101,21 @@ def test_train_patches_are_exact_crops_of_the_train_images(ldr, monkeypatch, mem
             assert np.any(np.all(np.abs(windows - patch) < 1e-3, axis=(1, 2, 3)))
 
 
+def test_in_memory_epoch_crops_each_train_image_patches_per_image_times(ldr):
+    owners = []  # per train image: its padded image + mask, to find which image a patch came from
+    for item in iter_cached(ldr.cache, "train"):
+        height, width = item.image.shape[:2]
+        padded = np.pad(np.dstack([item.image, item.mask]), _reflect_to(height, width), mode="reflect")
+        owners.append(sliding_window_view(padded, (PATCH, PATCH, 4)).reshape(-1, PATCH, PATCH, 4).astype(np.float64))
+    counts = np.zeros(len(owners), int)
+    for image, mask in batches(segmentation_dataset(ldr, "train", BATCH, seed=5, augment=False)):
+        for patch in np.concatenate([image * 255, mask], axis=-1):
+            matches = [np.any(np.all(np.abs(w - patch) < 1e-3, axis=(1, 2, 3))) for w in owners]
+            assert sum(matches) == 1
+            counts += matches
+    np.testing.assert_array_equal(counts, ldr.patches_per_image)  # 4 images x 3 picks = 3 full batches of 4
+
+
 def test_decoded_train_images_are_kept_in_memory_only_when_they_fit(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
     for name in ("a", "b", "c"):
@@ -115,7 +130,7 @@ def test_decoded_train_images_are_kept_in_memory_only_when_they_fit(tmp_path, mo
     assert len(batches(in_memory)) == len(batches(streaming)) == 2 * 8 // 2
     for shard in Path(cfg.cache).glob("train-*.tfrecord"):
         shard.unlink()
-    assert len(batches(in_memory)) == 8  # later epochs no longer read the shards
+    assert len(batches(in_memory)) == 8  # decoded once, when the dataset was built: no shard is read again
     with pytest.raises(tf.errors.NotFoundError):
         batches(streaming)
 

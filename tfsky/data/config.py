@@ -140,7 +140,8 @@ class DataConfig:
         max_pixels: int. Images with more pixels are skipped without decoding. Defaults to 2**28.
         shard_size_mb: int. A new TFRecord shard starts when one reaches this size on disk. Defaults to 256.
         compression: str. TFRecord compression: ``ZLIB``, ``GZIP`` or ``NONE``. Defaults to ``ZLIB``.
-        shuffle_buffer: int. Training patches shuffled together. Defaults to 256.
+        shuffle_buffer: int. Training patches shuffled together when the train split is streamed from
+            disk (a split that fits in memory is shuffled completely). Defaults to 256.
     """
 
     sources: list[SourceConfig] = dataclasses.field(default_factory=list)

@@ -2,20 +2,24 @@
 
 Patches are cut at read time from the full images in the cache (never stored):
 
-* train: records decoded in parallel and images shuffled,
+* train, decoded images within ``MEMORY_CACHE_BYTES``: the images are decoded
+  once, when the dataset is built, and kept in memory. An epoch is
+  ``patches_per_image`` picks of each image, shuffled completely as integers
+  and batched (``drop_remainder``); one parallel map per batch cuts a uniform
+  random crop per pick, then augments and normalises (below). Nothing is cut
+  before the map, so each epoch's first batch comes as fast as the others
+  (Keras ``fit`` starts a new iterator every epoch).
+* train, larger sets: streamed from the shards every epoch (shard order and
+  images shuffled, with an image buffer bounded in bytes),
   ``patches_per_image`` random crops per image, patches shuffled
-  (``shuffle_buffer``), batched (``drop_remainder``), then per batch (one
-  op call for the whole batch each): HDR photometric augmentation on linear
-  radiance, `Preprocess.apply`, paired geometric augmentation (in model
-  space: ``augment.fill`` is a model-space value).
-  When the decoded training images fit in ``MEMORY_CACHE_BYTES`` they are kept
-  in memory after the first epoch (later epochs skip reading and
-  decompressing the records); larger sets are streamed from the shards every
-  epoch (shard order and images shuffled, with an image buffer bounded in bytes).
+  (``shuffle_buffer``), batched (``drop_remainder``), then the same per-batch map.
 * val: a grid of patches every ``stride`` pixels per image, the last one
   shifted inward to end at the border (`tfsky.tiling.tile_starts`, the grid
   prediction uses), no augmentation.
 
+The per-batch map makes one op call for the whole batch each: HDR photometric
+augmentation on linear radiance, `Preprocess.apply`, paired geometric
+augmentation (in model space: ``augment.fill`` is a model-space value).
 Images smaller than a patch are reflect-padded (image and mask alike), as in
 tiled prediction. Patches stay in the cache dtype (uint8 for LDR) until they
 are batched, which keeps the shuffle buffer small. Each dataset is finite (one
@@ -42,7 +46,7 @@ Split = Literal["train", "val"]
 AUTOTUNE = tf.data.AUTOTUNE
 # Decoded full images held by the image-level shuffle when streaming (an 8K float32 image is 400 MB).
 IMAGE_SHUFFLE_BYTES = 512 * 2**20
-# Decoded training images (with masks) up to this total are kept in memory after the first epoch.
+# Decoded training images (with masks) up to this total are kept in memory (decoded once).
 MEMORY_CACHE_BYTES = 2**30
 
 
@@ -74,34 +78,51 @@ def segmentation_dataset(
     _check_compatible(cfg, manifest, split)
     augment = (split == "train" and cfg.augment.enabled) if augment is None else augment
     dtype = tf.as_dtype(manifest["dtype"])
-    if split == "train":
-        images = _training_images(cfg, manifest, dtype, seed)
-        crop_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        patches = tf.data.Dataset.zip(images, crop_seeds).flat_map(
-            lambda pair, crop_seed: _patches(*pair, *_random_origins(pair[0], cfg, crop_seed), cfg)
-        )
-        batches = patches.shuffle(cfg.shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
+    if split == "train" and _decoded_bytes(manifest, dtype) <= MEMORY_CACHE_BYTES:
+        memory = _MemoryImages.load(cfg, manifest, dtype)
+        count = memory.count * cfg.patches_per_image
+        batches = tf.data.Dataset.range(count).shuffle(count, seed=seed).batch(batch_size, drop_remainder=True)
+
+        def finish(picks: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            crop_seed, aug_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+            patches = memory.random_patches(picks // cfg.patches_per_image, crop_seed)
+            return _finish(*patches, aug_seed, cfg, augment, classes)
+
     else:
-        records = tf.data.TFRecordDataset(shard_paths(cfg.cache, manifest, split), compression_type(manifest))
-        images = records.map(lambda record: _image_and_mask(record, dtype, cfg), num_parallel_calls=AUTOTUNE)
-        patches = images.flat_map(lambda image, mask: _patches(image, mask, *_grid_origins(image, cfg), cfg))
-        batches = patches.batch(batch_size)
+        batches = _streamed_batches(cfg, manifest, dtype, split, batch_size, seed)
+
+        def finish(batch: tuple[tf.Tensor, tf.Tensor], seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return _finish(*batch, seed, cfg, augment, classes)
+
     aug_seeds = tf.data.Dataset.random(seed=None if seed is None else seed + 1, rerandomize_each_iteration=True)
     return (
         tf.data.Dataset.zip(batches, aug_seeds.batch(2))
-        .map(
-            lambda batch, aug_seed: _finish(*batch, aug_seed, cfg, augment, classes),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=split == "val" or seed is not None,
-        )
+        .map(finish, num_parallel_calls=AUTOTUNE, deterministic=split == "val" or seed is not None)
         .prefetch(AUTOTUNE)
     )
+
+
+def _streamed_batches(
+    cfg: DataConfig, manifest: dict, dtype: tf.DType, split: Split, batch_size: int, seed: Optional[int]
+) -> tf.data.Dataset:
+    """Cache-dtype ``(image, mask)`` patch batches cut from images read from the shards this epoch."""
+    if split == "val":
+        records = tf.data.TFRecordDataset(shard_paths(cfg.cache, manifest, split), compression_type(manifest))
+        images = records.map(lambda record: _image_and_mask(record, dtype, cfg), num_parallel_calls=AUTOTUNE)
+        patches = images.flat_map(lambda image, mask: _patches(image, mask, *_grid_origins(image, cfg), cfg))
+        return patches.batch(batch_size)
+    images = _streamed_images(cfg, manifest, dtype, seed)
+    crop_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    patches = tf.data.Dataset.zip(images, crop_seeds).flat_map(
+        lambda pair, crop_seed: _patches(*pair, *_random_origins(pair[0], cfg, crop_seed), cfg)
+    )
+    return patches.shuffle(cfg.shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
 
 
 def steps_per_epoch(cfg: DataConfig, split: Split, batch_size: int) -> int:
     """Batches in one epoch of `segmentation_dataset` (train: full batches only; val: the last may be partial)."""
     manifest = read_manifest(cfg.cache)
-    sizes = [(e["height"], e["width"]) for e in manifest["items"] if e["status"] == "written" and e["split"] == split]
+    sizes = [(e["height"], e["width"]) for e in _written(manifest, split)]
     if split == "train":
         return len(sizes) * cfg.patches_per_image // batch_size
     patches = sum(grid_count(height, width, cfg.patch_size, cfg.grid_stride) for height, width in sizes)
@@ -131,19 +152,75 @@ def _check_compatible(cfg: DataConfig, manifest: dict, split: str) -> None:
         raise InputError(cfg.cache, f"no {split} images in the cache (the split needs at least two groups)")
 
 
-def _training_images(cfg: DataConfig, manifest: dict, dtype: tf.DType, seed: Optional[int]) -> tf.data.Dataset:
-    """Decoded, padded training ``(image, mask)`` in shuffled order; held in memory if they fit (module docstring)."""
+def _decoded_bytes(manifest: dict, dtype: tf.DType) -> int:
+    """Bytes of the decoded training images with their uint8 masks (before padding)."""
+    return sum(_item_bytes(entry, dtype) for entry in _written(manifest, "train"))
+
+
+def _item_bytes(entry: dict, dtype: tf.DType) -> int:
+    return entry["height"] * entry["width"] * (entry["channels"] * dtype.size + 1)  # + the uint8 mask
+
+
+def _written(manifest: dict, split: Split) -> list[dict]:
+    return [e for e in manifest["items"] if e["status"] == "written" and e["split"] == split]
+
+
+class _MemoryImages:
+    """The decoded, padded training images and masks held in memory, cut into patches by image index.
+
+    Cutting happens inside the parallel batch map (module docstring). The
+    images, of any sizes, sit in two TensorLists: looking one up by index
+    inside a tf.data function shares its buffer, so only the patch is copied.
+    """
+
+    def __init__(self, images: list[tf.Tensor], masks: list[tf.Tensor], patch: int):
+        self.count = len(images)
+        self.patch = patch
+        self._shapes = tf.stack([tf.shape(image)[:2] for image in images])
+        self._images, self._masks = _tensor_list(images), _tensor_list(masks)
+        self._image_dtype = images[0].dtype
+
+    @classmethod
+    def load(cls, cfg: DataConfig, manifest: dict, dtype: tf.DType) -> "_MemoryImages":
+        """Read and decode the training shards (once, when the dataset is built)."""
+        records = tf.data.TFRecordDataset(shard_paths(cfg.cache, manifest, "train"), compression_type(manifest))
+        pairs = list(records.map(lambda record: _image_and_mask(record, dtype, cfg), num_parallel_calls=AUTOTUNE))
+        return cls([image for image, _ in pairs], [mask for _, mask in pairs], cfg.patch_size)
+
+    def random_patches(self, indices: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """One uniformly placed patch of each image in ``indices`` (static length): ``(image, mask)`` batches."""
+        spans = tf.cast(tf.gather(self._shapes, indices) - self.patch + 1, tf.float32)
+        origins = tf.cast(tf.random.stateless_uniform(tf.shape(spans), seed) * spans, tf.int32)
+        origins = tf.minimum(origins, tf.cast(spans, tf.int32) - 1)  # float rounding must not reach the span
+        cuts = [self._cut(indices[k], origins[k]) for k in range(indices.shape[0])]
+        return tf.stack([image for image, _ in cuts]), tf.stack([mask for _, mask in cuts])
+
+    def _cut(self, index: tf.Tensor, origin: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        corner, size = tf.concat([origin, [0]], 0), [self.patch, self.patch, -1]
+        image = _list_item(self._images, index, self._image_dtype)
+        return tf.slice(image, corner, size), tf.slice(_list_item(self._masks, index, tf.uint8), corner, size)
+
+
+def _tensor_list(tensors: list[tf.Tensor]) -> tf.Tensor:
+    """A TensorList (variant) of ``[H, W, C]`` tensors of any sizes, usable inside tf.data functions."""
+    handle = tf.raw_ops.EmptyTensorList(element_shape=[-1, -1, -1], max_num_elements=-1, element_dtype=tensors[0].dtype)
+    for tensor in tensors:
+        handle = tf.raw_ops.TensorListPushBack(input_handle=handle, tensor=tensor)
+    return handle
+
+
+def _list_item(handle: tf.Tensor, index: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """Item ``index`` of a `_tensor_list`, sharing its buffer."""
+    return tf.raw_ops.TensorListGetItem(
+        input_handle=handle, index=tf.cast(index, tf.int32), element_shape=[-1, -1, -1], element_dtype=dtype
+    )
+
+
+def _streamed_images(cfg: DataConfig, manifest: dict, dtype: tf.DType, seed: Optional[int]) -> tf.data.Dataset:
+    """Decoded, padded training ``(image, mask)``: shard order and images shuffled, image buffer bounded in bytes."""
     files = shard_paths(cfg.cache, manifest, "train")
-    written = [e for e in manifest["items"] if e["status"] == "written" and e["split"] == "train"]
-    pixel_bytes = [e["height"] * e["width"] * (e["channels"] * dtype.size + 1) for e in written]  # + uint8 mask
-
-    def decode(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return _image_and_mask(record, dtype, cfg)
-
-    if sum(pixel_bytes) <= MEMORY_CACHE_BYTES:  # the buffer only holds references to the cached tensors
-        records = tf.data.TFRecordDataset(files, compression_type(manifest))
-        return records.map(decode, num_parallel_calls=AUTOTUNE).cache().shuffle(len(written), seed=seed)
-    buffer = max(1, min(len(written), IMAGE_SHUFFLE_BYTES // max(pixel_bytes)))
+    written = _written(manifest, "train")
+    buffer = max(1, min(len(written), IMAGE_SHUFFLE_BYTES // max(_item_bytes(e, dtype) for e in written)))
     return (
         tf.data.Dataset.from_tensor_slices(files)
         .shuffle(len(files), seed=seed)
@@ -153,7 +230,7 @@ def _training_images(cfg: DataConfig, manifest: dict, dtype: tf.DType, seed: Opt
             num_parallel_calls=AUTOTUNE,
         )
         .shuffle(buffer, seed=seed)
-        .map(decode, num_parallel_calls=AUTOTUNE)
+        .map(lambda record: _image_and_mask(record, dtype, cfg), num_parallel_calls=AUTOTUNE)
     )
 
 

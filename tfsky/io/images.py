@@ -322,15 +322,16 @@ def _select_channels(color: np.ndarray, alpha: Optional[np.ndarray], channels: C
 
 
 def _replace_nonfinite(image: np.ndarray, path: Path) -> np.ndarray:
-    """NaN -> 0, +Inf -> largest finite value, -Inf -> 0; log the counts."""
+    """NaN -> 0, +Inf -> largest finite value, -Inf -> 0, in place (an 8K image has no room for copies); log the counts."""
     finite = np.isfinite(image)
     if finite.all():
         return image
-    nan, posinf = np.isnan(image), np.isposinf(image)
-    counts = (int(nan.sum()), int(posinf.sum()), int((~finite).sum() - nan.sum() - posinf.sum()))
-    largest = float(image[finite].max()) if finite.any() else 0.0
-    log.warning("%s: replaced %d NaN, %d +Inf, %d -Inf values", path.name, *counts)
-    return np.nan_to_num(image, nan=0.0, posinf=largest, neginf=0.0)
+    largest = float(image.max(where=finite, initial=-np.inf)) if finite.any() else 0.0
+    del finite
+    nan, posinf = int(np.isnan(image).sum()), int(np.isposinf(image).sum())
+    neginf = int(np.isneginf(image).sum())
+    log.warning("%s: replaced %d NaN, %d +Inf, %d -Inf values", path.name, nan, posinf, neginf)
+    return np.nan_to_num(image, copy=False, nan=0.0, posinf=largest, neginf=0.0)
 
 
 def _stack_float32(planes: list[np.ndarray]) -> np.ndarray:

@@ -63,11 +63,19 @@ def write_exr(path: str | Path, array: np.ndarray, pixel_type: Literal["half", "
     names = _EXR_CHANNELS.get(array.shape[-1])
     if array.ndim != 3 or names is None:
         raise ValueError(f"EXR needs H x W x 1, 3 or 4 channels, got shape {array.shape}")
-    dtype = np.float16 if pixel_type == "half" else np.float32
-    planes = {name: np.ascontiguousarray(array[..., i], dtype=dtype) for i, name in enumerate(names)}
+    if pixel_type == "half":
+        planes = {name: _to_half(array[..., i]) for i, name in enumerate(names)}
+    else:
+        planes = {name: np.ascontiguousarray(array[..., i], dtype=np.float32) for i, name in enumerate(names)}
     header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
     with atomic_path(path) as tmp:
         OpenEXR.File(header, planes).write(str(tmp))
+
+
+def _to_half(plane: np.ndarray) -> np.ndarray:
+    """float16 with values beyond its range (the sun: ~8.7e4 > 65504) clamped instead of turned into Inf."""
+    limit = float(np.finfo(np.float16).max)
+    return np.clip(plane, -limit, limit).astype(np.float16)
 
 
 _EXR_CHANNELS: dict[int, Sequence[str]] = {1: ("Y",), 3: ("R", "G", "B"), 4: ("R", "G", "B", "A")}

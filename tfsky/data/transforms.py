@@ -14,8 +14,11 @@ Log transform, with ``t = input_mul * x`` (x >= 0):
     v = sign(u) * |u| ** log_pow
     y = (v + output_bias) * output_scale
 
-`invert` undoes each step exactly; in float64 the round trip is exact to
-~1e-12 relative, in float32 to ~1e-6.
+`invert` undoes each step exactly: in float64 the round trip is exact to
+~1e-12 relative over the whole HDR range (night skies at 1e-4 to the sun at
+1e5). In float32, the dtype models see, it is ~1e-6 relative for radiance well
+above ``log_epsilon``; below that the float32 resolution of the log value
+(about 1e-6 of ``|ln(log_epsilon)|``) bounds it.
 """
 
 from __future__ import annotations

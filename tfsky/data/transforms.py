@@ -76,14 +76,22 @@ class Preprocess:
         return self.log_forward(tf.cast(image, dtype))
 
     def log_forward(self, x: tf.Tensor) -> tf.Tensor:
-        """The HDR log transform of linear radiance ``x`` (float tensor)."""
-        t = tf.maximum(x, 0) * self.input_mul
+        """The HDR log transform of linear radiance ``x`` (float tensor).
+
+        Steps whose parameter is neutral (a multiplier of 1, a bias of 0) are
+        left out: this runs on every training patch, one pass over it per op.
+        """
+        t = tf.maximum(x, 0)
+        if self.input_mul != 1:
+            t = t * self.input_mul
         if self.log_split_around1:
             u = tf.where(t < 1, t - 1, tf.math.log(tf.maximum(t, 1)))
         else:
             u = tf.math.log(t + self.log_epsilon)
         v = tf.sign(u) * tf.pow(tf.abs(u), self.log_pow) if self.log_pow != 1 else u
-        return (v + self.output_bias) * self.output_scale
+        if self.output_bias != 0:
+            v = v + self.output_bias
+        return v * self.output_scale if self.output_scale != 1 else v
 
     def invert(self, y: tf.Tensor) -> tf.Tensor:
         """Exact inverse of `apply` for float inputs: model space back to [0, 1] or radiance."""

@@ -201,6 +201,12 @@ def test_malformed_entries(coco_file, tmp_path):
     coco_file.write_text(json.dumps(data))
     with pytest.raises(InputError, match=r"ann\.json: annotations\[2\]: needs image_id and category_id"):
         CocoDataset(coco_file, tmp_path)
+    data = json.loads(coco_file.read_text())
+    data["annotations"][2]["category_id"] = 2
+    del data["categories"][1]["name"]
+    coco_file.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"ann\.json: categories\[1\]: missing or invalid field 'name'"):
+        CocoDataset(coco_file, tmp_path)
 
 
 def test_write_masks_reports_wrong_sizes(coco_file, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ from tfsky.data.pairs import (PairDataConfig, PairsConfig, build_pairs, make_pai
 from tfsky.data.streams import (Frame, Stream, StreamsConfig, frame_timestamp, import_tree, load_streams,
                                 read_manifest, validate_stream, validate_streams, write_manifest)
 from tfsky.errors import ConfigError, InputError
+from tfsky.io.writers import write_tif
 
 CAM623_NIGHT = {"20120902_031152.jpg", "20120908_054154.jpg", "20140223_004148.jpg"}
 
@@ -83,6 +85,14 @@ def test_hand_written_manifest_resolves_relative_to_its_folder(tmp_path):
     assert stream.frames[0].usable and stream.mask is None
 
 
+@pytest.mark.parametrize("content", ["[]", '{"camera": "cam", "frames": ["a.jpg"]}', '{"frames": []}'])
+def test_malformed_manifest_is_one_input_error(tmp_path, content):
+    path = tmp_path / "stream.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=f"^{re.escape(str(path))}: not a valid stream manifest"):
+        read_manifest(path)
+
+
 def test_validate_cli_writes_manifests_and_prints_counts(cli, shared_data, tmp_path):
     root = shared_data / "skyfinder_webcams"
     result = cli("streams", "validate", "--root", root, "--labels", root / "weather_labels_cam623.csv",
@@ -114,13 +124,16 @@ def test_each_defect_gets_its_reason(tmp_path):
     for name, image in frames.items():
         write_jpeg(tmp_path / "cam" / name, image)
     (tmp_path / "cam" / "20200101_180000.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    write_tif(tmp_path / "cam" / "20200101_190000.tif", base.astype(np.float32))  # an HDR frame
     stream = import_tree(StreamsConfig(root=tmp_path)).streams[0]
-    reasons = {f.file: f.reason for f in validate_stream(stream, StreamsConfig()).frames}
-    assert reasons == {
+    checked = {f.file: f for f in validate_stream(stream, StreamsConfig()).frames}
+    assert {name: frame.reason for name, frame in checked.items()} == {
         "20200101_100000.jpg": "", "20200101_110000.jpg": "", "20200101_120000.jpg": "",
         "20200101_130000.jpg": "moved", "20200101_140000.jpg": "blank", "20200101_150000.jpg": "saturated",
         "20200101_160000.jpg": "night", "20200101_170000.jpg": "size", "20200101_180000.jpg": "corrupt",
+        "20200101_190000.tif": "corrupt",
     }
+    assert "HDR" in checked["20200101_190000.tif"].detail
 
 
 class MaskSegmenter:
@@ -129,8 +142,8 @@ class MaskSegmenter:
     def __init__(self, fraction: float):
         self.fraction = fraction
 
-    def probabilities(self, image):
-        prob = np.zeros(image.shape[:2] + (1,), np.float32)
+    def sky_probability(self, image):
+        prob = np.zeros(image.shape[:2], np.float32)
         prob[: round(image.shape[0] * self.fraction)] = 1
         return prob
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -92,12 +95,19 @@ def event_tags(folder: Path) -> dict[str, str]:
     return tags
 
 
+def weight_groups(model_file: Path) -> set[str]:
+    """Top-level groups of the weights inside a ``.keras`` file (``optimizer`` when optimizer state was saved)."""
+    with zipfile.ZipFile(model_file) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights:
+        return set(weights)
+
+
 def assert_run_files_valid(run_dir: Path, epochs: int) -> list[dict]:
     """Every file of a run folder parses; returns the history rows."""
     yaml.safe_load((run_dir / "config.yaml").read_text())
     model, info = load_model(run_dir / "best.keras")
     assert info.task == "segmenter" and info.tile_size == 64 and info.in_channels == 3
     assert model(tf.zeros([1, 64, 64, 3])).shape == (1, 64, 64, 1)
+    assert "optimizer" not in weight_groups(run_dir / "best.keras")  # saved without optimizer state
     with (run_dir / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
+import h5py
 import pytest
 
 from tfsky.config import load_config
@@ -38,6 +41,12 @@ def history_epochs(run_dir: Path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
+def weight_groups(model_file: Path) -> set[str]:
+    """Top-level groups of the weights inside a ``.keras`` file (``optimizer`` when optimizer state was saved)."""
+    with zipfile.ZipFile(model_file) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights:
+        return set(weights)
+
+
 @pytest.mark.parametrize("kind", ["pix2pix", "vae"])
 def test_tiny_translator_trains_two_epochs_into_a_run_folder(kind, shared_data, tmp_path):
     cfg = load_config(TranslatorConfig, TINY_CONFIG, [*tiny_overrides(shared_data, tmp_path), f"model.kind={kind}"])
@@ -53,6 +62,7 @@ def test_tiny_translator_trains_two_epochs_into_a_run_folder(kind, shared_data, 
     assert "val_l1" in info.metrics and 0 < info.metrics["val_l1"] < 2
     model, _ = load_model(run / "best.keras")
     assert model.output_shape == (None, None, None, 3)
+    assert "optimizer" not in weight_groups(run / "best.keras")  # the inference network only, no training state
 
 
 def test_resume_after_kill_continues_at_the_unfinished_epoch(shared_data, tmp_path):
@@ -77,3 +87,14 @@ def test_resume_after_kill_continues_at_the_unfinished_epoch(shared_data, tmp_pa
     assert list(runs.iterdir()) == [run_dir]
     assert history_epochs(run_dir) == [1, 2]
     assert (run_dir / "best.keras").is_file()
+
+
+@pytest.mark.parametrize("override", ["train.optimizer=sgd", "train.lr_schedule=cosine", "train.loss=dice"])
+def test_segmenter_only_train_keys_are_refused(override):
+    from tfsky.config import load_config
+    from tfsky.errors import ConfigError
+    from tfsky.train.translator import TranslatorConfig
+
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"^config key '{key}': is a segmenter setting"):
+        load_config(TranslatorConfig, TINY_CONFIG, [override])

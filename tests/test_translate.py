@@ -180,3 +180,34 @@ def test_mean_target_sky_baseline_is_the_mean_target_sky_colour(translator_file,
     sky = read_mask(mask) > 0
     baseline = np.where(sky[..., None], target[sky].mean(axis=0), read_image(cam623 / CLEAR) / 255.0)
     assert report.means["mean target sky"]["psnr"] == pytest.approx(psnr(baseline, target), abs=1e-3)
+
+
+def test_composite_from_a_softmax_segmenter_uses_its_sky_channel_and_stale_temps_are_removed(
+    translator_file, tmp_path
+):
+    from tfsky.predict.translate import CompositeOptions, translate_images
+
+    inputs = tf.keras.Input((None, None, 3))  # softmax over [not sky, sky]; sky = blue-ish pixels
+    conv = tf.keras.layers.Conv2D(2, 1)
+    model = tf.keras.Model(inputs, tf.keras.layers.Activation("softmax")(conv(inputs)))
+    sky_logit = np.array([-40.0, 0.0, 40.0], np.float32)
+    conv.set_weights([np.stack([-sky_logit, sky_logit], -1).reshape(1, 1, 3, 2), np.array([2.0, -2.0], np.float32)])
+    segmenter = tmp_path / "softmax.keras"
+    save_model(model, segmenter, ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=64, classes=2))
+    source = np.zeros((64, 96, 3), np.uint8)
+    source[:32] = (40, 90, 220)  # sky
+    source[32:] = (200, 60, 30)  # ground
+    frame = tmp_path / "frame.png"
+    tf.io.write_file(str(frame), tf.io.encode_png(source))
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".frame_composite.killed.part.png"
+    stale.write_bytes(b"half a png")
+    options = CompositeOptions(segmenter=segmenter, feather=0)
+    report = translate_images(translator_file, [frame], out, composite_with=options)
+    assert report.done == [frame] and not stale.exists()
+    translated = np.round(read_image(out / "frame_translated.png").astype(np.float32))
+    shown = read_image(out / "frame_composite.png")
+    np.testing.assert_array_equal(shown[32:], source[32:])  # the ground is kept bit for bit
+    np.testing.assert_array_equal(shown[:32], translated[:32].astype(np.uint8))  # the sky is the translation
+    assert not np.array_equal(shown[:32], source[:32])

@@ -58,7 +58,7 @@ class CocoDataset:
         self.annotations = Path(annotations)
         self.image_root = Path(image_root)
         data = _load_coco_json(self.annotations)
-        self._category_ids = {cat["name"]: cat["id"] for cat in data["categories"]}
+        self._category_ids = _category_ids(self.annotations, data["categories"])
         if not positive:
             raise InputError(self.annotations, "no positive category given (e.g. --positive sky)")
         self._positive = self._ids(positive)
@@ -128,6 +128,17 @@ class CocoDataset:
                 f"image {image.file_name!r} is {image.width}x{image.height}",
             )
         return area.astype(bool)
+
+
+def _category_ids(path: Path, categories: list[dict]) -> dict[str, int]:
+    """``{name: id}`` of the ``categories`` entries, in file order."""
+    ids = {}
+    for index, cat in enumerate(categories):
+        try:
+            ids[cat["name"]] = cat["id"]
+        except (KeyError, TypeError) as err:
+            raise InputError(path, f"categories[{index}]: missing or invalid field {err}") from None
+    return ids
 
 
 def _group_by_image(path: Path, annotations: list[dict]) -> dict[int, list[dict]]:

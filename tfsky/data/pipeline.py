@@ -40,7 +40,7 @@ from tfsky.data.cache import compression_type, read_manifest, shard_paths
 from tfsky.data.config import DataConfig
 from tfsky.data.records import parse_example
 from tfsky.errors import InputError
-from tfsky.tiling import reflect_indices, tile_starts
+from tfsky.tiling import count_tiles, reflect_indices, tile_starts
 
 Split = Literal["train", "val"]
 AUTOTUNE = tf.data.AUTOTUNE
@@ -131,8 +131,7 @@ def steps_per_epoch(cfg: DataConfig, split: Split, batch_size: int) -> int:
 
 def grid_count(height: int, width: int, patch: int, stride: int) -> int:
     """Number of validation grid patches of a ``height x width`` image."""
-    overlap = _overlap(patch, stride)
-    return int(tf.size(tile_starts(height, patch, overlap)) * tf.size(tile_starts(width, patch, overlap)))
+    return count_tiles(height, width, patch, _overlap(patch, stride))
 
 
 def _overlap(patch: int, stride: int) -> float:

@@ -60,6 +60,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from tfsky.data.transforms import is_hdr
 from tfsky.errors import ConfigError, InputError
 from tfsky.io.atomic import write_json
 from tfsky.io.images import REC709_LUMA, image_size, is_image_file, read_image, read_mask
@@ -158,7 +159,7 @@ class Stream:
 class SkyProbability(Protocol):
     """What validation needs from a segmenter (`tfsky.predict.segment.TiledSegmenter`)."""
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray: ...
+    def sky_probability(self, image: np.ndarray) -> np.ndarray: ...
 
 
 @dataclasses.dataclass
@@ -203,7 +204,7 @@ def read_manifest(path: str | Path) -> Stream:
         )
     except FileNotFoundError:
         raise InputError(path, "stream manifest not found") from None
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # AttributeError: JSON that is not an object
         raise InputError(path, f"not a valid stream manifest ({type(err).__name__}: {err})") from None
 
 
@@ -318,9 +319,13 @@ def frame_timestamp(path: Path) -> dt.datetime:
 def analysis_luminance(image: np.ndarray, width: int) -> np.ndarray:
     """Rec.709 luminance in [0, 1] of an RGB uint8/uint16 frame, downscaled (area) to ``width`` pixels."""
     scale = np.float32(np.iinfo(image.dtype).max)
-    height = max(1, round(image.shape[0] * width / image.shape[1]))
-    small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32) / scale
-    return small @ REC709_LUMA
+    small = cv2.resize(image, _analysis_size(image.shape, width), interpolation=cv2.INTER_AREA)
+    return (small.astype(np.float32) / scale) @ REC709_LUMA
+
+
+def _analysis_size(shape: tuple[int, ...], width: int) -> tuple[int, int]:
+    """OpenCV ``(width, height)`` of an ``H x W`` frame scaled to ``width`` pixels wide, aspect kept."""
+    return width, max(1, round(shape[0] * width / shape[1]))
 
 
 def edge_map(luminance: np.ndarray) -> np.ndarray:
@@ -386,9 +391,8 @@ class _FrameChecks:
         self.cfg, self.size, self.camera_mask, self.segmenter = cfg, size, camera_mask, segmenter
         self.small_sky = None
         if camera_mask is not None and camera_mask.any():
-            width = cfg.analysis_width
-            height = max(1, round(camera_mask.shape[0] * width / camera_mask.shape[1]))
-            self.small_sky = cv2.resize(camera_mask, (width, height), interpolation=cv2.INTER_NEAREST) > 0
+            size = _analysis_size(camera_mask.shape, cfg.analysis_width)
+            self.small_sky = cv2.resize(camera_mask, size, interpolation=cv2.INTER_NEAREST) > 0
 
     def single(self, path: Path) -> tuple[str, str, Optional[np.ndarray]]:
         """``(reason, detail, analysis luminance)`` of one frame; reason ``""`` when it passes."""
@@ -396,12 +400,14 @@ class _FrameChecks:
             image = read_image(path)
         except InputError as err:
             return "corrupt", err.problem, None
+        if is_hdr(image):
+            return "corrupt", "a float (HDR) frame: a webcam stream holds 8/16-bit frames", None
         if image.shape[:2] != self.size:
             return "size", f"{image.shape[1]}x{image.shape[0]} differs from the stream's {self.size[1]}x{self.size[0]}", None
         luma = analysis_luminance(image, self.cfg.analysis_width)
         reason, detail = self._pixel_checks(image, luma)
         if not reason and self.segmenter is not None and self.camera_mask is not None:
-            iou = mask_iou(self.segmenter.probabilities(image)[..., 0] >= 0.5, self.camera_mask > 0)
+            iou = mask_iou(self.segmenter.sky_probability(image) >= 0.5, self.camera_mask > 0)
             if iou < self.cfg.min_mask_iou:
                 reason, detail = "moved", f"sky IoU {iou:.2f} with the camera mask"
         return reason, detail, luma

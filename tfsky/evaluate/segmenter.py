@@ -32,6 +32,7 @@ from tfsky.evaluate import metrics
 from tfsky.evaluate.baselines import Baselines, fit_baselines
 from tfsky.evaluate.report import Table, markdown_document, signed, write_report
 from tfsky.predict.segment import SKY_CLASS, TiledSegmenter, sky_probability
+
 PREDICTORS = ("model", "horizon", "color_threshold")
 HEADLINE = "dataset_level"
 NO_LABEL = "(no label)"

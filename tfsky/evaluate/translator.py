@@ -115,8 +115,9 @@ def evaluate_translator(
         source_u8, target_u8, mask = load_pair_arrays(pair.source, pair.target, pair.mask)
         if pair.source not in translated:
             translated[pair.source] = translator.translate(source_u8)
-        outputs = _method_outputs(source_u8, translated[pair.source], mask if pair.mask else None, sky_colour, feather)
         source, target = source_u8 / np.float32(255), target_u8 / np.float32(255)
+        outputs = _method_outputs(source_u8, source, translated[pair.source], mask if pair.mask else None,
+                                  sky_colour, feather)
         sky = mask[..., 0] > 0 if pair.mask else None
         per_pair.append({
             "camera": pair.camera, "source": pair.source, "target": pair.target,
@@ -137,9 +138,8 @@ def evaluate_translator(
     return report
 
 
-def _method_outputs(source_u8, model_out, mask, sky_colour, feather) -> dict[str, np.ndarray]:
-    """Float [0, 1] outputs of every method that applies to this pair."""
-    source = source_u8 / np.float32(255)
+def _method_outputs(source_u8, source, model_out, mask, sky_colour, feather) -> dict[str, np.ndarray]:
+    """Float [0, 1] outputs of every method that applies to this pair (``source`` is ``source_u8`` in [0, 1])."""
     outputs = {"model": model_out, "identity": source}
     if mask is not None:
         weight = feathered_sky_weight(mask[..., 0].astype(np.float32), feather)

@@ -63,6 +63,7 @@ class SegmenterModule(tf.Module):
         self.model = model
         self.preprocess = info.preprocess
         self.tiling = dataclasses.replace(tiling, tile=tiling.tile or info.tile_size)
+        self.tiling.validate()
         self.channels = channels = info.in_channels
         self.predict_tiles = tf.function(
             self._predict_tiles, input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)]
@@ -199,7 +200,6 @@ def export_model(
             model_path, f"only 1-class segmenters can be exported; this is a {info.task} with {info.classes} classes"
         )
     tiling = tiling or TilingConfig()
-    tiling.validate()
     model_dir = Path(repo) / name
     version = next_version(model_dir) if version is None else version
     if version < 1:
@@ -207,11 +207,11 @@ def export_model(
     target = model_dir / str(version)
     if target.exists() and not overwrite:
         raise InputError(target, "version already exists (omit --version for the next one, or pass --overwrite)")
-    module = SegmenterModule(model, info, tiling)
+    module = SegmenterModule(model, info, tiling)  # validates the tiling before anything is written
     with atomic_dir(target) as tmp:
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
         inputs = warmup.warmup_inputs(
-            tile=module.tiling.tile, channels=info.in_channels, tile_batch=tiling.tile_batch,
+            tile=module.tiling.tile, channels=info.in_channels, tile_batch=module.tiling.tile_batch,
             hdr=module.predict_hdr is not None,
         )
         warmup.write_warmup(tmp, warmup.prediction_logs(name, inputs))

@@ -210,7 +210,38 @@ def replica_share(loss: tf.Tensor) -> tf.Tensor:
 # --- the trainable pair ----------------------------------------------------------------------------
 
 
-class Pix2Pix(tf.keras.Model):
+class PairTrainer(tf.keras.Model):
+    """Base of the translators' trainable models: ``fit`` on ``((source, mask), target)`` batches.
+
+    Subclasses compute a dict of scalar losses in ``_step_losses``; each one
+    is tracked by a `Mean` of the same name, which is what ``fit`` logs.
+
+    Args:
+        loss_names: sequence of str. The keys ``_step_losses`` returns.
+    """
+
+    def __init__(self, loss_names, **kwargs):
+        super().__init__(**kwargs)
+        self.trackers = {name: tf.keras.metrics.Mean(name=name) for name in loss_names}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def test_step(self, data):
+        (source, mask), target = data
+        return self._track(self._step_losses(source, target, mask, training=False))
+
+    def _step_losses(self, source, target, mask, training: bool) -> dict[str, tf.Tensor]:
+        raise NotImplementedError
+
+    def _track(self, losses: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        for name, value in losses.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+
+class Pix2Pix(PairTrainer):
     """Generator + discriminator trained together by ``fit``.
 
     Args:
@@ -225,13 +256,12 @@ class Pix2Pix(tf.keras.Model):
 
     def __init__(self, generator, discriminator, *, l1_weight=100.0, gan_weight=1.0, sky_weight=1.0,
                  perceptual=None, perceptual_weight=0.0, **kwargs):
-        super().__init__(**kwargs)
+        names = ["g_loss", "d_loss", "gan", "l1"] + (["perceptual"] if perceptual is not None else [])
+        super().__init__(names, **kwargs)
         self.generator = generator
         self.discriminator = discriminator
         self.l1_weight, self.gan_weight, self.sky_weight = l1_weight, gan_weight, sky_weight
         self.perceptual, self.perceptual_weight = perceptual, perceptual_weight
-        names = ["g_loss", "d_loss", "gan", "l1"] + (["perceptual"] if perceptual is not None else [])
-        self.trackers = {name: tf.keras.metrics.Mean(name=name) for name in names}
 
     def compile(self, g_optimizer, d_optimizer, **kwargs):
         """Set both optimizers, wrapped for loss scaling under mixed_float16.
@@ -242,10 +272,6 @@ class Pix2Pix(tf.keras.Model):
         super().compile(optimizer=g_optimizer, **kwargs)
         self.g_optimizer = self.optimizer
         self.d_optimizer = loss_scale_wrapped(d_optimizer)
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     def call(self, source, training=False):
         return self.generator(source, training=training)
@@ -259,10 +285,6 @@ class Pix2Pix(tf.keras.Model):
         self.d_optimizer.minimize(d_share, self.discriminator.trainable_variables, tape=tape)
         del tape
         return self._track(losses)
-
-    def test_step(self, data):
-        (source, mask), target = data
-        return self._track(self._step_losses(source, target, mask, training=False))
 
     def _step_losses(self, source, target, mask, training: bool) -> dict[str, tf.Tensor]:
         fake = self.generator(source, training=training)
@@ -280,11 +302,6 @@ class Pix2Pix(tf.keras.Model):
             g_loss += self.perceptual_weight * losses["perceptual"]
         losses["g_loss"] = g_loss
         return losses
-
-    def _track(self, losses: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        for name, value in losses.items():
-            self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
 
 
 def build_pix2pix(cfg: Pix2PixConfig, learning_rate: float = 2e-4, channels: int = 3) -> Pix2Pix:

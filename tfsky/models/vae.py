@@ -25,7 +25,8 @@ from typing import Literal
 import tensorflow as tf
 
 from tfsky.errors import ConfigError
-from tfsky.models.pix2pix import Norm, down_block, norm_layer, replica_share, tanh_head, up_block, weighted_l1
+from tfsky.models.pix2pix import (Norm, PairTrainer, down_block, norm_layer, replica_share, tanh_head, up_block,
+                                  weighted_l1)
 
 
 @dataclasses.dataclass
@@ -150,7 +151,7 @@ def build_translator(encoder: tf.keras.Model, decoder: tf.keras.Model, channels:
     return tf.keras.Model(inputs, decoder(z), name="vae_translator")
 
 
-class VAETranslator(tf.keras.Model):
+class VAETranslator(PairTrainer):
     """Encoder + decoder trained by ``fit`` on ``((source, mask), target)`` batches.
 
     Args:
@@ -160,18 +161,11 @@ class VAETranslator(tf.keras.Model):
     """
 
     def __init__(self, encoder, decoder, *, sky_weight: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(("loss", "reconstruction", "kl", "l1"), **kwargs)
         self.encoder, self.decoder = encoder, decoder
         self.translator = build_translator(encoder, decoder, encoder.input_shape[-1])
         self.sky_weight = sky_weight
         self.kl_beta = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="kl_beta")
-        names = ("loss", "reconstruction", "kl", "l1")
-        self.trackers = {name: tf.keras.metrics.Mean(name=name) for name in names}
-
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     def call(self, source, training=False):
         return self.translator(source, training=training)
@@ -184,10 +178,6 @@ class VAETranslator(tf.keras.Model):
         variables = self.encoder.trainable_variables + self.decoder.trainable_variables
         self.optimizer.minimize(share, variables, tape=tape)
         return self._track(losses)
-
-    def test_step(self, data):
-        (source, mask), target = data
-        return self._track(self._step_losses(source, target, mask, training=False))
 
     def _step_losses(self, source, target, mask, training: bool) -> dict[str, tf.Tensor]:
         mu, logvar = self.encoder(source, training=training)
@@ -203,9 +193,7 @@ class VAETranslator(tf.keras.Model):
         }
 
     def _track(self, losses: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        for name, value in losses.items():
-            self.trackers[name].update_state(value)
-        return {**{name: t.result() for name, t in self.trackers.items()}, "kl_beta": self.kl_beta.value()}
+        return {**super()._track(losses), "kl_beta": self.kl_beta.value()}
 
 
 class KLWarmup(tf.keras.callbacks.Callback):

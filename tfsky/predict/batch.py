@@ -164,13 +164,18 @@ def _predict_pending(model_path, inputs_of_model, pending, config, facts, report
             try:
                 _predict_one(segmenter, current.result(), job, paths, config, facts, listener)
             except (TfskyError, OSError) as err:
-                about_source = isinstance(err, InputError) and Path(err.path) == job.source
-                reason = err.problem if about_source else str(err)
+                reason = failure_reason(err, job.source)
                 report.failed.append((job.source, reason))
                 listener.image_finished(job.source, "failed", reason)
             else:
                 report.done.append(job.source)
                 listener.image_finished(job.source, "done")
+
+
+def failure_reason(err: TfskyError | OSError, source: Path) -> str:
+    """The reason a batch job reports for ``source``: an `InputError` about ``source`` itself without its path."""
+    about_source = isinstance(err, InputError) and Path(err.path) == source
+    return err.problem if about_source else str(err)
 
 
 def _read(inputs_of_model: ModelInputs, source: Path) -> list[np.ndarray]:

@@ -31,15 +31,14 @@ from tfsky.models.bundle import ModelInfo, load_model
 from tfsky.tiling import TilingConfig, count_tiles, sliding_window_inference
 
 SKY_CLASS = 1  # class id of sky in label masks and in softmax outputs (0 = not sky)
+_READ_CHANNELS = (1, 3, 4)  # channel counts read_image converts to; others are read as stored
+_BAND = 256  # rows normalised at a time by `prepare`
+MODEL_SPACE = np.float16  # dtype of images already normalised by `prepare`
 
 
 def sky_probability(probabilities: np.ndarray) -> np.ndarray:
     """P(sky) ``[H, W]`` from model output ``[H, W, K]``: the sigmoid channel, or softmax channel `SKY_CLASS`."""
     return probabilities[..., 0] if probabilities.shape[-1] == 1 else probabilities[..., SKY_CLASS]
-
-_READ_CHANNELS = (1, 3, 4)  # channel counts read_image converts to; others are read as stored
-_BAND = 256  # rows normalised at a time by `prepare`
-MODEL_SPACE = np.float16  # dtype of images already normalised by `prepare`
 
 
 class ModelInputs:
@@ -146,6 +145,10 @@ class TiledSegmenter:
             image, self.predict_tiles, tile=t.tile, overlap=t.overlap, window=t.window,
             tile_batch=t.tile_batch, tta=t.tta, progress=progress,
         )
+
+    def sky_probability(self, image: np.ndarray) -> np.ndarray:
+        """P(sky) [H, W] of a whole image: the sigmoid output, or softmax channel `SKY_CLASS`."""
+        return sky_probability(self.probabilities(image))
 
     def tile_count(self, height: int, width: int) -> int:
         """Tiles (model inputs before TTA) needed for a ``height x width`` image."""

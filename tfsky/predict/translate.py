@@ -23,7 +23,8 @@ sky: every non-sky pixel of the composite is the source pixel, bit for bit.
 
 Outputs per image (stem as in ``tfsky predict``): ``<stem>_translated.png``
 and, with a composite, ``<stem>_composite.png``; each written atomically, so
-a re-run skips images whose outputs exist (``overwrite`` redoes them).
+a re-run removes the temporaries a killed run left and skips images whose
+outputs exist (``overwrite`` redoes them), as ``tfsky predict`` does.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ import tensorflow as tf
 
 from tfsky.data.pairs import from_model_range, to_model_range
 from tfsky.errors import ConfigError, InputError, TfskyError
+from tfsky.io.atomic import remove_stale_temps
 from tfsky.io.images import read_image, read_mask
 from tfsky.io.writers import write_png
 from tfsky.models.bundle import ModelInfo, load_model
 from tfsky.models.vae import set_sampling
-from tfsky.predict.batch import BatchReport, collect_jobs
+from tfsky.predict.batch import BatchReport, collect_jobs, failure_reason
+from tfsky.predict.segment import TiledSegmenter
 from tfsky.tiling import TilingConfig, sliding_window_inference
 
 TRANSLATOR_TASKS = ("pix2pix", "vae")
@@ -216,6 +219,8 @@ def translate_images(
     report = BatchReport(failed=failed)
     for job in jobs:
         outputs = output_paths(out_dir / job.stem, composite_with is not None)
+        for path in outputs:
+            remove_stale_temps(path)
         if all(p.is_file() for p in outputs) and not overwrite:
             report.skipped.append(job.source)
             status = "skipped"
@@ -225,8 +230,7 @@ def translate_images(
                 report.done.append(job.source)
                 status = "done"
             except (TfskyError, OSError) as err:
-                reason = err.problem if isinstance(err, InputError) and Path(err.path) == job.source else str(err)
-                report.failed.append((job.source, reason))
+                report.failed.append((job.source, failure_reason(err, job.source)))
                 status = "failed"
         if progress is not None:
             progress(job.source, status)
@@ -254,10 +258,8 @@ def _sky_source(options: Optional[CompositeOptions]):
         return lambda image: feathered_sky_weight(from_mask(image), options.feather)
     if options.segmenter is None:
         raise ConfigError("composite", "needs a sky source: --segmenter MODEL or --mask CAMERA_MASK")
-    from tfsky.predict.segment import TiledSegmenter
-
     segmenter = TiledSegmenter.load(options.segmenter)
-    return lambda image: feathered_sky_weight(segmenter.probabilities(image)[..., 0], options.feather)
+    return lambda image: feathered_sky_weight(segmenter.sky_probability(image), options.feather)
 
 
 def _translate_one(translator: TiledTranslator, source: Path, outputs: list[Path], sky) -> None:

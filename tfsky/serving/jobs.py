@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsky.data.transforms import is_hdr
-from tfsky.errors import TfskyError
+from tfsky.errors import InputError, TfskyError
 from tfsky.export.metadata import read_metadata
 from tfsky.io.atomic import write_bytes, write_json
 from tfsky.io.images import read_image
@@ -96,7 +96,7 @@ def _segment(client: Client, model: str, path: Path, version, label, tiled) -> I
         return ImagePrediction(tf.io.encode_png(mask[..., None].astype(np.uint8) * 255).numpy(), prob, float(mask.mean()))
     if path.suffix.lower() in ENCODED_SUFFIXES:
         if not path.is_file():
-            raise TfskyError(f"{path}: file not found")
+            raise InputError(path, "file not found")
         return client.predict_image(model, path.read_bytes(), version=version, label=label)
     image = read_image(path)
     if is_hdr(image):

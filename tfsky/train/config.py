@@ -72,9 +72,9 @@ class TrainConfig:
     runs_root: Path = Path("runs")
 
     def validate(self) -> None:
-        for key in ("epochs", "batch_size", "plateau_patience", "early_stopping_patience"):
-            _at_least(key, getattr(self, key), 1)
-        for key in ("steps_per_epoch", "validation_steps"):
+        positive = ("epochs", "batch_size", "plateau_patience", "early_stopping_patience", "steps_per_epoch",
+                    "validation_steps")
+        for key in positive:
             _at_least(key, getattr(self, key), 1)
         for key in ("warmup_epochs", "tensorboard_images"):
             _at_least(key, getattr(self, key), 0)

@@ -43,6 +43,11 @@ MONITOR = "val_l1"
 log = logging.getLogger("tfsky")
 
 
+# TrainConfig keys that only the segmenter's compile() reads; a translator config setting them is an error.
+SEGMENTER_ONLY_TRAIN_KEYS = (
+    "optimizer", "weight_decay", "loss", "lr_schedule", "warmup_epochs", "plateau_factor", "plateau_patience",
+)
+
 @dataclasses.dataclass
 class TranslatorModelConfig:
     """The ``model:`` section: which translator, its settings, numeric precision.
@@ -89,6 +94,10 @@ class TranslatorConfig:
     def validate(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError("name", f"must be a plain folder name; got {self.name!r}")
+        defaults = TrainConfig()
+        for key in SEGMENTER_ONLY_TRAIN_KEYS:  # the translators' own Adam(2e-4, beta_1 0.5) train steps ignore them
+            if getattr(self.train, key) != getattr(defaults, key):
+                raise ConfigError(f"train.{key}", "is a segmenter setting; translators train with Adam at train.learning_rate")
         multiple = 2**self.model.depth
         if self.data.crop_size % multiple:
             raise ConfigError("data.crop_size", f"must be a multiple of 2**depth = {multiple} for model.{self.model.kind}")

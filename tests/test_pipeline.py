@@ -146,6 +146,10 @@ def test_same_seed_same_batches_new_epoch_new_batches(ldr):
     dataset = segmentation_dataset(ldr, "train", BATCH, seed=7)
     epoch1, epoch2 = batches(dataset), batches(dataset)
     assert not np.array_equal(epoch1[0][0], epoch2[0][0])  # fresh crops and augmentation each epoch
+    steps = len(first)
+    repeated = batches(segmentation_dataset(ldr, "train", BATCH, seed=7).repeat().take(2 * steps))  # as fit_run reads
+    for (image, _), (image2, _) in zip(repeated, first + epoch2):  # one iterator: the same epochs, in order
+        np.testing.assert_array_equal(image, image2)
 
 
 def test_camera_frames_never_straddle_the_split(tmp_path):

@@ -280,7 +280,7 @@ def load_pair_arrays(source: str, target: str, mask: Optional[str]) -> tuple[np.
 
 
 def make_pair_dataset(
-    pairs: list[Pair], cfg: PairDataConfig, *, batch_size: int, training: bool, repeat: bool = False
+    pairs: list[Pair], cfg: PairDataConfig, *, batch_size: int, training: bool
 ) -> tf.data.Dataset:
     """Batches of ``((source, mask), target)``: [B, c, c, 3] in [-1, 1], [B, c, c, 1] in [0, 1], [B, c, c, 3].
 
@@ -294,7 +294,6 @@ def make_pair_dataset(
         cfg: PairDataConfig. Sizes and flip.
         batch_size: int. Global batch size.
         training: bool. Random crop + flip + shuffle, else centre crop.
-        repeat: bool. Repeat forever (for ``steps_per_epoch``). Defaults to False.
     """
     if not pairs:
         raise ConfigError("pairs.file", "no pairs for this split")
@@ -304,8 +303,6 @@ def make_pair_dataset(
     ds = ds.cache()
     if training:
         ds = ds.shuffle(len(paths), reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
     crop = (lambda x: _random_crop_flip(x, cfg.crop_size, cfg.flip)) if training else (
         lambda x: _centre_crop(x, cfg.crop_size))
     ds = ds.map(lambda x: _split(crop(x)), num_parallel_calls=tf.data.AUTOTUNE)

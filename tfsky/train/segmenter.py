@@ -63,7 +63,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, verbose: int 
             save_best=lambda model, path, logs: save_segmenter(model, path, cfg, logs),
             images=validation_panels(val_ds, cfg.train.tensorboard_images),
             extra_callbacks=schedule_callbacks(cfg.train),
-            steps_per_epoch=cfg.train.steps_per_epoch,
+            steps_per_epoch=steps,
             verbose=verbose,
         )
 

@@ -74,12 +74,14 @@ def test_serving_default_is_float32_for_a_mixed_precision_model(tmp_path):
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
     save_model(model, tmp_path / "fp16.keras", ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=TILE))
-    loaded = tf.saved_model.load(str(export_model(tmp_path / "fp16.keras", tmp_path / "models", "fp16")))
     tiles = np.random.default_rng(3).random((2, TILE, TILE, 3), dtype=np.float32)
-    out = loaded.signatures["serving_default"](tiles=tf.constant(tiles))["probabilities"]
     assert model(tiles).dtype == tf.float16
-    assert out.dtype == tf.float32
-    np.testing.assert_allclose(out.numpy(), model(tiles).numpy().astype(np.float32), atol=1e-6)
+    for precision, dtypes, atol in (("as_trained", ["float16", "float32"], 1e-6), ("float32", ["float32"], 2e-3)):
+        version_dir = export_model(tmp_path / "fp16.keras", tmp_path / "models", "fp16", precision=precision)
+        out = tf.saved_model.load(str(version_dir)).signatures["serving_default"](tiles=tf.constant(tiles))
+        assert out["probabilities"].dtype == tf.float32
+        np.testing.assert_allclose(out["probabilities"].numpy(), model(tiles).numpy().astype(np.float32), atol=atol)
+        assert export_info(version_dir)[0]["compute_dtypes"] == dtypes  # float32 (the default) for CPU serving
 
 
 def test_predict_image_equals_tiled_segmenter_and_tfsky_predict(exported, sky_png, cli, tmp_path):

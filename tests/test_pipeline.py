@@ -81,6 +81,22 @@ def test_val_grid_covers_every_pixel_of_every_val_image(ldr):
     assert used == len(patches) > 0
 
 
+def test_val_max_batches_spreads_patches_over_every_val_image(ldr):
+    grid = [image for batch, _ in batches(segmentation_dataset(ldr, "val", 1)) for image in batch]
+    assert len(grid) == steps_per_epoch(ldr, "val", 1) > 3  # 2 val images
+    counts = [grid_count(*item.image.shape[:2], PATCH, STRIDE) for item in iter_cached(ldr.cache, "val")]
+    owner = np.repeat(np.arange(2), counts)
+    for max_batches in (1, 2, 100):
+        kept = batches(segmentation_dataset(ldr, "val", 2, max_batches=max_batches))
+        patches = [image for batch, _ in kept for image in batch]
+        assert len(kept) == min(max_batches, steps_per_epoch(ldr, "val", 2))
+        index = [next(i for i, g in enumerate(grid) if np.array_equal(g, p)) for p in patches]
+        assert index == sorted(set(index))  # distinct grid patches, in grid order
+        assert set(owner[index]) == {0, 1}  # not only the first image's patches
+        np.testing.assert_array_equal(batches(segmentation_dataset(ldr, "val", 2, max_batches=max_batches))[0][0],
+                                      kept[0][0])  # the same patches every epoch
+
+
 def test_grid_count_shifts_the_last_patch_inward():
     assert grid_count(70, 90, 32, 20) == 3 * 4  # rows 0 20 38; cols 0 20 40 58
     assert grid_count(20, 50, 32, 20) == 1 * 2  # padded to 32 rows; cols 0 18

@@ -10,7 +10,15 @@ from tfsky.config import load_config
 from tfsky.errors import ConfigError, InputError
 from tfsky.models.losses import make_loss
 from tfsky.models.metrics import F1, IoU
-from tfsky.models.precision import check_tf_config, global_batch_size, precision_policy, resolve_precision
+from tfsky.data.transforms import Preprocess
+from tfsky.models.bundle import ModelInfo, load_model, save_model
+from tfsky.models.precision import (
+    check_tf_config,
+    for_inference,
+    global_batch_size,
+    precision_policy,
+    resolve_precision,
+)
 from tfsky.models.segmenter import (
     SegmenterModelConfig,
     build_segmenter,
@@ -219,3 +227,36 @@ def test_segmentation_models_metric_differs_only_by_its_smoothing():
     assert float(sm_iou(truth, pred)) == pytest.approx((1 + 1e-5) / (2 + 1e-5), rel=1e-6)
     empty = masks([0, 0, 0, 0])
     assert float(sm_iou(empty, empty)) == 1.0
+
+
+def test_mixed_precision_model_loads_in_float32_without_a_gpu(tmp_path):
+    with precision_policy("mixed_float16"):
+        trained = build_segmenter(tiny(), 3)
+    with precision_policy("float32"):
+        reference = build_segmenter(tiny(), 3)
+    reference.set_weights(trained.get_weights())
+    save_model(trained, tmp_path / "m.keras", ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=64))
+    tiles = tf.random.stateless_uniform([2, 64, 64, 3], seed=[3, 4])
+
+    loaded, _ = load_model(tmp_path / "m.keras")  # auto, and this machine has no GPU
+    assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
+    np.testing.assert_array_equal(loaded(tiles).numpy(), reference(tiles).numpy())  # same weights, float32 maths
+    as_trained, _ = load_model(tmp_path / "m.keras", precision="as_trained")
+    assert as_trained.get_layer("conv0").compute_dtype == "float16"
+    np.testing.assert_allclose(as_trained(tiles).numpy(), reference(tiles).numpy(), atol=2e-2)
+
+
+def test_float32_rebuild_keeps_nested_translator_models_and_their_weights():
+    from tfsky.models.vae import VAEConfig, build_vae, set_sampling
+
+    with precision_policy("mixed_float16"):
+        vae = build_vae(VAEConfig(depth=2, base_filters=4, max_filters=8, latent_channels=4))
+    translator = vae.translator
+    set_sampling(translator, False)
+    rebuilt = for_inference(translator, "float32")
+    models = [model for model in (rebuilt, *rebuilt.layers) if isinstance(model, tf.keras.Model)]
+    inner = [layer for model in models for layer in model.layers]
+    assert {layer.compute_dtype for layer in inner} == {"float32"} and len(rebuilt.weights) == len(translator.weights)
+    source = tf.random.stateless_uniform([1, 16, 16, 3], seed=[5, 6], minval=-1, maxval=1)
+    np.testing.assert_allclose(rebuilt(source).numpy(), translator(source).numpy(), atol=2e-2)
+    assert for_inference(rebuilt, "float32") is rebuilt  # nothing mixed left: returned as is

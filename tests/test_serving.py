@@ -22,9 +22,11 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from test_export import TILE, save_tiny  # the same tiny model the export tests use
 from tfsky.errors import TfskyError
 from tfsky.export.savedmodel import export_model
+from tfsky.io.atomic import temp_name
 from tfsky.io.writers import write_png
 from tfsky.predict.segment import TiledSegmenter
 from tfsky.serving import Client, DevServer
+from tfsky.serving.jobs import segment_files
 from tfsky.serving.repository import ModelRepository, ServingError
 
 
@@ -67,7 +69,7 @@ def test_cli_client_predict_matches_in_process_prediction(setup, cli, tmp_path, 
     result = cli("client", "predict", "--server", server, "--model", "sky_segmenter",
                  setup["root"] / "scene.png", "--out", tmp_path, *extra[transport])
     assert result.exit_code == 0, result.stderr
-    assert "done 1, failed 0" in result.stdout
+    assert "done 1, skipped 0, failed 0" in result.stdout
 
     expected = setup["expected"]
     mask = tf.io.decode_png((tmp_path / "scene_mask.png").read_bytes()).numpy()[..., 0]
@@ -248,3 +250,120 @@ def test_cli_client_predict_unknown_model_is_one_line_error(setup, cli, tmp_path
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: server {setup['grpc']}: NOT_FOUND: model 'nope' not found (no loaded version)"
     assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------- client predict as a resumable batch job
+
+
+@pytest.fixture
+def requests(monkeypatch) -> list[int]:
+    """Counts the ``predict_image`` requests every `Client` sends (one entry per request)."""
+    sent = []
+    original = Client.predict_image
+
+    def counting(self, *args, **kwargs):
+        sent.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "predict_image", counting)
+    return sent
+
+
+def small_png(path, seed: int = 0):
+    write_png(path, np.random.default_rng(seed).integers(0, 256, (24, 36, 3), dtype=np.uint8))
+    return path
+
+
+def client_predict(cli, setup, *args):
+    return cli("client", "predict", "--server", setup["grpc"], "--model", "sky_segmenter", *args)
+
+
+def visible_files(folder) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")}
+
+
+def test_client_rerun_sends_no_request_and_overwrite_redoes(setup, cli, tmp_path, requests):
+    images = [small_png(tmp_path / "a.png", 0), small_png(tmp_path / "b.png", 1)]
+    out = tmp_path / "out"
+    with Client(setup["grpc"]) as client:
+        report = segment_files(client, "sky_segmenter", images, out)
+    assert (report.done, report.skipped, report.failed) == (images, [], [])
+    assert len(requests) == 2
+    inodes = {name: (out / name).stat().st_ino for name in visible_files(out)}
+    assert set(inodes) == {"a_mask.png", "a.json", "b_mask.png", "b.json"}
+
+    rerun = client_predict(cli, setup, *images, "--out", out)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert rerun.stdout.strip() == f"done 0, skipped 2, failed 0 -> {out}"
+    assert len(requests) == 2
+    assert {name: (out / name).stat().st_ino for name in inodes} == inodes  # nothing rewritten
+
+    redo = client_predict(cli, setup, *images, "--out", out, "--overwrite")
+    assert redo.exit_code == 0, redo.stderr
+    assert "done 2, skipped 0, failed 0" in redo.stdout
+    assert len(requests) == 4
+    assert all((out / name).stat().st_ino != inode for name, inode in inodes.items())  # atomically replaced
+
+
+def test_client_folder_and_manifest_inputs_keep_sub_folders(setup, cli, tmp_path, requests):
+    folder = tmp_path / "images"
+    small_png(folder / "x.png")
+    small_png(folder / "sub" / "y.png", 1)
+    small_png(folder / ".hidden.png", 2)
+    (folder / "notes.md").write_text("not an image")
+    small_png(tmp_path / "lists" / "frames" / "m.png", 3)
+    manifest = tmp_path / "lists" / "todo.txt"
+    manifest.write_text("# frames to do\nframes/m.png  # first\n\n")
+    out = tmp_path / "out"
+    result = client_predict(cli, setup, folder, manifest, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert "done 3, skipped 0, failed 0" in result.stdout
+    assert visible_files(out) == {f"{stem}{suffix}" for stem in ("x", "sub/y", "frames/m")
+                                  for suffix in ("_mask.png", ".json")}
+    assert json.loads((out / "sub" / "y.json").read_text())["source"] == str(folder / "sub" / "y.png")
+    assert len(requests) == 3
+
+
+def test_client_same_output_stem_from_two_folders_fails_the_second_without_a_request(setup, cli, tmp_path, requests):
+    first, second = small_png(tmp_path / "a" / "same.png"), small_png(tmp_path / "b" / "same.png", 1)
+    other = small_png(tmp_path / "other.png", 2)
+    out = tmp_path / "out"
+    result = client_predict(cli, setup, first, second, other, "--out", out)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"failed {second}: writes the same outputs (same_*) as {first}"
+    assert "done 2, skipped 0, failed 1" in result.stdout
+    assert len(requests) == 2  # same.png from a/ and other.png: b/same.png is never sent
+    assert json.loads((out / "same.json").read_text())["source"] == str(first)
+
+
+def test_client_rerun_after_a_kill_removes_stale_temps_and_finishes(setup, cli, tmp_path, requests):
+    image = small_png(tmp_path / "scene.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scene_mask.png").write_bytes(b"mask written, killed before the sidecar")
+    stale = [temp_name(out / "scene_mask.png"), temp_name(out / "scene.json")]
+    assert all(path.is_file() for path in stale)
+    result = client_predict(cli, setup, image, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert "done 1, skipped 0, failed 0" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["scene.json", "scene_mask.png"]
+    assert tf.io.decode_png((out / "scene_mask.png").read_bytes()).shape == (24, 36, 1)
+    assert len(requests) == 1
+
+
+def test_client_bad_files_are_reported_and_the_others_complete(setup, cli, tmp_path):
+    good = small_png(tmp_path / "good.png")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(good.read_bytes()[:40])
+    unreadable = tmp_path / "unreadable.tif"
+    unreadable.write_bytes(b"not a tiff")
+    out = tmp_path / "out"
+    result = client_predict(cli, setup, broken, tmp_path / "missing.png", unreadable, good, "--out", out)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [  # refused by the server, missing, unreadable here
+        f"failed {broken}: server {setup['grpc']}: INVALID_ARGUMENT: Invalid PNG. Failed to initialize decoder.",
+        f"failed {tmp_path}/missing.png: file not found",
+        f"failed {unreadable}: truncated or corrupt image (header: not a TIFF file: header=b'not ')",
+    ]
+    assert "done 1, skipped 0, failed 3" in result.stdout
+    assert visible_files(out) == {"good_mask.png", "good.json"}

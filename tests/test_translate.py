@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from tfsky.data.transforms import Preprocess
 from tfsky.errors import ConfigError
 from tfsky.evaluate.translator import PSNR_CAP, evaluate_translator, psnr
 from tfsky.io.images import read_image, read_mask
+from tfsky.io.writers import write_png
 from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.models.pix2pix import Pix2PixConfig, build_unet_generator
-from tfsky.predict.translate import TiledTranslator, composite, feathered_sky_weight
+from tfsky.predict.translate import TiledTranslator, composite, feathered_sky_weight, to_uint8
+from tfsky.tiling import TilingConfig
 
 DEPTH = 3
 CLEAR = "20121024_124151.jpg"
@@ -87,9 +90,8 @@ def test_a_model_trained_downscaled_runs_at_its_training_scale(translator_file, 
 
 
 def test_tile_must_fit_the_network(translator_file):
-    from tfsky.tiling import TilingConfig
-
-    with pytest.raises(ConfigError, match="config key 'tile': must be a multiple of 8 for this pix2pix model; got 60"):
+    expected = "config key 'tiling.tile': must be a multiple of 8 for this pix2pix model; got 60"
+    with pytest.raises(ConfigError, match=expected):
         TiledTranslator.load(translator_file, TilingConfig(tile=60))
 
 
@@ -143,7 +145,8 @@ def test_translate_cli_with_segmenter_composite_skips_done_and_reports_bad_files
 def test_translate_refuses_a_segmenter_model(cli, segmenter_file, cam623, tmp_path):
     result = cli("translate", "--model", segmenter_file, cam623 / CLEAR, "--out", tmp_path)
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"Error: {segmenter_file}: is a segmenter model, not a weather translator (pix2pix or vae)"
+    assert result.stderr.strip() == (f"Error: {segmenter_file}: is a segmenter model, not a weather translator "
+                                     "(pix2pix or vae)")
 
 
 def test_evaluate_translator_report_baselines_and_contact_sheet(cli, translator_file, cam623, shared_data, tmp_path):
@@ -155,7 +158,7 @@ def test_evaluate_translator_report_baselines_and_contact_sheet(cli, translator_
                  "--out", tmp_path / "eval")
     assert result.exit_code == 0, result.stderr
     report = json.loads((tmp_path / "eval" / "translator_eval.json").read_text())
-    assert report["split"] == "val" and report["pairs"] == 1
+    assert report["split"] == "val" and report["counts"] == {"evaluated": 1, "skipped": 0} and report["skipped"] == []
     means = report["means"]
     assert set(means) == {"model", "model (sky composite)", "identity", "mean target sky"}
     source, target = read_image(cam623 / CLEAR) / 255.0, read_image(cam623 / OVERCAST) / 255.0
@@ -176,16 +179,21 @@ def test_mean_target_sky_baseline_is_the_mean_target_sky_colour(translator_file,
     pairs = [Pair("623", "val", str(cam623 / CLEAR), str(cam623 / OVERCAST), mask, 1.0)]
     write_pairs(PairSet(pairs, {}), PairsConfig(), tmp_path / "pairs.json")
     report = evaluate_translator(translator_file, tmp_path / "pairs.json", tmp_path / "eval")
+    assert report.means["mean target sky"]["psnr"] == pytest.approx(mean_sky_psnr(cam623, mask), abs=1e-3)
+
+
+def mean_sky_psnr(cam623: Path, mask: str) -> float:
+    """PSNR against OVERCAST of CLEAR with its sky painted in OVERCAST's mean sky colour."""
     target = read_image(cam623 / OVERCAST) / 255.0
     sky = read_mask(mask) > 0
     baseline = np.where(sky[..., None], target[sky].mean(axis=0), read_image(cam623 / CLEAR) / 255.0)
-    assert report.means["mean target sky"]["psnr"] == pytest.approx(psnr(baseline, target), abs=1e-3)
+    return psnr(baseline, target)
 
 
 def test_composite_from_a_softmax_segmenter_uses_its_sky_channel_and_stale_temps_are_removed(
     translator_file, tmp_path
 ):
-    from tfsky.predict.translate import CompositeOptions, translate_images
+    from tfsky.predict.translate import CompositeConfig, TranslateConfig, translate_images
 
     inputs = tf.keras.Input((None, None, 3))  # softmax over [not sky, sky]; sky = blue-ish pixels
     conv = tf.keras.layers.Conv2D(2, 1)
@@ -203,11 +211,133 @@ def test_composite_from_a_softmax_segmenter_uses_its_sky_channel_and_stale_temps
     out.mkdir()
     stale = out / ".frame_composite.killed.part.png"
     stale.write_bytes(b"half a png")
-    options = CompositeOptions(segmenter=segmenter, feather=0)
-    report = translate_images(translator_file, [frame], out, composite_with=options)
+    config = TranslateConfig(composite=CompositeConfig(enabled=True, segmenter=segmenter, feather=0))
+    report = translate_images(translator_file, [frame], out, config)
     assert report.done == [frame] and not stale.exists()
     translated = np.round(read_image(out / "frame_translated.png").astype(np.float32))
     shown = read_image(out / "frame_composite.png")
     np.testing.assert_array_equal(shown[32:], source[32:])  # the ground is kept bit for bit
     np.testing.assert_array_equal(shown[:32], translated[:32].astype(np.uint8))  # the sky is the translation
     assert not np.array_equal(shown[:32], source[:32])
+
+
+def small_frame(path: Path) -> np.ndarray:
+    """A random 112 x 112 RGB frame written to ``path``: with tile 64 and overlap 0.25 the tiles start at 0 and
+    48 on both axes, a grid that is its own mirror image."""
+    image = np.random.default_rng(2).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    write_png(path, image)
+    return image
+
+
+@pytest.mark.parametrize("tta, flipped_axes", [("flip2", [(), (1,)]), ("flip4", [(), (1,), (0,), (0, 1)])])
+def test_flip_tta_is_the_mean_of_the_translated_flips_flipped_back(translator_file, tmp_path, tta, flipped_axes):
+    image = small_frame(tmp_path / "frame.png")
+    plain = TiledTranslator.load(translator_file, TilingConfig(tile=64))
+    expected = np.mean([np.flip(plain.translate(np.flip(image, axes)), axes) for axes in flipped_axes], axis=0)
+    out = TiledTranslator.load(translator_file, TilingConfig(tile=64, tta=tta)).translate(image)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert np.abs(out - plain.translate(image)).max() > 1e-3  # the untrained network is not mirror-symmetric
+
+
+def test_translate_reads_its_config_section_then_set_then_flags(cli, translator_file, tmp_path):
+    image = small_frame(tmp_path / "frame.png")
+    sky = np.zeros((112, 112), np.uint8)
+    sky[:56] = 255
+    write_png(tmp_path / "mask.png", sky)
+    config = tmp_path / "translate.yaml"
+    config.write_text("translate:\n  tiling: {tile: 60, overlap: 0.5, tta: flip4}\n"
+                      f"  composite: {{enabled: true, mask: {tmp_path / 'mask.png'}, feather: 0}}\n")
+    run = ("translate", "-m", translator_file, tmp_path / "frame.png", "-o", tmp_path / "out", "-c", config, "-q")
+    from_file = cli(*run)
+    assert from_file.exit_code == 1
+    assert from_file.stderr.strip() == (
+        "Error: config key 'tiling.tile': must be a multiple of 8 for this pix2pix model; got 60")
+    assert "got 52" in cli(*run, "--set", "translate.tiling.tile=52").stderr  # --set beats the file
+    result = cli(*run, "--set", "translate.tiling.tile=52", "--set", "translate.tiling.tta=flip2", "--tile", "64")
+    assert result.exit_code == 0, result.stderr  # the flag beats --set
+    translated = read_image(tmp_path / "out" / "frame_translated.png")
+    chosen = TilingConfig(tile=64, overlap=0.5, tta="flip2")
+    np.testing.assert_array_equal(translated, to_uint8(TiledTranslator.load(translator_file, chosen).translate(image)))
+    for other in (dataclasses.replace(chosen, tta="flip4"), dataclasses.replace(chosen, overlap=0.25)):
+        assert not np.array_equal(translated, to_uint8(TiledTranslator.load(translator_file, other).translate(image)))
+    shown = read_image(tmp_path / "out" / "frame_composite.png")  # composite settings from the file
+    np.testing.assert_array_equal(shown[56:], image[56:])
+    np.testing.assert_array_equal(shown[:56], translated[:56])
+    plain = cli(*run[:-4], tmp_path / "plain", "-c", config, "--tile", "64", "--no-composite")
+    assert plain.exit_code == 0, plain.stderr
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["frame_translated.png"]
+
+
+def test_translate_config_errors_name_the_dotted_key(cli, translator_file, tmp_path):
+    write_png(tmp_path / "frame.png", np.zeros((64, 64, 3), np.uint8))
+    config = tmp_path / "translate.yaml"
+    config.write_text("translate:\n  tiling: {tile_size: 64}\n")
+    run = ("translate", "-m", translator_file, tmp_path / "frame.png", "-o", tmp_path / "out")
+    unknown = cli(*run, "-c", config)
+    assert unknown.exit_code == 1
+    assert unknown.stderr.strip() == ("Error: config key 'translate.tiling.tile_size': unknown key "
+                                      "(known keys here: overlap, tile, tile_batch, tta, window)")
+    bad_tta = cli(*run, "--tta", "flip3")
+    assert bad_tta.stderr.strip() == ("Error: config key 'translate.tiling.tta': must be one of none, flip2, flip4; "
+                                      "got 'flip3'")
+    no_sky = cli(*run, "--composite")
+    assert no_sky.exit_code == 1
+    assert no_sky.stderr.strip() == ("Error: config key 'translate.composite': needs a sky source: composite.mask or "
+                                     "composite.segmenter (--mask CAMERA_MASK or --segmenter MODEL)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_example_config_is_a_valid_translate_section():
+    from tfsky.config import load_config
+    from tfsky.predict.translate import TranslateConfig
+
+    example = Path(__file__).resolve().parents[1] / "configs" / "translate_cam623.yaml"
+    cfg = load_config(TranslateConfig, example, ["translate.tiling.tta=flip4"], section="translate")
+    assert (cfg.tiling.tile, cfg.tiling.tta, cfg.composite.enabled) == (None, "flip4", True)
+    assert cfg.composite.mask == Path("../shared/data/skyfinder_webcams/623-mask.png")
+
+
+def test_evaluate_translator_skips_and_reports_bad_frames(cli, translator_file, cam623, shared_data, tmp_path):
+    mask = str(shared_data / "skyfinder_webcams" / "623-mask.png")
+    empty, truncated = tmp_path / "empty.jpg", tmp_path / "truncated.jpg"
+    empty.touch()
+    whole = (cam623 / CLEAR).read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
+    good = Pair("623", "val", str(cam623 / CLEAR), str(cam623 / OVERCAST), mask, 1.0)
+    pairs = [good, dataclasses.replace(good, target=str(empty)), dataclasses.replace(good, source=str(truncated)),
+             dataclasses.replace(good, split="train", target=str(empty))]  # a bad train pair: no baseline colour
+    write_pairs(PairSet(pairs, {}), PairsConfig(), tmp_path / "pairs.json")
+    result = cli("evaluate", "translator", "--model", translator_file, "--pairs", tmp_path / "pairs.json",
+                 "--out", tmp_path / "eval", "-q")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == f"skipped {cam623 / CLEAR} -> {empty}: {empty}: file is empty (0 bytes)"
+    assert lines[1].startswith(f"skipped {truncated} -> {cam623 / OVERCAST}: {truncated}: truncated or corrupt image")
+    assert len(lines) == 2
+    assert result.stdout.strip().startswith("evaluated 1 pairs, skipped 2; wrote ")
+    report = json.loads((tmp_path / "eval" / "translator_eval.json").read_text())
+    assert report["counts"] == {"evaluated": 1, "skipped": 2}
+    assert [(s["source"], s["target"]) for s in report["skipped"]] == [(good.source, str(empty)),
+                                                                        (str(truncated), good.target)]
+    assert report["skipped"][0]["reason"] == f"{empty}: file is empty (0 bytes)"
+    assert [p["target"] for p in report["per_pair"]] == [good.target]
+    source, target = read_image(cam623 / CLEAR) / 255.0, read_image(cam623 / OVERCAST) / 255.0
+    assert report["means"]["identity"]["psnr"] == pytest.approx(psnr(source, target), abs=1e-6)
+    # the only train pair is unreadable: the colour comes from the readable pair of the evaluated split
+    assert report["means"]["mean target sky"]["psnr"] == pytest.approx(mean_sky_psnr(cam623, mask), abs=1e-3)
+    markdown = (tmp_path / "eval" / "translator_eval.md").read_text()
+    assert "1 'val' pairs evaluated, 2 skipped" in markdown
+    assert f"| {good.source} | {empty} | {empty}: file is empty (0 bytes) |" in markdown
+
+
+def test_evaluate_translator_with_no_readable_pair_is_one_line_error(cli, translator_file, cam623, tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.touch()
+    write_pairs(PairSet([Pair("623", "val", str(cam623 / CLEAR), str(empty), None, 1.0)], {}), PairsConfig(),
+                tmp_path / "pairs.json")
+    result = cli("evaluate", "translator", "--model", translator_file, "--pairs", tmp_path / "pairs.json",
+                 "--out", tmp_path / "eval", "-q")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (f"Error: {tmp_path / 'pairs.json'}: no 'val' pair could be evaluated "
+                                     f"(1 skipped: {empty}: file is empty (0 bytes))")
+    assert not (tmp_path / "eval").exists()

@@ -21,7 +21,7 @@ RetriesOption = Annotated[int, typer.Option("--retries", help="Retries (with bac
 
 @app.command()
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for <stem>_mask.png and <stem>.json.")],
     server: ServerOption = "localhost:8500",
     model: ModelOption = "sky_segmenter",
@@ -33,19 +33,22 @@ def predict(
         typer.Option("--tiles", help="Tile on the client with serving_default, using the preprocessing and tiling "
                      "of this exported version folder (e.g. models/sky_segmenter/1).", file_okay=False),
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
     timeout: TimeoutOption = 60.0,
     retries: RetriesOption = 3,
 ) -> None:
-    """Write a sky mask and a JSON sidecar per image. Exit 1 if any image failed."""
+    """Write a sky mask and a JSON sidecar per image; a re-run skips complete images. Exit 1 if any image failed."""
     from tfsky.serving.client import Client
     from tfsky.serving.jobs import segment_files
 
     with Client(server, rest=rest, timeout=timeout, retries=retries) as client:
-        report = segment_files(client, model, images, out, version=version, label=label, tiles_from=tiles)
+        report = segment_files(client, model, inputs, out, version=version, label=label, tiles_from=tiles,
+                               overwrite=overwrite)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     for path, reason in report.failed:
         errors.print(f"failed {path}: {reason}", markup=False)
-    Console(highlight=False, soft_wrap=True).print(f"done {len(report.done)}, failed {len(report.failed)} -> {out}")
+    counts = f"done {len(report.done)}, skipped {len(report.skipped)}, failed {len(report.failed)}"
+    Console(highlight=False, soft_wrap=True).print(f"{counts} -> {out}", markup=False)
     if report.failed:
         raise typer.Exit(1)
 

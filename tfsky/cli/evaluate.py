@@ -76,7 +76,7 @@ def translator(
 ) -> None:
     """PSNR, SSIM, L1, non-sky and sky PSNR of a translator vs identity and mean-target-sky baselines.
 
-    Writes translator_eval.json, translator_eval.md and contact_sheet.png.
+    Writes translator_eval.json, translator_eval.md and contact_sheet.png; exits 1 when a pair had to be skipped.
     """
     from rich.console import Console
 
@@ -92,4 +92,9 @@ def translator(
             on_pair=lambda pair: status.update(f"evaluated {Path(pair.source).name} -> {Path(pair.target).name}"),
         )
     console.print(rich_table(summary_table(report)))
-    typer.echo(f"evaluated {len(report.per_pair)} pairs; wrote {', '.join(str(p) for p in report.files)}")
+    for skipped in report.skipped:
+        typer.echo(f"skipped {skipped['source']} -> {skipped['target']}: {skipped['reason']}", err=True)
+    files = ", ".join(str(p) for p in report.files)
+    typer.echo(f"evaluated {len(report.per_pair)} pairs, skipped {len(report.skipped)}; wrote {files}")
+    if report.skipped:
+        raise typer.Exit(1)

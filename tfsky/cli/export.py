@@ -23,6 +23,10 @@ def export_cli(
         Optional[int], typer.Option("--version", help="Version number (default: the next free one).")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing version folder.")] = False,
+    precision: Annotated[
+        str, typer.Option("--precision", help="float32 (CPU serving, the shipped image) or as_trained (keep a "
+                          "mixed-precision model's float16 layers, for a GPU server).")
+    ] = "float32",
     info: Annotated[
         Optional[Path],
         typer.Option("--info", help="Show the metadata and signatures of an exported version folder instead.",
@@ -37,7 +41,9 @@ def export_cli(
         raise typer.BadParameter("pass --model to export, or --info DIR to describe an export")
     from tfsky.export.savedmodel import export_model
 
-    target = export_model(model, repo, name, version=version, overwrite=overwrite)
+    if precision not in ("float32", "as_trained"):
+        raise typer.BadParameter(f"--precision must be float32 or as_trained; got {precision!r}")
+    target = export_model(model, repo, name, version=version, overwrite=overwrite, precision=precision)
     Console(highlight=False, soft_wrap=True).print(f"exported {model} -> {target}")
 
 

@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tfsky.cli.options import ConfigOption, QuietOption, SetOption
+from tfsky.cli.options import ConfigOption, QuietOption, SetOption, flag_overrides
+from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 
 BIG_IMAGE_TILES = 64  # images with more tiles than this get a tile-level progress bar
 
@@ -18,13 +19,11 @@ def predict_cli(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Segmenter .keras file (with its .json sidecar).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    tile: Annotated[Optional[int], typer.Option(help="Tile size (default: the model's training tile).")] = None,
-    overlap: Annotated[Optional[float], typer.Option(help="Tile overlap fraction in [0, 1) (default: 0.25).")] = None,
-    window: Annotated[Optional[str], typer.Option(help="constant | gaussian | hann | spline (default: gaussian).")] = (
-        None
-    ),
-    tile_batch: Annotated[Optional[int], typer.Option(help="Tiles per model call (default: 8).")] = None,
-    tta: Annotated[Optional[str], typer.Option(help="Flip TTA: none | flip2 | flip4 (default: none).")] = None,
+    tile: TileOption = None,
+    overlap: OverlapOption = None,
+    window: WindowOption = None,
+    tile_batch: TileBatchOption = None,
+    tta: TtaOption = None,
     threshold: Annotated[Optional[float], typer.Option(help="Sky probability cut for the mask (default: 0.5).")] = None,
     prob_format: Annotated[Optional[str], typer.Option(help="png16 | tif (default: png16).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
@@ -43,7 +42,7 @@ def predict_cli(
         "tiling.tile": tile, "tiling.overlap": overlap, "tiling.window": window, "tiling.tile_batch": tile_batch,
         "tiling.tta": tta, "threshold": threshold, "prob_format": prob_format,
     }
-    overrides = list(set_ or []) + [f"predict.{key}={value}" for key, value in flags.items() if value is not None]
+    overrides = flag_overrides("predict", flags, set_)
     cfg = load_config(PredictConfig, config, overrides, section="predict")
     errors = Console(stderr=True, highlight=False)
     with _RichListener(errors, quiet) as listener:

@@ -14,7 +14,8 @@ Patches are cut at read time from the full images in the cache (never stored):
   (``shuffle_buffer``), batched (``drop_remainder``), then the same per-batch map.
 * val: a grid of patches every ``stride`` pixels per image, the last one
   shifted inward to end at the border (`tfsky.tiling.tile_starts`, the grid
-  prediction uses), no augmentation.
+  prediction uses), no augmentation; ``max_batches`` keeps patches spread
+  evenly over all of it (``train.validation_steps``).
 
 The per-batch map makes one op call for the whole batch each: HDR photometric
 augmentation on linear radiance, `Preprocess.apply`, paired geometric
@@ -59,6 +60,7 @@ def segmentation_dataset(
     classes: int = 1,
     seed: Optional[int] = None,
     augment: Optional[bool] = None,
+    max_batches: Optional[int] = None,
 ) -> tf.data.Dataset:
     """Batches ``(image float32 [B, P, P, channels], mask float32 [B, P, P, K])`` for one epoch.
 
@@ -71,6 +73,10 @@ def segmentation_dataset(
         seed: Optional[int]. Makes shuffles, crops and augmentation reproducible. Defaults to None.
         augment: Optional[bool]. Apply augmentation. Defaults to None
             (``cfg.augment.enabled`` for train, no augmentation for val).
+        max_batches: Optional[int]. val only: at most this many batches, their
+            patches spread evenly over the whole grid of every val image (the
+            same patches each epoch), not the first images' patches. Defaults
+            to None (the whole grid).
 
     Raises:
         InputError: no cache, a cache prepared with other channels/preprocessing, or no image in ``split``.
@@ -90,7 +96,10 @@ def segmentation_dataset(
             return _finish(*patches, aug_seed, cfg, augment, classes)
 
     else:
-        batches = _streamed_batches(cfg, manifest, dtype, split, batch_size, seed)
+        if split == "val":
+            batches = _grid_batches(cfg, manifest, dtype, batch_size, max_batches)
+        else:
+            batches = _streamed_batches(cfg, manifest, dtype, batch_size, seed)
 
         def finish(batch: tuple[tf.Tensor, tf.Tensor], seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             return _finish(*batch, seed, cfg, augment, classes)
@@ -103,19 +112,31 @@ def segmentation_dataset(
     )
 
 
-def _streamed_batches(
-    cfg: DataConfig, manifest: dict, dtype: tf.DType, split: Split, batch_size: int, seed: Optional[int]
+def _grid_batches(
+    cfg: DataConfig, manifest: dict, dtype: tf.DType, batch_size: int, max_batches: Optional[int]
 ) -> tf.data.Dataset:
-    """Cache-dtype ``(image, mask)`` patch batches cut from images read from the shards this epoch."""
-    if split == "val":
-        records = tf.data.TFRecordDataset(shard_paths(cfg.cache, manifest, split), compression_type(manifest))
-        images = records.map(lambda record: _image_and_mask(record, dtype, cfg), num_parallel_calls=AUTOTUNE)
-        patches = images.flat_map(lambda image, mask: _patches(image, mask, *_grid_origins(image, cfg), cfg))
-        return patches.batch(batch_size)
+    """Cache-dtype validation grid batches, all of them or ``max_batches`` spread over the whole grid."""
+    records = tf.data.TFRecordDataset(shard_paths(cfg.cache, manifest, "val"), compression_type(manifest))
+    images = records.map(lambda record: _image_and_mask(record, dtype, cfg), num_parallel_calls=AUTOTUNE)
+    corners = images.flat_map(lambda image, mask: _corners(image, mask, *_grid_origins(image, cfg)))
+    total = _grid_patch_count(cfg, manifest)
+    keep = total if max_batches is None else min(total, max_batches * batch_size)
+    if keep < total:  # patch i is kept when floor(i * keep / total) steps up: exactly `keep`, evenly spaced
+        corners = corners.enumerate().filter(lambda i, _: (i + 1) * keep // total > i * keep // total)
+        corners = corners.map(lambda _, corner: corner)
+    return corners.map(lambda *corner: _cut_patch(*corner, cfg)).batch(batch_size)
+
+
+def _streamed_batches(
+    cfg: DataConfig, manifest: dict, dtype: tf.DType, batch_size: int, seed: Optional[int]
+) -> tf.data.Dataset:
+    """Cache-dtype training ``(image, mask)`` patch batches cut from images read from the shards this epoch."""
     images = _streamed_images(cfg, manifest, dtype, seed)
     crop_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    patches = tf.data.Dataset.zip(images, crop_seeds).flat_map(
-        lambda pair, crop_seed: _patches(*pair, *_random_origins(pair[0], cfg, crop_seed), cfg)
+    patches = tf.data.Dataset.zip(images, crop_seeds).flat_map(  # cut before the shuffle: it holds patches, not images
+        lambda pair, crop_seed: _corners(*pair, *_random_origins(pair[0], cfg, crop_seed)).map(
+            lambda *corner: _cut_patch(*corner, cfg)
+        )
     )
     return patches.shuffle(cfg.shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
 
@@ -123,11 +144,15 @@ def _streamed_batches(
 def steps_per_epoch(cfg: DataConfig, split: Split, batch_size: int) -> int:
     """Batches in one epoch of `segmentation_dataset` (train: full batches only; val: the last may be partial)."""
     manifest = read_manifest(cfg.cache)
-    sizes = [(e["height"], e["width"]) for e in _written(manifest, split)]
     if split == "train":
-        return len(sizes) * cfg.patches_per_image // batch_size
-    patches = sum(grid_count(height, width, cfg.patch_size, cfg.grid_stride) for height, width in sizes)
-    return math.ceil(patches / batch_size)
+        return len(_written(manifest, split)) * cfg.patches_per_image // batch_size
+    return math.ceil(_grid_patch_count(cfg, manifest) / batch_size)
+
+
+def _grid_patch_count(cfg: DataConfig, manifest: dict) -> int:
+    """Validation grid patches over all val images."""
+    sizes = [(e["height"], e["width"]) for e in _written(manifest, "val")]
+    return sum(grid_count(height, width, cfg.patch_size, cfg.grid_stride) for height, width in sizes)
 
 
 def grid_count(height: int, width: int, patch: int, stride: int) -> int:
@@ -272,17 +297,19 @@ def _grid_origins(image: tf.Tensor, cfg: DataConfig) -> tuple[tf.Tensor, tf.Tens
     return tf.reshape(grid_rows, [-1]), tf.reshape(grid_cols, [-1])
 
 
-def _patches(image: tf.Tensor, mask: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor, cfg: DataConfig) -> tf.data.Dataset:
-    """Patches at the given corners, cut lazily one by one (an 8K image has thousands of grid patches)."""
+def _corners(image: tf.Tensor, mask: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor) -> tf.data.Dataset:
+    """``(image, mask, row, col)`` per patch corner; the image is shared, not copied (an 8K image has
+    thousands of grid patches, cut one by one by `_cut_patch`)."""
+    return tf.data.Dataset.from_tensor_slices((rows, cols)).map(lambda row, col: (image, mask, row, col))
+
+
+def _cut_patch(image: tf.Tensor, mask: tf.Tensor, row: tf.Tensor, col: tf.Tensor, cfg: DataConfig):
+    """The ``patch_size`` square of ``image`` and ``mask`` at ``(row, col)``."""
     size = cfg.patch_size
-
-    def cut(row: tf.Tensor, col: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return (
-            tf.ensure_shape(tf.slice(image, [row, col, 0], [size, size, -1]), [size, size, cfg.channels]),
-            tf.ensure_shape(tf.slice(mask, [row, col, 0], [size, size, -1]), [size, size, 1]),
-        )
-
-    return tf.data.Dataset.from_tensor_slices((rows, cols)).map(cut)
+    return (
+        tf.ensure_shape(tf.slice(image, [row, col, 0], [size, size, -1]), [size, size, cfg.channels]),
+        tf.ensure_shape(tf.slice(mask, [row, col, 0], [size, size, -1]), [size, size, 1]),
+    )
 
 
 def _finish(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, cfg: DataConfig, augment: bool, classes: int):

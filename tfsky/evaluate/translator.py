@@ -9,7 +9,7 @@ does (tiled). Methods compared:
 - ``identity``: output = source (what doing nothing scores);
 - ``mean target sky``: the source with its sky pixels replaced by the mean
   sky colour of the TRAINING split's target frames (of the evaluated split
-  when the training split is empty) — pairs with a mask only.
+  when the training split has no readable masked pair) — pairs with a mask only.
 
 Metrics (images in [0, 1], averaged over pairs): ``psnr``, ``ssim``
 (`tf.image.ssim`, max 1) and ``l1`` against the target; ``nonsky_psnr``
@@ -17,6 +17,10 @@ between output and SOURCE over non-sky pixels (what is not weather should
 not change: higher is better); ``sky_psnr`` against the target over sky
 pixels. PSNR of identical pixels is reported as `PSNR_CAP` dB (JSON has no
 infinity). Sky metrics need the camera mask and are None without one.
+
+A pair whose source, target or mask cannot be read (or does not fit the
+model or the other frames) is skipped and listed with its reason in both
+reports, as the segmenter evaluation does; the rest is evaluated.
 
 Outputs in ``out_dir``: ``translator_eval.json``, ``translator_eval.md``
 and ``contact_sheet.png`` (rows source | output | target), all atomic.
@@ -70,9 +74,15 @@ def image_metrics(output: np.ndarray, source: np.ndarray, target: np.ndarray,
 
 def mean_sky_colour(pairs: list[Pair]) -> Optional[np.ndarray]:
     """Mean RGB in [0, 1] over the sky pixels of the pairs' distinct target frames (None without masks)."""
-    total, count = np.zeros(3), 0
-    for pair in {p.target: p for p in pairs if p.mask}.values():
-        _, target, mask = load_pair_arrays(pair.source, pair.target, pair.mask)
+    total, count, seen = np.zeros(3), 0, set()
+    for pair in pairs:
+        if not pair.mask or pair.target in seen:
+            continue
+        try:
+            _, target, mask = load_pair_arrays(pair.source, pair.target, pair.mask)
+        except InputError:
+            continue  # another pair may have this target; evaluated pairs are reported by the evaluation pass
+        seen.add(pair.target)
         sky = mask[..., 0] > 0
         total += target[sky].sum(axis=0) / 255.0
         count += int(sky.sum())
@@ -81,15 +91,22 @@ def mean_sky_colour(pairs: list[Pair]) -> Optional[np.ndarray]:
 
 @dataclasses.dataclass
 class TranslatorReport:
-    """Per-pair metrics of every method, their means and the written files."""
+    """Per-pair metrics of every method, their means, the skipped pairs and the written files."""
 
     split: str
     per_pair: list[dict]
+    skipped: list[dict[str, str]]
     means: dict[str, dict[str, Optional[float]]]
     files: list[Path]
 
     def to_json(self) -> dict:
-        return {"split": self.split, "pairs": len(self.per_pair), "means": self.means, "per_pair": self.per_pair}
+        return {
+            "split": self.split,
+            "counts": {"evaluated": len(self.per_pair), "skipped": len(self.skipped)},
+            "means": self.means,
+            "per_pair": self.per_pair,
+            "skipped": self.skipped,
+        }
 
 
 def evaluate_translator(
@@ -103,18 +120,37 @@ def evaluate_translator(
     contact_rows: int = 6,
     on_pair: Optional[Callable[[Pair], None]] = None,
 ) -> TranslatorReport:
-    """Evaluate ``model_path`` on the ``split`` pairs of ``pairs_path``; write the report into ``out_dir``."""
+    """Evaluate ``model_path`` on the ``split`` pairs of ``pairs_path``; write the report into ``out_dir``.
+
+    Args:
+        model_path: str | Path. A translator (``.keras`` with its sidecar).
+        pairs_path: str | Path. Pairs file written by ``tfsky streams pairs``.
+        out_dir: str | Path. Report folder.
+        split: str. Pairs split to evaluate. Defaults to ``val``.
+        tiling: TilingConfig. Tiles and blending of the translation. Defaults to ``TilingConfig()``.
+        feather: float. Sky edge of the composite method, Gaussian sigma in pixels. Defaults to 5.
+        contact_rows: int. Pairs shown in the contact sheet. Defaults to 6.
+        on_pair: callable. Called with each pair once it is evaluated (progress display). Defaults to None.
+
+    Raises:
+        InputError: missing or invalid pairs file or model, no pair in ``split``, or no pair that could be
+            evaluated. A single bad pair is skipped and reported in ``TranslatorReport.skipped``.
+    """
     pairs = read_pairs(pairs_path, split)
     if not pairs:
         raise InputError(pairs_path, f"no {split!r} pairs (the split is by camera: a single camera is all 'train')")
     translator = TiledTranslator.load(model_path, tiling)
-    sky_colour = mean_sky_colour(read_pairs(pairs_path, "train") or pairs)
+    sky_colour = mean_sky_colour(read_pairs(pairs_path, "train"))
+    if sky_colour is None:  # no usable training sky: the evaluated pairs' own (a best case for the baseline)
+        sky_colour = mean_sky_colour(pairs)
+    per_pair, skipped, sheet_rows = [], [], []
     translated: dict[str, np.ndarray] = {}  # one translation per distinct source frame
-    per_pair, sheet_rows = [], []
     for pair in pairs:
-        source_u8, target_u8, mask = load_pair_arrays(pair.source, pair.target, pair.mask)
-        if pair.source not in translated:
-            translated[pair.source] = translator.translate(source_u8)
+        try:
+            source_u8, target_u8, mask = _load_and_translate(pair, translator, translated)
+        except InputError as err:
+            skipped.append({"source": pair.source, "target": pair.target, "reason": str(err)})
+            continue
         source, target = source_u8 / np.float32(255), target_u8 / np.float32(255)
         outputs = _method_outputs(source_u8, source, translated[pair.source], mask if pair.mask else None,
                                   sky_colour, feather)
@@ -127,15 +163,34 @@ def evaluate_translator(
             sheet_rows.append(_sheet_row(source_u8, outputs["model"], target_u8))
         if on_pair is not None:
             on_pair(pair)
-    means = _means(per_pair)
-    report = TranslatorReport(split, per_pair, means, [])
-    out_dir = Path(out_dir)
-    json_path, md_path = write_report(out_dir, REPORT_STEM, {"model": str(model_path), "pairs_file": str(pairs_path),
-                                                             **report.to_json()}, _markdown(report, model_path))
+    if not per_pair:
+        raise InputError(pairs_path, f"no {split!r} pair could be evaluated ({len(skipped)} skipped: "
+                         f"{skipped[0]['reason']})")
+    report = TranslatorReport(split, per_pair, skipped, _means(per_pair), [])
+    report.files = _write(report, model_path, pairs_path, Path(out_dir), sheet_rows)
+    return report
+
+
+def _load_and_translate(pair: Pair, translator: TiledTranslator, translated: dict[str, np.ndarray]):
+    """The pair's uint8 source, target and mask; translates the source into ``translated`` once.
+
+    Raises:
+        InputError: a frame or the mask cannot be read, the sizes differ, or the source does not fit the model.
+    """
+    source_u8, target_u8, mask = load_pair_arrays(pair.source, pair.target, pair.mask)
+    if pair.source not in translated:
+        translator.check(source_u8, pair.source)
+        translated[pair.source] = translator.translate(source_u8)
+    return source_u8, target_u8, mask
+
+
+def _write(report: TranslatorReport, model_path, pairs_path, out_dir: Path, sheet_rows: list) -> list[Path]:
+    """Write the JSON and Markdown reports and the contact sheet; return their paths."""
+    summary = {"model": str(model_path), "pairs_file": str(pairs_path), **report.to_json()}
+    json_path, md_path = write_report(out_dir, REPORT_STEM, summary, _markdown(report, model_path))
     sheet = out_dir / "contact_sheet.png"
     write_png(sheet, np.concatenate(sheet_rows, axis=0))
-    report.files = [json_path, md_path, sheet]
-    return report
+    return [json_path, md_path, sheet]
 
 
 def _method_outputs(source_u8, source, model_out, mask, sky_colour, feather) -> dict[str, np.ndarray]:
@@ -171,8 +226,16 @@ def summary_table(report: TranslatorReport) -> Table:
 
 
 def _markdown(report: TranslatorReport, model_path) -> str:
-    paragraphs = [f"Model: `{model_path}`.", "Contact sheet: `contact_sheet.png` (rows: source | output | target)."]
-    return markdown_document("Translator evaluation", paragraphs, [summary_table(report)])
+    paragraphs = [
+        f"Model: `{model_path}`: {len(report.per_pair)} '{report.split}' pairs evaluated, "
+        f"{len(report.skipped)} skipped.",
+        "Contact sheet: `contact_sheet.png` (rows: source | output | target).",
+    ]
+    tables = [summary_table(report)]
+    if report.skipped:
+        rows = [[s["source"], s["target"], s["reason"]] for s in report.skipped]
+        tables.append(Table("Skipped", ["source", "target", "reason"], rows))
+    return markdown_document("Translator evaluation", paragraphs, tables)
 
 
 def _sheet_row(source_u8: np.ndarray, output: np.ndarray, target_u8: np.ndarray) -> np.ndarray:

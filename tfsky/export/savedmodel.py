@@ -34,6 +34,7 @@ import dataclasses
 import datetime
 import re
 from pathlib import Path
+from typing import Literal
 
 import tensorflow as tf
 
@@ -176,6 +177,7 @@ def export_model(
     version: int | None = None,
     overwrite: bool = False,
     tiling: TilingConfig | None = None,
+    precision: Literal["float32", "as_trained"] = "float32",
 ) -> Path:
     """Export a saved tfsky segmenter to ``<repo>/<name>/<version>/``; returns that folder.
 
@@ -187,6 +189,10 @@ def export_model(
         overwrite: bool. Replace an existing version folder. Defaults to False.
         tiling: TilingConfig. In-graph tiling of ``predict_image``. Defaults to None
             (`TilingConfig` defaults with the model's tile size, as ``tfsky predict``).
+        precision: str. ``float32`` rebuilds a mixed-precision model in float32
+            (the shipped TF Serving image runs on CPU, where float16 is ~13x
+            slower); ``as_trained`` keeps float16 layers, for a GPU server.
+            Defaults to ``float32``.
 
     Raises:
         InputError: bad name or version, existing version without ``overwrite``,
@@ -194,7 +200,7 @@ def export_model(
     """
     if not _NAME.match(name):
         raise InputError(name, "model name must be letters, digits, '_', '.' or '-' (it is a folder name)")
-    model, info = load_model(model_path)
+    model, info = load_model(model_path, precision=precision)
     if info.task != "segmenter" or info.classes != 1:
         raise InputError(
             model_path, f"only 1-class segmenters can be exported; this is a {info.task} with {info.classes} classes"
@@ -215,7 +221,7 @@ def export_model(
             hdr=module.predict_hdr is not None,
         )
         warmup.write_warmup(tmp, warmup.prediction_logs(name, inputs))
-        write_json(tmp / metadata.METADATA_FILE, _metadata(model_path, name, version, info, module.tiling))
+        write_json(tmp / metadata.METADATA_FILE, _metadata(model_path, name, version, info, module.tiling, model))
         _make_readable(tmp)
     return target
 
@@ -227,7 +233,7 @@ def _make_readable(folder: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def _metadata(model_path, name: str, version: int, info: ModelInfo, tiling: TilingConfig) -> dict:
+def _metadata(model_path, name: str, version: int, info: ModelInfo, tiling: TilingConfig, model) -> dict:
     return {
         "name": name,
         "version": version,
@@ -235,5 +241,6 @@ def _metadata(model_path, name: str, version: int, info: ModelInfo, tiling: Tili
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mask_threshold": MASK_THRESHOLD,
         "tiling": dataclasses.asdict(tiling),
+        "compute_dtypes": sorted({layer.compute_dtype for layer in model.layers}),
         "model": info.to_json(),
     }

@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfsky import __version__
 from tfsky.data.transforms import Preprocess
 from tfsky.errors import InputError
 from tfsky.io.atomic import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from tfsky.models.precision import InferencePrecision
 
 
 @dataclasses.dataclass
@@ -78,9 +81,16 @@ def load_info(path: str | Path) -> ModelInfo:
         raise InputError(sidecar, f"not a valid tfsky model sidecar ({err})") from None
 
 
-def load_model(path: str | Path):
-    """Load a tfsky model file for inference: returns ``(keras_model, ModelInfo)``."""
+def load_model(path: str | Path, precision: InferencePrecision = "auto"):
+    """Load a tfsky model file for inference: returns ``(keras_model, ModelInfo)``.
+
+    ``precision``: a mixed-precision model is rebuilt in float32 on a machine
+    without a GPU (``auto``), always (``float32``) or never (``as_trained``);
+    see `tfsky.models.precision.for_inference`.
+    """
     import tensorflow as tf
+
+    from tfsky.models.precision import for_inference
 
     path = Path(path)
     if not path.is_file():
@@ -90,7 +100,7 @@ def load_model(path: str | Path):
         model = tf.keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     except (OSError, ValueError) as err:
         raise InputError(path, f"cannot load model ({str(err).splitlines()[0]})") from None
-    return model, info
+    return for_inference(model, precision), info
 
 
 def custom_objects() -> dict[str, Any]:

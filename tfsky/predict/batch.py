@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from tfsky.predict.segment import ModelInputs, TiledSegmenter, model_id, sky_pro
 from tfsky.tiling import TilingConfig
 
 MANIFEST_SUFFIX = ".txt"
+Outputs = TypeVar("Outputs", bound=Iterable[Path])
 
 
 @dataclasses.dataclass
@@ -129,20 +130,34 @@ def predict_many(
     listener.begin(len(jobs) + len(failed))
     for source, reason in failed:
         listener.image_finished(source, "failed", reason)
-    pending = []
-    for job in jobs:
-        paths = OutputPaths.for_stem(out_dir / job.stem, config.prob_format)
-        for path in paths.all():
-            remove_stale_temps(path)
-        if paths.complete() and not overwrite:
-            report.skipped.append(job.source)
-            listener.image_finished(job.source, "skipped")
-        else:
-            pending.append((job, paths))
+    pending = unfinished(jobs, lambda stem: OutputPaths.for_stem(out_dir / stem, config.prob_format), overwrite, report)
+    for source in report.skipped:
+        listener.image_finished(source, "skipped")
     if pending:
         facts = {"model": {"path": str(model_path), "id": model_id(model_path)}, "tfsky_version": __version__}
         _predict_pending(model_path, inputs_of_model, pending, config, facts, report, listener)
     return report
+
+
+def unfinished(
+    jobs: list[ImageJob], outputs_of: Callable[[Path], Outputs], overwrite: bool, report: BatchReport
+) -> list[tuple[ImageJob, Outputs]]:
+    """The jobs to run with their outputs; jobs whose outputs all exist go to ``report.skipped``.
+
+    ``outputs_of(stem)`` iterates over an image's output files, the one written
+    last (which marks the image complete) last. Temporaries a killed run left
+    are removed first, so a re-run finishes the job. ``overwrite`` runs every job.
+    """
+    pending = []
+    for job in jobs:
+        outputs = outputs_of(job.stem)
+        for path in outputs:
+            remove_stale_temps(path)
+        if not overwrite and all(path.is_file() for path in outputs):
+            report.skipped.append(job.source)
+        else:
+            pending.append((job, outputs))
+    return pending
 
 
 def _predict_pending(model_path, inputs_of_model, pending, config, facts, report, listener) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Iterator, Literal, Optional
 
 import numpy as np
 
@@ -60,12 +60,9 @@ class OutputPaths:
             sidecar=stem.parent / f"{stem.name}.json",
         )
 
-    def all(self) -> tuple[Path, ...]:
-        return self.mask, self.prob, self.overlay, self.sidecar
-
-    def complete(self) -> bool:
-        """True when a previous run finished this image (the sidecar is written last)."""
-        return all(path.is_file() for path in self.all())
+    def __iter__(self) -> Iterator[Path]:
+        """The files in the order they are written (the sidecar, which marks the image complete, last)."""
+        return iter((self.mask, self.prob, self.overlay, self.sidecar))
 
 
 def write_maps(paths: OutputPaths, prob: np.ndarray, threshold: float) -> np.ndarray:
@@ -90,7 +87,7 @@ def write_overlay(paths: OutputPaths, shown: np.ndarray) -> None:
 def write_sidecar(paths: OutputPaths, facts: dict[str, Any], mask: np.ndarray, threshold: float) -> dict[str, Any]:
     """Write the JSON sidecar LAST (it marks the image complete): ``facts`` plus sky fraction and output names."""
     sidecar = dict(facts, sky_fraction=np.count_nonzero(mask) / mask.size, threshold=threshold,
-                   outputs={name: p.name for name, p in zip(("mask", "prob", "overlay"), paths.all())})
+                   outputs={name: p.name for name, p in zip(("mask", "prob", "overlay"), paths)})
     write_json(paths.sidecar, sidecar)
     return sidecar
 

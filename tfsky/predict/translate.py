@@ -25,6 +25,10 @@ Outputs per image (stem as in ``tfsky predict``): ``<stem>_translated.png``
 and, with a composite, ``<stem>_composite.png``; each written atomically, so
 a re-run removes the temporaries a killed run left and skips images whose
 outputs exist (``overwrite`` redoes them), as ``tfsky predict`` does.
+
+Settings: `TranslateConfig`, the ``translate:`` section of a config file
+(tiling with flip TTA, composites, VAE sampling, scale), built by
+`tfsky.config.load_config` like ``tfsky predict``'s ``predict:`` section.
 """
 
 from __future__ import annotations
@@ -40,12 +44,11 @@ import tensorflow as tf
 
 from tfsky.data.pairs import from_model_range, to_model_range
 from tfsky.errors import ConfigError, InputError, TfskyError
-from tfsky.io.atomic import remove_stale_temps
 from tfsky.io.images import read_image, read_mask
 from tfsky.io.writers import write_png
 from tfsky.models.bundle import ModelInfo, load_model
 from tfsky.models.vae import set_sampling
-from tfsky.predict.batch import BatchReport, collect_jobs, failure_reason
+from tfsky.predict.batch import BatchReport, collect_jobs, failure_reason, unfinished
 from tfsky.predict.segment import TiledSegmenter
 from tfsky.tiling import TilingConfig, sliding_window_inference
 
@@ -59,7 +62,8 @@ class TiledTranslator:
     Args:
         model: tf.keras.Model. [B, t, t, 3] in [-1, 1] -> [B, t, t, 3] in [-1, 1].
         info: ModelInfo. Its sidecar (task, preprocess, tile size, training config).
-        tiling: TilingConfig. ``tile=None`` uses ``info.tile_size``. Defaults to ``TilingConfig()``.
+        tiling: TilingConfig. Tiles, blending and flip TTA (each flipped tile is translated, flipped
+            back and averaged); ``tile=None`` uses ``info.tile_size``. Defaults to ``TilingConfig()``.
         sample: bool. VAE only: draw z instead of using mu. Defaults to False.
         native_scale: bool. Translate at full resolution even if the model was trained on
             downscaled frames. Defaults to False.
@@ -73,7 +77,8 @@ class TiledTranslator:
         self.tiling.validate()
         multiple = size_multiple(info)
         if self.tiling.tile % multiple:
-            raise ConfigError("tile", f"must be a multiple of {multiple} for this {info.task} model; got {self.tiling.tile}")
+            raise ConfigError("tiling.tile",
+                              f"must be a multiple of {multiple} for this {info.task} model; got {self.tiling.tile}")
         if info.task == "vae":
             set_sampling(model, sample)
         spec = tf.TensorSpec([None, None, None, info.in_channels], tf.float32)
@@ -169,30 +174,54 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class CompositeOptions:
-    """Where the sky of a composite comes from.
+class CompositeConfig:
+    """Sky-only composites: whether they are written and where their sky comes from.
 
     Args:
-        segmenter: Optional[Path]. Sky segmenter model; its tiled probability is the sky.
+        enabled: bool. Also write ``<stem>_composite.png``. Defaults to False.
+        segmenter: Optional[Path]. Sky segmenter model; its tiled sky probability is the sky. Defaults to None.
         mask: Optional[Path]. Camera sky mask (white = sky), the same size as the frames; wins over
-            ``segmenter``.
-        feather: float. Gaussian sigma of the edge in pixels. Defaults to 5.
+            ``segmenter``. Defaults to None.
+        feather: float. Gaussian sigma of the sky edge in pixels (0 = hard edge). Defaults to 5.
     """
 
+    enabled: bool = False
     segmenter: Optional[Path] = None
     mask: Optional[Path] = None
     feather: float = 5.0
+
+
+@dataclasses.dataclass
+class TranslateConfig:
+    """The ``translate:`` section of a config file (CLI flags override it).
+
+    Args:
+        tiling: TilingConfig. Tile, overlap, window, tile batch and flip TTA; ``tile: null`` uses the
+            model's training tile. Defaults to ``TilingConfig()``.
+        composite: CompositeConfig. Sky-only composites. Defaults to ``CompositeConfig()`` (none).
+        sample: bool. VAE: sample the latent instead of using its mean. Defaults to False.
+        native_scale: bool. Translate the full-resolution pixels even for a model trained on downscaled
+            frames (see the module docstring). Defaults to False.
+    """
+
+    tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
+    composite: CompositeConfig = dataclasses.field(default_factory=CompositeConfig)
+    sample: bool = False
+    native_scale: bool = False
+
+    def validate(self) -> None:
+        options = self.composite
+        if options.enabled and options.mask is None and options.segmenter is None:
+            raise ConfigError("composite", "needs a sky source: composite.mask or composite.segmenter "
+                              "(--mask CAMERA_MASK or --segmenter MODEL)")
 
 
 def translate_images(
     model_path: str | Path,
     inputs: list[Path],
     out_dir: str | Path,
+    config: TranslateConfig = TranslateConfig(),
     *,
-    tiling: TilingConfig = TilingConfig(),
-    composite_with: Optional[CompositeOptions] = None,
-    sample: bool = False,
-    native_scale: bool = False,
     overwrite: bool = False,
     progress: Optional[Callable[[Path, str], None]] = None,
 ) -> BatchReport:
@@ -205,35 +234,36 @@ def translate_images(
         model_path: str | Path. A translator (``.keras`` with its sidecar).
         inputs: list[Path]. Images, folders or manifests (as ``tfsky predict``).
         out_dir: str | Path. Output folder.
-        tiling: TilingConfig. Tiles and blending. Defaults to ``TilingConfig()``.
-        composite_with: Optional[CompositeOptions]. Also write sky-only composites. Defaults to None.
-        sample: bool. VAE: sample z. Defaults to False.
-        native_scale: bool. Run at full resolution even for a model trained downscaled. Defaults to False.
+        config: TranslateConfig. Tiling (with TTA), composites, sampling and scale. Defaults to
+            ``TranslateConfig()``.
         overwrite: bool. Redo complete images. Defaults to False.
         progress: callable ``(source, status)`` after each image. Defaults to None.
+
+    Raises:
+        ConfigError: an invalid ``config`` (e.g. composites without a sky source) or a tile the model
+            cannot take.
+        InputError: the model or the composite's mask or segmenter cannot be loaded. Problems with
+            single images are reported, not raised.
     """
+    config.validate()
     out_dir = Path(out_dir)
-    translator = TiledTranslator.load(model_path, tiling, sample, native_scale)
-    sky = _sky_source(composite_with)
+    translator = TiledTranslator.load(model_path, config.tiling, config.sample, config.native_scale)
+    sky = _sky_source(config.composite)
     jobs, failed = collect_jobs(inputs, out_dir)
     report = BatchReport(failed=failed)
-    for job in jobs:
-        outputs = output_paths(out_dir / job.stem, composite_with is not None)
-        for path in outputs:
-            remove_stale_temps(path)
-        if all(p.is_file() for p in outputs) and not overwrite:
-            report.skipped.append(job.source)
-            status = "skipped"
+    progress = progress or (lambda source, status: None)
+    pending = unfinished(jobs, lambda stem: output_paths(out_dir / stem, sky is not None), overwrite, report)
+    for source in report.skipped:
+        progress(source, "skipped")
+    for job, outputs in pending:
+        try:
+            _translate_one(translator, job.source, outputs, sky)
+        except (TfskyError, OSError) as err:
+            report.failed.append((job.source, failure_reason(err, job.source)))
+            progress(job.source, "failed")
         else:
-            try:
-                _translate_one(translator, job.source, outputs, sky)
-                report.done.append(job.source)
-                status = "done"
-            except (TfskyError, OSError) as err:
-                report.failed.append((job.source, failure_reason(err, job.source)))
-                status = "failed"
-        if progress is not None:
-            progress(job.source, status)
+            report.done.append(job.source)
+            progress(job.source, "done")
     return report
 
 
@@ -243,9 +273,9 @@ def output_paths(stem: Path, with_composite: bool) -> list[Path]:
     return paths + [stem.parent / f"{stem.name}_composite.png"] if with_composite else paths
 
 
-def _sky_source(options: Optional[CompositeOptions]):
-    """A function ``image -> sky probability [H, W]`` for composites, or None."""
-    if options is None:
+def _sky_source(options: CompositeConfig):
+    """A function ``image -> feathered sky weight [H, W]`` for composites, or None without composites."""
+    if not options.enabled:
         return None
     if options.mask is not None:
         camera = read_mask(options.mask).astype(np.float32)
@@ -256,8 +286,6 @@ def _sky_source(options: Optional[CompositeOptions]):
             return camera
 
         return lambda image: feathered_sky_weight(from_mask(image), options.feather)
-    if options.segmenter is None:
-        raise ConfigError("composite", "needs a sky source: --segmenter MODEL or --mask CAMERA_MASK")
     segmenter = TiledSegmenter.load(options.segmenter)
     return lambda image: feathered_sky_weight(segmenter.sky_probability(image), options.feather)
 

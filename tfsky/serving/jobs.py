@@ -1,17 +1,24 @@
-"""Segment image files through a server: what ``tfsky client predict`` runs.
+"""Segment image files through a server, resumably: what ``tfsky client predict`` runs.
+
+Inputs and output stems are those of ``tfsky predict`` (`tfsky.predict.batch.collect_jobs`):
+files, folders (recursive) and ``.txt`` manifests; two inputs that would write
+the same outputs are a failure of the second, found before any request.
 
 For each image, ``<out>/<stem>_mask.png`` (0/255) and then ``<out>/<stem>.json``
-(sky fraction, size, server, model, version) are written atomically. Encoded
-LDR files (PNG, JPEG, BMP, GIF) are sent as they are to ``predict_image``;
-other files are read with `tfsky.io.images.read_image` and sent as raw float32
-to ``predict_hdr`` when they are HDR, or re-encoded as PNG otherwise. With an
-export's metadata (``tiles_from``) images are tiled on the client and
-``serving_default`` predicts the tile batches.
+(sky fraction, size, server, model, version) are written atomically. The
+sidecar is written last, so an image with both files is complete: a re-run
+skips it without a request (``overwrite`` redoes it) after removing the
+temporaries a killed run left, and so finishes the job.
+
+Encoded LDR files (PNG, JPEG, BMP, GIF) are sent as they are to
+``predict_image``; other files are read with `tfsky.io.images.read_image` and
+sent as raw float32 to ``predict_hdr`` when they are HDR, or re-encoded as PNG
+otherwise. With an export's metadata (``tiles_from``) images are tiled on the
+client and ``serving_default`` predicts the tile batches.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import grpc
@@ -24,61 +31,67 @@ from tfsky.export.metadata import read_metadata
 from tfsky.io.atomic import write_bytes, write_json
 from tfsky.io.images import read_image
 from tfsky.models.bundle import ModelInfo
+from tfsky.predict.batch import BatchReport, collect_jobs, failure_reason, unfinished
 from tfsky.serving.client import Client, ImagePrediction, ServingRequestError
 from tfsky.tiling import TilingConfig
 
 ENCODED_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
 
-@dataclasses.dataclass
-class FilesReport:
-    """Images written and images that failed (path, one-line reason)."""
-
-    done: list[Path] = dataclasses.field(default_factory=list)
-    failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
-
-
 def segment_files(
     client: Client,
     model: str,
-    images: list[Path],
+    inputs: list[Path],
     out: Path,
     *,
     version: int | None = None,
     label: str | None = None,
     tiles_from: Path | None = None,
-) -> FilesReport:
-    """Segment ``images`` through ``client``; a bad file or a refused image is reported and skipped.
+    overwrite: bool = False,
+) -> BatchReport:
+    """Segment every image of ``inputs`` through ``client`` into ``out``; see the module docstring.
 
-    Server-level failures (unreachable server, unknown model or version) stop
-    the run with their `ServingRequestError`.
+    A bad file or an image the server refuses (INVALID_ARGUMENT) is recorded in
+    the report's ``failed`` with its reason and the job goes on. Server-level
+    failures (unreachable server, unknown model or version) would fail every
+    image alike, so they stop the run with their `ServingRequestError`.
 
     Args:
         client: Client. Connected client.
         model: str. Model name.
-        images: list[Path]. Image files.
+        inputs: list[Path]. Image files, folders (searched recursively) and ``.txt`` manifests.
         out: Path. Output folder.
         version: int. Model version. Defaults to None (newest).
         label: str. Version label instead of a version. Defaults to None.
         tiles_from: Path. An exported version folder whose metadata gives the preprocessing and
             tiling for client-side tiling. Defaults to None (server-side ``predict_image``).
+        overwrite: bool. Redo images whose outputs are complete. Defaults to False.
     """
+    out = Path(out)
     tiled = _client_tiling(tiles_from) if tiles_from else None
-    report = FilesReport()
-    for path in images:
+    jobs, failed = collect_jobs(inputs, out)
+    report = BatchReport(failed=failed)
+    for job, outputs in unfinished(jobs, lambda stem: output_paths(out / stem), overwrite, report):
         try:
-            prediction = _segment(client, model, path, version, label, tiled)
-        except ServingRequestError as err:
-            if err.code != grpc.StatusCode.INVALID_ARGUMENT:
+            prediction = _segment(client, model, job.source, version, label, tiled)
+            _write(outputs, job.source, prediction, client.server, model, version, label)
+        except (TfskyError, OSError) as err:
+            if _stops_the_run(err):
                 raise
-            report.failed.append((path, str(err)))
-            continue
-        except TfskyError as err:
-            report.failed.append((path, str(err)))
-            continue
-        _write(out, path, prediction, client.server, model, version, label)
-        report.done.append(path)
+            report.failed.append((job.source, failure_reason(err, job.source)))
+        else:
+            report.done.append(job.source)
     return report
+
+
+def output_paths(stem: Path) -> tuple[Path, Path]:
+    """The mask and the sidecar of output stem ``out/sub/name``, in the order they are written."""
+    return stem.parent / f"{stem.name}_mask.png", stem.parent / f"{stem.name}.json"
+
+
+def _stops_the_run(err: Exception) -> bool:
+    """Server errors other than a refused image (INVALID_ARGUMENT) would fail every image alike."""
+    return isinstance(err, ServingRequestError) and err.code != grpc.StatusCode.INVALID_ARGUMENT
 
 
 def _client_tiling(version_dir: Path) -> tuple[ModelInfo, TilingConfig, float]:
@@ -104,10 +117,13 @@ def _segment(client: Client, model: str, path: Path, version, label, tiled) -> I
     return client.predict_image(model, tf.io.encode_png(image).numpy(), version=version, label=label)
 
 
-def _write(out: Path, source: Path, prediction: ImagePrediction, server: str, model: str, version, label) -> None:
+def _write(outputs: tuple[Path, Path], source: Path, prediction: ImagePrediction, server: str, model: str, version,
+           label) -> None:
+    """Write the mask, then the sidecar that marks the image complete."""
+    mask_path, sidecar_path = outputs
     height, width = prediction.probability.shape
-    write_bytes(out / f"{source.stem}_mask.png", prediction.mask_png)
-    write_json(out / f"{source.stem}.json", {
+    write_bytes(mask_path, prediction.mask_png)
+    write_json(sidecar_path, {
         "source": str(source), "server": server, "model": model, "version": version, "label": label,
         "height": height, "width": width, "sky_fraction": prediction.sky_fraction,
     })

@@ -44,8 +44,9 @@ class TrainConfig:
         steps_per_epoch: Optional[int]. Fixed number of training batches per
             epoch (the data is repeated as needed); None is one pass over the
             training patches. Defaults to None.
-        validation_steps: Optional[int]. Validate on the first N batches only.
-            Defaults to None (all).
+        validation_steps: Optional[int]. Validate on N batches only, their
+            patches (segmenter) or pairs (translator) spread evenly over the
+            whole validation set, the same ones every epoch. Defaults to None (all).
         tensorboard_images: int. Validation images shown with predicted masks
             in TensorBoard each epoch; 0 for none. Defaults to 3.
         runs_root: Path. Runs are written to ``runs_root/<name>/<timestamp>/``.

@@ -110,9 +110,9 @@ def make_datasets(cfg: SegmenterConfig, batch_size: int) -> tuple[tf.data.Datase
     """Training and validation batches of the global ``batch_size`` (validation cut to ``validation_steps``)."""
     classes, seed = cfg.model.classes, cfg.train.seed
     train_ds = pipeline.segmentation_dataset(cfg.data, "train", batch_size, classes=classes, seed=seed)
-    val_ds = pipeline.segmentation_dataset(cfg.data, "val", batch_size, classes=classes, seed=seed)
-    if cfg.train.validation_steps:
-        val_ds = val_ds.take(cfg.train.validation_steps)
+    val_ds = pipeline.segmentation_dataset(
+        cfg.data, "val", batch_size, classes=classes, seed=seed, max_batches=cfg.train.validation_steps
+    )
     return train_ds, val_ds
 
 

@@ -114,10 +114,10 @@ def train_translator(cfg: TranslatorConfig, *, resume: bool = False, verbose: in
         val_pairs = train_pairs
     strategy = make_strategy(cfg.train.strategy)
     batch_size = global_batch_size(cfg.train.batch_size, strategy)
+    if cfg.train.validation_steps:
+        val_pairs = evenly_spaced(val_pairs, cfg.train.validation_steps * batch_size)
     train_ds = make_pair_dataset(train_pairs, cfg.data, batch_size=batch_size, training=True)
     val_ds = make_pair_dataset(val_pairs, cfg.data, batch_size=batch_size, training=False)
-    if cfg.train.validation_steps:
-        val_ds = val_ds.take(cfg.train.validation_steps)
     with precision_policy(cfg.model.precision), strategy.scope():
         model = build_translator_model(cfg)
         run_dir, _ = run_directory(cfg.train.runs_root, cfg.name, resume)
@@ -131,6 +131,13 @@ def train_translator(cfg: TranslatorConfig, *, resume: bool = False, verbose: in
             steps_per_epoch=cfg.train.steps_per_epoch,
             verbose=verbose,
         )
+
+
+def evenly_spaced(items: list, count: int) -> list:
+    """``count`` items spread over the whole list (all of them if it is shorter), in order."""
+    if count >= len(items):
+        return items
+    return [items[index * len(items) // count] for index in range(count)]
 
 
 def build_translator_model(cfg: TranslatorConfig) -> tf.keras.Model:

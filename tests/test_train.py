@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -306,3 +308,35 @@ def test_deterministic_seed_repeats_the_first_epoch_exactly(tmp_path, cli):
         assert result.exit_code == 0, result.stderr
     first, second = [read_history(run / "history.csv")[0] for run in sorted((tmp_path / "runs" / "tiny").iterdir())]
     assert first["loss"] == second["loss"] and first["val_loss"] == second["val_loss"]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_multi_worker_run_has_one_run_folder_written_by_the_chief_only(tmp_path, cli):
+    config = write_config(tmp_path, strategy="multi_worker")
+    refused = cli("train", "segmenter", "-c", config)
+    assert_one_line_error(refused, "config key 'data.cache':")  # the two workers would both prepare it
+    assert cli("data", "prepare", "-c", config, "-q").exit_code == 0
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    command = [str(Path(sys.executable).parent / "tfsky"), "train", "segmenter", "-c", str(config), "-q"]
+    workers = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={
+            **os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        })
+        for index in range(2)
+    ]  # fmt: skip
+    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], "\n".join(outputs)
+    run_dir = only_run_dir(tmp_path)
+    assert all(str(run_dir) in output for output in outputs)  # the chief chose it; worker 1 was told
+    assert_run_files_valid(run_dir, epochs=2)
+    assert (run_dir / "last" / "chief" / "checkpoint").is_file()
+    assert not list(run_dir.rglob("*workertemp*"))  # worker 1 wrote nothing that stayed

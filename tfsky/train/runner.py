@@ -2,7 +2,7 @@
 
 A run lives in ``<runs_root>/<name>/<timestamp>/`` (`run_directory`) and holds::
 
-    config.yaml            resolved config (written by the caller: dump_config)
+    config.yaml            resolved config (`start_run`)
     best.keras, best.json  best model so far on the monitored metric (written by ``save_best``)
     state.json             best value/epoch and whether early stopping ended the run
     last/                  resume checkpoint (model, optimizer, epoch counter), every epoch
@@ -16,11 +16,18 @@ same ``run_dir`` continues at the first unfinished epoch: Keras
 (from ``last/``, written at the end of each epoch after every other file of
 that epoch); ``history.csv`` drops rows of epochs that are being redone.
 
+Multi-worker training (``MultiWorkerMirroredStrategy``): every worker runs
+the same calls. The chief picks the run folder and every worker gets its path
+(they must share the file system, as Keras' `BackupAndRestore` requires to
+resume); only the chief writes the run's files — the others write theirs into
+a temporary folder that is deleted when ``fit`` returns, so every worker does
+the same work (saving a model may involve collectives) without two writers on
+one file.
+
 Usage (any Keras model, including one with a custom ``train_step`` — track
 extra optimizers as attributes of the model so the checkpoint holds them)::
 
-    run_dir, resumed = run_directory(Path("runs"), "pix2pix_tiny", resume=True)
-    dump_config(cfg, run_dir / "config.yaml")
+    run_dir, resumed = start_run(Path("runs"), "pix2pix_tiny", cfg, resume=True)
     result = fit_run(
         model, train_ds, val_ds, run_dir=run_dir, epochs=cfg.train.epochs,
         monitor="val_l1", mode="min",
@@ -35,17 +42,20 @@ extra optimizers as attributes of the model so the checkpoint holds them)::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Optional
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from tfsky.config import dump_config
 from tfsky.io.atomic import atomic_path, remove_stale_temps, write_json, write_text
 
 RUN_FILES = ("config.yaml", "best.keras", "best.json", "state.json", "history.csv", "learning_curves.png")
@@ -75,22 +85,65 @@ class RunResult:
     stopped_early: bool
 
 
+def start_run(runs_root: Path, name: str, config: Any, resume: bool = False) -> tuple[Path, bool]:
+    """`run_directory`, with the resolved ``config`` (a config dataclass) written into it as ``config.yaml``."""
+    run_dir, resumed = run_directory(runs_root, name, resume)
+    if is_chief():
+        dump_config(config, run_dir / "config.yaml")
+    return run_dir, resumed
+
+
 def run_directory(runs_root: Path, name: str, resume: bool = False) -> tuple[Path, bool]:
     """``(run_dir, resumed)``: the newest run of ``name`` when resuming and one exists, else a new one.
 
-    New runs are named by local time, ``YYYYmmdd-HHMMSS`` (``-1``, ``-2``... if taken).
+    New runs are named by local time, ``YYYYmmdd-HHMMSS`` (``-1``, ``-2``... if
+    taken). Under a multi-worker strategy the chief chooses and creates the
+    folder and the other workers receive its name (call it in the strategy scope).
     """
     parent = Path(runs_root) / name
-    existing = sorted(p for p in parent.glob("*") if p.is_dir() and not p.name.startswith("."))
-    if resume and existing:
-        return existing[-1], True
+    folder, resumed = "", False
+    if is_chief():
+        existing = sorted(p for p in parent.glob("*") if p.is_dir() and not p.name.startswith("."))
+        if resume and existing:
+            folder, resumed = existing[-1].name, True
+        else:
+            folder = _new_run_name(parent)
+            (parent / folder).mkdir(parents=True)
+    chosen = _from_chief(("+" if resumed else "-") + folder)
+    return parent / chosen[1:], chosen[0] == "+"
+
+
+def _new_run_name(parent: Path) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir, suffix = parent / stamp, 0
-    while run_dir.exists():
+    name, suffix = stamp, 0
+    while (parent / name).exists():
         suffix += 1
-        run_dir = parent / f"{stamp}-{suffix}"
-    run_dir.mkdir(parents=True)
-    return run_dir, False
+        name = f"{stamp}-{suffix}"
+    return name
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run's files: always, except on non-chief workers of a multi-worker run."""
+    return tf.distribute.get_strategy().extended.should_checkpoint
+
+
+def _from_chief(text: str, length: int = 64) -> str:
+    """The chief's ``text`` (ASCII, <= ``length`` chars) on every worker; other strategies return it as is.
+
+    A collective: every worker calls it. Only replica 0 (on the chief) adds
+    its character codes to an all-reduce sum that the others feed zeros.
+    """
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return text
+    codes = tf.constant(list(text.encode("ascii").ljust(length, b"\0")[:length]), tf.float32)
+
+    def replica_share() -> tf.Tensor:
+        first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+        return tf.where(first, codes, tf.zeros_like(codes))
+
+    summed = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_share), axis=None)
+    return bytes(int(code) for code in summed.numpy()).rstrip(b"\0").decode("ascii")
 
 
 def fit_run(
@@ -137,26 +190,38 @@ def fit_run(
     """
     run_dir = Path(run_dir)
     resumed = (run_dir / "last").exists()
-    for name in RUN_FILES:  # temp files of writes a kill interrupted
-        remove_stale_temps(run_dir / name)
-    state = RunState.load(run_dir / "state.json", monitor, mode)
-    steps = steps_per_epoch or _known_length(train_ds)
-    if not state.stopped_early:  # a run ended by early stopping has nothing left to do
-        model.fit(
-            train_ds.repeat() if steps else train_ds,
-            validation_data=val_ds,
-            epochs=epochs,
-            steps_per_epoch=steps,
-            callbacks=run_callbacks(run_dir, state, save_best, images, extra_callbacks),
-            verbose=verbose,
-        )
-        state.stopped_early = bool(model.stop_training)
-        state.save()
-    rows = read_history(run_dir / "history.csv")
-    if rows:
-        draw_learning_curves(rows, run_dir / "learning_curves.png")
+    with _files_folder(run_dir) as files:
+        for name in RUN_FILES:  # temp files of writes a kill interrupted
+            remove_stale_temps(files / name)
+        state = RunState.load(run_dir / "state.json", monitor, mode)  # the chief's, on every worker
+        state.path = files / "state.json"
+        steps = steps_per_epoch or _known_length(train_ds)
+        if not state.stopped_early:  # a run ended by early stopping has nothing left to do
+            model.fit(
+                train_ds.repeat() if steps else train_ds,
+                validation_data=val_ds,
+                epochs=epochs,
+                steps_per_epoch=steps,
+                callbacks=run_callbacks(run_dir, files, state, save_best, images, extra_callbacks),
+                verbose=verbose,
+            )
+            state.stopped_early = bool(model.stop_training)
+            state.save()
+        rows = read_history(files / "history.csv")
+        if rows:
+            draw_learning_curves(rows, files / "learning_curves.png")
     best_row = next((row for row in rows if row["epoch"] == state.best_epoch), {})
     return RunResult(run_dir, state.best_epoch, best_row, len(rows), resumed, state.stopped_early)
+
+
+@contextlib.contextmanager
+def _files_folder(run_dir: Path) -> Iterator[Path]:
+    """Where this process writes the run's files: ``run_dir``, or a temporary folder on a non-chief worker."""
+    if is_chief():
+        yield run_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="tfsky-worker-run.") as temp:
+        yield Path(temp)
 
 
 def _known_length(dataset: tf.data.Dataset) -> Optional[int]:
@@ -167,6 +232,7 @@ def _known_length(dataset: tf.data.Dataset) -> Optional[int]:
 
 def run_callbacks(
     run_dir: Path,
+    files: Path,
     state: "RunState",
     save_best: SaveBest,
     images: Optional[ImageFn],
@@ -174,13 +240,15 @@ def run_callbacks(
 ) -> list[tf.keras.callbacks.Callback]:
     """The run's callbacks, in the order their epoch-end work must happen.
 
-    The resume checkpoint comes last: once it is written, every other file of
-    the epoch is already in place, so "epoch N done" means all of it.
+    They write into ``files`` (``run_dir`` on the chief); the resume checkpoint
+    goes to ``run_dir/last`` on every worker (Keras keeps non-chief writes
+    apart), and comes last: once it is written, every other file of the epoch
+    is already in place, so "epoch N done" means all of it.
     """
     return [
-        HistoryCSV(run_dir / "history.csv"),
-        BestModel(state, run_dir / "best.keras", save_best),
-        TensorBoardLogger(run_dir / "tensorboard", images),
+        HistoryCSV(files / "history.csv", read_from=run_dir / "history.csv"),
+        BestModel(state, files / "best.keras", save_best),
+        TensorBoardLogger(files / "tensorboard", images),
         *extra_callbacks,
         tf.keras.callbacks.BackupAndRestore(str(run_dir / "last"), delete_checkpoint=False),
     ]
@@ -240,14 +308,14 @@ class HistoryCSV(tf.keras.callbacks.Callback):
     epoch redone after a kill appears once.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, read_from: Optional[Path] = None):
         super().__init__()
-        self.path = path
+        self.path, self.read_from = path, read_from or path
         self.rows: Optional[list[dict]] = None
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.rows is None:
-            self.rows = [row for row in read_history(self.path) if row["epoch"] <= epoch]
+            self.rows = [row for row in read_history(self.read_from) if row["epoch"] <= epoch]
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, **_plain_logs(logs)}

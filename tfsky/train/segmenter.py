@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from tfsky.config import dump_config, to_dict
+from tfsky.config import to_dict
 from tfsky.data import cache, pipeline
 from tfsky.errors import ConfigError
 from tfsky.models.bundle import ModelInfo, save_model
@@ -25,7 +25,7 @@ from tfsky.models.metrics import segmentation_metrics
 from tfsky.models.precision import global_batch_size, make_strategy, precision_policy
 from tfsky.models.segmenter import build_segmenter
 from tfsky.train.config import SegmenterConfig, TrainConfig
-from tfsky.train.runner import RunResult, fit_run, run_directory
+from tfsky.train.runner import RunResult, fit_run, start_run
 
 MONITOR = "val_iou"
 
@@ -50,8 +50,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, verbose: int 
     steps = training_steps(cfg, batch_size)
     with precision_policy(cfg.model.precision), strategy.scope():
         model = compiled_segmenter(cfg, steps)
-        run_dir, _ = run_directory(cfg.train.runs_root, cfg.name, resume)
-        dump_config(cfg, run_dir / "config.yaml")
+        run_dir, _ = start_run(cfg.train.runs_root, cfg.name, cfg, resume)
         return fit_run(
             model,
             train_ds,
@@ -89,9 +88,17 @@ def seed_everything(train: TrainConfig) -> None:
 
 
 def ensure_cache(cfg: SegmenterConfig, progress: bool) -> None:
-    """Prepare ``data.cache`` unless a complete cache (with its manifest) is already there."""
-    if not (Path(cfg.data.cache) / cache.MANIFEST).is_file():
-        cache.prepare_cache(cfg.data, progress=progress)
+    """Prepare ``data.cache`` unless a complete cache (with its manifest) is already there.
+
+    Raises:
+        ConfigError: no cache for a multi-worker run, whose workers would all write it at once.
+    """
+    if (Path(cfg.data.cache) / cache.MANIFEST).is_file():
+        return
+    if cfg.train.strategy == "multi_worker":
+        raise ConfigError("data.cache", f"{cfg.data.cache} is not prepared; a multi-worker run needs it first "
+                          "(tfsky data prepare -c CONFIG)")
+    cache.prepare_cache(cfg.data, progress=progress)
 
 
 def training_steps(cfg: SegmenterConfig, batch_size: int) -> int:

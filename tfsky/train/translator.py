@@ -26,7 +26,7 @@ from typing import Literal
 
 import tensorflow as tf
 
-from tfsky.config import dump_config, to_dict
+from tfsky.config import to_dict
 from tfsky.data.pairs import (PREPROCESS, PairDataConfig, PairsConfig, build_pairs, from_model_range,
                               make_pair_dataset, read_pairs, write_pairs)
 from tfsky.data.streams import MANIFEST_NAME, StreamsConfig, load_streams, validate_streams
@@ -36,7 +36,7 @@ from tfsky.models.pix2pix import Pix2PixConfig, build_pix2pix
 from tfsky.models.precision import Precision, global_batch_size, make_strategy, precision_policy
 from tfsky.models.vae import KLWarmup, VAEConfig, VAETranslator, build_vae
 from tfsky.train.config import TrainConfig
-from tfsky.train.runner import RunResult, fit_run, run_directory
+from tfsky.train.runner import RunResult, fit_run, start_run
 from tfsky.train.segmenter import seed_everything
 
 MONITOR = "val_l1"
@@ -120,8 +120,7 @@ def train_translator(cfg: TranslatorConfig, *, resume: bool = False, verbose: in
     val_ds = make_pair_dataset(val_pairs, cfg.data, batch_size=batch_size, training=False)
     with precision_policy(cfg.model.precision), strategy.scope():
         model = build_translator_model(cfg)
-        run_dir, _ = run_directory(cfg.train.runs_root, cfg.name, resume)
-        dump_config(cfg, run_dir / "config.yaml")
+        run_dir, _ = start_run(cfg.train.runs_root, cfg.name, cfg, resume)
         return fit_run(
             model, train_ds, val_ds,
             run_dir=run_dir, epochs=cfg.train.epochs, monitor=MONITOR, mode="min",

@@ -127,8 +127,8 @@ def is_chief() -> bool:
     return tf.distribute.get_strategy().extended.should_checkpoint
 
 
-def _from_chief(text: str, length: int = 64) -> str:
-    """The chief's ``text`` (ASCII, <= ``length`` chars) on every worker; other strategies return it as is.
+def _from_chief(text: str, length: int = 256) -> str:
+    """The chief's ``text`` (<= ``length`` UTF-8 bytes: a file name) on every worker; other strategies return it.
 
     A collective: every worker calls it. Only replica 0 (on the chief) adds
     its character codes to an all-reduce sum that the others feed zeros.
@@ -136,14 +136,14 @@ def _from_chief(text: str, length: int = 64) -> str:
     strategy = tf.distribute.get_strategy()
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return text
-    codes = tf.constant(list(text.encode("ascii").ljust(length, b"\0")[:length]), tf.float32)
+    codes = tf.constant(list(text.encode().ljust(length, b"\0")), tf.float32)
 
     def replica_share() -> tf.Tensor:
         first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
         return tf.where(first, codes, tf.zeros_like(codes))
 
     summed = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_share), axis=None)
-    return bytes(int(code) for code in summed.numpy()).rstrip(b"\0").decode("ascii")
+    return bytes(int(code) for code in summed.numpy()).rstrip(b"\0").decode()
 
 
 def fit_run(

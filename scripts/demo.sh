@@ -54,7 +54,7 @@ for _ in $(seq 60); do
 done
 tfsky client status --server "127.0.0.1:$GRPC_PORT" --model sky_segmenter
 tfsky client predict --server "127.0.0.1:$GRPC_PORT" --model sky_segmenter \
-  "$DATA/sky_ade20k/images/$(ls "$DATA/sky_ade20k/images" | head -n 1)" --out "$OUT/client"
+  "$DATA/sky_ade20k/images/$(ls "$DATA/sky_ade20k/images" | head -n 1)" --out "$OUT/client" --overwrite
 kill "$SERVER"
 wait "$SERVER" 2>/dev/null || true
 trap - EXIT

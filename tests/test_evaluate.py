@@ -136,6 +136,20 @@ def test_mask_folder_metrics_are_exact(cli, model, mask_folder, tmp_path):
     assert "Headline (dataset-level)" in result.stdout
 
 
+def test_tiling_flags_reach_the_predictor_and_the_report(cli, model, mask_folder, tmp_path):
+    default, tiled = tmp_path / "default", tmp_path / "tiled"
+    assert cli("evaluate", "segmenter", "--model", model, "--data", mask_folder, "--out", default).exit_code == 0
+    result = cli("evaluate", "segmenter", "--model", model, "--data", mask_folder, "--out", tiled,
+                 "--tile", "16", "--overlap", "0.5", "--window", "constant", "--tta", "flip4")
+    assert result.exit_code == 0, result.stderr
+    report = read_report(tiled)
+    assert report["tiling"] == {"tile": 16, "overlap": 0.5, "window": "constant", "tile_batch": 8, "tta": "flip4"}
+    assert read_report(default)["tiling"]["tile"] == 32  # the model's training tile
+    assert report["overall"] == read_report(default)["overall"]  # a per-pixel model: tiles and flips change nothing
+    bad = cli("evaluate", "segmenter", "--model", model, "--data", mask_folder, "--tta", "flip3")
+    assert bad.exit_code == 1 and bad.stderr.startswith("Error: config key 'tiling.tta':")
+
+
 def test_camera_folder_with_labels_breaks_down_by_condition(cli, model, camera_folder):
     result = cli(
         "evaluate", "segmenter", "--model", model, "--data", camera_folder, "--labels", camera_folder / "labels.csv"

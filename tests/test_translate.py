@@ -155,10 +155,11 @@ def test_evaluate_translator_report_baselines_and_contact_sheet(cli, translator_
              Pair("623", "train", str(cam623 / "20121119_134153.jpg"), str(cam623 / OVERCAST), mask, 1.0)]
     write_pairs(PairSet(pairs, {}), PairsConfig(), tmp_path / "pairs.json")
     result = cli("evaluate", "translator", "--model", translator_file, "--pairs", tmp_path / "pairs.json",
-                 "--out", tmp_path / "eval")
+                 "--out", tmp_path / "eval", "--tta", "flip2")
     assert result.exit_code == 0, result.stderr
     report = json.loads((tmp_path / "eval" / "translator_eval.json").read_text())
     assert report["split"] == "val" and report["counts"] == {"evaluated": 1, "skipped": 0} and report["skipped"] == []
+    assert report["tiling"]["tta"] == "flip2"
     means = report["means"]
     assert set(means) == {"model", "model (sky composite)", "identity", "mean target sky"}
     source, target = read_image(cam623 / CLEAR) / 255.0, read_image(cam623 / OVERCAST) / 255.0

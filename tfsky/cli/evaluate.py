@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from tfsky.cli.options import QuietOption
+from tfsky.cli.options import QuietOption, tiling_from_flags
+from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 
 app = typer.Typer(help="Evaluate trained models against labelled data and naive baselines.", no_args_is_help=True)
 
@@ -32,6 +33,11 @@ def segmenter(
     ] = None,
     threshold: Annotated[float, typer.Option("--threshold", help="Sky probability threshold.")] = 0.5,
     band: Annotated[float, typer.Option("--band", help="Boundary F1 tolerance in pixels.")] = 3.0,
+    tile: TileOption = None,
+    overlap: OverlapOption = None,
+    window: WindowOption = None,
+    tile_batch: TileBatchOption = None,
+    tta: TtaOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """IoU, F1, pixel accuracy, MCR and boundary F1 of a segmenter and two naive baselines.
@@ -43,13 +49,14 @@ def segmenter(
     from tfsky.evaluate.report import rich_table
     from tfsky.evaluate.segmenter import evaluate_segmenter, overall_table, verdict
 
+    tiling = tiling_from_flags(tile=tile, overlap=overlap, window=window, tile_batch=tile_batch, tta=tta)
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
     with console.status("loading the model, fitting the baselines...") as status:
         done = itertools.count(1)
         report = evaluate_segmenter(
             model, data, split=split, threshold=threshold, band=band, labels_csv=labels, out_dir=out_dir,
-            on_image=lambda image_id: status.update(f"evaluated {next(done)} images (last: {image_id})"),
+            tiling=tiling, on_image=lambda image_id: status.update(f"evaluated {next(done)} images (last: {image_id})"),
         )
     summary = report.to_json()
     console.print(rich_table(overall_table(summary)))
@@ -71,7 +78,11 @@ def translator(
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: eval/ beside the model.")
     ] = None,
-    tile: Annotated[Optional[int], typer.Option(help="Tile size (default: the model's training tile).")] = None,
+    tile: TileOption = None,
+    overlap: OverlapOption = None,
+    window: WindowOption = None,
+    tile_batch: TileBatchOption = None,
+    tta: TtaOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """PSNR, SSIM, L1, non-sky and sky PSNR of a translator vs identity and mean-target-sky baselines.
@@ -82,13 +93,13 @@ def translator(
 
     from tfsky.evaluate.report import rich_table
     from tfsky.evaluate.translator import evaluate_translator, summary_table
-    from tfsky.tiling import TilingConfig
 
+    tiling = tiling_from_flags(tile=tile, overlap=overlap, window=window, tile_batch=tile_batch, tta=tta)
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
     with console.status("translating the pairs...") as status:
         report = evaluate_translator(
-            model, pairs, out_dir, split=split, tiling=TilingConfig(tile=tile),
+            model, pairs, out_dir, split=split, tiling=tiling,
             on_pair=lambda pair: status.update(f"evaluated {Path(pair.source).name} -> {Path(pair.target).name}"),
         )
     console.print(rich_table(summary_table(report)))

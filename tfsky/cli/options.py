@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from tfsky.tiling import TilingConfig
 
 ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML config file (see configs/).", dir_okay=False)
@@ -34,3 +37,11 @@ def flag_overrides(section: str, flags: dict[str, Any], set_: Optional[list[str]
     """
     given = [f"{section}.{key}={json.dumps(value, default=str)}" for key, value in flags.items() if value is not None]
     return list(set_ or []) + given
+
+
+def tiling_from_flags(**flags: Any) -> "TilingConfig":
+    """The `TilingConfig` of the tiling flags given (None = not given: the default), checked like a config."""
+    from tfsky.config import from_dict
+    from tfsky.tiling import TilingConfig
+
+    return from_dict(TilingConfig, {key: value for key, value in flags.items() if value is not None}, "tiling")

@@ -32,6 +32,7 @@ from tfsky.evaluate import metrics
 from tfsky.evaluate.baselines import Baselines, fit_baselines
 from tfsky.evaluate.report import Table, markdown_document, signed, write_report
 from tfsky.predict.segment import SKY_CLASS, TiledSegmenter, sky_probability
+from tfsky.tiling import TilingConfig
 
 PREDICTORS = ("model", "horizon", "color_threshold")
 HEADLINE = "dataset_level"
@@ -80,6 +81,7 @@ class EvalReport:
     split: Optional[str]
     threshold: float
     band: float
+    tiling: TilingConfig
     baselines: Baselines
     images: list[ImageResult]
     skipped: list[dict[str, str]]
@@ -114,6 +116,7 @@ class EvalReport:
             "split": self.split,
             "threshold": self.threshold,
             "boundary_band": self.band,
+            "tiling": dataclasses.asdict(self.tiling),
             "headline": HEADLINE,
             "baselines": dataclasses.asdict(self.baselines),
             "counts": {"evaluated": len(self.images), "skipped": len(self.skipped)},
@@ -179,6 +182,7 @@ def evaluate_segmenter(
     band: float = 3,
     labels_csv: Optional[str | Path] = None,
     out_dir: Optional[str | Path] = None,
+    tiling: TilingConfig = TilingConfig(),
     on_image: Optional[Callable[[str], None]] = None,
 ) -> EvalReport:
     """Evaluate a saved segmenter and both baselines; write ``eval.json`` and ``eval.md``.
@@ -192,6 +196,8 @@ def evaluate_segmenter(
         band: float. Boundary F1 tolerance in pixels. Defaults to 3.
         labels_csv: optional CSV (``image,sky_condition``) giving each folder image a condition.
         out_dir: where the reports go. Defaults to ``eval/`` beside the model.
+        tiling: TilingConfig. Tiles, blending and flip TTA, as ``tfsky predict`` takes them (the model's
+            training tile by default). Defaults to ``TilingConfig()``.
         on_image: called with each image id once it is scored (progress display).
 
     Raises:
@@ -199,7 +205,7 @@ def evaluate_segmenter(
             no image that could be evaluated.
     """
     model_path, data = Path(model_path), Path(data)
-    segmenter = TiledSegmenter.load(model_path)
+    segmenter = TiledSegmenter.load(model_path, tiling)
     source = open_data(data, split, labels_csv, segmenter)
     baselines = _fit(source, data)
     results, skipped = score_items(
@@ -210,7 +216,7 @@ def evaluate_segmenter(
         raise InputError(data, f"no image could be evaluated ({len(skipped)} skipped{first})")
     report = EvalReport(
         str(model_path), str(data), source.kind, split if source.kind == "cache" else None,
-        threshold, band, baselines, results, skipped,
+        threshold, band, segmenter.tiling, baselines, results, skipped,
     )
     summary = report.to_json()
     write_report(Path(out_dir) if out_dir else model_path.parent / "eval", "eval", summary, report_markdown(summary))

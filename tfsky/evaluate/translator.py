@@ -94,6 +94,7 @@ class TranslatorReport:
     """Per-pair metrics of every method, their means, the skipped pairs and the written files."""
 
     split: str
+    tiling: TilingConfig
     per_pair: list[dict]
     skipped: list[dict[str, str]]
     means: dict[str, dict[str, Optional[float]]]
@@ -102,6 +103,7 @@ class TranslatorReport:
     def to_json(self) -> dict:
         return {
             "split": self.split,
+            "tiling": dataclasses.asdict(self.tiling),
             "counts": {"evaluated": len(self.per_pair), "skipped": len(self.skipped)},
             "means": self.means,
             "per_pair": self.per_pair,
@@ -166,7 +168,7 @@ def evaluate_translator(
     if not per_pair:
         raise InputError(pairs_path, f"no {split!r} pair could be evaluated ({len(skipped)} skipped: "
                          f"{skipped[0]['reason']})")
-    report = TranslatorReport(split, per_pair, skipped, _means(per_pair), [])
+    report = TranslatorReport(split, translator.tiling, per_pair, skipped, _means(per_pair), [])
     report.files = _write(report, model_path, pairs_path, Path(out_dir), sheet_rows)
     return report
 

@@ -333,7 +333,11 @@ def test_multi_worker_run_has_one_run_folder_written_by_the_chief_only(tmp_path,
         })
         for index in range(2)
     ]  # fmt: skip
-    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    try:
+        outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    finally:  # a worker whose peer died waits on its collectives forever
+        for worker in workers:
+            worker.kill()
     assert [worker.returncode for worker in workers] == [0, 0], "\n".join(outputs)
     run_dir = only_run_dir(tmp_path)
     assert all(str(run_dir) in output for output in outputs)  # the chief chose it; worker 1 was told

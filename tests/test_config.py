@@ -76,3 +76,17 @@ def test_dump_round_trips(tmp_path):
     dump_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(Outer, tmp_path / "resolved.yaml") == cfg
     assert not list(tmp_path.glob(".*part*"))
+
+
+def test_every_shipped_config_loads_with_its_schema():
+    from tfsky.predict.translate import TranslateConfig
+    from tfsky.train.config import SegmenterConfig
+    from tfsky.train.translator import TranslatorConfig
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    schemas = {"translate_cam623": (TranslateConfig, "translate")}
+    schemas |= {name: (TranslatorConfig, None) for name in ("pix2pix_clear2cloudy", "vae_clear2cloudy", "translator_tiny")}
+    schemas |= {name: (SegmenterConfig, None) for name in ("sky_ldr", "sky_hdr", "sky_tiny", "sky_ldr_cpu")}
+    assert {path.stem for path in configs.glob("*.yaml")} == set(schemas)  # a new config gets a schema here
+    for name, (schema, section) in schemas.items():
+        assert isinstance(load_config(schema, configs / f"{name}.yaml", section=section), schema)

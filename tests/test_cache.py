@@ -289,6 +289,21 @@ def test_prepare_real_photos_and_webcams_into_batches(shared_data, tmp_path):
     assert image.shape == (8, 32, 32, 3) and set(np.unique(mask.numpy())) <= {0.0, 1.0}
 
 
+def test_shipped_sky_ldr_config_prepares_the_shared_data_into_model_batches(shared_data, tmp_path, cli, monkeypatch):
+    if shared_data.resolve() != (REPO.parent / "shared" / "data").resolve():
+        pytest.skip("configs/sky_ldr.yaml names ../shared/data relative to the repository")
+    monkeypatch.chdir(REPO)
+    config, cache = REPO / "configs" / "sky_ldr.yaml", tmp_path / "sky_ldr"
+    result = cli("data", "prepare", "-c", config, "-q", "--set", f"data.cache={cache}")
+    assert result.exit_code == 0, result.stderr
+    cfg = load_config(DataConfig, config, [f"data.cache={cache}"], section="data")
+    assert read_manifest(cache)["totals"]["written"] == 140
+    for split in ("train", "val"):
+        image, mask = next(iter(segmentation_dataset(cfg, split, 4, seed=0)))
+        assert (image.shape, image.dtype.name, mask.shape, mask.dtype.name) == (
+            (4, 512, 512, 3), "float32", (4, 512, 512, 1), "float32")
+
+
 def test_shipped_configs_load_and_validate():
     for name, patch in (("sky_ldr", 512), ("sky_hdr", 256), ("sky_tiny", 64)):
         cfg = load_config(DataConfig, REPO / "configs" / f"{name}.yaml", section="data")

@@ -79,6 +79,8 @@ def test_cli_client_predict_matches_in_process_prediction(setup, cli, tmp_path, 
     assert 0 < (mask > 0).mean() < 1
     assert sidecar["sky_fraction"] == pytest.approx((expected >= 0.5).mean(), abs=1e-3)
     assert (sidecar["height"], sidecar["width"], sidecar["model"]) == (90, 130, "sky_segmenter")
+    prob = tf.io.decode_png((tmp_path / "scene_prob.png").read_bytes(), dtype=tf.uint16).numpy()[..., 0] / 65535
+    np.testing.assert_allclose(prob, expected, atol=1e-4)  # the 16-bit map of tfsky predict
 
 
 @pytest.mark.parametrize("rest", [False, True])
@@ -290,7 +292,7 @@ def test_client_rerun_sends_no_request_and_overwrite_redoes(setup, cli, tmp_path
     assert (report.done, report.skipped, report.failed) == (images, [], [])
     assert len(requests) == 2
     inodes = {name: (out / name).stat().st_ino for name in visible_files(out)}
-    assert set(inodes) == {"a_mask.png", "a.json", "b_mask.png", "b.json"}
+    assert set(inodes) == {f"{stem}{suffix}" for stem in "ab" for suffix in ("_mask.png", "_prob.png", ".json")}
 
     rerun = client_predict(cli, setup, *images, "--out", out)
     assert rerun.exit_code == 0, rerun.stderr
@@ -319,7 +321,7 @@ def test_client_folder_and_manifest_inputs_keep_sub_folders(setup, cli, tmp_path
     assert result.exit_code == 0, result.stderr
     assert "done 3, skipped 0, failed 0" in result.stdout
     assert visible_files(out) == {f"{stem}{suffix}" for stem in ("x", "sub/y", "frames/m")
-                                  for suffix in ("_mask.png", ".json")}
+                                  for suffix in ("_mask.png", "_prob.png", ".json")}
     assert json.loads((out / "sub" / "y.json").read_text())["source"] == str(folder / "sub" / "y.png")
     assert len(requests) == 3
 
@@ -346,7 +348,7 @@ def test_client_rerun_after_a_kill_removes_stale_temps_and_finishes(setup, cli, 
     result = client_predict(cli, setup, image, "--out", out)
     assert result.exit_code == 0, result.stderr
     assert "done 1, skipped 0, failed 0" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["scene.json", "scene_mask.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["scene.json", "scene_mask.png", "scene_prob.png"]
     assert tf.io.decode_png((out / "scene_mask.png").read_bytes()).shape == (24, 36, 1)
     assert len(requests) == 1
 
@@ -366,4 +368,4 @@ def test_client_bad_files_are_reported_and_the_others_complete(setup, cli, tmp_p
         f"failed {unreadable}: truncated or corrupt image (header: not a TIFF file: header=b'not ')",
     ]
     assert "done 1, skipped 0, failed 3" in result.stdout
-    assert visible_files(out) == {"good_mask.png", "good.json"}
+    assert visible_files(out) == {"good_mask.png", "good_prob.png", "good.json"}

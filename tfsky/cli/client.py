@@ -22,7 +22,9 @@ RetriesOption = Annotated[int, typer.Option("--retries", help="Retries (with bac
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for <stem>_mask.png and <stem>.json.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder for <stem>_mask.png, <stem>_prob.png and <stem>.json.")
+    ],
     server: ServerOption = "localhost:8500",
     model: ModelOption = "sky_segmenter",
     version: VersionOption = None,

@@ -73,10 +73,15 @@ def write_maps(paths: OutputPaths, prob: np.ndarray, threshold: float) -> np.nda
     if paths.prob.suffix == ".tif":
         write_tif(paths.prob, prob)
     else:
-        write_png(paths.prob, _by_bands(prob, _to_uint16, np.uint16))
+        write_probability_png(paths.prob, prob)
     mask = _by_bands(prob, lambda band: np.where(band >= threshold, 255, 0), np.uint8)
     write_png(paths.mask, mask)  # already 0/255 uint8, so no full-size temporary in the writer
     return mask
+
+
+def write_probability_png(path: Path, prob: np.ndarray) -> None:
+    """The 16-bit PNG of probability ``prob`` [H, W] x 65535 (the ``_prob.png`` of ``tfsky predict``)."""
+    write_png(path, _by_bands(prob, _to_uint16, np.uint16))
 
 
 def write_overlay(paths: OutputPaths, shown: np.ndarray) -> None:

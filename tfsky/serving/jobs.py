@@ -4,9 +4,10 @@ Inputs and output stems are those of ``tfsky predict`` (`tfsky.predict.batch.col
 files, folders (recursive) and ``.txt`` manifests; two inputs that would write
 the same outputs are a failure of the second, found before any request.
 
-For each image, ``<out>/<stem>_mask.png`` (0/255) and then ``<out>/<stem>.json``
-(sky fraction, size, server, model, version) are written atomically. The
-sidecar is written last, so an image with both files is complete: a re-run
+For each image, ``<out>/<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (16-bit,
+probability x 65535, as ``tfsky predict``) and then ``<out>/<stem>.json`` (sky
+fraction, size, server, model, version) are written atomically. The
+sidecar is written last, so an image with all three files is complete: a re-run
 skips it without a request (``overwrite`` redoes it) after removing the
 temporaries a killed run left, and so finishes the job.
 
@@ -32,6 +33,7 @@ from tfsky.io.atomic import write_bytes, write_json
 from tfsky.io.images import read_image
 from tfsky.models.bundle import ModelInfo
 from tfsky.predict.batch import BatchReport, collect_jobs, failure_reason, unfinished
+from tfsky.predict.outputs import write_probability_png
 from tfsky.serving.client import Client, ImagePrediction, ServingRequestError
 from tfsky.tiling import TilingConfig
 
@@ -84,9 +86,9 @@ def segment_files(
     return report
 
 
-def output_paths(stem: Path) -> tuple[Path, Path]:
-    """The mask and the sidecar of output stem ``out/sub/name``, in the order they are written."""
-    return stem.parent / f"{stem.name}_mask.png", stem.parent / f"{stem.name}.json"
+def output_paths(stem: Path) -> tuple[Path, Path, Path]:
+    """Mask, probability map and sidecar of output stem ``out/sub/name``, in the order they are written."""
+    return tuple(stem.parent / f"{stem.name}{suffix}" for suffix in ("_mask.png", "_prob.png", ".json"))
 
 
 def _stops_the_run(err: Exception) -> bool:
@@ -117,12 +119,13 @@ def _segment(client: Client, model: str, path: Path, version, label, tiled) -> I
     return client.predict_image(model, tf.io.encode_png(image).numpy(), version=version, label=label)
 
 
-def _write(outputs: tuple[Path, Path], source: Path, prediction: ImagePrediction, server: str, model: str, version,
-           label) -> None:
-    """Write the mask, then the sidecar that marks the image complete."""
-    mask_path, sidecar_path = outputs
+def _write(outputs: tuple[Path, Path, Path], source: Path, prediction: ImagePrediction, server: str, model: str,
+           version, label) -> None:
+    """Write the mask and the probability map, then the sidecar that marks the image complete."""
+    mask_path, prob_path, sidecar_path = outputs
     height, width = prediction.probability.shape
     write_bytes(mask_path, prediction.mask_png)
+    write_probability_png(prob_path, prediction.probability)
     write_json(sidecar_path, {
         "source": str(source), "server": server, "model": model, "version": version, "label": label,
         "height": height, "width": width, "sky_fraction": prediction.sky_fraction,

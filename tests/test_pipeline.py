@@ -14,7 +14,7 @@ from tfsky.config import load_config
 from tfsky.data.cache import iter_cached, prepare_cache, read_manifest
 from tfsky.data import pipeline
 from tfsky.data.config import DataConfig
-from tfsky.data.pipeline import grid_count, segmentation_dataset, steps_per_epoch
+from tfsky.data.pipeline import evenly_spaced, grid_count, segmentation_dataset, steps_per_epoch
 from tfsky.errors import InputError
 from tfsky.io.writers import write_mask_png, write_png, write_tif
 from tfsky.tiling import tile_starts
@@ -215,3 +215,9 @@ def test_manifest_split_counts_match_the_images_read(ldr):
 
 def _reflect_to(height: int, width: int) -> list[tuple[int, int]]:
     return [(0, max(0, PATCH - height)), (0, max(0, PATCH - width)), (0, 0)]
+
+
+def test_evenly_spaced_takes_the_last_item_of_equal_bins():  # validation_steps: val patches and translator pairs
+    assert evenly_spaced(list(range(10)), 3) == [3, 6, 9]
+    assert evenly_spaced(list(range(10)), 4) == [2, 4, 7, 9]
+    assert evenly_spaced(list(range(3)), 8) == [0, 1, 2]

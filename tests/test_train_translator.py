@@ -98,11 +98,3 @@ def test_segmenter_only_train_keys_are_refused(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"^config key '{key}': is a segmenter setting"):
         load_config(TranslatorConfig, TINY_CONFIG, [override])
-
-
-def test_validation_steps_take_pairs_spread_over_the_whole_validation_set():
-    from tfsky.train.translator import evenly_spaced
-
-    assert evenly_spaced(list(range(10)), 3) == [0, 3, 6]
-    assert evenly_spaced(list(range(10)), 4) == [0, 2, 5, 7]
-    assert evenly_spaced(list(range(3)), 8) == [0, 1, 2]

@@ -33,7 +33,7 @@ of function instantiation, a sixth of a small epoch.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence, TypeVar
 
 import tensorflow as tf
 
@@ -45,6 +45,7 @@ from tfsky.errors import InputError
 from tfsky.tiling import count_tiles, reflect_indices, tile_starts
 
 Split = Literal["train", "val"]
+T = TypeVar("T")
 AUTOTUNE = tf.data.AUTOTUNE
 # Decoded full images held by the image-level shuffle when streaming (an 8K float32 image is 400 MB).
 IMAGE_SHUFFLE_BYTES = 512 * 2**20
@@ -121,10 +122,21 @@ def _grid_batches(
     corners = images.flat_map(lambda image, mask: _corners(image, mask, *_grid_origins(image, cfg)))
     total = _grid_patch_count(cfg, manifest)
     keep = total if max_batches is None else min(total, max_batches * batch_size)
-    if keep < total:  # patch i is kept when floor(i * keep / total) steps up: exactly `keep`, evenly spaced
-        corners = corners.enumerate().filter(lambda i, _: (i + 1) * keep // total > i * keep // total)
-        corners = corners.map(lambda _, corner: corner)
+    if keep < total:
+        kept = tf.scatter_nd(tf.constant(evenly_spaced(range(total), keep))[:, None], tf.ones([keep], tf.bool), [total])
+        corners = corners.enumerate().filter(lambda i, _: kept[i]).map(lambda _, corner: corner)
     return corners.map(lambda *corner: _cut_patch(*corner, cfg)).batch(batch_size)
+
+
+def evenly_spaced(items: Sequence[T], count: int) -> list[T]:
+    """``count`` items spread over the whole sequence, in order (all of them if it has no more).
+
+    The sequence is cut into ``count`` equal bins and the last item of each is
+    taken, so the last item is always among them.
+    """
+    if count >= len(items):
+        return list(items)
+    return [items[((index + 1) * len(items) - 1) // count] for index in range(count)]
 
 
 def _streamed_batches(

@@ -30,6 +30,7 @@ from tfsky.config import to_dict
 from tfsky.data.pairs import (PREPROCESS, PairDataConfig, PairsConfig, build_pairs, from_model_range,
                               make_pair_dataset, read_pairs, write_pairs)
 from tfsky.data.streams import MANIFEST_NAME, StreamsConfig, load_streams, validate_streams
+from tfsky.data.pipeline import evenly_spaced
 from tfsky.errors import ConfigError
 from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.models.pix2pix import Pix2PixConfig, build_pix2pix
@@ -130,13 +131,6 @@ def train_translator(cfg: TranslatorConfig, *, resume: bool = False, verbose: in
             steps_per_epoch=cfg.train.steps_per_epoch,
             verbose=verbose,
         )
-
-
-def evenly_spaced(items: list, count: int) -> list:
-    """``count`` items spread over the whole list (all of them if it is shorter), in order."""
-    if count >= len(items):
-        return items
-    return [items[index * len(items) // count] for index in range(count)]
 
 
 def build_translator_model(cfg: TranslatorConfig) -> tf.keras.Model:

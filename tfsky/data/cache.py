@@ -44,6 +44,7 @@ from tfsky import __version__
 from tfsky.config import to_dict
 from tfsky.data.config import DataConfig
 from tfsky.data.records import encode_example, parse_example
+from tfsky.data.scale import resize_image, resize_mask, working_size
 from tfsky.data.sources import LabelledImage, iter_source
 from tfsky.errors import ConfigError, InputError, TfskyError
 from tfsky.io.atomic import atomic_dir, remove_stale_temps, write_json
@@ -145,13 +146,13 @@ def list_items(cfg: DataConfig) -> tuple[list[LabelledImage], list[tuple[str, st
 
 
 def assign_splits(items: list[LabelledImage], val_fraction: float, seed: int) -> dict[str, str]:
-    """``{group: "train" | "val"}``, stratified by source (see the module docstring).
+    """``{group: "train" | "val"}``, stratified by source, or by an item's ``stratum`` when it has one (module docstring).
 
     Deterministic: depends only on the set of groups and ``seed``, not on listing order.
     """
     by_source: dict[str, set[str]] = defaultdict(set)
     for item in items:
-        by_source[item.source].add(item.group)
+        by_source[item.stratum or item.source].add(item.group)
     pooled = {group for groups in by_source.values() if len(groups) == 1 for group in groups}
     strata = [groups for groups in by_source.values() if len(groups) > 1] + ([pooled] if pooled else [])
     splits = {}
@@ -207,7 +208,11 @@ def _write_item(item: LabelledImage, split: Optional[str], cfg: DataConfig, writ
     except InputError as err:
         reason = err.problem if err.path == str(item.image_path) else str(err)
         return {**entry, "status": "skipped", "reason": reason}
+    source_size = image.shape[:2]
+    size = working_size(*source_size, cfg.working_scale)
+    image, mask = np.ascontiguousarray(resize_image(image, size)), resize_mask(mask, size)
     height, width, channels = image.shape
+    sky_fraction = float(np.count_nonzero(mask)) / mask.size
     sha256 = hashlib.sha256(memoryview(image).cast("B")).hexdigest()
     record = encode_example({
         "id": item.id, "source": item.source, "group": item.group, "condition": item.condition or "",
@@ -218,6 +223,7 @@ def _write_item(item: LabelledImage, split: Optional[str], cfg: DataConfig, writ
     shard = writers[split].write(record)
     return {
         **entry, "height": height, "width": width, "channels": channels, "dtype": cfg.cache_dtype,
+        "source_height": source_size[0], "source_width": source_size[1], "sky_fraction": round(sky_fraction, 6),
         "shard": shard, "sha256": sha256, "status": "written",
     }  # fmt: skip
 

@@ -11,14 +11,19 @@ import dataclasses
 from pathlib import Path
 from typing import Literal, Optional
 
+from tfsky.data.allsky import AllSkyConfig
 from tfsky.data.transforms import Preprocess
 from tfsky.errors import ConfigError
 
-SourceKind = Literal["mask_folder", "camera_folder", "coco"]
+SIZE_MULTIPLE = 32  # the segmenter's U-Net downsamples 5 times: patch and tile sides are multiples of 2**5
+
+SourceKind = Literal["mask_folder", "camera_folder", "coco", "allsky_folder"]
 Compression = Literal["ZLIB", "GZIP", "NONE"]
 
 # The fields each source kind needs besides ``images``.
-_REQUIRED_BY_KIND = {"mask_folder": ("masks",), "camera_folder": (), "coco": ("annotations",)}
+_REQUIRED_BY_KIND = {
+    "mask_folder": ("masks",), "camera_folder": (), "coco": ("annotations",), "allsky_folder": ("masks",)
+}
 
 
 @dataclasses.dataclass
@@ -29,7 +34,9 @@ class SourceConfig:
         kind: str. ``mask_folder`` (images + same-named PNG masks in ``masks``),
             ``camera_folder`` (SkyFinder layout: ``images/<camera>/<frame>.jpg``
             and one ``<camera>-mask.png`` per camera beside the camera folders)
-            or ``coco`` (COCO JSON ``annotations``, file names relative to ``images``).
+            ``coco`` (COCO JSON ``annotations``, file names relative to ``images``)
+            or ``allsky_folder`` (fisheye frames + same-named class annotation PNGs
+            in ``masks``, see `tfsky.data.allsky`).
         images: Path. Image folder (for ``camera_folder``: the folder holding the camera folders).
         name: Optional[str]. Prefix of item ids in the cache. Defaults to the
             folder name of ``images`` (its parent's when the folder is called ``images``).
@@ -47,6 +54,11 @@ class SourceConfig:
         cameras: Optional[list[str]]. ``camera_folder``: only these camera
             folders. Defaults to None (all).
         mask_threshold: int. Mask pixels >= this (0..255) are sky. Defaults to 128.
+        weight: float. This source's share of the training patches, relative to the
+            other sources' weights (0.5 = half the patches of a weight-1 source,
+            however many images each has). Defaults to 1.
+        allsky: Optional[AllSkyConfig]. ``allsky_folder``: class map, cameras
+            and their masks, ``labels_csv`` columns. Defaults to None (WSISEG's).
     """
 
     kind: SourceKind
@@ -59,6 +71,8 @@ class SourceConfig:
     negative: list[str] = dataclasses.field(default_factory=list)
     cameras: Optional[list[str]] = None
     mask_threshold: int = 128
+    weight: float = 1.0
+    allsky: Optional[AllSkyConfig] = None
 
     def __post_init__(self) -> None:
         if self.name is None:
@@ -75,6 +89,8 @@ class SourceConfig:
             raise ConfigError("positive", "needs at least one category (e.g. sky)")
         if not 0 < self.mask_threshold <= 255:
             raise ConfigError("mask_threshold", f"must be in 1..255; got {self.mask_threshold}")
+        if not self.weight > 0:
+            raise ConfigError("weight", f"must be > 0; got {self.weight}")
 
 
 @dataclasses.dataclass
@@ -92,7 +108,13 @@ class AugmentConfig:
         zoom: float. Zoom range: x and y scale factors uniform in [1 - zoom, 1 + zoom]. Defaults to 0.3.
         horizontal_flip: bool. Mirror half of the patches left-right. Defaults to True.
         fill: float. Image value where the transform leaves the patch, in model
-            space (after preprocessing); the mask gets 0 there. Defaults to 0.
+            space (after preprocessing). Defaults to 0.
+        mask_fill: int. Class id the mask gets there: 0 (not sky) or 255
+            (ignore, for all-sky frames whose corners are outside the lens). Defaults to 0.
+        brightness: float. LDR only: pixels are multiplied by ``2 ** U(-brightness,
+            brightness)`` in model space (clipped to [0, 1]); 0 switches it off. Defaults to 0.
+        white_balance: float. LDR only: each colour channel is multiplied by
+            ``exp(U(-white_balance, white_balance))``; 0 switches it off. Defaults to 0.
         exposure_ev: float. HDR only (``preprocess.mode: log``): radiance is
             multiplied by ``2 ** U(-exposure_ev, exposure_ev)``. Defaults to 1.
         gamma: float. HDR only: radiance is raised to ``exp(U(-gamma, gamma))``;
@@ -106,13 +128,18 @@ class AugmentConfig:
     zoom: float = 0.3
     horizontal_flip: bool = True
     fill: float = 0.0
+    mask_fill: int = 0
+    brightness: float = 0.0
+    white_balance: float = 0.0
     exposure_ev: float = 1.0
     gamma: float = 0.0
 
     def validate(self) -> None:
-        for key in ("rotation", "shift", "shear", "zoom", "exposure_ev", "gamma"):
+        for key in ("rotation", "shift", "shear", "zoom", "exposure_ev", "gamma", "brightness", "white_balance"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0; got {getattr(self, key)}")
+        if not 0 <= self.mask_fill <= 255:
+            raise ConfigError("mask_fill", f"must be a class id in 0..255; got {self.mask_fill}")
         if self.zoom >= 1:
             raise ConfigError("zoom", f"must be < 1 (scale factors stay positive); got {self.zoom}")
 
@@ -126,11 +153,20 @@ class DataConfig:
         cache: Path. Folder of the prepared cache (TFRecord shards + ``manifest.json``).
             Defaults to ``cache/data``.
         channels: int. Image channels fed to the model: 1, 3 or 4. Defaults to 3.
+        working_scale: Optional[int]. Images (and masks) are stored in the cache
+            resized so their short side is this many pixels (never enlarged), so
+            a patch sees a whole scene's context rather than a patch of wall or
+            grey sky; the trained model then predicts at that scale too
+            (`tfsky.predict.segment`). Defaults to None (native resolution).
         patch_size: int. Side of the square training/validation patches; a
             multiple of 32. Defaults to 512.
         stride: Optional[int]. Grid step of validation patches, at most
             ``patch_size``. Defaults to None (= ``patch_size``).
-        patches_per_image: int. Random crops per training image per epoch. Defaults to 8.
+        patches_per_image: int. Random crops per training image per epoch, on
+            average: sources share them by ``weight``, and images whose mask has
+            no sky pixel get ``no_sky_weight`` times an image's share. Defaults to 8.
+        no_sky_weight: float. Relative share of crops of an image without sky
+            (e.g. indoor photos). Defaults to 1.
         val_fraction: float. Share of each source's groups (photos, or cameras
             for webcam sources) held out for validation. Defaults to 0.2.
         split_seed: int. Seed of the train/val split. Defaults to 0.
@@ -147,9 +183,11 @@ class DataConfig:
     sources: list[SourceConfig] = dataclasses.field(default_factory=list)
     cache: Path = Path("cache/data")
     channels: int = 3
+    working_scale: Optional[int] = None
     patch_size: int = 512
     stride: Optional[int] = None
     patches_per_image: int = 8
+    no_sky_weight: float = 1.0
     val_fraction: float = 0.2
     split_seed: int = 0
     preprocess: Preprocess = dataclasses.field(default_factory=Preprocess)
@@ -166,10 +204,14 @@ class DataConfig:
         for index, name in enumerate(names):
             if name in names[:index]:
                 raise ConfigError(f"sources[{index}].name", f"duplicate source name {name!r}; give each source a name")
-        if self.patch_size <= 0 or self.patch_size % 32:
+        if self.patch_size <= 0 or self.patch_size % SIZE_MULTIPLE:
             raise ConfigError(
-                "patch_size", f"must be divisible by 32 (the U-Net downsamples 5 times); got {self.patch_size}"
+                "patch_size", f"must be divisible by {SIZE_MULTIPLE} (the U-Net downsamples 5 times); got {self.patch_size}"
             )
+        if self.working_scale is not None and self.working_scale < 32:
+            raise ConfigError("working_scale", f"must be >= 32 pixels (the short side); got {self.working_scale}")
+        if not self.no_sky_weight > 0:
+            raise ConfigError("no_sky_weight", f"must be > 0; got {self.no_sky_weight}")
         if self.stride is not None and not 0 < self.stride <= self.patch_size:
             raise ConfigError("stride", f"must be in 1..patch_size ({self.patch_size}); got {self.stride}")
         if self.channels not in (1, 3, 4):

@@ -4,13 +4,14 @@ Patches are cut at read time from the full images in the cache (never stored):
 
 * train, decoded images within ``MEMORY_CACHE_BYTES``: the images are decoded
   once, when the dataset is built, and kept in memory. An epoch is
-  ``patches_per_image`` picks of each image, shuffled completely as integers
+  `crop_counts` picks of each image (``patches_per_image`` each, unless
+  sources are weighted), shuffled completely as integers
   and batched (``drop_remainder``); one parallel map per batch cuts a uniform
   random crop per pick, then augments and normalises (below). Nothing is cut
   before the map, so each epoch's first batch comes as fast as the others.
 * train, larger sets: streamed from the shards every epoch (shard order and
   images shuffled, with an image buffer bounded in bytes),
-  ``patches_per_image`` random crops per image, patches shuffled
+  `crop_counts` random crops per image, patches shuffled
   (``shuffle_buffer``), batched (``drop_remainder``), then the same per-batch map.
 * val: a grid of patches every ``stride`` pixels per image, the last one
   shifted inward to end at the border (`tfsky.tiling.tile_starts`, the grid
@@ -37,7 +38,7 @@ from typing import Literal, Optional, Sequence, TypeVar
 
 import tensorflow as tf
 
-from tfsky.data.augment import apply_affine, photometric, random_affine
+from tfsky.data.augment import apply_affine, color_jitter, photometric, random_affine
 from tfsky.data.cache import compression_type, read_manifest, shard_paths
 from tfsky.data.config import DataConfig
 from tfsky.data.records import parse_example
@@ -88,12 +89,15 @@ def segmentation_dataset(
     dtype = tf.as_dtype(manifest["dtype"])
     if split == "train" and _decoded_bytes(manifest, dtype) <= MEMORY_CACHE_BYTES:
         memory = _MemoryImages.load(cfg, manifest, dtype)
-        count = memory.count * cfg.patches_per_image
-        batches = tf.data.Dataset.range(count).shuffle(count, seed=seed).batch(batch_size, drop_remainder=True)
+        picks = tf.repeat(tf.range(memory.count, dtype=tf.int64), crop_counts(cfg, _written(manifest, "train")))
+        count = int(picks.shape[0])
+        batches = (
+            tf.data.Dataset.from_tensor_slices(picks).shuffle(count, seed=seed).batch(batch_size, drop_remainder=True)
+        )
 
         def finish(picks: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             crop_seed, aug_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            patches = memory.random_patches(picks // cfg.patches_per_image, crop_seed)
+            patches = memory.random_patches(picks, crop_seed)
             return _finish(*patches, aug_seed, cfg, augment, classes)
 
     else:
@@ -128,6 +132,35 @@ def _grid_batches(
     return corners.map(lambda *corner: _cut_patch(*corner, cfg)).batch(batch_size)
 
 
+def crop_counts(cfg: DataConfig, entries: list[dict]) -> list[int]:
+    """Random crops per epoch of each training image (manifest entries, in shard order).
+
+    The epoch keeps ``patches_per_image`` crops per image in total; each source
+    gets a share proportional to its ``weight`` (split evenly over its images),
+    and an image whose mask has no sky pixel counts ``no_sky_weight`` times. Counts
+    are rounded by largest remainder, so they add up exactly and equal weights
+    give every image exactly ``patches_per_image``.
+    """
+    source_weight = {source.name: source.weight for source in cfg.sources}
+    per_source: dict[str, float] = {}
+    for entry in entries:
+        per_source[entry["source"]] = per_source.get(entry["source"], 0.0) + _sky_weight(cfg, entry)
+    shares = [
+        source_weight.get(e["source"], 1.0) * _sky_weight(cfg, e) / per_source[e["source"]] for e in entries
+    ]
+    total = len(entries) * cfg.patches_per_image
+    exact = [total * share / sum(shares) for share in shares]
+    counts = [math.floor(value) for value in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])
+    for index in by_remainder[: total - sum(counts)]:
+        counts[index] += 1
+    return counts
+
+
+def _sky_weight(cfg: DataConfig, entry: dict) -> float:
+    return cfg.no_sky_weight if entry["sky_fraction"] == 0 else 1.0
+
+
 def evenly_spaced(items: Sequence[T], count: int) -> list[T]:
     """``count`` items spread over the whole sequence, in order (all of them if it has no more).
 
@@ -143,12 +176,17 @@ def _streamed_batches(
     cfg: DataConfig, manifest: dict, dtype: tf.DType, batch_size: int, seed: Optional[int]
 ) -> tf.data.Dataset:
     """Cache-dtype training ``(image, mask)`` patch batches cut from images read from the shards this epoch."""
+    written = _written(manifest, "train")
+    counts = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer([e["id"] for e in written], crop_counts(cfg, written), tf.string, tf.int32),
+        default_value=0,
+    )
     images = _streamed_images(cfg, manifest, dtype, seed)
     crop_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     patches = tf.data.Dataset.zip(images, crop_seeds).flat_map(  # cut before the shuffle: it holds patches, not images
-        lambda pair, crop_seed: _corners(*pair, *_random_origins(pair[0], cfg, crop_seed)).map(
-            lambda *corner: _cut_patch(*corner, cfg)
-        )
+        lambda item, crop_seed: _corners(
+            item[0], item[1], *_random_origins(item[0], cfg, counts.lookup(item[2]), crop_seed)
+        ).map(lambda *corner: _cut_patch(*corner, cfg))
     )
     return patches.shuffle(cfg.shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
 
@@ -157,7 +195,7 @@ def steps_per_epoch(cfg: DataConfig, split: Split, batch_size: int) -> int:
     """Batches in one epoch of `segmentation_dataset` (train: full batches only; val: the last may be partial)."""
     manifest = read_manifest(cfg.cache)
     if split == "train":
-        return len(_written(manifest, split)) * cfg.patches_per_image // batch_size
+        return sum(crop_counts(cfg, _written(manifest, split))) // batch_size
     return math.ceil(_grid_patch_count(cfg, manifest) / batch_size)
 
 
@@ -254,7 +292,7 @@ def _list_item(handle: tf.Tensor, index: tf.Tensor, dtype: tf.DType) -> tf.Tenso
 
 
 def _streamed_images(cfg: DataConfig, manifest: dict, dtype: tf.DType, seed: Optional[int]) -> tf.data.Dataset:
-    """Decoded, padded training ``(image, mask)``: shard order and images shuffled, image buffer bounded in bytes."""
+    """Decoded, padded training ``(image, mask, id)``: shard order and images shuffled, image buffer bounded in bytes."""
     files = shard_paths(cfg.cache, manifest, "train")
     written = _written(manifest, "train")
     buffer = max(1, min(len(written), IMAGE_SHUFFLE_BYTES // max(_item_bytes(e, dtype) for e in written)))
@@ -267,15 +305,24 @@ def _streamed_images(cfg: DataConfig, manifest: dict, dtype: tf.DType, seed: Opt
             num_parallel_calls=AUTOTUNE,
         )
         .shuffle(buffer, seed=seed)
-        .map(lambda record: _image_and_mask(record, dtype, cfg), num_parallel_calls=AUTOTUNE)
+        .map(
+            lambda record: _padded_item(record, dtype, cfg),
+            num_parallel_calls=AUTOTUNE,
+        )
     )
 
 
 def _image_and_mask(record: tf.Tensor, dtype: tf.DType, cfg: DataConfig) -> tuple[tf.Tensor, tf.Tensor]:
     """Decode a record and reflect-pad it to at least one patch in each direction."""
+    image, mask, _ = _padded_item(record, dtype, cfg)
+    return image, mask
+
+
+def _padded_item(record: tf.Tensor, dtype: tf.DType, cfg: DataConfig) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``(image, mask, id)`` of a record, image and mask reflect-padded to at least one patch."""
     example = parse_example(record, dtype)
     image = tf.ensure_shape(example["image"], [None, None, cfg.channels])
-    return _pad_to(image, cfg.patch_size), _pad_to(example["mask"], cfg.patch_size)
+    return _pad_to(image, cfg.patch_size), _pad_to(example["mask"], cfg.patch_size), example["id"]
 
 
 def _pad_to(tensor: tf.Tensor, size: int) -> tf.Tensor:
@@ -290,11 +337,13 @@ def _pad_to(tensor: tf.Tensor, size: int) -> tf.Tensor:
     return tensor
 
 
-def _random_origins(image: tf.Tensor, cfg: DataConfig, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """``patches_per_image`` uniform random top-left corners of patches inside the image."""
+def _random_origins(
+    image: tf.Tensor, cfg: DataConfig, count: tf.Tensor, seed: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """``count`` uniform random top-left corners of patches inside the image."""
     span = tf.shape(image)[:2] - cfg.patch_size + 1
     seeds = tf.random.experimental.stateless_split(seed, 2)
-    shape = [cfg.patches_per_image]
+    shape = [count]
     rows = tf.random.stateless_uniform(shape, seeds[0], 0, span[0], dtype=tf.int32)
     cols = tf.random.stateless_uniform(shape, seeds[1], 0, span[1], dtype=tf.int32)
     return rows, cols
@@ -330,10 +379,12 @@ def _finish(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, cfg: DataConfig,
     if augment and cfg.preprocess.mode == "log":
         image = photometric(tf.cast(image, tf.float32), photometric_seed, cfg.augment)
     image = cfg.preprocess.apply(image)
+    if augment and cfg.preprocess.mode == "ldr" and (cfg.augment.brightness or cfg.augment.white_balance):
+        image = color_jitter(image, photometric_seed, cfg.augment)
     if augment:  # the mask is warped as its uint8 class ids
         size = cfg.patch_size
         transforms = random_affine(geometric_seed, tf.shape(image)[0], size, size, cfg.augment)
-        image, mask = apply_affine(image, mask, transforms, cfg.augment.fill)
+        image, mask = apply_affine(image, mask, transforms, cfg.augment.fill, cfg.augment.mask_fill)
     mask = tf.cast(mask, tf.float32)
     if classes > 1:
         mask = tf.one_hot(tf.cast(mask[..., 0], tf.int32), classes)

@@ -1,0 +1,96 @@
+"""Leave-one-source-out check of a segmenter recipe: train without a source, evaluate on it.
+
+For every source named with ``--leave-out``, the recipe's ``data.sources`` lose
+that source, the run is named ``<recipe>-without-<source>`` (its own cache),
+and the best model is evaluated on the left-out source's full-resolution
+images with `tfsky.evaluate.segmenter` (dataset-level and mean-per-image IoU,
+MCR, boundary F1, both naive baselines fitted on those images — their best
+case). Results: ``scripts/results/loso.json`` (merged per source) and the
+table printed for the README.
+
+    python scripts/loso.py -c configs/sky_ldr_cpu.yaml --leave-out sky_cityscapes [--stage train|evaluate|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "loso.json"
+
+
+def fold_config(recipe, held_out: str):
+    """The recipe without ``held_out`` (its own name and cache), and the left-out source."""
+    by_name = {source.name: source for source in recipe.data.sources}
+    if held_out not in by_name:
+        raise SystemExit(f"--leave-out {held_out}: not a source of the recipe ({', '.join(by_name)})")
+    name = f"{recipe.name}-without-{held_out}"
+    data = dataclasses.replace(
+        recipe.data,
+        sources=[source for source in recipe.data.sources if source.name != held_out],
+        cache=Path(recipe.data.cache).parent / name,
+    )
+    return dataclasses.replace(recipe, name=name, data=data), by_name[held_out]
+
+
+def newest_best(cfg) -> Path:
+    runs = sorted((Path(cfg.train.runs_root) / cfg.name).glob("*/best.keras"))
+    if not runs:
+        raise SystemExit(f"no trained run of {cfg.name} under {cfg.train.runs_root}; run --stage train first")
+    return runs[-1]
+
+
+def evaluate_fold(cfg, source) -> dict:
+    from tfsky.evaluate.segmenter import evaluate_segmenter
+    from tfsky.models.bundle import load_info
+
+    model = newest_best(cfg)
+    data = source.images if source.kind == "camera_folder" else Path(source.images).parent
+    report = evaluate_segmenter(model, data, out_dir=model.parent / f"eval-{source.name}")
+    summary = report.to_json()
+    return {
+        "model": str(model),
+        "threshold": load_info(model).threshold,
+        "images": len(report.images),
+        "skipped": len(report.skipped),
+        "overall": summary["overall"],
+
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("--leave-out", action="append", required=True, help="source name (repeatable)")
+    parser.add_argument("--stage", choices=("train", "evaluate", "all"), default="all")
+    parser.add_argument("--threads", type=int, default=0, help="TF intra-op threads per run (0 = all cores)")
+    parser.add_argument("--set", action="append", default=[], help="recipe override key=value")
+    args = parser.parse_args()
+
+    import tfsky  # noqa: F401 - Keras 2 mode, set before TensorFlow is imported
+    import tensorflow as tf
+    from tfsky.config import load_config
+    from tfsky.train.config import SegmenterConfig
+    from tfsky.train.segmenter import train_segmenter
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    recipe = load_config(SegmenterConfig, args.config, args.set)
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for held_out in args.leave_out:
+        cfg, source = fold_config(recipe, held_out)
+        if args.stage in ("train", "all"):
+            train_segmenter(cfg)
+        if args.stage in ("evaluate", "all"):
+            results[held_out] = {**evaluate_fold(cfg, source), "load_average": os.getloadavg()}
+            RESULTS.parent.mkdir(exist_ok=True)
+            RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+            print(json.dumps(results[held_out]["overall"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

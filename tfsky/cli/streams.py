@@ -77,6 +77,31 @@ def pairs(
     console.print(f"{cfg.source} -> {cfg.target}: {len(pair_set.pairs)} pairs written to {target}", highlight=False)
 
 
+@app.command()
+def review(
+    manifests: Annotated[Optional[Path], typer.Option(
+        help="A stream.json or a folder of manifests (default: streams.manifests).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8765,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Review streams in a browser: accept/reject frames, fix labels, mark a camera move (Ctrl-C stops)."""
+    from tfsky.config import load_config
+    from tfsky.data.streams import StreamsConfig
+    from tfsky.review.app import review_server
+
+    folder = manifests or load_config(StreamsConfig, config, overrides, section="streams").manifests
+    server = review_server(folder, host, port)
+    typer.echo(f"reviewing {folder} at http://{host}:{server.server_port}/  (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def _load_segmenter(path: Optional[Path]):
     if path is None:
         return None

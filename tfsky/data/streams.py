@@ -9,11 +9,16 @@ manifest, ``stream.json``::
       "camera": "623",
       "image_dir": "/data/skyfinder_webcams/623",        # optional: defaults to the manifest's folder
       "mask": "/data/skyfinder_webcams/623-mask.png",    # optional camera sky mask (white = sky)
+      "version": 3,                                      # bumped by every write (edit conflicts)
+      "moved_from": null,                                # reviewer: the camera moved at this frame
       "frames": [
         {"file": "20121024_124151.jpg", "timestamp": "2012-10-24T12:41:51",
-         "condition": "clear", "confidence": null,
-         "usable": true, "reason": "", "detail": ""}
-      ]
+         "condition": "clear", "confidence": null, "label_source": null,
+         "prediction": {"condition": "clear", "probability": 0.93, "model": "weather_mwd/1"},
+         "review": null, "usable": true, "reason": "", "detail": ""}
+      ],
+      "edits": [{"frame": "20121024_124151.jpg", "field": "review",
+                 "previous": {"review": null}, "value": "rejected"}]
     }
 
 Relative ``image_dir`` / ``mask`` paths are resolved against the manifest's
@@ -22,6 +27,14 @@ folder (the image folders may be read-only; images are never touched).
 ``condition`` is ``null`` for an unlabelled frame; a ``null`` confidence
 means the label is taken as certain (1.0). ``reason`` is one of `REASONS`
 for an unusable frame, with the measured value in ``detail``.
+
+Labels have a source: ``label_source`` ``null`` is the imported labels CSV,
+``human`` a reviewer's change and ``model`` the classifier of ``tfsky streams
+label`` (whose output is kept in ``prediction`` either way; a label that is
+not the model's is never overwritten by it). A reviewer's ``review``
+(``accepted`` / ``rejected``) wins over the automatic checks: ``usable`` is
+the verdict, ``reason`` stays what the checks found. ``edits`` is the undo
+stack of `apply_edit`: each entry keeps the values it replaced.
 
 Importers: `import_tree` for a folder tree ``<root>/<camera>/<frames>``
 with one labels CSV for all cameras (the SkyFinder layout) and `load_streams`
@@ -38,10 +51,15 @@ else EXIF DateTimeOriginal, else the file's modification time.
              camera's sky mask when it has sky (city lights below the horizon
              do not make a frame "day"), else over the whole frame;
 ``moved``    the frame's edge map correlates with the stream's median frame's
-             below ``min_edge_correlation`` (only with >= 3 candidate frames),
-             or, with a segmenter, its predicted sky's IoU with the camera mask
-             is below ``min_mask_iou``;
+             below ``min_edge_correlation``, or is shifted against it by more
+             than ``max_offset`` of the frame width (phase correlation of the
+             edge maps; the offset found is in ``detail``) — both only with >= 3
+             candidate frames — or, with a segmenter, its predicted sky's IoU
+             with the camera mask is below ``min_mask_iou``;
 ``low_confidence`` the label's confidence is below ``min_confidence``.
+
+A reviewer's ``moved_from`` frame marks it and every later frame ``moved``
+(unless an earlier check already failed it).
 """
 
 from __future__ import annotations
@@ -52,6 +70,7 @@ import datetime as dt
 import json
 import os
 import re
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Optional, Protocol
@@ -61,13 +80,18 @@ import numpy as np
 from PIL import Image
 
 from tfsky.data.transforms import is_hdr
-from tfsky.errors import ConfigError, InputError
+from tfsky.errors import ConfigError, InputError, TfskyError
 from tfsky.io.atomic import write_json
 from tfsky.io.images import REC709_LUMA, image_size, is_image_file, read_image, read_mask
 
 FORMAT = "tfsky-stream/1"
 MANIFEST_NAME = "stream.json"
 REASONS = ("corrupt", "size", "blank", "saturated", "night", "moved", "low_confidence")
+CONDITIONS = ("clear", "partly_cloudy", "overcast", "rain", "snow", "fog", "sunrise", "night")
+REVIEWS = ("accepted", "rejected")
+LABEL_SOURCES = ("human", "model")  # None: the imported labels CSV
+EDIT_FIELDS = ("review", "condition", "moved_from")
+REVIEWER_MOVED = "marked by a reviewer: the camera moved at "
 _STAMP = re.compile(r"(\d{4})(\d{2})(\d{2})[_\-T]?(\d{2})(\d{2})(\d{2})")
 _EXIF_IFD, _DATETIME_ORIGINAL = 0x8769, 36867
 
@@ -91,6 +115,7 @@ class StreamsConfig:
         blank_std: float. Frames whose luminance std is below this are blank. Defaults to 0.02.
         max_saturated: float. Largest fraction of fully white pixels. Defaults to 0.5.
         min_edge_correlation: float. Smallest edge-map correlation with the median frame. Defaults to 0.45.
+        max_offset: float. Largest shift against the median frame, as a fraction of the width. Defaults to 0.03.
         min_mask_iou: float. Smallest IoU of the segmented sky with the camera mask. Defaults to 0.7.
         min_confidence: float. Labels less confident than this make the frame unusable. Defaults to 0.5.
         analysis_width: int. Frames are downscaled to this width for the checks. Defaults to 320.
@@ -107,12 +132,13 @@ class StreamsConfig:
     blank_std: float = 0.02
     max_saturated: float = 0.5
     min_edge_correlation: float = 0.45
+    max_offset: float = 0.03
     min_mask_iou: float = 0.7
     min_confidence: float = 0.5
     analysis_width: int = 320
 
     def validate(self) -> None:
-        for key in ("night_luminance", "max_saturated", "min_mask_iou", "min_confidence"):
+        for key in ("night_luminance", "max_saturated", "max_offset", "min_mask_iou", "min_confidence"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(key, f"must be in [0, 1]; got {getattr(self, key)}")
         if not -1 <= self.min_edge_correlation <= 1:
@@ -129,6 +155,9 @@ class Frame:
     timestamp: str
     condition: Optional[str] = None
     confidence: Optional[float] = None
+    label_source: Optional[str] = None
+    prediction: Optional[dict] = None
+    review: Optional[str] = None
     usable: bool = True
     reason: str = ""
     detail: str = ""
@@ -137,6 +166,11 @@ class Frame:
     def label_confidence(self) -> float:
         """The confidence, with an unstated one taken as certain."""
         return 1.0 if self.confidence is None else self.confidence
+
+    @property
+    def human_labelled(self) -> bool:
+        """A label from the CSV or a reviewer: the classifier never replaces it."""
+        return self.condition is not None and self.label_source != "model"
 
     @property
     def time(self) -> dt.datetime:
@@ -151,9 +185,19 @@ class Stream:
     image_dir: Path
     frames: list[Frame]
     mask: Optional[Path] = None
+    version: int = 0
+    moved_from: Optional[str] = None
+    edits: list[dict] = dataclasses.field(default_factory=list)
 
     def path(self, frame: Frame) -> Path:
         return self.image_dir / frame.file
+
+    def frame(self, file: str) -> Frame:
+        """The frame named ``file``; `KeyError` when the stream has none."""
+        for frame in self.frames:
+            if frame.file == file:
+                return frame
+        raise KeyError(file)
 
 
 class SkyProbability(Protocol):
@@ -179,13 +223,16 @@ def manifest_path(folder: str | Path, camera: str) -> Path:
 
 
 def write_manifest(stream: Stream, path: str | Path) -> None:
-    """Write ``stream`` as a manifest, atomically, with absolute image and mask paths."""
+    """Write ``stream`` as a manifest, atomically, with absolute image and mask paths and the next version."""
     write_json(path, {
         "format": FORMAT,
         "camera": stream.camera,
         "image_dir": str(stream.image_dir.resolve()),
         "mask": str(stream.mask.resolve()) if stream.mask else None,
+        "version": stream.version + 1,
+        "moved_from": stream.moved_from,
         "frames": [dataclasses.asdict(frame) for frame in stream.frames],
+        "edits": stream.edits,
     })
 
 
@@ -201,6 +248,9 @@ def read_manifest(path: str | Path) -> Stream:
             image_dir=base / data.get("image_dir", "."),
             mask=base / mask if mask else None,
             frames=[_frame_from_json(item) for item in data["frames"]],
+            version=int(data.get("version", 0)),
+            moved_from=data.get("moved_from"),
+            edits=list(data.get("edits", [])),
         )
     except FileNotFoundError:
         raise InputError(path, "stream manifest not found") from None
@@ -341,6 +391,13 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
+def edge_offset(edges: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """``(dx, dy)`` in pixels that best aligns ``edges`` onto ``reference`` (phase correlation, Hann-windowed)."""
+    window = cv2.createHanningWindow(edges.shape[::-1], cv2.CV_32F)
+    (dx, dy), _ = cv2.phaseCorrelate(reference.astype(np.float32), edges.astype(np.float32), window)
+    return float(dx), float(dy)
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two boolean masks (1.0 when both are empty)."""
     union = np.logical_or(a, b).sum()
@@ -359,18 +416,44 @@ def validate_stream(stream: Stream, cfg: StreamsConfig, segmenter: Optional[SkyP
             lumas[len(frames) - 1] = luma
     if len(lumas) >= 3:
         median_edges = edge_map(np.median(np.stack(list(lumas.values())), axis=0))
+        to_frame = checks.size[1] / cfg.analysis_width  # analysis pixels -> frame pixels
         for index, luma in lumas.items():
-            score = correlation(edge_map(luma), median_edges)
-            if score < cfg.min_edge_correlation:
-                frames[index] = _judged(frames[index], "moved", f"edge correlation {score:.2f} with the median frame")
+            edges = edge_map(luma)
+            score = correlation(edges, median_edges)
+            dx, dy = edge_offset(edges, median_edges)
+            shift = float(np.hypot(dx, dy)) / cfg.analysis_width
+            if score < cfg.min_edge_correlation or shift > cfg.max_offset:
+                detail = (f"edge correlation {score:.2f} with the median frame, "
+                          f"offset ({dx * to_frame:+.0f}, {dy * to_frame:+.0f}) px")
+                frames[index] = _judged(frames[index], "moved", detail)
+    frames = mark_moved_from(frames, stream.moved_from)
     for index, frame in enumerate(frames):
-        if frame.usable and frame.condition and frame.label_confidence < cfg.min_confidence:
+        if not frame.reason and frame.condition and frame.label_confidence < cfg.min_confidence:
             frames[index] = _judged(frame, "low_confidence", f"label confidence {frame.label_confidence:.2f}")
     return dataclasses.replace(stream, frames=frames)
 
 
 def _judged(frame: Frame, reason: str, detail: str) -> Frame:
-    return dataclasses.replace(frame, usable=not reason, reason=reason, detail=detail)
+    return dataclasses.replace(frame, usable=verdict(frame.review, reason), reason=reason, detail=detail)
+
+
+def verdict(review: Optional[str], reason: str) -> bool:
+    """Whether a frame is usable: the reviewer's decision when there is one, else the automatic checks'."""
+    return review == "accepted" if review else not reason
+
+
+def mark_moved_from(frames: list[Frame], moved_from: Optional[str]) -> list[Frame]:
+    """``frames`` with the reviewer's camera-moved mark applied from the frame ``moved_from`` on (by time).
+
+    Frames an automatic check failed keep that reason; the marks of an earlier
+    ``moved_from`` are cleared first, so moving or removing the mark is exact.
+    """
+    frames = [_judged(f, "", "") if f.detail.startswith(REVIEWER_MOVED) else f for f in frames]
+    if moved_from is None:
+        return frames
+    start = next(f.time for f in frames if f.file == moved_from)
+    mark = REVIEWER_MOVED + moved_from
+    return [_judged(f, "moved", mark) if not f.reason and f.time >= start else f for f in frames]
 
 
 def _reference_size(stream: Stream) -> Optional[tuple[int, int]]:
@@ -426,6 +509,98 @@ class _FrameChecks:
             where = "sky" if sky is not None else "frame"
             return "night", f"mean {where} luminance {level:.2f}"
         return "", ""
+
+
+# --- review edits -------------------------------------------------------------------------------
+
+
+class StaleVersion(TfskyError):
+    """An edit was made against an older version of a manifest than the one on disk."""
+
+    def __init__(self, path: Path, expected: int, found: int):
+        self.path, self.expected, self.found = path, expected, found
+        super().__init__(f"{path}: the stream changed since you loaded it (your version {expected}, now {found}); "
+                         "reload to see the other changes, then redo yours")
+
+
+class EditError(TfskyError):
+    """An edit that names an unknown frame or field, or a value the field cannot take."""
+
+
+def apply_edit(stream: Stream, frame_file: Optional[str], field: str, value) -> Stream:
+    """A copy of ``stream`` with one reviewer edit applied and pushed on its undo stack.
+
+    Fields: ``review`` (``accepted`` / ``rejected`` / None) and ``condition`` (a
+    label; it becomes a human label, certain) of frame ``frame_file``;
+    ``moved_from`` (a frame file or None) of the stream, ``frame_file`` unused.
+    """
+    if field not in EDIT_FIELDS:
+        raise EditError(f"unknown field {field!r} (fields: {', '.join(EDIT_FIELDS)})")
+    if field == "moved_from":
+        if value is not None:
+            _known_frame(stream, value)
+        edit = {"frame": None, "field": field, "previous": {"moved_from": stream.moved_from}, "value": value}
+        return _with_frames(stream, stream.frames, moved_from=value, edits=[*stream.edits, edit])
+    frame = _known_frame(stream, frame_file)
+    if field == "review":
+        if value is not None and value not in REVIEWS:
+            raise EditError(f"review must be one of {', '.join(REVIEWS)} or null; got {value!r}")
+        changes = {"review": value}
+    else:
+        if not isinstance(value, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", value):
+            raise EditError(f"condition must be a lower-case name such as {CONDITIONS[0]!r}; got {value!r}")
+        changes = {"condition": value, "confidence": None, "label_source": "human"}
+    edit = {"frame": frame.file, "field": field, "previous": {k: getattr(frame, k) for k in changes}, "value": value}
+    return _with_frames(stream, _replace_frame(stream.frames, frame.file, changes), edits=[*stream.edits, edit])
+
+
+def undo_edit(stream: Stream) -> Stream:
+    """A copy of ``stream`` with its last edit reverted (the previous values restored) and popped."""
+    if not stream.edits:
+        raise EditError("nothing to undo")
+    edit = stream.edits[-1]
+    if edit["field"] == "moved_from":
+        return _with_frames(stream, stream.frames, moved_from=edit["previous"]["moved_from"], edits=stream.edits[:-1])
+    return _with_frames(stream, _replace_frame(stream.frames, edit["frame"], edit["previous"]), edits=stream.edits[:-1])
+
+
+def _known_frame(stream: Stream, file) -> Frame:
+    try:
+        return stream.frame(file)
+    except KeyError:
+        raise EditError(f"stream {stream.camera} has no frame {file!r}") from None
+
+
+def _replace_frame(frames: list[Frame], file: str, changes: dict) -> list[Frame]:
+    return [dataclasses.replace(f, **changes) if f.file == file else f for f in frames]
+
+
+def _with_frames(stream: Stream, frames: list[Frame], **changes) -> Stream:
+    """``stream`` with new frames and fields, the reviewer's verdicts and moved marks recomputed."""
+    moved_from = changes.get("moved_from", stream.moved_from)
+    frames = mark_moved_from([_judged(f, f.reason, f.detail) for f in frames], moved_from)
+    return dataclasses.replace(stream, frames=frames, **changes)
+
+
+_MANIFEST_LOCK = threading.Lock()
+
+
+def update_manifest(path: str | Path, expected_version: int, change) -> Stream:
+    """Read the manifest, check its version, apply ``change(stream) -> stream`` and write it back atomically.
+
+    One lock serialises every update in this process (the review server's
+    threads), so two browser tabs never interleave a read and a write; the
+    version check turns an edit made on a stale page into `StaleVersion`
+    instead of silently dropping the other tab's change.
+    """
+    path = Path(path)
+    with _MANIFEST_LOCK:
+        stream = read_manifest(path)
+        if stream.version != expected_version:
+            raise StaleVersion(path, expected_version, stream.version)
+        changed = change(stream)
+        write_manifest(changed, path)
+    return dataclasses.replace(changed, version=changed.version + 1)
 
 
 # --- the command-level API ----------------------------------------------------------------------

@@ -1,0 +1,248 @@
+"""The stream review web app: its JSON API (edits, undo, conflicts, bad requests) and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tfsky.data.streams import StreamsConfig, read_manifest, validate_stream, validate_streams
+from tfsky.review.app import create_app, review_server
+from tfsky.review.thumbnails import THUMB_WIDTH, thumbnail_path
+
+from test_streams import scene, write_jpeg
+
+FRAMES = [f"20200101_{hour:02d}0000.jpg" for hour in range(8, 16)]
+
+
+@pytest.fixture
+def manifests(tmp_path) -> Path:
+    """One validated stream ``cam`` of 8 daylight frames (300 x 400), its manifest in ``<tmp>/m/cam``."""
+    for index, name in enumerate(FRAMES):
+        write_jpeg(tmp_path / "frames" / "cam" / name, np.clip(scene(5, (300, 400)).astype(int) + index, 0, 255)
+                   .astype(np.uint8))
+    validate_streams(StreamsConfig(root=tmp_path / "frames"), out=tmp_path / "m")
+    return tmp_path / "m"
+
+
+@pytest.fixture
+def client(manifests):
+    return create_app(manifests, warm=False).test_client()
+
+
+def post(client, path, body):
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return client.post(path, data=data, content_type="application/json")
+
+
+def manifest_file(manifests: Path) -> Path:
+    return manifests / "cam" / "stream.json"
+
+
+def test_stream_json_lists_frames_flags_and_what_is_left(client):
+    stream = client.get("/api/streams/cam").get_json()
+    assert [f["file"] for f in stream["frames"]] == FRAMES
+    assert stream["left"] == 8 and stream["version"] == 1 and stream["undo"] == 0
+    assert "clear" in stream["conditions"]
+    assert client.get("/api/streams").get_json() == [{"id": "cam", "camera": "cam", "frames": 8, "left": 8,
+                                                      "version": 1}]
+
+
+def test_edits_are_written_to_the_manifest_with_the_previous_value_and_undo_restores_it(client, manifests):
+    reject = post(client, "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[2], "field": "review",
+                                                    "value": "rejected"})
+    assert reject.status_code == 200, reject.get_json()
+    relabel = post(client, "/api/streams/cam/edit", {"version": 2, "frame": FRAMES[3], "field": "condition",
+                                                     "value": "overcast"})
+    assert relabel.get_json()["version"] == 3 and relabel.get_json()["left"] == 7
+    stream = read_manifest(manifest_file(manifests))
+    assert stream.version == 3
+    assert (stream.frames[2].review, stream.frames[2].usable) == ("rejected", False)
+    assert (stream.frames[3].condition, stream.frames[3].label_source) == ("overcast", "human")
+    assert stream.edits[-1] == {"frame": FRAMES[3], "field": "condition", "value": "overcast",
+                                "previous": {"condition": None, "confidence": None, "label_source": None}}
+    undone = post(client, "/api/streams/cam/undo", {"version": 3}).get_json()
+    assert undone["frames"][3]["condition"] is None and undone["undo"] == 1
+    undone = post(client, "/api/streams/cam/undo", {"version": 4}).get_json()
+    assert undone["frames"][2]["review"] is None and undone["frames"][2]["usable"] and undone["left"] == 8
+    assert read_manifest(manifest_file(manifests)).edits == []
+    assert not list((manifests / "cam").glob(".stream.*"))  # no temp left behind
+
+
+def test_camera_moved_from_a_frame_marks_it_and_every_later_frame(client, manifests):
+    marked = post(client, "/api/streams/cam/edit", {"version": 1, "frame": None, "field": "moved_from",
+                                                    "value": FRAMES[5]}).get_json()
+    assert [f["reason"] for f in marked["frames"]] == [""] * 5 + ["moved"] * 3
+    assert not any(f["usable"] for f in marked["frames"][5:])
+    stream = validate_stream(read_manifest(manifest_file(manifests)), StreamsConfig())  # survives re-validation
+    assert [f.reason for f in stream.frames] == [""] * 5 + ["moved"] * 3
+    cleared = post(client, "/api/streams/cam/edit", {"version": 2, "frame": None, "field": "moved_from",
+                                                     "value": None}).get_json()
+    assert all(f["usable"] and not f["reason"] for f in cleared["frames"])
+
+
+def test_a_stale_version_is_a_409_and_keeps_the_other_tabs_change(client, manifests):
+    first = post(client, "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[0], "field": "review",
+                                                   "value": "accepted"})
+    assert first.status_code == 200
+    before = manifest_file(manifests).read_bytes()
+    second = post(client, "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[1], "field": "review",
+                                                    "value": "rejected"})
+    assert second.status_code == 409
+    assert "changed since you loaded it (your version 1, now 2); reload" in second.get_json()["error"]
+    assert manifest_file(manifests).read_bytes() == before
+    assert read_manifest(manifest_file(manifests)).frames[0].review == "accepted"
+
+
+BAD_REQUESTS = [
+    ("post", "/api/streams/nope/edit", {"version": 1, "frame": FRAMES[0], "field": "review", "value": "accepted"},
+     404, "unknown stream 'nope'"),
+    ("post", "/api/streams/cam/edit", {"version": 1, "frame": "../../etc/passwd", "field": "review",
+                                       "value": "rejected"}, 400, "is not a plain file name"),
+    ("post", "/api/streams/cam/edit", {"version": 1, "frame": None, "field": "moved_from", "value": "../x.jpg"},
+     400, "is not a plain file name"),
+    ("post", "/api/streams/cam/edit", "{not json", 400, "must be a JSON object"),
+    ("post", "/api/streams/cam/edit", [1, 2], 400, "must be a JSON object"),
+    ("post", "/api/streams/cam/edit", {"frame": FRAMES[0], "field": "review", "value": "accepted"}, 400,
+     "integer 'version'"),
+    ("post", "/api/streams/cam/edit", {"version": 1, "frame": "missing.jpg", "field": "review", "value": "accepted"},
+     400, "has no frame 'missing.jpg'"),
+    ("post", "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[0], "field": "usable", "value": True}, 400,
+     "unknown field 'usable'"),
+    ("post", "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[0], "field": "review", "value": "maybe"}, 400,
+     "review must be one of accepted, rejected"),
+    ("post", "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[0], "field": "condition", "value": "<b>"},
+     400, "condition must be a lower-case name"),
+    ("post", "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[0], "field": "review"}, 400, "needs a 'value'"),
+    ("post", "/api/streams/cam/undo", {"version": 1}, 400, "nothing to undo"),
+    ("get", "/thumbs/cam/..%2F..%2Fstream.json", None, 400, "is not a plain file name"),
+    ("get", "/frames/cam/missing.jpg", None, 404, "has no frame 'missing.jpg'"),
+    ("get", "/api/streams/nope", None, 404, "unknown stream 'nope' (streams: cam)"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, status, message", BAD_REQUESTS,
+                         ids=[f"{b[0]} {b[1]} {b[4]}" for b in BAD_REQUESTS])
+def test_bad_requests_are_a_clear_4xx_and_leave_the_manifest_untouched(client, manifests, method, path, body,
+                                                                      status, message):
+    before = manifest_file(manifests).read_bytes()
+    response = post(client, path, body) if method == "post" else client.get(path)
+    assert response.status_code == status
+    assert message in response.get_json()["error"]
+    assert manifest_file(manifests).read_bytes() == before
+
+
+def test_thumbnails_are_made_once_small_and_cached_beside_the_manifest(client, manifests):
+    response = client.get(f"/thumbs/cam/{FRAMES[0]}")
+    assert response.status_code == 200 and response.mimetype == "image/jpeg"
+    cached = thumbnail_path(manifest_file(manifests), FRAMES[0])
+    with Image.open(cached) as im:
+        assert im.width == THUMB_WIDTH and im.height == round(300 * THUMB_WIDTH / 400)
+    made = cached.stat().st_mtime_ns
+    time.sleep(0.01)
+    assert client.get(f"/thumbs/cam/{FRAMES[0]}").data == cached.read_bytes()
+    assert cached.stat().st_mtime_ns == made
+
+
+# --- the page in a real browser -----------------------------------------------------------------
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,900")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Debian Chromium driven by Selenium through the system chromedriver."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("headless browser test needs Debian's chromium and chromium-driver (apt-get install chromium "
+                    "chromium-driver); not found on PATH")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    yield chrome
+    chrome.quit()
+
+
+@pytest.fixture
+def server_url(manifests):
+    server = review_server(manifests, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def wait_for(condition, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the page")
+
+
+def test_page_rejects_with_a_key_changes_a_label_and_both_survive_a_reload(browser, server_url, manifests, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(f"{server_url}/stream/cam")
+    wait_for(lambda: browser.execute_script("return window.tfskyPainted"))
+    assert browser.find_element(By.ID, "left").text == "8 of 8 left to review"
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.ARROW_RIGHT)  # select the second frame
+    body.send_keys("r")  # reject it (the selection moves on to the third)
+    wait_for(lambda: browser.find_element(By.ID, "left").text == "7 of 8 left to review")
+    Select(browser.find_element(By.ID, "label")).select_by_value("overcast")  # relabel the third frame
+    wait_for(lambda: read_manifest(manifest_file(manifests)).frames[2].condition == "overcast")
+
+    browser.refresh()
+    wait_for(lambda: browser.execute_script("return window.tfskyPainted"))
+    cards = browser.find_elements(By.CSS_SELECTOR, ".card")
+    assert "rejected" in cards[1].get_attribute("class")
+    assert cards[2].find_element(By.CSS_SELECTOR, ".label").text == "overcast"
+    stream = read_manifest(manifest_file(manifests))
+    assert (stream.frames[1].review, stream.frames[2].condition, stream.frames[2].label_source) == (
+        "rejected", "overcast", "human")
+    assert browser.find_element(By.ID, "message").get_attribute("hidden")  # no error shown
+
+    wait_for(lambda: all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+                         for img in browser.find_elements(By.CSS_SELECTOR, ".card img")))
+    shot = tmp_path / "review.png"
+    assert browser.save_screenshot(str(shot))
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
+    assert pixels.std() > 20  # thumbnails, badges and text, not a blank page
+    assert len(np.unique(pixels.reshape(-1, 3)[::50], axis=0)) > 200
+
+
+def test_a_second_tab_is_told_its_page_is_stale(browser, server_url, manifests):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server_url}/stream/cam")
+    wait_for(lambda: browser.execute_script("return window.tfskyPainted"))
+    first = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(f"{server_url}/stream/cam")
+    wait_for(lambda: browser.execute_script("return window.tfskyPainted"))
+    browser.find_element(By.TAG_NAME, "body").send_keys("a")  # tab 2 accepts frame 1
+    wait_for(lambda: read_manifest(manifest_file(manifests)).frames[0].review == "accepted")
+    browser.switch_to.window(first)
+    browser.find_element(By.TAG_NAME, "body").send_keys("r")  # tab 1, stale, tries to reject it
+    message = wait_for(lambda: browser.find_element(By.ID, "message").text)
+    assert message.startswith("Not saved:") and "the stream changed since you loaded it" in message
+    assert read_manifest(manifest_file(manifests)).frames[0].review == "accepted"

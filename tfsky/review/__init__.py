@@ -1,0 +1,1 @@
+"""The stream review web page: a local Flask app over the stream manifests (``tfsky streams review``)."""

@@ -1,0 +1,184 @@
+"""The review web app: thumbnails, flags and labels of each stream; edits written back to its manifest.
+
+Routes (JSON in and out under ``/api``; every error is ``{"error": "..."}``
+with a 4xx status and leaves the manifest as it was)::
+
+    GET  /                              the page (a stream list; ``/stream/<id>`` opens one)
+    GET  /api/streams                   [{id, camera, frames, left, version}]
+    GET  /api/streams/<id>              the stream: version, moved_from, frames, conditions, left
+    POST /api/streams/<id>/edit         {"version", "frame", "field", "value"} -> the stream
+    POST /api/streams/<id>/undo         {"version"} -> the stream
+    GET  /thumbs/<id>/<frame>           the frame's cached thumbnail (JPEG)
+    GET  /frames/<id>/<frame>           the frame itself
+
+A stream's id is its manifest's folder name (the camera, for manifests tfsky
+writes). Every edit carries the version the page loaded; an edit against an
+older version is refused with 409 (`StaleVersion`), so two tabs never
+overwrite each other's changes. Frame names are looked up in the manifest:
+a name that is not one of its frames is 404, one with a path in it 400.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+from flask import Flask, jsonify, request, send_file, send_from_directory
+
+from tfsky.data.streams import (CONDITIONS, EditError, StaleVersion, Stream, apply_edit, manifest_files,
+                                read_manifest, undo_edit, update_manifest)
+from tfsky.errors import TfskyError
+from tfsky.review.thumbnails import ensure_thumbnail, warm_thumbnails
+
+STATIC = Path(__file__).parent / "static"
+
+
+class ApiError(Exception):
+    """A bad request: answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def stream_ids(manifests: Path) -> dict[str, Path]:
+    """``{stream id: manifest path}`` of a manifest file or a folder of them (see `manifest_files`)."""
+    return {path.parent.name: path for path in manifest_files(manifests)}
+
+
+def create_app(manifests: Path, warm: bool = True) -> Flask:
+    """The app over the manifests in ``manifests``; with ``warm``, missing thumbnails are made in the background."""
+    index = stream_ids(Path(manifests))
+    app = Flask(__name__, static_folder=None)
+    app.json.sort_keys = False
+    if warm:
+        streams = [(path, read_manifest(path)) for path in index.values()]
+        warm_thumbnails((path, stream.path(frame)) for path, stream in streams for frame in stream.frames)
+
+    def manifest(stream_id: str) -> Path:
+        if stream_id not in index:
+            raise ApiError(404, f"unknown stream {stream_id!r} (streams: {', '.join(sorted(index))})")
+        return index[stream_id]
+
+    def frame_path(stream_id: str, file: str) -> tuple[Path, Path]:
+        path = manifest(stream_id)
+        stream = read_manifest(path)
+        checked_frame_name(file)
+        try:
+            return path, stream.path(stream.frame(file))
+        except KeyError:
+            raise ApiError(404, f"stream {stream_id!r} has no frame {file!r}") from None
+
+    @app.errorhandler(ApiError)
+    def api_error(err: ApiError):
+        return jsonify(error=err.message), err.status
+
+    @app.errorhandler(TfskyError)
+    def library_error(err: TfskyError):  # the most specific class wins: a stale version, a bad edit, a bad file
+        status = 409 if isinstance(err, StaleVersion) else 400 if isinstance(err, EditError) else 422
+        return jsonify(error=str(err)), status
+
+    @app.get("/")
+    @app.get("/stream/<stream_id>")
+    def page(stream_id: Optional[str] = None):
+        return send_from_directory(STATIC, "review.html")
+
+    @app.get("/static/<name>")
+    def static_file(name: str):
+        return send_from_directory(STATIC, name)
+
+    @app.get("/api/streams")
+    def list_streams():
+        rows = []
+        for stream_id, path in index.items():
+            stream = read_manifest(path)
+            rows.append({"id": stream_id, "camera": stream.camera, "frames": len(stream.frames),
+                         "left": left_to_review(stream), "version": stream.version})
+        return jsonify(rows)
+
+    @app.get("/api/streams/<stream_id>")
+    def get_stream(stream_id: str):
+        return jsonify(stream_json(stream_id, read_manifest(manifest(stream_id))))
+
+    @app.post("/api/streams/<stream_id>/edit")
+    def edit(stream_id: str):
+        path = manifest(stream_id)
+        body = json_body()
+        frame, field = body.get("frame"), body.get("field")
+        if field != "moved_from":
+            checked_frame_name(frame)
+        if "value" not in body:
+            raise ApiError(400, "the request needs a 'value' (null clears a review or the moved mark)")
+        value = body["value"]
+        if field == "moved_from" and value is not None:
+            checked_frame_name(value)
+        stream = update_manifest(path, body["version"], lambda s: apply_edit(s, frame, field, value))
+        return jsonify(stream_json(stream_id, stream))
+
+    @app.post("/api/streams/<stream_id>/undo")
+    def undo(stream_id: str):
+        path = manifest(stream_id)
+        return jsonify(stream_json(stream_id, update_manifest(path, json_body()["version"], undo_edit)))
+
+    @app.get("/thumbs/<stream_id>/<path:file>")
+    def thumb(stream_id: str, file: str):
+        path, frame = frame_path(stream_id, file)
+        thumbnail = ensure_thumbnail(path, frame)
+        if thumbnail is None:
+            raise ApiError(404, f"frame {file!r} cannot be read")
+        return send_file(thumbnail, mimetype="image/jpeg", max_age=3600)
+
+    @app.get("/frames/<stream_id>/<path:file>")
+    def full_frame(stream_id: str, file: str):
+        _, frame = frame_path(stream_id, file)
+        if not frame.is_file():
+            raise ApiError(404, f"frame {file!r} not found at {frame}")
+        return send_file(frame)
+
+    return app
+
+
+def review_server(manifests: Path, host: str = "127.0.0.1", port: int = 0, warm: bool = True):
+    """A threaded WSGI server for the app (``port`` 0 picks a free one: ``server.server_port``)."""
+    from werkzeug.serving import make_server
+
+    return make_server(host, port, create_app(manifests, warm), threaded=True)
+
+
+def checked_frame_name(name) -> str:
+    """``name`` when it is a plain file name; a path (``../x``, ``a/b``) or a non-string is a 400."""
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, f"'frame' must be a frame file name; got {name!r}")
+    if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise ApiError(400, f"frame name {name!r} is not a plain file name")
+    return name
+
+
+def json_body() -> dict:
+    """The request's JSON object with an integer 'version'; anything else is a 400."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    if isinstance(body.get("version"), bool) or not isinstance(body.get("version"), int):
+        raise ApiError(400, "the request needs the integer 'version' of the stream it was made on")
+    return body
+
+
+def left_to_review(stream: Stream) -> int:
+    return sum(frame.review is None for frame in stream.frames)
+
+
+def stream_json(stream_id: str, stream: Stream) -> dict:
+    """What the page draws: the stream's frames with their flags, labels and reviews, and the label choices."""
+    conditions = list(dict.fromkeys([*CONDITIONS, *(f.condition for f in stream.frames if f.condition)]))
+    return {
+        "id": stream_id,
+        "camera": stream.camera,
+        "version": stream.version,
+        "moved_from": stream.moved_from,
+        "conditions": conditions,
+        "left": left_to_review(stream),
+        "undo": len(stream.edits),
+        "frames": [dataclasses.asdict(frame) for frame in stream.frames],
+    }

@@ -1,0 +1,186 @@
+// tfsky stream review: one page, two views (the stream list at "/", one stream at "/stream/<id>").
+// Every change is POSTed with the version the page holds; the server answers with the new stream (or 409
+// when another tab changed it first, which is shown and not retried).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let stream = null;   // the stream as the server last sent it
+let selected = 0;    // index of the selected frame
+let cards = [];      // the frame cards, in frame order
+
+async function api(path, body) {
+  const options = body === undefined ? {} : {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
+  const response = await fetch(path, options);
+  const data = await response.json();
+  if (!response.ok) throw Object.assign(new Error(data.error || response.statusText), {status: response.status});
+  return data;
+}
+
+function showMessage(text, kind) {
+  const box = $("message");
+  box.hidden = !text;
+  box.className = kind || "";
+  box.textContent = text || "";
+}
+
+async function listStreams() {
+  const streams = await api("/api/streams");
+  const rows = streams.map((s) => `<tr><td><a href="/stream/${encodeURIComponent(s.id)}">${escapeHtml(s.id)}</a></td>` +
+    `<td>${escapeHtml(s.camera)}</td><td>${s.frames}</td><td>${s.left}</td></tr>`).join("");
+  $("content").innerHTML = `<table class="streams"><tr><th>stream</th><th>camera</th><th>frames</th>` +
+    `<th>left to review</th></tr>${rows}</table>`;
+  $("title").textContent = `${streams.length} streams`;
+}
+
+async function openStream(id) {
+  stream = await api(`/api/streams/${encodeURIComponent(id)}`);
+  $("title").textContent = `stream ${stream.id} (camera ${stream.camera})`;
+  $("label").innerHTML = stream.conditions.map((c, i) => `<option value="${c}">${i < 9 ? i + 1 + " " : ""}${c}</option>`).join("");
+  $("toolbar").hidden = false;
+  $("keys").hidden = false;
+  const grid = document.createElement("div");
+  grid.className = "grid";
+  grid.id = "grid";
+  cards = stream.frames.map((frame, index) => {
+    const card = document.createElement("div");
+    card.className = "card";
+    card.dataset.file = frame.file;
+    card.innerHTML = `<img loading="lazy" alt="${escapeHtml(frame.file)}" ` +
+      `src="/thumbs/${encodeURIComponent(stream.id)}/${encodeURIComponent(frame.file)}">` +
+      `<div class="badges"></div><div class="meta"><span class="time"></span><span class="label"></span></div>`;
+    card.addEventListener("click", () => select(index));
+    card.addEventListener("dblclick", () => openFrame(index));
+    grid.appendChild(card);
+    return card;
+  });
+  $("content").replaceChildren(grid);
+  refresh();
+  select(0);
+  requestAnimationFrame(() => requestAnimationFrame(() => { window.tfskyPainted = performance.now(); }));
+}
+
+function refresh() {
+  stream.frames.forEach((frame, index) => drawCard(cards[index], frame));
+  $("left").textContent = `${stream.left} of ${stream.frames.length} left to review`;
+  $("undo").disabled = stream.undo === 0;
+  syncToolbar();
+}
+
+function drawCard(card, frame) {
+  const flags = [];
+  if (frame.reason) flags.push([frame.reason, frame.detail]);
+  if (frame.review) flags.push([frame.review, "reviewer"]);
+  if (stream.moved_from === frame.file) flags.push(["moved-from", "the camera moved at this frame"]);
+  card.querySelector(".badges").innerHTML = flags.map(([name, why]) =>
+    `<span class="badge ${name}" title="${escapeHtml(why)}">${name.replace("_", " ")}</span>`).join("");
+  card.classList.toggle("accepted", frame.review === "accepted");
+  card.classList.toggle("rejected", frame.review === "rejected");
+  card.classList.toggle("unusable", !frame.usable);
+  card.querySelector(".time").textContent = frame.timestamp.replace("T", " ");
+  const label = card.querySelector(".label");
+  const source = frame.label_source === "model" ? "model" : "human";
+  label.className = `label ${frame.condition ? source : ""}`;
+  const confidence = frame.confidence === null ? "" : ` ${Math.round(frame.confidence * 100)}%`;
+  label.textContent = frame.condition ? `${frame.condition}${confidence}` : "unlabelled";
+  const predicted = frame.prediction ? `model: ${frame.prediction.condition} ` +
+    `${Math.round(frame.prediction.probability * 100)}% (${frame.prediction.model})` : "no model prediction";
+  label.title = `${frame.condition ? source + " label" : "no label"}; ${predicted}`;
+}
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
+}
+
+function select(index) {
+  if (!cards.length) return;
+  selected = Math.max(0, Math.min(cards.length - 1, index));
+  cards.forEach((card, i) => card.classList.toggle("selected", i === selected));
+  cards[selected].scrollIntoView({block: "nearest"});
+  syncToolbar();
+}
+
+function syncToolbar() {
+  const frame = stream.frames[selected];
+  if (!frame) return;
+  const select = $("label");
+  if (frame.condition && !Array.from(select.options).some((o) => o.value === frame.condition)) {
+    select.add(new Option(frame.condition, frame.condition));
+  }
+  select.value = frame.condition || "";
+  $("moved").textContent = stream.moved_from === frame.file ? "Clear camera-moved mark" : "Camera moved from here";
+}
+
+async function send(path, body) {
+  try {
+    stream = await api(path, {...body, version: stream.version});
+    showMessage("");
+    refresh();
+  } catch (err) {
+    const reload = err.status === 409 ? " — press F5 to reload" : "";
+    showMessage(`Not saved: ${err.message}${reload}`);
+  }
+}
+
+function edit(field, value, advance) {
+  const frame = stream.frames[selected];
+  const done = send(`/api/streams/${encodeURIComponent(stream.id)}/edit`, {frame: frame.file, field, value});
+  if (advance) done.then(() => select(selected + 1));
+  return done;
+}
+
+function toggleReview(value) {
+  const frame = stream.frames[selected];
+  return edit("review", frame.review === value ? null : value, frame.review !== value);
+}
+
+function toggleMoved() {
+  const frame = stream.frames[selected];
+  return edit("moved_from", stream.moved_from === frame.file ? null : frame.file, false);
+}
+
+function undo() {
+  return send(`/api/streams/${encodeURIComponent(stream.id)}/undo`, {});
+}
+
+function openFrame(index) {
+  const frame = stream.frames[index];
+  const dialog = document.createElement("dialog");
+  dialog.innerHTML = `<p>${escapeHtml(frame.file)} — ${frame.reason || "passes the checks"} ${escapeHtml(frame.detail)}</p>` +
+    `<img src="/frames/${encodeURIComponent(stream.id)}/${encodeURIComponent(frame.file)}" alt="${escapeHtml(frame.file)}">` +
+    `<form method="dialog"><button>Close</button></form>`;
+  dialog.addEventListener("close", () => dialog.remove());
+  document.body.appendChild(dialog);
+  dialog.showModal();
+}
+
+function columns() {
+  const top = cards[0].offsetTop;
+  const count = cards.findIndex((card) => card.offsetTop !== top);
+  return count < 1 ? cards.length : count;
+}
+
+document.addEventListener("keydown", (event) => {
+  if (!stream || event.ctrlKey || event.metaKey || event.altKey || event.target.tagName === "SELECT") return;
+  if (document.querySelector("dialog[open]")) return;
+  const key = event.key.toLowerCase();
+  const moves = {arrowright: 1, arrowleft: -1, arrowdown: columns(), arrowup: -columns()};
+  if (key in moves) select(selected + moves[key]);
+  else if (key === "a") toggleReview("accepted");
+  else if (key === "r") toggleReview("rejected");
+  else if (key === "m") toggleMoved();
+  else if (key === "u") undo();
+  else if (key === "enter") openFrame(selected);
+  else if (/^[1-9]$/.test(key) && stream.conditions[Number(key) - 1]) edit("condition", stream.conditions[Number(key) - 1], false);
+  else return;
+  event.preventDefault();
+});
+
+$("accept").addEventListener("click", () => toggleReview("accepted"));
+$("reject").addEventListener("click", () => toggleReview("rejected"));
+$("moved").addEventListener("click", toggleMoved);
+$("undo").addEventListener("click", undo);
+$("label").addEventListener("change", (event) => { edit("condition", event.target.value, false); event.target.blur(); });
+
+const route = location.pathname.match(/^\/stream\/(.+)$/);
+(route ? openStream(decodeURIComponent(route[1])) : listStreams()).catch((err) => showMessage(err.message));

@@ -37,6 +37,7 @@ from tfsky.errors import ConfigError
 
 Window = Literal["constant", "gaussian", "hann", "spline"]
 Tta = Literal["none", "flip2", "flip4"]
+Resolution = Literal["working", "full"]
 WINDOWS: tuple[str, ...] = ("constant", "gaussian", "hann", "spline")
 PredictBatch = Callable[[object], object]  # [B, t, t, C] tiles -> [B, t, t, K] predictions
 
@@ -59,6 +60,11 @@ class TilingConfig:
         tile_batch: int. Tiles per model call. Defaults to 8.
         tta: str. Flip test-time augmentation: ``none``, ``flip2`` (+ horizontal flip) or ``flip4``
             (+ vertical and both). Defaults to ``none``.
+        resolution: str. ``working``: a model trained at a working scale
+            (`tfsky.data.scale`) tiles the image resized to that scale and its
+            probabilities are refined back to full size (`tfsky.predict.refine`);
+            ``full``: tiles of the full-resolution image. Models trained at native
+            resolution always use ``full``. Defaults to ``working``.
     """
 
     tile: Optional[int] = None
@@ -66,6 +72,7 @@ class TilingConfig:
     window: Window = "gaussian"
     tile_batch: int = 8
     tta: Tta = "none"
+    resolution: Resolution = "working"
 
     def validate(self) -> None:
         if self.tile is not None and self.tile < 1:
@@ -76,6 +83,36 @@ class TilingConfig:
             raise ConfigError("overlap", f"{self.overlap} leaves no stride with tile {self.tile}")
         if self.tile_batch < 1:
             raise ConfigError("tile_batch", f"must be >= 1; got {self.tile_batch}")
+
+
+def model_tiling(tiling: Optional[TilingConfig], model_tile: int, multiple: int, model: str) -> TilingConfig:
+    """The tiling a model runs with: ``tile=None`` filled in with ``model_tile``, validated, and the
+    tile checked against the model's size constraint (sides a multiple of ``multiple``).
+
+    Every tiled model (segmenter, translator, the serving signature) starts here, so a bad tile is one
+    `ConfigError` naming ``tiling.<key>`` before any image is read or any file is written.
+
+    Args:
+        tiling: Optional[TilingConfig]. The requested tiling. Defaults to the `TilingConfig` defaults.
+        model_tile: int. The model's training tile, used when ``tiling.tile`` is None.
+        multiple: int. Tile sides must be a multiple of this (2**downsamplings of the network).
+        model: str. How the error names the model, e.g. ``segmenter``.
+    """
+    tiling = tiling or TilingConfig()
+    resolved = dataclasses.replace(tiling, tile=model_tile if tiling.tile is None else tiling.tile)
+    try:
+        resolved.validate()
+    except ConfigError as err:
+        raise ConfigError(f"tiling.{err.key}", err.problem) from None
+    if resolved.tile % multiple:
+        raise ConfigError("tiling.tile", f"must be a multiple of {multiple} for this {model} model; got {resolved.tile}")
+    return resolved
+
+
+def compiled_forward(model, channels: int) -> PredictBatch:
+    """``model`` in inference mode as one ``tf.function`` over float32 [B, H, W, channels] tiles, traced once."""
+    spec = tf.TensorSpec([None, None, None, channels], tf.float32)
+    return tf.function(lambda tiles: model(tiles, training=False), input_signature=[spec])
 
 
 def tile_stride(tile: int, overlap: float) -> int:
@@ -174,41 +211,34 @@ def with_flip_tta(predict_batch: PredictBatch, tta: str | None) -> PredictBatch:
 def sliding_window_inference(
     image: np.ndarray,
     predict_batch: PredictBatch,
+    tiling: TilingConfig,
     *,
-    tile: int,
-    overlap: float = 0.25,
-    window: str = "gaussian",
-    tile_batch: int = 8,
-    tta: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Predict a large [H, W, C] image tile by tile; returns float32 [H, W, K].
 
     Tiles are cut in raster order in the image's own dtype (``predict_batch``
-    normalises them) and sent in full batches of ``tile_batch`` (only the very
-    last batch may be smaller). Memory beyond the input is one float32
+    normalises them) and sent in full batches of ``tiling.tile_batch`` (only the
+    very last batch may be smaller). Memory beyond the input is one float32
     accumulator of the output's size plus one batch.
 
     Args:
         image: np.ndarray. [H, W, C] pixels, any dtype.
         predict_batch: callable. [B, tile, tile, C] tiles -> [B, tile, tile, K] predictions.
-        tile: int. Tile side in pixels.
-        overlap: float. Fraction of the tile shared by neighbours. Defaults to 0.25.
-        window: str. Blend window (see `blend_window`). Defaults to ``gaussian``.
-        tile_batch: int. Tiles per call. Defaults to 8.
-        tta: str. ``None``/``none``, ``flip2`` or ``flip4``. Defaults to None.
+        tiling: TilingConfig. Tile (set, see `model_tiling`), overlap, window, tile batch and TTA.
         progress: callable. Called as ``progress(done_tiles, total_tiles)`` after each batch. Defaults to None.
     """
+    tile, overlap = _tile_of(tiling), tiling.overlap
     height, width = image.shape[:2]
     padded = _reflect_pad(image, tile)
     starts_y, starts_x = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
     origins = [(y, x) for y in starts_y.numpy() for x in starts_x.numpy()]
-    window_1d = blend_window(tile, window)
+    window_1d = blend_window(tile, tiling.window)
     window_2d = np.outer(window_1d, window_1d)[..., None]
-    predict = with_flip_tta(predict_batch, tta)
+    predict = with_flip_tta(predict_batch, tiling.tta)
     total = None
     done = 0
-    for batch_origins, tiles in _tile_batches(padded, origins, tile, tile_batch):
+    for batch_origins, tiles in _tile_batches(padded, origins, tile, tiling.tile_batch):
         preds = np.asarray(predict(tiles), dtype=np.float32)
         if total is None:
             total = np.zeros(padded.shape[:2] + preds.shape[-1:], np.float32)
@@ -222,6 +252,12 @@ def sliding_window_inference(
     if total.shape[:2] != (height, width):
         total = np.ascontiguousarray(total[:height, :width])
     return total
+
+
+def _tile_of(tiling: TilingConfig) -> int:
+    if tiling.tile is None:  # a caller bug: `model_tiling` fills it in
+        raise ValueError("tiling.tile is None; resolve it with model_tiling() first")
+    return tiling.tile
 
 
 def _reflect_pad(image: np.ndarray, tile: int) -> np.ndarray:
@@ -247,24 +283,16 @@ def _divide_by_weights(total: np.ndarray, weights_y: np.ndarray, weights_x: np.n
         total[row : row + band] /= (weights_y[row : row + band, None] * weights_x[None, :])[..., None]
 
 
-def sliding_window_graph(
-    image: tf.Tensor,
-    predict_batch: PredictBatch,
-    *,
-    tile: int,
-    overlap: float = 0.25,
-    window: str = "gaussian",
-    tile_batch: int = 8,
-    tta: str | None = None,
-) -> tf.Tensor:
+def sliding_window_graph(image: tf.Tensor, predict_batch: PredictBatch, tiling: TilingConfig) -> tf.Tensor:
     """The same tiled prediction in TensorFlow ops only: [H, W, C] -> float32 [H, W, K].
 
     Usable inside a ``tf.function`` whose input has unknown height and width
     (the serving signature). Tiles are gathered straight from the image with
-    reflected indices (no padded copy), predicted ``tile_batch`` at a time in a
-    ``tf.while_loop`` and scattered into one accumulator. Matches
+    reflected indices (no padded copy), predicted ``tiling.tile_batch`` at a
+    time in a ``tf.while_loop`` and scattered into one accumulator. Matches
     `sliding_window_inference` to float32 rounding.
     """
+    tile, overlap, tile_batch = _tile_of(tiling), tiling.overlap, tiling.tile_batch
     image = tf.convert_to_tensor(image)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     starts_y = tile_starts(height, tile, overlap)
@@ -275,9 +303,9 @@ def sliding_window_graph(
     grid_y, grid_x = tf.meshgrid(starts_y, starts_x, indexing="ij")
     origins = tf.stack([tf.reshape(grid_y, [-1]), tf.reshape(grid_x, [-1])], axis=1)
     offsets = tf.stack(tf.meshgrid(tf.range(tile), tf.range(tile), indexing="ij"), axis=-1)
-    window_1d = blend_window(tile, window)
+    window_1d = blend_window(tile, tiling.window)
     window_2d = tf.constant(np.outer(window_1d, window_1d)[None, ..., None])
-    predict = with_flip_tta(predict_batch, tta)
+    predict = with_flip_tta(predict_batch, tiling.tta)
 
     def weighted_batch(first):
         positions = origins[first : first + tile_batch, None, None, :] + offsets[None]

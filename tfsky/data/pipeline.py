@@ -138,8 +138,8 @@ def crop_counts(cfg: DataConfig, entries: list[dict]) -> list[int]:
     The epoch keeps ``patches_per_image`` crops per image in total; each source
     gets a share proportional to its ``weight`` (split evenly over its images),
     and an image whose mask has no sky pixel counts ``no_sky_weight`` times. Counts
-    are rounded by largest remainder, so they add up exactly and equal weights
-    give every image exactly ``patches_per_image``.
+    are rounded by largest remainder, so they add up exactly (one source whose
+    images all have sky: exactly ``patches_per_image`` each).
     """
     source_weight = {source.name: source.weight for source in cfg.sources}
     per_source: dict[str, float] = {}

@@ -11,15 +11,21 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from tfsky import __version__
+from tfsky.data.masks import SKY_THRESHOLD
 from tfsky.data.transforms import Preprocess
 from tfsky.errors import InputError
 from tfsky.io.atomic import atomic_path, write_json
 
 if TYPE_CHECKING:
     from tfsky.models.precision import InferencePrecision
+
+MODEL_KINDS = {  # what a command needs -> (the sidecar tasks that provide it, how a user calls it)
+    "segmenter": (("segmenter",), "sky segmenter"),
+    "translator": (("pix2pix", "vae"), "weather translator (pix2pix or vae)"),
+}
 
 
 @dataclasses.dataclass
@@ -32,6 +38,10 @@ class ModelInfo:
         tile_size: int. Patch size the model was trained on; the default tile for prediction.
         in_channels: int. Input channels the model expects.
         classes: int. Output channels (1 = sigmoid sky probability).
+        working_scale: Optional[int]. Short side (px) the model was trained and predicts at;
+            None = native resolution (`tfsky.data.scale`).
+        threshold: float. Probability at or above which a pixel is the positive class,
+            chosen on the validation split after training. Defaults to 0.5.
         config: dict. The resolved training config.
         metrics: dict. Best validation metrics.
         tfsky_version: str. Version that wrote the model.
@@ -42,6 +52,8 @@ class ModelInfo:
     tile_size: int
     in_channels: int = 3
     classes: int = 1
+    working_scale: Optional[int] = None
+    threshold: float = SKY_THRESHOLD
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     tfsky_version: str = __version__
@@ -70,23 +82,41 @@ def save_model(model, path: str | Path, info: ModelInfo) -> None:
         model.save(tmp)
 
 
-def load_info(path: str | Path) -> ModelInfo:
-    """Read the sidecar of a model file; a missing or broken sidecar is an `InputError`."""
+def require_task(info: ModelInfo, path: str | Path, kind: str) -> None:
+    """Raise `InputError` unless the model at ``path`` is of ``kind`` (a key of `MODEL_KINDS`), saying what it is.
+
+    Every command that loads a model checks this first: a translator run as a
+    segmenter would otherwise "work" and write meaningless masks.
+    """
+    tasks, description = MODEL_KINDS[kind]
+    if info.task not in tasks:
+        raise InputError(path, f"is a {info.task} model, not a {description}")
+
+
+def load_info(path: str | Path, kind: str | None = None) -> ModelInfo:
+    """Read the sidecar of a model file (of ``kind``, see `require_task`, when given).
+
+    A missing or broken sidecar, or a model of another kind, is an `InputError`.
+    """
     sidecar = info_path(path)
     if not sidecar.is_file():
         raise InputError(sidecar, "model sidecar not found (it is written beside the .keras file by tfsky train)")
     try:
-        return ModelInfo.from_json(json.loads(sidecar.read_text()))
+        info = ModelInfo.from_json(json.loads(sidecar.read_text()))
     except (ValueError, TypeError) as err:
         raise InputError(sidecar, f"not a valid tfsky model sidecar ({err})") from None
+    if kind is not None:
+        require_task(info, path, kind)
+    return info
 
 
-def load_model(path: str | Path, precision: InferencePrecision = "auto"):
+def load_model(path: str | Path, precision: InferencePrecision = "auto", kind: str | None = None):
     """Load a tfsky model file for inference: returns ``(keras_model, ModelInfo)``.
 
     ``precision``: a mixed-precision model is rebuilt in float32 on a machine
     without a GPU (``auto``), always (``float32``) or never (``as_trained``);
-    see `tfsky.models.precision.for_inference`.
+    see `tfsky.models.precision.for_inference`. ``kind``: the kind of model the
+    caller needs (`require_task`), checked before the weights are read.
     """
     import tensorflow as tf
 
@@ -95,7 +125,7 @@ def load_model(path: str | Path, precision: InferencePrecision = "auto"):
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "model file not found")
-    info = load_info(path)
+    info = load_info(path, kind)
     try:
         model = tf.keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     except (OSError, ValueError) as err:

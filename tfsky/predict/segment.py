@@ -16,7 +16,6 @@ linear radiance (for the overlay).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Callable
@@ -24,11 +23,14 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfsky.data.config import SIZE_MULTIPLE
+from tfsky.data.scale import resize_image, working_size
 from tfsky.data.transforms import is_hdr
 from tfsky.errors import InputError
 from tfsky.io.images import read_image
 from tfsky.models.bundle import ModelInfo, load_model
-from tfsky.tiling import TilingConfig, count_tiles, sliding_window_inference
+from tfsky.predict.refine import refine
+from tfsky.tiling import TilingConfig, compiled_forward, count_tiles, model_tiling, sliding_window_inference
 
 SKY_CLASS = 1  # class id of sky in label masks and in softmax outputs (0 = not sky)
 _READ_CHANNELS = (1, 3, 4)  # channel counts read_image converts to; others are read as stored
@@ -108,21 +110,19 @@ class TiledSegmenter:
         model: tf.keras.Model. Maps normalised [B, H, W, C] tiles to [B, H, W, K] probabilities.
         info: ModelInfo. The model's sidecar (preprocessing, tile size, channels).
         tiling: TilingConfig. Tile, overlap, window, batch and TTA; ``tile=None`` uses
-            ``info.tile_size``. Defaults to ``TilingConfig()``.
+            ``info.tile_size``. Defaults to None (the `TilingConfig` defaults).
     """
 
-    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig = TilingConfig()):
+    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None = None):
         self.info = info
         self.inputs = ModelInputs(info)
-        self.tiling = dataclasses.replace(tiling, tile=tiling.tile or info.tile_size)
-        self.tiling.validate()
-        spec = tf.TensorSpec([None, None, None, info.in_channels], tf.float32)
-        self._forward = tf.function(lambda tiles: model(tiles, training=False), input_signature=[spec])
+        self.tiling = model_tiling(tiling, info.tile_size, SIZE_MULTIPLE, "segmenter")
+        self._forward = compiled_forward(model, info.in_channels)
 
     @classmethod
-    def load(cls, path: str | Path, tiling: TilingConfig = TilingConfig()) -> "TiledSegmenter":
+    def load(cls, path: str | Path, tiling: TilingConfig | None = None) -> "TiledSegmenter":
         """Load a tfsky model file (``.keras`` + sidecar) for tiled prediction."""
-        model, info = load_model(path)
+        model, info = load_model(path, kind="segmenter")
         return cls(model, info, tiling)
 
     def read(self, path: str | Path) -> np.ndarray:
@@ -140,11 +140,16 @@ class TiledSegmenter:
     def probabilities(self, image: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Float32 [H, W, K] class probabilities of a whole [H, W, C] image, raw or prepared (checked first)."""
         self.check(image)
-        t = self.tiling
-        return sliding_window_inference(
-            image, self.predict_tiles, tile=t.tile, overlap=t.overlap, window=t.window,
-            tile_batch=t.tile_batch, tta=t.tta, progress=progress,
-        )
+        size = self.model_size(*image.shape[:2])
+        if size == image.shape[:2]:
+            return sliding_window_inference(image, self.predict_tiles, self.tiling, progress=progress)
+        small = resize_image(image, size)
+        return refine(sliding_window_inference(small, self.predict_tiles, self.tiling, progress=progress), small, image)
+
+    def model_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size a ``height x width`` image is predicted at: the model's working scale, or its own size."""
+        scale = self.info.working_scale if self.tiling.resolution == "working" else None
+        return working_size(height, width, scale)
 
     def sky_probability(self, image: np.ndarray) -> np.ndarray:
         """P(sky) [H, W] of a whole image: the sigmoid output, or softmax channel `SKY_CLASS`."""
@@ -152,7 +157,7 @@ class TiledSegmenter:
 
     def tile_count(self, height: int, width: int) -> int:
         """Tiles (model inputs before TTA) needed for a ``height x width`` image."""
-        return count_tiles(height, width, self.tiling.tile, self.tiling.overlap)
+        return count_tiles(*self.model_size(height, width), self.tiling.tile, self.tiling.overlap)
 
 
 def model_id(path: str | Path) -> str:

@@ -24,8 +24,8 @@ from tfsky.models.losses import make_loss
 from tfsky.models.metrics import segmentation_metrics
 from tfsky.models.precision import global_batch_size, make_strategy, precision_policy
 from tfsky.models.segmenter import build_segmenter
-from tfsky.train.config import SegmenterConfig, TrainConfig
-from tfsky.train.runner import RunResult, fit_run, start_run
+from tfsky.train.config import SegmenterConfig, SegmenterTrainConfig
+from tfsky.train.runner import RunResult, fit_run, seed_everything, start_run
 
 MONITOR = "val_iou"
 
@@ -79,14 +79,6 @@ def compiled_segmenter(cfg: SegmenterConfig, steps_per_epoch: int) -> tf.keras.M
     return model
 
 
-def seed_everything(train: TrainConfig) -> None:
-    """Seed Python, NumPy and TF from ``train.seed``; with ``deterministic`` also fix op order."""
-    if train.seed is not None:
-        tf.keras.utils.set_random_seed(train.seed)
-    if train.deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
 def ensure_cache(cfg: SegmenterConfig, progress: bool) -> None:
     """Prepare ``data.cache`` unless a complete cache (with its manifest) is already there.
 
@@ -123,7 +115,7 @@ def make_datasets(cfg: SegmenterConfig, batch_size: int) -> tuple[tf.data.Datase
     return train_ds, val_ds
 
 
-def learning_rate(train: TrainConfig, steps_per_epoch: int):
+def learning_rate(train: SegmenterTrainConfig, steps_per_epoch: int):
     """``train.learning_rate``, or for ``cosine`` a schedule: linear warm-up, then cosine decay to 0."""
     if train.lr_schedule != "cosine":
         return train.learning_rate
@@ -136,7 +128,7 @@ def learning_rate(train: TrainConfig, steps_per_epoch: int):
     )
 
 
-def make_optimizer(train: TrainConfig, steps_per_epoch: int) -> tf.keras.optimizers.Optimizer:
+def make_optimizer(train: SegmenterTrainConfig, steps_per_epoch: int) -> tf.keras.optimizers.Optimizer:
     """The optimizer of ``train.optimizer`` with the learning rate (or schedule) of ``train``."""
     rate = learning_rate(train, steps_per_epoch)
     if train.optimizer == "adamw":
@@ -146,7 +138,7 @@ def make_optimizer(train: TrainConfig, steps_per_epoch: int) -> tf.keras.optimiz
     return tf.keras.optimizers.Adam(rate)
 
 
-def schedule_callbacks(train: TrainConfig) -> list[tf.keras.callbacks.Callback]:
+def schedule_callbacks(train: SegmenterTrainConfig) -> list[tf.keras.callbacks.Callback]:
     """ReduceLROnPlateau and EarlyStopping as configured."""
     callbacks = []
     if train.lr_schedule == "plateau":
@@ -172,6 +164,7 @@ def save_segmenter(model: tf.keras.Model, path: Path, cfg: SegmenterConfig, logs
         tile_size=cfg.data.patch_size,
         in_channels=cfg.data.channels,
         classes=cfg.model.classes,
+        working_scale=cfg.data.working_scale,
         config=to_dict(cfg),
         metrics=metrics,
     )

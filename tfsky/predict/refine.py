@@ -1,0 +1,84 @@
+"""Bring working-scale probabilities back to full resolution along the image's own edges.
+
+A segmenter that predicts at a working scale (`tfsky.data.scale`) gives a
+probability map several times smaller than an 8K panorama; plain upsampling
+blurs the sky line. The fast guided filter (He & Sun, 2015) fits, in every
+window of the small map, the probability as a linear function of the image's
+brightness (``q = a * I + b``), smooths the coefficients, and evaluates them at
+full resolution with the full-resolution brightness: edges follow the image,
+and only the last step touches full-size pixels. That step runs band by band
+(`cv2.remap` of the coefficients for a band of rows), so besides the input
+image and the output only a band-sized buffer is ever full width.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# Box radius of the filter in working-scale pixels and its regulariser (brightness variance units);
+# measured on the validation photos (README, "Working scale").
+RADIUS = 4
+EPS = 1e-3
+_BAND = 256  # full-resolution rows evaluated at a time
+
+
+def brightness(image: np.ndarray) -> np.ndarray:
+    """Float32 ``[H, W]`` guide: the channel mean, scaled to ~[0, 1] for 8/16-bit images (model space kept)."""
+    scale = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}.get(image.dtype, 1.0)
+    colour = image[..., :3] if image.shape[-1] >= 3 else image
+    return colour.mean(axis=-1, dtype=np.float32) * np.float32(scale)
+
+
+def refine(probabilities: np.ndarray, small_image: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Float32 ``[H, W, K]`` probabilities at ``image``'s size from ``[h, w, K]`` ones at ``small_image``'s size.
+
+    Args:
+        probabilities: np.ndarray. Model output at the working scale.
+        small_image: np.ndarray. The image the model saw (``image`` resized to ``h x w``).
+        image: np.ndarray. The full-resolution image (any dtype `brightness` takes).
+    """
+    guide = brightness(small_image)
+    height, width = image.shape[:2]
+    channels = probabilities.shape[-1]
+    coefficients = [_coefficients(guide, probabilities[..., k]) for k in range(channels)]
+    out = np.empty((height, width, channels), np.float32)
+    map_x = _source_coordinates(width, guide.shape[1])[None, :]
+    for top in range(0, height, _BAND):
+        rows = slice(top, min(top + _BAND, height))
+        map_y = _source_coordinates(height, guide.shape[0])[rows, None]
+        band = (map_y.shape[0], width)
+        maps = np.ascontiguousarray(np.broadcast_to(map_x, band)), np.ascontiguousarray(np.broadcast_to(map_y, band))
+        full_guide = brightness(image[rows])
+        for k, (a, b) in enumerate(coefficients):
+            out[rows, :, k] = _upsample(a, maps) * full_guide + _upsample(b, maps)
+    np.clip(out, 0.0, 1.0, out=out)
+    if channels > 1:  # softmax outputs stay a distribution
+        out /= np.maximum(out.sum(axis=-1, keepdims=True), 1e-6)
+    return out
+
+
+def _coefficients(guide: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The smoothed linear coefficients ``(a, b)`` of the guided filter at the working scale."""
+    size = (2 * RADIUS + 1, 2 * RADIUS + 1)
+
+    def box(values: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(values, cv2.CV_32F, size, borderType=cv2.BORDER_REFLECT)
+
+    target = np.ascontiguousarray(target, np.float32)
+    mean_guide, mean_target = box(guide), box(target)
+    variance = box(guide * guide) - mean_guide * mean_guide
+    covariance = box(guide * target) - mean_guide * mean_target
+    a = covariance / (variance + EPS)
+    b = mean_target - a * mean_guide
+    return box(a), box(b)
+
+
+def _upsample(values: np.ndarray, maps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Bilinear samples of a working-scale map at a band's full-resolution pixel centres."""
+    return cv2.remap(values, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _source_coordinates(full: int, small: int) -> np.ndarray:
+    """Float32 position in the small map of each full-resolution pixel centre (OpenCV's resize convention)."""
+    return ((np.arange(full, dtype=np.float32) + 0.5) * (small / full) - 0.5).astype(np.float32)

@@ -1,13 +1,8 @@
-"""`tfsky predict`: outputs and their sizes, folders and manifests, bad files, resume after kill -9."""
+"""`tfsky predict`: outputs and their sizes, folders and manifests, bad files (resume after kill -9: test_jobs)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +13,9 @@ from tfsky.data.transforms import Preprocess
 from tfsky.errors import InputError
 from tfsky.io.images import read_image
 from tfsky.io.writers import write_jpeg, write_png, write_tif
+from tfsky.jobs import collect_items
 from tfsky.models.bundle import ModelInfo, save_model
-from tfsky.predict.batch import PredictConfig, collect_jobs, predict_many
+from tfsky.predict.batch import PredictConfig, predict_many
 from tfsky.predict.outputs import display_rgb, hdr_exposure
 from tfsky.predict.segment import TiledSegmenter
 from tfsky.tiling import TilingConfig
@@ -151,7 +147,7 @@ def test_folders_and_manifests_keep_sub_folders_and_skip_the_output_folder(cli, 
 def test_same_output_stem_from_two_inputs_fails_the_second(ldr_model, tmp_path):
     for folder in ("a", "b"):
         write_png(tmp_path / folder / "same.png", ldr_image(size=(40, 50)))
-    jobs, failures = collect_jobs([tmp_path / "a" / "same.png", tmp_path / "b" / "same.png"], tmp_path / "out")
+    jobs, failures = collect_items([tmp_path / "a" / "same.png", tmp_path / "b" / "same.png"], tmp_path / "out")
     assert [job.stem for job in jobs] == [Path("same")]
     assert failures == [(tmp_path / "b" / "same.png", f"writes the same outputs (same_*) as {tmp_path}/a/same.png")]
 
@@ -228,29 +224,3 @@ def test_stale_temporaries_of_a_killed_run_are_removed(ldr_model, tmp_path):
     report = predict_many(ldr_model, [tmp_path / "a.png"], out, PredictConfig(TilingConfig(tile_batch=3)))
     assert report.done == [tmp_path / "a.png"] and not stale.exists()
     assert visible_files(out) == {"a_mask.png", "a_prob.png", "a_overlay.jpg", "a.json"}
-
-
-def test_resume_after_kill_9_does_only_the_missing_images(ldr_model, tmp_path):
-    inputs = tmp_path / "in"
-    for index in range(6):
-        write_png(inputs / f"frame{index}.png", ldr_image(index, size=(480, 640)))
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "tfsky.cli.main", "predict", "-m", str(ldr_model), str(inputs), "-o", str(out),
-               "--tta", "flip4", "--tile-batch", "2", "-q"]  # slow enough per image to be killed mid-job
-    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("*.json")) and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.kill(job.pid, signal.SIGKILL)
-    job.wait()
-    assert job.returncode == -signal.SIGKILL, "the job finished before it could be killed"
-    finished = sorted(p.stem for p in out.glob("*.json"))
-    assert 1 <= len(finished) < 6
-    for path in out.iterdir():  # every visible file is complete: temporaries are hidden and removed on re-run
-        if not path.name.startswith("."):
-            assert path.suffix == ".json" or read_image(path, channels=None).shape[:2] == (480, 640)
-    rerun = subprocess.run(command[:-1], capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"done {6 - len(finished)}, skipped {len(finished)}, failed 0" in rerun.stdout
-    assert visible_files(out) == {p.name for i in range(6) for p in outputs_of(out, f"frame{i}")}
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -139,7 +139,7 @@ def test_translate_cli_with_segmenter_composite_skips_done_and_reports_bad_files
     np.testing.assert_array_equal(out[ground], source[ground])
     again = cli("translate", "--model", translator_file, cam623 / CLEAR, "--out", tmp_path / "out",
                 "--composite", "--segmenter", segmenter_file)
-    assert again.exit_code == 0 and "done 0, skipped 1, failed 0" in again.stderr
+    assert again.exit_code == 0 and "done 0, skipped 1, failed 0" in again.stdout
 
 
 def test_translate_refuses_a_segmenter_model(cli, segmenter_file, cam623, tmp_path):

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from tfsky.cli.options import QuietOption
+
 app = typer.Typer(help="Query a TF Serving server (gRPC 8500, or REST 8501 with --rest).", no_args_is_help=True)
 
 ServerOption = Annotated[str, typer.Option("--server", help="host:port of the gRPC (or, with --rest, REST) API.")]
@@ -38,21 +40,17 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
     timeout: TimeoutOption = 60.0,
     retries: RetriesOption = 3,
+    quiet: QuietOption = False,
 ) -> None:
     """Write a sky mask and a JSON sidecar per image; a re-run skips complete images. Exit 1 if any image failed."""
+    from tfsky.cli.jobs import JobProgress, finish
     from tfsky.serving.client import Client
     from tfsky.serving.jobs import segment_files
 
-    with Client(server, rest=rest, timeout=timeout, retries=retries) as client:
+    with Client(server, rest=rest, timeout=timeout, retries=retries) as client, JobProgress(quiet) as listener:
         report = segment_files(client, model, inputs, out, version=version, label=label, tiles_from=tiles,
-                               overwrite=overwrite)
-    errors = Console(stderr=True, highlight=False, soft_wrap=True)
-    for path, reason in report.failed:
-        errors.print(f"failed {path}: {reason}", markup=False)
-    counts = f"done {len(report.done)}, skipped {len(report.skipped)}, failed {len(report.failed)}"
-    Console(highlight=False, soft_wrap=True).print(f"{counts} -> {out}", markup=False)
-    if report.failed:
-        raise typer.Exit(1)
+                               overwrite=overwrite, listener=listener)
+    finish(report, out, quiet)
 
 
 @app.command()

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
+from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
+from tfsky.cli.jobs import JobProgress, WorkersOption, finish, make_engine
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, flag_overrides
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 
@@ -31,6 +32,11 @@ def translate_cli(
     native_scale: Annotated[Optional[bool], typer.Option(
         help="Run the network on full-resolution pixels even if it was trained downscaled (default: no).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs exist.")] = False,
+    engine: EngineOption = EngineName.local,
+    address: AddressOption = None,
+    workers: WorkersOption = None,
+    gpus_per_worker: GpusPerWorkerOption = None,
+    cpus_per_worker: CpusPerWorkerOption = 1,
     config: ConfigOption = None,
     set_: SetOption = None,
     quiet: QuietOption = False,
@@ -38,6 +44,7 @@ def translate_cli(
     """Translate the weather of whole frames through overlapping tiles. Exit 1 if any image failed.
 
     Options come from the ``translate:`` section of --config, then --set, then the flags above.
+    ``--engine ray`` spreads the images over the workers of a Ray cluster (same outputs).
     """
     from tfsky.config import load_config
     from tfsky.predict.translate import TranslateConfig, translate_images
@@ -49,17 +56,7 @@ def translate_cli(
     }
     overrides = flag_overrides("translate", flags, set_)
     cfg = load_config(TranslateConfig, config, overrides, section="translate")
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-    def progress(source: Path, status: str) -> None:
-        if not quiet and status != "failed":  # failures are listed with their reason below
-            console.print(f"{status} {source}", markup=False)
-
-    report = translate_images(model, inputs, out, cfg, overwrite=overwrite, progress=progress)
-    for source, reason in report.failed:
-        console.print(f"failed {source}: {reason}", markup=False)
-    if not quiet:
-        console.print(f"done {len(report.done)}, skipped {len(report.skipped)}, failed {len(report.failed)} -> {out}",
-                      markup=False)
-    if report.failed:
-        raise typer.Exit(1)
+    runner = make_engine(engine, address, workers, gpus_per_worker, cpus_per_worker)
+    with JobProgress(quiet) as listener:
+        report = translate_images(model, inputs, out, cfg, overwrite=overwrite, listener=listener, engine=runner)
+    finish(report, out, quiet)

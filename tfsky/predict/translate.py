@@ -22,9 +22,10 @@ blur's radius before the Gaussian blur, so ``w`` is exactly 0 outside the
 sky: every non-sky pixel of the composite is the source pixel, bit for bit.
 
 Outputs per image (stem as in ``tfsky predict``): ``<stem>_translated.png``
-and, with a composite, ``<stem>_composite.png``; each written atomically, so
-a re-run removes the temporaries a killed run left and skips images whose
-outputs exist (``overwrite`` redoes them), as ``tfsky predict`` does.
+and, with a composite, ``<stem>_composite.png``; each written atomically.
+`translate_images` runs a `TranslateTask` with the job runner
+(`tfsky.jobs`), so inputs, resuming, failures and the report are those of
+``tfsky predict``.
 
 Settings: `TranslateConfig`, the ``translate:`` section of a config file
 (tiling with flip TTA, composites, VAE sampling, scale), built by
@@ -36,19 +37,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
 import tensorflow as tf
 
 from tfsky.data.pairs import from_model_range, to_model_range
-from tfsky.errors import ConfigError, InputError, TfskyError
+from tfsky.errors import ConfigError, InputError
 from tfsky.io.images import read_image, read_mask
 from tfsky.io.writers import write_png
-from tfsky.models.bundle import ModelInfo, load_model
+from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
+from tfsky.models.bundle import ModelInfo, load_info, load_model
 from tfsky.models.vae import set_sampling
-from tfsky.predict.batch import BatchReport, collect_jobs, failure_reason, unfinished
 from tfsky.predict.segment import TiledSegmenter
 from tfsky.tiling import TilingConfig, sliding_window_inference
 
@@ -218,13 +219,14 @@ class TranslateConfig:
 
 def translate_images(
     model_path: str | Path,
-    inputs: list[Path],
+    inputs: Sequence[Path],
     out_dir: str | Path,
     config: TranslateConfig = TranslateConfig(),
     *,
     overwrite: bool = False,
-    progress: Optional[Callable[[Path, str], None]] = None,
-) -> BatchReport:
+    listener: Optional[Listener] = None,
+    engine: Optional[Engine] = None,
+) -> Report:
     """Translate every image of ``inputs`` (files, folders, ``.txt`` manifests) into ``out_dir``.
 
     A bad image is recorded in the report's ``failed`` with its reason and the
@@ -232,39 +234,60 @@ def translate_images(
 
     Args:
         model_path: str | Path. A translator (``.keras`` with its sidecar).
-        inputs: list[Path]. Images, folders or manifests (as ``tfsky predict``).
+        inputs: sequence of Path. Images, folders or manifests (as ``tfsky predict``).
         out_dir: str | Path. Output folder.
         config: TranslateConfig. Tiling (with TTA), composites, sampling and scale. Defaults to
             ``TranslateConfig()``.
         overwrite: bool. Redo complete images. Defaults to False.
-        progress: callable ``(source, status)`` after each image. Defaults to None.
+        listener: Listener. Progress hooks. Defaults to None.
+        engine: Engine. Where the images run. Defaults to the local engine.
 
     Raises:
         ConfigError: an invalid ``config`` (e.g. composites without a sky source) or a tile the model
             cannot take.
-        InputError: the model or the composite's mask or segmenter cannot be loaded. Problems with
-            single images are reported, not raised.
+        InputError: the model, the output folder or the composite's mask or segmenter cannot be used.
+            Problems with single images are reported, not raised.
     """
-    config.validate()
-    out_dir = Path(out_dir)
-    translator = TiledTranslator.load(model_path, config.tiling, config.sample, config.native_scale)
-    sky = _sky_source(config.composite)
-    jobs, failed = collect_jobs(inputs, out_dir)
-    report = BatchReport(failed=failed)
-    progress = progress or (lambda source, status: None)
-    pending = unfinished(jobs, lambda stem: output_paths(out_dir / stem, sky is not None), overwrite, report)
-    for source in report.skipped:
-        progress(source, "skipped")
-    for job, outputs in pending:
-        try:
-            _translate_one(translator, job.source, outputs, sky)
-        except (TfskyError, OSError) as err:
-            report.failed.append((job.source, failure_reason(err, job.source)))
-            progress(job.source, "failed")
-        else:
-            report.done.append(job.source)
-            progress(job.source, "done")
-    return report
+    return run_job(TranslateTask(model_path, config), inputs, out_dir, overwrite=overwrite, listener=listener,
+                   engine=engine)
+
+
+class TranslateTask(Task):
+    """The translated frame (and composite) of one image.
+
+    Args:
+        model_path: str | Path. A translator.
+        config: TranslateConfig. Tiling, composites, sampling and scale.
+    """
+
+    def __init__(self, model_path: str | Path, config: TranslateConfig):
+        self.model_path = Path(model_path)
+        self.config = config
+        self.translator: Optional[TiledTranslator] = None
+        self.sky = None
+
+    def check(self) -> None:
+        self.config.validate()
+        load_info(self.model_path, kind="translator")
+
+    def outputs(self, stem: Path) -> list[Path]:
+        return output_paths(stem, self.config.composite.enabled)
+
+    def read(self, source: Path) -> np.ndarray:
+        return read_image(source)
+
+    def load(self) -> None:
+        config = self.config
+        self.translator = TiledTranslator.load(self.model_path, config.tiling, config.sample, config.native_scale)
+        self.sky = _sky_source(config.composite)
+
+    def process(self, item: Item, decoded: Decoded, outputs: list[Path], listener: Listener) -> None:
+        image = decoded.take()
+        self.translator.check(image, item.source)
+        translated = self.translator.translate(image, progress=listener.steps_done)
+        write_png(outputs[0], to_uint8(translated))
+        if self.sky is not None:
+            write_png(outputs[1], composite(image, translated, self.sky(image)))
 
 
 def output_paths(stem: Path, with_composite: bool) -> list[Path]:
@@ -288,12 +311,3 @@ def _sky_source(options: CompositeConfig):
         return lambda image: feathered_sky_weight(from_mask(image), options.feather)
     segmenter = TiledSegmenter.load(options.segmenter)
     return lambda image: feathered_sky_weight(segmenter.sky_probability(image), options.feather)
-
-
-def _translate_one(translator: TiledTranslator, source: Path, outputs: list[Path], sky) -> None:
-    image = read_image(source)
-    translator.check(image, source)
-    translated = translator.translate(image)
-    write_png(outputs[0], to_uint8(translated))
-    if sky is not None:
-        write_png(outputs[1], composite(image, translated, sky(image)))

@@ -1,8 +1,9 @@
 """Segment image files through a server, resumably: what ``tfsky client predict`` runs.
 
-Inputs and output stems are those of ``tfsky predict`` (`tfsky.predict.batch.collect_jobs`):
-files, folders (recursive) and ``.txt`` manifests; two inputs that would write
-the same outputs are a failure of the second, found before any request.
+`segment_files` runs a `ServerSegmentTask` with the job runner (`tfsky.jobs`), so
+inputs and output stems are those of ``tfsky predict``: files, folders
+(recursive) and ``.txt`` manifests; two inputs that would write the same
+outputs are a failure of the second, found before any request.
 
 For each image, ``<out>/<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (16-bit,
 probability x 65535, as ``tfsky predict``) and then ``<out>/<stem>.json`` (sky
@@ -21,18 +22,19 @@ client and ``serving_default`` predicts the tile batches.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional, Sequence
 
 import grpc
 import numpy as np
 import tensorflow as tf
 
 from tfsky.data.transforms import is_hdr
-from tfsky.errors import InputError, TfskyError
+from tfsky.errors import InputError
 from tfsky.export.metadata import read_metadata
 from tfsky.io.atomic import write_bytes, write_json
 from tfsky.io.images import read_image
-from tfsky.models.bundle import ModelInfo
-from tfsky.predict.batch import BatchReport, collect_jobs, failure_reason, unfinished
+from tfsky.jobs import Decoded, Item, Listener, Report, Task, run_job
+from tfsky.models.bundle import ModelInfo, require_task
 from tfsky.predict.outputs import write_probability_png
 from tfsky.serving.client import Client, ImagePrediction, ServingRequestError
 from tfsky.tiling import TilingConfig
@@ -43,14 +45,15 @@ ENCODED_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 def segment_files(
     client: Client,
     model: str,
-    inputs: list[Path],
+    inputs: Sequence[Path],
     out: Path,
     *,
     version: int | None = None,
     label: str | None = None,
     tiles_from: Path | None = None,
     overwrite: bool = False,
-) -> BatchReport:
+    listener: Optional[Listener] = None,
+) -> Report:
     """Segment every image of ``inputs`` through ``client`` into ``out``; see the module docstring.
 
     A bad file or an image the server refuses (INVALID_ARGUMENT) is recorded in
@@ -61,29 +64,35 @@ def segment_files(
     Args:
         client: Client. Connected client.
         model: str. Model name.
-        inputs: list[Path]. Image files, folders (searched recursively) and ``.txt`` manifests.
+        inputs: sequence of Path. Image files, folders (searched recursively) and ``.txt`` manifests.
         out: Path. Output folder.
         version: int. Model version. Defaults to None (newest).
         label: str. Version label instead of a version. Defaults to None.
         tiles_from: Path. An exported version folder whose metadata gives the preprocessing and
             tiling for client-side tiling. Defaults to None (server-side ``predict_image``).
         overwrite: bool. Redo images whose outputs are complete. Defaults to False.
+        listener: Listener. Progress hooks. Defaults to None.
     """
-    out = Path(out)
-    tiled = _client_tiling(tiles_from) if tiles_from else None
-    jobs, failed = collect_jobs(inputs, out)
-    report = BatchReport(failed=failed)
-    for job, outputs in unfinished(jobs, lambda stem: output_paths(out / stem), overwrite, report):
-        try:
-            prediction = _segment(client, model, job.source, version, label, tiled)
-            _write(outputs, job.source, prediction, client.server, model, version, label)
-        except (TfskyError, OSError) as err:
-            if _stops_the_run(err):
-                raise
-            report.failed.append((job.source, failure_reason(err, job.source)))
-        else:
-            report.done.append(job.source)
-    return report
+    task = ServerSegmentTask(client, model, version, label, _client_tiling(tiles_from) if tiles_from else None)
+    return run_job(task, inputs, out, overwrite=overwrite, listener=listener)
+
+
+class ServerSegmentTask(Task):
+    """Mask, probability map and sidecar of one image, predicted by a server (runs on the local engine only)."""
+
+    def __init__(self, client: Client, model: str, version: int | None, label: str | None, tiled):
+        self.client, self.model, self.version, self.label, self.tiled = client, model, version, label, tiled
+
+    def outputs(self, stem: Path) -> tuple[Path, Path, Path]:
+        return output_paths(stem)
+
+    def process(self, item: Item, decoded: Decoded, outputs: tuple[Path, Path, Path], listener: Listener) -> None:
+        prediction = _segment(self.client, self.model, item.source, self.version, self.label, self.tiled)
+        _write(outputs, item.source, prediction, self.client.server, self.model, self.label)
+
+    def stops_the_job(self, err: Exception) -> bool:
+        """Server errors other than a refused image (INVALID_ARGUMENT) would fail every image alike."""
+        return isinstance(err, ServingRequestError) and err.code != grpc.StatusCode.INVALID_ARGUMENT
 
 
 def output_paths(stem: Path) -> tuple[Path, Path, Path]:
@@ -91,14 +100,11 @@ def output_paths(stem: Path) -> tuple[Path, Path, Path]:
     return tuple(stem.parent / f"{stem.name}{suffix}" for suffix in ("_mask.png", "_prob.png", ".json"))
 
 
-def _stops_the_run(err: Exception) -> bool:
-    """Server errors other than a refused image (INVALID_ARGUMENT) would fail every image alike."""
-    return isinstance(err, ServingRequestError) and err.code != grpc.StatusCode.INVALID_ARGUMENT
-
-
 def _client_tiling(version_dir: Path) -> tuple[ModelInfo, TilingConfig, float]:
     metadata = read_metadata(version_dir)
-    return ModelInfo.from_json(metadata["model"]), TilingConfig(**metadata["tiling"]), metadata["mask_threshold"]
+    info = ModelInfo.from_json(metadata["model"])
+    require_task(info, version_dir, "segmenter")
+    return info, TilingConfig(**metadata["tiling"]), metadata["mask_threshold"]
 
 
 def _segment(client: Client, model: str, path: Path, version, label, tiled) -> ImagePrediction:
@@ -108,7 +114,8 @@ def _segment(client: Client, model: str, path: Path, version, label, tiled) -> I
         prob = client.predict_large(model, image, preprocess=info.preprocess, tiling=tiling,
                                     version=version, label=label)[..., 0]
         mask = prob >= threshold
-        return ImagePrediction(tf.io.encode_png(mask[..., None].astype(np.uint8) * 255).numpy(), prob, float(mask.mean()))
+        return ImagePrediction(tf.io.encode_png(mask[..., None].astype(np.uint8) * 255).numpy(), prob, float(mask.mean()),
+                               version)
     if path.suffix.lower() in ENCODED_SUFFIXES:
         if not path.is_file():
             raise InputError(path, "file not found")
@@ -120,13 +127,13 @@ def _segment(client: Client, model: str, path: Path, version, label, tiled) -> I
 
 
 def _write(outputs: tuple[Path, Path, Path], source: Path, prediction: ImagePrediction, server: str, model: str,
-           version, label) -> None:
+           label) -> None:
     """Write the mask and the probability map, then the sidecar that marks the image complete."""
     mask_path, prob_path, sidecar_path = outputs
     height, width = prediction.probability.shape
     write_bytes(mask_path, prediction.mask_png)
     write_probability_png(prob_path, prediction.probability)
     write_json(sidecar_path, {
-        "source": str(source), "server": server, "model": model, "version": version, "label": label,
+        "source": str(source), "server": server, "model": model, "version": prediction.version, "label": label,
         "height": height, "width": width, "sky_fraction": prediction.sky_fraction,
     })

@@ -45,18 +45,22 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import datetime
 import io
 import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Optional
 
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from tfsky.config import dump_config
 from tfsky.io.atomic import atomic_path, remove_stale_temps, write_json, write_text
+
+if TYPE_CHECKING:
+    from tfsky.train.config import TrainConfig
 
 RUN_FILES = ("config.yaml", "best.keras", "best.json", "state.json", "history.csv", "learning_curves.png")
 
@@ -83,6 +87,14 @@ class RunResult:
     epochs_completed: int
     resumed: bool
     stopped_early: bool
+
+
+def seed_everything(train: TrainConfig) -> None:
+    """Seed Python, NumPy and TF from ``train.seed``; with ``deterministic`` also fix op order."""
+    if train.seed is not None:
+        tf.keras.utils.set_random_seed(train.seed)
+    if train.deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def start_run(runs_root: Path, name: str, config: Any, resume: bool = False) -> tuple[Path, bool]:
@@ -202,7 +214,7 @@ def fit_run(
                 validation_data=val_ds,
                 epochs=epochs,
                 steps_per_epoch=steps,
-                callbacks=run_callbacks(run_dir, files, state, save_best, images, extra_callbacks),
+                callbacks=run_callbacks(run_dir, files, state, save_best, images, extra_callbacks, verbose > 0),
                 verbose=verbose,
             )
             state.stopped_early = bool(model.stop_training)
@@ -237,6 +249,7 @@ def run_callbacks(
     save_best: SaveBest,
     images: Optional[ImageFn],
     extra_callbacks: Iterable[tf.keras.callbacks.Callback],
+    report_budget: bool = False,
 ) -> list[tf.keras.callbacks.Callback]:
     """The run's callbacks, in the order their epoch-end work must happen.
 
@@ -246,6 +259,7 @@ def run_callbacks(
     is already in place, so "epoch N done" means all of it.
     """
     return [
+        Budget(report=report_budget),
         HistoryCSV(files / "history.csv", read_from=run_dir / "history.csv"),
         BestModel(state, files / "best.keras", save_best),
         TensorBoardLogger(files / "tensorboard", images),
@@ -299,6 +313,44 @@ class BestModel(tf.keras.callbacks.Callback):
             self.save_best(self.model, self.path, logs)
             self.state.best, self.state.best_epoch = logs[self.state.monitor], epoch + 1
             self.state.save()
+
+
+class Budget(tf.keras.callbacks.Callback):
+    """Measures each epoch's wall time (``epoch_seconds`` in the logs, so in ``history.csv``) and, from
+    the second epoch of a fit on (the first one also traces the graphs), prints the measured seconds per
+    training step and the projected end time, so a stated budget can be checked against this machine.
+    """
+
+    def __init__(self, report: bool = True, report_every: int = 5):
+        super().__init__()
+        self.report, self.report_every = report, report_every
+        self.epochs_done = 0
+        self.steady: list[float] = []  # seconds of the epochs after the first of this fit
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.monotonic() - self.started
+        if logs is not None:
+            logs["epoch_seconds"] = seconds
+        self.epochs_done += 1
+        if self.epochs_done > 1:
+            self.steady.append(seconds)
+        due = len(self.steady) == 1 or (self.steady and epoch % self.report_every == 0)
+        if self.report and due and is_chief():
+            print(self.projection(epoch + 1), flush=True)
+
+    def projection(self, epochs_completed: int) -> str:
+        """One line: measured seconds per step and epoch, and when the run will end at that pace."""
+        per_epoch = sum(self.steady) / len(self.steady)
+        steps = self.params.get("steps") or 1
+        left = max(0, self.params.get("epochs", epochs_completed) - epochs_completed)
+        end = datetime.datetime.now() + datetime.timedelta(seconds=left * per_epoch)
+        return (
+            f"budget: {per_epoch / steps:.2f} s/step measured ({per_epoch:.0f} s/epoch incl. validation, "
+            f"{len(self.steady)} epoch(s)); {left} epoch(s) left: ends ~{end:%H:%M} (in {left * per_epoch / 60:.0f} min)"
+        )
 
 
 class HistoryCSV(tf.keras.callbacks.Callback):

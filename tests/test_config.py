@@ -86,7 +86,8 @@ def test_every_shipped_config_loads_with_its_schema():
     configs = Path(__file__).resolve().parents[1] / "configs"
     schemas = {"translate_cam623": (TranslateConfig, "translate")}
     schemas |= {name: (TranslatorConfig, None) for name in ("pix2pix_clear2cloudy", "vae_clear2cloudy", "translator_tiny")}
-    schemas |= {name: (SegmenterConfig, None) for name in ("sky_ldr", "sky_hdr", "sky_tiny", "sky_ldr_cpu")}
+    schemas |= {name: (SegmenterConfig, None) for name in ("sky_ldr", "sky_hdr", "sky_tiny", "sky_ldr_cpu",
+                                                       "cloud_tiny", "cloud_wsiseg")}
     assert {path.stem for path in configs.glob("*.yaml")} == set(schemas)  # a new config gets a schema here
     for name, (schema, section) in schemas.items():
         assert isinstance(load_config(schema, configs / f"{name}.yaml", section=section), schema)

@@ -4,14 +4,16 @@ Geometric: ONE random affine matrix per sample (rotation, shift, shear, zoom,
 horizontal flip about the patch centre, as Keras' ``ImageDataGenerator``) is
 applied to the image (bilinear) and to the mask (nearest) with the same
 matrix, so both see the exact same geometry; outside the source area the
-image gets ``fill`` and the mask 0. The warp itself is OpenCV's
+image gets ``fill`` and the mask ``mask_fill`` (0, or 255 = ignore for all-sky
+frames). The warp itself is OpenCV's
 ``warpAffine`` (through ``tf.numpy_function``, so it runs inside ``tf.data``):
 on 256-pixel float32 RGB patches it is ~8x faster than TensorFlow's
 ``ImageProjectiveTransformV3``, which re-derives the source coordinates for
 every channel of every pixel (same matrices and fill; values within 1e-4).
 
-Photometric (HDR only): exposure ``x * 2**e`` and gamma ``x ** exp(g)`` on
-LINEAR radiance, before the log transform.
+Photometric, HDR: exposure ``x * 2**e`` and gamma ``x ** exp(g)`` on LINEAR
+radiance, before the log transform. LDR (`color_jitter`): brightness and
+white balance (per-channel gains) in model space, clipped to [0, 1].
 
 All randomness is stateless TensorFlow (``seed`` is a ``[2]`` int tensor), so a
 pipeline seeded once is reproducible.
@@ -84,19 +86,19 @@ def random_affine(seed: tf.Tensor, batch: int | tf.Tensor, height: int, width: i
     )
 
 
-def apply_affine(image: tf.Tensor, mask: tf.Tensor, transforms: tf.Tensor, fill: float = 0.0):
+def apply_affine(image: tf.Tensor, mask: tf.Tensor, transforms: tf.Tensor, fill: float = 0.0, mask_fill: int = 0):
     """Warp ``image`` and ``mask`` by the same ``transforms`` (the ``[B, 8]`` of `affine_transforms`).
 
     ``image`` (``[B, H, W, C]``) is sampled bilinearly with ``fill`` outside
-    the source; ``mask`` (``[B, H, W, K]``) by nearest neighbour with 0
-    outside. Both in a dtype OpenCV warps (uint8, uint16, int16, float32,
+    the source; ``mask`` (``[B, H, W, K]``) by nearest neighbour with
+    ``mask_fill`` outside. Both in a dtype OpenCV warps (uint8, uint16, int16, float32,
     float64). Works eagerly and in graphs (``tf.data``).
 
     Returns:
         ``(image, mask)`` with the dtypes and shapes they came in.
     """
     warped_image, warped_mask = tf.numpy_function(
-        lambda images, masks, matrices: _warp_batch(images, masks, matrices, fill),
+        lambda images, masks, matrices: _warp_batch(images, masks, matrices, fill, mask_fill),
         [image, mask, tf.cast(transforms, tf.float32)],
         [image.dtype, mask.dtype],
         stateful=False,
@@ -104,14 +106,14 @@ def apply_affine(image: tf.Tensor, mask: tf.Tensor, transforms: tf.Tensor, fill:
     return tf.ensure_shape(warped_image, image.shape), tf.ensure_shape(warped_mask, mask.shape)
 
 
-def _warp_batch(images: np.ndarray, masks: np.ndarray, matrices: np.ndarray, fill: float):
+def _warp_batch(images: np.ndarray, masks: np.ndarray, matrices: np.ndarray, fill: float, mask_fill: int):
     """`apply_affine` in numpy: one ``cv2.warpAffine`` per image and per mask, written in place into the outputs."""
     warped_images, warped_masks = np.empty_like(images), np.empty_like(masks)
     size = (images.shape[2], images.shape[1])  # OpenCV wants (width, height)
     for index, matrix in enumerate(matrices[:, :6].reshape(-1, 2, 3)):  # output pixel -> input pixel, as given
         for source, target, interpolation, value in (
             (images, warped_images, cv2.INTER_LINEAR, fill),
-            (masks, warped_masks, cv2.INTER_NEAREST, 0.0),
+            (masks, warped_masks, cv2.INTER_NEAREST, float(mask_fill)),
         ):
             cv2.warpAffine(
                 source[index], matrix, size, dst=target[index], flags=interpolation | cv2.WARP_INVERSE_MAP,
@@ -130,3 +132,13 @@ def photometric(radiance: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.
         power = tf.exp(tf.random.stateless_uniform([batch, 1, 1, 1], gamma_seed, -cfg.gamma, cfg.gamma))
         radiance = tf.pow(tf.maximum(radiance, 0.0), power)
     return radiance
+
+
+def color_jitter(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
+    """Per sample of model-space LDR ``[B, H, W, C]``: brightness ``2**U(-b, b)`` times per-channel
+    white-balance gains ``exp(U(-w, w))``, clipped to [0, 1] (a camera's exposure and colour drift)."""
+    batch, channels = tf.shape(image)[0], tf.shape(image)[-1]
+    brightness_seed, balance_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    stops = tf.random.stateless_uniform([batch, 1, 1, 1], brightness_seed, -cfg.brightness, cfg.brightness)
+    gains = tf.random.stateless_uniform([batch, 1, 1, channels], balance_seed, -cfg.white_balance, cfg.white_balance)
+    return tf.clip_by_value(image * tf.pow(2.0, stops) * tf.exp(gains), 0.0, 1.0)

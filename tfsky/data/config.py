@@ -57,8 +57,8 @@ class SourceConfig:
         weight: float. This source's share of the training patches, relative to the
             other sources' weights (0.5 = half the patches of a weight-1 source,
             however many images each has). Defaults to 1.
-        allsky: Optional[AllSkyConfig]. ``allsky_folder``: class map, cameras
-            and their masks, ``labels_csv`` columns. Defaults to None (WSISEG's).
+        allsky: AllSkyConfig. ``allsky_folder``: class map, cameras and their
+            masks, ``labels_csv`` columns. Defaults to WSISEG's class map, one camera.
     """
 
     kind: SourceKind
@@ -72,7 +72,7 @@ class SourceConfig:
     cameras: Optional[list[str]] = None
     mask_threshold: int = 128
     weight: float = 1.0
-    allsky: Optional[AllSkyConfig] = None
+    allsky: AllSkyConfig = dataclasses.field(default_factory=AllSkyConfig)
 
     def __post_init__(self) -> None:
         if self.name is None:

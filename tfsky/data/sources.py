@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from tfsky.data import allsky
 from tfsky.data.coco import CocoDataset
 from tfsky.data.config import SourceConfig
 from tfsky.errors import ConfigError, InputError
@@ -40,6 +42,9 @@ class LabelledImage:
         coco: Optional[CocoDataset]. COCO annotations the mask is rasterised from (with ``coco_id``).
         coco_id: Optional[int]. Image id in ``coco``.
         problem: Optional[str]. Why the item cannot be used (e.g. its mask is missing); None when fine.
+        stratum: Optional[str]. Split stratum (groups are split within it); None: the source.
+        mask_loader: Optional[Callable[[int], np.ndarray]]. Loads the class mask (given
+            ``max_pixels``) instead of thresholding ``mask_path`` (all-sky class maps).
     """
 
     id: str
@@ -52,6 +57,8 @@ class LabelledImage:
     coco: Optional[CocoDataset] = dataclasses.field(default=None, compare=False, repr=False)
     coco_id: Optional[int] = None
     problem: Optional[str] = None
+    stratum: Optional[str] = None
+    mask_loader: Optional[Callable[[int], np.ndarray]] = dataclasses.field(default=None, compare=False, repr=False)
 
     def load_mask(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """The ``uint8`` ``H x W`` class-id mask (0/1 for binary sky).
@@ -61,6 +68,8 @@ class LabelledImage:
         """
         if self.coco is not None:
             return self.coco.mask(self.coco_id)
+        if self.mask_loader is not None:
+            return self.mask_loader(max_pixels)
         return read_mask(self.mask_path, threshold=self.mask_threshold, max_pixels=max_pixels)
 
 
@@ -76,6 +85,8 @@ def iter_source(cfg: SourceConfig) -> Iterator[LabelledImage]:
         return _mask_folder(cfg)
     if cfg.kind == "camera_folder":
         return _camera_folder(cfg)
+    if cfg.kind == "allsky_folder":
+        return _allsky_folder(cfg)
     return _coco(cfg)
 
 
@@ -154,4 +165,32 @@ def _coco(cfg: SourceConfig) -> Iterator[LabelledImage]:
         item_id = f"{cfg.name}/{Path(image.file_name).as_posix()}"
         yield LabelledImage(
             id=item_id, image_path=image.path, source=cfg.name, group=item_id, coco=dataset, coco_id=image.id
+        )
+
+
+def _allsky_folder(cfg: SourceConfig) -> Iterator[LabelledImage]:
+    """Frames split one by one, stratified by camera and sky type; masks through the class map (`tfsky.data.allsky`)."""
+    settings = cfg.allsky
+    sky_types = (
+        allsky.read_sky_types(cfg.labels_csv, settings.image_column, settings.label_column) if cfg.labels_csv else {}
+    )
+    for path in _image_files(cfg.images):
+        relative = path.relative_to(cfg.images)
+        annotation = cfg.masks / relative.with_suffix(".png")
+        camera = settings.camera_of(path)
+        problem = None if annotation.is_file() else f"missing annotation {annotation}"
+        if camera is None:
+            problem = f"frame number of {path.name} is in no camera's frame range"
+        item_id = f"{cfg.name}/{relative.as_posix()}"
+        sky_type = sky_types.get(relative.as_posix())
+        yield LabelledImage(
+            id=item_id,
+            image_path=path,
+            source=cfg.name,
+            group=item_id,
+            condition=sky_type,
+            mask_path=annotation,
+            problem=problem,
+            stratum=f"{cfg.name}/{camera.name if camera else '-'}/{sky_type or '-'}",
+            mask_loader=functools.partial(allsky.load_class_mask, annotation, camera and camera.mask, settings),
         )

@@ -1,9 +1,15 @@
 """Segmentation losses by config name, always computed in float32.
 
-The formulas are segmentation-models' (``sm.losses``); this module picks the
-binary or categorical form from the head and wraps it in a serialisable Keras
-`Loss` that casts both tensors to float32 first, so a float16 tensor can never
-reach a log or a ratio (the mixed-precision NaN).
+One-class (sigmoid) heads use segmentation-models' binary formulas
+(``sm.losses``). Softmax heads use the masked categorical forms below: a pixel
+whose one-hot target row is all zero (a mask value >= ``classes`` in the
+cache, `tfsky.data.allsky.IGNORE` = 255 for all-sky frames) is ignored — it
+adds nothing to the cross-entropy (averaged over the valid pixels only) nor to
+the soft Dice / Jaccard counts (its prediction is zeroed). Without ignored
+pixels they are the usual categorical losses (the cross-entropy is per pixel,
+summed over classes). A serialisable Keras `Loss` casts both tensors to
+float32 first, so a float16 tensor can never reach a log or a ratio (the
+mixed-precision NaN).
 """
 
 from __future__ import annotations
@@ -17,18 +23,72 @@ from tfsky.models.segmenter import segmentation_models
 LossName = Literal["bce_jaccard", "dice", "focal", "bce"]
 
 
-def _sm_loss(name: LossName, classes: int):
-    """The segmentation-models loss for ``name``: binary forms for one class, categorical for more."""
+SMOOTH = 1e-5  # segmentation-models' smoothing of the soft Dice / Jaccard ratios
+EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1 - EPSILON] before the log
+FOCAL_GAMMA, FOCAL_ALPHA = 2.0, 0.25  # segmentation-models' categorical focal defaults
+
+
+def _binary_loss(name: LossName):
+    """The segmentation-models loss for ``name`` on a sigmoid head."""
     losses = segmentation_models().losses
-    binary = classes == 1
     if name == "bce_jaccard":
-        return losses.bce_jaccard_loss if binary else losses.cce_jaccard_loss
+        return losses.bce_jaccard_loss
     if name == "dice":
         return losses.DiceLoss()
     if name == "focal":
-        return losses.BinaryFocalLoss() if binary else losses.CategoricalFocalLoss()
+        return losses.BinaryFocalLoss()
     if name == "bce":
-        return losses.BinaryCELoss() if binary else losses.CategoricalCELoss()
+        return losses.BinaryCELoss()
+    raise ValueError(f"unknown loss {name!r}")
+
+
+def valid_pixels(y_true: tf.Tensor) -> tf.Tensor:
+    """``[..., 1]`` weight of each pixel of a one-hot target: 1 when labelled, 0 when ignored (all-zero row)."""
+    return tf.reduce_sum(y_true, axis=-1, keepdims=True)
+
+
+def masked_crossentropy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Categorical cross-entropy averaged over the labelled pixels only."""
+    log_p = tf.math.log(tf.clip_by_value(y_pred, EPSILON, 1 - EPSILON))
+    return -tf.reduce_sum(y_true * log_p) / tf.maximum(tf.reduce_sum(y_true), 1.0)
+
+
+def masked_focal(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Categorical focal loss (``alpha (1 - p)**gamma`` times the cross-entropy) over the labelled pixels."""
+    p = tf.clip_by_value(y_pred, EPSILON, 1 - EPSILON)
+    focal = FOCAL_ALPHA * tf.pow(1 - p, FOCAL_GAMMA) * -tf.math.log(p)
+    return tf.reduce_sum(y_true * focal) / tf.maximum(tf.reduce_sum(y_true), 1.0)
+
+
+def _masked_counts(y_true: tf.Tensor, y_pred: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Per-class soft intersection, labelled and predicted sums, with ignored pixels' predictions zeroed."""
+    y_pred = y_pred * valid_pixels(y_true)
+    axes = tf.range(tf.rank(y_true) - 1)
+    return tf.reduce_sum(y_true * y_pred, axes), tf.reduce_sum(y_true, axes), tf.reduce_sum(y_pred, axes)
+
+
+def masked_jaccard(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """1 - soft Jaccard index, mean over classes, over the labelled pixels of the batch."""
+    intersection, truth, pred = _masked_counts(y_true, y_pred)
+    return 1 - tf.reduce_mean((intersection + SMOOTH) / (truth + pred - intersection + SMOOTH))
+
+
+def masked_dice(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """1 - soft Dice (F1), mean over classes, over the labelled pixels of the batch."""
+    intersection, truth, pred = _masked_counts(y_true, y_pred)
+    return 1 - tf.reduce_mean((2 * intersection + SMOOTH) / (truth + pred + SMOOTH))
+
+
+def _categorical_loss(name: LossName):
+    """The masked categorical loss for ``name`` on a softmax head."""
+    if name == "bce_jaccard":
+        return lambda y_true, y_pred: masked_crossentropy(y_true, y_pred) + masked_jaccard(y_true, y_pred)
+    if name == "dice":
+        return masked_dice
+    if name == "focal":
+        return masked_focal
+    if name == "bce":
+        return masked_crossentropy
     raise ValueError(f"unknown loss {name!r}")
 
 
@@ -39,7 +99,7 @@ class SegmentationLoss(tf.keras.losses.Loss):
     Args:
         kind: str. ``bce_jaccard`` (binary cross-entropy + soft Jaccard; the
             default), ``dice``, ``focal`` or ``bce``. With ``classes > 1`` the
-            categorical counterparts are used.
+            masked categorical counterparts are used.
         classes: int. Number of output channels (1 = sigmoid head).
     """
 
@@ -47,7 +107,7 @@ class SegmentationLoss(tf.keras.losses.Loss):
         super().__init__(name=name or kind, **kwargs)
         self.kind = kind
         self.classes = classes
-        self._loss = _sm_loss(kind, classes)
+        self._loss = _binary_loss(kind) if classes == 1 else _categorical_loss(kind)
 
     def call(self, y_true, y_pred):
         return self._loss(tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32))

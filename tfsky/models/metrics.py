@@ -6,7 +6,8 @@ per-batch IoUs as ``sm.metrics.IOUScore`` gives under ``compile`` (the two
 differ whenever batches hold different amounts of sky). Predictions count as
 positive when ``> 0.5`` (as in segmentation-models); ground truth when ``> 0.5``.
 With a softmax head each pixel goes to its arg-max class and the score is the
-mean over classes.
+mean over classes; pixels whose one-hot target row is all zero (ignored, e.g.
+outside an all-sky camera's lens) count nowhere.
 
 Empty versus empty (no positive pixel predicted nor labelled) scores 1: a
 correct "no sky" answer is perfect. segmentation-models reaches the same 1
@@ -32,6 +33,9 @@ class _ConfusionScore(tf.keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         truth, pred = self._binarise(tf.cast(y_true, tf.float32)), self._binarise(tf.cast(y_pred, tf.float32))
+        if self.classes > 1:  # an all-zero target row is an ignored pixel: it counts nowhere
+            labelled = tf.reduce_sum(tf.cast(y_true, tf.float32), axis=-1, keepdims=True)
+            truth, pred = truth * labelled, pred * labelled
         axes = tf.range(tf.rank(pred) - 1)  # every axis but channels
         self.tp.assign_add(tf.cast(tf.reduce_sum(truth * pred, axes), tf.float64))
         self.fp.assign_add(tf.cast(tf.reduce_sum((1 - truth) * pred, axes), tf.float64))

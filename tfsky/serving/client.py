@@ -59,11 +59,15 @@ class ImagePrediction(NamedTuple):
     """What ``predict_image`` / ``predict_hdr`` return for one image.
 
     ``probability`` is float32 [H, W], decoded from the 16-bit PNG the server sends (step 1 / 65535).
+    ``version`` is the model version that answered: gRPC answers carry it; TF Serving's REST
+    answers do not, so over REST it is the version asked for, or else the one the model's
+    metadata names right after the prediction.
     """
 
     mask_png: bytes
     probability: np.ndarray
     sky_fraction: float
+    version: int | None = None
 
 
 class _Failed(Exception):
@@ -125,20 +129,22 @@ class Client:
                       label: str | None = None) -> ImagePrediction:
         """Segment one encoded PNG/JPEG of any size on the server (``predict_image`` signature)."""
         inputs = {"image_bytes": np.array([image_bytes], dtype=object)}
-        return self._image_prediction(self._predict(model, "predict_image", inputs, _IMAGE_OUTPUTS, version, label))
+        return self._image_prediction(*self._predict(model, "predict_image", inputs, _IMAGE_OUTPUTS, version, label,
+                                                   rest_version=True))
 
     def predict_hdr(self, model: str, image: np.ndarray, *, version: int | None = None,
                     label: str | None = None) -> ImagePrediction:
         """Segment one float32 [H, W, C] HDR radiance image on the server (``predict_hdr`` signature)."""
         image = np.ascontiguousarray(image, dtype="<f4")
         inputs = {"image_raw": np.array([image.tobytes()], dtype=object), "shape": np.array([image.shape], np.int32)}
-        return self._image_prediction(self._predict(model, "predict_hdr", inputs, _IMAGE_OUTPUTS, version, label))
+        return self._image_prediction(*self._predict(model, "predict_hdr", inputs, _IMAGE_OUTPUTS, version, label,
+                                                   rest_version=True))
 
     def predict_tiles(self, model: str, tiles: np.ndarray, *, version: int | None = None,
                       label: str | None = None) -> np.ndarray:
         """Probabilities [B, h, w, K] of normalised float32 tiles [B, h, w, C] (``serving_default``)."""
         inputs = {"tiles": np.asarray(tiles, np.float32)}
-        outputs = self._predict(model, "serving_default", inputs, {"probabilities": tf.float32}, version, label)
+        outputs, _ = self._predict(model, "serving_default", inputs, {"probabilities": tf.float32}, version, label)
         return outputs["probabilities"]
 
     def predict_large(self, model: str, image: np.ndarray, *, preprocess: Preprocess, tiling: TilingConfig,
@@ -153,17 +159,11 @@ class Client:
             version: int. Version to use. Defaults to None (newest).
             label: str. Version label to use instead. Defaults to None.
         """
-        if tiling.tile is None:
-            raise TfskyError("predict_large needs tiling.tile (the model's tile size)")
-
         def predict_batch(tiles: np.ndarray) -> np.ndarray:
             normalised = preprocess.apply(tiles).numpy()
             return self.predict_tiles(model, normalised, version=version, label=label)
 
-        return sliding_window_inference(
-            image, predict_batch, tile=tiling.tile, overlap=tiling.overlap, window=tiling.window,
-            tile_batch=tiling.tile_batch, tta=tiling.tta,
-        )
+        return sliding_window_inference(image, predict_batch, tiling)
 
     # ----------------------------------------------------------------- model status
 
@@ -183,17 +183,21 @@ class Client:
 
     def metadata(self, model: str, *, version: int | None = None, label: str | None = None) -> list[SignatureSummary]:
         """The signatures the server serves for ``model`` (GetModelMetadata)."""
+        return summarize_signatures(dict(self._metadata(model, version, label)[1].signature_def))
+
+    def _metadata(self, model, version, label) -> tuple[int, get_model_metadata_pb2.SignatureDefMap]:
+        """``(version that answered, signatures)`` of GetModelMetadata."""
         signatures = get_model_metadata_pb2.SignatureDefMap()
         if self.rest:
             url = rest.model_url(self._base, model, version, label, "/metadata")
             answer = self._call(lambda: self._http("GET", url))
             json_format.ParseDict(answer["metadata"]["signature_def"], signatures)
-        else:
-            request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-            _fill_spec(request.model_spec, model, version, label)
-            response = self._call(lambda: self._predictions.GetModelMetadata(request, timeout=self.timeout))
-            response.metadata["signature_def"].Unpack(signatures)
-        return summarize_signatures(dict(signatures.signature_def))
+            return int(answer["model_spec"]["version"]), signatures
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        _fill_spec(request.model_spec, model, version, label)
+        response = self._call(lambda: self._predictions.GetModelMetadata(request, timeout=self.timeout))
+        response.metadata["signature_def"].Unpack(signatures)
+        return response.model_spec.version.value, signatures
 
     # ----------------------------------------------------------------- transport
 
@@ -201,18 +205,23 @@ class Client:
     def _base(self) -> str:
         return f"http://{self.server}"
 
-    def _predict(self, model, signature, inputs, outputs, version, label) -> dict[str, np.ndarray]:
+    def _predict(self, model, signature, inputs, outputs, version, label,
+                 rest_version: bool = False) -> tuple[dict[str, np.ndarray], int | None]:
+        """``(outputs, version that answered)``; over REST the version asked for, or (``rest_version``) looked up."""
         if self.rest:
             body = {"signature_name": signature,
                     "inputs": {name: rest.encode_value(name, value) for name, value in inputs.items()}}
             url = rest.model_url(self._base, model, version, label, ":predict")
-            return rest.parse_outputs(self._call(lambda: self._http("POST", url, body)), outputs)
+            arrays = rest.parse_outputs(self._call(lambda: self._http("POST", url, body)), outputs)
+            if version is None and rest_version:  # one GET per image; tile batches do without
+                version = self._metadata(model, None, label)[0]
+            return arrays, version
         request = predict_pb2.PredictRequest()
         _fill_spec(request.model_spec, model, version, label, signature)
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         response = self._call(lambda: self._predictions.Predict(request, timeout=self.timeout))
-        return {name: tf.make_ndarray(response.outputs[name]) for name in outputs}
+        return {name: tf.make_ndarray(response.outputs[name]) for name in outputs}, response.model_spec.version.value
 
     def _call(self, attempt: Callable[[], Any]) -> Any:
         """Run ``attempt``, retrying UNAVAILABLE with exponential backoff; failures become `ServingRequestError`."""
@@ -244,13 +253,12 @@ class Client:
             raise _Failed(grpc.StatusCode.UNAVAILABLE, str(getattr(err, "reason", err))) from None
 
     @staticmethod
-    def _image_prediction(outputs: dict[str, np.ndarray]) -> ImagePrediction:
+    def _image_prediction(outputs: dict[str, np.ndarray], version: int | None) -> ImagePrediction:
         """The first (only) image of a ``predict_image``/``predict_hdr`` answer, probability decoded to float32."""
         probability_png = outputs["probability_png_bytes"][0]
         probability = tf.io.decode_png(probability_png, dtype=tf.uint16).numpy()[..., 0].astype(np.float32) / 65535.0
-        return ImagePrediction(
-            mask_png=outputs["mask_png_bytes"][0], probability=probability, sky_fraction=float(outputs["sky_fraction"][0])
-        )
+        return ImagePrediction(mask_png=outputs["mask_png_bytes"][0], probability=probability,
+                               sky_fraction=float(outputs["sky_fraction"][0]), version=version)
 
 
 def _fill_spec(spec, model: str, version: int | None, label: str | None, signature: str = "") -> None:

@@ -7,7 +7,11 @@ optional ``models.config`` (TF Serving's own ``ModelServerConfig`` text
 format) are loaded too. Without a label config, ``stable`` means the newest
 version. `ModelRepository.refresh` rescans the folder (the server calls it
 every few seconds), so a version folder renamed into place is picked up and
-an older one is retired.
+an older one is retired once the new one is AVAILABLE. A version that fails
+to load does not take the model down: as TF Serving does, the last version
+that loaded keeps serving, the failed one is END with its load error in the
+status, and it is tried again on a later scan when its files change (or
+after ``retry_seconds``).
 
 Errors a client caused are `ServingError` carrying the gRPC status code TF
 Serving would answer with.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -127,9 +132,11 @@ class ModelRepository:
         root: Path. Repository root (``<root>/<model>/<version>/``).
         model_config: Path. Optional ``ModelServerConfig`` text file with ``version_labels``.
             Defaults to None (``<root>/models.config`` when it exists).
+        retry_seconds: float. A version that failed to load is tried again after this long even if
+            its files did not change (the failure may have been passing, e.g. memory). Defaults to 60.
     """
 
-    def __init__(self, root: str | Path, model_config: str | Path | None = None):
+    def __init__(self, root: str | Path, model_config: str | Path | None = None, retry_seconds: float = 60.0):
         self.root = Path(root)
         if not self.root.is_dir():
             raise TfskyError(f"{self.root}: model repository folder not found")
@@ -140,34 +147,48 @@ class ModelRepository:
         self._servables: dict[str, dict[int, Servable]] = {}
         self._status: dict[str, dict[int, VersionStatus]] = {}
         self._labels: dict[str, dict[str, int]] = {}
+        self.retry_seconds = retry_seconds
+        self._failures: dict[tuple[str, int], tuple[tuple, float]] = {}  # (files fingerprint, time) of failed loads
 
     def refresh(self) -> None:
-        """Rescan the folder: load wanted versions that are new, retire loaded ones no longer wanted."""
+        """Rescan the folder: load wanted versions that are new, retire loaded ones no longer wanted.
+
+        A loaded version is retired only when something newer serves in its place: if the newest
+        version fails to load, the newest one that did load stays AVAILABLE.
+        """
         with self._refresh_lock:
             configured = read_version_labels(self.model_config) if self.model_config else {}
             for name, on_disk in scan_repository(self.root).items():
                 labels = configured.get(name) or {"stable": max(on_disk)}
-                wanted = {max(on_disk)} | {v for v in labels.values() if v in on_disk}
+                newest = max(on_disk)
+                wanted = {newest} | {v for v in labels.values() if v in on_disk}
                 with self._lock:
                     self._labels[name] = labels
                     loaded = set(self._servables.get(name, {}))
                 for version in sorted(wanted - loaded):
                     self._load(name, version, on_disk[version])
-                for version in loaded - wanted:
+                with self._lock:
+                    loaded = set(self._servables.get(name, {}))
+                keep = wanted & loaded
+                if newest not in loaded:  # the newest failed (or is retried later): keep serving what loaded last
+                    keep |= set(sorted(v for v in loaded if v < newest)[-1:])
+                for version in loaded - keep:
                     self._set(name, version, None, VersionStatus(version, END))
 
     def _load(self, name: str, version: int, path: Path) -> None:
-        with self._lock:
-            status = self._status.get(name, {}).get(version)
-        if status is not None and status.error:
-            return  # failed before: like TF Serving, do not retry forever
+        fingerprint = _fingerprint(path)
+        failed = self._failures.get((name, version))
+        if failed is not None and failed[0] == fingerprint and time.monotonic() - failed[1] < self.retry_seconds:
+            return  # same files as the failed attempt: retry when they change or the retry delay has passed
         self._set(name, version, None, VersionStatus(version, LOADING))
         try:
             servable = Servable(name, version, path)
         except Exception as err:  # any load failure is reported through the status API
             log.warning("model %s version %s failed to load: %s", name, version, _first_line(err))
+            self._failures[(name, version)] = (fingerprint, time.monotonic())
             self._set(name, version, None, VersionStatus(version, END, _first_line(err)))
             return
+        self._failures.pop((name, version), None)
         self._set(name, version, servable, VersionStatus(version, AVAILABLE))
 
     def _set(self, name: str, version: int, servable: Servable | None, status: VersionStatus) -> None:
@@ -223,6 +244,18 @@ def scan_repository(root: Path) -> dict[str, dict[int, Path]]:
         if versions:
             models[model_dir.name] = versions
     return models
+
+
+def _fingerprint(folder: Path) -> tuple:
+    """Names, sizes and modification times of the files of a version folder: changes when it is fixed."""
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        try:
+            stat = path.stat()
+        except OSError:  # removed while scanning, or a dangling link: part of what changed
+            continue
+        entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
 
 
 def read_version_labels(path: Path) -> dict[str, dict[str, int]]:

@@ -11,7 +11,12 @@ stubs (``tensorflow-serving-api``):
   input, wrong dtype or rank -> INVALID_ARGUMENT; a message over the size
   limit -> RESOURCE_EXHAUSTED (gRPC's own check);
 * REST ``POST /v1/models/<name>[...]:predict``, ``GET /v1/models/<name>[...]``
-  (status) and ``.../metadata`` on a second port (`tfsky.serving.rest`).
+  (status) and ``.../metadata`` on a second port (`tfsky.serving.rest`), with
+  the same status codes as HTTP statuses and TF Serving's ``{"error": ...}``
+  body. The REST port does not trust its clients: a body over the message size
+  limit is 413 (refused from its ``Content-Length``, before it is read), a
+  missing or invalid ``Content-Length`` 400, and every connection has a read
+  timeout (408), so a slow or silent client holds only its own thread.
 
 It binds 127.0.0.1 by default and rescans the repository every
 ``poll_seconds`` (`tfsky.serving.repository.ModelRepository`).
@@ -23,7 +28,10 @@ import contextlib
 import http.server
 import json
 import logging
+import re
+import socket
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -40,11 +48,13 @@ from tensorflow_serving.apis import (
 
 from tfsky.errors import TfskyError
 from tfsky.serving import rest
+from tfsky.serving.config import ServeConfig
 from tfsky.serving.repository import ModelRepository, ServingError, VersionStatus
 
 log = logging.getLogger("tfsky")
 
 _STATES = get_model_status_pb2.ModelVersionStatus.State
+_DIGITS = re.compile(r"[0-9]+")  # str.isdigit also accepts '²', which int() refuses
 
 
 @contextlib.contextmanager
@@ -137,10 +147,23 @@ def _status_proto(status: VersionStatus) -> get_model_status_pb2.ModelVersionSta
     return proto
 
 
+class _HttpError(Exception):
+    """A REST request refused before it reaches the model API (body size, Content-Length, timeout)."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
 class _RestHandler(http.server.BaseHTTPRequestHandler):
-    """TF Serving's REST endpoints; ``server.repository`` is the `ModelRepository`."""
+    """TF Serving's REST endpoints; ``server`` carries ``repository``, ``max_body_bytes`` and ``read_timeout``."""
 
     protocol_version = "HTTP/1.1"
+    body_unread = False  # a refused body was left unread: drain it before closing
+
+    def setup(self):
+        self.timeout = self.server.read_timeout  # socket timeout of every read and write on this connection
+        super().setup()
 
     def do_GET(self):  # noqa: N802
         self._answer(self._get)
@@ -156,7 +179,8 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
         spec.name = match["name"]
         if match["version"]:
             spec.version.value = int(match["version"])
-        spec.version_label = match["label"] or ""
+        if match["label"]:  # version and version_label are a oneof: setting either clears the other
+            spec.version_label = match["label"]
         return spec
 
     def _get(self):
@@ -176,11 +200,33 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
             status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
 
+    def _read_body(self) -> bytes:
+        """The request body, read only when its ``Content-Length`` is valid and within the limit."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) != 1 or not _DIGITS.fullmatch(lengths[0].strip()):
+            self.close_connection = self.body_unread = True  # where the next request starts is unknown
+            raise _HttpError(400, f"invalid Content-Length {', '.join(lengths) or '(missing)'}: "
+                             "one non-negative integer is required")
+        length, limit = int(lengths[0]), self.server.max_body_bytes
+        if length > limit:
+            self.close_connection = self.body_unread = True
+            raise _HttpError(413, f"request body of {length} bytes is over the limit of {limit} bytes")
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise _HttpError(408, f"request body not received within {self.server.read_timeout:g} s") from None
+        if len(body) != length:
+            self.close_connection = True
+            raise _HttpError(400, f"request body ended after {len(body)} of {length} bytes")
+        return body
+
     def _post(self):
         spec = self._route(":predict")
+        body = self._read_body()
         try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        except ValueError as err:
+            body = json.loads(body)
+        except (ValueError, RecursionError) as err:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {err}") from None
         servable = self.server.repository.resolve(spec.name, _version_of(spec), spec.version_label)
         signature = body.get("signature_name", "") if isinstance(body, dict) else ""
@@ -197,18 +243,57 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
             status, answer = 200, handler()
         except ServingError as err:
             status, answer = rest.HTTP_STATUS.get(err.code, 500), {"error": str(err)}
+        except _HttpError as err:
+            status, answer = err.status, {"error": str(err)}
         except Exception as err:  # keep serving
             log.exception("REST request failed")
             status, answer = 500, {"error": f"{type(err).__name__}: {err}"}
         data = json.dumps(answer).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client went away or stopped reading (timeout): nothing left to tell it
+            self.close_connection = True
+        else:
+            if self.body_unread:
+                self._discard_unread_body()
+
+    def _discard_unread_body(self) -> None:
+        """Read and drop what the client is still sending (for at most the read timeout), then close.
+
+        Closing a socket with unread data makes the kernel send a reset, and a
+        client still busy sending its body would see that instead of our answer.
+        """
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(0.2)
+            deadline = time.monotonic() + self.server.read_timeout
+            while time.monotonic() < deadline and self.connection.recv(1 << 16):
+                pass
+        except OSError:
+            pass
 
     def log_message(self, format, *args):  # noqa: A002 (stdlib signature)
         log.debug("rest: " + format, *args)
+
+
+class _RestServer(http.server.ThreadingHTTPServer):
+    """One daemon thread per connection, so a slow client holds only its own (until its read timeout)."""
+
+    daemon_threads = True
+
+    def __init__(self, address, repository: ModelRepository, max_body_bytes: int, read_timeout: float):
+        self.repository, self.max_body_bytes, self.read_timeout = repository, max_body_bytes, read_timeout
+        super().__init__(address, _RestHandler)
+
+    def handle_error(self, request, client_address):
+        """A client that resets or drops its connection is its own problem: no traceback in the server log."""
+        log.debug("rest: connection from %s failed", client_address, exc_info=True)
 
 
 class DevServer:
@@ -220,8 +305,11 @@ class DevServer:
         grpc_port: int. gRPC port; 0 picks a free one. Defaults to 8500.
         rest_port: int. REST port; 0 picks a free one. Defaults to 8501.
         poll_seconds: float. Interval between repository rescans. Defaults to 2.
-        max_message_mb: int. Largest gRPC message accepted or sent. Defaults to 256.
-        workers: int. Request threads. Defaults to 8.
+        max_message_mb: int. Largest gRPC message accepted or sent, and largest REST body accepted.
+            Defaults to 256.
+        workers: int. gRPC request threads (REST runs one thread per connection). Defaults to 8.
+        read_timeout: float. Seconds a REST connection may stay silent (mid-request or idle between
+            requests) before it is closed. Defaults to 30.
         model_config: Path. ``models.config`` with version labels. Defaults to None (``<repo>/models.config``).
     """
 
@@ -229,19 +317,21 @@ class DevServer:
         self,
         repo: str | Path,
         *,
-        host: str = "127.0.0.1",
-        grpc_port: int = 8500,
-        rest_port: int = 8501,
-        poll_seconds: float = 2.0,
-        max_message_mb: int = 256,
+        host: str = ServeConfig.host,
+        grpc_port: int = ServeConfig.grpc_port,
+        rest_port: int = ServeConfig.rest_port,
+        poll_seconds: float = ServeConfig.poll_seconds,
+        max_message_mb: int = ServeConfig.max_message_mb,
         workers: int = 8,
         model_config: str | Path | None = None,
+        read_timeout: float = ServeConfig.read_timeout,
     ):
         self.repository = ModelRepository(repo, model_config)
         self.host, self.grpc_port, self.rest_port = host, grpc_port, rest_port
         self.poll_seconds = poll_seconds
         self.max_message_bytes = max_message_mb * 1024 * 1024
         self.workers = workers
+        self.read_timeout = read_timeout
         self._stopped = threading.Event()
         self._grpc = self._http = None
         self._threads: list[threading.Thread] = []
@@ -261,11 +351,10 @@ class DevServer:
             raise TfskyError(f"cannot bind gRPC port {self.host}:{self.grpc_port} (in use?)")
         self.grpc_port = port
         try:
-            self._http = http.server.ThreadingHTTPServer((self.host, self.rest_port), _RestHandler)
+            self._http = _RestServer((self.host, self.rest_port), self.repository, self.max_message_bytes,
+                                     self.read_timeout)
         except OSError as err:
             raise TfskyError(f"cannot bind REST port {self.host}:{self.rest_port} ({err.strerror})") from None
-        self._http.daemon_threads = True
-        self._http.repository = self.repository
         self.rest_port = self._http.server_address[1]
         self._grpc.start()
         self._threads = [
@@ -280,7 +369,7 @@ class DevServer:
         while not self._stopped.wait(self.poll_seconds):
             try:
                 self.repository.refresh()
-            except TfskyError as err:  # e.g. a models.config being edited: keep the last good state
+            except (TfskyError, OSError) as err:  # e.g. a models.config being edited: keep the last good state
                 log.warning("repository rescan failed: %s", err)
 
     def stop(self, grace: float = 1.0) -> None:

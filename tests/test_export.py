@@ -182,7 +182,8 @@ def test_metadata_and_signatures_read_back(exported):
     metadata, signatures = export_info(version_dir)
     assert metadata["name"] == "sky_segmenter" and metadata["version"] == 1
     assert metadata["model"]["preprocess"]["mode"] == "ldr"
-    assert metadata["tiling"] == {"tile": TILE, "overlap": 0.25, "window": "gaussian", "tile_batch": 8, "tta": "none"}
+    assert metadata["tiling"] == {"tile": TILE, "overlap": 0.25, "window": "gaussian", "tile_batch": 8, "tta": "none",
+                                  "resolution": "working"}
     assert metadata["source_model"] == str(model_path.resolve())
     by_name = {s.name: s for s in signatures}
     assert list(by_name) == ["serving_default", "predict_image"]
@@ -213,3 +214,43 @@ def test_cli_info_on_a_folder_that_is_not_an_export(cli, tmp_path):
     result = cli("export", "--info", tmp_path)
     assert result.exit_code == 1
     assert "tfsky_model.json not found" in result.stderr
+
+
+def test_predict_image_decodes_jpeg_exactly_as_tfsky_predict(exported, sky_png, tmp_path):
+    """TensorFlow's default JPEG decoder differs from Pillow's by up to 23 levels; the export must not."""
+    from PIL import Image
+
+    model_path, _, loaded = exported
+    jpeg = tmp_path / "scene.jpg"
+    Image.open(sky_png).save(jpeg, quality=80)
+    out = loaded.signatures["predict_image"](image_bytes=tf.constant([jpeg.read_bytes()]))
+    segmenter = TiledSegmenter.load(model_path)
+    expected = segmenter.probabilities(segmenter.read(jpeg))[..., 0]
+    np.testing.assert_allclose(decode_probability(out["probability_png_bytes"][0].numpy()), expected, atol=1e-4)
+
+
+def test_export_removes_the_temporaries_of_killed_exports_of_its_model(exported, tmp_path):
+    model_path, _, _ = exported
+    model_dir = tmp_path / "sky_segmenter"
+    killed = [model_dir / ".1.k3x9_q2a.part", model_dir / ".12.abcdefgh.part"]
+    for folder in killed:
+        (folder / "variables").mkdir(parents=True)
+        (folder / "variables" / "variables.data-00000-of-00001").write_bytes(bytes(1 << 20))
+    kept = [model_dir / ".notes", model_dir / "latest", tmp_path / "other" / ".1.k3x9_q2a.part"]
+    for folder in kept:
+        folder.mkdir(parents=True)
+    (model_dir / ".1.file.part").write_text("a file, not an export folder")
+
+    assert export_model(model_path, tmp_path, "sky_segmenter") == model_dir / "1"
+    assert not any(folder.exists() for folder in killed)
+    assert all(folder.is_dir() for folder in kept) and (model_dir / ".1.file.part").is_file()
+
+
+def test_export_refuses_a_translator_saying_what_it_is(exported, cli, tmp_path):
+    model_path, _, _ = exported
+    translator = tmp_path / "t.keras"
+    save_model(tiny_segmenter(), translator, ModelInfo(task="pix2pix", preprocess=Preprocess(), tile_size=TILE))
+    result = cli("export", "--model", translator, "--name", "sky", "--repo", tmp_path / "repo")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {translator}: is a pix2pix model, not a sky segmenter"
+    assert not (tmp_path / "repo").exists()

@@ -33,19 +33,23 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
+import shutil
 from pathlib import Path
 from typing import Literal
 
 import tensorflow as tf
 
+from tfsky.data.config import SIZE_MULTIPLE
+from tfsky.data.masks import SKY_THRESHOLD
 from tfsky.errors import InputError
 from tfsky.export import metadata, warmup
 from tfsky.io.atomic import atomic_dir, write_json
 from tfsky.models.bundle import ModelInfo, load_model
-from tfsky.tiling import TilingConfig, sliding_window_graph
+from tfsky.tiling import TilingConfig, model_tiling, sliding_window_graph
 
-MASK_THRESHOLD = 0.5
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_VERSION_TEMP = re.compile(r"^\.\d+\..+\.part$")  # `atomic_dir`'s temporary of a version folder: .N.<random>.part
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_BIT_DEPTH_OFFSET = 24  # 8-byte signature, IHDR length + type (8), width + height (8)
 
@@ -59,12 +63,11 @@ class SegmenterModule(tf.Module):
         tiling: TilingConfig. In-graph tiling; ``tile=None`` means ``info.tile_size``.
     """
 
-    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig):
+    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None):
         super().__init__(name="tfsky_segmenter")
         self.model = model
         self.preprocess = info.preprocess
-        self.tiling = dataclasses.replace(tiling, tile=tiling.tile or info.tile_size)
-        self.tiling.validate()
+        self.tiling = model_tiling(tiling, info.tile_size, SIZE_MULTIPLE, "segmenter")
         self.channels = channels = info.in_channels
         self.predict_tiles = tf.function(
             self._predict_tiles, input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)]
@@ -112,12 +115,8 @@ class SegmenterModule(tf.Module):
 
     def _segment(self, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Normalised [H, W, C] -> (mask PNG, 16-bit probability PNG, sky fraction)."""
-        tiling = self.tiling
-        probability = sliding_window_graph(
-            image, self._model_probabilities, tile=tiling.tile, overlap=tiling.overlap,
-            window=tiling.window, tile_batch=tiling.tile_batch, tta=tiling.tta,
-        )
-        sky = probability[..., :1] >= MASK_THRESHOLD
+        probability = sliding_window_graph(image, self._model_probabilities, self.tiling)
+        sky = probability[..., :1] >= SKY_THRESHOLD
         probability_16bit = tf.cast(tf.round(tf.clip_by_value(probability[..., :1], 0.0, 1.0) * 65535.0), tf.uint16)
         return (
             tf.io.encode_png(tf.cast(sky, tf.uint8) * 255),
@@ -131,21 +130,33 @@ def decode_normalised(image_bytes: tf.Tensor, preprocess, channels: int) -> tf.T
 
     16-bit PNGs are decoded to uint16 (``/ 65535``), everything else to uint8
     (``/ 255``), matching what `tfsky.io.images.read_image` returns for the file.
+    RGB JPEGs are decoded with the accurate integer DCT, which gives exactly
+    Pillow's pixels (what ``read_image`` uses): TensorFlow's default fast DCT
+    differs by up to 23 levels, and served probabilities then by up to 0.016.
     """
     header = tf.io.decode_raw(tf.strings.substr(image_bytes + b"\0" * 32, 0, 32), tf.uint8)
     is_png16 = tf.logical_and(
         tf.reduce_all(tf.equal(header[:8], tf.constant(list(_PNG_SIGNATURE), tf.uint8))),
         tf.equal(header[_PNG_BIT_DEPTH_OFFSET], 16),
     )
+    is_jpeg = tf.reduce_all(tf.equal(header[: len(_JPEG_SIGNATURE)], tf.constant(list(_JPEG_SIGNATURE), tf.uint8)))
 
-    def decode_16bit():
-        return preprocess.apply(tf.io.decode_png(image_bytes, channels=channels, dtype=tf.uint16))
-
-    def decode_8bit():
-        image = tf.io.decode_image(image_bytes, channels=channels, expand_animations=False)
+    def normalised(image):  # per branch: uint16 and uint8 normalise differently
         return preprocess.apply(tf.ensure_shape(image, [None, None, channels]))
 
-    return tf.cond(is_png16, decode_16bit, decode_8bit)
+    def decode_16bit():
+        return normalised(tf.io.decode_png(image_bytes, channels=channels, dtype=tf.uint16))
+
+    def decode_jpeg():
+        return normalised(tf.io.decode_jpeg(image_bytes, channels=channels, dct_method="INTEGER_ACCURATE"))
+
+    def decode_8bit():
+        return normalised(tf.io.decode_image(image_bytes, channels=channels, expand_animations=False))
+
+    branches = [(is_png16, decode_16bit)]
+    if channels == 3:  # other channel counts keep decode_image's conversions
+        branches.append((is_jpeg, decode_jpeg))
+    return tf.case(branches, default=decode_8bit, exclusive=False)
 
 
 def decode_raw_image(image_raw: tf.Tensor, shape: tf.Tensor, channels: int) -> tf.Tensor:
@@ -200,12 +211,9 @@ def export_model(
     """
     if not _NAME.match(name):
         raise InputError(name, "model name must be letters, digits, '_', '.' or '-' (it is a folder name)")
-    model, info = load_model(model_path, precision=precision)
-    if info.task != "segmenter" or info.classes != 1:
-        raise InputError(
-            model_path, f"only 1-class segmenters can be exported; this is a {info.task} with {info.classes} classes"
-        )
-    tiling = tiling or TilingConfig()
+    model, info = load_model(model_path, precision=precision, kind="segmenter")
+    if info.classes != 1:
+        raise InputError(model_path, f"only 1-class segmenters can be exported; this one has {info.classes} classes")
     model_dir = Path(repo) / name
     version = next_version(model_dir) if version is None else version
     if version < 1:
@@ -214,6 +222,7 @@ def export_model(
     if target.exists() and not overwrite:
         raise InputError(target, "version already exists (omit --version for the next one, or pass --overwrite)")
     module = SegmenterModule(model, info, tiling)  # validates the tiling before anything is written
+    remove_stale_exports(model_dir)
     with atomic_dir(target) as tmp:
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
         inputs = warmup.warmup_inputs(
@@ -224,6 +233,17 @@ def export_model(
         write_json(tmp / metadata.METADATA_FILE, _metadata(model_path, name, version, info, module.tiling, model))
         _make_readable(tmp)
     return target
+
+
+def remove_stale_exports(model_dir: Path) -> None:
+    """Delete the hidden ``.N.<random>.part`` folders killed exports of this model left (one was 47 MB).
+
+    Two exports of one model must not run at once anyway: both would pick the same next version.
+    """
+    if model_dir.is_dir():
+        for stale in model_dir.iterdir():
+            if _VERSION_TEMP.match(stale.name) and stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _make_readable(folder: Path) -> None:
@@ -239,7 +259,7 @@ def _metadata(model_path, name: str, version: int, info: ModelInfo, tiling: Tili
         "version": version,
         "source_model": str(Path(model_path).resolve()),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "mask_threshold": MASK_THRESHOLD,
+        "mask_threshold": SKY_THRESHOLD,
         "tiling": dataclasses.asdict(tiling),
         "compute_dtypes": sorted({layer.compute_dtype for layer in model.layers}),
         "model": info.to_json(),

@@ -6,28 +6,33 @@ after changing ``data.sources`` run ``tfsky data prepare`` again. Patch size,
 augmentation and preprocessing are applied at read time and may change freely.
 
 ``best.keras`` is chosen on ``val_iou``; its sidecar ``best.json`` holds the
-preprocessing, tile size, channels, classes, resolved config and the best
-epoch's validation metrics.
+preprocessing, tile size, working scale, channels, classes, resolved config,
+the best epoch's validation metrics and, for one-class models, the sky
+threshold with the best IoU on the validation batches (chosen after training).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from tfsky.config import to_dict
 from tfsky.data import cache, pipeline
 from tfsky.errors import ConfigError
-from tfsky.models.bundle import ModelInfo, save_model
+from tfsky.data.masks import best_iou_threshold
+from tfsky.io.atomic import write_json
+from tfsky.models.bundle import ModelInfo, info_path, load_model, save_model
 from tfsky.models.losses import make_loss
 from tfsky.models.metrics import segmentation_metrics
 from tfsky.models.precision import global_batch_size, make_strategy, precision_policy
 from tfsky.models.segmenter import build_segmenter
 from tfsky.train.config import SegmenterConfig, SegmenterTrainConfig
-from tfsky.train.runner import RunResult, fit_run, seed_everything, start_run
+from tfsky.train.runner import RunResult, fit_run, is_chief, seed_everything, start_run
 
 MONITOR = "val_iou"
+THRESHOLD_BINS = 50  # candidate sky thresholds every 0.02
 
 
 def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, verbose: int = 2) -> RunResult:
@@ -51,7 +56,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, verbose: int 
     with precision_policy(cfg.model.precision), strategy.scope():
         model = compiled_segmenter(cfg, steps)
         run_dir, _ = start_run(cfg.train.runs_root, cfg.name, cfg, resume)
-        return fit_run(
+        result = fit_run(
             model,
             train_ds,
             val_ds,
@@ -65,6 +70,26 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, verbose: int 
             steps_per_epoch=steps,
             verbose=verbose,
         )
+    best = run_dir / "best.keras"
+    if cfg.model.classes == 1 and best.is_file() and is_chief():
+        store_threshold(best, val_ds)
+    return result
+
+
+def store_threshold(path: Path, val_ds: tf.data.Dataset) -> float:
+    """Choose the sky threshold of the saved model at ``path`` on the validation batches and store it in its
+    sidecar (`ModelInfo.threshold`), where predict, evaluate and export read it."""
+    model, info = load_model(path, precision="float32")
+    positive = np.zeros(THRESHOLD_BINS, np.int64)
+    negative = np.zeros(THRESHOLD_BINS, np.int64)
+    for images, masks in val_ds:
+        probability = model(images, training=False).numpy()[..., 0]
+        truth = masks.numpy()[..., 0] >= 0.5
+        positive += np.histogram(probability[truth], THRESHOLD_BINS, (0.0, 1.0))[0]
+        negative += np.histogram(probability[~truth], THRESHOLD_BINS, (0.0, 1.0))[0]
+    info.threshold = best_iou_threshold(positive, negative)
+    write_json(info_path(path), info.to_json())
+    return info.threshold
 
 
 def compiled_segmenter(cfg: SegmenterConfig, steps_per_epoch: int) -> tf.keras.Model:

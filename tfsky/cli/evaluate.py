@@ -71,6 +71,32 @@ def segmenter(
 
 
 @app.command()
+def classifier(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Classifier .keras file written by tfsky train.")],
+    split: Annotated[str, typer.Option("--split", help="Split to evaluate: val or train.")] = "val",
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: eval/ beside the model.")
+    ] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Accuracy, per-class P/R/F1, confusion matrix and calibration vs majority-class and colour baselines.
+
+    The split by source is rebuilt from the model's config. Writes classifier_eval.json/.md,
+    confusion.png and reliability.png.
+    """
+    from rich.console import Console
+
+    from tfsky.evaluate.classifier import evaluate_classifier, summary_table
+    from tfsky.evaluate.report import rich_table
+
+    if split not in ("train", "val"):
+        raise typer.BadParameter(f"must be train or val; got {split!r}", param_hint="--split")
+    report = evaluate_classifier(model, out or model.parent / "eval", split)
+    Console(quiet=quiet).print(rich_table(summary_table(report)))
+    typer.echo(f"wrote {', '.join(str(p) for p in report.files)}")
+
+
+@app.command()
 def translator(
     model: Annotated[Path, typer.Option("--model", "-m", help="Translator .keras file (pix2pix or vae).")],
     pairs: Annotated[Path, typer.Option("--pairs", "-p", help="Pairs file written by tfsky streams pairs.")],

@@ -49,6 +49,21 @@ def translator(
     print_result(train_translator(cfg, resume=resume, verbose=0 if quiet else 2))
 
 
+@app.command()
+def classifier(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    resume: ResumeOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Train the weather classifier on labelled photos (class folders, labels CSVs); split by source."""
+    from tfsky.config import load_config
+    from tfsky.train.classifier import ClassifierConfig, train_classifier
+
+    cfg = load_config(ClassifierConfig, config, overrides)
+    print_result(train_classifier(cfg, resume=resume, verbose=0 if quiet else 2))
+
+
 def print_result(result) -> None:
     """The run folder, how training ended and the best epoch's validation metrics."""
     console = Console()

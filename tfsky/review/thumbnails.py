@@ -13,9 +13,7 @@ import threading
 from pathlib import Path
 from typing import Iterable, Optional
 
-import cv2
-import numpy as np
-
+from tfsky.data.labelled import resized_rgb8
 from tfsky.errors import InputError
 from tfsky.io.images import read_image
 from tfsky.io.writers import write_jpeg
@@ -37,17 +35,9 @@ def ensure_thumbnail(manifest: Path, frame_path: Path) -> Optional[Path]:
         image = read_image(frame_path)
     except (OSError, InputError):
         return None
-    write_jpeg(target, small_rgb8(image, THUMB_WIDTH), quality=85)
+    height = max(1, round(image.shape[0] * THUMB_WIDTH / image.shape[1]))
+    write_jpeg(target, resized_rgb8(image, THUMB_WIDTH, height), quality=85)
     return target
-
-
-def small_rgb8(image: np.ndarray, width: int) -> np.ndarray:
-    """``image`` (8/16-bit RGB) area-scaled to ``width`` pixels wide, as uint8."""
-    height = max(1, round(image.shape[0] * width / image.shape[1]))
-    small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    if small.dtype == np.uint16:
-        small = (small // 257).astype(np.uint8)
-    return small
 
 
 def warm_thumbnails(jobs: Iterable[tuple[Path, Path]]) -> threading.Thread:

@@ -154,3 +154,58 @@ def test_train_resume_and_evaluate_a_tiny_classifier(photo_folders, tmp_path, cl
     for plot in ("confusion.png", "reliability.png"):
         with Image.open(run / "eval" / plot) as im:
             assert im.width > 200 and np.asarray(im.convert("L")).std() > 5
+
+
+@pytest.fixture(scope="module")
+def untrained_classifier(photo_folders, tmp_path_factory) -> Path:
+    """A saved (untrained) two-class classifier at 32 px: labelling needs its files, not its skill."""
+    from tfsky.models.classifier import build_classifier
+    from tfsky.train.classifier import save_classifier
+
+    cfg = ClassifierConfig(name="t", data=data_config(photo_folders))
+    path = tmp_path_factory.mktemp("model") / "best.keras"
+    save_classifier(build_classifier(cfg.model, 2), path, cfg, {})
+    return path
+
+
+def test_streams_label_predicts_every_frame_and_human_labels_win(untrained_classifier, tmp_path, cli):
+    from tfsky.data.streams import StreamsConfig, read_manifest, validate_streams
+    from tfsky.predict.classify import WeatherClassifier
+
+    (tmp_path / "frames" / "cam").mkdir(parents=True)
+    for hour in range(10, 15):
+        Image.fromarray(sky_photo(hour, hour % 2 == 0, size=96)).save(tmp_path / "frames" / "cam" / f"20200101_{hour}0000.png")
+    (tmp_path / "frames" / "cam" / "20200101_150000.png").write_bytes(b"not a png")
+    (tmp_path / "labels.csv").write_text("image,sky_condition\ncam/20200101_100000.png,overcast\n")
+    validate_streams(StreamsConfig(root=tmp_path / "frames", labels_csv=tmp_path / "labels.csv"), out=tmp_path / "m")
+    result = cli("streams", "label", tmp_path / "m", "--classifier", untrained_classifier)
+    assert result.exit_code == 0, result.output
+    stream = read_manifest(tmp_path / "m" / "cam" / "stream.json")
+    model = WeatherClassifier.load(untrained_classifier)
+    human, *others, unreadable = stream.frames
+    assert (human.condition, human.label_source, human.confidence) == ("overcast", None, None)  # kept
+    assert human.prediction["model"] == model.id
+    for frame in others:
+        assert frame.label_source == "model" and frame.condition in ("clear", "overcast")
+        assert frame.confidence == frame.prediction["probability"] and 0.5 <= frame.confidence <= 1
+    assert unreadable.prediction is None and unreadable.condition is None
+
+    validated = cli("streams", "validate", tmp_path / "m", "--set", "streams.min_confidence=1.0", "--set",
+                    "streams.min_edge_correlation=-1", "--set", "streams.max_offset=1", "-q")  # one scene per frame
+    assert validated.exit_code == 0, validated.output
+    reasons = [f.reason for f in read_manifest(tmp_path / "m" / "cam" / "stream.json").frames]
+    assert reasons == ["", "low_confidence", "low_confidence", "low_confidence", "low_confidence", "corrupt"]
+
+
+def test_streams_label_refuses_a_segmenter_model(tmp_path, cli, untrained_classifier):
+    import shutil
+
+    other = tmp_path / "seg.keras"
+    shutil.copy(untrained_classifier, other)
+    sidecar = json.loads(untrained_classifier.with_suffix(".json").read_text()) | {"task": "segmenter"}
+    other.with_suffix(".json").write_text(json.dumps(sidecar))
+    (tmp_path / "m" / "cam").mkdir(parents=True)
+    (tmp_path / "m" / "cam" / "stream.json").write_text('{"camera": "cam", "frames": []}')
+    result = cli("streams", "label", tmp_path / "m", "--classifier", other)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {other}: not a weather classifier (a segmenter model)"

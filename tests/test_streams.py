@@ -271,3 +271,21 @@ def test_pipeline_applies_the_same_crop_and_flip_to_source_target_and_mask(tmp_p
     (source, mask), target = next(iter(resized))
     np.testing.assert_array_equal(source.numpy(), target.numpy())
     assert source.shape == (2, 32, 32, 3)
+
+
+def test_a_shifted_frame_is_moved_with_the_offset_found_against_the_median(shared_data, tmp_path):
+    """Camera 623's daytime frames, one of them shifted 64 px right and 16 px down: no segmenter needed."""
+    daytime = ["20121024_124151.jpg", "20121119_134153.jpg", "20121202_161153.jpg", "20130401_164153.jpg",
+               "20140318_164143.jpg", "20140624_164149.jpg"]
+    (tmp_path / "623").mkdir()
+    for name in daytime:
+        image = cv2.imread(str(shared_data / "skyfinder_webcams" / "623" / name))
+        if name == daytime[2]:
+            shift = np.float32([[1, 0, 64], [0, 1, 16]])
+            image = cv2.warpAffine(image, shift, image.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+        cv2.imwrite(str(tmp_path / "623" / name), image)
+    stream = validate_stream(import_tree(StreamsConfig(root=tmp_path)).streams[0], StreamsConfig())
+    moved = {f.file: f.detail for f in stream.frames if f.reason == "moved"}
+    assert list(moved) == [daytime[2]]
+    dx, dy = map(int, re.search(r"offset \(([+-]\d+), ([+-]\d+)\) px", moved[daytime[2]]).groups())
+    assert abs(dx - 64) <= 4 and abs(dy - 16) <= 4, moved

@@ -78,6 +78,38 @@ def pairs(
 
 
 @app.command()
+def label(
+    manifests: Annotated[Optional[Path], typer.Argument(
+        help="A stream.json or a folder of manifests (default: streams.manifests).")] = None,
+    classifier: Annotated[Path, typer.Option(
+        "--classifier", help="Weather classifier written by tfsky train classifier (.keras).")] = ...,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Predict every frame's condition; frames without a human label take it (with its probability)."""
+    from collections import Counter
+
+    from tfsky.config import load_config
+    from tfsky.data.streams import StreamsConfig
+    from tfsky.predict.classify import label_streams
+
+    folder = manifests or load_config(StreamsConfig, config, overrides, section="streams").manifests
+    labelled = label_streams(folder, classifier)
+    if quiet:
+        return
+    table = Table("camera", "frames", "predicted", "model labels", "human labels kept", "conditions (model)")
+    for path, stream in labelled:
+        predicted = [f for f in stream.frames if f.prediction]
+        by_model = [f for f in stream.frames if f.label_source == "model"]
+        counts = Counter(f.condition for f in by_model)
+        table.add_row(stream.camera, str(len(stream.frames)), str(len(predicted)), str(len(by_model)),
+                      str(sum(f.human_labelled for f in predicted)),
+                      ", ".join(f"{name} {count}" for name, count in counts.most_common()))
+    Console().print(table)
+
+
+@app.command()
 def review(
     manifests: Annotated[Optional[Path], typer.Option(
         help="A stream.json or a folder of manifests (default: streams.manifests).")] = None,

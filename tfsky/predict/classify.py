@@ -1,4 +1,4 @@
-"""Weather-condition probabilities of whole frames from a trained tfsky classifier."""
+"""Weather-condition probabilities of whole frames from a trained tfsky classifier, and stream labelling."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfsky.data.labelled import classifier_input, condition_names
+from tfsky.data.streams import Stream, manifest_files, read_manifest, update_manifest
+from tfsky.data.transforms import is_hdr
 from tfsky.errors import InputError
+from tfsky.io.images import read_image
 from tfsky.models.bundle import ModelInfo, load_model
 from tfsky.predict.segment import model_id
 
@@ -49,3 +52,46 @@ class WeatherClassifier:
         if not batches:
             return np.zeros((0, len(self.conditions)))
         return np.concatenate([np.asarray(batch, np.float64) for batch in batches])
+
+
+def label_stream(stream: Stream, classifier: WeatherClassifier) -> Stream:
+    """A copy of ``stream`` with the classifier's prediction on every readable frame.
+
+    Each frame gets ``prediction`` (condition, probability, model id); frames
+    without a human label (CSV or reviewer) also take it as their label, with
+    the probability as its confidence and ``label_source: model``. Unreadable
+    frames are left as they are (validation flags them ``corrupt``).
+    """
+    readable, inputs = [], []
+    for index, frame in enumerate(stream.frames):
+        try:
+            image = read_image(stream.path(frame))
+        except InputError:
+            continue
+        if is_hdr(image):
+            continue
+        readable.append(index)
+        inputs.append(classifier.inputs(image))
+    frames = list(stream.frames)
+    if not inputs:
+        return stream
+    for index, probabilities in zip(readable, classifier.probabilities(np.stack(inputs))):
+        best = int(probabilities.argmax())
+        prediction = {"condition": classifier.conditions[best], "probability": round(float(probabilities[best]), 4),
+                      "model": classifier.id}
+        changes = {"prediction": prediction}
+        if not frames[index].human_labelled:
+            changes |= {"condition": prediction["condition"], "confidence": prediction["probability"],
+                        "label_source": "model"}
+        frames[index] = dataclasses.replace(frames[index], **changes)
+    return dataclasses.replace(stream, frames=frames)
+
+
+def label_streams(manifests: Path, classifier_path: Path) -> list[tuple[Path, Stream]]:
+    """`label_stream` on every manifest of ``manifests``, each written back atomically (its version bumped)."""
+    classifier = WeatherClassifier.load(classifier_path)
+    labelled = []
+    for path in manifest_files(manifests):
+        stream = read_manifest(path)
+        labelled.append((path, update_manifest(path, stream.version, lambda s: label_stream(s, classifier))))
+    return labelled

@@ -147,7 +147,7 @@ def test_tiling_flags_reach_the_predictor_and_the_report(cli, model, mask_folder
     assert read_report(default)["tiling"]["tile"] == 32  # the model's training tile
     assert report["overall"] == read_report(default)["overall"]  # a per-pixel model: tiles and flips change nothing
     bad = cli("evaluate", "segmenter", "--model", model, "--data", mask_folder, "--tta", "flip3")
-    assert bad.exit_code == 1 and bad.stderr.startswith("Error: config key 'tiling.tta':")
+    assert bad.exit_code == 1 and bad.stderr.startswith("Error: config key 'evaluate.tiling.tta':")
 
 
 def test_camera_folder_with_labels_breaks_down_by_condition(cli, model, camera_folder):

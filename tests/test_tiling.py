@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +13,8 @@ from tfsky.tiling import (
     WINDOWS,
     TilingConfig,
     blend_window,
+    compiled_forward,
+    model_tiling,
     reflect_indices,
     seam_score,
     sliding_window_graph,
@@ -35,10 +39,10 @@ def random_image(height, width, channels=3, seed=0):
     return np.random.default_rng(seed).random((height, width, channels), dtype=np.float32)
 
 
-def graph_driver(channels, **tiling):
+def graph_driver(channels, predict_batch, tiling):
     """The graph driver compiled once for images of any height and width."""
     spec = tf.TensorSpec([None, None, channels], tf.float32)
-    return tf.function(lambda image: sliding_window_graph(image, **tiling), input_signature=[spec])
+    return tf.function(lambda image: sliding_window_graph(image, predict_batch, tiling), input_signature=[spec])
 
 
 @pytest.mark.parametrize("window", WINDOWS)
@@ -47,7 +51,7 @@ def graph_driver(channels, **tiling):
 def test_numpy_driver_reproduces_identity_exactly(window, tile, overlap):
     for height, width in SIZES:
         image = random_image(height, width)
-        out = sliding_window_inference(image, first_channel, tile=tile, overlap=overlap, window=window, tile_batch=16)
+        out = sliding_window_inference(image, first_channel, TilingConfig(tile, overlap, window, 16))
         assert out.shape == (height, width, 1) and out.dtype == np.float32
         np.testing.assert_allclose(out, image[..., :1], atol=1e-6, rtol=0)
 
@@ -55,7 +59,7 @@ def test_numpy_driver_reproduces_identity_exactly(window, tile, overlap):
 @pytest.mark.parametrize("window", WINDOWS)
 @pytest.mark.parametrize("tile,overlap", [(16, 0.5), (32, 0.0), (64, 0.25)])
 def test_graph_driver_with_dynamic_size_reproduces_identity_exactly(window, tile, overlap):
-    run = graph_driver(3, predict_batch=double, tile=tile, overlap=overlap, window=window, tile_batch=64)
+    run = graph_driver(3, double, TilingConfig(tile, overlap, window, 64))
     for height, width in SIZES:
         image = random_image(height, width)
         out = run(image).numpy()
@@ -70,9 +74,9 @@ def test_graph_driver_equals_numpy_driver_on_a_position_dependent_model():
         return tf.nn.conv2d(tf.cast(tiles, tf.float32), kernel, 1, "SAME")
 
     image = random_image(150, 97, seed=2)
-    tiling = dict(tile=32, overlap=0.25, window="gaussian", tile_batch=5)
-    expected = sliding_window_inference(image, conv, **tiling)
-    got = graph_driver(3, predict_batch=conv, **tiling)(image).numpy()
+    tiling = TilingConfig(tile=32, overlap=0.25, window="gaussian", tile_batch=5)
+    expected = sliding_window_inference(image, conv, tiling)
+    got = graph_driver(3, conv, tiling)(image).numpy()
     assert seam_score(expected, 32, 0.25) > 0  # a real, non-trivial output
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
@@ -129,7 +133,7 @@ def test_numpy_driver_feeds_full_batches_except_the_last():
 
     progress = []
     image = random_image(100, 90)  # 4 x 4 = 16 tiles of 32 at 25 % overlap: rows of 4 carried across bands
-    sliding_window_inference(image, record, tile=32, overlap=0.25, tile_batch=6, progress=lambda *a: progress.append(a))
+    sliding_window_inference(image, record, TilingConfig(32, 0.25, tile_batch=6), progress=lambda *a: progress.append(a))
     assert batch_sizes == [6, 6, 4]
     assert progress == [(6, 16), (12, 16), (16, 16)]
 
@@ -142,7 +146,7 @@ def test_numpy_driver_passes_tiles_in_the_image_dtype():
         return tiles[..., :1].astype(np.float32) / 255
 
     image = (random_image(40, 50) * 255).astype(np.uint8)
-    out = sliding_window_inference(image, record, tile=32)
+    out = sliding_window_inference(image, record, TilingConfig(32))
     assert dtypes == {np.dtype(np.uint8)}
     np.testing.assert_allclose(out[..., 0], image[..., 0] / 255, atol=1e-6)
 
@@ -150,10 +154,10 @@ def test_numpy_driver_passes_tiles_in_the_image_dtype():
 def test_flip_tta_is_neutral_for_a_flip_equivariant_model():
     image = random_image(70, 90)
     squares = lambda tiles: tf.reduce_sum(tf.square(tiles), axis=-1, keepdims=True)  # noqa: E731
-    plain = sliding_window_inference(image, squares, tile=32, window="hann")
+    plain = sliding_window_inference(image, squares, TilingConfig(32, window="hann"))
     for tta in ("flip2", "flip4"):
-        np.testing.assert_allclose(sliding_window_inference(image, squares, tile=32, window="hann", tta=tta), plain,
-                                   atol=1e-6)
+        np.testing.assert_allclose(sliding_window_inference(image, squares, TilingConfig(32, window="hann", tta=tta)),
+                                   plain, atol=1e-6)
 
 
 def test_flip_tta_undoes_flips_before_averaging():
@@ -179,6 +183,34 @@ def test_tiling_config_rejects_bad_values():
         TilingConfig(tile_batch=0).validate()
 
 
+@pytest.mark.parametrize(
+    "tiling, message",
+    [
+        (TilingConfig(tile=33), "config key 'tiling.tile': must be a multiple of 32 for this segmenter model; got 33"),
+        (TilingConfig(tile=48), "config key 'tiling.tile': must be a multiple of 32 for this segmenter model; got 48"),
+        (TilingConfig(tile=0), "config key 'tiling.tile': must be >= 1; got 0"),
+        (TilingConfig(tile=64, overlap=-0.1), "config key 'tiling.overlap': must be in"),
+        (TilingConfig(tile_batch=0), "config key 'tiling.tile_batch': must be >= 1"),
+    ],
+)
+def test_model_tiling_refuses_tiles_the_model_cannot_take(tiling, message):  # issue 15 item 1
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        model_tiling(tiling, 64, 32, "segmenter")
+
+
+def test_model_tiling_fills_in_the_training_tile_and_keeps_the_rest():
+    assert model_tiling(None, 96, 32, "segmenter") == TilingConfig(tile=96)
+    chosen = TilingConfig(tile=None, overlap=0.5, window="hann", tile_batch=3, tta="flip2")
+    assert model_tiling(chosen, 64, 32, "segmenter") == TilingConfig(64, 0.5, "hann", 3, "flip2")
+    assert model_tiling(TilingConfig(tile=128), 64, 32, "segmenter").tile == 128
+    assert chosen.tile is None  # the caller's config is not changed
+
+
+def test_drivers_refuse_an_unresolved_tile():
+    with pytest.raises(ValueError, match="model_tiling"):
+        sliding_window_inference(random_image(8, 8), first_channel, TilingConfig())
+
+
 def test_seam_score_is_one_without_seams_and_high_with_them():
     smooth = np.tile(np.linspace(0, 1, 128, dtype=np.float32), (128, 1))
     assert seam_score(smooth, 32, 0.0) == pytest.approx(1.0)
@@ -193,8 +225,7 @@ def unet():
 
     tf.keras.utils.set_random_seed(0)
     model = sm.Unet("resnet18", encoder_weights=None, decoder_filters=(32, 16, 8, 8, 4), input_shape=(None, None, 3))
-    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
-    return tf.function(lambda tiles: model(tiles, training=False), input_signature=[spec])
+    return compiled_forward(model, 3)
 
 
 def test_gaussian_blending_hides_seams_of_a_real_model(unet, shared_data):
@@ -203,7 +234,7 @@ def test_gaussian_blending_hides_seams_of_a_real_model(unet, shared_data):
     photo = sorted((shared_data / "sky_ade20k" / "images").glob("*.jpg"))[0]
     image = cv2.imread(str(photo))[..., ::-1].astype(np.float32) / 255
     scores = {
-        window: seam_score(sliding_window_inference(image, unet, tile=64, overlap=0.25, window=window), 64, 0.25)
+        window: seam_score(sliding_window_inference(image, unet, TilingConfig(64, 0.25, window)), 64, 0.25)
         for window in ("constant", "gaussian")
     }
     assert scores["gaussian"] < 1.2 and scores["constant"] > 1.5, scores

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfsky.data.pairs import Pair, from_model_range, to_model_range, write_pairs, PairSet, PairsConfig
+from tfsky.data.pairs import Pair, PairDataConfig, from_model_range, to_model_range, write_pairs, PairSet, PairsConfig
 from tfsky.data.transforms import Preprocess
+from tfsky.config import to_dict
 from tfsky.errors import ConfigError
 from tfsky.evaluate.translator import PSNR_CAP, evaluate_translator, psnr
 from tfsky.io.images import read_image, read_mask
@@ -20,6 +21,7 @@ from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.models.pix2pix import Pix2PixConfig, build_unet_generator
 from tfsky.predict.translate import TiledTranslator, composite, feathered_sky_weight, to_uint8
 from tfsky.tiling import TilingConfig
+from tfsky.train.config import TranslatorConfig, TranslatorModelConfig
 
 DEPTH = 3
 CLEAR = "20121024_124151.jpg"
@@ -32,8 +34,9 @@ def translator_file(tmp_path_factory) -> Path:
     tf.keras.utils.set_random_seed(0)
     generator = build_unet_generator(Pix2PixConfig(depth=DEPTH, base_filters=4, max_filters=8))
     path = tmp_path_factory.mktemp("model") / "best.keras"
-    info = ModelInfo(task="pix2pix", preprocess=Preprocess(), tile_size=64, classes=3,
-                     config={"model": {"kind": "pix2pix", "pix2pix": {"depth": DEPTH}}})
+    trained = TranslatorConfig("tiny", data=PairDataConfig(load_size=None, crop_size=64),  # native scale
+                               model=TranslatorModelConfig(pix2pix=Pix2PixConfig(depth=DEPTH)))
+    info = ModelInfo(task="pix2pix", preprocess=Preprocess(), tile_size=64, classes=3, config=to_dict(trained))
     save_model(generator, path, info)
     return path
 
@@ -79,7 +82,7 @@ def test_a_model_trained_downscaled_runs_at_its_training_scale(translator_file, 
     from tfsky.models.bundle import load_model
 
     model, info = load_model(translator_file)
-    info.config["data"] = {"load_size": 64}
+    info.config["data"] = {"load_size": 64, "crop_size": 64}
     image = np.random.default_rng(1).integers(0, 256, (128, 256, 3), dtype=np.uint8)
     small = cv2.resize(image, (128, 64), interpolation=cv2.INTER_AREA)
     expected = cv2.resize(TiledTranslator(model, info, native_scale=True).translate(small), (256, 128),
@@ -277,7 +280,7 @@ def test_translate_config_errors_name_the_dotted_key(cli, translator_file, tmp_p
     unknown = cli(*run, "-c", config)
     assert unknown.exit_code == 1
     assert unknown.stderr.strip() == ("Error: config key 'translate.tiling.tile_size': unknown key "
-                                      "(known keys here: overlap, tile, tile_batch, tta, window)")
+                                      "(known keys here: overlap, resolution, tile, tile_batch, tta, window)")
     bad_tta = cli(*run, "--tta", "flip3")
     assert bad_tta.stderr.strip() == ("Error: config key 'translate.tiling.tta': must be one of none, flip2, flip4; "
                                       "got 'flip3'")
@@ -286,16 +289,6 @@ def test_translate_config_errors_name_the_dotted_key(cli, translator_file, tmp_p
     assert no_sky.stderr.strip() == ("Error: config key 'translate.composite': needs a sky source: composite.mask or "
                                      "composite.segmenter (--mask CAMERA_MASK or --segmenter MODEL)")
     assert not (tmp_path / "out").exists()
-
-
-def test_example_config_is_a_valid_translate_section():
-    from tfsky.config import load_config
-    from tfsky.predict.translate import TranslateConfig
-
-    example = Path(__file__).resolve().parents[1] / "configs" / "translate_cam623.yaml"
-    cfg = load_config(TranslateConfig, example, ["translate.tiling.tta=flip4"], section="translate")
-    assert (cfg.tiling.tile, cfg.tiling.tta, cfg.composite.enabled) == (None, "flip4", True)
-    assert cfg.composite.mask == Path("../shared/data/skyfinder_webcams/623-mask.png")
 
 
 def test_evaluate_translator_skips_and_reports_bad_frames(cli, translator_file, cam623, shared_data, tmp_path):

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tfsky.errors import ConfigError
+from tfsky.errors import ConfigError, InputError
 from tfsky.io.atomic import write_text
 
 T = TypeVar("T")
@@ -62,20 +62,26 @@ def load_config(
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with ``safe_load``; every failure is a one-line `ConfigError`."""
+    """Read a YAML mapping with ``safe_load``; every failure is a one-line `InputError` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(str(path), "config file not found")
+        raise InputError(path, "config file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.constructor.ConstructorError as err:  # safe_load refuses !!python/... tags: say so
+        tag = (err.problem or "").rpartition("tag:yaml.org,2002:")[2].rstrip("'")
+        where = f" (line {err.problem_mark.line + 1})" if err.problem_mark else ""
+        raise InputError(path, f"YAML tag '!!{tag}' is not allowed{where}: config files hold plain data") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(str(path), f"not valid YAML{where}") from None
+        raise InputError(path, f"not valid YAML{where}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot read the config file ({err.__class__.__name__})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(str(path), "the file must hold a mapping of keys to values")
+        raise InputError(path, "the file must hold a mapping of keys to values")
     return data
 
 
@@ -113,11 +119,12 @@ def from_dict(schema: type[T], raw: dict[str, Any], prefix: str = "") -> T:
     if unknown:
         known = ", ".join(sorted(fields))
         raise ConfigError(_join(prefix, str(unknown[0])), f"unknown key (known keys here: {known})")
+    required = [name for name, f in fields.items() if _is_required(f)]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise ConfigError(_join(prefix, missing[0]), f"is required (required keys here: {', '.join(required)})")
     values = {name: _coerce(hints[name], raw[name], _join(prefix, name)) for name in raw}
-    try:
-        obj = schema(**values)
-    except TypeError as err:  # a required field without default is missing
-        raise ConfigError(prefix or "<root>", str(err)) from None
+    obj = schema(**values)
     validate = getattr(obj, "validate", None)
     if validate is not None:
         try:
@@ -125,6 +132,10 @@ def from_dict(schema: type[T], raw: dict[str, Any], prefix: str = "") -> T:
         except ConfigError as err:
             raise ConfigError(_join(prefix, err.key), err.problem) from None
     return obj
+
+
+def _is_required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -40,3 +40,19 @@ class ConfigError(TfskyError):
         self.key = key
         self.problem = problem
         super().__init__(f"config key '{key}': {problem}")
+
+
+class ServingError(Exception):
+    """A request the serving side refuses, with the gRPC status code TF Serving uses for it.
+
+    Raised by the development server's repository and handlers, which turn it into that status
+    (not a `TfskyError`: it is answered to the client, never printed by the CLI).
+
+    Args:
+        code: grpc.StatusCode. e.g. ``NOT_FOUND``, ``INVALID_ARGUMENT``.
+        message: str. The error message sent back.
+    """
+
+    def __init__(self, code, message: str):
+        self.code = code
+        super().__init__(message)

@@ -8,17 +8,31 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from tfsky.cli.options import QuietOption
+from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config
 
 app = typer.Typer(help="Query a TF Serving server (gRPC 8500, or REST 8501 with --rest).", no_args_is_help=True)
 
-ServerOption = Annotated[str, typer.Option("--server", help="host:port of the gRPC (or, with --rest, REST) API.")]
-ModelOption = Annotated[str, typer.Option("--model", help="Model name.")]
-VersionOption = Annotated[Optional[int], typer.Option("--version", help="Model version (default: newest).")]
-LabelOption = Annotated[Optional[str], typer.Option("--label", help="Version label, e.g. stable or canary.")]
-RestOption = Annotated[bool, typer.Option("--rest", help="Use the REST API instead of gRPC.")]
-TimeoutOption = Annotated[float, typer.Option("--timeout", help="Deadline per request attempt, in seconds.")]
-RetriesOption = Annotated[int, typer.Option("--retries", help="Retries (with backoff) while the server is unavailable.")]
+# Each flag overrides ``client.<key>`` (None = not given; the defaults live in `tfsky.serving.config.ClientConfig`).
+ServerOption = Annotated[Optional[str], typer.Option(
+    "--server", help="host:port of the gRPC (or, with --rest, REST) API [config: client.server].")]
+ModelOption = Annotated[Optional[str], typer.Option("--model", help="Model name [config: client.model].")]
+VersionOption = Annotated[Optional[int], typer.Option(
+    "--version", help="Model version [config: client.version; default: the newest].")]
+LabelOption = Annotated[Optional[str], typer.Option(
+    "--label", help="Version label, e.g. stable or canary [config: client.label].")]
+RestOption = Annotated[Optional[bool], typer.Option(
+    "--rest/--grpc", help="Use the REST API instead of gRPC [config: client.rest].", show_default=False)]
+TimeoutOption = Annotated[Optional[float], typer.Option(
+    "--timeout", help="Deadline per request attempt, in seconds [config: client.timeout].")]
+RetriesOption = Annotated[Optional[int], typer.Option(
+    "--retries", help="Retries (with backoff) while the server is unavailable [config: client.retries].")]
+
+
+def client_config(config, set_, **flags):
+    """The ``client:`` section of --config, then --set, then the flags given (`ClientConfig`)."""
+    from tfsky.serving.config import ClientConfig
+
+    return command_config(ClientConfig, "client", config, set_, flags)
 
 
 @app.command()
@@ -27,50 +41,65 @@ def predict(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder for <stem>_mask.png, <stem>_prob.png and <stem>.json.")
     ],
-    server: ServerOption = "localhost:8500",
-    model: ModelOption = "sky_segmenter",
+    server: ServerOption = None,
+    model: ModelOption = None,
     version: VersionOption = None,
     label: LabelOption = None,
-    rest: RestOption = False,
+    rest: RestOption = None,
     tiles: Annotated[
         Optional[Path],
         typer.Option("--tiles", help="Tile on the client with serving_default, using the preprocessing and tiling "
                      "of this exported version folder (e.g. models/sky_segmenter/1).", file_okay=False),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
-    timeout: TimeoutOption = 60.0,
-    retries: RetriesOption = 3,
+    timeout: TimeoutOption = None,
+    retries: RetriesOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Write a sky mask and a JSON sidecar per image; a re-run skips complete images. Exit 1 if any image failed."""
+    """Write a sky mask and a JSON sidecar per image; a re-run skips complete images. Exit 1 if any image failed.
+
+    Server and model come from the ``client:`` section of --config, then --set, then the flags above.
+    """
     from tfsky.cli.jobs import JobProgress, finish
     from tfsky.serving.client import Client
     from tfsky.serving.jobs import segment_files
 
-    with Client(server, rest=rest, timeout=timeout, retries=retries) as client, JobProgress(quiet) as listener:
-        report = segment_files(client, model, inputs, out, version=version, label=label, tiles_from=tiles,
+    cfg = client_config(config, set_, server=server, model=model, version=version, label=label, rest=rest,
+                        timeout=timeout, retries=retries)
+    with Client(cfg.server, rest=cfg.rest, timeout=cfg.timeout, retries=cfg.retries) as client, \
+            JobProgress(quiet) as listener:
+        report = segment_files(client, cfg.model, inputs, out, version=cfg.version, label=cfg.label, tiles_from=tiles,
                                overwrite=overwrite, listener=listener)
     finish(report, out, quiet)
 
 
 @app.command()
 def status(
-    server: ServerOption = "localhost:8500",
-    model: ModelOption = "sky_segmenter",
+    server: ServerOption = None,
+    model: ModelOption = None,
     version: VersionOption = None,
     label: LabelOption = None,
-    rest: RestOption = False,
-    timeout: TimeoutOption = 10.0,
-    retries: RetriesOption = 3,
+    rest: RestOption = None,
+    timeout: TimeoutOption = None,
+    retries: RetriesOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
 ) -> None:
-    """Print the state of each version of a model. Exit 1 unless one is AVAILABLE."""
+    """Print the state of each version of a model. Exit 1 unless one is AVAILABLE.
+
+    Server and model come from the ``client:`` section of --config, then --set, then the flags above.
+    """
     from tfsky.serving.client import Client
 
-    with Client(server, rest=rest, timeout=timeout, retries=retries) as client:
-        versions = client.status(model, version=version, label=label)
+    cfg = client_config(config, set_, server=server, model=model, version=version, label=label, rest=rest,
+                        timeout=timeout, retries=retries)
+    with Client(cfg.server, rest=cfg.rest, timeout=cfg.timeout, retries=cfg.retries) as client:
+        versions = client.status(cfg.model, version=cfg.version, label=cfg.label)
     out = Console(highlight=False, soft_wrap=True)
     for entry in versions:
-        out.print(f"{model} version {entry.version}: {entry.state}" + (f" ({entry.error})" if entry.error else ""),
+        out.print(f"{cfg.model} version {entry.version}: {entry.state}" + (f" ({entry.error})" if entry.error else ""),
                   markup=False)
     if not any(entry.state == "AVAILABLE" for entry in versions):
         raise typer.Exit(1)

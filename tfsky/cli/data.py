@@ -69,13 +69,14 @@ def prepare(
 ) -> None:
     """Read the config's label sources once into a sharded TFRecord cache (full images + masks) with a manifest.
 
+    The whole file is checked as ``tfsky train segmenter`` checks it, before anything is written.
     Bad items are skipped and listed; exit 1 if nothing usable is left, or with --strict on any skip.
     """
     from tfsky.config import load_config
     from tfsky.data.cache import prepare_cache
-    from tfsky.data.config import DataConfig
+    from tfsky.train.config import SegmenterConfig
 
-    cfg = load_config(DataConfig, config, overrides, section="data")
+    cfg = load_config(SegmenterConfig, config, overrides).data
     report = prepare_cache(cfg, strict=strict, progress=not quiet)
     for item_id, reason in report.skipped:
         typer.echo(f"skipped {item_id}: {reason}", err=True)

@@ -8,10 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from tfsky.cli.options import QuietOption, tiling_from_flags
+from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 
 app = typer.Typer(help="Evaluate trained models against labelled data and naive baselines.", no_args_is_help=True)
+
+SplitOption = Annotated[Optional[str], typer.Option(
+    "--split", help="Cache split, or pairs split val | train (folders have none) [config: evaluate.split].")]
+OutOption = Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: eval/ beside the model.")]
 
 
 @app.command()
@@ -23,40 +27,54 @@ def segmenter(
             "--data", "-d", help="Prepared cache (manifest.json), images/ + masks/ folder, or camera folder."
         ),
     ],
-    split: Annotated[str, typer.Option("--split", help="Cache split to evaluate (ignored for folders).")] = "val",
-    out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: eval/ beside the model.")
-    ] = None,
+    split: SplitOption = None,
+    out: OutOption = None,
     labels: Annotated[
         Optional[Path],
         typer.Option("--labels", help="CSV with image,sky_condition columns: per-condition breakdown for folders."),
     ] = None,
-    threshold: Annotated[float, typer.Option("--threshold", help="Sky probability threshold.")] = 0.5,
-    band: Annotated[float, typer.Option("--band", help="Boundary F1 tolerance in pixels.")] = 3.0,
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", help="Sky probability threshold [config: evaluate.threshold].")] = None,
+    band: Annotated[Optional[float], typer.Option(
+        "--band", help="Boundary F1 tolerance in pixels [config: evaluate.band].")] = None,
     tile: TileOption = None,
     overlap: OverlapOption = None,
     window: WindowOption = None,
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """IoU, F1, pixel accuracy, MCR and boundary F1 of a segmenter and two naive baselines.
 
+    A cloud model (two classes, trained on all-sky frames) gets per-class IoU, mIoU, pixel accuracy,
+    cloud F1, cloud-fraction MAE, okta agreement and sky-condition confusion per camera, next to the
+    red/blue, red - blue and CloudNet baselines.
+    Options come from the ``evaluate:`` section of --config, then --set, then the flags above.
     Writes eval.json and eval.md; exits 1 when an image had to be skipped.
     """
     from rich.console import Console
 
+    from tfsky.evaluate.config import EvaluateConfig
     from tfsky.evaluate.report import rich_table
     from tfsky.evaluate.segmenter import evaluate_segmenter, overall_table, verdict
 
-    tiling = tiling_from_flags(tile=tile, overlap=overlap, window=window, tile_batch=tile_batch, tta=tta)
+    flags = {"split": split, "threshold": threshold, "band": band,
+             **tiling_flags(tile, overlap, window, tile_batch, tta)}
+    cfg = command_config(EvaluateConfig, "evaluate", config, set_, flags)
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
+    from tfsky.cli.cloud import evaluate_cloud_command, is_cloud_model_file
+
+    if is_cloud_model_file(model):  # two-class all-sky model: cloud metrics and cloud baselines
+        return evaluate_cloud_command(model, data, cfg, out_dir, console)
     with console.status("loading the model, fitting the baselines...") as status:
         done = itertools.count(1)
         report = evaluate_segmenter(
-            model, data, split=split, threshold=threshold, band=band, labels_csv=labels, out_dir=out_dir,
-            tiling=tiling, on_image=lambda image_id: status.update(f"evaluated {next(done)} images (last: {image_id})"),
+            model, data, split=cfg.split, threshold=cfg.threshold, band=cfg.band, labels_csv=labels, out_dir=out_dir,
+            tiling=cfg.tiling,
+            on_image=lambda image_id: status.update(f"evaluated {next(done)} images (last: {image_id})"),
         )
     summary = report.to_json()
     console.print(rich_table(overall_table(summary)))
@@ -100,32 +118,35 @@ def classifier(
 def translator(
     model: Annotated[Path, typer.Option("--model", "-m", help="Translator .keras file (pix2pix or vae).")],
     pairs: Annotated[Path, typer.Option("--pairs", "-p", help="Pairs file written by tfsky streams pairs.")],
-    split: Annotated[str, typer.Option("--split", help="Pairs split to evaluate: val or train.")] = "val",
-    out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: eval/ beside the model.")
-    ] = None,
+    split: SplitOption = None,
+    out: OutOption = None,
     tile: TileOption = None,
     overlap: OverlapOption = None,
     window: WindowOption = None,
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """PSNR, SSIM, L1, non-sky and sky PSNR of a translator vs identity and mean-target-sky baselines.
 
+    Options come from the ``evaluate:`` section of --config (split, tiling), then --set, then the flags above.
     Writes translator_eval.json, translator_eval.md and contact_sheet.png; exits 1 when a pair had to be skipped.
     """
     from rich.console import Console
 
+    from tfsky.evaluate.config import EvaluateConfig
     from tfsky.evaluate.report import rich_table
     from tfsky.evaluate.translator import evaluate_translator, summary_table
 
-    tiling = tiling_from_flags(tile=tile, overlap=overlap, window=window, tile_batch=tile_batch, tta=tta)
+    cfg = command_config(EvaluateConfig, "evaluate", config, set_,
+                         {"split": split, **tiling_flags(tile, overlap, window, tile_batch, tta)})
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
     with console.status("translating the pairs...") as status:
         report = evaluate_translator(
-            model, pairs, out_dir, split=split, tiling=tiling,
+            model, pairs, out_dir, split=cfg.split, tiling=cfg.tiling,
             on_pair=lambda pair: status.update(f"evaluated {Path(pair.source).name} -> {Path(pair.target).name}"),
         )
     console.print(rich_table(summary_table(report)))

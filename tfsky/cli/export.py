@@ -9,41 +9,55 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from tfsky.cli.options import ConfigOption, SetOption, command_config, tiling_flags
+from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
+
 
 def export_cli(
     model: Annotated[
         Optional[Path],
         typer.Option("--model", "-m", help="Segmenter .keras file (with its .json sidecar).", dir_okay=False),
     ] = None,
-    name: Annotated[str, typer.Option("--name", help="Model name in the repository.")] = "sky_segmenter",
-    repo: Annotated[
-        Path, typer.Option("--repo", help="Model repository root (mounted as /models by TF Serving).")
-    ] = Path("models"),
-    version: Annotated[
-        Optional[int], typer.Option("--version", help="Version number (default: the next free one).")
-    ] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name in the repository [config: export.name].")] = None,
+    repo: Annotated[Optional[Path], typer.Option(
+        "--repo", help="Model repository root, mounted as /models by TF Serving [config: export.repo].")] = None,
+    version: Annotated[Optional[int], typer.Option(
+        "--version", help="Version number [config: export.version; default: the next free one].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing version folder.")] = False,
-    precision: Annotated[
-        str, typer.Option("--precision", help="float32 (CPU serving, the shipped image) or as_trained (keep a "
-                          "mixed-precision model's float16 layers, for a GPU server).")
-    ] = "float32",
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", help="float32 (CPU serving, the shipped image) or as_trained (keep a mixed-precision model's "
+        "float16 layers, for a GPU server) [config: export.precision].")] = None,
+    tile: TileOption = None,
+    overlap: OverlapOption = None,
+    window: WindowOption = None,
+    tile_batch: TileBatchOption = None,
+    tta: TtaOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
     info: Annotated[
         Optional[Path],
         typer.Option("--info", help="Show the metadata and signatures of an exported version folder instead.",
                      file_okay=False),
     ] = None,
 ) -> None:
-    """Export --model to REPO/NAME/VERSION as a SavedModel (written atomically), or show --info DIR."""
+    """Export --model to REPO/NAME/VERSION as a SavedModel (written atomically), or show --info DIR.
+
+    Options (including the serving signature's tiling) come from the ``export:`` section of --config,
+    then --set, then the flags above.
+    """
     if info is not None:
         _show_info(info)
         return
     if model is None:
         raise typer.BadParameter("pass --model to export, or --info DIR to describe an export")
+    from tfsky.export.config import ExportConfig
     from tfsky.export.savedmodel import export_model
 
-    if precision not in ("float32", "as_trained"):
-        raise typer.BadParameter(f"--precision must be float32 or as_trained; got {precision!r}")
-    target = export_model(model, repo, name, version=version, overwrite=overwrite, precision=precision)
+    flags = {"name": name, "repo": repo, "version": version, "precision": precision,
+             **tiling_flags(tile, overlap, window, tile_batch, tta)}
+    cfg = command_config(ExportConfig, "export", config, set_, flags)
+    target = export_model(model, cfg.repo, cfg.name, version=cfg.version, overwrite=overwrite, tiling=cfg.tiling,
+                          precision=cfg.precision)
     Console(highlight=False, soft_wrap=True).print(f"exported {model} -> {target}")
 
 

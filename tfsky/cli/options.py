@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-if TYPE_CHECKING:
-    from tfsky.tiling import TilingConfig
+T = TypeVar("T")
 
 ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML config file (see configs/).", dir_okay=False)
@@ -21,11 +20,14 @@ SetOption = Annotated[
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
 
 # Tiling flags of the commands that run a model over tiles; each overrides ``<section>.tiling.<key>``.
-TileOption = Annotated[Optional[int], typer.Option(help="Tile size (default: the model's training tile).")]
-OverlapOption = Annotated[Optional[float], typer.Option(help="Tile overlap fraction in [0, 1) (default: 0.25).")]
-WindowOption = Annotated[Optional[str], typer.Option(help="constant | gaussian | hann | spline (default: gaussian).")]
-TileBatchOption = Annotated[Optional[int], typer.Option(help="Tiles per model call (default: 8).")]
-TtaOption = Annotated[Optional[str], typer.Option(help="Flip TTA: none | flip2 | flip4 (default: none).")]
+# Flags default to None ("not given"): the defaults live in the config dataclasses (`tfsky.tiling.TilingConfig`).
+TileOption = Annotated[Optional[int], typer.Option(
+    help="Tile size, a multiple of the model's (32 for segmenters) [config: tiling.tile; default: the training tile].")]
+OverlapOption = Annotated[Optional[float], typer.Option(help="Tile overlap fraction in [0, 1) [config: tiling.overlap].")]
+WindowOption = Annotated[Optional[str], typer.Option(
+    help="Blend window: constant | gaussian | hann | spline [config: tiling.window].")]
+TileBatchOption = Annotated[Optional[int], typer.Option(help="Tiles per model call [config: tiling.tile_batch].")]
+TtaOption = Annotated[Optional[str], typer.Option(help="Flip TTA: none | flip2 | flip4 [config: tiling.tta].")]
 
 
 def flag_overrides(section: str, flags: dict[str, Any], set_: Optional[list[str]]) -> list[str]:
@@ -39,9 +41,18 @@ def flag_overrides(section: str, flags: dict[str, Any], set_: Optional[list[str]
     return list(set_ or []) + given
 
 
-def tiling_from_flags(**flags: Any) -> "TilingConfig":
-    """The `TilingConfig` of the tiling flags given (None = not given: the default), checked like a config."""
-    from tfsky.config import from_dict
-    from tfsky.tiling import TilingConfig
+def tiling_flags(tile, overlap, window, tile_batch, tta) -> dict[str, Any]:
+    """The tiling flags of a command as ``tiling.<key>`` flags for `flag_overrides` (None = not given)."""
+    return {"tiling.tile": tile, "tiling.overlap": overlap, "tiling.window": window, "tiling.tile_batch": tile_batch,
+            "tiling.tta": tta}
 
-    return from_dict(TilingConfig, {key: value for key, value in flags.items() if value is not None}, "tiling")
+
+def command_config(schema: type[T], section: str, config: Optional[Path], set_: Optional[list[str]],
+                   flags: dict[str, Any]) -> T:
+    """A command's settings: the ``section`` of --config, then --set, then the flags given (None = not given).
+
+    One loader for every command, so a key has one default (in ``schema``) and one error message.
+    """
+    from tfsky.config import load_config
+
+    return load_config(schema, config, flag_overrides(section, flags, set_), section=section)

@@ -1,6 +1,7 @@
 """Binary segmentation metrics on numpy masks (``True`` = sky).
 
-Every metric is computed from counts, so that it can be aggregated two ways:
+Every metric is computed from counts (`tfsky.data.masks.Confusion`, the one
+home of the pixel counts and IoU), so that it can be aggregated two ways:
 
 - **dataset-level** ("pooled"): sum the counts over all images, then compute
   the metric once — every pixel weighs the same, large images weigh more;
@@ -28,44 +29,11 @@ from typing import NamedTuple, Sequence, TypeVar
 import cv2
 import numpy as np
 
+from tfsky.data.masks import Confusion, check_shapes, confusion, iou, ratio  # noqa: F401 (iou: one of the metrics)
+
 METRIC_NAMES = ("iou", "f1", "pixel_accuracy", "mcr", "boundary_f1")
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-
-
-def _ratio(numerator: int, denominator: int, empty: float) -> float:
-    """``numerator / denominator``, or ``empty`` when the denominator is 0."""
-    return numerator / denominator if denominator else empty
-
-
-class Confusion(NamedTuple):
-    """Pixel counts of a binary prediction against the truth."""
-
-    tp: int
-    fp: int
-    fn: int
-    tn: int
-
-    @property
-    def total(self) -> int:
-        return self.tp + self.fp + self.fn + self.tn
-
-    @property
-    def iou(self) -> float:
-        return _ratio(self.tp, self.tp + self.fp + self.fn, empty=1.0)
-
-    @property
-    def f1(self) -> float:
-        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn, empty=1.0)
-
-    @property
-    def pixel_accuracy(self) -> float:
-        return _ratio(self.tp + self.tn, self.total, empty=1.0)
-
-    @property
-    def mcr(self) -> float:
-        """Misclassification rate ``(fp + fn) / N``, the SkyFinder measure (= 1 - pixel accuracy)."""
-        return _ratio(self.fp + self.fn, self.total, empty=0.0)
 
 
 class BoundaryMatch(NamedTuple):
@@ -78,18 +46,18 @@ class BoundaryMatch(NamedTuple):
 
     @property
     def precision(self) -> float:
-        return _ratio(self.pred_matched, self.pred_total, empty=1.0)
+        return ratio(self.pred_matched, self.pred_total, empty=1.0)
 
     @property
     def recall(self) -> float:
-        return _ratio(self.truth_matched, self.truth_total, empty=1.0)
+        return ratio(self.truth_matched, self.truth_total, empty=1.0)
 
     @property
     def f1(self) -> float:
         if self.pred_total == 0 or self.truth_total == 0:
             return 1.0 if self.pred_total == self.truth_total else 0.0
         precision, recall = self.precision, self.recall
-        return _ratio(2 * precision * recall, precision + recall, empty=0.0)
+        return ratio(2 * precision * recall, precision + recall, empty=0.0)
 
 
 Counts = TypeVar("Counts", Confusion, BoundaryMatch)
@@ -100,19 +68,19 @@ def total(counts: Sequence[Counts]) -> Counts:
     return type(counts[0])(*(int(sum(field)) for field in zip(*counts)))
 
 
-def _check_shapes(pred: np.ndarray, truth: np.ndarray) -> None:
-    if pred.shape != truth.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+def f1(self) -> float:
+        if self.pred_total == 0 or self.truth_total == 0:
+            return 1.0 if self.pred_total == self.truth_total else 0.0
+        precision, recall = self.precision, self.recall
+        return ratio(2 * precision * recall, precision + recall, empty=0.0)
 
 
-def confusion(pred: np.ndarray, truth: np.ndarray) -> Confusion:
-    """Count true/false positives/negatives of two boolean masks of the same shape."""
-    _check_shapes(pred, truth)
-    pred, truth = pred.astype(bool, copy=False), truth.astype(bool, copy=False)
-    tp = int(np.count_nonzero(pred & truth))
-    fp = int(np.count_nonzero(pred)) - tp
-    fn = int(np.count_nonzero(truth)) - tp
-    return Confusion(tp, fp, fn, truth.size - tp - fp - fn)
+Counts = TypeVar("Counts", Confusion, BoundaryMatch)
+
+
+def total(counts: Sequence[Counts]) -> Counts:
+    """Field-wise sum of one or more `Confusion` (or `BoundaryMatch`) values: the dataset-level counts."""
+    return type(counts[0])(*(int(sum(field)) for field in zip(*counts)))
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -150,7 +118,7 @@ def _within_band(points: np.ndarray, reference: np.ndarray, band: float) -> int:
 
 def boundary_match(pred: np.ndarray, truth: np.ndarray, band: float = 3) -> BoundaryMatch:
     """Match the boundaries of two masks within a tolerance of ``band`` pixels."""
-    _check_shapes(pred, truth)
+    check_shapes(pred, truth)
     pred_edge, truth_edge = boundary(pred), boundary(truth)
     pred_total, truth_total = int(pred_edge.sum()), int(truth_edge.sum())
     if pred_total == 0 or truth_total == 0:
@@ -180,8 +148,8 @@ class MaskScore(NamedTuple):
             "pixel_accuracy": c.pixel_accuracy,
             "mcr": c.mcr,
             "boundary_f1": self.boundary.f1,
-            "sky_fraction_truth": _ratio(c.tp + c.fn, c.total, empty=0.0),
-            "sky_fraction_pred": _ratio(c.tp + c.fp, c.total, empty=0.0),
+            "sky_fraction_truth": ratio(c.tp + c.fn, c.total, empty=0.0),
+            "sky_fraction_pred": ratio(c.tp + c.fp, c.total, empty=0.0),
         }
 
 

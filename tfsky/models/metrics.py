@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfsky.data.masks import SKY_THRESHOLD
+
 
 class _ConfusionScore(tf.keras.metrics.Metric):
     """Per-class pixel counts accumulated over batches; subclasses turn them into a score."""
 
-    def __init__(self, classes: int = 1, threshold: float = 0.5, name: str | None = None, **kwargs):
+    def __init__(self, classes: int = 1, threshold: float = SKY_THRESHOLD, name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
         self.classes = classes
         self.threshold = threshold
@@ -72,7 +74,7 @@ class IoU(_ConfusionScore):
         name: str. History column name. Defaults to ``iou``.
     """
 
-    def __init__(self, classes: int = 1, threshold: float = 0.5, name: str = "iou", **kwargs):
+    def __init__(self, classes: int = 1, threshold: float = SKY_THRESHOLD, name: str = "iou", **kwargs):
         super().__init__(classes, threshold, name=name, **kwargs)
 
     def _ratio(self):
@@ -89,7 +91,7 @@ class F1(_ConfusionScore):
         name: str. History column name. Defaults to ``f1``.
     """
 
-    def __init__(self, classes: int = 1, threshold: float = 0.5, name: str = "f1", **kwargs):
+    def __init__(self, classes: int = 1, threshold: float = SKY_THRESHOLD, name: str = "f1", **kwargs):
         super().__init__(classes, threshold, name=name, **kwargs)
 
     def _ratio(self):

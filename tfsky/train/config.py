@@ -1,27 +1,88 @@
-"""The ``train:`` section, and the whole segmenter config (``name``, ``data``, ``model``, ``train``)."""
+"""The training stage's schemas: the ``train:`` section and the whole segmenter and translator config files.
+
+Every schema a ``tfsky train ...`` config file is checked against lives here; the sections they
+are built from live next to the code that uses them (``data``, ``streams``, ``pairs``, ``model``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, TypeVar
 
+from tfsky.config import from_dict
 from tfsky.data.config import DataConfig
-from tfsky.errors import ConfigError
+from tfsky.data.pairs import PairDataConfig, PairsConfig
+from tfsky.data.streams import StreamsConfig
+from tfsky.errors import ConfigError, InputError
+from tfsky.models.bundle import ModelInfo, info_path
 from tfsky.models.losses import LossName
-from tfsky.models.precision import StrategyName
+from tfsky.models.pix2pix import Pix2PixConfig
+from tfsky.models.precision import Precision, StrategyName
 from tfsky.models.segmenter import SegmenterModelConfig
+from tfsky.models.vae import VAEConfig
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """How to fit a model: optimiser, schedule, stopping, determinism, devices, run folder.
+    """How to fit any model: length, batch, learning rate, stopping, determinism, devices, run folder.
+
+    The translators' ``train:`` section is exactly this; the segmenter's adds its optimiser, loss and
+    schedule (`SegmenterTrainConfig`), so a translator config setting those is an unknown key.
 
     Args:
         epochs: int. Epochs to train (a resumed run stops at the same total). Defaults to 50.
         batch_size: int. Batch size PER REPLICA; the global batch is this times
             the number of devices of ``strategy``. Defaults to 8.
         learning_rate: float. Initial learning rate. Defaults to 1e-4.
+        early_stopping_patience: Optional[int]. Stop when the monitored validation
+            metric has not improved for this many epochs. Defaults to None (never).
+        seed: Optional[int]. Seeds Python, NumPy and TensorFlow. Defaults to None.
+        deterministic: bool. Also make TF ops deterministic (needs ``seed``;
+            slower). Defaults to False.
+        strategy: str. ``default`` (one device), ``mirrored`` (all local GPUs)
+            or ``multi_worker`` (reads TF_CONFIG). Defaults to ``default``.
+        steps_per_epoch: Optional[int]. Fixed number of training batches per
+            epoch (the data is repeated as needed); None is one pass over the
+            training patches. Defaults to None.
+        validation_steps: Optional[int]. Validate on N batches only, their
+            patches (segmenter) or pairs (translator) spread evenly over the
+            whole validation set, the same ones every epoch. Defaults to None (all).
+        tensorboard_images: int. Validation images shown with predictions
+            in TensorBoard each epoch; 0 for none. Defaults to 3.
+        runs_root: Path. Runs are written to ``runs_root/<name>/<timestamp>/``.
+            Defaults to ``runs``.
+    """
+
+    epochs: int = 50
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    early_stopping_patience: Optional[int] = None
+    seed: Optional[int] = None
+    deterministic: bool = False
+    strategy: StrategyName = "default"
+    steps_per_epoch: Optional[int] = None
+    validation_steps: Optional[int] = None
+    tensorboard_images: int = 3
+    runs_root: Path = Path("runs")
+
+    def validate(self) -> None:
+        for key in ("epochs", "batch_size", "early_stopping_patience", "steps_per_epoch", "validation_steps"):
+            _at_least(key, getattr(self, key), 1)
+        _at_least("tensorboard_images", self.tensorboard_images, 0)
+        if self.learning_rate <= 0:
+            raise ConfigError("learning_rate", f"must be > 0; got {self.learning_rate}")
+        if self.deterministic and self.seed is None:
+            raise ConfigError("deterministic", "needs a seed (set train.seed)")
+
+
+@dataclasses.dataclass
+class SegmenterTrainConfig(TrainConfig):
+    """The segmenter's ``train:`` section: `TrainConfig` plus the optimiser, loss and schedule of ``compile``.
+
+    Args:
         optimizer: str. ``adam``, ``adamw`` (with ``weight_decay``) or ``sgd``
             (momentum 0.9). Defaults to ``adam``.
         weight_decay: float. Decoupled weight decay for ``adamw``. Defaults to 1e-4.
@@ -34,28 +95,8 @@ class TrainConfig:
         warmup_epochs: int. Linear warm-up for ``cosine``. Defaults to 0.
         plateau_factor: float. LR multiplier for ``plateau``. Defaults to 0.5.
         plateau_patience: int. Epochs without improvement for ``plateau``. Defaults to 3.
-        early_stopping_patience: Optional[int]. Stop when ``val_iou`` has not
-            improved for this many epochs. Defaults to None (never).
-        seed: Optional[int]. Seeds Python, NumPy and TensorFlow. Defaults to None.
-        deterministic: bool. Also make TF ops deterministic (needs ``seed``;
-            slower). Defaults to False.
-        strategy: str. ``default`` (one device), ``mirrored`` (all local GPUs)
-            or ``multi_worker`` (reads TF_CONFIG). Defaults to ``default``.
-        steps_per_epoch: Optional[int]. Fixed number of training batches per
-            epoch (the data is repeated as needed); None is one pass over the
-            training patches. Defaults to None.
-        validation_steps: Optional[int]. Validate on N batches only, their
-            patches (segmenter) or pairs (translator) spread evenly over the
-            whole validation set, the same ones every epoch. Defaults to None (all).
-        tensorboard_images: int. Validation images shown with predicted masks
-            in TensorBoard each epoch; 0 for none. Defaults to 3.
-        runs_root: Path. Runs are written to ``runs_root/<name>/<timestamp>/``.
-            Defaults to ``runs``.
     """
 
-    epochs: int = 50
-    batch_size: int = 8
-    learning_rate: float = 1e-4
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = 1e-4
     loss: LossName = "bce_jaccard"
@@ -63,30 +104,15 @@ class TrainConfig:
     warmup_epochs: int = 0
     plateau_factor: float = 0.5
     plateau_patience: int = 3
-    early_stopping_patience: Optional[int] = None
-    seed: Optional[int] = None
-    deterministic: bool = False
-    strategy: StrategyName = "default"
-    steps_per_epoch: Optional[int] = None
-    validation_steps: Optional[int] = None
-    tensorboard_images: int = 3
-    runs_root: Path = Path("runs")
 
     def validate(self) -> None:
-        positive = ("epochs", "batch_size", "plateau_patience", "early_stopping_patience", "steps_per_epoch",
-                    "validation_steps")
-        for key in positive:
-            _at_least(key, getattr(self, key), 1)
-        for key in ("warmup_epochs", "tensorboard_images"):
-            _at_least(key, getattr(self, key), 0)
-        if self.learning_rate <= 0:
-            raise ConfigError("learning_rate", f"must be > 0; got {self.learning_rate}")
+        super().validate()
+        _at_least("plateau_patience", self.plateau_patience, 1)
+        _at_least("warmup_epochs", self.warmup_epochs, 0)
         if not 0 < self.plateau_factor < 1:
             raise ConfigError("plateau_factor", f"must be between 0 and 1; got {self.plateau_factor}")
         if self.warmup_epochs >= self.epochs and self.lr_schedule == "cosine":
             raise ConfigError("warmup_epochs", f"must be less than epochs ({self.epochs})")
-        if self.deterministic and self.seed is None:
-            raise ConfigError("deterministic", "needs a seed (set train.seed)")
 
 
 def _at_least(key: str, value: Optional[int], minimum: int) -> None:
@@ -94,25 +120,98 @@ def _at_least(key: str, value: Optional[int], minimum: int) -> None:
         raise ConfigError(key, f"must be >= {minimum}; got {value}")
 
 
+def check_run_name(name: str) -> None:
+    """Runs go to ``runs_root/<name>/``: the name must be one plain, visible folder name."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ConfigError("name", f"must be a plain folder name; got {name!r}")
+
+
 @dataclasses.dataclass
 class SegmenterConfig:
-    """A whole ``tfsky train segmenter`` config file.
+    """A whole ``tfsky train segmenter`` config file (also what ``tfsky data prepare`` checks).
 
     Args:
         name: str. Run name; runs go to ``train.runs_root/<name>/``.
         data: DataConfig. Sources, cache, patches, preprocessing (``data.channels``
             is also the model's input channel count).
         model: SegmenterModelConfig. The network.
-        train: TrainConfig. The fit.
+        train: SegmenterTrainConfig. The fit.
     """
 
     name: str
     data: DataConfig
     model: SegmenterModelConfig = dataclasses.field(default_factory=SegmenterModelConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    train: SegmenterTrainConfig = dataclasses.field(default_factory=SegmenterTrainConfig)
 
     def validate(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError("name", f"must be a plain folder name; got {self.name!r}")
+        check_run_name(self.name)
         if self.train.tensorboard_images > self.train.batch_size:
             raise ConfigError("train.tensorboard_images", f"must be <= train.batch_size ({self.train.batch_size})")
+
+
+@dataclasses.dataclass
+class TranslatorModelConfig:
+    """The translator's ``model:`` section: which translator, its settings, numeric precision.
+
+    Args:
+        kind: str. ``pix2pix`` or ``vae``. Defaults to ``pix2pix``.
+        precision: str. ``auto`` (mixed_float16 on GPU, float32 on CPU), ``float32``,
+            ``mixed_float16`` or ``mixed_bfloat16``. Defaults to ``auto``.
+        pix2pix: Pix2PixConfig. Used when ``kind`` is pix2pix.
+        vae: VAEConfig. Used when ``kind`` is vae.
+    """
+
+    kind: Literal["pix2pix", "vae"] = "pix2pix"
+    precision: Precision = "auto"
+    pix2pix: Pix2PixConfig = dataclasses.field(default_factory=Pix2PixConfig)
+    vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
+
+    @property
+    def depth(self) -> int:
+        return self.pix2pix.depth if self.kind == "pix2pix" else self.vae.depth
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this: 2**depth of the network."""
+        return 2**self.depth
+
+
+@dataclasses.dataclass
+class TranslatorConfig:
+    """A whole ``tfsky train translator`` config file (``streams`` and ``pairs`` are also read by
+    ``tfsky streams validate`` / ``pairs``).
+
+    Args:
+        name: str. Run name; runs go to ``train.runs_root/<name>/``.
+        streams: StreamsConfig. Where the camera streams are and how frames are validated.
+        pairs: PairsConfig. The condition rule and the pairs file.
+        data: PairDataConfig. Resize / crop / flip of the pairs.
+        model: TranslatorModelConfig. The network.
+        train: TrainConfig. The fit (``learning_rate`` 2e-4 and ``batch_size`` 1 as in pix2pix;
+            the translators' own train steps use Adam, so there is no optimiser, loss or schedule).
+    """
+
+    name: str
+    streams: StreamsConfig = dataclasses.field(default_factory=StreamsConfig)
+    pairs: PairsConfig = dataclasses.field(default_factory=PairsConfig)
+    data: PairDataConfig = dataclasses.field(default_factory=PairDataConfig)
+    model: TranslatorModelConfig = dataclasses.field(default_factory=TranslatorModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=1, learning_rate=2e-4))
+
+    def validate(self) -> None:
+        check_run_name(self.name)
+        multiple = self.model.size_multiple
+        if self.data.crop_size % multiple:
+            raise ConfigError("data.crop_size", f"must be a multiple of 2**depth = {multiple} for model.{self.model.kind}")
+
+
+def trained_config(info: ModelInfo, schema: type[T], path: str | Path) -> T:
+    """The typed training config a saved model records in its sidecar (``info.config``).
+
+    Raises:
+        InputError: the sidecar's config does not fit ``schema`` (a model of another kind or tfsky version).
+    """
+    try:
+        return from_dict(schema, info.config)
+    except ConfigError as err:
+        raise InputError(info_path(path), f"the recorded training config does not load ({err})") from None

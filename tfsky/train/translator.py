@@ -9,7 +9,7 @@ that decodes mu), chosen on ``val_l1`` (plain L1 in [-1, 1] units, lower is
 better); its sidecar records ``Preprocess(ldr)`` — the [-1, 1] mapping is
 `tfsky.data.pairs.to_model_range`.
 
-When ``pairs.file`` does not exist it is built first, as ``tfsky streams
+The config schema is `tfsky.train.config.TranslatorConfig`. When ``pairs.file`` does not exist it is built first, as ``tfsky streams
 validate`` + ``tfsky streams pairs`` would (from the manifests in
 ``streams.manifests`` when they exist, else by importing ``streams.root``).
 With a single labelled camera there is no validation stream (the split is by
@@ -19,89 +19,24 @@ measure fit, not generalisation.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
-from typing import Literal
 
 import tensorflow as tf
 
 from tfsky.config import to_dict
-from tfsky.data.pairs import (PREPROCESS, PairDataConfig, PairsConfig, build_pairs, from_model_range,
-                              make_pair_dataset, read_pairs, write_pairs)
-from tfsky.data.streams import MANIFEST_NAME, StreamsConfig, load_streams, validate_streams
+from tfsky.data.pairs import PREPROCESS, build_pairs, from_model_range, make_pair_dataset, read_pairs, write_pairs
 from tfsky.data.pipeline import evenly_spaced
-from tfsky.errors import ConfigError
+from tfsky.data.streams import MANIFEST_NAME, load_streams, validate_streams
 from tfsky.models.bundle import ModelInfo, save_model
-from tfsky.models.pix2pix import Pix2PixConfig, build_pix2pix
-from tfsky.models.precision import Precision, global_batch_size, make_strategy, precision_policy
-from tfsky.models.vae import KLWarmup, VAEConfig, VAETranslator, build_vae
-from tfsky.train.config import TrainConfig
-from tfsky.train.runner import RunResult, fit_run, start_run
-from tfsky.train.segmenter import seed_everything
+from tfsky.models.pix2pix import build_pix2pix
+from tfsky.models.precision import global_batch_size, make_strategy, precision_policy
+from tfsky.models.vae import KLWarmup, VAETranslator, build_vae
+from tfsky.train.config import TranslatorConfig
+from tfsky.train.runner import RunResult, fit_run, seed_everything, start_run
 
 MONITOR = "val_l1"
 log = logging.getLogger("tfsky")
-
-
-# TrainConfig keys that only the segmenter's compile() reads; a translator config setting them is an error.
-SEGMENTER_ONLY_TRAIN_KEYS = (
-    "optimizer", "weight_decay", "loss", "lr_schedule", "warmup_epochs", "plateau_factor", "plateau_patience",
-)
-
-@dataclasses.dataclass
-class TranslatorModelConfig:
-    """The ``model:`` section: which translator, its settings, numeric precision.
-
-    Args:
-        kind: str. ``pix2pix`` or ``vae``. Defaults to ``pix2pix``.
-        precision: str. ``auto`` (mixed_float16 on GPU, float32 on CPU), ``float32``,
-            ``mixed_float16`` or ``mixed_bfloat16``. Defaults to ``auto``.
-        pix2pix: Pix2PixConfig. Used when ``kind`` is pix2pix.
-        vae: VAEConfig. Used when ``kind`` is vae.
-    """
-
-    kind: Literal["pix2pix", "vae"] = "pix2pix"
-    precision: Precision = "auto"
-    pix2pix: Pix2PixConfig = dataclasses.field(default_factory=Pix2PixConfig)
-    vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
-
-    @property
-    def depth(self) -> int:
-        return self.pix2pix.depth if self.kind == "pix2pix" else self.vae.depth
-
-
-@dataclasses.dataclass
-class TranslatorConfig:
-    """A whole ``tfsky train translator`` config file (``streams`` and ``pairs`` are also read by
-    ``tfsky streams validate`` / ``pairs``).
-
-    Args:
-        name: str. Run name; runs go to ``train.runs_root/<name>/``.
-        streams: StreamsConfig. Where the camera streams are and how frames are validated.
-        pairs: PairsConfig. The condition rule and the pairs file.
-        data: PairDataConfig. Resize / crop / flip of the pairs.
-        model: TranslatorModelConfig. The network.
-        train: TrainConfig. The fit (``learning_rate`` 2e-4 and ``batch_size`` 1 as in pix2pix).
-    """
-
-    name: str
-    streams: StreamsConfig = dataclasses.field(default_factory=StreamsConfig)
-    pairs: PairsConfig = dataclasses.field(default_factory=PairsConfig)
-    data: PairDataConfig = dataclasses.field(default_factory=PairDataConfig)
-    model: TranslatorModelConfig = dataclasses.field(default_factory=TranslatorModelConfig)
-    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=1, learning_rate=2e-4))
-
-    def validate(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError("name", f"must be a plain folder name; got {self.name!r}")
-        defaults = TrainConfig()
-        for key in SEGMENTER_ONLY_TRAIN_KEYS:  # the translators' own Adam(2e-4, beta_1 0.5) train steps ignore them
-            if getattr(self.train, key) != getattr(defaults, key):
-                raise ConfigError(f"train.{key}", "is a segmenter setting; translators train with Adam at train.learning_rate")
-        multiple = 2**self.model.depth
-        if self.data.crop_size % multiple:
-            raise ConfigError("data.crop_size", f"must be a multiple of 2**depth = {multiple} for model.{self.model.kind}")
 
 
 def train_translator(cfg: TranslatorConfig, *, resume: bool = False, verbose: int = 2) -> RunResult:

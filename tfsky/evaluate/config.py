@@ -1,0 +1,34 @@
+"""The ``evaluate:`` section of a config file: what ``tfsky evaluate segmenter`` / ``translator`` measure on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tfsky.data.masks import SKY_THRESHOLD
+from tfsky.errors import ConfigError
+from tfsky.tiling import TilingConfig
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """How a trained model is evaluated (CLI flags override it).
+
+    Args:
+        split: str. Split to evaluate: a cache split for segmenters, ``val`` or ``train`` pairs for
+            translators (folders have no split). Defaults to ``val``.
+        threshold: float. Segmenters: sky probability at or above which a pixel is sky. Defaults to 0.5.
+        band: float. Segmenters: boundary F1 tolerance in pixels. Defaults to 3.
+        tiling: TilingConfig. Tiles, blending and flip TTA, as ``tfsky predict`` takes them
+            (``tile: null`` = the model's training tile).
+    """
+
+    split: str = "val"
+    threshold: float = SKY_THRESHOLD
+    band: float = 3.0
+    tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
+
+    def validate(self) -> None:
+        if not 0 <= self.threshold <= 1:
+            raise ConfigError("threshold", f"must be in [0, 1]; got {self.threshold}")
+        if self.band < 0:
+            raise ConfigError("band", f"must be >= 0 pixels; got {self.band}")

@@ -1,0 +1,35 @@
+"""The ``export:`` section of a config file: where ``tfsky export`` writes a model and how it tiles."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal, Optional
+
+from tfsky.errors import ConfigError
+from tfsky.tiling import TilingConfig
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """One exported version of a model in a TF Serving repository (CLI flags override it).
+
+    Args:
+        name: str. Model name in the repository (a folder name). Defaults to ``sky_segmenter``.
+        repo: Path. Repository root (what TF Serving mounts as /models). Defaults to ``models``.
+        version: Optional[int]. Version number. Defaults to None (the next free one).
+        precision: str. ``float32`` (CPU serving, the shipped image) or ``as_trained`` (keep a
+            mixed-precision model's float16 layers, for a GPU server). Defaults to ``float32``.
+        tiling: TilingConfig. In-graph tiling of the ``predict_image`` signature
+            (``tile: null`` = the model's training tile).
+    """
+
+    name: str = "sky_segmenter"
+    repo: Path = Path("models")
+    version: Optional[int] = None
+    precision: Literal["float32", "as_trained"] = "float32"
+    tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
+
+    def validate(self) -> None:
+        if self.version is not None and self.version < 1:
+            raise ConfigError("version", f"must be >= 1; got {self.version}")

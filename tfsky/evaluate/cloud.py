@@ -194,7 +194,7 @@ def evaluate_cloud(
         scores = {"model": frame_score(cloud, truth)}
         scores.update({n: frame_score(m, truth) for n, m in baselines.threshold_masks(cached.image).items()})
         if with_cloudnet:
-            scores["cloudnet"] = _cloudnet_score(baselines, cached.image, truth, cloudnet_stride, threshold)
+            scores["cloudnet"] = _cloudnet_score(baselines, cached.image, truth, cloudnet_stride)
         frames.append(FrameResult(cached.id, camera_of(cached.id), cached.condition, scores))
         if on_image:
             on_image(cached.id)
@@ -211,13 +211,13 @@ def evaluate_cloud(
 
 
 def _cloudnet_score(
-    baselines: CloudBaselines, image: np.ndarray, truth: np.ndarray, stride: int, threshold: float
+    baselines: CloudBaselines, image: np.ndarray, truth: np.ndarray, stride: int
 ) -> FrameScore:
-    """CloudNet on the labelled pixels of a ``stride`` grid (module docstring)."""
+    """CloudNet (its arg-max class) on the labelled pixels of a ``stride`` grid (module docstring)."""
     sample = np.zeros(truth.shape, bool)
     sample[stride // 2 :: stride, stride // 2 :: stride] = True
     rows, cols = np.nonzero(sample & (truth != IGNORE))
-    cloud = baselines.cloudnet_probabilities(image, rows, cols) >= threshold
+    cloud = baselines.cloudnet_probabilities(image, rows, cols) >= 0.5
     return frame_score(cloud[None, :], truth[rows, cols][None, :])
 
 

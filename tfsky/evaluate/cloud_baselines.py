@@ -81,7 +81,7 @@ class CloudBaselines:
     def cloudnet_probabilities(self, image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """P(cloud) of CloudNet at pixels ``(rows, cols)`` (one network call per pixel)."""
         if self._forward is None:
-            self._forward = tf.function(lambda x: self.cloudnet(x, training=False))
+            self._forward = cloudnet.compiled_forward(self.cloudnet)
         return cloudnet.classify_pixels(self.cloudnet, image, rows, cols, forward=self._forward)[:, CLOUD]
 
     def to_json(self) -> dict:

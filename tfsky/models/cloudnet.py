@@ -13,7 +13,7 @@ patch too.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -64,22 +64,29 @@ def sample_patches(
 
 
 def train_cloudnet(
-    patches: np.ndarray, labels: np.ndarray, *, epochs: int = 3, batch_size: int = 256, seed: int = 0
+    patches: np.ndarray, labels: np.ndarray, *, classes: int = 2, epochs: int = 3, batch_size: int = 256,
+    seed: int = 0,
 ) -> tf.keras.Model:
     """Fit CloudNet on sampled patches (Adam 1e-3, sparse cross-entropy)."""
     tf.keras.utils.set_random_seed(seed)
-    model = build_cloudnet(int(labels.max()) + 1 if labels.size else 2)
+    model = build_cloudnet(classes)
     model.compile(tf.keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     model.fit(patches, labels, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
     return model
 
 
+def compiled_forward(model: tf.keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The model in one ``tf.function`` traced once for any batch size."""
+    spec = tf.TensorSpec([None, PATCH, PATCH, 3], tf.float32)
+    return tf.function(lambda patches: model(patches, training=False), input_signature=[spec])
+
+
 def classify_pixels(
     model: tf.keras.Model, image: np.ndarray, rows: np.ndarray, cols: np.ndarray, batch: int = 4096,
-    forward: Optional[tf.types.experimental.GenericFunction] = None,
+    forward: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
 ) -> np.ndarray:
     """P(class) ``[N, classes]`` of pixels ``(rows, cols)``: one CloudNet call per pixel, in batches."""
-    forward = forward or tf.function(lambda x: model(x, training=False))
+    forward = forward or compiled_forward(model)
     source = padded(image)
     out = []
     for start in range(0, rows.size, batch):

@@ -7,7 +7,10 @@ file with its reason and goes on, and returns the done / skipped / failed
 background thread while the model works on the current one, so an 8K EXR
 decode does not leave the model idle (at the price of holding two decoded
 images at once; HDR images are held as float16, see `tfsky.predict.segment`).
-The outputs of one image are those of `tfsky.predict.outputs.OutputPaths`.
+The outputs of one image are those of `tfsky.predict.outputs.OutputPaths`; a
+cloud model (`tfsky.predict.cloud.is_cloud_model`) adds the class mask and the
+cloud cover of each frame, and the job ends with the cloud-cover time series
+of every finished frame (`tfsky.predict.outputs.write_cloud_series`).
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ from tfsky.predict.outputs import (
     ProbFormat,
     overlay,
     write_maps,
+    write_class_mask,
+    write_cloud_series,
     write_overlay,
     write_sidecar,
 )
+from tfsky.predict.cloud import CloudCoverConfig, FrameCover, is_cloud_model
 from tfsky.predict.segment import ModelInputs, TiledSegmenter, model_id, sky_probability
 from tfsky.tiling import TilingConfig
 
@@ -44,11 +50,13 @@ class PredictConfig:
         tiling: TilingConfig. Tile, overlap, window, tile batch and TTA.
         threshold: float. Probability at or above which a pixel is sky in the mask. Defaults to 0.5.
         prob_format: str. ``png16`` (16-bit PNG, probability x 65535) or ``tif`` (float32). Defaults to ``png16``.
+        cloud: CloudCoverConfig. Cloud models only: camera mask, okta and condition settings.
     """
 
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
     threshold: float = SKY_THRESHOLD
     prob_format: ProbFormat = "png16"
+    cloud: CloudCoverConfig = dataclasses.field(default_factory=CloudCoverConfig)
 
     def validate(self) -> None:
         if not 0 <= self.threshold <= 1:
@@ -80,8 +88,12 @@ def predict_many(
         InputError: the model or the output folder cannot be used. Problems with single images are
             reported, not raised.
     """
-    return run_job(PredictTask(model_path, config), inputs, out_dir, overwrite=overwrite, listener=listener,
-                   engine=engine)
+    task = PredictTask(model_path, config)
+    report = run_job(task, inputs, out_dir, overwrite=overwrite, listener=listener, engine=engine)
+    if task.cloud:
+        finished = {str(source) for source in (*report.done, *report.skipped)}
+        write_cloud_series(Path(out_dir), finished)
+    return report
 
 
 class PredictTask(Task):
@@ -98,20 +110,25 @@ class PredictTask(Task):
         self.inputs_of_model: Optional[ModelInputs] = None
         self.segmenter: Optional[TiledSegmenter] = None
         self.facts: dict = {}
+        self.cloud = False
+        self.cover: Optional[FrameCover] = None
 
     def check(self) -> None:
         if not self.model_path.is_file():  # before the sidecar: a mistyped path is reported as such
             raise InputError(self.model_path, "model file not found")
-        self.inputs_of_model = ModelInputs(load_info(self.model_path, kind="segmenter"))
+        info = load_info(self.model_path, kind="segmenter")
+        self.inputs_of_model = ModelInputs(info)
+        self.cloud = is_cloud_model(info)
 
     def outputs(self, stem: Path) -> OutputPaths:
-        return OutputPaths.for_stem(stem, self.config.prob_format)
+        return OutputPaths.for_stem(stem, self.config.prob_format, cloud=self.cloud)
 
     def read(self, source: Path) -> np.ndarray:
         return self.inputs_of_model.read(source)
 
     def load(self) -> None:
         self.segmenter = TiledSegmenter.load(self.model_path, self.config.tiling)
+        self.cover = FrameCover(self.config.cloud, self.config.threshold) if self.cloud else None
         self.facts = {"model": {"path": str(self.model_path), "id": model_id(self.model_path)},
                       "tfsky_version": __version__}
 
@@ -125,13 +142,19 @@ class PredictTask(Task):
         start = time.perf_counter()
         probs = segmenter.probabilities(image, progress=listener.steps_done)
         seconds = time.perf_counter() - start
-        mask = write_maps(outputs, sky_probability(probs), threshold)
-        del probs
+        probability = sky_probability(probs)
+        cover = {}
+        if self.cover is not None:  # before any output: a frame without valid sky fails whole
+            cloud, valid, cover["cloud_cover"] = self.cover(image, probability, item.source)
+            probability = np.where(valid, probability, 0.0)
+            write_class_mask(outputs, cloud, valid)
+        mask = write_maps(outputs, probability, threshold)
+        del probs, probability
         shown = overlay(image, mask, segmenter.inputs.restore)
         del image
         write_overlay(outputs, shown)
         del shown
         tiling = dataclasses.asdict(segmenter.tiling)
         facts = dict(source=str(item.source), height=height, width=width, tiles=tiles, **tiling,
-                     seconds=round(seconds, 3), **self.facts)
+                     seconds=round(seconds, 3), **self.facts, **cover)
         write_sidecar(outputs, facts, mask, threshold)

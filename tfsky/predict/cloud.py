@@ -5,8 +5,8 @@ the lens), or, without a mask, those brighter than ``dark_level`` in some
 channel (the black outside of a fisheye frame). On them:
 
 * cloud fraction = cloud pixels / valid pixels, in percent (a cloud pixel has
-  P(cloud) >= threshold: softmax channel 1, `tfsky.predict.segment.SKY_CLASS`,
-  is the cloud class of a cloud model);
+  P(cloud) >= the job's threshold: softmax channel 1,
+  `tfsky.predict.segment.SKY_CLASS`, is the cloud class of a cloud model);
 * solid-angle cloud fraction: each pixel weighted by the solid angle it
   covers under a fisheye projection whose optical centre and horizon radius
   are fitted from the valid region (`FisheyeModel`); equidistant
@@ -28,11 +28,14 @@ import dataclasses
 import math
 import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import numpy as np
 
 from tfsky.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from tfsky.models.bundle import ModelInfo
 
 Projection = Literal["equidistant", "equisolid"]
 CONDITIONS = ("clear", "partial", "overcast")
@@ -48,7 +51,6 @@ class CloudCoverConfig:
             the frames' size). Defaults to None (valid = brighter than ``dark_level``).
         dark_level: int. Without a mask, pixels whose every channel is <= this
             (on the 0..255 scale) are outside the lens. Defaults to 8.
-        threshold: float. A pixel is cloud when P(cloud) >= this. Defaults to 0.5.
         projection: str. Fisheye projection of the solid-angle weights:
             ``equidistant`` or ``equisolid``. Defaults to ``equidistant``.
         okta_tolerance_pp: float. A cloud fraction within this many percentage
@@ -59,7 +61,6 @@ class CloudCoverConfig:
 
     camera_mask: Optional[Path] = None
     dark_level: int = 8
-    threshold: float = 0.5
     projection: Projection = "equidistant"
     okta_tolerance_pp: float = 0.5
     clear_max_okta: int = 1
@@ -70,8 +71,6 @@ class CloudCoverConfig:
             raise ConfigError("camera_mask", f"camera mask not found: {self.camera_mask}")
         if not 0 <= self.dark_level < 255:
             raise ConfigError("dark_level", f"must be in 0..254; got {self.dark_level}")
-        if not 0 < self.threshold < 1:
-            raise ConfigError("threshold", f"must be between 0 and 1; got {self.threshold}")
         if not 0 <= self.okta_tolerance_pp < 100 / OKTAS / 2:
             raise ConfigError("okta_tolerance_pp", f"must be in 0..{100 / OKTAS / 2} (half an okta); "
                               f"got {self.okta_tolerance_pp}")
@@ -187,3 +186,41 @@ def timestamp_from_name(name: str) -> Optional[str]:
     if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 62):
         return None
     return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
+
+
+def is_cloud_model(info: "ModelInfo") -> bool:
+    """A two-class segmenter trained on all-sky sources (softmax: 0 clear sky, 1 cloud)."""
+    sources = (info.config or {}).get("data", {}).get("sources", [])
+    return info.classes == 2 and any(source.get("kind") == "allsky_folder" for source in sources)
+
+
+class FrameCover:
+    """Cloud cover of the frames of one job: the camera mask read once, checked against each frame's size.
+
+    Args:
+        cfg: CloudCoverConfig. The settings.
+        threshold: float. A pixel is cloud when P(cloud) >= this.
+    """
+
+    def __init__(self, cfg: CloudCoverConfig, threshold: float):
+        from tfsky.data.allsky import read_camera_mask
+
+        self.cfg, self.threshold = cfg, threshold
+        self.camera_mask = read_camera_mask(Path(cfg.camera_mask)) if cfg.camera_mask else None
+
+    def __call__(
+        self, image: np.ndarray, cloud_prob: np.ndarray, source: str | Path
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+        """``(cloud mask, valid mask, facts)`` of one frame; the facts carry the timestamp of its name.
+
+        Raises:
+            InputError: the camera mask has another size, or no pixel is valid sky.
+        """
+        if self.camera_mask is not None and self.camera_mask.shape != image.shape[:2]:
+            height, width = self.camera_mask.shape
+            raise InputError(source, f"frame is {image.shape[1]}x{image.shape[0]} but the camera mask "
+                             f"{self.cfg.camera_mask} is {width}x{height}")
+        valid = valid_sky(image, self.camera_mask, self.cfg.dark_level)
+        cloud = (cloud_prob >= self.threshold) & valid
+        facts = cloud_cover(cloud, valid, self.cfg, source)
+        return cloud, valid, {**facts, "timestamp": timestamp_from_name(Path(source).name)}

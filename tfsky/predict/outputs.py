@@ -8,6 +8,13 @@ For an image with output stem ``out/sub/name``:
 * ``name.json``: the sidecar (sky fraction, size, tiles, timing, model id),
   written LAST: an image is complete when its sidecar and all other outputs exist.
 
+A cloud model (`tfsky.predict.cloud.is_cloud_model`) draws its cloud mask in
+``name_mask.png`` and its cloud probability in ``name_prob.png``, adds
+``name_classes.png`` (WSISEG's values: 255 cloud, 100 clear sky, 0 outside
+the valid sky) and the ``cloud_cover`` facts to the sidecar; a folder of
+frames also gets ``cloud_cover.csv`` (one row per frame) and
+``cloud_cover.png`` (cloud fraction over the frames), see `write_cloud_series`.
+
 Every file goes through a temporary hidden sibling and a rename
 (`tfsky.io.atomic`); temporaries a killed run left behind are removed by
 `tfsky.io.atomic.remove_stale_temps` before the image is looked at again.
@@ -20,14 +27,17 @@ clipped to [0, 1] and gamma-encoded with exponent 1 / 2.2.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Any, Callable, Collection, Iterator, Literal, Optional
 
 import numpy as np
 
 from tfsky.data.transforms import is_hdr
-from tfsky.io.atomic import write_json
+from tfsky.io.atomic import atomic_path, write_json, write_text
 from tfsky.io.images import luminance
 from tfsky.io.writers import write_jpeg, write_png, write_tif
 
@@ -48,21 +58,28 @@ class OutputPaths:
     prob: Path
     overlay: Path
     sidecar: Path
+    classes: Optional[Path] = None
 
     @classmethod
-    def for_stem(cls, stem: Path, prob_format: ProbFormat) -> "OutputPaths":
-        """Paths for output stem ``out/sub/name`` (no suffix)."""
+    def for_stem(cls, stem: Path, prob_format: ProbFormat, cloud: bool = False) -> "OutputPaths":
+        """Paths for output stem ``out/sub/name`` (no suffix); ``cloud`` adds the class mask."""
         prob_suffix = ".png" if prob_format == "png16" else ".tif"
         return cls(
             mask=stem.parent / f"{stem.name}_mask.png",
             prob=stem.parent / f"{stem.name}_prob{prob_suffix}",
             overlay=stem.parent / f"{stem.name}_overlay.jpg",
             sidecar=stem.parent / f"{stem.name}.json",
+            classes=stem.parent / f"{stem.name}_classes.png" if cloud else None,
         )
 
+    def named(self) -> dict[str, Path]:
+        """``{output name: path}`` of every file but the sidecar."""
+        names = {"mask": self.mask, "prob": self.prob, "overlay": self.overlay, "classes": self.classes}
+        return {name: path for name, path in names.items() if path is not None}
+
     def __iter__(self) -> Iterator[Path]:
-        """The files in the order they are written (the sidecar, which marks the image complete, last)."""
-        return iter((self.mask, self.prob, self.overlay, self.sidecar))
+        """The files, the sidecar (written last: it marks the image complete) last."""
+        return iter((*self.named().values(), self.sidecar))
 
 
 def write_maps(paths: OutputPaths, prob: np.ndarray, threshold: float) -> np.ndarray:
@@ -92,7 +109,7 @@ def write_overlay(paths: OutputPaths, shown: np.ndarray) -> None:
 def write_sidecar(paths: OutputPaths, facts: dict[str, Any], mask: np.ndarray, threshold: float) -> dict[str, Any]:
     """Write the JSON sidecar LAST (it marks the image complete): ``facts`` plus sky fraction and output names."""
     sidecar = dict(facts, sky_fraction=np.count_nonzero(mask) / mask.size, threshold=threshold,
-                   outputs={name: p.name for name, p in zip(("mask", "prob", "overlay"), paths)})
+                   outputs={name: p.name for name, p in paths.named().items()})
     write_json(paths.sidecar, sidecar)
     return sidecar
 
@@ -149,3 +166,70 @@ def _by_bands(array: np.ndarray, convert, dtype) -> np.ndarray:
     for row in range(0, array.shape[0], _BAND):
         out[row : row + _BAND] = convert(array[row : row + _BAND])
     return out
+
+
+CLASS_PNG_VALUES = {"outside": 0, "clear": 100, "cloud": 255}  # WSISEG's annotation values
+SERIES_CSV, SERIES_PLOT = "cloud_cover.csv", "cloud_cover.png"
+SERIES_COLUMNS = ("file", "timestamp", "cloud_fraction_pct", "cloud_fraction_solid_angle_pct", "okta",
+                  "sky_condition", "valid_pixels")
+
+
+def write_class_mask(paths: OutputPaths, cloud: np.ndarray, valid: np.ndarray) -> None:
+    """``name_classes.png``: 255 cloud, 100 clear sky, 0 outside the valid sky (as WSISEG annotations)."""
+    classes = np.where(valid, np.where(cloud, CLASS_PNG_VALUES["cloud"], CLASS_PNG_VALUES["clear"]),
+                       CLASS_PNG_VALUES["outside"]).astype(np.uint8)
+    write_png(paths.classes, classes)
+
+
+def write_cloud_series(out_dir: Path, sources: Collection[str]) -> Optional[tuple[Path, Path]]:
+    """``cloud_cover.csv`` and ``cloud_cover.png`` in ``out_dir`` from the sidecars there of the frames ``sources``.
+
+    Rows are in time order when every name carries a timestamp, else in file-name order.
+    Returns the two paths, or None when no such sidecar holds cloud cover.
+    """
+    rows = []
+    for path in sorted(out_dir.rglob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            facts = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # not a sidecar of this job
+        cover = facts.get("cloud_cover") if isinstance(facts, dict) else None
+        if cover and facts.get("source") in sources:
+            rows.append({"file": facts["source"], "timestamp": cover.get("timestamp") or "",
+                         **{key: cover[key] for key in SERIES_COLUMNS[2:]}})
+    if not rows:
+        return None
+    rows.sort(key=lambda row: (row["timestamp"] or "", row["file"]))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, SERIES_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path, plot_path = out_dir / SERIES_CSV, out_dir / SERIES_PLOT
+    write_text(csv_path, buffer.getvalue())
+    _plot_series(rows, plot_path)
+    return csv_path, plot_path
+
+
+def _plot_series(rows: list[dict], path: Path) -> None:
+    """Cloud fraction (pixels and solid angle) per frame, in time order when the names carry timestamps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, min(16.0, 0.08 * len(rows) + 4)), 3.2))
+    positions = range(len(rows))
+    ax.plot(positions, [r["cloud_fraction_pct"] for r in rows], "-o", markersize=3, label="cloud fraction (pixels)")
+    ax.plot(positions, [r["cloud_fraction_solid_angle_pct"] for r in rows], "--", label="cloud fraction (solid angle)")
+    timed = all(r["timestamp"] for r in rows)
+    ax.set_xlabel("frame (time order)" if timed else "frame (file-name order)")
+    ax.set_ylabel("cloud fraction (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

@@ -1,0 +1,95 @@
+"""A cloud model end to end on real WSISEG frames: train (the segmenter runner), evaluate, predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tfsky.config import load_config
+from tfsky.train.config import SegmenterConfig
+
+REPO = Path(__file__).resolve().parents[1]
+FRAMES = ["ASC100-1006_001.png", "ASC100-1006_002.png", "ASC100-1006_004.png", "ASC100-1006_007.png",
+          "ASC100-1006_042.png", "ASC100-1006_076.png", "ASC100-1006_451.png", "ASC100-1006_480.png",
+          "ASC100-1006_509.png", "ASC100-1006_539.png"]
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data, tmp_path_factory):
+    """A tiny cloud model trained by `tfsky train segmenter` on 10 frames linked from the shared data."""
+    from tfsky.train.segmenter import train_segmenter
+
+    root = tmp_path_factory.mktemp("cloud")
+    data = root / "allsky_wsiseg"
+    for folder in ("images", "annotation"):
+        (data / folder).mkdir(parents=True)
+        for name in FRAMES:
+            (data / folder / name).symlink_to(shared_data / "allsky_wsiseg" / folder / name)
+    shared = shared_data / "allsky_wsiseg"
+    cfg = load_config(SegmenterConfig, REPO / "configs" / "cloud_tiny.yaml")
+    cfg.data.sources[0].images, cfg.data.sources[0].masks = data / "images", data / "annotation"
+    cfg.data.sources[0].allsky.cameras[0].mask = shared / "mask_cam.png"
+    cfg.data.cache, cfg.train.runs_root, cfg.train.validation_steps = root / "cache", root / "runs", 8
+    result = train_segmenter(cfg, verbose=0)
+    return root, result.run_dir / "best.keras", data
+
+
+def test_evaluate_segmenter_on_a_cloud_model_reports_cloud_metrics_per_camera(trained, cli):
+    root, model, _ = trained
+    result = cli("evaluate", "segmenter", "--model", model, "--data", root / "cache", "--out", root / "eval",
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((root / "eval" / "eval.json").read_text())
+    assert summary["task"] == "cloud"
+    assert set(summary["results"]) >= {"overall"} and len(summary["results"]) >= 2  # overall + camera(s)
+    overall = summary["results"]["overall"]
+    assert set(overall) == {"model", "red_blue_ratio", "red_minus_blue", "cloudnet"}
+    for values in overall.values():
+        assert 0 <= values["pixel_accuracy"] <= 1 and values["cloud_fraction_mae_pp"] >= 0
+        assert set(values["condition_confusion"]) == {"clear", "partial", "overcast"}
+    frame = summary["frames"][0]
+    truth_pixels = np.asarray(frame["model"]["confusion"]).sum()
+    assert truth_pixels == np.asarray(frame["red_blue_ratio"]["confusion"]).sum()  # same labelled pixels
+    assert "Cloud segmentation: overall" in (root / "eval" / "eval.md").read_text()
+
+
+def test_predict_with_a_cloud_model_writes_cloud_cover_and_a_time_series(trained, cli, shared_data):
+    root, model, data = trained
+    out = root / "predict"
+    frames = data / "images"
+    mask = shared_data / "allsky_wsiseg" / "mask_cam.png"
+    first = cli("predict", "--model", model, frames / FRAMES[0], frames / FRAMES[1], "--out", out, "--quiet",
+                "--set", f"predict.cloud.camera_mask={mask}")
+    assert first.exit_code == 0, first.output
+    sidecar = json.loads((out / "ASC100-1006_001.json").read_text())
+    cover = sidecar["cloud_cover"]
+    lens = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) >= 128
+    assert cover["valid_pixels"] == int(lens.sum())
+    classes = cv2.imread(str(out / "ASC100-1006_001_classes.png"), cv2.IMREAD_UNCHANGED)
+    assert set(np.unique(classes)) <= {0, 100, 255} and np.all(classes[~lens] == 0)
+    assert cover["cloud_fraction_pct"] == pytest.approx(100 * np.mean(classes[lens] == 255), abs=1e-3)
+    assert 0 <= cover["okta"] <= 8 and cover["sky_condition"] in ("clear", "partial", "overcast")
+    assert sidecar["outputs"]["classes"] == "ASC100-1006_001_classes.png"
+    with open(out / "cloud_cover.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["file"]).name for r in rows] == FRAMES[:2]
+    assert float(rows[0]["cloud_fraction_pct"]) == pytest.approx(cover["cloud_fraction_pct"])
+    assert (out / "cloud_cover.png").stat().st_size > 1000
+
+
+def test_predict_skips_a_frame_without_valid_sky_and_reports_it(trained, cli, tmp_path):
+    _, model, data = trained
+    black = tmp_path / "frames" / "black.png"
+    black.parent.mkdir()
+    cv2.imwrite(str(black), np.zeros((450, 480, 3), np.uint8))
+    (tmp_path / "frames" / FRAMES[0]).symlink_to(data / "images" / FRAMES[0])
+    result = cli("predict", "--model", model, tmp_path / "frames", "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code == 1
+    assert "black.png: no valid sky pixel" in result.output and "cloud fraction undefined" in result.output
+    assert (tmp_path / "out" / f"{Path(FRAMES[0]).stem}.json").is_file()
+    assert not (tmp_path / "out" / "black.json").exists() and not (tmp_path / "out" / "black_mask.png").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from PIL import Image
 
 from tfsky.data.streams import StreamsConfig, read_manifest, validate_stream, validate_streams
 from tfsky.review.app import create_app, review_server
+from tfsky.review.browser import headless_chromium, missing_browser
 from tfsky.review.thumbnails import THUMB_WIDTH, thumbnail_path
 
 from test_streams import scene, write_jpeg
@@ -152,26 +152,13 @@ def test_thumbnails_are_made_once_small_and_cached_beside_the_manifest(client, m
 
 # --- the page in a real browser -----------------------------------------------------------------
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,900")
-
-
 @pytest.fixture
 def browser(tmp_path):
-    """Headless Debian Chromium driven by Selenium through the system chromedriver."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("headless browser test needs Debian's chromium and chromium-driver (apt-get install chromium "
-                    "chromium-driver); not found on PATH")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    """Headless Debian Chromium driven by Selenium; the test skips only when the browser is not installed."""
+    missing = missing_browser()
+    if missing:
+        pytest.skip(f"the headless browser test needs Debian's chromium and chromium-driver: {missing}")
+    chrome = headless_chromium(tmp_path / "chromium-profile")
     yield chrome
     chrome.quit()
 

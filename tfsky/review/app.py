@@ -21,6 +21,7 @@ a name that is not one of its frames is 404, one with a path in it 400.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -140,9 +141,14 @@ def create_app(manifests: Path, warm: bool = True) -> Flask:
 
 
 def review_server(manifests: Path, host: str = "127.0.0.1", port: int = 0, warm: bool = True):
-    """A threaded WSGI server for the app (``port`` 0 picks a free one: ``server.server_port``)."""
+    """A threaded WSGI server for the app (``port`` 0 picks a free one: ``server.server_port``).
+
+    Werkzeug's per-request log lines are off (warnings still show): hundreds of
+    thumbnail requests per page would bury the one line the command prints.
+    """
     from werkzeug.serving import make_server
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     return make_server(host, port, create_app(manifests, warm), threaded=True)
 
 

@@ -208,4 +208,4 @@ def test_streams_label_refuses_a_segmenter_model(tmp_path, cli, untrained_classi
     (tmp_path / "m" / "cam" / "stream.json").write_text('{"camera": "cam", "frames": []}')
     result = cli("streams", "label", tmp_path / "m", "--classifier", other)
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"Error: {other}: not a weather classifier (a segmenter model)"
+    assert result.stderr.strip() == f"Error: {other}: is a segmenter model, not a weather classifier"

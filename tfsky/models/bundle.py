@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 MODEL_KINDS = {  # what a command needs -> (the sidecar tasks that provide it, how a user calls it)
     "segmenter": (("segmenter",), "sky segmenter"),
     "translator": (("pix2pix", "vae"), "weather translator (pix2pix or vae)"),
+    "classifier": (("classifier",), "weather classifier"),
 }
 
 

@@ -75,7 +75,7 @@ def copy_segmenter_encoder(model: tf.keras.Model, backbone: tf.keras.Model, segm
     """
     from tfsky.models.bundle import load_model
 
-    segmenter, _ = load_model(segmenter_path, precision="float32")
+    segmenter, _ = load_model(segmenter_path, precision="float32", kind="segmenter")
     copied = 0
     for layer in backbone.layers:
         if not layer.weights:

@@ -32,10 +32,8 @@ class WeatherClassifier:
 
     @classmethod
     def load(cls, path: str | Path) -> "WeatherClassifier":
-        """Load a ``best.keras`` written by ``tfsky train classifier``; another model is an `InputError`."""
-        model, info = load_model(path)
-        if info.task != "classifier":
-            raise InputError(path, f"not a weather classifier (a {info.task} model)")
+        """Load a ``best.keras`` written by ``tfsky train classifier``; another kind of model is an `InputError`."""
+        model, info = load_model(path, kind="classifier")
         data = info.config["data"]
         image_size = int(data["image_size"])
         load_size = round(image_size * data["load_scale"])

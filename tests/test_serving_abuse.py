@@ -19,12 +19,12 @@ import pytest
 
 from test_export import save_tiny
 from test_serving import small_png, wait_for
-from tfsky.errors import TfskyError
+from tfsky.errors import ServingError, TfskyError
 from tfsky.export.savedmodel import export_model
 from tfsky.predict.segment import TiledSegmenter
 from tfsky.serving import Client, DevServer
 from tfsky.serving import repository as repository_module
-from tfsky.serving.repository import ModelRepository, Servable, ServingError
+from tfsky.serving.repository import ModelRepository, Servable
 
 READ_TIMEOUT = 1.0  # seconds a REST connection may stay silent
 

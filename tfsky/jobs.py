@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import errno
 import os
 import tempfile
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any, Callable, Iterator, Literal, Optional, Protocol, Sequenc
 
 from tfsky.errors import InputError, TfskyError
 from tfsky.io.atomic import remove_stale_temps
-from tfsky.io.images import is_image_file
+from tfsky.io.images import is_image_file, link_problem
 
 MANIFEST_SUFFIX = ".txt"
 Status = Literal["done", "skipped", "failed"]
@@ -280,18 +279,6 @@ def collect_items(inputs: Sequence[Path], out_dir: Path) -> tuple[list[Item], li
         elif first != item.source:
             failures.append((item.source, f"writes the same outputs ({item.stem}_*) as {first}"))
     return items, failures
-
-
-def link_problem(path: Path) -> Optional[str]:
-    """Why ``path`` is a broken symbolic link (a loop, or a missing target), or None."""
-    try:
-        path.stat()
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            return "symbolic link loop"
-        if path.is_symlink():
-            return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
-    return None
 
 
 def _expand(inputs: Sequence[Path], out_dir: Path, failures: list[Failure]) -> Iterator[Item]:

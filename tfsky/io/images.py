@@ -33,7 +33,9 @@ Every problem with a file raises `InputError` naming the file and the reason.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Optional
 
@@ -160,8 +162,23 @@ def luminance_weights(chromaticities: Optional[tuple[float, ...]]) -> np.ndarray
 # --- file checks and error translation -------------------------------------------------------
 
 
+def link_problem(path: Path) -> Optional[str]:
+    """Why ``path`` is a broken symbolic link (a loop, or a missing target), or None."""
+    try:
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if path.is_symlink():
+            return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+    return None
+
+
 def _checked_path(path: str | Path) -> Path:
     path = Path(path)
+    problem = link_problem(path)
+    if problem:
+        raise InputError(path, problem)
     if not path.exists():
         raise InputError(path, "file not found")
     if not path.is_file():

@@ -97,8 +97,10 @@ def require_task(info: ModelInfo, path: str | Path, kind: str) -> None:
 def load_info(path: str | Path, kind: str | None = None) -> ModelInfo:
     """Read the sidecar of a model file (of ``kind``, see `require_task`, when given).
 
-    A missing or broken sidecar, or a model of another kind, is an `InputError`.
+    A missing model file or sidecar, a broken sidecar, or a model of another kind, is an `InputError`.
     """
+    if not Path(path).is_file():  # before the sidecar: a mistyped model path is reported as such
+        raise InputError(path, "model file not found")
     sidecar = info_path(path)
     if not sidecar.is_file():
         raise InputError(sidecar, "model sidecar not found (it is written beside the .keras file by tfsky train)")
@@ -124,8 +126,6 @@ def load_model(path: str | Path, precision: InferencePrecision = "auto", kind: s
     from tfsky.models.precision import for_inference
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "model file not found")
     info = load_info(path, kind)
     try:
         model = tf.keras.models.load_model(path, compile=False, custom_objects=custom_objects())

@@ -17,6 +17,7 @@ predicting each tile batch.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -37,9 +38,10 @@ from tensorflow_serving.apis import (
 
 from tfsky.data.transforms import Preprocess
 from tfsky.errors import TfskyError
+from tfsky.serving.config import ClientConfig
 from tfsky.export.metadata import SignatureSummary, summarize_signatures
 from tfsky.serving import rest
-from tfsky.serving.repository import VersionStatus
+from tfsky.serving.status import VersionStatus
 from tfsky.tiling import TilingConfig, sliding_window_inference
 
 _IMAGE_OUTPUTS = {"mask_png_bytes": tf.string, "probability_png_bytes": tf.string, "sky_fraction": tf.float32}
@@ -81,7 +83,7 @@ class Client:
     Args:
         server: str. ``host:port``: the gRPC port (8500), or the REST port (8501) with ``rest=True``.
         rest: bool. Use the REST API instead of gRPC. Defaults to False.
-        timeout: float. Deadline of each attempt, in seconds. Defaults to 30.
+        timeout: float. Deadline of each attempt, in seconds. Defaults to 60 (`ClientConfig`).
         retries: int. Extra attempts after UNAVAILABLE, waiting ``backoff * 2**n`` seconds. Defaults to 3.
         max_message_mb: int. gRPC send/receive message size limit. Defaults to 256.
         backoff: float. First retry delay in seconds. Defaults to 0.25.
@@ -90,11 +92,11 @@ class Client:
 
     def __init__(
         self,
-        server: str = "localhost:8500",
+        server: str = ClientConfig.server,
         *,
-        rest: bool = False,
-        timeout: float = 30.0,
-        retries: int = 3,
+        rest: bool = ClientConfig.rest,
+        timeout: float = ClientConfig.timeout,
+        retries: int = ClientConfig.retries,
         max_message_mb: int = 256,
         backoff: float = 0.25,
         retry_deadline_exceeded: bool = False,
@@ -251,6 +253,9 @@ class Client:
             raise _Failed(grpc.StatusCode.DEADLINE_EXCEEDED, str(err) or "timed out") from None
         except (urllib.error.URLError, ConnectionError) as err:
             raise _Failed(grpc.StatusCode.UNAVAILABLE, str(getattr(err, "reason", err))) from None
+        except (http.client.HTTPException, ValueError) as err:  # e.g. the gRPC port, or not TF Serving at all
+            raise _Failed(grpc.StatusCode.UNKNOWN, f"not a TF Serving REST answer ({type(err).__name__}); "
+                          "is this the REST port?") from None
 
     @staticmethod
     def _image_prediction(outputs: dict[str, np.ndarray], version: int | None) -> ImagePrediction:

@@ -19,7 +19,6 @@ Serving would answer with.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -31,30 +30,13 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from tfsky.errors import TfskyError
+from tfsky.errors import ServingError, TfskyError
 from tfsky.export.metadata import SAVED_MODEL_FILE, read_signature_defs
+from tfsky.serving.status import AVAILABLE, END, LOADING, VersionStatus
 
 log = logging.getLogger("tfsky")
 
-AVAILABLE, LOADING, END = "AVAILABLE", "LOADING", "END"
 DEFAULT_SIGNATURE = "serving_default"
-
-
-class ServingError(Exception):
-    """A request the server refuses, with the gRPC status code TF Serving uses for it."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        self.code = code
-        super().__init__(message)
-
-
-@dataclasses.dataclass(frozen=True)
-class VersionStatus:
-    """State of one model version: ``LOADING``, ``AVAILABLE`` or ``END`` (unloaded or failed, with the error)."""
-
-    version: int
-    state: str
-    error: str = ""
 
 
 class Servable:

@@ -46,10 +46,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tfsky.errors import TfskyError
+from tfsky.errors import ServingError, TfskyError
 from tfsky.serving import rest
 from tfsky.serving.config import ServeConfig
-from tfsky.serving.repository import ModelRepository, ServingError, VersionStatus
+from tfsky.serving.repository import ModelRepository
+from tfsky.serving.status import VersionStatus
 
 log = logging.getLogger("tfsky")
 

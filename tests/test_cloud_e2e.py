@@ -93,3 +93,24 @@ def test_predict_skips_a_frame_without_valid_sky_and_reports_it(trained, cli, tm
     assert "black.png: no valid sky pixel" in result.output and "cloud fraction undefined" in result.output
     assert (tmp_path / "out" / f"{Path(FRAMES[0]).stem}.json").is_file()
     assert not (tmp_path / "out" / "black.json").exists() and not (tmp_path / "out" / "black_mask.png").exists()
+
+
+def test_exported_cloud_model_returns_the_class_mask_and_cloud_fraction_of_tfsky_predict(trained, cli, tmp_path):
+    import tensorflow as tf
+
+    from tfsky.export import export_model
+
+    _, model, data = trained
+    frame = data / "images" / FRAMES[6]  # camera 2: black outside its view, no camera mask needed
+    assert cli("predict", "--model", model, frame, "--out", tmp_path / "out", "--quiet").exit_code == 0
+    expected = json.loads((tmp_path / "out" / f"{frame.stem}.json").read_text())["cloud_cover"]
+    version = export_model(model, tmp_path / "models", "cloud")
+    signature = tf.saved_model.load(str(version)).signatures["predict_cloud"]
+    outputs = signature(image_bytes=tf.constant([frame.read_bytes()]))
+    assert int(outputs["valid_pixels"][0]) == expected["valid_pixels"]
+    assert float(outputs["cloud_fraction_pct"][0]) == pytest.approx(expected["cloud_fraction_pct"], abs=0.05)
+    served = tf.io.decode_png(outputs["class_mask_png_bytes"][0]).numpy()[..., 0]
+    predicted = cv2.imread(str(tmp_path / "out" / f"{frame.stem}_classes.png"), cv2.IMREAD_UNCHANGED)
+    assert np.mean(served == predicted) > 0.999
+    black = tf.io.encode_png(tf.zeros([64, 64, 3], tf.uint8))
+    assert np.isnan(signature(image_bytes=tf.reshape(black, [1]))["cloud_fraction_pct"][0].numpy())

@@ -14,6 +14,13 @@ signatures all return float32 (a mixed-precision model is cast at the output):
   `tfsky.tiling.sliding_window_graph`, with the same defaults as ``tfsky
   predict``. 8-bit images decode to uint8, 16-bit PNGs to uint16, exactly as
   `tfsky.io.images.read_image` returns them.
+* ``predict_cloud`` (cloud models, `tfsky.predict.cloud.is_cloud_model`):
+  ``image_bytes`` [n] -> ``class_mask_png_bytes`` (255 cloud, 100 clear sky,
+  0 outside: pixels no brighter than ``dark_level`` in every channel, as
+  ``tfsky predict`` without a camera mask), ``cloud_fraction_pct`` (cloud
+  pixels / valid pixels x 100; NaN when no pixel is valid) and
+  ``valid_pixels``. The other image signatures of a cloud model draw the cloud
+  class (softmax channel 1), as ``tfsky predict`` does.
 * ``predict_hdr`` (models trained on HDR, ``preprocess.mode == "log"``):
   ``image_raw`` [n] (float32 little-endian bytes of [H, W, C] radiance) and
   ``shape`` int32 [n, 3] -> the same outputs.
@@ -45,6 +52,9 @@ from tfsky.errors import InputError
 from tfsky.export import metadata, warmup
 from tfsky.io.atomic import atomic_dir, write_json
 from tfsky.models.bundle import ModelInfo, load_model
+from tfsky.predict.cloud import CloudCoverConfig, is_cloud_model
+from tfsky.predict.outputs import CLASS_PNG_VALUES
+from tfsky.predict.segment import SKY_CLASS
 from tfsky.tiling import TilingConfig, model_tiling, sliding_window_graph
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -69,6 +79,7 @@ class SegmenterModule(tf.Module):
         self.preprocess = info.preprocess
         self.tiling = model_tiling(tiling, info.tile_size, SIZE_MULTIPLE, "segmenter")
         self.channels = channels = info.in_channels
+        self.positive = 0 if info.classes == 1 else SKY_CLASS  # the channel drawn as the mask
         self.predict_tiles = tf.function(
             self._predict_tiles, input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)]
         )
@@ -77,6 +88,10 @@ class SegmenterModule(tf.Module):
         if info.preprocess.mode == "log":
             hdr_inputs = [tf.TensorSpec([None], tf.string), tf.TensorSpec([None, 3], tf.int32)]
             self.predict_hdr = tf.function(self._predict_hdr, input_signature=hdr_inputs)
+        self.predict_cloud = None
+        if is_cloud_model(info):
+            self.dark_level = CloudCoverConfig().dark_level / 255.0  # in the decoded image's 0..1 scale
+            self.predict_cloud = tf.function(self._predict_cloud, input_signature=[tf.TensorSpec([None], tf.string)])
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """Signature name -> concrete function, for `tf.saved_model.save`."""
@@ -86,6 +101,8 @@ class SegmenterModule(tf.Module):
         }
         if self.predict_hdr is not None:
             signatures["predict_hdr"] = self.predict_hdr.get_concrete_function()
+        if self.predict_cloud is not None:
+            signatures["predict_cloud"] = self.predict_cloud.get_concrete_function()
         return signatures
 
     def _model_probabilities(self, tiles: tf.Tensor) -> tf.Tensor:
@@ -116,13 +133,32 @@ class SegmenterModule(tf.Module):
     def _segment(self, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Normalised [H, W, C] -> (mask PNG, 16-bit probability PNG, sky fraction)."""
         probability = sliding_window_graph(image, self._model_probabilities, self.tiling)
-        sky = probability[..., :1] >= SKY_THRESHOLD
-        probability_16bit = tf.cast(tf.round(tf.clip_by_value(probability[..., :1], 0.0, 1.0) * 65535.0), tf.uint16)
+        probability = probability[..., self.positive : self.positive + 1]
+        sky = probability >= SKY_THRESHOLD
+        probability_16bit = tf.cast(tf.round(tf.clip_by_value(probability, 0.0, 1.0) * 65535.0), tf.uint16)
         return (
             tf.io.encode_png(tf.cast(sky, tf.uint8) * 255),
             tf.io.encode_png(probability_16bit),
             tf.reduce_mean(tf.cast(sky, tf.float32)),
         )
+
+
+    def _predict_cloud(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        def cover(encoded):
+            image = decode_normalised(encoded, self.preprocess, self.channels)
+            cloud_probability = sliding_window_graph(image, self._model_probabilities, self.tiling)[..., SKY_CLASS]
+            valid = tf.reduce_max(image, axis=-1) > self.dark_level
+            cloud = tf.logical_and(cloud_probability >= SKY_THRESHOLD, valid)
+            classes = tf.where(valid, tf.where(cloud, CLASS_PNG_VALUES["cloud"], CLASS_PNG_VALUES["clear"]),
+                               CLASS_PNG_VALUES["outside"])
+            count = tf.reduce_sum(tf.cast(valid, tf.int32))
+            fraction = tf.where(count > 0, 100.0 * tf.reduce_sum(tf.cast(cloud, tf.float32))
+                                / tf.cast(tf.maximum(count, 1), tf.float32), float("nan"))
+            return tf.io.encode_png(tf.cast(classes, tf.uint8)[..., None]), fraction, count
+
+        per_image = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32))
+        outputs = tf.map_fn(cover, image_bytes, parallel_iterations=1, fn_output_signature=per_image)
+        return dict(zip(("class_mask_png_bytes", "cloud_fraction_pct", "valid_pixels"), outputs))
 
 
 def decode_normalised(image_bytes: tf.Tensor, preprocess, channels: int) -> tf.Tensor:
@@ -207,13 +243,14 @@ def export_model(
 
     Raises:
         InputError: bad name or version, existing version without ``overwrite``,
-            unreadable model, or a model that is not a 1-class segmenter.
+            unreadable model, or a model that is neither a 1-class segmenter nor a cloud model.
     """
     if not _NAME.match(name):
         raise InputError(name, "model name must be letters, digits, '_', '.' or '-' (it is a folder name)")
     model, info = load_model(model_path, precision=precision, kind="segmenter")
-    if info.classes != 1:
-        raise InputError(model_path, f"only 1-class segmenters can be exported; this one has {info.classes} classes")
+    if info.classes != 1 and not is_cloud_model(info):
+        raise InputError(model_path, f"only 1-class segmenters and cloud models can be exported; this one has "
+                         f"{info.classes} classes")
     model_dir = Path(repo) / name
     version = next_version(model_dir) if version is None else version
     if version < 1:

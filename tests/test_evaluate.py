@@ -140,10 +140,17 @@ def test_tiling_flags_reach_the_predictor_and_the_report(cli, model, mask_folder
     default, tiled = tmp_path / "default", tmp_path / "tiled"
     assert cli("evaluate", "segmenter", "--model", model, "--data", mask_folder, "--out", default).exit_code == 0
     result = cli("evaluate", "segmenter", "--model", model, "--data", mask_folder, "--out", tiled,
-                 "--tile", "16", "--overlap", "0.5", "--window", "constant", "--tta", "flip4")
+                 "--tile", "64", "--overlap", "0.5", "--window", "constant", "--tta", "flip4")
     assert result.exit_code == 0, result.stderr
     report = read_report(tiled)
-    assert report["tiling"] == {"tile": 16, "overlap": 0.5, "window": "constant", "tile_batch": 8, "tta": "flip4"}
+    chosen = {key: report["tiling"][key] for key in ("tile", "overlap", "window", "tile_batch", "tta")}
+    assert chosen == {"tile": 64, "overlap": 0.5, "window": "constant", "tile_batch": 8, "tta": "flip4"}
+    config = tmp_path / "c.yaml"
+    config.write_text("evaluate:\n  tiling: {tile: 96, tile_batch: 3}\n")
+    from_file = cli("evaluate", "segmenter", "--model", model, "--data", mask_folder, "--out", tmp_path / "cfg",
+                    "-c", config, "--set", "evaluate.tiling.tile_batch=2")
+    assert from_file.exit_code == 0, from_file.stderr
+    assert [read_report(tmp_path / "cfg")["tiling"][key] for key in ("tile", "tile_batch")] == [96, 2]
     assert read_report(default)["tiling"]["tile"] == 32  # the model's training tile
     assert report["overall"] == read_report(default)["overall"]  # a per-pixel model: tiles and flips change nothing
     bad = cli("evaluate", "segmenter", "--model", model, "--data", mask_folder, "--tta", "flip3")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfsky.data.pairs import Pair, PairDataConfig, from_model_range, to_model_range, write_pairs, PairSet, PairsConfig
-from tfsky.data.transforms import Preprocess
+from tfsky.data.pairs import Pair, PairDataConfig, write_pairs, PairSet, PairsConfig
+from tfsky.data.transforms import Preprocess, from_model_range, to_model_range
 from tfsky.config import to_dict
 from tfsky.errors import ConfigError
 from tfsky.evaluate.translator import PSNR_CAP, evaluate_translator, psnr

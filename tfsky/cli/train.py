@@ -43,7 +43,8 @@ def translator(
 ) -> None:
     """Train a pix2pix or VAE weather translator (builds pairs.file from the streams first if missing)."""
     from tfsky.config import load_config
-    from tfsky.train.translator import TranslatorConfig, train_translator
+    from tfsky.train.config import TranslatorConfig
+    from tfsky.train.translator import train_translator
 
     cfg = load_config(TranslatorConfig, config, overrides)
     print_result(train_translator(cfg, resume=resume, verbose=0 if quiet else 2))

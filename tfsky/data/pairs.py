@@ -13,8 +13,8 @@ camera is in both. The pairs file (``pairs.json``)::
 
 Pixel normalisation (the one place it is defined): images are read as
 uint8, scaled to [0, 1] by ``Preprocess(mode="ldr")`` (saved in the model's
-`ModelInfo.preprocess`) and then mapped to [-1, 1] by `to_model_range` for
-the tanh generators; `from_model_range` maps outputs back to [0, 1]. Masks
+`ModelInfo.preprocess`) and then mapped to [-1, 1] by `tfsky.data.transforms.to_model_range` for
+the tanh generators (`from_model_range` maps outputs back to [0, 1]). Masks
 stay in [0, 1] (1 = sky).
 """
 
@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from tfsky.config import to_dict
 from tfsky.data.streams import Frame, Stream
-from tfsky.data.transforms import Preprocess
+from tfsky.data.transforms import Preprocess, to_model_range
 from tfsky.errors import ConfigError, InputError
 from tfsky.io.atomic import write_json
 from tfsky.io.images import image_size, read_image, read_mask
@@ -256,16 +256,6 @@ class PairDataConfig:
             raise ConfigError("crop_size", f"must be >= 8; got {self.crop_size}")
         if self.load_size is not None and self.load_size < self.crop_size:
             raise ConfigError("load_size", f"must be >= crop_size ({self.crop_size}); got {self.load_size}")
-
-
-def to_model_range(unit: tf.Tensor) -> tf.Tensor:
-    """[0, 1] pixels -> the [-1, 1] range of the tanh generators."""
-    return unit * 2.0 - 1.0
-
-
-def from_model_range(output: tf.Tensor) -> tf.Tensor:
-    """Generator output in [-1, 1] -> [0, 1] pixels (clipped)."""
-    return tf.clip_by_value((output + 1.0) / 2.0, 0.0, 1.0)
 
 
 def load_pair_arrays(source: str, target: str, mask: Optional[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

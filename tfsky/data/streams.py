@@ -79,6 +79,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from tfsky.data.masks import SKY_THRESHOLD, iou as mask_iou
 from tfsky.data.transforms import is_hdr
 from tfsky.errors import ConfigError, InputError, TfskyError
 from tfsky.io.atomic import write_json
@@ -398,12 +399,6 @@ def edge_offset(edges: np.ndarray, reference: np.ndarray) -> tuple[float, float]
     return float(dx), float(dy)
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
 def validate_stream(stream: Stream, cfg: StreamsConfig, segmenter: Optional[SkyProbability] = None) -> Stream:
     """A copy of ``stream`` with every frame's ``usable``/``reason``/``detail`` recomputed (see module doc)."""
     camera_mask = read_mask(stream.mask) if stream.mask else None
@@ -490,7 +485,7 @@ class _FrameChecks:
         luma = analysis_luminance(image, self.cfg.analysis_width)
         reason, detail = self._pixel_checks(image, luma)
         if not reason and self.segmenter is not None and self.camera_mask is not None:
-            iou = mask_iou(self.segmenter.sky_probability(image) >= 0.5, self.camera_mask > 0)
+            iou = mask_iou(self.segmenter.sky_probability(image) >= SKY_THRESHOLD, self.camera_mask > 0)
             if iou < self.cfg.min_mask_iou:
                 reason, detail = "moved", f"sky IoU {iou:.2f} with the camera mask"
         return reason, detail, luma

@@ -119,3 +119,13 @@ def ldr_to_unit(image: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
 def is_hdr(pixels: np.ndarray) -> bool:
     """HDR images are float (linear radiance); LDR images are 8 or 16-bit integers."""
     return np.issubdtype(pixels.dtype, np.floating)
+
+
+def to_model_range(unit: tf.Tensor) -> tf.Tensor:
+    """[0, 1] pixels -> [-1, 1], the range the translators (tanh generators) take and give."""
+    return unit * 2.0 - 1.0
+
+
+def from_model_range(output: tf.Tensor) -> tf.Tensor:
+    """Generator output in [-1, 1] -> [0, 1] pixels (clipped)."""
+    return tf.clip_by_value((output + 1.0) / 2.0, 0.0, 1.0)

@@ -68,26 +68,6 @@ def total(counts: Sequence[Counts]) -> Counts:
     return type(counts[0])(*(int(sum(field)) for field in zip(*counts)))
 
 
-def f1(self) -> float:
-        if self.pred_total == 0 or self.truth_total == 0:
-            return 1.0 if self.pred_total == self.truth_total else 0.0
-        precision, recall = self.precision, self.recall
-        return ratio(2 * precision * recall, precision + recall, empty=0.0)
-
-
-Counts = TypeVar("Counts", Confusion, BoundaryMatch)
-
-
-def total(counts: Sequence[Counts]) -> Counts:
-    """Field-wise sum of one or more `Confusion` (or `BoundaryMatch`) values: the dataset-level counts."""
-    return type(counts[0])(*(int(sum(field)) for field in zip(*counts)))
-
-
-def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Intersection over union of the sky class; 1.0 when both masks are empty."""
-    return confusion(pred, truth).iou
-
-
 def f1(pred: np.ndarray, truth: np.ndarray) -> float:
     """F1 (Dice) score of the sky class; 1.0 when both masks are empty."""
     return confusion(pred, truth).f1

@@ -26,6 +26,7 @@ import numpy as np
 
 from tfsky.data.cache import MANIFEST, CachedImage, iter_cached, read_manifest
 from tfsky.data.config import SourceConfig
+from tfsky.data.masks import SKY_THRESHOLD
 from tfsky.data.sources import CAMERA_MASK_SUFFIX, LabelledImage, iter_source, read_conditions
 from tfsky.errors import InputError
 from tfsky.evaluate import metrics
@@ -178,11 +179,11 @@ def evaluate_segmenter(
     data: str | Path,
     *,
     split: str = "val",
-    threshold: float = 0.5,
+    threshold: float = SKY_THRESHOLD,
     band: float = 3,
     labels_csv: Optional[str | Path] = None,
     out_dir: Optional[str | Path] = None,
-    tiling: TilingConfig = TilingConfig(),
+    tiling: TilingConfig | None = None,
     on_image: Optional[Callable[[str], None]] = None,
 ) -> EvalReport:
     """Evaluate a saved segmenter and both baselines; write ``eval.json`` and ``eval.md``.
@@ -197,7 +198,7 @@ def evaluate_segmenter(
         labels_csv: optional CSV (``image,sky_condition``) giving each folder image a condition.
         out_dir: where the reports go. Defaults to ``eval/`` beside the model.
         tiling: TilingConfig. Tiles, blending and flip TTA, as ``tfsky predict`` takes them (the model's
-            training tile by default). Defaults to ``TilingConfig()``.
+            training tile by default). Defaults to None (the `TilingConfig` defaults).
         on_image: called with each image id once it is scored (progress display).
 
     Raises:

@@ -40,7 +40,7 @@ from tfsky.data.pairs import Pair, load_pair_arrays, read_pairs
 from tfsky.errors import InputError
 from tfsky.evaluate.report import Table, markdown_document, write_report
 from tfsky.io.writers import write_png
-from tfsky.predict.translate import TiledTranslator, composite, feathered_sky_weight, to_uint8
+from tfsky.predict.translate import CompositeConfig, TiledTranslator, composite, feathered_sky_weight, to_uint8
 from tfsky.tiling import TilingConfig
 
 PSNR_CAP = 100.0
@@ -117,8 +117,8 @@ def evaluate_translator(
     out_dir: str | Path,
     *,
     split: str = "val",
-    tiling: TilingConfig = TilingConfig(),
-    feather: float = 5.0,
+    tiling: TilingConfig | None = None,
+    feather: float = CompositeConfig.feather,
     contact_rows: int = 6,
     on_pair: Optional[Callable[[Pair], None]] = None,
 ) -> TranslatorReport:
@@ -129,7 +129,7 @@ def evaluate_translator(
         pairs_path: str | Path. Pairs file written by ``tfsky streams pairs``.
         out_dir: str | Path. Report folder.
         split: str. Pairs split to evaluate. Defaults to ``val``.
-        tiling: TilingConfig. Tiles and blending of the translation. Defaults to ``TilingConfig()``.
+        tiling: TilingConfig. Tiles and blending of the translation. Defaults to None (the `TilingConfig` defaults).
         feather: float. Sky edge of the composite method, Gaussian sigma in pixels. Defaults to 5.
         contact_rows: int. Pairs shown in the contact sheet. Defaults to 6.
         on_pair: callable. Called with each pair once it is evaluated (progress display). Defaults to None.

@@ -67,7 +67,7 @@ def predict_many(
     model_path: str | Path,
     inputs: Sequence[Path],
     out_dir: str | Path,
-    config: PredictConfig = PredictConfig(),
+    config: PredictConfig | None = None,
     *,
     overwrite: bool = False,
     listener: Optional[Listener] = None,
@@ -79,7 +79,7 @@ def predict_many(
         model_path: str | Path. A tfsky segmenter (``.keras`` with its sidecar).
         inputs: sequence of Path. Image files, folders (searched recursively) and ``.txt`` manifests.
         out_dir: str | Path. Output folder (created).
-        config: PredictConfig. Tiling and output options. Defaults to ``PredictConfig()``.
+        config: PredictConfig. Tiling and output options. Defaults to None (the `PredictConfig` defaults).
         overwrite: bool. Redo images whose outputs are complete. Defaults to False.
         listener: Listener. Progress hooks. Defaults to None.
         engine: Engine. Where the images run. Defaults to the local engine.
@@ -88,7 +88,7 @@ def predict_many(
         InputError: the model or the output folder cannot be used. Problems with single images are
             reported, not raised.
     """
-    task = PredictTask(model_path, config)
+    task = PredictTask(model_path, config or PredictConfig())
     report = run_job(task, inputs, out_dir, overwrite=overwrite, listener=listener, engine=engine)
     if task.cloud:
         finished = {str(source) for source in (*report.done, *report.skipped)}

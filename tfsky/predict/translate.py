@@ -4,7 +4,7 @@
 image of any size with `tfsky.tiling.sliding_window_inference` (overlapping
 tiles, blended, memory-bounded); the network is one ``tf.function`` with a
 fixed input signature, traced once. Pixels are normalised with the model's
-`Preprocess` and mapped to [-1, 1] (`tfsky.data.pairs.to_model_range`).
+`Preprocess` and mapped to [-1, 1] (`tfsky.data.transforms.to_model_range`).
 
 Scale: a model trained on frames resized to a shorter side of
 ``data.load_size`` (the pix2pix jitter) has learnt weather at THAT scale; run
@@ -43,7 +43,8 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from tfsky.data.pairs import from_model_range, to_model_range
+from tfsky.data.masks import SKY_THRESHOLD
+from tfsky.data.transforms import from_model_range, to_model_range
 from tfsky.errors import ConfigError, InputError
 from tfsky.io.images import read_image, read_mask
 from tfsky.io.writers import write_png
@@ -51,9 +52,9 @@ from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, load_info, load_model
 from tfsky.models.vae import set_sampling
 from tfsky.predict.segment import TiledSegmenter
-from tfsky.tiling import TilingConfig, sliding_window_inference
+from tfsky.tiling import TilingConfig, compiled_forward, model_tiling, sliding_window_inference
+from tfsky.train.config import TranslatorConfig, trained_config
 
-TRANSLATOR_TASKS = ("pix2pix", "vae")
 _BAND = 512  # rows blended at a time: no full-size float temporary for the composite
 
 
@@ -64,35 +65,28 @@ class TiledTranslator:
         model: tf.keras.Model. [B, t, t, 3] in [-1, 1] -> [B, t, t, 3] in [-1, 1].
         info: ModelInfo. Its sidecar (task, preprocess, tile size, training config).
         tiling: TilingConfig. Tiles, blending and flip TTA (each flipped tile is translated, flipped
-            back and averaged); ``tile=None`` uses ``info.tile_size``. Defaults to ``TilingConfig()``.
+            back and averaged); ``tile=None`` uses ``info.tile_size``. Defaults to None (the `TilingConfig` defaults).
         sample: bool. VAE only: draw z instead of using mu. Defaults to False.
         native_scale: bool. Translate at full resolution even if the model was trained on
             downscaled frames. Defaults to False.
     """
 
-    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig = TilingConfig(),
-                 sample: bool = False, native_scale: bool = False):
+    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None = None,
+                 sample: bool = False, native_scale: bool = False, path: str | Path = "model"):
         self.info = info
-        self.working_side = None if native_scale else info.config.get("data", {}).get("load_size")
-        self.tiling = dataclasses.replace(tiling, tile=tiling.tile or info.tile_size)
-        self.tiling.validate()
-        multiple = size_multiple(info)
-        if self.tiling.tile % multiple:
-            raise ConfigError("tiling.tile",
-                              f"must be a multiple of {multiple} for this {info.task} model; got {self.tiling.tile}")
+        trained = trained_config(info, TranslatorConfig, path)
+        self.working_side = None if native_scale else trained.data.load_size
+        self.tiling = model_tiling(tiling, info.tile_size, trained.model.size_multiple, info.task)
         if info.task == "vae":
             set_sampling(model, sample)
-        spec = tf.TensorSpec([None, None, None, info.in_channels], tf.float32)
-        self._forward = tf.function(lambda tiles: model(tiles, training=False), input_signature=[spec])
+        self._forward = compiled_forward(model, info.in_channels)
 
     @classmethod
-    def load(cls, path: str | Path, tiling: TilingConfig = TilingConfig(), sample: bool = False,
+    def load(cls, path: str | Path, tiling: TilingConfig | None = None, sample: bool = False,
              native_scale: bool = False) -> "TiledTranslator":
         """Load a translator model file (``.keras`` + sidecar); a segmenter file is an `InputError`."""
-        model, info = load_model(path)
-        if info.task not in TRANSLATOR_TASKS:
-            raise InputError(path, f"is a {info.task} model, not a weather translator (pix2pix or vae)")
-        return cls(model, info, tiling, sample, native_scale)
+        model, info = load_model(path, kind="translator")
+        return cls(model, info, tiling, sample, native_scale, path)
 
     def predict_tiles(self, tiles) -> tf.Tensor:
         """Raw tiles (uint8) -> translated tiles in [0, 1]."""
@@ -113,9 +107,7 @@ class TiledTranslator:
         self.check(image)
         height, width = image.shape[:2]
         working = resize_shorter_side(image, self.working_side) if self.working_side else image
-        t = self.tiling
-        out = sliding_window_inference(working, self.predict_tiles, tile=t.tile, overlap=t.overlap, window=t.window,
-                                       tile_batch=t.tile_batch, tta=t.tta, progress=progress)
+        out = sliding_window_inference(working, self.predict_tiles, self.tiling, progress=progress)
         if out.shape[:2] != (height, width):
             out = np.clip(cv2.resize(out, (width, height), interpolation=cv2.INTER_LINEAR), 0, 1)
         return out
@@ -131,13 +123,6 @@ def resize_shorter_side(image: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
-def size_multiple(info: ModelInfo) -> int:
-    """Input sides must be multiples of this (2**depth of the network recorded in the sidecar)."""
-    model_cfg = info.config.get("model", {})
-    depth = model_cfg.get(info.task, {}).get("depth", 0)
-    return 2**depth
-
-
 def feathered_sky_weight(sky_probability: np.ndarray, feather: float) -> np.ndarray:
     """Float32 [H, W] blend weight in [0, 1]: the sky probability, feathered inside the sky.
 
@@ -147,7 +132,7 @@ def feathered_sky_weight(sky_probability: np.ndarray, feather: float) -> np.ndar
     border inward and is exactly 0 on every non-sky pixel. ``feather = 0``
     returns the binary sky.
     """
-    sky = (sky_probability >= 0.5).astype(np.uint8)
+    sky = (sky_probability >= SKY_THRESHOLD).astype(np.uint8)
     if feather <= 0:
         return sky.astype(np.float32)
     radius = math.ceil(3 * feather)
@@ -221,7 +206,7 @@ def translate_images(
     model_path: str | Path,
     inputs: Sequence[Path],
     out_dir: str | Path,
-    config: TranslateConfig = TranslateConfig(),
+    config: TranslateConfig | None = None,
     *,
     overwrite: bool = False,
     listener: Optional[Listener] = None,
@@ -236,8 +221,8 @@ def translate_images(
         model_path: str | Path. A translator (``.keras`` with its sidecar).
         inputs: sequence of Path. Images, folders or manifests (as ``tfsky predict``).
         out_dir: str | Path. Output folder.
-        config: TranslateConfig. Tiling (with TTA), composites, sampling and scale. Defaults to
-            ``TranslateConfig()``.
+        config: TranslateConfig. Tiling (with TTA), composites, sampling and scale. Defaults to None
+            (the `TranslateConfig` defaults).
         overwrite: bool. Redo complete images. Defaults to False.
         listener: Listener. Progress hooks. Defaults to None.
         engine: Engine. Where the images run. Defaults to the local engine.
@@ -248,7 +233,7 @@ def translate_images(
         InputError: the model, the output folder or the composite's mask or segmenter cannot be used.
             Problems with single images are reported, not raised.
     """
-    return run_job(TranslateTask(model_path, config), inputs, out_dir, overwrite=overwrite, listener=listener,
+    return run_job(TranslateTask(model_path, config or TranslateConfig()), inputs, out_dir, overwrite=overwrite, listener=listener,
                    engine=engine)
 
 

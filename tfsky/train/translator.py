@@ -7,7 +7,7 @@ source | generated | target) and ``learning_curves.png``. ``best.keras`` is
 the inference network only (the pix2pix generator, or the VAE translator
 that decodes mu), chosen on ``val_l1`` (plain L1 in [-1, 1] units, lower is
 better); its sidecar records ``Preprocess(ldr)`` — the [-1, 1] mapping is
-`tfsky.data.pairs.to_model_range`.
+`tfsky.data.transforms.to_model_range`.
 
 The config schema is `tfsky.train.config.TranslatorConfig`. When ``pairs.file`` does not exist it is built first, as ``tfsky streams
 validate`` + ``tfsky streams pairs`` would (from the manifests in
@@ -25,9 +25,10 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfsky.config import to_dict
-from tfsky.data.pairs import PREPROCESS, build_pairs, from_model_range, make_pair_dataset, read_pairs, write_pairs
+from tfsky.data.pairs import PREPROCESS, build_pairs, make_pair_dataset, read_pairs, write_pairs
 from tfsky.data.pipeline import evenly_spaced
 from tfsky.data.streams import MANIFEST_NAME, load_streams, validate_streams
+from tfsky.data.transforms import from_model_range
 from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.models.pix2pix import build_pix2pix
 from tfsky.models.precision import global_batch_size, make_strategy, precision_policy

@@ -233,3 +233,33 @@ def test_a_second_tab_is_told_its_page_is_stale(browser, server_url, manifests):
     message = wait_for(lambda: browser.find_element(By.ID, "message").text)
     assert message.startswith("Not saved:") and "the stream changed since you loaded it" in message
     assert read_manifest(manifest_file(manifests)).frames[0].review == "accepted"
+
+
+# --- model panels of a frame --------------------------------------------------------------------
+
+from test_translate import segmenter_file, translator_file  # noqa: E402,F401  (tiny models, as fixtures)
+
+
+def test_frame_panels_show_the_sky_overlay_translation_and_composite(manifests, segmenter_file, translator_file):
+    from tfsky.review.demo import FrameDemo, panel_path
+
+    client = create_app(manifests, warm=False, demo=FrameDemo(segmenter_file, translator_file)).test_client()
+    assert client.get("/api/streams/cam").get_json()["demo"] == ["overlay", "translated", "composite"]
+    frame = np.asarray(Image.open(manifests.parent / "frames" / "cam" / FRAMES[0]).convert("RGB"), np.float32)
+    shown = {}
+    for panel in ("overlay", "translated", "composite"):
+        response = client.get(f"/demo/cam/{panel}/{FRAMES[0]}")
+        assert response.status_code == 200 and response.mimetype == "image/jpeg"
+        shown[panel] = np.asarray(Image.open(panel_path(manifest_file(manifests), FRAMES[0], panel)), np.float32)
+        assert shown[panel].shape == frame.shape
+    assert np.abs(shown["overlay"] - frame).mean() > 5  # the sky is tinted
+    assert np.abs(shown["translated"] - frame).mean() > 5
+    missing = client.get(f"/demo/cam/depth/{FRAMES[0]}")
+    assert missing.status_code == 404 and "this server makes overlay, translated, composite" in missing.get_json()["error"]
+
+
+def test_without_models_a_panel_request_says_how_to_get_one(client):
+    response = client.get(f"/demo/cam/overlay/{FRAMES[0]}")
+    assert response.status_code == 404
+    assert "start the server with --segmenter and/or --translator" in response.get_json()["error"]
+    assert client.get("/api/streams/cam").get_json()["demo"] == []

@@ -115,6 +115,10 @@ def review(
         help="A stream.json or a folder of manifests (default: streams.manifests).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8765,
+    segmenter: Annotated[Optional[Path], typer.Option(
+        help="Sky segmenter: a frame's page shows its sky overlay.")] = None,
+    translator: Annotated[Optional[Path], typer.Option(
+        help="Weather translator: a frame's page shows it translated (and, with --segmenter, sky-composited).")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -122,9 +126,11 @@ def review(
     from tfsky.config import load_config
     from tfsky.data.streams import StreamsConfig
     from tfsky.review.app import review_server
+    from tfsky.review.demo import FrameDemo
 
     folder = manifests or load_config(StreamsConfig, config, overrides, section="streams").manifests
-    server = review_server(folder, host, port)
+    demo = FrameDemo(segmenter, translator) if segmenter or translator else None
+    server = review_server(folder, host, port, demo=demo)
     typer.echo(f"reviewing {folder} at http://{host}:{server.server_port}/  (Ctrl-C stops)")
     try:
         server.serve_forever()

@@ -10,6 +10,8 @@ with a 4xx status and leaves the manifest as it was)::
     POST /api/streams/<id>/undo         {"version"} -> the stream
     GET  /thumbs/<id>/<frame>           the frame's cached thumbnail (JPEG)
     GET  /frames/<id>/<frame>           the frame itself
+    GET  /demo/<id>/<panel>/<frame>     a model panel of the frame (`tfsky.review.demo`: overlay, translated,
+                                        composite), when the app was given the models
 
 A stream's id is its manifest's folder name (the camera, for manifests tfsky
 writes). Every edit carries the version the page loaded; an edit against an
@@ -30,6 +32,7 @@ from flask import Flask, jsonify, request, send_file, send_from_directory
 from tfsky.data.streams import (CONDITIONS, EditError, StaleVersion, Stream, apply_edit, manifest_files,
                                 read_manifest, undo_edit, update_manifest)
 from tfsky.errors import TfskyError
+from tfsky.review.demo import FrameDemo
 from tfsky.review.thumbnails import ensure_thumbnail, warm_thumbnails
 
 STATIC = Path(__file__).parent / "static"
@@ -48,9 +51,14 @@ def stream_ids(manifests: Path) -> dict[str, Path]:
     return {path.parent.name: path for path in manifest_files(manifests)}
 
 
-def create_app(manifests: Path, warm: bool = True) -> Flask:
-    """The app over the manifests in ``manifests``; with ``warm``, missing thumbnails are made in the background."""
+def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = None) -> Flask:
+    """The app over the manifests in ``manifests``.
+
+    With ``warm``, missing thumbnails are made in the background; ``demo``
+    adds the model panels of a frame (segmenter overlay, translation, composite).
+    """
     index = stream_ids(Path(manifests))
+    panels = demo.panels if demo else []
     app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False
     if warm:
@@ -70,6 +78,9 @@ def create_app(manifests: Path, warm: bool = True) -> Flask:
             return path, stream.path(stream.frame(file))
         except KeyError:
             raise ApiError(404, f"stream {stream_id!r} has no frame {file!r}") from None
+
+    def respond(stream_id: str, stream: Stream):
+        return jsonify(stream_json(stream_id, stream) | {"demo": panels})
 
     @app.errorhandler(ApiError)
     def api_error(err: ApiError):
@@ -100,7 +111,7 @@ def create_app(manifests: Path, warm: bool = True) -> Flask:
 
     @app.get("/api/streams/<stream_id>")
     def get_stream(stream_id: str):
-        return jsonify(stream_json(stream_id, read_manifest(manifest(stream_id))))
+        return respond(stream_id, read_manifest(manifest(stream_id)))
 
     @app.post("/api/streams/<stream_id>/edit")
     def edit(stream_id: str):
@@ -114,13 +125,12 @@ def create_app(manifests: Path, warm: bool = True) -> Flask:
         value = body["value"]
         if field == "moved_from" and value is not None:
             checked_frame_name(value)
-        stream = update_manifest(path, body["version"], lambda s: apply_edit(s, frame, field, value))
-        return jsonify(stream_json(stream_id, stream))
+        return respond(stream_id, update_manifest(path, body["version"], lambda s: apply_edit(s, frame, field, value)))
 
     @app.post("/api/streams/<stream_id>/undo")
     def undo(stream_id: str):
         path = manifest(stream_id)
-        return jsonify(stream_json(stream_id, update_manifest(path, json_body()["version"], undo_edit)))
+        return respond(stream_id, update_manifest(path, json_body()["version"], undo_edit))
 
     @app.get("/thumbs/<stream_id>/<path:file>")
     def thumb(stream_id: str, file: str):
@@ -129,6 +139,15 @@ def create_app(manifests: Path, warm: bool = True) -> Flask:
         if thumbnail is None:
             raise ApiError(404, f"frame {file!r} cannot be read")
         return send_file(thumbnail, mimetype="image/jpeg", max_age=3600)
+
+    @app.get("/demo/<stream_id>/<panel>/<path:file>")
+    def demo_panel(stream_id: str, panel: str, file: str):
+        path, frame = frame_path(stream_id, file)
+        if panel not in panels:
+            given = f"this server makes {', '.join(panels)}" if panels else "start the server with --segmenter " \
+                "and/or --translator"
+            raise ApiError(404, f"no {panel!r} panel: {given}")
+        return send_file(demo.panel(path, frame, panel), mimetype="image/jpeg", max_age=3600)
 
     @app.get("/frames/<stream_id>/<path:file>")
     def full_frame(stream_id: str, file: str):
@@ -140,7 +159,8 @@ def create_app(manifests: Path, warm: bool = True) -> Flask:
     return app
 
 
-def review_server(manifests: Path, host: str = "127.0.0.1", port: int = 0, warm: bool = True):
+def review_server(manifests: Path, host: str = "127.0.0.1", port: int = 0, warm: bool = True,
+                  demo: Optional[FrameDemo] = None):
     """A threaded WSGI server for the app (``port`` 0 picks a free one: ``server.server_port``).
 
     Werkzeug's per-request log lines are off (warnings still show): hundreds of
@@ -149,7 +169,7 @@ def review_server(manifests: Path, host: str = "127.0.0.1", port: int = 0, warm:
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    return make_server(host, port, create_app(manifests, warm), threaded=True)
+    return make_server(host, port, create_app(manifests, warm, demo), threaded=True)
 
 
 def checked_frame_name(name) -> str:

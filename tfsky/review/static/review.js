@@ -146,8 +146,11 @@ function undo() {
 function openFrame(index) {
   const frame = stream.frames[index];
   const dialog = document.createElement("dialog");
+  const id = encodeURIComponent(stream.id), file = encodeURIComponent(frame.file);
+  const panels = [["frame", `/frames/${id}/${file}`], ...stream.demo.map((name) => [name, `/demo/${id}/${name}/${file}`])];
   dialog.innerHTML = `<p>${escapeHtml(frame.file)} — ${frame.reason || "passes the checks"} ${escapeHtml(frame.detail)}</p>` +
-    `<img src="/frames/${encodeURIComponent(stream.id)}/${encodeURIComponent(frame.file)}" alt="${escapeHtml(frame.file)}">` +
+    `<div class="panels">${panels.map(([name, src]) =>
+      `<figure><img src="${src}" alt="${name}"><figcaption>${name}</figcaption></figure>`).join("")}</div>` +
     `<form method="dialog"><button>Close</button></form>`;
   dialog.addEventListener("close", () => dialog.remove());
   document.body.appendChild(dialog);

@@ -14,7 +14,7 @@ from tfsky.config import load_config
 from tfsky.data.labelled import ClassifierDataConfig, LabelledSource, labelled_set
 from tfsky.errors import ConfigError, InputError
 from tfsky.evaluate.classifier import ColourBaseline, calibration, colour_features, score
-from tfsky.train.classifier import ClassifierConfig
+from tfsky.train.config import ClassifierConfig
 
 CLASSES = {"shine": "clear", "cloudy": "overcast"}
 

@@ -59,7 +59,8 @@ def classifier(
 ) -> None:
     """Train the weather classifier on labelled photos (class folders, labels CSVs); split by source."""
     from tfsky.config import load_config
-    from tfsky.train.classifier import ClassifierConfig, train_classifier
+    from tfsky.train.classifier import train_classifier
+    from tfsky.train.config import ClassifierConfig
 
     cfg = load_config(ClassifierConfig, config, overrides)
     print_result(train_classifier(cfg, resume=resume, verbose=0 if quiet else 2))

@@ -4,54 +4,30 @@ The images are decoded once into memory (hundreds of photos at ~150 px);
 training reads random crops with flips and mild brightness/contrast jitter,
 validation the centre crops. ``best.keras`` is chosen on ``val_accuracy``; its
 sidecar holds the preprocessing, the input size and the resolved config, from
-which `class_names` and the split are rebuilt by ``tfsky evaluate classifier``.
+which `class_names` and the split are rebuilt by ``tfsky evaluate classifier``. The config schema is
+`tfsky.train.config.ClassifierConfig`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 import tensorflow as tf
 
 from tfsky.config import to_dict
-from tfsky.data.labelled import ClassifierDataConfig, LabelledSet, labelled_set, load_images
+from tfsky.data.labelled import LabelledSet, labelled_set, load_images
 from tfsky.data.transforms import Preprocess
 from tfsky.errors import ConfigError
 from tfsky.models.bundle import ModelInfo, save_model
-from tfsky.models.classifier import ClassifierModelConfig, build_classifier
+from tfsky.models.classifier import build_classifier
 from tfsky.models.precision import precision_policy
-from tfsky.train.config import SegmenterTrainConfig
+from tfsky.train.config import ClassifierConfig
 from tfsky.train.runner import RunResult, fit_run, seed_everything, start_run
 from tfsky.train.segmenter import make_optimizer
 
 MONITOR = "val_accuracy"
 PREPROCESS = Preprocess(mode="ldr")
-
-
-@dataclasses.dataclass
-class ClassifierConfig:
-    """A whole ``tfsky train classifier`` config file.
-
-    Args:
-        name: str. Run name; runs go to ``train.runs_root/<name>/``.
-        data: ClassifierDataConfig. Labelled sources, class map, input size, split.
-        model: ClassifierModelConfig. Backbone and head.
-        train: SegmenterTrainConfig. The fit: optimiser and schedule as for the segmenter; early
-            stopping watches ``val_accuracy``; ``loss`` must stay unset (it is cross-entropy).
-    """
-
-    name: str
-    data: ClassifierDataConfig
-    model: ClassifierModelConfig = dataclasses.field(default_factory=ClassifierModelConfig)
-    train: SegmenterTrainConfig = dataclasses.field(default_factory=SegmenterTrainConfig)
-
-    def validate(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError("name", f"must be a plain folder name; got {self.name!r}")
-        if self.train.loss != SegmenterTrainConfig.loss:
-            raise ConfigError("train.loss", "the classifier's loss is cross-entropy; remove the key")
 
 
 def train_classifier(cfg: ClassifierConfig, *, resume: bool = False, verbose: int = 2) -> RunResult:

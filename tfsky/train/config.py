@@ -1,4 +1,4 @@
-"""The training stage's schemas: the ``train:`` section and the whole segmenter and translator config files.
+"""The training stage's schemas: the ``train:`` section and the whole segmenter, translator and classifier files.
 
 Every schema a ``tfsky train ...`` config file is checked against lives here; the sections they
 are built from live next to the code that uses them (``data``, ``streams``, ``pairs``, ``model``).
@@ -12,10 +12,12 @@ from typing import Literal, Optional, TypeVar
 
 from tfsky.config import from_dict
 from tfsky.data.config import DataConfig
+from tfsky.data.labelled import ClassifierDataConfig
 from tfsky.data.pairs import PairDataConfig, PairsConfig
 from tfsky.data.streams import StreamsConfig
 from tfsky.errors import ConfigError, InputError
 from tfsky.models.bundle import ModelInfo, info_path
+from tfsky.models.classifier import ClassifierModelConfig
 from tfsky.models.losses import LossName
 from tfsky.models.pix2pix import Pix2PixConfig
 from tfsky.models.precision import Precision, StrategyName
@@ -203,6 +205,29 @@ class TranslatorConfig:
         multiple = self.model.size_multiple
         if self.data.crop_size % multiple:
             raise ConfigError("data.crop_size", f"must be a multiple of 2**depth = {multiple} for model.{self.model.kind}")
+
+
+@dataclasses.dataclass
+class ClassifierConfig:
+    """A whole ``tfsky train classifier`` config file.
+
+    Args:
+        name: str. Run name; runs go to ``train.runs_root/<name>/``.
+        data: ClassifierDataConfig. Labelled sources, class map, input size, split.
+        model: ClassifierModelConfig. Backbone and head.
+        train: SegmenterTrainConfig. The fit: optimiser and schedule as for the segmenter; early
+            stopping watches ``val_accuracy``; ``loss`` must stay unset (it is cross-entropy).
+    """
+
+    name: str
+    data: ClassifierDataConfig
+    model: ClassifierModelConfig = dataclasses.field(default_factory=ClassifierModelConfig)
+    train: SegmenterTrainConfig = dataclasses.field(default_factory=SegmenterTrainConfig)
+
+    def validate(self) -> None:
+        check_run_name(self.name)
+        if self.train.loss != SegmenterTrainConfig.loss:
+            raise ConfigError("train.loss", "the classifier's loss is cross-entropy; remove the key")
 
 
 def trained_config(info: ModelInfo, schema: type[T], path: str | Path) -> T:

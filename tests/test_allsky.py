@@ -178,3 +178,21 @@ def test_shipped_cloud_configs_load(shared_data):
         cfg = load_config(SegmenterConfig, REPO / "configs" / f"{name}.yaml")
         assert cfg.model.classes == 2 and cfg.data.sources[0].kind == "allsky_folder"
         assert cfg.data.augment.mask_fill == IGNORE and cfg.data.augment.rotation == 180
+
+
+def test_prepare_skips_and_reports_unusable_frames(tmp_path):
+    images, annotations = tmp_path / "images", tmp_path / "annotation"
+    images.mkdir()
+    annotations.mkdir()
+    for number in (1, 2, 3, 4, 5):
+        cv2.imwrite(str(images / f"f_{number:03d}.png"), np.full((32, 40, 3), 120, np.uint8))
+    for number in (1, 2, 3):
+        cv2.imwrite(str(annotations / f"f_{number:03d}.png"), np.full((32, 40), 100, np.uint8))
+    cv2.imwrite(str(annotations / "f_004.png"), np.full((30, 40), 255, np.uint8))  # wrong size
+    allsky = AllSkyConfig(cameras=[AllSkyCamera("cam", 1, 4)])  # frame 5 belongs to no camera
+    source = SourceConfig(kind="allsky_folder", name="sky", images=images, masks=annotations, allsky=allsky)
+    report = prepare_cache(DataConfig(sources=[source], cache=tmp_path / "cache", patch_size=32), progress=False)
+    reasons = dict(report.skipped)
+    assert sum(report.written.values()) == 3
+    assert "mask is 40x30 but image f_004.png is 40x32" in reasons["sky/f_004.png"]
+    assert reasons["sky/f_005.png"] == "frame number of f_005.png is in no camera's frame range"

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from tfsky.config import from_dict
-from tfsky.data.allsky import IGNORE, AllSkyConfig, frame_number
+from tfsky.data.allsky import IGNORE, AllSkyConfig
 from tfsky.data.cache import iter_cached, read_manifest
 from tfsky.errors import InputError
 from tfsky.evaluate.cloud_baselines import CLOUD, CloudBaselines, fit_cloud_baselines
@@ -230,12 +230,8 @@ def _camera_lookup(manifest: dict) -> Callable[[str], str]:
 
     def camera_of(item_id: str) -> str:
         source, _, name = item_id.partition("/")
-        settings = cameras.get(source)
-        number = frame_number(Path(name))
-        match = settings and number is not None and next(
-            (c.name for c in settings.cameras if c.first_frame <= number <= c.last_frame), None
-        )
-        return match or "-"
+        camera = cameras[source].camera_of(Path(name)) if source in cameras else None
+        return camera.name if camera else "-"
 
     return camera_of
 
@@ -283,8 +279,3 @@ def report_markdown(summary: dict) -> str:
         tables.append(Table("Skipped", ["frame", "reason"], [[s["id"], s["reason"]] for s in summary["skipped"]]))
     return markdown_document("Cloud segmenter evaluation", paragraphs, tables)
 
-
-def iter_frames(data: Path, split: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """``(id, image, class mask)`` of a cached split (benchmarks and tests)."""
-    for cached in iter_cached(data, split):
-        yield cached.id, cached.image, cached.mask

@@ -240,7 +240,7 @@ def write_yaml(path: Path, data: dict) -> Path:
     "command, section",
     [(("serve",), "serve"), (("client", "status"), "client"), (("export", "-m", "m.keras"), "export"),
      (("evaluate", "segmenter", "-m", "m", "-d", "d"), "evaluate"), (("evaluate", "translator", "-m", "m", "-p", "p"),
-                                                                     "evaluate")],
+                                                                     "evaluate"), (("evaluate", "classifier", "-m", "m"), "evaluate")],
 )
 def test_each_command_checks_its_section(cli, tmp_path, command, section):
     config = write_yaml(tmp_path / "c.yaml", {section: {"no_such_key": 1}})

@@ -91,25 +91,28 @@ def segmenter(
 @app.command()
 def classifier(
     model: Annotated[Path, typer.Option("--model", "-m", help="Classifier .keras file written by tfsky train.")],
-    split: Annotated[str, typer.Option("--split", help="Split to evaluate: val or train.")] = "val",
-    out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: eval/ beside the model.")
-    ] = None,
+    split: SplitOption = None,
+    out: OutOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Accuracy, per-class P/R/F1, confusion matrix and calibration vs majority-class and colour baselines.
 
-    The split by source is rebuilt from the model's config. Writes classifier_eval.json/.md,
-    confusion.png and reliability.png.
+    The split by source is rebuilt from the model's config (``evaluate.split``: val or train). Writes
+    classifier_eval.json/.md, confusion.png and reliability.png.
     """
     from rich.console import Console
 
+    from tfsky.errors import ConfigError
     from tfsky.evaluate.classifier import evaluate_classifier, summary_table
+    from tfsky.evaluate.config import EvaluateConfig
     from tfsky.evaluate.report import rich_table
 
-    if split not in ("train", "val"):
-        raise typer.BadParameter(f"must be train or val; got {split!r}", param_hint="--split")
-    report = evaluate_classifier(model, out or model.parent / "eval", split)
+    cfg = command_config(EvaluateConfig, "evaluate", config, set_, {"split": split})
+    if cfg.split not in ("train", "val"):
+        raise ConfigError("evaluate.split", f"must be train or val for a classifier; got {cfg.split!r}")
+    report = evaluate_classifier(model, out or model.parent / "eval", cfg.split)
     Console(quiet=quiet).print(rich_table(summary_table(report)))
     typer.echo(f"wrote {', '.join(str(p) for p in report.files)}")
 

@@ -196,3 +196,11 @@ def test_prepare_skips_and_reports_unusable_frames(tmp_path):
     assert sum(report.written.values()) == 3
     assert "mask is 40x30 but image f_004.png is 40x32" in reasons["sky/f_004.png"]
     assert reasons["sky/f_005.png"] == "frame number of f_005.png is in no camera's frame range"
+
+
+def test_an_allsky_source_needs_a_softmax_head(tmp_path):
+    path = tmp_path / "c.yaml"
+    source = {"kind": "allsky_folder", "images": str(tmp_path), "masks": str(tmp_path)}
+    path.write_text(yaml.safe_dump({"name": "x", "data": {"sources": [source]}, "model": {"classes": 1}}))
+    with pytest.raises(ConfigError, match="config key 'model.classes': all-sky sources have ignored pixels"):
+        load_config(SegmenterConfig, path)

@@ -149,6 +149,9 @@ class SegmenterConfig:
         check_run_name(self.name)
         if self.train.tensorboard_images > self.train.batch_size:
             raise ConfigError("train.tensorboard_images", f"must be <= train.batch_size ({self.train.batch_size})")
+        if self.model.classes == 1 and any(source.kind == "allsky_folder" for source in self.data.sources):
+            raise ConfigError("model.classes", "all-sky sources have ignored pixels, which only a softmax head "
+                              "leaves out: use classes: 2 (0 clear sky, 1 cloud)")
 
 
 @dataclasses.dataclass

@@ -263,3 +263,23 @@ def test_without_models_a_panel_request_says_how_to_get_one(client):
     assert response.status_code == 404
     assert "start the server with --segmenter and/or --translator" in response.get_json()["error"]
     assert client.get("/api/streams/cam").get_json()["demo"] == []
+
+
+def test_the_review_command_serves_the_manifests_on_loopback(manifests):
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    command = [sys.executable, "-m", "tfsky.cli.main", "streams", "review", "--manifests", str(manifests), "--port", "0"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    try:
+        line = server.stdout.readline()
+        assert line.startswith(f"reviewing {manifests} at http://127.0.0.1:"), line + server.stderr.read()
+        url = line.split(" at ")[1].split()[0]
+        with urllib.request.urlopen(f"{url}api/streams", timeout=10) as response:
+            assert json.loads(response.read())[0]["id"] == "cam"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

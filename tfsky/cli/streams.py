@@ -1,4 +1,4 @@
-"""``tfsky streams ...``: validate webcam streams and build (source, target) weather pairs."""
+"""``tfsky streams ...``: validate, label and review webcam streams; build (source, target) weather pairs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption
 
-app = typer.Typer(help="Validate webcam streams and build weather pairs.", no_args_is_help=True)
+app = typer.Typer(help="Validate, label and review webcam streams; build weather pairs.", no_args_is_help=True)
 
 
 @app.command()

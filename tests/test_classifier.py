@@ -209,3 +209,24 @@ def test_streams_label_refuses_a_segmenter_model(tmp_path, cli, untrained_classi
     result = cli("streams", "label", tmp_path / "m", "--classifier", other)
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: {other}: is a segmenter model, not a weather classifier"
+
+
+def test_backbone_starts_from_a_trained_segmenters_encoder(tmp_path):
+    """``model.encoder_from``: every backbone layer of the classifier takes the segmenter's weights."""
+    from tfsky.data.transforms import Preprocess
+    from tfsky.models.bundle import ModelInfo, save_model
+    from tfsky.models.classifier import ClassifierModelConfig, build_classifier
+    from tfsky.models.segmenter import SegmenterModelConfig, build_segmenter
+
+    segmenter = build_segmenter(SegmenterModelConfig(backbone="resnet18", decoder_filters=(8, 8, 8, 8, 8)), 3)
+    segmenter.get_layer("bn_data").set_weights([w + 0.5 for w in segmenter.get_layer("bn_data").get_weights()])
+    path = tmp_path / "seg.keras"
+    save_model(segmenter, path, ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=64))
+    fresh = build_classifier(ClassifierModelConfig(backbone="resnet18"), 4)
+    sky_aware = build_classifier(ClassifierModelConfig(backbone="resnet18", encoder_from=path), 4)
+    for name in ("bn_data", "conv0", "stage4_unit2_conv2"):
+        for ours, theirs in zip(sky_aware.get_layer(name).get_weights(), segmenter.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(ours, theirs)
+    assert not np.array_equal(fresh.get_layer("bn_data").get_weights()[0], sky_aware.get_layer("bn_data").get_weights()[0])
+    with pytest.raises(InputError, match="encoder layer .* has other shapes|segmenter has no encoder layer"):
+        build_classifier(ClassifierModelConfig(backbone="resnet34", encoder_from=path), 4)

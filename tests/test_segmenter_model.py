@@ -57,10 +57,19 @@ def test_mixed_float16_compile_wraps_optimizer_in_loss_scaling():
     assert not isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
 
 
-def test_auto_precision_is_float32_without_gpu():
-    assert not tf.config.list_physical_devices("GPU")
+def without_gpu(monkeypatch) -> None:
+    """Make this machine look GPU-less to tfsky, whatever it has (the suite also runs on GPU boxes)."""
+    real = tf.config.list_physical_devices
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [] if kind == "GPU" else real(kind))
+
+
+def test_auto_precision_is_mixed_float16_with_a_gpu_and_float32_without(monkeypatch):
+    fake_gpu = [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")]
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: fake_gpu if kind == "GPU" else [])
+    assert resolve_precision("auto") == "mixed_float16"
+    without_gpu(monkeypatch)
     assert resolve_precision("auto") == "float32"
-    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"  # an explicit choice is kept either way
     assert global_batch_size(8, tf.distribute.get_strategy()) == 8
 
 
@@ -229,7 +238,8 @@ def test_segmentation_models_metric_differs_only_by_its_smoothing():
     assert float(sm_iou(empty, empty)) == 1.0
 
 
-def test_mixed_precision_model_loads_in_float32_without_a_gpu(tmp_path):
+def test_mixed_precision_model_loads_in_float32_without_a_gpu(tmp_path, monkeypatch):
+    without_gpu(monkeypatch)
     with precision_policy("mixed_float16"):
         trained = build_segmenter(tiny(), 3)
     with precision_policy("float32"):
@@ -238,7 +248,7 @@ def test_mixed_precision_model_loads_in_float32_without_a_gpu(tmp_path):
     save_model(trained, tmp_path / "m.keras", ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=64))
     tiles = tf.random.stateless_uniform([2, 64, 64, 3], seed=[3, 4])
 
-    loaded, _ = load_model(tmp_path / "m.keras")  # auto, and this machine has no GPU
+    loaded, _ = load_model(tmp_path / "m.keras")  # auto, on a machine without a GPU
     assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
     np.testing.assert_array_equal(loaded(tiles).numpy(), reference(tiles).numpy())  # same weights, float32 maths
     as_trained, _ = load_model(tmp_path / "m.keras", precision="as_trained")

@@ -230,3 +230,14 @@ def test_backbone_starts_from_a_trained_segmenters_encoder(tmp_path):
     assert not np.array_equal(fresh.get_layer("bn_data").get_weights()[0], sky_aware.get_layer("bn_data").get_weights()[0])
     with pytest.raises(InputError, match="encoder layer .* has other shapes|segmenter has no encoder layer"):
         build_classifier(ClassifierModelConfig(backbone="resnet34", encoder_from=path), 4)
+
+
+def test_all_sky_frames_from_the_labels_csv_skip_the_unlabelled(shared_data):
+    root = shared_data / "allsky_wsiseg"
+    cfg = load_config(ClassifierConfig, "configs/weather_allsky.yaml")
+    cfg.data.sources[0].path, cfg.data.sources[0].images = root / "sky_type.csv", root / "images"
+    data = labelled_set(cfg.data)
+    assert data.conditions == ["clear", "partly_cloudy", "overcast"]
+    assert {split: len(items) for split, items in data.splits.items()} == {"train": 234, "val": 60}
+    assert len(data.skipped) == 64 and all(line.endswith(": no label") for line in data.skipped)
+    assert f"{root / 'images' / 'ASC100-1006_141.png'}: no label" in data.skipped

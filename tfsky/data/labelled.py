@@ -135,7 +135,9 @@ def labelled_set(cfg: ClassifierDataConfig) -> LabelledSet:
         rows = _class_folder_rows(source) if source.kind == "class_folders" else _csv_rows(source, skipped)
         found = []
         for path, label, folder in rows:
-            if label not in cfg.classes:
+            if not label:
+                skipped.append(f"{path}: no label")
+            elif label not in cfg.classes:
                 skipped.append(f"{path}: label {label!r} is not in data.classes")
             else:
                 found.append((path, cfg.classes[label], folder))

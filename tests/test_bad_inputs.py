@@ -170,6 +170,8 @@ def test_a_bad_image_is_one_line_and_leaves_no_file(corpus, server, cli, tmp_pat
 REASONS = {  # what the line must say, whichever command read the file
     "loop.png": "symbolic link loop",
     "dangling.png": "broken symbolic link (its target nowhere.png does not exist)",
+    "bomb.png": "(max_pixels)",  # refused from the header, here and on the server
+    "bomb.hdr": "(max_pixels)",
 }
 
 
@@ -203,6 +205,7 @@ MODEL_COMMANDS: dict[str, Callable[[Corpus, Path, Path], list]] = {
     "translate": lambda c, model, out: ["translate", "-m", model, c.good, "-o", out, "--quiet"],
     "evaluate segmenter": lambda c, model, out: ["evaluate", "segmenter", "-m", model, "--data", c.root / "images",
                                                  "-o", out, "--quiet"],
+    "evaluate classifier": lambda c, model, out: ["evaluate", "classifier", "-m", model, "-o", out, "--quiet"],
     "export": lambda c, model, out: ["export", "-m", model, "--repo", out],
 }
 

@@ -254,3 +254,40 @@ def test_export_refuses_a_translator_saying_what_it_is(exported, cli, tmp_path):
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: {translator}: is a pix2pix model, not a sky segmenter"
     assert not (tmp_path / "repo").exists()
+
+
+def header_bombs() -> dict[str, bytes]:
+    """Headers declaring 100000 x 100000 pixels (30 GB decoded) in every format predict_image takes."""
+    import struct
+    import zlib
+
+    side = 100_000
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+    jpeg = bytearray(tf.io.encode_jpeg(np.zeros((16, 16, 3), np.uint8)).numpy())
+    frame = jpeg.index(b"\xff\xc0")  # baseline frame header: length, precision, height, width
+    jpeg[frame + 5 : frame + 9] = struct.pack(">HH", side // 2, side // 2)  # a JPEG side is at most 65535
+    return {
+        "png": png + b"\x00" * 16,
+        "jpeg": bytes(jpeg),
+        "gif": b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00" * 24,
+        "bmp": b"BM" + b"\x00" * 16 + struct.pack("<ii", side, -side) + b"\x00" * 16,  # top-down rows
+    }
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "gif", "bmp"])
+def test_predict_image_refuses_a_header_bomb_before_decoding_it(exported, kind):
+    _, _, loaded = exported
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"more than 268435456 pixels \(max_pixels\)"):
+        loaded.signatures["predict_image"](image_bytes=tf.constant([header_bombs()[kind]]))
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".gif"])
+def test_predict_image_still_takes_small_bmp_and_gif(exported, tmp_path, suffix):
+    from PIL import Image
+
+    _, _, loaded = exported
+    path = tmp_path / f"small{suffix}"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(path)
+    out = loaded.signatures["predict_image"](image_bytes=tf.constant([path.read_bytes()]))
+    assert tf.io.decode_png(out["mask_png_bytes"][0]).shape == (30, 40, 1)

@@ -7,6 +7,7 @@ at the end. Loop counts and waits are bounded.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
@@ -17,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 
-from test_export import save_tiny
+from test_export import header_bombs, save_tiny
 from test_serving import small_png, wait_for
 from tfsky.errors import ServingError, TfskyError
 from tfsky.export.savedmodel import export_model
@@ -231,6 +232,8 @@ def abusive_requests(model: str) -> list[tuple[bytes, int]]:
         (post("/v1/models/../sky_segmenter:predict", TILES_BODY), 404),
         (get("/nothing/here"), 404),
         (b"DELETE /v1/models/x HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+        *((post(predict, json.dumps({"signature_name": "predict_image", "instances": [
+            {"b64": base64.b64encode(bomb).decode()}]}).encode()), 400) for bomb in header_bombs().values()),
     ]
 
 

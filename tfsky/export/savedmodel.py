@@ -51,6 +51,7 @@ from tfsky.data.masks import SKY_THRESHOLD
 from tfsky.errors import InputError
 from tfsky.export import metadata, warmup
 from tfsky.io.atomic import atomic_dir, write_json
+from tfsky.io.images import DEFAULT_MAX_PIXELS
 from tfsky.models.bundle import ModelInfo, load_model
 from tfsky.predict.cloud import CloudCoverConfig, is_cloud_model
 from tfsky.predict.outputs import CLASS_PNG_VALUES
@@ -169,13 +170,18 @@ def decode_normalised(image_bytes: tf.Tensor, preprocess, channels: int) -> tf.T
     RGB JPEGs are decoded with the accurate integer DCT, which gives exactly
     Pillow's pixels (what ``read_image`` uses): TensorFlow's default fast DCT
     differs by up to 23 levels, and served probabilities then by up to 0.016.
+    An image whose header declares more than ``max_pixels`` pixels (`DEFAULT_MAX_PIXELS`,
+    the limit of ``read_image``) is refused before it is decoded: a small compressed file can
+    otherwise make the server allocate gigabytes.
     """
     header = tf.io.decode_raw(tf.strings.substr(image_bytes + b"\0" * 32, 0, 32), tf.uint8)
-    is_png16 = tf.logical_and(
-        tf.reduce_all(tf.equal(header[:8], tf.constant(list(_PNG_SIGNATURE), tf.uint8))),
-        tf.equal(header[_PNG_BIT_DEPTH_OFFSET], 16),
+    is_png = _starts_with(header, _PNG_SIGNATURE)
+    is_png16 = tf.logical_and(is_png, tf.equal(header[_PNG_BIT_DEPTH_OFFSET], 16))
+    is_jpeg = _starts_with(header, _JPEG_SIGNATURE)
+    size_check = tf.debugging.assert_less_equal(
+        _declared_pixels(image_bytes, header, is_png, is_jpeg), tf.constant(DEFAULT_MAX_PIXELS, tf.int64),
+        message=f"image declares more than {DEFAULT_MAX_PIXELS} pixels (max_pixels)",
     )
-    is_jpeg = tf.reduce_all(tf.equal(header[: len(_JPEG_SIGNATURE)], tf.constant(list(_JPEG_SIGNATURE), tf.uint8)))
 
     def normalised(image):  # per branch: uint16 and uint8 normalise differently
         return preprocess.apply(tf.ensure_shape(image, [None, None, channels]))
@@ -192,7 +198,38 @@ def decode_normalised(image_bytes: tf.Tensor, preprocess, channels: int) -> tf.T
     branches = [(is_png16, decode_16bit)]
     if channels == 3:  # other channel counts keep decode_image's conversions
         branches.append((is_jpeg, decode_jpeg))
-    return tf.case(branches, default=decode_8bit, exclusive=False)
+    with tf.control_dependencies([size_check]):
+        return tf.case(branches, default=decode_8bit, exclusive=False)
+
+
+def _starts_with(header: tf.Tensor, signature: bytes) -> tf.Tensor:
+    return tf.reduce_all(tf.equal(header[: len(signature)], tf.constant(list(signature), tf.uint8)))
+
+
+def _declared_pixels(image_bytes: tf.Tensor, header: tf.Tensor, is_png: tf.Tensor, is_jpeg: tf.Tensor) -> tf.Tensor:
+    """Width x height an encoded image declares: PNG IHDR, JPEG frame header, GIF screen, BMP info header.
+
+    Unknown formats give 0; the decoder refuses them.
+    """
+    byte = tf.cast(header, tf.int64)
+
+    def unsigned(offset: int, size: int, big_endian: bool) -> tf.Tensor:
+        order = range(size) if big_endian else reversed(range(size))
+        value = tf.constant(0, tf.int64)
+        for index in order:
+            value = value * 256 + byte[offset + index]
+        return value
+
+    def bmp_side(offset: int) -> tf.Tensor:  # signed little-endian int32 (negative height = top-down rows)
+        value = unsigned(offset, 4, big_endian=False)
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    return tf.case([
+        (is_png, lambda: unsigned(16, 4, True) * unsigned(20, 4, True)),
+        (is_jpeg, lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64))),
+        (_starts_with(header, b"GIF"), lambda: unsigned(6, 2, False) * unsigned(8, 2, False)),
+        (_starts_with(header, b"BM"), lambda: bmp_side(18) * bmp_side(22)),
+    ], default=lambda: tf.constant(0, tf.int64), exclusive=False)
 
 
 def decode_raw_image(image_raw: tf.Tensor, shape: tf.Tensor, channels: int) -> tf.Tensor:

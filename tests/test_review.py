@@ -72,7 +72,7 @@ def test_edits_are_written_to_the_manifest_with_the_previous_value_and_undo_rest
     undone = post(client, "/api/streams/cam/undo", {"version": 4}).get_json()
     assert undone["frames"][2]["review"] is None and undone["frames"][2]["usable"] and undone["left"] == 8
     assert read_manifest(manifest_file(manifests)).edits == []
-    assert not list((manifests / "cam").glob(".stream.*"))  # no temp left behind
+    assert not list((manifests / "cam").glob(".stream.*.part.json"))  # no temp left behind
 
 
 def test_camera_moved_from_a_frame_marks_it_and_every_later_frame(client, manifests):
@@ -283,3 +283,23 @@ def test_the_review_command_serves_the_manifests_on_loopback(manifests):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_simultaneous_updates_of_one_version_let_exactly_one_through(manifests):
+    """Eight threads edit version 1 at once: one edit is written, seven are refused, none is lost silently."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tfsky.data.streams import StaleVersion, apply_edit, update_manifest
+
+    def reject(file: str):
+        try:
+            update_manifest(manifest_file(manifests), 1, lambda s: apply_edit(s, file, "review", "rejected"))
+            return file
+        except StaleVersion:
+            return None
+
+    with ThreadPoolExecutor(8) as pool:
+        written = [file for file in pool.map(reject, FRAMES) if file]
+    assert len(written) == 1
+    stream = read_manifest(manifest_file(manifests))
+    assert stream.version == 2 and [f.file for f in stream.frames if f.review] == written

@@ -64,13 +64,14 @@ A reviewer's ``moved_from`` frame marks it and every later frame ``moved``
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import fcntl
 import json
 import os
 import re
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Optional, Protocol
@@ -577,25 +578,33 @@ def _with_frames(stream: Stream, frames: list[Frame], **changes) -> Stream:
     return dataclasses.replace(stream, frames=frames, **changes)
 
 
-_MANIFEST_LOCK = threading.Lock()
-
-
 def update_manifest(path: str | Path, expected_version: int, change) -> Stream:
     """Read the manifest, check its version, apply ``change(stream) -> stream`` and write it back atomically.
 
-    One lock serialises every update in this process (the review server's
-    threads), so two browser tabs never interleave a read and a write; the
-    version check turns an edit made on a stale page into `StaleVersion`
-    instead of silently dropping the other tab's change.
+    An exclusive ``flock`` on a hidden sibling lock file serialises every
+    update of one manifest — the review server's threads, a ``tfsky streams
+    label`` in another process — so no read and write interleave; the version
+    check turns an edit made on a stale page into `StaleVersion` instead of
+    silently dropping the other change.
     """
     path = Path(path)
-    with _MANIFEST_LOCK:
+    with _locked(path):
         stream = read_manifest(path)
         if stream.version != expected_version:
             raise StaleVersion(path, expected_version, stream.version)
         changed = change(stream)
         write_manifest(changed, path)
     return dataclasses.replace(changed, version=changed.version + 1)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path.parent / f".{path.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- the command-level API ----------------------------------------------------------------------

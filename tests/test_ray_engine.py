@@ -4,8 +4,8 @@ loopback (Ray treats 127.0.0.1 as "this machine's address" unless RAY_ENABLE_WIN
 uses token authentication with a token made by the test (nothing is written to ~/.ray).
 
 Checks: outputs equal the local engine's (mask and overlay bytes, float probabilities within 1e-6, sidecars
-but for timing); a bad file is reported in one line and the others finish; a driver killed part-way and
-re-run does only the missing images.
+but for timing; translated frames byte for byte); a bad file is reported in one line and the others finish;
+a driver killed part-way and re-run does only the missing images.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ import numpy as np
 import pytest
 
 from test_predict import tiny_segmenter, visible_files
+from test_translate import translator_file  # noqa: F401  (the tiny pix2pix translator fixture)
 from tfsky.io.images import read_image
 from tfsky.predict.batch import PredictConfig, predict_many
+from tfsky.predict.translate import translate_images
 
 RAY = str(Path(sys.executable).parent / "ray")
 WEBCAMS = ("684", "9730")  # 640x480 and 1280x960 frames
@@ -69,7 +71,7 @@ def _stop(head: subprocess.Popen) -> None:
     """Stop the head and everything it started (its own process group), and wait until all of it is gone."""
     try:
         os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=30)
+        head.wait(timeout=5)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     deadline = time.monotonic() + 30
@@ -112,8 +114,8 @@ def webcam_frames(shared_data: Path, folder: Path, per_camera: int) -> list[Path
     return frames
 
 
-def tfsky_predict(*args) -> list[str]:
-    return [sys.executable, "-m", "tfsky.cli.main", "predict", *map(str, args)]
+def tfsky(*args) -> list[str]:
+    return [sys.executable, "-m", "tfsky.cli.main", *map(str, args)]
 
 
 def test_ray_outputs_equal_the_local_engine_and_a_bad_file_is_reported(cluster, model, shared_data, tmp_path):
@@ -124,8 +126,8 @@ def test_ray_outputs_equal_the_local_engine_and_a_bad_file_is_reported(cluster, 
     local = predict_many(model, [tmp_path / "in"], tmp_path / "local", PredictConfig(prob_format="tif"))
     assert len(local.done) == 4 and [source for source, _ in local.failed] == [broken]
     out = tmp_path / "ray"
-    result = subprocess.run(tfsky_predict("-m", model, tmp_path / "in", "-o", out, "--prob-format", "tif",
-                                          "--engine", "ray", "--address", address, "--workers", "2"),
+    result = subprocess.run(tfsky("predict", "-m", model, tmp_path / "in", "-o", out, "--prob-format", "tif",
+                                  "--engine", "ray", "--address", address, "--workers", "2"),
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines() == [f"failed {broken}: {local.failed[0][1]}"]  # no Ray logs
@@ -148,8 +150,8 @@ def test_a_ray_run_killed_part_way_is_finished_by_a_rerun(cluster, model, shared
     address, env = cluster
     frames = webcam_frames(shared_data, tmp_path / "in", per_camera=4)
     out = tmp_path / "out"
-    command = tfsky_predict("-m", model, tmp_path / "in", "-o", out, "--tta", "flip4", "--tile-batch", "2",
-                            "--engine", "ray", "--address", address, "--workers", "2", "-q")
+    command = tfsky("predict", "-m", model, tmp_path / "in", "-o", out, "--tta", "flip4", "--tile-batch", "2",
+                    "--engine", "ray", "--address", address, "--workers", "2", "-q")
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 240
     while not list(out.glob("*.json")) and driver.poll() is None and time.monotonic() < deadline:
@@ -166,3 +168,19 @@ def test_a_ray_run_killed_part_way_is_finished_by_a_rerun(cluster, model, shared
     assert visible_files(out) == {f"{frame.stem}{suffix}" for frame in frames
                                   for suffix in ("_mask.png", "_prob.png", "_overlay.jpg", ".json")}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_ray_translation_equals_the_local_engine(cluster, translator_file, shared_data, tmp_path):
+    address, env = cluster
+    frames = webcam_frames(shared_data, tmp_path / "in", per_camera=1)
+    out = tmp_path / "ray"
+    result = subprocess.run(tfsky("translate", "-m", translator_file, tmp_path / "in", "-o", out, "--engine", "ray",
+                                  "--address", address, "--workers", "2", "-q"),
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
+    local = translate_images(translator_file, [tmp_path / "in"], tmp_path / "local")
+    assert len(local.done) == len(frames)
+    for frame in frames:
+        name = f"{frame.stem}_translated.png"
+        assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name

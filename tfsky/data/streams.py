@@ -657,11 +657,12 @@ def validate_streams(
         streams, skipped = [read_manifest(m) for m in origins], []
     summaries = []
     for index, stream in enumerate(streams):
-        checked = validate_stream(stream, cfg, segmenter)
-        if out is None and origins is not None:
+        if out is None and origins is not None:  # in place: under the manifest's lock, as the review page edits it
             target = origins[index]
+            checked = update_manifest(target, stream.version, lambda latest: validate_stream(latest, cfg, segmenter))
         else:
             target = manifest_path(out or cfg.manifests, stream.camera)
-        write_manifest(checked, target)
+            checked = validate_stream(stream, cfg, segmenter)
+            write_manifest(checked, target)
         summaries.append(summarize(checked, target))
     return ValidateReport(summaries, skipped)

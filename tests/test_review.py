@@ -195,6 +195,8 @@ def test_page_rejects_with_a_key_changes_a_label_and_both_survive_a_reload(brows
     body.send_keys(Keys.ARROW_RIGHT)  # select the second frame
     body.send_keys("r")  # reject it (the selection moves on to the third)
     wait_for(lambda: browser.find_element(By.ID, "left").text == "7 of 8 left to review")
+    body.send_keys(Keys.ARROW_LEFT, Keys.ARROW_LEFT, "n")  # back to the first, then the next one left: the third
+    assert "selected" in browser.find_elements(By.CSS_SELECTOR, ".card")[2].get_attribute("class")
     Select(browser.find_element(By.ID, "label")).select_by_value("overcast")  # relabel the third frame
     wait_for(lambda: read_manifest(manifest_file(manifests)).frames[2].condition == "overcast")
 

@@ -157,6 +157,15 @@ function openFrame(index) {
   dialog.showModal();
 }
 
+function selectNextLeft() {
+  const count = stream.frames.length;
+  for (let step = 1; step <= count; step++) {
+    const index = (selected + step) % count;
+    if (stream.frames[index].review === null) return select(index);
+  }
+  showMessage("Every frame of this stream is reviewed.", "info");
+}
+
 function columns() {
   const top = cards[0].offsetTop;
   const count = cards.findIndex((card) => card.offsetTop !== top);
@@ -173,6 +182,7 @@ document.addEventListener("keydown", (event) => {
   else if (key === "r") toggleReview("rejected");
   else if (key === "m") toggleMoved();
   else if (key === "u") undo();
+  else if (key === "n") selectNextLeft();
   else if (key === "enter") openFrame(selected);
   else if (/^[1-9]$/.test(key) && stream.conditions[Number(key) - 1]) edit("condition", stream.conditions[Number(key) - 1], false);
   else return;

@@ -250,7 +250,7 @@ def draw_reliability(scores: list[ClassifierScores], path: Path) -> Path:
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")  # a useful model's points sit top right
     ax.grid(alpha=0.3)
     return _save(fig, path, plt)
 

@@ -126,8 +126,8 @@ def _missing(written, loaded, key=""):
     if isinstance(written, list):
         if not isinstance(loaded, list) or len(loaded) != len(written):
             return key
-        return next((found for i, (w, v) in enumerate(zip(written, loaded)) if (found := _missing(w, v, f"{key}[{i}]"))),
-                    None)
+        pairs = enumerate(zip(written, loaded))
+        return next((found for i, (w, v) in pairs if (found := _missing(w, v, f"{key}[{i}]"))), None)
     return None if written == loaded else key
 
 
@@ -136,7 +136,8 @@ def _shipped_schemas():
     from tfsky.train.config import SegmenterConfig, TranslatorConfig
 
     schemas = {"translate_cam623": (TranslateConfig, "translate")}
-    schemas |= {name: (TranslatorConfig, None) for name in ("pix2pix_clear2cloudy", "vae_clear2cloudy", "translator_tiny")}
+    translators = ("pix2pix_clear2cloudy", "vae_clear2cloudy", "translator_tiny")
+    schemas |= {name: (TranslatorConfig, None) for name in translators}
     schemas |= {name: (SegmenterConfig, None) for name in ("sky_ldr", "sky_hdr", "sky_tiny", "sky_ldr_cpu")}
     return schemas
 
@@ -212,8 +213,9 @@ def test_data_prepare_still_prepares_a_good_file(cli, tmp_path):
 def test_empty_config_says_what_is_required(cli, tmp_path):  # issue 15 item 4
     empty = tmp_path / "e.yaml"
     empty.write_text("")
-    assert_one_line(cli("train", "segmenter", "-c", empty), "Error: config key 'name': is required (required keys here: name, data)")
-    assert_one_line(cli("train", "translator", "-c", empty), "Error: config key 'name': is required (required keys here: name)")
+    required = "Error: config key 'name': is required (required keys here: "
+    assert_one_line(cli("train", "segmenter", "-c", empty), required + "name, data)")
+    assert_one_line(cli("train", "translator", "-c", empty), required + "name)")
     assert_one_line(cli("data", "prepare", "-c", empty), "Error: config key 'name': is required")
 
 
@@ -224,7 +226,8 @@ def test_config_file_problems_name_the_file_in_every_command(cli, tmp_path, comm
     assert_one_line(cli(*command, "-c", missing), f"Error: {missing}: config file not found")
     tagged = tmp_path / "tag.yaml"
     tagged.write_text("name: !!python/object/apply:os.system [touch pwned]\n")
-    assert_one_line(cli(*command, "-c", tagged), f"Error: {tagged}: YAML tag '!!python/object/apply:os.system' is not allowed")
+    assert_one_line(cli(*command, "-c", tagged),
+                    f"Error: {tagged}: YAML tag '!!python/object/apply:os.system' is not allowed")
     assert not (Path.cwd() / "pwned").exists()
 
 
@@ -239,8 +242,9 @@ def write_yaml(path: Path, data: dict) -> Path:
 @pytest.mark.parametrize(
     "command, section",
     [(("serve",), "serve"), (("client", "status"), "client"), (("export", "-m", "m.keras"), "export"),
-     (("evaluate", "segmenter", "-m", "m", "-d", "d"), "evaluate"), (("evaluate", "translator", "-m", "m", "-p", "p"),
-                                                                     "evaluate"), (("evaluate", "classifier", "-m", "m"), "evaluate")],
+     (("evaluate", "segmenter", "-m", "m", "-d", "d"), "evaluate"),
+     (("evaluate", "translator", "-m", "m", "-p", "p"), "evaluate"),
+     (("evaluate", "classifier", "-m", "m"), "evaluate")],
 )
 def test_each_command_checks_its_section(cli, tmp_path, command, section):
     config = write_yaml(tmp_path / "c.yaml", {section: {"no_such_key": 1}})
@@ -255,7 +259,8 @@ def test_client_takes_server_and_retries_from_the_file_and_flags_win(cli, tmp_pa
     assert_one_line(cli("client", "status", "-c", config, "--set", "client.server=127.0.0.1:7"),
                     "Error: server 127.0.0.1:7: ")
     assert_one_line(cli("client", "status", "-c", config, "--set", "client.server=127.0.0.1:7", "--server",
-                        "127.0.0.1:8", "--retries", "1"), "Error: server 127.0.0.1:8: UNAVAILABLE: no answer after 2 attempts")
+                        "127.0.0.1:8", "--retries", "1"),
+                    "Error: server 127.0.0.1:8: UNAVAILABLE: no answer after 2 attempts")
     assert_one_line(cli("client", "status", "-c", config, "--version", "2", "--label", "stable"),
                     "Error: config key 'client.label': give a version or a version label, not both")
 

@@ -6,7 +6,8 @@ import json
 
 from rich.console import Console
 
-from tfsky.evaluate.report import Table, format_cell, markdown_document, markdown_table, rich_table, signed, write_report
+from tfsky.evaluate.report import (Table, format_cell, markdown_document, markdown_table, rich_table, signed,
+                                   write_report)
 
 TABLE = Table("Headline", ["method", "IoU", "note"], [["model", 0.861234, None], ["horizon | row", 0.5, "fitted"]],
               note="dataset-level")

@@ -65,8 +65,8 @@ def test_batching_fits_every_batch_tfsky_sends():
     sizes = [int(size) for size in values["allowed_batch_sizes"]]
     assert sizes == sorted(sizes) and sizes[-1] == max_batch  # TF Serving refuses the file otherwise
     assert int(values["batch_timeout_micros"][0]) > 0 and int(values["num_batch_threads"][0]) >= 1
-    sent = {len(request["tiles"]) for request in warmup_inputs(tile=64, channels=3, tile_batch=TilingConfig().tile_batch,
-                                                                hdr=False)["serving_default"]}
+    warmup = warmup_inputs(tile=64, channels=3, tile_batch=TilingConfig().tile_batch, hdr=False)
+    sent = {len(request["tiles"]) for request in warmup["serving_default"]}
     assert max(sent) <= max_batch  # a larger serving_default request would be refused by the batcher
 
 

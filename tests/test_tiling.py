@@ -133,7 +133,8 @@ def test_numpy_driver_feeds_full_batches_except_the_last():
 
     progress = []
     image = random_image(100, 90)  # 4 x 4 = 16 tiles of 32 at 25 % overlap: rows of 4 carried across bands
-    sliding_window_inference(image, record, TilingConfig(32, 0.25, tile_batch=6), progress=lambda *a: progress.append(a))
+    sliding_window_inference(image, record, TilingConfig(32, 0.25, tile_batch=6),
+                             progress=lambda *a: progress.append(a))
     assert batch_sizes == [6, 6, 4]
     assert progress == [(6, 16), (12, 16), (16, 16)]
 

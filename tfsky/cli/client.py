@@ -14,18 +14,18 @@ app = typer.Typer(help="Query a TF Serving server (gRPC 8500, or REST 8501 with 
 
 # Each flag overrides ``client.<key>`` (None = not given; the defaults live in `tfsky.serving.config.ClientConfig`).
 ServerOption = Annotated[Optional[str], typer.Option(
-    "--server", help="host:port of the gRPC (or, with --rest, REST) API [config: client.server].")]
-ModelOption = Annotated[Optional[str], typer.Option("--model", help="Model name [config: client.model].")]
+    "--server", help="host:port of the gRPC (or, with --rest, REST) API (config: client.server).")]
+ModelOption = Annotated[Optional[str], typer.Option("--model", help="Model name (config: client.model).")]
 VersionOption = Annotated[Optional[int], typer.Option(
-    "--version", help="Model version [config: client.version; default: the newest].")]
+    "--version", help="Model version (config: client.version; default: the newest).")]
 LabelOption = Annotated[Optional[str], typer.Option(
-    "--label", help="Version label, e.g. stable or canary [config: client.label].")]
+    "--label", help="Version label, e.g. stable or canary (config: client.label).")]
 RestOption = Annotated[Optional[bool], typer.Option(
-    "--rest/--grpc", help="Use the REST API instead of gRPC [config: client.rest].", show_default=False)]
+    "--rest/--grpc", help="Use the REST API instead of gRPC (config: client.rest).", show_default=False)]
 TimeoutOption = Annotated[Optional[float], typer.Option(
-    "--timeout", help="Deadline per request attempt, in seconds [config: client.timeout].")]
+    "--timeout", help="Deadline per request attempt, in seconds (config: client.timeout).")]
 RetriesOption = Annotated[Optional[int], typer.Option(
-    "--retries", help="Retries (with backoff) while the server is unavailable [config: client.retries].")]
+    "--retries", help="Retries (with backoff) while the server is unavailable (config: client.retries).")]
 
 
 def client_config(config, set_, **flags):

@@ -14,8 +14,9 @@ from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOpt
 app = typer.Typer(help="Evaluate trained models against labelled data and naive baselines.", no_args_is_help=True)
 
 SplitOption = Annotated[Optional[str], typer.Option(
-    "--split", help="Cache split, or pairs split val | train (folders have none) [config: evaluate.split].")]
-OutOption = Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: eval/ beside the model.")]
+    "--split", help="Cache split, or pairs split val | train (folders have none) (config: evaluate.split).")]
+OutOption = Annotated[Optional[Path], typer.Option(
+    "--out", "-o", help="Report folder. Default: eval/ beside the model.")]
 
 
 @app.command()
@@ -34,9 +35,9 @@ def segmenter(
         typer.Option("--labels", help="CSV with image,sky_condition columns: per-condition breakdown for folders."),
     ] = None,
     threshold: Annotated[Optional[float], typer.Option(
-        "--threshold", help="Sky probability threshold [config: evaluate.threshold].")] = None,
+        "--threshold", help="Sky probability threshold (config: evaluate.threshold).")] = None,
     band: Annotated[Optional[float], typer.Option(
-        "--band", help="Boundary F1 tolerance in pixels [config: evaluate.band].")] = None,
+        "--band", help="Boundary F1 tolerance in pixels (config: evaluate.band).")] = None,
     tile: TileOption = None,
     overlap: OverlapOption = None,
     window: WindowOption = None,

@@ -18,15 +18,16 @@ def export_cli(
         Optional[Path],
         typer.Option("--model", "-m", help="Segmenter .keras file (with its .json sidecar).", dir_okay=False),
     ] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Model name in the repository [config: export.name].")] = None,
+    name: Annotated[Optional[str], typer.Option(
+        "--name", help="Model name in the repository (config: export.name).")] = None,
     repo: Annotated[Optional[Path], typer.Option(
-        "--repo", help="Model repository root, mounted as /models by TF Serving [config: export.repo].")] = None,
+        "--repo", help="Model repository root, mounted as /models by TF Serving (config: export.repo).")] = None,
     version: Annotated[Optional[int], typer.Option(
-        "--version", help="Version number [config: export.version; default: the next free one].")] = None,
+        "--version", help="Version number (config: export.version; default: the next free one).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing version folder.")] = False,
     precision: Annotated[Optional[str], typer.Option(
         "--precision", help="float32 (CPU serving, the shipped image) or as_trained (keep a mixed-precision model's "
-        "float16 layers, for a GPU server) [config: export.precision].")] = None,
+        "float16 layers, for a GPU server) (config: export.precision).")] = None,
     tile: TileOption = None,
     overlap: OverlapOption = None,
     window: WindowOption = None,

@@ -22,12 +22,13 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 # Tiling flags of the commands that run a model over tiles; each overrides ``<section>.tiling.<key>``.
 # Flags default to None ("not given"): the defaults live in the config dataclasses (`tfsky.tiling.TilingConfig`).
 TileOption = Annotated[Optional[int], typer.Option(
-    help="Tile size, a multiple of the model's (32 for segmenters) [config: tiling.tile; default: the training tile].")]
-OverlapOption = Annotated[Optional[float], typer.Option(help="Tile overlap fraction in [0, 1) [config: tiling.overlap].")]
+    help="Tile size, a multiple of the model's (32 for segmenters) (config: tiling.tile; default: the training tile).")]
+OverlapOption = Annotated[Optional[float], typer.Option(
+    help="Tile overlap fraction in [0, 1) (config: tiling.overlap).")]
 WindowOption = Annotated[Optional[str], typer.Option(
-    help="Blend window: constant | gaussian | hann | spline [config: tiling.window].")]
-TileBatchOption = Annotated[Optional[int], typer.Option(help="Tiles per model call [config: tiling.tile_batch].")]
-TtaOption = Annotated[Optional[str], typer.Option(help="Flip TTA: none | flip2 | flip4 [config: tiling.tta].")]
+    help="Blend window: constant | gaussian | hann | spline (config: tiling.window).")]
+TileBatchOption = Annotated[Optional[int], typer.Option(help="Tiles per model call (config: tiling.tile_batch).")]
+TtaOption = Annotated[Optional[str], typer.Option(help="Flip TTA: none | flip2 | flip4 (config: tiling.tta).")]
 
 
 def flag_overrides(section: str, flags: dict[str, Any], set_: Optional[list[str]]) -> list[str]:

@@ -22,8 +22,10 @@ def predict_cli(
     window: WindowOption = None,
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
-    threshold: Annotated[Optional[float], typer.Option(help="Sky probability cut for the mask (default: 0.5).")] = None,
-    prob_format: Annotated[Optional[str], typer.Option(help="png16 | tif (default: png16).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(
+        help="Sky probability cut for the mask (config: predict.threshold).")] = None,
+    prob_format: Annotated[Optional[str], typer.Option(
+        help="Probability map format: png16 | tif (config: predict.prob_format).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
     engine: EngineOption = EngineName.local,
     address: AddressOption = None,

@@ -14,22 +14,24 @@ from tfsky.cli.options import ConfigOption, SetOption, command_config
 
 def serve_cli(
     repo: Annotated[Optional[Path], typer.Option(
-        "--repo", help="Model repository root, <repo>/<model>/<version>/ [config: serve.repo].", file_okay=False)] = None,
+        "--repo", help="Model repository root, <repo>/<model>/<version>/ (config: serve.repo).",
+        file_okay=False)] = None,
     host: Annotated[Optional[str], typer.Option(
-        "--host", help="Interface to bind; production uses the TF Serving container [config: serve.host].")] = None,
+        "--host", help="Interface to bind; production uses the TF Serving container (config: serve.host).")] = None,
     grpc_port: Annotated[Optional[int], typer.Option(
-        "--grpc-port", help="gRPC port, 0 = any free port [config: serve.grpc_port].")] = None,
+        "--grpc-port", help="gRPC port, 0 = any free port (config: serve.grpc_port).")] = None,
     rest_port: Annotated[Optional[int], typer.Option(
-        "--rest-port", help="REST port, 0 = any free port [config: serve.rest_port].")] = None,
+        "--rest-port", help="REST port, 0 = any free port (config: serve.rest_port).")] = None,
     model_config: Annotated[Optional[Path], typer.Option(
-        "--model-config", help="models.config with version labels [config: serve.model_config; default: "
-        "<repo>/models.config].", dir_okay=False)] = None,
+        "--model-config", help="models.config with version labels (config: serve.model_config; default: "
+        "<repo>/models.config).", dir_okay=False)] = None,
     poll_seconds: Annotated[Optional[float], typer.Option(
-        "--poll-seconds", help="Seconds between repository rescans [config: serve.poll_seconds].")] = None,
+        "--poll-seconds", help="Seconds between repository rescans (config: serve.poll_seconds).")] = None,
     max_message_mb: Annotated[Optional[int], typer.Option(
-        "--max-message-mb", help="Largest gRPC message or REST body accepted, MiB [config: serve.max_message_mb].")] = None,
+        "--max-message-mb",
+        help="Largest gRPC message or REST body accepted, MiB (config: serve.max_message_mb).")] = None,
     read_timeout: Annotated[Optional[float], typer.Option(
-        "--read-timeout", help="Seconds a silent REST connection is kept [config: serve.read_timeout].")] = None,
+        "--read-timeout", help="Seconds a silent REST connection is kept (config: serve.read_timeout).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:

@@ -18,19 +18,21 @@ def translate_cli(
     model: Annotated[Path, typer.Option("--model", "-m", help="Translator .keras file (pix2pix or vae).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     composite: Annotated[Optional[bool], typer.Option(
-        help="Also write <name>_composite.png: only the sky translated (default: no).")] = None,
+        help="Also write <name>_composite.png: only the sky translated (config: translate.composite.enabled).")] = None,
     segmenter: Annotated[Optional[Path], typer.Option(help="Sky segmenter for --composite.")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="Camera sky mask for --composite (beats --segmenter).")] = None,
-    feather: Annotated[Optional[float], typer.Option(help="Sky edge blur: Gaussian sigma, px (default: 5).")] = None,
+    feather: Annotated[Optional[float], typer.Option(
+        help="Sky edge blur: Gaussian sigma, px (config: translate.composite.feather).")] = None,
     tile: TileOption = None,
     overlap: OverlapOption = None,
     window: WindowOption = None,
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
     sample: Annotated[Optional[bool], typer.Option(
-        help="VAE: sample the latent instead of using its mean (default: no).")] = None,
+        help="VAE: sample the latent instead of using its mean (config: translate.sample).")] = None,
     native_scale: Annotated[Optional[bool], typer.Option(
-        help="Run the network on full-resolution pixels even if it was trained downscaled (default: no).")] = None,
+        help="Run the network on full-resolution pixels even if it was trained downscaled "
+        "(config: translate.native_scale).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs exist.")] = False,
     engine: EngineOption = EngineName.local,
     address: AddressOption = None,

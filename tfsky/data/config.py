@@ -14,6 +14,7 @@ from typing import Literal, Optional
 from tfsky.data.allsky import AllSkyConfig
 from tfsky.data.transforms import Preprocess
 from tfsky.errors import ConfigError
+from tfsky.io.images import DEFAULT_MAX_PIXELS
 
 SIZE_MULTIPLE = 32  # the segmenter's U-Net downsamples 5 times: patch and tile sides are multiples of 2**5
 
@@ -192,7 +193,7 @@ class DataConfig:
     split_seed: int = 0
     preprocess: Preprocess = dataclasses.field(default_factory=Preprocess)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-    max_pixels: int = 2**28
+    max_pixels: int = DEFAULT_MAX_PIXELS
     shard_size_mb: int = 256
     compression: Compression = "ZLIB"
     shuffle_buffer: int = 256
@@ -206,7 +207,8 @@ class DataConfig:
                 raise ConfigError(f"sources[{index}].name", f"duplicate source name {name!r}; give each source a name")
         if self.patch_size <= 0 or self.patch_size % SIZE_MULTIPLE:
             raise ConfigError(
-                "patch_size", f"must be divisible by {SIZE_MULTIPLE} (the U-Net downsamples 5 times); got {self.patch_size}"
+                "patch_size",
+                f"must be divisible by {SIZE_MULTIPLE} (the U-Net downsamples 5 times); got {self.patch_size}",
             )
         if self.working_scale is not None and self.working_scale < 32:
             raise ConfigError("working_scale", f"must be >= 32 pixels (the short side); got {self.working_scale}")

@@ -233,8 +233,8 @@ def translate_images(
         InputError: the model, the output folder or the composite's mask or segmenter cannot be used.
             Problems with single images are reported, not raised.
     """
-    return run_job(TranslateTask(model_path, config or TranslateConfig()), inputs, out_dir, overwrite=overwrite, listener=listener,
-                   engine=engine)
+    return run_job(TranslateTask(model_path, config or TranslateConfig()), inputs, out_dir, overwrite=overwrite,
+                   listener=listener, engine=engine)
 
 
 class TranslateTask(Task):

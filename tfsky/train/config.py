@@ -207,7 +207,8 @@ class TranslatorConfig:
         check_run_name(self.name)
         multiple = self.model.size_multiple
         if self.data.crop_size % multiple:
-            raise ConfigError("data.crop_size", f"must be a multiple of 2**depth = {multiple} for model.{self.model.kind}")
+            raise ConfigError("data.crop_size",
+                              f"must be a multiple of 2**depth = {multiple} for model.{self.model.kind}")
 
 
 @dataclasses.dataclass

@@ -9,7 +9,8 @@ that decodes mu), chosen on ``val_l1`` (plain L1 in [-1, 1] units, lower is
 better); its sidecar records ``Preprocess(ldr)`` — the [-1, 1] mapping is
 `tfsky.data.transforms.to_model_range`.
 
-The config schema is `tfsky.train.config.TranslatorConfig`. When ``pairs.file`` does not exist it is built first, as ``tfsky streams
+The config schema is `tfsky.train.config.TranslatorConfig`. When
+``pairs.file`` does not exist it is built first, as ``tfsky streams
 validate`` + ``tfsky streams pairs`` would (from the manifests in
 ``streams.manifests`` when they exist, else by importing ``streams.root``).
 With a single labelled camera there is no validation stream (the split is by

@@ -25,7 +25,7 @@ from tensorflow.core.util import event_pb2
 from tfsky.models.bundle import load_model
 from tfsky.models.losses import make_loss
 from tfsky.models.metrics import segmentation_metrics
-from tfsky.train.config import TrainConfig
+from tfsky.train.config import SegmenterTrainConfig
 from tfsky.train.runner import fit_run, read_history, run_directory
 from tfsky.train.segmenter import learning_rate, make_optimizer, schedule_callbacks
 
@@ -192,19 +192,20 @@ def test_missing_data_folder_is_one_line_naming_the_key(tmp_path, cli):
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    train = TrainConfig(epochs=3, learning_rate=0.1, lr_schedule="cosine", warmup_epochs=1)
+    train = SegmenterTrainConfig(epochs=3, learning_rate=0.1, lr_schedule="cosine", warmup_epochs=1)
     rate = learning_rate(train, steps_per_epoch=10)
     assert [float(rate(step)) for step in (0, 5, 10, 30)] == pytest.approx([0.0, 0.05, 0.1, 0.0], abs=1e-7)
     assert float(rate(20)) == pytest.approx(0.05, abs=1e-7)  # half-way through the cosine
-    assert isinstance(make_optimizer(TrainConfig(optimizer="adamw"), 10), tf.keras.optimizers.AdamW)
+    assert isinstance(make_optimizer(SegmenterTrainConfig(optimizer="adamw"), 10), tf.keras.optimizers.AdamW)
 
 
 def test_plateau_and_early_stopping_callbacks_follow_the_config():
-    callbacks = schedule_callbacks(TrainConfig(lr_schedule="plateau", plateau_patience=2, early_stopping_patience=5))
+    train = SegmenterTrainConfig(lr_schedule="plateau", plateau_patience=2, early_stopping_patience=5)
+    callbacks = schedule_callbacks(train)
     plateau, stopping = callbacks
     assert (plateau.monitor, plateau.factor, plateau.patience) == ("val_loss", 0.5, 2)
     assert (stopping.monitor, stopping.patience) == ("val_iou", 5) and stopping.monitor_op is np.greater
-    assert schedule_callbacks(TrainConfig()) == []
+    assert schedule_callbacks(SegmenterTrainConfig()) == []
 
 
 def test_resume_without_a_previous_run_starts_one(tmp_path):

@@ -175,6 +175,14 @@ REASONS = {  # what the line must say, whichever command read the file
 }
 
 
+def test_a_composite_mask_of_another_size_is_one_line(corpus, cli, tmp_path):
+    mask, out = tmp_path / "camera_mask.png", tmp_path / "out"
+    write_png(mask, np.full((10, 10, 1), 255, np.uint8))
+    result = cli("translate", "-m", corpus.translator, corpus.good, "-o", out, "--composite", "--mask", mask, "--quiet")
+    assert_one_clear_failure(result, mask, out)
+    assert "differs from the image's" in result.stderr
+
+
 def test_inspect_counts_nan_and_inf_instead_of_failing(corpus, cli):
     result = cli("data", "inspect", corpus.images["nan_inf.tif"])
     assert result.exit_code == 0, result.stderr
@@ -242,7 +250,16 @@ CONFIG_COMMANDS: dict[str, Callable[[Corpus, Path, Path], list]] = {
     "train translator": lambda c, config, out: ["train", "translator", "-c", config, "--quiet"],
     "predict": lambda c, config, out: ["predict", "-m", c.segmenter, c.good, "-o", out, "-c", config, "--quiet"],
     "translate": lambda c, config, out: ["translate", "-m", c.translator, c.good, "-o", out, "-c", config, "--quiet"],
+    "streams validate": lambda c, config, out: ["streams", "validate", "-c", config],
+    "streams pairs": lambda c, config, out: ["streams", "pairs", "-c", config],
+    "evaluate segmenter": lambda c, config, out: ["evaluate", "segmenter", "-m", c.segmenter, "--data", c.root,
+                                                  "-o", out, "-c", config, "--quiet"],
+    "export": lambda c, config, out: ["export", "-m", c.segmenter, "--repo", out, "-c", config],
+    "serve": lambda c, config, out: ["serve", "--repo", c.root / "repo", "-c", config],
+    "client predict": lambda c, config, out: ["client", "predict", c.good, "-o", out, "-c", config],
 }
+SECTION_ONLY = {"predict", "translate", "evaluate segmenter", "export", "serve", "client predict", "streams validate",
+                "streams pairs"}  # these read only their own section of a shared config file
 CONFIG_CASES = {  # case -> what the one line must name
     "invalid.yaml": "{config}", "python_tag.yaml": "{config}", "a_list.yaml": "{config}", "binary.yaml": "{config}",
     "missing.yaml": "{config}", "unknown_key.yaml": "'bogus'", "negative_epochs.yaml": "'train.epochs'",
@@ -252,9 +269,9 @@ CONFIG_CASES = {  # case -> what the one line must name
 @pytest.mark.parametrize("case", list(CONFIG_CASES))
 @pytest.mark.parametrize("command", list(CONFIG_COMMANDS))
 def test_a_bad_config_file_is_one_line_naming_the_file_or_key(corpus, cli, tmp_path, monkeypatch, command, case):
-    if case in ("unknown_key.yaml", "negative_epochs.yaml") and command in ("predict", "translate"):
-        pytest.skip("predict and translate read only their own section of a shared config file")
-    if case == "negative_epochs.yaml" and command == "train translator":
+    if case in ("unknown_key.yaml", "negative_epochs.yaml") and command in SECTION_ONLY:
+        pytest.skip("this command reads only its own section of a shared config file")
+    if case == "negative_epochs.yaml" and command in ("train translator", "streams validate", "streams pairs"):
         pytest.skip("a segmenter config: the translator schema refuses its data section first")
     monkeypatch.chdir(tmp_path)  # a command that wrongly went ahead would write runs/ or cache/ here
     config, out = corpus.configs[case], tmp_path / "out"

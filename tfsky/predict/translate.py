@@ -269,10 +269,11 @@ class TranslateTask(Task):
     def process(self, item: Item, decoded: Decoded, outputs: list[Path], listener: Listener) -> None:
         image = decoded.take()
         self.translator.check(image, item.source)
+        sky = self.sky(image) if self.sky is not None else None  # a mask that does not fit fails before any write
         translated = self.translator.translate(image, progress=listener.steps_done)
         write_png(outputs[0], to_uint8(translated))
-        if self.sky is not None:
-            write_png(outputs[1], composite(image, translated, self.sky(image)))
+        if sky is not None:
+            write_png(outputs[1], composite(image, translated, sky))
 
 
 def output_paths(stem: Path, with_composite: bool) -> list[Path]:

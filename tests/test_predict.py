@@ -186,11 +186,11 @@ def test_rerun_skips_complete_images_and_overwrite_redoes_them(cli, ldr_model, t
 def test_config_section_is_read_and_flags_override_it(cli, ldr_model, tmp_path):
     write_png(tmp_path / "a.png", ldr_image())
     config = tmp_path / "predict.yaml"
-    config.write_text("predict:\n  tiling: {tile: 16, window: hann, tta: flip2}\n  threshold: 0.9\n")
-    result = cli("predict", "-m", ldr_model, tmp_path / "a.png", "-o", tmp_path / "out", "-c", config, "--tile", "24")
+    config.write_text("predict:\n  tiling: {tile: 96, window: hann, tta: flip2}\n  threshold: 0.9\n")
+    result = cli("predict", "-m", ldr_model, tmp_path / "a.png", "-o", tmp_path / "out", "-c", config, "--tile", "64")
     assert result.exit_code == 0, result.stderr
     facts = json.loads((tmp_path / "out" / "a.json").read_text())
-    assert (facts["tile"], facts["window"], facts["tta"], facts["threshold"]) == (24, "hann", "flip2", 0.9)
+    assert (facts["tile"], facts["window"], facts["tta"], facts["threshold"]) == (64, "hann", "flip2", 0.9)
     bad = cli("predict", "-m", ldr_model, tmp_path / "a.png", "-o", tmp_path / "out", "--window", "box")
     assert bad.exit_code == 1
     assert bad.stderr.strip() == ("Error: config key 'predict.tiling.window': must be one of constant, gaussian, hann, "

@@ -28,11 +28,13 @@ RetriesOption = Annotated[Optional[int], typer.Option(
     "--retries", help="Retries (with backoff) while the server is unavailable (config: client.retries).")]
 
 
-def client_config(config, set_, **flags):
-    """The ``client:`` section of --config, then --set, then the flags given (`ClientConfig`)."""
+def connect(config, set_, **flags):
+    """The ``client:`` settings (--config, then --set, then the flags given) and a `Client` opened with them."""
+    from tfsky.serving.client import Client
     from tfsky.serving.config import ClientConfig
 
-    return command_config(ClientConfig, "client", config, set_, flags)
+    cfg = command_config(ClientConfig, "client", config, set_, flags)
+    return cfg, Client(cfg.server, rest=cfg.rest, timeout=cfg.timeout, retries=cfg.retries)
 
 
 @app.command()
@@ -63,13 +65,11 @@ def predict(
     Server and model come from the ``client:`` section of --config, then --set, then the flags above.
     """
     from tfsky.cli.jobs import JobProgress, finish
-    from tfsky.serving.client import Client
     from tfsky.serving.jobs import segment_files
 
-    cfg = client_config(config, set_, server=server, model=model, version=version, label=label, rest=rest,
-                        timeout=timeout, retries=retries)
-    with Client(cfg.server, rest=cfg.rest, timeout=cfg.timeout, retries=cfg.retries) as client, \
-            JobProgress(quiet) as listener:
+    cfg, client = connect(config, set_, server=server, model=model, version=version, label=label, rest=rest,
+                          timeout=timeout, retries=retries)
+    with client, JobProgress(quiet) as listener:
         report = segment_files(client, cfg.model, inputs, out, version=cfg.version, label=cfg.label, tiles_from=tiles,
                                overwrite=overwrite, listener=listener)
     finish(report, out, quiet)
@@ -91,11 +91,9 @@ def status(
 
     Server and model come from the ``client:`` section of --config, then --set, then the flags above.
     """
-    from tfsky.serving.client import Client
-
-    cfg = client_config(config, set_, server=server, model=model, version=version, label=label, rest=rest,
-                        timeout=timeout, retries=retries)
-    with Client(cfg.server, rest=cfg.rest, timeout=cfg.timeout, retries=cfg.retries) as client:
+    cfg, client = connect(config, set_, server=server, model=model, version=version, label=label, rest=rest,
+                          timeout=timeout, retries=retries)
+    with client:
         versions = client.status(cfg.model, version=cfg.version, label=cfg.label)
     out = Console(highlight=False, soft_wrap=True)
     for entry in versions:

@@ -9,7 +9,7 @@ import typer
 
 from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
 from tfsky.cli.jobs import JobProgress, WorkersOption, finish, make_engine
-from tfsky.cli.options import ConfigOption, QuietOption, SetOption, flag_overrides
+from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 
 
@@ -41,15 +41,10 @@ def predict_cli(
     Options come from the ``predict:`` section of --config, then --set, then the flags above.
     ``--engine ray`` spreads the images over the workers of a Ray cluster (same outputs).
     """
-    from tfsky.config import load_config
     from tfsky.predict.batch import PredictConfig, predict_many
 
-    flags = {
-        "tiling.tile": tile, "tiling.overlap": overlap, "tiling.window": window, "tiling.tile_batch": tile_batch,
-        "tiling.tta": tta, "threshold": threshold, "prob_format": prob_format,
-    }
-    overrides = flag_overrides("predict", flags, set_)
-    cfg = load_config(PredictConfig, config, overrides, section="predict")
+    flags = {"threshold": threshold, "prob_format": prob_format, **tiling_flags(tile, overlap, window, tile_batch, tta)}
+    cfg = command_config(PredictConfig, "predict", config, set_, flags)
     runner = make_engine(engine, address, workers, gpus_per_worker, cpus_per_worker)
     with JobProgress(quiet) as listener:
         report = predict_many(model, inputs, out, cfg, overwrite=overwrite, listener=listener, engine=runner)

@@ -9,7 +9,7 @@ import typer
 
 from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
 from tfsky.cli.jobs import JobProgress, WorkersOption, finish, make_engine
-from tfsky.cli.options import ConfigOption, QuietOption, SetOption, flag_overrides
+from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 
 
@@ -48,16 +48,14 @@ def translate_cli(
     Options come from the ``translate:`` section of --config, then --set, then the flags above.
     ``--engine ray`` spreads the images over the workers of a Ray cluster (same outputs).
     """
-    from tfsky.config import load_config
     from tfsky.predict.translate import TranslateConfig, translate_images
 
     flags = {
-        "tiling.tile": tile, "tiling.overlap": overlap, "tiling.window": window, "tiling.tile_batch": tile_batch,
-        "tiling.tta": tta, "composite.enabled": composite, "composite.segmenter": segmenter, "composite.mask": mask,
+        "composite.enabled": composite, "composite.segmenter": segmenter, "composite.mask": mask,
         "composite.feather": feather, "sample": sample, "native_scale": native_scale,
+        **tiling_flags(tile, overlap, window, tile_batch, tta),
     }
-    overrides = flag_overrides("translate", flags, set_)
-    cfg = load_config(TranslateConfig, config, overrides, section="translate")
+    cfg = command_config(TranslateConfig, "translate", config, set_, flags)
     runner = make_engine(engine, address, workers, gpus_per_worker, cpus_per_worker)
     with JobProgress(quiet) as listener:
         report = translate_images(model, inputs, out, cfg, overwrite=overwrite, listener=listener, engine=runner)

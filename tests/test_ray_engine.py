@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test_jobs import kill_9_after_the_first_sidecar
 from test_predict import tiny_segmenter, visible_files
 from test_translate import translator_file  # noqa: F401  (the tiny pix2pix translator fixture)
 from tfsky.io.images import read_image
@@ -152,13 +153,7 @@ def test_a_ray_run_killed_part_way_is_finished_by_a_rerun(cluster, model, shared
     out = tmp_path / "out"
     command = tfsky("predict", "-m", model, tmp_path / "in", "-o", out, "--tta", "flip4", "--tile-batch", "2",
                     "--engine", "ray", "--address", address, "--workers", "2", "-q")
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 240
-    while not list(out.glob("*.json")) and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    assert driver.returncode == -signal.SIGKILL, "the job finished before it could be killed"
+    kill_9_after_the_first_sidecar(command, out, env)
     time.sleep(5)  # the cluster ends the dead driver's workers; an image they were writing stays a hidden temp
     finished = sorted(p.stem for p in out.glob("*.json"))
     assert 1 <= len(finished) < len(frames)

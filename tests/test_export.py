@@ -125,9 +125,15 @@ def test_predict_hdr_equals_tiled_segmenter(tmp_path):
     )
     expected = TiledSegmenter.load(model_path).probabilities(radiance)[..., 0]
     np.testing.assert_allclose(decode_probability(out["probability_png_bytes"][0].numpy()), expected, atol=1e-4)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="image_raw does not hold"):
-        loaded.signatures["predict_hdr"](image_raw=tf.constant([radiance.tobytes()[:-4]]),
-                                         shape=tf.constant([radiance.shape], tf.int32))
+    for raw, shape, problem in (
+        (radiance.tobytes()[:-4], radiance.shape, "image_raw does not hold"),
+        (b"", (0, 0, 3), r"shape\[0\] and shape\[1\] \(height, width\) must be > 0"),
+        (b"", (-1, 0, 3), r"must be > 0"),
+        (b"", (65536, 65536, 3), "requested shape has 12884901888"),  # int32 product wraps to 0 bytes
+        (radiance[..., :1].tobytes(), (70, 90, 1), "shape\\[2\\] must be 3 channels"),
+    ):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=problem):
+            loaded.signatures["predict_hdr"](image_raw=tf.constant([raw]), shape=tf.constant([shape], tf.int32))
 
 
 def test_versions_auto_increment_and_existing_version_is_refused(exported, tmp_path):

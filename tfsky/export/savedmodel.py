@@ -240,6 +240,7 @@ def decode_raw_image(image_raw: tf.Tensor, shape: tf.Tensor, channels: int) -> t
             tf.size(values), tf.reduce_prod(shape), message="image_raw does not hold shape[0]*shape[1]*shape[2] floats"
         ),
         tf.debugging.assert_equal(shape[2], channels, message=f"shape[2] must be {channels} channels"),
+        tf.debugging.assert_positive(shape[:2], message="shape[0] and shape[1] (height, width) must be > 0"),
     ]
     with tf.control_dependencies(checks):
         return tf.reshape(values, tf.concat([shape[:2], [channels]], 0))

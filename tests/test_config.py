@@ -4,6 +4,7 @@ command reading its section of a config file the same way (``-c`` / ``--set`` / 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Literal, Optional
@@ -353,3 +354,17 @@ def test_export_takes_its_tiling_from_the_config(cli, tmp_path, tiny_models):
     metadata = json.loads((tmp_path / "repo" / "cfg_model" / "1" / "assets" / "tfsky_model.json").read_text())
     chosen = {key: metadata["tiling"][key] for key in ("tile", "overlap", "window", "tile_batch", "tta")}
     assert chosen == {"tile": 64, "overlap": 0.5, "window": "hann", "tile_batch": 8, "tta": "flip2"}
+
+
+def test_a_misspelt_section_is_an_error_not_ignored(cli, tmp_path, tiny_models):
+    config = write_yaml(tmp_path / "c.yaml", {"predcit": {"tiling": {"tile": 64}}})
+    command = ("predict", "-m", tiny_models / "seg.keras", tiny_models / "data" / "images" / "a.png", "-o",
+               tmp_path / "out")
+    assert_one_line(cli(*command, "-c", config), "Error: config key 'predcit': unknown key (known keys here: client, ")
+    assert_one_line(cli(*command, "--set", "predcit.tiling.tile=64"), "Error: config key 'predcit': unknown key")
+    assert not (tmp_path / "out").exists()
+    shared = write_yaml(tmp_path / "shared.yaml", {"name": "run", "train": {"epochs": 1}, "export": {"name": "x"},
+                                                   "predict": {"tiling": {"tile": 64}}})
+    result = cli(*command, "-c", shared)  # other commands' sections and a training config may share the file
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "out" / "a.json").read_text())["tile"] == 64

@@ -28,7 +28,7 @@ import enum
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterable, TypeVar
 
 import yaml
 
@@ -43,12 +43,15 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] | None = (),
     section: str | None = None,
+    file_keys: Iterable[str] | None = None,
 ) -> T:
     """Build ``schema`` from an optional YAML file plus ``key=value`` overrides.
 
     With ``section`` (e.g. ``"data"``) only that top-level section of the file
     is read, so a command can use its part of a shared config file; overrides
-    are still written with full keys (``data.patch_size=256``).
+    are still written with full keys (``data.patch_size=256``). ``file_keys``
+    are the top-level keys such a file may hold at all: any other one (a
+    misspelt section) is an error rather than silently ignored.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -58,6 +61,11 @@ def load_config(
         set_dotted(raw, key, value)
     if section is None:
         return from_dict(schema, raw)
+    if file_keys is not None:
+        known = sorted(set(file_keys) | {section})
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(str(unknown[0]), f"unknown key (known keys here: {', '.join(known)})")
     return from_dict(schema, raw.get(section) or {}, section)
 
 

@@ -52,8 +52,25 @@ def command_config(schema: type[T], section: str, config: Optional[Path], set_: 
                    flags: dict[str, Any]) -> T:
     """A command's settings: the ``section`` of --config, then --set, then the flags given (None = not given).
 
-    One loader for every command, so a key has one default (in ``schema``) and one error message.
+    One loader for every command, so a key has one default (in ``schema``) and one error message. The
+    file may also hold other commands' sections and a training config; any other top-level key is an error.
     """
     from tfsky.config import load_config
 
-    return load_config(schema, config, flag_overrides(section, flags, set_), section=section)
+    return load_config(schema, config, flag_overrides(section, flags, set_), section=section,
+                       file_keys=config_file_keys())
+
+
+# The sections of the commands that read one (`command_config`); a new such command adds its section here.
+COMMAND_SECTIONS = ("predict", "translate", "evaluate", "export", "serve", "client")
+
+
+def config_file_keys() -> set[str]:
+    """Every top-level key a tfsky config file may hold: the command sections and the training files' keys."""
+    import dataclasses
+
+    from tfsky.train.config import ClassifierConfig, SegmenterConfig, TranslatorConfig
+
+    training = {field.name for schema in (SegmenterConfig, TranslatorConfig, ClassifierConfig)
+                for field in dataclasses.fields(schema)}
+    return training | set(COMMAND_SECTIONS)

@@ -242,6 +242,33 @@ def test_evaluate_translator_refuses_a_segmenter(corpus, cli, tmp_path):
     assert_one_clear_failure(result, corpus.segmenter, tmp_path / "out")
 
 
+# ----------------------------------------------------------------- tile sizes the network cannot take (helper B's check)
+
+TILE_COMMANDS: dict[str, Callable[[Corpus, list, Path], list]] = {
+    "predict": lambda c, flag, out: ["predict", "-m", c.segmenter, c.good, "-o", out, *flag, "--quiet"],
+    "translate": lambda c, flag, out: ["translate", "-m", c.translator, c.good, "-o", out, *flag, "--quiet"],
+    "evaluate segmenter": lambda c, flag, out: ["evaluate", "segmenter", "-m", c.segmenter, "--data", c.root / "images",
+                                                "-o", out, *flag, "--quiet"],
+    "export": lambda c, flag, out: ["export", "-m", c.segmenter, "--repo", out, *flag],
+}
+
+
+@pytest.mark.parametrize("tile", [33, 48, 0, -32])
+@pytest.mark.parametrize("command", list(TILE_COMMANDS))
+def test_a_tile_the_network_cannot_take_is_one_line_naming_the_key(corpus, cli, tmp_path, command, tile):
+    if command == "translate" and tile == 48:
+        pytest.skip("48 is a multiple of the tiny pix2pix's 2**3")
+    out = tmp_path / "out"
+    result = cli(*TILE_COMMANDS[command](corpus, ["--tile", str(tile)], out))
+    assert_one_clear_failure(result, "tiling.tile'", out)  # 'tiling.tile' or '<section>.tiling.tile'
+
+    config = tmp_path / "tiling.yaml"  # the same value from a config file
+    section = command.split()[0]
+    config.write_text(f"{section}:\n  tiling:\n    tile: {tile}\n")
+    result = cli(*TILE_COMMANDS[command](corpus, ["-c", config], out))
+    assert_one_clear_failure(result, "tiling.tile'", out)
+
+
 # ----------------------------------------------------------------- bad config files, through every command reading one
 
 CONFIG_COMMANDS: dict[str, Callable[[Corpus, Path, Path], list]] = {

@@ -401,11 +401,14 @@ def test_client_status_of_an_unknown_model_is_one_line(server, cli):
 # ----------------------------------------------------------------- output folders (helper A's runner checks them once)
 
 @pytest.mark.parametrize("command", ["predict", "translate", "client predict"])
-@pytest.mark.parametrize("case", ["a file", "unwritable"])
+@pytest.mark.parametrize("case", ["a file", "inside a file", "unwritable"])
 def test_an_unusable_output_folder_is_one_line_before_any_image(corpus, server, cli, tmp_path, command, case):
     out = tmp_path / "out"
     if case == "a file":
         out.write_text("not a folder")
+    elif case == "inside a file":  # cannot be created, even by root
+        (tmp_path / "plain").write_text("a file")
+        out = tmp_path / "plain" / "out"
     else:
         out.mkdir()
         out.chmod(0o500)

@@ -368,3 +368,22 @@ def test_a_misspelt_section_is_an_error_not_ignored(cli, tmp_path, tiny_models):
     result = cli(*command, "-c", shared)  # other commands' sections and a training config may share the file
     assert result.exit_code == 0, result.stderr
     assert json.loads((tmp_path / "out" / "a.json").read_text())["tile"] == 64
+
+
+def test_a_recorded_training_config_is_read_back_typed_without_its_files():
+    from tfsky.data.transforms import Preprocess
+    from tfsky.models.bundle import ModelInfo
+    from tfsky.models.pix2pix import Pix2PixConfig
+    from tfsky.train.config import TranslatorConfig, TranslatorModelConfig, trained_config
+
+    trained = TranslatorConfig("t", model=TranslatorModelConfig(pix2pix=Pix2PixConfig(depth=5)))
+    recorded = to_dict(trained)
+    recorded["model"]["pix2pix"] |= {"perceptual_weight": 1.0, "vgg_weights": "/gone/vgg19.h5"}  # not on this machine
+    info = ModelInfo("pix2pix", Preprocess(), tile_size=256, config=recorded)
+    typed = trained_config(info, TranslatorConfig, "m.keras")
+    assert (typed.model.size_multiple, typed.data.load_size, typed.model.pix2pix.vgg_weights) == (32, 286,
+                                                                                                  Path("/gone/vgg19.h5"))
+    info.config["model"]["pix2pix"]["depth"] = "deep"
+    with pytest.raises(InputError, match=r"^m.json: the recorded training config does not load \(config key "
+                                         r"'model.pix2pix.depth': expected an integer"):
+        trained_config(info, TranslatorConfig, "m.keras")

@@ -117,8 +117,12 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def from_dict(schema: type[T], raw: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``schema`` from ``raw``, checking keys and types recursively."""
+def from_dict(schema: type[T], raw: dict[str, Any], prefix: str = "", validate: bool = True) -> T:
+    """Build dataclass ``schema`` from ``raw``, checking keys and types recursively.
+
+    ``validate=False`` skips the dataclasses' ``validate`` methods (values, files that must exist): for
+    a config recorded by a run that was checked then, read back on a machine that may lack its files.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(prefix or "<root>", f"expected a section (mapping), got {type(raw).__name__}")
     hints = typing.get_type_hints(schema)
@@ -131,12 +135,12 @@ def from_dict(schema: type[T], raw: dict[str, Any], prefix: str = "") -> T:
     missing = [name for name in required if name not in raw]
     if missing:
         raise ConfigError(_join(prefix, missing[0]), f"is required (required keys here: {', '.join(required)})")
-    values = {name: _coerce(hints[name], raw[name], _join(prefix, name)) for name in raw}
+    values = {name: _coerce(hints[name], raw[name], _join(prefix, name), validate) for name in raw}
     obj = schema(**values)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
+    check = getattr(obj, "validate", None) if validate else None
+    if check is not None:
         try:
-            validate()
+            check()
         except ConfigError as err:
             raise ConfigError(_join(prefix, err.key), err.problem) from None
     return obj
@@ -172,7 +176,7 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def _coerce(hint: Any, value: Any, key: str) -> Any:
+def _coerce(hint: Any, value: Any, key: str, validate: bool = True) -> Any:
     """Check ``value`` against type ``hint`` and convert where lossless (int -> float, str -> Path/Enum)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -182,7 +186,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         problems = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(arg, value, key)
+                return _coerce(arg, value, key, validate)
             except ConfigError as err:
                 problems.append(err.problem)
         raise ConfigError(key, " or ".join(problems))
@@ -196,19 +200,19 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(key, f"expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(_coerce(a, v, f"{key}[{i}]", validate) for i, (a, v) in enumerate(zip(args, value)))
         item = args[0] if args else Any
-        items = [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(item, v, f"{key}[{i}]", validate) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a mapping, got {value!r}")
         vtype = args[1] if args else Any
-        return {str(k): _coerce(vtype, v, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(vtype, v, f"{key}.{k}", validate) for k, v in value.items()}
     if hint is Any:
         return value
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value if value is not None else {}, key)
+        return from_dict(hint, value if value is not None else {}, key, validate)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         try:
             return hint(value)

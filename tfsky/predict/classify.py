@@ -15,6 +15,7 @@ from tfsky.errors import InputError
 from tfsky.io.images import read_image
 from tfsky.models.bundle import ModelInfo, load_model
 from tfsky.predict.segment import model_id
+from tfsky.train.config import ClassifierConfig, trained_config
 
 _BATCH = 32
 
@@ -34,10 +35,9 @@ class WeatherClassifier:
     def load(cls, path: str | Path) -> "WeatherClassifier":
         """Load a ``best.keras`` written by ``tfsky train classifier``; another kind of model is an `InputError`."""
         model, info = load_model(path, kind="classifier")
-        data = info.config["data"]
-        image_size = int(data["image_size"])
-        load_size = round(image_size * data["load_scale"])
-        return cls(model, info, condition_names(data["classes"]), load_size, image_size, model_id(path))
+        data = trained_config(info, ClassifierConfig, path).data
+        load_size = round(data.image_size * data.load_scale)
+        return cls(model, info, condition_names(data.classes), load_size, data.image_size, model_id(path))
 
     def inputs(self, image: np.ndarray) -> np.ndarray:
         """The model's uint8 input for one decoded RGB frame (`classifier_input`)."""

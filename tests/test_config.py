@@ -370,7 +370,7 @@ def test_a_misspelt_section_is_an_error_not_ignored(cli, tmp_path, tiny_models):
     assert json.loads((tmp_path / "out" / "a.json").read_text())["tile"] == 64
 
 
-def test_a_recorded_training_config_is_read_back_typed_without_its_files():
+def test_a_recorded_training_config_is_read_back_typed_without_its_files_or_retired_keys():
     from tfsky.data.transforms import Preprocess
     from tfsky.models.bundle import ModelInfo
     from tfsky.models.pix2pix import Pix2PixConfig
@@ -379,6 +379,7 @@ def test_a_recorded_training_config_is_read_back_typed_without_its_files():
     trained = TranslatorConfig("t", model=TranslatorModelConfig(pix2pix=Pix2PixConfig(depth=5)))
     recorded = to_dict(trained)
     recorded["model"]["pix2pix"] |= {"perceptual_weight": 1.0, "vgg_weights": "/gone/vgg19.h5"}  # not on this machine
+    recorded["train"] |= {"optimizer": "adam", "loss": "bce_jaccard"}  # what translators recorded before TrainConfig split
     info = ModelInfo("pix2pix", Preprocess(), tile_size=256, config=recorded)
     typed = trained_config(info, TranslatorConfig, "m.keras")
     assert (typed.model.size_multiple, typed.data.load_size, typed.model.pix2pix.vgg_weights) == (32, 286,

@@ -117,16 +117,19 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def from_dict(schema: type[T], raw: dict[str, Any], prefix: str = "", validate: bool = True) -> T:
+def from_dict(schema: type[T], raw: dict[str, Any], prefix: str = "", recorded: bool = False) -> T:
     """Build dataclass ``schema`` from ``raw``, checking keys and types recursively.
 
-    ``validate=False`` skips the dataclasses' ``validate`` methods (values, files that must exist): for
-    a config recorded by a run that was checked then, read back on a machine that may lack its files.
+    ``recorded=True`` reads a config an earlier run wrote (a model's sidecar): keys this tfsky no longer
+    has are ignored and the ``validate`` methods are skipped (the values were checked when the run
+    started, and files they name need not exist where the model is used); types are still checked.
     """
     if not isinstance(raw, dict):
         raise ConfigError(prefix or "<root>", f"expected a section (mapping), got {type(raw).__name__}")
     hints = typing.get_type_hints(schema)
     fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
+    if recorded:
+        raw = {key: value for key, value in raw.items() if key in fields}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields))
@@ -135,9 +138,9 @@ def from_dict(schema: type[T], raw: dict[str, Any], prefix: str = "", validate: 
     missing = [name for name in required if name not in raw]
     if missing:
         raise ConfigError(_join(prefix, missing[0]), f"is required (required keys here: {', '.join(required)})")
-    values = {name: _coerce(hints[name], raw[name], _join(prefix, name), validate) for name in raw}
+    values = {name: _coerce(hints[name], raw[name], _join(prefix, name), recorded) for name in raw}
     obj = schema(**values)
-    check = getattr(obj, "validate", None) if validate else None
+    check = None if recorded else getattr(obj, "validate", None)
     if check is not None:
         try:
             check()
@@ -176,7 +179,7 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def _coerce(hint: Any, value: Any, key: str, validate: bool = True) -> Any:
+def _coerce(hint: Any, value: Any, key: str, recorded: bool = False) -> Any:
     """Check ``value`` against type ``hint`` and convert where lossless (int -> float, str -> Path/Enum)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -186,7 +189,7 @@ def _coerce(hint: Any, value: Any, key: str, validate: bool = True) -> Any:
         problems = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(arg, value, key, validate)
+                return _coerce(arg, value, key, recorded)
             except ConfigError as err:
                 problems.append(err.problem)
         raise ConfigError(key, " or ".join(problems))
@@ -200,19 +203,19 @@ def _coerce(hint: Any, value: Any, key: str, validate: bool = True) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(key, f"expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(a, v, f"{key}[{i}]", validate) for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(_coerce(a, v, f"{key}[{i}]", recorded) for i, (a, v) in enumerate(zip(args, value)))
         item = args[0] if args else Any
-        items = [_coerce(item, v, f"{key}[{i}]", validate) for i, v in enumerate(value)]
+        items = [_coerce(item, v, f"{key}[{i}]", recorded) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a mapping, got {value!r}")
         vtype = args[1] if args else Any
-        return {str(k): _coerce(vtype, v, f"{key}.{k}", validate) for k, v in value.items()}
+        return {str(k): _coerce(vtype, v, f"{key}.{k}", recorded) for k, v in value.items()}
     if hint is Any:
         return value
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value if value is not None else {}, key, validate)
+        return from_dict(hint, value if value is not None else {}, key, recorded)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         try:
             return hint(value)

@@ -237,13 +237,13 @@ class ClassifierConfig:
 def trained_config(info: ModelInfo, schema: type[T], path: str | Path) -> T:
     """The typed training config a saved model records in its sidecar (``info.config``).
 
-    Keys and types are checked, values are not: they were when the model was trained, and files they
-    name (sources, VGG weights) need not exist where the model is used.
+    Types are checked; values are not (they were when the model was trained, and files they name need
+    not exist where the model is used), and keys an older tfsky recorded that no longer exist are ignored.
 
     Raises:
         InputError: the sidecar's config does not fit ``schema`` (a model of another kind or tfsky version).
     """
     try:
-        return from_dict(schema, info.config, validate=False)
+        return from_dict(schema, info.config, recorded=True)
     except ConfigError as err:
         raise InputError(info_path(path), f"the recorded training config does not load ({err})") from None

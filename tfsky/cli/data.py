@@ -51,8 +51,9 @@ def masks(
 ) -> None:
     """Rasterise COCO annotations into one binary mask PNG per image. Exit 1 if none was written."""
     from tfsky.data.coco import write_masks
+    from tfsky.data.config import SKY_CATEGORIES
 
-    report = write_masks(annotations, images, out, positive or ["sky"], negative or [])
+    report = write_masks(annotations, images, out, positive or SKY_CATEGORIES, negative or [])
     for file_name, reason in report.skipped:
         typer.echo(f"skipped {file_name}: {reason}", err=True)
     typer.echo(f"wrote {len(report.written)} masks to {out}, skipped {len(report.skipped)}")

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from tfsky.data.config import SKY_CATEGORIES
 from tfsky.errors import InputError
 from tfsky.io.images import image_size
 from tfsky.io.writers import write_mask_png
@@ -52,7 +53,7 @@ class CocoDataset:
         self,
         annotations: Path,
         image_root: Path,
-        positive: Sequence[str] = ("sky",),
+        positive: Sequence[str] = SKY_CATEGORIES,
         negative: Sequence[str] = (),
     ):
         self.annotations = Path(annotations)
@@ -162,7 +163,7 @@ def write_masks(
     annotations: Path,
     images_dir: Path,
     out_dir: Path,
-    positive: Sequence[str] = ("sky",),
+    positive: Sequence[str] = SKY_CATEGORIES,
     negative: Sequence[str] = (),
 ) -> MaskReport:
     """Write one 0/255 PNG mask per annotated image, named like the image with ``.png``.

@@ -17,6 +17,7 @@ from tfsky.errors import ConfigError
 from tfsky.io.images import DEFAULT_MAX_PIXELS
 
 SIZE_MULTIPLE = 32  # the segmenter's U-Net downsamples 5 times: patch and tile sides are multiples of 2**5
+SKY_CATEGORIES = ("sky",)  # the label categories that are sky unless a source or command names others
 
 SourceKind = Literal["mask_folder", "camera_folder", "coco", "allsky_folder"]
 Compression = Literal["ZLIB", "GZIP", "NONE"]
@@ -68,7 +69,7 @@ class SourceConfig:
     masks: Optional[Path] = None
     annotations: Optional[Path] = None
     labels_csv: Optional[Path] = None
-    positive: list[str] = dataclasses.field(default_factory=lambda: ["sky"])
+    positive: list[str] = dataclasses.field(default_factory=lambda: list(SKY_CATEGORIES))
     negative: list[str] = dataclasses.field(default_factory=list)
     cameras: Optional[list[str]] = None
     mask_threshold: int = 128

@@ -358,6 +358,16 @@ def test_data_prepare_and_train_with_only_bad_images_are_one_line_and_write_no_c
         assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("repo", ["a file", "inside a file"])
+def test_export_to_a_repository_that_cannot_be_written_is_one_line(corpus, cli, tmp_path, repo):
+    (tmp_path / "plain").write_text("a file")
+    root = tmp_path / "plain" if repo == "a file" else tmp_path / "plain" / "models"
+    result = cli("export", "-m", corpus.segmenter, "--repo", root, "--name", "sky")
+    assert_one_clear_failure(result, root / "sky")
+    assert "cannot write to the output folder" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+
+
 # ----------------------------------------------------------------- serve and client
 
 def test_serve_bad_repository_and_model_config_are_one_line(corpus, cli, tmp_path):

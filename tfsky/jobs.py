@@ -32,13 +32,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional, Protocol, Sequence
 
 from tfsky.errors import InputError, TfskyError
-from tfsky.io.atomic import remove_stale_temps
+from tfsky.io.atomic import prepare_out_dir, remove_stale_temps
 from tfsky.io.images import is_image_file, link_problem
 
 MANIFEST_SUFFIX = ".txt"
@@ -178,23 +176,6 @@ def run_job(
     if pending:
         (engine or LocalEngine()).run(task, pending, report, listener)
     return report
-
-
-def prepare_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` and check once that a file can be written in it (not image by image later).
-
-    Raises:
-        InputError: ``out_dir`` is a file, cannot be created or is not writable.
-    """
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "is a file, not an output folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tfsky-write-check.", dir=out_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise InputError(out_dir, f"cannot write to the output folder ({err.strerror})") from None
 
 
 def unfinished(items: list[Item], outputs_of: Callable[[Path], Sequence[Path]], overwrite: bool,

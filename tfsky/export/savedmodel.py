@@ -50,7 +50,7 @@ from tfsky.data.config import SIZE_MULTIPLE
 from tfsky.data.masks import SKY_THRESHOLD
 from tfsky.errors import InputError
 from tfsky.export import metadata, warmup
-from tfsky.io.atomic import atomic_dir, write_json
+from tfsky.io.atomic import atomic_dir, prepare_out_dir, write_json
 from tfsky.io.images import DEFAULT_MAX_PIXELS
 from tfsky.models.bundle import ModelInfo, load_model
 from tfsky.predict.cloud import CloudCoverConfig, is_cloud_model
@@ -297,6 +297,7 @@ def export_model(
     if target.exists() and not overwrite:
         raise InputError(target, "version already exists (omit --version for the next one, or pass --overwrite)")
     module = SegmenterModule(model, info, tiling)  # validates the tiling before anything is written
+    prepare_out_dir(model_dir)
     remove_stale_exports(model_dir)
     with atomic_dir(target) as tmp:
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
@@ -315,10 +316,9 @@ def remove_stale_exports(model_dir: Path) -> None:
 
     Two exports of one model must not run at once anyway: both would pick the same next version.
     """
-    if model_dir.is_dir():
-        for stale in model_dir.iterdir():
-            if _VERSION_TEMP.match(stale.name) and stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
+    for stale in model_dir.iterdir():
+        if _VERSION_TEMP.match(stale.name) and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _make_readable(folder: Path) -> None:

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from tfsky.errors import InputError
+
 
 def temp_name(path: Path) -> Path:
     """A unique hidden sibling of ``path`` that keeps its suffix (writers pick the format from it)."""
@@ -70,6 +72,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and check once that a file can be written in it (not output by output later).
+
+    Raises:
+        InputError: ``out_dir`` is a file, cannot be created or is not writable.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "is a file, not an output folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tfsky-write-check.", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(out_dir, f"cannot write to the output folder ({err.strerror})") from None
 
 
 def stale_temps(path: str | Path) -> list[Path]:

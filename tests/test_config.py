@@ -284,6 +284,18 @@ def test_library_defaults_are_the_config_defaults():
         assert client[key].default == getattr(ClientConfig(), key), key
     for key in ("host", "grpc_port", "rest_port", "poll_seconds", "max_message_mb", "read_timeout"):
         assert server[key].default == getattr(ServeConfig(), key), key
+    from tfsky.evaluate.config import EvaluateConfig
+    from tfsky.evaluate.segmenter import evaluate_segmenter
+    from tfsky.evaluate.translator import evaluate_translator
+    from tfsky.export.config import ExportConfig
+    from tfsky.export.savedmodel import export_model
+
+    segmenter = inspect.signature(evaluate_segmenter).parameters
+    translator = inspect.signature(evaluate_translator).parameters
+    for key in ("split", "threshold", "band"):
+        assert segmenter[key].default == getattr(EvaluateConfig(), key), key
+    assert translator["split"].default == EvaluateConfig().split
+    assert inspect.signature(export_model).parameters["precision"].default == ExportConfig().precision
 
 
 # --- tiles the model cannot take, in every command with tiling flags (issue 15 item 1) ----------------

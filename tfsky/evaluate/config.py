@@ -6,6 +6,7 @@ import dataclasses
 
 from tfsky.data.masks import SKY_THRESHOLD
 from tfsky.errors import ConfigError
+from tfsky.evaluate.metrics import BOUNDARY_BAND
 from tfsky.tiling import TilingConfig
 
 
@@ -24,7 +25,7 @@ class EvaluateConfig:
 
     split: str = "val"
     threshold: float = SKY_THRESHOLD
-    band: float = 3.0
+    band: float = BOUNDARY_BAND
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
 
     def validate(self) -> None:

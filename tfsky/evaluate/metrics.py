@@ -31,6 +31,7 @@ import numpy as np
 
 from tfsky.data.masks import Confusion, check_shapes, confusion, iou, ratio  # noqa: F401 (iou: one of the metrics)
 
+BOUNDARY_BAND = 3.0  # pixels: the default tolerance of boundary F1
 METRIC_NAMES = ("iou", "f1", "pixel_accuracy", "mcr", "boundary_f1")
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
@@ -96,7 +97,7 @@ def _within_band(points: np.ndarray, reference: np.ndarray, band: float) -> int:
     return int(np.count_nonzero(distance[points] <= band))
 
 
-def boundary_match(pred: np.ndarray, truth: np.ndarray, band: float = 3) -> BoundaryMatch:
+def boundary_match(pred: np.ndarray, truth: np.ndarray, band: float = BOUNDARY_BAND) -> BoundaryMatch:
     """Match the boundaries of two masks within a tolerance of ``band`` pixels."""
     check_shapes(pred, truth)
     pred_edge, truth_edge = boundary(pred), boundary(truth)
@@ -108,7 +109,7 @@ def boundary_match(pred: np.ndarray, truth: np.ndarray, band: float = 3) -> Boun
     )
 
 
-def boundary_f1(pred: np.ndarray, truth: np.ndarray, band: float = 3) -> float:
+def boundary_f1(pred: np.ndarray, truth: np.ndarray, band: float = BOUNDARY_BAND) -> float:
     """F1 of boundary pixels matched within ``band`` pixels; 1.0 when neither mask has a boundary."""
     return boundary_match(pred, truth, band).f1
 
@@ -133,7 +134,7 @@ class MaskScore(NamedTuple):
         }
 
 
-def score(pred: np.ndarray, truth: np.ndarray, band: float = 3) -> MaskScore:
+def score(pred: np.ndarray, truth: np.ndarray, band: float = BOUNDARY_BAND) -> MaskScore:
     """Measure one predicted mask against its truth."""
     return MaskScore(confusion(pred, truth), boundary_match(pred, truth, band))
 

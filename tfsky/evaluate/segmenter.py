@@ -26,10 +26,11 @@ import numpy as np
 
 from tfsky.data.cache import MANIFEST, CachedImage, iter_cached, read_manifest
 from tfsky.data.config import SourceConfig
-from tfsky.data.masks import SKY_THRESHOLD
 from tfsky.data.sources import CAMERA_MASK_SUFFIX, LabelledImage, iter_source, read_conditions
 from tfsky.errors import InputError
 from tfsky.evaluate import metrics
+from tfsky.evaluate.config import EvaluateConfig
+from tfsky.evaluate.metrics import BOUNDARY_BAND
 from tfsky.evaluate.baselines import Baselines, fit_baselines
 from tfsky.evaluate.report import Table, markdown_document, signed, write_report
 from tfsky.predict.segment import SKY_CLASS, TiledSegmenter, sky_probability
@@ -147,7 +148,7 @@ def score_items(
     items: Iterable[Item],
     predict: Callable[[np.ndarray], np.ndarray],
     baselines: Baselines,
-    band: float = 3,
+    band: float = BOUNDARY_BAND,
     on_image: Optional[Callable[[str], None]] = None,
 ) -> tuple[list[ImageResult], list[dict[str, str]]]:
     """Score the model's and the baselines' masks on each item; items that fail to load are skipped.
@@ -178,9 +179,9 @@ def evaluate_segmenter(
     model_path: str | Path,
     data: str | Path,
     *,
-    split: str = "val",
-    threshold: float = SKY_THRESHOLD,
-    band: float = 3,
+    split: str = EvaluateConfig.split,
+    threshold: float = EvaluateConfig.threshold,
+    band: float = EvaluateConfig.band,
     labels_csv: Optional[str | Path] = None,
     out_dir: Optional[str | Path] = None,
     tiling: TilingConfig | None = None,

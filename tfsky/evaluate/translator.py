@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from tfsky.data.pairs import Pair, load_pair_arrays, read_pairs
 from tfsky.errors import InputError
+from tfsky.evaluate.config import EvaluateConfig
 from tfsky.evaluate.report import Table, markdown_document, write_report
 from tfsky.io.writers import write_png
 from tfsky.predict.translate import CompositeConfig, TiledTranslator, composite, feathered_sky_weight, to_uint8
@@ -116,7 +117,7 @@ def evaluate_translator(
     pairs_path: str | Path,
     out_dir: str | Path,
     *,
-    split: str = "val",
+    split: str = EvaluateConfig.split,
     tiling: TilingConfig | None = None,
     feather: float = CompositeConfig.feather,
     contact_rows: int = 6,

@@ -50,6 +50,7 @@ from tfsky.data.config import SIZE_MULTIPLE
 from tfsky.data.masks import SKY_THRESHOLD
 from tfsky.errors import InputError
 from tfsky.export import metadata, warmup
+from tfsky.export.config import ExportConfig
 from tfsky.io.atomic import atomic_dir, prepare_out_dir, write_json
 from tfsky.io.images import DEFAULT_MAX_PIXELS
 from tfsky.models.bundle import ModelInfo, load_model
@@ -262,7 +263,7 @@ def export_model(
     version: int | None = None,
     overwrite: bool = False,
     tiling: TilingConfig | None = None,
-    precision: Literal["float32", "as_trained"] = "float32",
+    precision: Literal["float32", "as_trained"] = ExportConfig.precision,
 ) -> Path:
     """Export a saved tfsky segmenter to ``<repo>/<name>/<version>/``; returns that folder.
 

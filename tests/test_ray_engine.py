@@ -179,3 +179,13 @@ def test_ray_translation_equals_the_local_engine(cluster, translator_file, share
     for frame in frames:
         name = f"{frame.stem}_translated.png"
         assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_error(model, tmp_path):
+    port = free_port()  # nobody listens there
+    frame = tmp_path / "in.png"
+    frame.write_bytes(b"never read")
+    result = subprocess.run(tfsky("predict", "-m", model, frame, "-o", tmp_path / "out", "--engine", "ray",
+                                  "--address", f"127.0.0.1:{port}"), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"Error: --address 127.0.0.1:{port}: no Ray cluster answers there (Connection refused)"

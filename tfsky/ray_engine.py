@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 from typing import Iterator
 from typing import Optional
@@ -37,6 +38,7 @@ try:
 except ImportError:  # the CLI turns this into one line saying how to install it
     ray = None
 
+CONNECT_TIMEOUT = 10  # seconds to reach a cluster's head before giving up
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[data]==2.60.0')"
 
 
@@ -89,6 +91,8 @@ class RayEngine:
 
     def _connect(self) -> None:
         """Join the cluster quietly (no Ray or Ray Data logs or bars: the CLI draws its own progress)."""
+        if self.address and self.address != "auto":
+            _check_reachable(self.address)
         try:
             ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False,
                      include_dashboard=False, configure_logging=True)
@@ -158,6 +162,17 @@ def _native_stderr_muted() -> Iterator[None]:
         os.dup2(sys.stderr.fileno(), 2)
         sys.stderr.close()
         sys.stderr = python_stderr
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a ``HOST:PORT`` nobody listens on: Ray itself would retry for minutes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise TfskyError(f"--address {address}: expected auto or HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as err:
+        raise TfskyError(f"--address {address}: no Ray cluster answers there ({err.strerror or err})") from None
 
 
 def _first_line(err: Exception) -> str:

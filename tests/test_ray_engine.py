@@ -165,7 +165,8 @@ def test_a_ray_run_killed_part_way_is_finished_by_a_rerun(cluster, model, shared
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_ray_translation_equals_the_local_engine(cluster, translator_file, shared_data, tmp_path):
+def test_ray_translation_equals_the_local_engine_and_a_model_error_stops_both_alike(cluster, translator_file,
+                                                                                  shared_data, cli, tmp_path):
     address, env = cluster
     frames = webcam_frames(shared_data, tmp_path / "in", per_camera=1)
     out = tmp_path / "ray"
@@ -179,6 +180,13 @@ def test_ray_translation_equals_the_local_engine(cluster, translator_file, share
     for frame in frames:
         name = f"{frame.stem}_translated.png"
         assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+    bad_tile = ("translate", "-m", translator_file, tmp_path / "in", "-o", tmp_path / "bad", "--tile", "52")
+    local_error = cli(*bad_tile)  # the tile is checked when the model loads: in each Ray worker
+    assert local_error.exit_code == 1 and "got 52" in local_error.stderr
+    on_ray = subprocess.run(tfsky(*bad_tile, "--engine", "ray", "--address", address), capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert on_ray.returncode == 1 and on_ray.stderr.strip() == local_error.stderr.strip()
 
 
 def test_an_address_where_no_cluster_answers_is_one_line_error(model, tmp_path):

@@ -12,9 +12,11 @@ re-run after a killed driver or worker finishes the job.
 
 Inputs and the output folder must be on a file system every node sees at
 the same path (a shared mount); workers run in the driver's working folder,
-so relative paths, sidecars and failure reasons are those of the local engine. One worker per GPU when the cluster has GPUs
-(``gpus_per_worker=1``), CPU workers otherwise; each worker reserves
-``cpus_per_worker`` CPUs and runs TensorFlow with that many threads.
+so relative paths, sidecars and failure reasons are those of the local
+engine. One worker per GPU when the cluster has GPUs (``gpus_per_worker=1``),
+CPU workers otherwise; each worker reserves ``cpus_per_worker`` CPUs and runs
+TensorFlow with that many threads. A model that cannot be loaded stops the
+job with its error, as on the local engine.
 
 Ray is an optional extra: ``pip install -e '.[ray]'``.
 """
@@ -26,8 +28,7 @@ import logging
 import os
 import socket
 import sys
-from typing import Iterator
-from typing import Optional
+from typing import Iterator, Optional
 
 from tfsky.errors import TfskyError
 from tfsky.jobs import Decoded, Listener, Pending, Report, Task, attempt, record
@@ -83,6 +84,8 @@ class RayEngine:
                                           "TF_CPP_MIN_LOG_LEVEL": "2"}},
             )
             for row in results.iter_rows():
+                if row["load_failed"]:
+                    raise TfskyError(row["reason"])
                 record(report, listener, pending[row["index"]][0].source, row["reason"] or None)
         except ray.exceptions.RayError as err:
             raise TfskyError(f"Ray cluster {self.address or 'local'}: {_first_line(err)}") from None
@@ -120,7 +123,7 @@ class RayEngine:
 class _Worker:
     """One actor of the pool: loads the model once, then reads, processes and writes one item per call.
 
-    A model that cannot be loaded fails every item with its reason (the driver reports each one).
+    A model that cannot be loaded is answered for each item with ``load_failed`` (the driver stops the job).
     """
 
     def __init__(self, task: Task, pending: Pending, cwd: str):
@@ -134,9 +137,11 @@ class _Worker:
 
     def __call__(self, row: dict) -> dict:
         task, (item, outputs) = self.task, self.pending[row["index"]]
-        reason = self.load_error or attempt(
-            task, item.source, lambda: task.process(item, Decoded(task.read(item.source)), outputs, Listener()))
-        return {"index": row["index"], "reason": reason or ""}
+        if self.load_error:
+            return {"index": row["index"], "reason": self.load_error, "load_failed": True}
+        reason = attempt(task, item.source,
+                         lambda: task.process(item, Decoded(task.read(item.source)), outputs, Listener()))
+        return {"index": row["index"], "reason": reason or "", "load_failed": False}
 
 
 @contextlib.contextmanager

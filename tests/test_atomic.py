@@ -53,3 +53,16 @@ def test_outputs_get_ordinary_permissions(tmp_path):
         os.umask(mask)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_destination_that_cannot_be_a_folder_is_one_input_error(tmp_path):
+    from tfsky.errors import InputError
+    from tfsky.io.atomic import atomic_dir, write_bytes
+
+    (tmp_path / "plain").write_text("a file")
+    with pytest.raises(InputError, match=r"plain/sub: cannot write to the output folder \(Not a directory"):
+        write_bytes(tmp_path / "plain" / "sub" / "x.bin", b"x")
+    with pytest.raises(InputError, match="cannot write to the output folder"):
+        with atomic_dir(tmp_path / "plain" / "version"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]

@@ -15,7 +15,6 @@ traceback fails the test); the tiny models are built once per module.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import zlib
@@ -28,6 +27,7 @@ import pytest
 import tifffile
 
 from test_export import save_tiny
+from test_jobs import unwritable_folder
 from test_translate import translator_file  # noqa: F401 (the tiny pix2pix fixture, built once per module)
 from tfsky.export.savedmodel import export_model
 from tfsky.io.writers import write_png
@@ -358,6 +358,27 @@ def test_data_prepare_and_train_with_only_bad_images_are_one_line_and_write_no_c
         assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate segmenter", "data masks", "data prepare"])
+def test_reports_masks_and_caches_inside_a_file_are_one_line(corpus, cli, tmp_path, command):
+    """Commands outside the job runner write through tfsky.io.atomic, which names the folder it cannot write."""
+    (tmp_path / "plain").write_text("a file")
+    out = tmp_path / "plain" / "out"
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        write_png(data / sub / "a.png", np.full((16, 16, 3 if sub == "images" else 1), 200, np.uint8))
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(_coco("a.png")))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: x\ndata:\n  sources:\n    - kind: mask_folder\n      name: s\n"
+                      f"      images: {data / 'images'}\n      masks: {data / 'masks'}\n  cache: {out}\n  patch_size: 32\n")
+    args = {"evaluate segmenter": ["evaluate", "segmenter", "-m", corpus.segmenter, "--data", data, "-o", out, "--quiet"],
+            "data masks": ["data", "masks", labels, "--images", data / "images", "--out", out],
+            "data prepare": ["data", "prepare", "-c", config, "--quiet"]}[command]
+    result = cli(*args)
+    assert_one_clear_failure(result, "cannot write to the output folder")
+    assert str(tmp_path / "plain") in result.stderr
+
+
 @pytest.mark.parametrize("repo", ["a file", "inside a file"])
 def test_export_to_a_repository_that_cannot_be_written_is_one_line(corpus, cli, tmp_path, repo):
     (tmp_path / "plain").write_text("a file")
@@ -420,10 +441,7 @@ def test_an_unusable_output_folder_is_one_line_before_any_image(corpus, server, 
         (tmp_path / "plain").write_text("a file")
         out = tmp_path / "plain" / "out"
     else:
-        out.mkdir()
-        out.chmod(0o500)
-        if os.geteuid() == 0:
-            pytest.skip("running as root: permissions are not enforced")
+        out = unwritable_folder(tmp_path)
     args = {"predict": ["predict", "-m", corpus.segmenter], "translate": ["translate", "-m", corpus.translator],
             "client predict": ["client", "predict", "--server", server["grpc"]]}[command]
     result = cli(*args, corpus.good, "-o", out)

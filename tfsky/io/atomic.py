@@ -42,8 +42,9 @@ def _publish(tmp: Path, mode: int) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write to; rename it to ``path`` on success, delete it on failure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
+    with _output_folder_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_name(path)
     try:
         yield tmp
         _publish(tmp, 0o666)
@@ -61,8 +62,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     complete, which matters to readers that watch for new folders (TF Serving).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    with _output_folder_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:
         yield tmp
         _publish(tmp, 0o777)
@@ -82,13 +84,25 @@ def prepare_out_dir(out_dir: Path) -> None:
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "is a file, not an output folder")
-    try:
+    with _output_folder_errors(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tfsky-write-check.", dir=out_dir)
         os.close(fd)
         os.unlink(probe)
+
+
+@contextlib.contextmanager
+def _output_folder_errors(folder: Path) -> Iterator[None]:
+    """A destination folder that cannot be created or written in is the user's to fix: one `InputError`.
+
+    (Inside a file, read-only, full disk...) Every command that writes reports it the same way.
+    """
+    try:
+        yield
     except OSError as err:
-        raise InputError(out_dir, f"cannot write to the output folder ({err.strerror})") from None
+        in_the_way = err.filename and folder != Path(err.filename) and folder not in Path(err.filename).parents
+        where = f": {err.filename}" if in_the_way else ""  # e.g. a file where a parent folder should be
+        raise InputError(folder, f"cannot write to the output folder ({err.strerror}{where})") from None
 
 
 def stale_temps(path: str | Path) -> list[Path]:

@@ -110,9 +110,12 @@ def model_tiling(tiling: Optional[TilingConfig], model_tile: int, multiple: int,
     return resolved
 
 
-def compiled_forward(model, channels: int) -> PredictBatch:
-    """``model`` in inference mode as one ``tf.function`` over float32 [B, H, W, channels] tiles, traced once."""
-    spec = tf.TensorSpec([None, None, None, channels], tf.float32)
+def compiled_forward(model, channels: int, size: Optional[int] = None) -> PredictBatch:
+    """``model`` in inference mode as one ``tf.function`` over float32 [B, H, W, channels] tiles, traced once.
+
+    ``size`` fixes H = W (a model that only takes one input size); None takes any.
+    """
+    spec = tf.TensorSpec([None, size, size, channels], tf.float32)
     return tf.function(lambda tiles: model(tiles, training=False), input_signature=[spec])
 
 

@@ -42,7 +42,8 @@ def flag_overrides(section: str, flags: dict[str, Any], set_: Optional[list[str]
     return list(set_ or []) + given
 
 
-def tiling_flags(tile, overlap, window, tile_batch, tta) -> dict[str, Any]:
+def tiling_flags(tile: Optional[int], overlap: Optional[float], window: Optional[str], tile_batch: Optional[int],
+                 tta: Optional[str]) -> dict[str, Any]:
     """The tiling flags of a command as ``tiling.<key>`` flags for `flag_overrides` (None = not given)."""
     return {"tiling.tile": tile, "tiling.overlap": overlap, "tiling.window": window, "tiling.tile_batch": tile_batch,
             "tiling.tta": tta}
@@ -57,6 +58,7 @@ def command_config(schema: type[T], section: str, config: Optional[Path], set_: 
     """
     from tfsky.config import load_config
 
+    assert section in COMMAND_SECTIONS, f"add {section!r} to COMMAND_SECTIONS"  # so other commands accept it
     return load_config(schema, config, flag_overrides(section, flags, set_), section=section,
                        file_keys=config_file_keys())
 

@@ -18,6 +18,8 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import tensorflow as tf
 
+from tfsky import tiling
+
 PATCH = 32
 HALF = PATCH // 2
 
@@ -76,9 +78,8 @@ def train_cloudnet(
 
 
 def compiled_forward(model: tf.keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """The model in one ``tf.function`` traced once for any batch size."""
-    spec = tf.TensorSpec([None, PATCH, PATCH, 3], tf.float32)
-    return tf.function(lambda patches: model(patches, training=False), input_signature=[spec])
+    """The model in one ``tf.function`` traced once for any batch of RGB patches."""
+    return tiling.compiled_forward(model, 3, PATCH)
 
 
 def classify_pixels(

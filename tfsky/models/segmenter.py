@@ -6,10 +6,13 @@ backbone. The network ends without activation and a separate
 segmentation-models' own head computes in float16 under the mixed policy and
 the loss then goes NaN.
 
-Encoder weights never come from the internet (GPU boxes are air-gapped): an
-encoder weights file is a Keras ``.h5`` weights file of the bare backbone
+Encoder weights: a Keras ``.h5`` weights file of the bare backbone
 (``include_top=False``), the same format as the classification-models ImageNet
-"notop" files, so those can be copied in and used directly.
+"notop" files, so those can be copied in and used directly on an air-gapped
+box; or ``imagenet``, which downloads that file once into the Keras cache
+(``$KERAS_HOME/models``, default ``~/.keras/models``), checked by its MD5, as
+segmentation-models itself does. ``TFSKY_WEIGHTS_MIRROR`` replaces the download
+location with a mirror holding the same file names.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import io
+import os
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -29,6 +33,7 @@ from tfsky.io.atomic import atomic_path
 from tfsky.models.precision import Precision
 
 Architecture = Literal["unet", "fpn", "linknet"]
+IMAGENET = "imagenet"  # encoder_weights value that downloads the published ImageNet backbone
 
 
 @dataclasses.dataclass
@@ -41,8 +46,9 @@ class SegmenterModelConfig:
             ``resnet34``, ``efficientnetb0``...). Defaults to ``resnet34``.
         classes: int. 1 gives a sigmoid sky probability; more gives a softmax
             over classes (e.g. cloud / sky / ground). Defaults to 1.
-        encoder_weights: Path or None. Local ``.h5`` backbone weights file
-            (see module docstring); None starts from random weights. Defaults to None.
+        encoder_weights: str or None. ``imagenet`` (downloaded once, see the
+            module docstring), a local ``.h5`` backbone weights file, or None for
+            random weights. Defaults to None.
         encoder_freeze: bool. Keep encoder weights fixed (BatchNorm still
             adapts). Defaults to False.
         decoder_filters: tuple of int. Filters per decoder stage for unet and
@@ -62,7 +68,7 @@ class SegmenterModelConfig:
     architecture: Architecture = "unet"
     backbone: str = "resnet34"
     classes: int = 1
-    encoder_weights: Optional[Path] = None
+    encoder_weights: Optional[str] = None
     encoder_freeze: bool = False
     decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)
     precision: Precision = "auto"
@@ -76,7 +82,9 @@ class SegmenterModelConfig:
             raise ConfigError("classes", f"must be >= 1; got {self.classes}")
         if not self.decoder_filters or min(self.decoder_filters) < 1:
             raise ConfigError("decoder_filters", "must be a non-empty list of positive integers")
-        if self.encoder_weights is not None and not Path(self.encoder_weights).is_file():
+        if self.encoder_weights == IMAGENET:
+            imagenet_entry(self.backbone)
+        elif self.encoder_weights is not None and not Path(self.encoder_weights).is_file():
             raise ConfigError("encoder_weights", f"weights file not found: {self.encoder_weights}")
 
 
@@ -107,9 +115,49 @@ def build_segmenter(cfg: SegmenterModelConfig, in_channels: int) -> tf.keras.Mod
     activation = "sigmoid" if cfg.classes == 1 else "softmax"
     probabilities = tf.keras.layers.Activation(activation, dtype="float32", name="probabilities")(base.output)
     model = tf.keras.Model(base.input, probabilities, name=f"{cfg.architecture}_{cfg.backbone}")
-    if cfg.encoder_weights is not None:
+    if cfg.encoder_weights == IMAGENET:
+        load_encoder_weights(model, download_imagenet_encoder(cfg.backbone), cfg.backbone)
+    elif cfg.encoder_weights is not None:
         load_encoder_weights(model, cfg.encoder_weights, cfg.backbone)
     return model
+
+
+def imagenet_entry(backbone: str) -> dict:
+    """classification-models' record (``name``, ``url``, ``md5``) of the ImageNet "notop" file of ``backbone``.
+
+    Raises:
+        ConfigError: the backbone has no ImageNet weights (key ``encoder_weights``).
+    """
+    from classification_models.weights import WEIGHTS_COLLECTION
+
+    for entry in WEIGHTS_COLLECTION:
+        if (entry["model"], entry["dataset"], entry["include_top"]) == (backbone, "imagenet", False):
+            return entry
+    raise ConfigError("encoder_weights", f"no ImageNet weights are published for backbone {backbone!r}")
+
+
+def download_imagenet_encoder(backbone: str) -> Path:
+    """The local path of the ImageNet "notop" weights of ``backbone``, downloaded on first use.
+
+    Raises:
+        ConfigError: the download failed (offline, say); the message names the
+            file to fetch elsewhere and the local-file alternative.
+    """
+    entry = imagenet_entry(backbone)
+    mirror = os.environ.get("TFSKY_WEIGHTS_MIRROR")
+    url = f"{mirror.rstrip('/')}/{entry['name']}" if mirror else entry["url"]
+    try:
+        cache = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+        os.makedirs(cache, exist_ok=True)  # get_file falls back to /tmp/.keras when the folder is missing
+        return Path(tf.keras.utils.get_file(entry["name"], url, cache_dir=cache, cache_subdir="models",
+                                            md5_hash=entry["md5"]))
+    except Exception as err:  # get_file raises bare Exceptions wrapping URL, HTTP and checksum errors
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            "model.encoder_weights",
+            f"cannot download the ImageNet {backbone} weights from {url} ({reason}); without internet, copy "
+            f"{entry['name']} here and set model.encoder_weights to that local .h5 file",
+        ) from None
 
 
 def _build_base(cfg: SegmenterModelConfig, in_channels: int) -> tf.keras.Model:

@@ -160,7 +160,7 @@ def evaluate_cloud(
     threshold: float = 0.5,
     out_dir: Optional[str | Path] = None,
     tiling: TilingConfig | None = None,
-    cover: CloudCoverConfig = CloudCoverConfig(),
+    cover: CloudCoverConfig | None = None,
     cloudnet_stride: int = 16,
     with_cloudnet: bool = True,
     on_image: Optional[Callable[[str], None]] = None,
@@ -171,6 +171,7 @@ def evaluate_cloud(
         InputError: ``data`` is not a prepared cache, lacks the split, or no frame could be evaluated.
     """
     model_path, data = Path(model_path), Path(data)
+    cover = cover or CloudCoverConfig()
     segmenter = TiledSegmenter.load(model_path, tiling)
     manifest = read_manifest(data)
     if split not in manifest["splits"]:

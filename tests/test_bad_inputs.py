@@ -379,6 +379,26 @@ def test_reports_masks_and_caches_inside_a_file_are_one_line(corpus, cli, tmp_pa
     assert str(tmp_path / "plain") in result.stderr
 
 
+def test_train_with_runs_root_inside_a_file_is_one_line(cli, tmp_path):
+    rng = np.random.default_rng(3)
+    data = tmp_path / "data"
+    for index in range(3):
+        write_png(data / "images" / f"{index}.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+        write_png(data / "masks" / f"{index}.png", (rng.random((64, 64, 1)) > 0.5).astype(np.uint8) * 255)
+    (tmp_path / "plain").write_text("a file")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"name: x\ndata:\n  sources:\n    - kind: mask_folder\n      name: s\n      images: {data / 'images'}\n"
+        f"      masks: {data / 'masks'}\n  cache: {tmp_path / 'cache'}\n  patch_size: 32\n  val_fraction: 0.34\n"
+        f"model:\n  backbone: resnet18\n  decoder_filters: [8, 8, 8, 8, 4]\n"
+        f"train:\n  runs_root: {tmp_path / 'plain' / 'runs'}\n  epochs: 1\n  steps_per_epoch: 1\n"
+        f"  validation_steps: 1\n  batch_size: 2\n  tensorboard_images: 1\n")
+    assert cli("data", "prepare", "-c", config, "--quiet").exit_code == 0
+    result = cli("train", "segmenter", "-c", config, "--quiet")
+    assert_one_clear_failure(result, tmp_path / "plain" / "runs" / "x")
+    assert "cannot write to the output folder" in result.stderr
+
+
 @pytest.mark.parametrize("repo", ["a file", "inside a file"])
 def test_export_to_a_repository_that_cannot_be_written_is_one_line(corpus, cli, tmp_path, repo):
     (tmp_path / "plain").write_text("a file")

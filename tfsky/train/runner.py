@@ -57,7 +57,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from tfsky.config import dump_config
-from tfsky.io.atomic import atomic_path, remove_stale_temps, write_json, write_text
+from tfsky.io.atomic import atomic_path, prepare_out_dir, remove_stale_temps, write_json, write_text
 
 if TYPE_CHECKING:
     from tfsky.train.config import TrainConfig
@@ -120,6 +120,7 @@ def run_directory(runs_root: Path, name: str, resume: bool = False) -> tuple[Pat
             folder, resumed = existing[-1].name, True
         else:
             folder = _new_run_name(parent)
+            prepare_out_dir(parent)  # runs_root inside a file, read-only...: one line, not a traceback
             (parent / folder).mkdir(parents=True)
     chosen = _from_chief(("+" if resumed else "-") + folder)
     return parent / chosen[1:], chosen[0] == "+"

@@ -119,7 +119,7 @@ def tfsky(*args) -> list[str]:
     return [sys.executable, "-m", "tfsky.cli.main", *map(str, args)]
 
 
-def test_ray_outputs_equal_the_local_engine_and_a_bad_file_is_reported(cluster, model, shared_data, tmp_path):
+def test_ray_outputs_equal_the_local_engine_and_a_bad_file_is_reported(shared_data, cluster, model, tmp_path):
     address, env = cluster
     frames = webcam_frames(shared_data, tmp_path / "in", per_camera=2)
     broken = tmp_path / "in" / "broken.jpg"
@@ -147,7 +147,7 @@ def test_ray_outputs_equal_the_local_engine_and_a_bad_file_is_reported(cluster, 
         assert ray_facts == local_facts
 
 
-def test_a_ray_run_killed_part_way_is_finished_by_a_rerun(cluster, model, shared_data, tmp_path):
+def test_a_ray_run_killed_part_way_is_finished_by_a_rerun(shared_data, cluster, model, tmp_path):
     address, env = cluster
     frames = webcam_frames(shared_data, tmp_path / "in", per_camera=4)
     out = tmp_path / "out"
@@ -165,8 +165,8 @@ def test_a_ray_run_killed_part_way_is_finished_by_a_rerun(cluster, model, shared
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_ray_translation_equals_the_local_engine_and_a_model_error_stops_both_alike(cluster, translator_file,
-                                                                                  shared_data, cli, tmp_path):
+def test_ray_translation_equals_the_local_engine_and_a_model_error_stops_both_alike(shared_data, cluster,
+                                                                                  translator_file, cli, tmp_path):
     address, env = cluster
     frames = webcam_frames(shared_data, tmp_path / "in", per_camera=1)
     out = tmp_path / "ray"

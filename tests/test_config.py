@@ -400,3 +400,11 @@ def test_a_recorded_training_config_is_read_back_typed_without_its_files_or_reti
     with pytest.raises(InputError, match=r"^m.json: the recorded training config does not load \(config key "
                                          r"'model.pix2pix.depth': expected an integer"):
         trained_config(info, TranslatorConfig, "m.keras")
+
+
+def test_streams_commands_check_the_whole_translator_file_as_train_does(cli, tmp_path):
+    raw = read_yaml(CONFIGS / "translator_tiny.yaml")
+    raw["train"] = {**raw.get("train", {}), "epochs": -3}
+    config = write_yaml(tmp_path / "t.yaml", raw)
+    for command in (("streams", "validate"), ("streams", "pairs"), ("train", "translator")):
+        assert_one_line(cli(*command, "-c", config), "Error: config key 'train.epochs': must be >= 1; got -3")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tfsky.cli.options import ConfigOption, QuietOption, SetOption
+from tfsky.cli.options import ConfigOption, QuietOption, SetOption, training_section
 from tfsky.errors import TfskyError
 
 app = typer.Typer(help="Inspect images, rasterise COCO labels, prepare the training cache.", no_args_is_help=True)
@@ -73,11 +73,10 @@ def prepare(
     The whole file is checked as ``tfsky train segmenter`` checks it, before anything is written.
     Bad items are skipped and listed; exit 1 if nothing usable is left, or with --strict on any skip.
     """
-    from tfsky.config import load_config
     from tfsky.data.cache import prepare_cache
     from tfsky.train.config import SegmenterConfig
 
-    cfg = load_config(SegmenterConfig, config, overrides).data
+    cfg = training_section(SegmenterConfig, "data", config, overrides)
     report = prepare_cache(cfg, strict=strict, progress=not quiet)
     for item_id, reason in report.skipped:
         typer.echo(f"skipped {item_id}: {reason}", err=True)

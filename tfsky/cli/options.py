@@ -63,6 +63,21 @@ def command_config(schema: type[T], section: str, config: Optional[Path], set_: 
                        file_keys=config_file_keys())
 
 
+def training_section(schema: type, section: str, config: Optional[Path], overrides: Optional[list[str]]) -> Any:
+    """The ``section`` of a training config file (``data``, ``streams``, ``pairs``) for a command that uses it.
+
+    With a --config file the whole file is checked against ``schema`` exactly as ``tfsky train`` checks
+    it, so a file one command accepts no other refuses; without one, the section is built from --set.
+    """
+    import typing
+
+    from tfsky.config import load_config
+
+    if config is not None:
+        return getattr(load_config(schema, config, overrides), section)
+    return load_config(typing.get_type_hints(schema)[section], None, overrides, section=section)
+
+
 # The sections of the commands that read one (`command_config`); a new such command adds its section here.
 COMMAND_SECTIONS = ("predict", "translate", "evaluate", "export", "serve", "client")
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tfsky.cli.options import ConfigOption, QuietOption, SetOption
+from tfsky.cli.options import ConfigOption, QuietOption, SetOption, training_section
 
 app = typer.Typer(help="Validate, label and review webcam streams; build weather pairs.", no_args_is_help=True)
 
@@ -29,11 +29,11 @@ def validate(
     quiet: QuietOption = False,
 ) -> None:
     """Mark night, corrupt, blank, saturated, moved and low-confidence frames; write the manifests."""
-    from tfsky.config import load_config
-    from tfsky.data.streams import REASONS, StreamsConfig, validate_streams
+    from tfsky.data.streams import REASONS, validate_streams
+    from tfsky.train.config import TranslatorConfig
 
     extra = [f"streams.{key}={value}" for key, value in (("root", root), ("labels_csv", labels)) if value]
-    cfg = load_config(StreamsConfig, config, [*(overrides or []), *extra], section="streams")
+    cfg = training_section(TranslatorConfig, "streams", config, [*(overrides or []), *extra])
     report = validate_streams(cfg, source, out, _load_segmenter(segmenter))
     console = Console()
     for line in report.skipped:
@@ -58,12 +58,12 @@ def pairs(
     quiet: QuietOption = False,
 ) -> None:
     """Pair source/target condition frames within each stream; split train/val by stream."""
-    from tfsky.config import load_config
-    from tfsky.data.pairs import PairsConfig, build_pairs, pairs_summary, write_pairs
-    from tfsky.data.streams import StreamsConfig, load_streams
+    from tfsky.data.pairs import build_pairs, pairs_summary, write_pairs
+    from tfsky.data.streams import load_streams
+    from tfsky.train.config import TranslatorConfig
 
-    streams_cfg = load_config(StreamsConfig, config, overrides, section="streams")
-    cfg = load_config(PairsConfig, config, overrides, section="pairs")
+    streams_cfg = training_section(TranslatorConfig, "streams", config, overrides)
+    cfg = training_section(TranslatorConfig, "pairs", config, overrides)
     pair_set = build_pairs(load_streams(manifests or streams_cfg.manifests), cfg)
     target = out or cfg.file
     write_pairs(pair_set, cfg, target)
@@ -90,11 +90,10 @@ def label(
     """Predict every frame's condition; frames without a human label take it (with its probability)."""
     from collections import Counter
 
-    from tfsky.config import load_config
-    from tfsky.data.streams import StreamsConfig
     from tfsky.predict.classify import label_streams
+    from tfsky.train.config import TranslatorConfig
 
-    folder = manifests or load_config(StreamsConfig, config, overrides, section="streams").manifests
+    folder = manifests or training_section(TranslatorConfig, "streams", config, overrides).manifests
     labelled = label_streams(folder, classifier)
     if quiet:
         return
@@ -123,12 +122,11 @@ def review(
     overrides: SetOption = None,
 ) -> None:
     """Review streams in a browser: accept/reject frames, fix labels, mark a camera move (Ctrl-C stops)."""
-    from tfsky.config import load_config
-    from tfsky.data.streams import StreamsConfig
     from tfsky.review.app import review_server
+    from tfsky.train.config import TranslatorConfig
     from tfsky.review.demo import FrameDemo
 
-    folder = manifests or load_config(StreamsConfig, config, overrides, section="streams").manifests
+    folder = manifests or training_section(TranslatorConfig, "streams", config, overrides).manifests
     demo = FrameDemo(segmenter, translator) if segmenter or translator else None
     server = review_server(folder, host, port, demo=demo)
     typer.echo(f"reviewing {folder} at http://{host}:{server.server_port}/  (Ctrl-C stops)")

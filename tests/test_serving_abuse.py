@@ -98,9 +98,11 @@ def test_cli_client_predict_rest_unknown_version_fails_and_sidecars_record_the_a
     assert refused.stderr.strip() == (f"Error: server {served['rest']}: NOT_FOUND: "
                                       "model 'sky_segmenter' version 999 is not loaded")
     assert not (tmp_path / "no").exists() or not list((tmp_path / "no").iterdir())
-    for transport, extra in (("rest", ["--rest"]), ("grpc", [])):
-        out = tmp_path / transport
-        result = cli(*common, "--server", served[transport], *extra, "--out", out)
+    tiles = ["--tiles", served["root"] / "models" / "sky_segmenter" / "1"]
+    for transport, extra in (("rest", ["--rest"]), ("grpc", []), ("tiles", tiles), ("rest tiles", ["--rest", *tiles])):
+        out = tmp_path / transport.replace(" ", "_")
+        server = served["rest"] if transport.startswith("rest") else served["grpc"]
+        result = cli(*common, "--server", server, *extra, "--out", out)
         assert result.exit_code == 0, result.stderr
         assert json.loads((out / "scene.json").read_text())["version"] == 1  # asked for none; version 1 answered
 

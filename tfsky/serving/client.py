@@ -187,6 +187,10 @@ class Client:
         """The signatures the server serves for ``model`` (GetModelMetadata)."""
         return summarize_signatures(dict(self._metadata(model, version, label)[1].signature_def))
 
+    def serving_version(self, model: str, *, label: str | None = None) -> int:
+        """The version that answers requests for ``model`` (its newest, or ``label``'s) right now (GetModelMetadata)."""
+        return self._metadata(model, None, label)[0]
+
     def _metadata(self, model, version, label) -> tuple[int, get_model_metadata_pb2.SignatureDefMap]:
         """``(version that answered, signatures)`` of GetModelMetadata."""
         signatures = get_model_metadata_pb2.SignatureDefMap()
@@ -216,7 +220,7 @@ class Client:
             url = rest.model_url(self._base, model, version, label, ":predict")
             arrays = rest.parse_outputs(self._call(lambda: self._http("POST", url, body)), outputs)
             if version is None and rest_version:  # one GET per image; tile batches do without
-                version = self._metadata(model, None, label)[0]
+                version = self.serving_version(model, label=label)
             return arrays, version
         request = predict_pb2.PredictRequest()
         _fill_spec(request.model_spec, model, version, label, signature)

@@ -114,8 +114,9 @@ def _segment(client: Client, model: str, path: Path, version, label, tiled) -> I
         prob = client.predict_large(model, image, preprocess=info.preprocess, tiling=tiling,
                                     version=version, label=label)[..., 0]
         mask = prob >= threshold
+        answered = version if version is not None else client.serving_version(model, label=label)
         return ImagePrediction(tf.io.encode_png(mask[..., None].astype(np.uint8) * 255).numpy(), prob, float(mask.mean()),
-                               version)
+                               answered)
     if path.suffix.lower() in ENCODED_SUFFIXES:
         if not path.is_file():
             raise InputError(path, "file not found")

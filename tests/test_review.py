@@ -173,7 +173,7 @@ def server_url(manifests):
     server.server_close()
 
 
-def wait_for(condition, timeout=10.0):
+def wait_for(condition, timeout=30.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = condition()

@@ -100,7 +100,9 @@ def corpus(tmp_path_factory, translator_file) -> Corpus:  # noqa: F811
         "a_list.yaml": "- 1\n- 2\n",
         "unknown_key.yaml": "name: x\nbogus: 1\n",
     }
-    bad_configs = {name: configs / name for name in (*texts, "binary.yaml", "negative_epochs.yaml", "missing.yaml")}
+    bad_configs = {name: configs / name
+                   for name in (*texts, "binary.yaml", "negative_epochs.yaml", "missing.yaml", "loop.yaml")}
+    bad_configs["loop.yaml"].symlink_to("loop.yaml")
     for name, text in texts.items():
         bad_configs[name].write_text(text)
     bad_configs["binary.yaml"].write_bytes(b"\xff\xfe\x00\x81 garbage")
@@ -289,7 +291,8 @@ SECTION_ONLY = {"predict", "translate", "evaluate segmenter", "export", "serve",
                 "streams pairs"}  # these read only their own section of a shared config file
 CONFIG_CASES = {  # case -> what the one line must name
     "invalid.yaml": "{config}", "python_tag.yaml": "{config}", "a_list.yaml": "{config}", "binary.yaml": "{config}",
-    "missing.yaml": "{config}", "unknown_key.yaml": "'bogus'", "negative_epochs.yaml": "'train.epochs'",
+    "missing.yaml": "{config}", "loop.yaml": "{config}: symbolic link loop", "unknown_key.yaml": "'bogus'",
+    "negative_epochs.yaml": "'train.epochs'",
 }
 
 

@@ -34,6 +34,7 @@ import yaml
 
 from tfsky.errors import ConfigError, InputError
 from tfsky.io.atomic import write_text
+from tfsky.io.images import link_problem
 
 T = TypeVar("T")
 
@@ -73,7 +74,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with ``safe_load``; every failure is a one-line `InputError` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "config file not found")
+        raise InputError(path, link_problem(path) or "config file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.constructor.ConstructorError as err:  # safe_load refuses !!python/... tags: say so

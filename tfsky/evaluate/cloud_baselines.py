@@ -73,6 +73,7 @@ class CloudBaselines:
     fit_frames: int
     cloudnet: Optional[tf.keras.Model] = dataclasses.field(default=None, repr=False)
     cloudnet_patches: int = 0
+    _forward: Optional[Callable] = dataclasses.field(default=None, repr=False, init=False)
 
     def threshold_masks(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Cloud masks of the two threshold baselines."""
@@ -89,8 +90,6 @@ class CloudBaselines:
             "thresholds": self.thresholds, "train_accuracy": self.train_accuracy, "fit_frames": self.fit_frames,
             "cloudnet_patches": self.cloudnet_patches, "cloudnet_epochs": CLOUDNET_EPOCHS if self.cloudnet else 0,
         }
-
-    _forward: Optional[Callable] = dataclasses.field(default=None, repr=False, init=False)
 
 
 def fit_cloud_baselines(

@@ -292,6 +292,9 @@ def test_bounded_abuse_while_valid_requests_keep_getting_correct_answers(served,
             for worker in workers:
                 worker.join(timeout=60)
         assert failures == []
+        print(f"\nabuse: {round_number} rounds of {len(abusive_requests('sky_segmenter'))} bad REST + 3 bad gRPC "
+              f"requests; valid answers: {answered.count((True, False)) + answered.count((True, True))} REST, "
+              f"{answered.count((False, False)) + answered.count((False, True))} gRPC, 0 wrong")
         with Client(grpc_address) as client:  # still up, still on the version that loaded
             states = {s.version: (s.state, bool(s.error)) for s in client.status("sky_segmenter")}
             assert states == {1: ("AVAILABLE", False), 9: ("END", True)}

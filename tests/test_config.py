@@ -408,3 +408,13 @@ def test_streams_commands_check_the_whole_translator_file_as_train_does(cli, tmp
     config = write_yaml(tmp_path / "t.yaml", raw)
     for command in (("streams", "validate"), ("streams", "pairs"), ("train", "translator")):
         assert_one_line(cli(*command, "-c", config), "Error: config key 'train.epochs': must be >= 1; got -3")
+
+
+def test_one_file_holds_a_training_config_and_command_sections_each_checked(cli, tmp_path):
+    config = segmenter_file(tmp_path, export={"name": "sky", "tiling": {"tile": 64}}, serve={"grpc_port": 70000})
+    for command in (("data", "prepare", "-q"), ("train", "segmenter", "-q"), ("export", "-m", "m.keras"),
+                    ("client", "status")):  # every command checks every command section the file holds
+        assert_one_line(cli(*command, "-c", config), "Error: config key 'serve.grpc_port': must be a port number")
+    good = segmenter_file(tmp_path, export={"name": "sky", "tiling": {"tile": 64}}, serve={"grpc_port": 0})
+    result = cli("data", "prepare", "-q", "-c", good)
+    assert result.exit_code == 0, result.stderr

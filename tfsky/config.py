@@ -28,7 +28,7 @@ import enum
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Mapping, TypeVar
 
 import yaml
 
@@ -45,6 +45,7 @@ def load_config(
     overrides: list[str] | tuple[str, ...] | None = (),
     section: str | None = None,
     file_keys: Iterable[str] | None = None,
+    other_sections: Mapping[str, type] | None = None,
 ) -> T:
     """Build ``schema`` from an optional YAML file plus ``key=value`` overrides.
 
@@ -53,6 +54,8 @@ def load_config(
     are still written with full keys (``data.patch_size=256``). ``file_keys``
     are the top-level keys such a file may hold at all: any other one (a
     misspelt section) is an error rather than silently ignored.
+    ``other_sections`` (name -> schema) are sections of other commands the file
+    may hold: each present one is checked against its schema, then left out.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -60,6 +63,9 @@ def load_config(
     for item in overrides or ():
         key, value = parse_override(item)
         set_dotted(raw, key, value)
+    for name, other in (other_sections or {}).items():
+        if name != section and name in raw:
+            from_dict(other, raw.pop(name) or {}, name)
     if section is None:
         return from_dict(schema, raw)
     if file_keys is not None:

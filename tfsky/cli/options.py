@@ -49,20 +49,6 @@ def tiling_flags(tile: Optional[int], overlap: Optional[float], window: Optional
             "tiling.tta": tta}
 
 
-def command_config(schema: type[T], section: str, config: Optional[Path], set_: Optional[list[str]],
-                   flags: dict[str, Any]) -> T:
-    """A command's settings: the ``section`` of --config, then --set, then the flags given (None = not given).
-
-    One loader for every command, so a key has one default (in ``schema``) and one error message. The
-    file may also hold other commands' sections and a training config; any other top-level key is an error.
-    """
-    from tfsky.config import load_config
-
-    assert section in COMMAND_SECTIONS, f"add {section!r} to COMMAND_SECTIONS"  # so other commands accept it
-    return load_config(schema, config, flag_overrides(section, flags, set_), section=section,
-                       file_keys=config_file_keys())
-
-
 def training_section(schema: type, section: str, config: Optional[Path], overrides: Optional[list[str]]) -> Any:
     """The ``section`` of a training config file (``data``, ``streams``, ``pairs``) for a command that uses it.
 
@@ -74,12 +60,43 @@ def training_section(schema: type, section: str, config: Optional[Path], overrid
     from tfsky.config import load_config
 
     if config is not None:
-        return getattr(load_config(schema, config, overrides), section)
+        return getattr(training_config(schema, config, overrides), section)
     return load_config(typing.get_type_hints(schema)[section], None, overrides, section=section)
 
 
-# The sections of the commands that read one (`command_config`); a new such command adds its section here.
-COMMAND_SECTIONS = ("predict", "translate", "evaluate", "export", "serve", "client")
+def training_config(schema: type[T], config: Optional[Path], overrides: Optional[list[str]]) -> T:
+    """A whole training config file (``tfsky train ...``); the command sections it may also hold are checked too."""
+    from tfsky.config import load_config
+
+    return load_config(schema, config, overrides, other_sections=command_schemas())
+
+
+def command_config(schema: type[T], section: str, config: Optional[Path], set_: Optional[list[str]],
+                   flags: dict[str, Any]) -> T:
+    """A command's settings: the ``section`` of --config, then --set, then the flags given (None = not given).
+
+    One loader for every command, so a key has one default (in ``schema``) and one error message. The
+    file may also hold other commands' sections (checked too) and a training config; any other
+    top-level key is an error.
+    """
+    from tfsky.config import load_config
+
+    schemas = command_schemas()
+    assert schemas[section] is schema, f"register {section!r} in command_schemas()"  # so other commands accept it
+    return load_config(schema, config, flag_overrides(section, flags, set_), section=section,
+                       file_keys=config_file_keys(), other_sections=schemas)
+
+
+def command_schemas() -> dict[str, type]:
+    """The section each command that reads one (`command_config`) owns, and its schema."""
+    from tfsky.evaluate.config import EvaluateConfig
+    from tfsky.export.config import ExportConfig
+    from tfsky.predict.batch import PredictConfig
+    from tfsky.predict.translate import TranslateConfig
+    from tfsky.serving.config import ClientConfig, ServeConfig
+
+    return {"predict": PredictConfig, "translate": TranslateConfig, "evaluate": EvaluateConfig,
+            "export": ExportConfig, "serve": ServeConfig, "client": ClientConfig}
 
 
 def config_file_keys() -> set[str]:
@@ -90,4 +107,4 @@ def config_file_keys() -> set[str]:
 
     training = {field.name for schema in (SegmenterConfig, TranslatorConfig, ClassifierConfig)
                 for field in dataclasses.fields(schema)}
-    return training | set(COMMAND_SECTIONS)
+    return training | set(command_schemas())

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tfsky.cli.options import ConfigOption, QuietOption, SetOption
+from tfsky.cli.options import ConfigOption, QuietOption, SetOption, training_config
 
 app = typer.Typer(help="Train segmenters and weather translators.", no_args_is_help=True)
 
@@ -25,11 +25,10 @@ def segmenter(
     quiet: QuietOption = False,
 ) -> None:
     """Train the sky segmenter (preparing data.cache first if missing); print the run folder and best metrics."""
-    from tfsky.config import load_config
     from tfsky.train.config import SegmenterConfig
     from tfsky.train.segmenter import train_segmenter
 
-    cfg = load_config(SegmenterConfig, config, overrides)
+    cfg = training_config(SegmenterConfig, config, overrides)
     result = train_segmenter(cfg, resume=resume, verbose=0 if quiet else 2)
     print_result(result)
 
@@ -42,11 +41,10 @@ def translator(
     quiet: QuietOption = False,
 ) -> None:
     """Train a pix2pix or VAE weather translator (builds pairs.file from the streams first if missing)."""
-    from tfsky.config import load_config
     from tfsky.train.config import TranslatorConfig
     from tfsky.train.translator import train_translator
 
-    cfg = load_config(TranslatorConfig, config, overrides)
+    cfg = training_config(TranslatorConfig, config, overrides)
     print_result(train_translator(cfg, resume=resume, verbose=0 if quiet else 2))
 
 
@@ -58,11 +56,10 @@ def classifier(
     quiet: QuietOption = False,
 ) -> None:
     """Train the weather classifier on labelled photos (class folders, labels CSVs); split by source."""
-    from tfsky.config import load_config
     from tfsky.train.classifier import train_classifier
     from tfsky.train.config import ClassifierConfig
 
-    cfg = load_config(ClassifierConfig, config, overrides)
+    cfg = training_config(ClassifierConfig, config, overrides)
     print_result(train_classifier(cfg, resume=resume, verbose=0 if quiet else 2))
 
 

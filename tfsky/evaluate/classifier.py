@@ -74,7 +74,7 @@ def evaluate_classifier(model_path: Path, out_dir: Path, split: str = "val") -> 
     frequencies = np.bincount(truth["train"], minlength=len(conditions)) / len(truth["train"])
     colour = ColourBaseline.fit(features(data.splits["train"]), truth["train"], len(conditions))
     predictions = {
-        f"classifier ({classifier.info.config['model']['backbone']})": model_probs,
+        f"classifier ({classifier.trained.model.backbone})": model_probs,
         "majority class": np.tile(frequencies, (len(inputs), 1)),
         "colour statistics (logistic regression)": colour.probabilities(features(data.splits[split])),
     }

@@ -22,10 +22,11 @@ _BATCH = 32
 
 @dataclasses.dataclass
 class WeatherClassifier:
-    """A loaded classifier: its model, sidecar, class names (conditions), input sizes and identity."""
+    """A loaded classifier: model, sidecar, typed training config, class names (conditions), input sizes, identity."""
 
     model: tf.keras.Model
     info: ModelInfo
+    trained: ClassifierConfig
     conditions: list[str]
     load_size: int
     image_size: int
@@ -35,9 +36,10 @@ class WeatherClassifier:
     def load(cls, path: str | Path) -> "WeatherClassifier":
         """Load a ``best.keras`` written by ``tfsky train classifier``; another kind of model is an `InputError`."""
         model, info = load_model(path, kind="classifier")
-        data = trained_config(info, ClassifierConfig, path).data
+        trained = trained_config(info, ClassifierConfig, path)
+        data = trained.data
         load_size = round(data.image_size * data.load_scale)
-        return cls(model, info, condition_names(data.classes), load_size, data.image_size, model_id(path))
+        return cls(model, info, trained, condition_names(data.classes), load_size, data.image_size, model_id(path))
 
     def inputs(self, image: np.ndarray) -> np.ndarray:
         """The model's uint8 input for one decoded RGB frame (`classifier_input`)."""

@@ -134,6 +134,18 @@ def test_body_over_the_limit_is_413_and_one_under_it_is_served(served):
     assert http_request(served["port"], post(PREDICT, TILES_BODY))[0] == 200
 
 
+def test_a_refused_request_does_not_leave_its_body_for_the_next_one_on_the_connection(served):
+    connection = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=10)
+    try:
+        for path, status in (("/v1/models/nope:predict", 404), ("/v1/models/../x:predict", 404), (PREDICT, 200)):
+            connection.request("POST", path, body=TILES_BODY)  # one keep-alive connection for all three
+            answer = connection.getresponse()
+            assert (answer.status, answer.getheader("Connection")) == (status, None), answer.read()
+            answer.read()
+    finally:
+        connection.close()
+
+
 @pytest.mark.parametrize("body, message", [
     (b"{not json", "JSON Parse error"),
     (b"[" * 100_000, "JSON Parse error"),  # nesting deeper than the parser's recursion limit

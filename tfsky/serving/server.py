@@ -223,8 +223,8 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
         return body
 
     def _post(self):
+        body = self._read_body()  # first: a refused URL must not leave its body to be read as the next request
         spec = self._route(":predict")
-        body = self._read_body()
         try:
             body = json.loads(body)
         except (ValueError, RecursionError) as err:

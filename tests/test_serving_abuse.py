@@ -142,6 +142,12 @@ def test_a_refused_request_does_not_leave_its_body_for_the_next_one_on_the_conne
             answer = connection.getresponse()
             assert (answer.status, answer.getheader("Connection")) == (status, None), answer.read()
             answer.read()
+        connection.request("GET", "/v1/models/sky_segmenter", body=TILES_BODY)  # a body GET does not read
+        answer = connection.getresponse()
+        assert (answer.status, answer.getheader("Connection")) == (200, "close")
+        answer.read()
+        connection.request("GET", "/v1/models/sky_segmenter")  # on a new connection
+        assert connection.getresponse().status == 200
     finally:
         connection.close()
 

@@ -167,6 +167,8 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
         super().setup()
 
     def do_GET(self):  # noqa: N802
+        if self.headers.get("Content-Length", "0").strip() != "0" or "Transfer-Encoding" in self.headers:
+            self.close_connection = self.body_unread = True  # a GET body is not read: never parse it as a request
         self._answer(self._get)
 
     def do_POST(self):  # noqa: N802

@@ -297,15 +297,20 @@ def test_shipped_sky_ldr_config_prepares_the_shared_data_into_model_batches(shar
     result = cli("data", "prepare", "-c", config, "-q", "--set", f"data.cache={cache}")
     assert result.exit_code == 0, result.stderr
     cfg = load_config(DataConfig, config, [f"data.cache={cache}"], section="data")
-    assert read_manifest(cache)["totals"]["written"] == 140
+    manifest = read_manifest(cache)
+    assert manifest["totals"]["written"] == 100 + 100 + 20 + 40 + 358  # ADE20K, Cityscapes, GoPro, SkyFinder, WSISEG
+    written = [entry for entry in manifest["items"] if entry["status"] == "written"]
+    for entry in written:  # the short side at the working scale, never enlarged
+        short = min(entry["source_height"], entry["source_width"])
+        assert min(entry["height"], entry["width"]) == min(short, 384), entry["id"]
     for split in ("train", "val"):
         image, mask = next(iter(segmentation_dataset(cfg, split, 4, seed=0)))
         assert (image.shape, image.dtype.name, mask.shape, mask.dtype.name) == (
-            (4, 512, 512, 3), "float32", (4, 512, 512, 1), "float32")
+            (4, 256, 256, 3), "float32", (4, 256, 256, 1), "float32")
 
 
 def test_shipped_configs_load_and_validate():
-    for name, patch in (("sky_ldr", 512), ("sky_hdr", 256), ("sky_tiny", 64)):
+    for name, patch in (("sky_ldr", 256), ("sky_hdr", 256), ("sky_tiny", 64)):
         cfg = load_config(DataConfig, REPO / "configs" / f"{name}.yaml", section="data")
         assert cfg.patch_size == patch and str(cfg.cache) == f"cache/{name}"
     hdr = load_config(DataConfig, REPO / "configs" / "sky_hdr.yaml", section="data")

@@ -30,7 +30,7 @@ from tfsky.train.runner import fit_run, read_history, run_directory
 from tfsky.train.segmenter import learning_rate, make_optimizer, schedule_callbacks
 
 TINY_MODEL = {"backbone": "resnet18", "decoder_filters": [16, 8, 8, 4, 4], "precision": "float32"}
-HISTORY_COLUMNS = ["epoch", "loss", "iou", "f1", "val_loss", "val_iou", "val_f1", "lr"]
+HISTORY_COLUMNS = ["epoch", "loss", "iou", "f1", "val_loss", "val_iou", "val_f1", "epoch_seconds", "lr"]
 
 
 def write_sky_images(folder: Path, count: int = 8, size: tuple[int, int] = (96, 128)) -> None:

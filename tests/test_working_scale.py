@@ -13,8 +13,9 @@ from tfsky.data.pipeline import crop_counts, segmentation_dataset, steps_per_epo
 from tfsky.data.scale import resize_image, resize_mask, working_size
 from tfsky.data.transforms import Preprocess
 from tfsky.io.writers import write_mask_png, write_png
-from tfsky.models.bundle import ModelInfo
-from tfsky.predict.refine import refine
+from tfsky.export.savedmodel import export_model
+from tfsky.models.bundle import ModelInfo, save_model
+from tfsky.predict.refine import refine, refine_graph
 from tfsky.predict.segment import TiledSegmenter
 from tfsky.tiling import TilingConfig, sliding_window_inference
 
@@ -162,3 +163,31 @@ def test_segmenter_predicts_at_its_working_scale_and_refines_to_full_size():
     np.testing.assert_array_equal(full.probabilities(image), direct)
     native = TiledSegmenter(_brightness_model(), ModelInfo("segmenter", Preprocess(), tile_size=64))
     assert native.model_size(300, 500) == (300, 500)  # a model without a working scale predicts at full size
+
+
+def test_refine_graph_agrees_with_refine():
+    image, truth = horizon_scene(240, 360, 100)
+    small = resize_image(image, (60, 90))
+    coarse = cv2.GaussianBlur(resize_mask(truth, (60, 90)).astype(np.float32), (5, 5), 1.5)[..., None]
+    expected = refine(coarse, small, image)
+    graph = refine_graph(tf.constant(coarse), tf.constant(small / 255.0, tf.float32), tf.constant(image / 255.0, tf.float32))
+    np.testing.assert_allclose(graph.numpy(), expected, atol=1e-4)
+
+
+def test_exported_working_scale_model_predicts_like_tfsky_predict_at_its_threshold(tmp_path):
+    ramp = np.linspace(0, 255, 500)[None, :, None] + np.random.default_rng(0).normal(0, 4, (300, 500, 3))
+    image = np.clip(ramp, 0, 255).astype(np.uint8)  # P(sky) = brightness rises from left to right
+    path = tmp_path / "scaled.keras"
+    save_model(_brightness_model(), path,
+               ModelInfo("segmenter", Preprocess(), tile_size=64, working_scale=96, threshold=0.42))
+    loaded = tf.saved_model.load(str(export_model(path, tmp_path / "models", "scaled")))
+    png = cv2.imencode(".png", image[..., ::-1])[1].tobytes()
+    out = loaded.signatures["predict_image"](image_bytes=tf.constant([png]))
+    served = tf.io.decode_png(out["probability_png_bytes"][0], dtype=tf.uint16).numpy()[..., 0] / 65535.0
+    local = TiledSegmenter.load(path).probabilities(image)[..., 0]
+    assert served.shape == (300, 500)
+    # the graph resizes float pixels where OpenCV resizes uint8 ones: agreement to a fraction of a grey level
+    np.testing.assert_allclose(served, local, atol=5e-3)
+    mask = tf.io.decode_png(out["mask_png_bytes"][0]).numpy()[..., 0] == 255
+    assert np.mean(mask == (local >= 0.42)) > 0.995  # the model's threshold...
+    assert np.mean(mask) > np.mean(local >= 0.5) + 0.05  # ...not 0.5

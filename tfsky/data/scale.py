@@ -15,6 +15,7 @@ from typing import Optional
 
 import cv2
 import numpy as np
+import tensorflow as tf
 
 
 def working_size(height: int, width: int, short_side: Optional[int]) -> tuple[int, int]:
@@ -48,3 +49,11 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         share = cv2.resize(mask.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
         return (share >= 0.5).astype(np.uint8)
     return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def working_size_graph(height: tf.Tensor, width: tf.Tensor, short_side: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """`working_size` in TensorFlow ops (scalar int32 tensors), with the same float64 rounding."""
+    size = tf.cast(tf.stack([height, width]), tf.float64)
+    factor = tf.minimum(tf.constant(1.0, tf.float64), short_side / tf.reduce_min(size))
+    scaled = tf.maximum(1, tf.cast(tf.round(size * factor), tf.int32))
+    return scaled[0], scaled[1]

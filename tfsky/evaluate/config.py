@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
-from tfsky.data.masks import SKY_THRESHOLD
 from tfsky.errors import ConfigError
 from tfsky.evaluate.metrics import BOUNDARY_BAND
 from tfsky.tiling import TilingConfig
@@ -17,19 +17,20 @@ class EvaluateConfig:
     Args:
         split: str. Split to evaluate: a cache split for segmenters, ``val`` or ``train`` pairs for
             translators (folders have no split). Defaults to ``val``.
-        threshold: float. Segmenters: sky probability at or above which a pixel is sky. Defaults to 0.5.
+        threshold: Optional[float]. Segmenters: sky probability at or above which a pixel is sky.
+            Defaults to None: the model's own threshold, chosen on validation data after training.
         band: float. Segmenters: boundary F1 tolerance in pixels. Defaults to 3.
         tiling: TilingConfig. Tiles, blending and flip TTA, as ``tfsky predict`` takes them
             (``tile: null`` = the model's training tile).
     """
 
     split: str = "val"
-    threshold: float = SKY_THRESHOLD
+    threshold: Optional[float] = None
     band: float = BOUNDARY_BAND
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
 
     def validate(self) -> None:
-        if not 0 <= self.threshold <= 1:
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ConfigError("threshold", f"must be in [0, 1]; got {self.threshold}")
         if self.band < 0:
             raise ConfigError("band", f"must be >= 0 pixels; got {self.band}")

@@ -180,7 +180,7 @@ def evaluate_segmenter(
     data: str | Path,
     *,
     split: str = EvaluateConfig.split,
-    threshold: float = EvaluateConfig.threshold,
+    threshold: Optional[float] = EvaluateConfig.threshold,
     band: float = EvaluateConfig.band,
     labels_csv: Optional[str | Path] = None,
     out_dir: Optional[str | Path] = None,
@@ -194,7 +194,8 @@ def evaluate_segmenter(
         data: a prepared cache folder (with ``manifest.json``), a mask folder
             (``images/`` + ``masks/``) or a camera folder (``<cam>/*.jpg`` + ``<cam>-mask.png``).
         split: str. Cache split to evaluate; ignored for folders. Defaults to ``val``.
-        threshold: float. Sky probability threshold (one-class models). Defaults to 0.5.
+        threshold: Optional[float]. Sky probability threshold (one-class models). Defaults to None:
+            the model's own (`TiledSegmenter.mask_threshold`).
         band: float. Boundary F1 tolerance in pixels. Defaults to 3.
         labels_csv: optional CSV (``image,sky_condition``) giving each folder image a condition.
         out_dir: where the reports go. Defaults to ``eval/`` beside the model.
@@ -208,6 +209,7 @@ def evaluate_segmenter(
     """
     model_path, data = Path(model_path), Path(data)
     segmenter = TiledSegmenter.load(model_path, tiling)
+    threshold = segmenter.mask_threshold(threshold)
     source = open_data(data, split, labels_csv, segmenter)
     baselines = _fit(source, data)
     results, skipped = score_items(

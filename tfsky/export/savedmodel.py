@@ -47,7 +47,7 @@ from typing import Literal
 import tensorflow as tf
 
 from tfsky.data.config import SIZE_MULTIPLE
-from tfsky.data.masks import SKY_THRESHOLD
+from tfsky.data.scale import working_size_graph
 from tfsky.errors import InputError
 from tfsky.export import metadata, warmup
 from tfsky.export.config import ExportConfig
@@ -56,6 +56,7 @@ from tfsky.io.images import DEFAULT_MAX_PIXELS
 from tfsky.models.bundle import ModelInfo, load_model
 from tfsky.predict.cloud import CloudCoverConfig, is_cloud_model
 from tfsky.predict.outputs import CLASS_PNG_VALUES
+from tfsky.predict.refine import refine_graph
 from tfsky.predict.segment import SKY_CLASS
 from tfsky.tiling import TilingConfig, model_tiling, sliding_window_graph
 
@@ -82,6 +83,8 @@ class SegmenterModule(tf.Module):
         self.tiling = model_tiling(tiling, info.tile_size, SIZE_MULTIPLE, "segmenter")
         self.channels = channels = info.in_channels
         self.positive = 0 if info.classes == 1 else SKY_CLASS  # the channel drawn as the mask
+        self.threshold = info.threshold
+        self.working_scale = info.working_scale if self.tiling.resolution == "working" else None
         self.predict_tiles = tf.function(
             self._predict_tiles, input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)]
         )
@@ -132,11 +135,29 @@ class SegmenterModule(tf.Module):
         outputs = tf.map_fn(segment, images, parallel_iterations=1, fn_output_signature=per_image)
         return dict(zip(("mask_png_bytes", "probability_png_bytes", "sky_fraction"), outputs))
 
+    def _probabilities(self, image: tf.Tensor) -> tf.Tensor:
+        """[H, W, K] probabilities of a normalised image, at the model's working scale (refined back to
+        full size) as `tfsky.predict.segment.TiledSegmenter.probabilities` computes them."""
+        if self.working_scale is None:
+            return sliding_window_graph(image, self._model_probabilities, self.tiling)
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        size = tf.stack(working_size_graph(height, width, self.working_scale))
+
+        def at_working_scale() -> tf.Tensor:
+            small = tf.image.resize(image, size, method="area")
+            return refine_graph(sliding_window_graph(small, self._model_probabilities, self.tiling), small, image)
+
+        return tf.cond(
+            tf.reduce_all(size == tf.stack([height, width])),
+            lambda: sliding_window_graph(image, self._model_probabilities, self.tiling),
+            at_working_scale,
+        )
+
     def _segment(self, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Normalised [H, W, C] -> (mask PNG, 16-bit probability PNG, sky fraction)."""
-        probability = sliding_window_graph(image, self._model_probabilities, self.tiling)
+        probability = self._probabilities(image)
         probability = probability[..., self.positive : self.positive + 1]
-        sky = probability >= SKY_THRESHOLD
+        sky = probability >= self.threshold
         probability_16bit = tf.cast(tf.round(tf.clip_by_value(probability, 0.0, 1.0) * 65535.0), tf.uint16)
         return (
             tf.io.encode_png(tf.cast(sky, tf.uint8) * 255),
@@ -148,9 +169,9 @@ class SegmenterModule(tf.Module):
     def _predict_cloud(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         def cover(encoded):
             image = decode_normalised(encoded, self.preprocess, self.channels)
-            cloud_probability = sliding_window_graph(image, self._model_probabilities, self.tiling)[..., SKY_CLASS]
+            cloud_probability = self._probabilities(image)[..., SKY_CLASS]
             valid = tf.reduce_max(image, axis=-1) > self.dark_level
-            cloud = tf.logical_and(cloud_probability >= SKY_THRESHOLD, valid)
+            cloud = tf.logical_and(cloud_probability >= self.threshold, valid)
             classes = tf.where(valid, tf.where(cloud, CLASS_PNG_VALUES["cloud"], CLASS_PNG_VALUES["clear"]),
                                CLASS_PNG_VALUES["outside"])
             count = tf.reduce_sum(tf.cast(valid, tf.int32))
@@ -335,7 +356,7 @@ def _metadata(model_path, name: str, version: int, info: ModelInfo, tiling: Tili
         "version": version,
         "source_model": str(Path(model_path).resolve()),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "mask_threshold": SKY_THRESHOLD,
+        "mask_threshold": info.threshold,
         "tiling": dataclasses.asdict(tiling),
         "compute_dtypes": sorted({layer.compute_dtype for layer in model.layers}),
         "model": info.to_json(),

@@ -23,7 +23,6 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tfsky import __version__
-from tfsky.data.masks import SKY_THRESHOLD
 from tfsky.errors import ConfigError, InputError
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import load_info
@@ -48,18 +47,19 @@ class PredictConfig:
 
     Args:
         tiling: TilingConfig. Tile, overlap, window, tile batch and TTA.
-        threshold: float. Probability at or above which a pixel is sky in the mask. Defaults to 0.5.
+        threshold: Optional[float]. Probability at or above which a pixel is sky in the mask.
+            Defaults to None: the model's own threshold, chosen on validation data after training.
         prob_format: str. ``png16`` (16-bit PNG, probability x 65535) or ``tif`` (float32). Defaults to ``png16``.
         cloud: CloudCoverConfig. Cloud models only: camera mask, okta and condition settings.
     """
 
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
-    threshold: float = SKY_THRESHOLD
+    threshold: Optional[float] = None
     prob_format: ProbFormat = "png16"
     cloud: CloudCoverConfig = dataclasses.field(default_factory=CloudCoverConfig)
 
     def validate(self) -> None:
-        if not 0 <= self.threshold <= 1:
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ConfigError("threshold", f"must be in [0, 1]; got {self.threshold}")
 
 
@@ -128,14 +128,15 @@ class PredictTask(Task):
 
     def load(self) -> None:
         self.segmenter = TiledSegmenter.load(self.model_path, self.config.tiling)
-        self.cover = FrameCover(self.config.cloud, self.config.threshold) if self.cloud else None
+        self.threshold = self.segmenter.mask_threshold(self.config.threshold)
+        self.cover = FrameCover(self.config.cloud, self.threshold) if self.cloud else None
         self.facts = {"model": {"path": str(self.model_path), "id": model_id(self.model_path)},
                       "tfsky_version": __version__}
 
     def process(self, item: Item, decoded: Decoded, outputs: OutputPaths, listener: Listener) -> None:
         """Predict one decoded image and write its outputs, sidecar last; big arrays are freed as soon as possible."""
         image = decoded.take()
-        segmenter, threshold = self.segmenter, self.config.threshold
+        segmenter, threshold = self.segmenter, self.threshold
         height, width = image.shape[:2]
         tiles = segmenter.tile_count(height, width)
         listener.item_started(item.source, tiles)

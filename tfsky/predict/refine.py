@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import tensorflow as tf
 
 # Box radius of the filter in working-scale pixels and its regulariser (brightness variance units);
 # measured on the validation photos (README, "Working scale").
@@ -82,3 +83,36 @@ def _upsample(values: np.ndarray, maps: tuple[np.ndarray, np.ndarray]) -> np.nda
 def _source_coordinates(full: int, small: int) -> np.ndarray:
     """Float32 position in the small map of each full-resolution pixel centre (OpenCV's resize convention)."""
     return ((np.arange(full, dtype=np.float32) + 0.5) * (small / full) - 0.5).astype(np.float32)
+
+
+def refine_graph(probabilities: tf.Tensor, small_image: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+    """`refine` in TensorFlow ops, for a SavedModel signature: ``[h, w, K]`` -> ``[H, W, K]`` float32.
+
+    ``small_image`` and ``image`` are normalised (model-space) images, whose
+    brightness is what `refine` uses for LDR (``/ 255``) and HDR (model space)
+    inputs alike. Same box filter (reflected borders) and the same bilinear
+    pixel-centre convention as `refine`, so both agree to float rounding.
+    """
+    guide = _brightness_graph(small_image)[..., None]
+    mean_guide, mean_target = _box_graph(guide), _box_graph(probabilities)
+    variance = _box_graph(guide * guide) - mean_guide * mean_guide
+    covariance = _box_graph(guide * probabilities) - mean_guide * mean_target
+    a = covariance / (variance + EPS)
+    b = mean_target - a * mean_guide
+    size = tf.shape(image)[:2]
+    a_full = tf.image.resize(_box_graph(a), size, method="bilinear")
+    b_full = tf.image.resize(_box_graph(b), size, method="bilinear")
+    out = tf.clip_by_value(a_full * _brightness_graph(image)[..., None] + b_full, 0.0, 1.0)
+    if probabilities.shape[-1] != 1:
+        out = out / tf.maximum(tf.reduce_sum(out, axis=-1, keepdims=True), 1e-6)
+    return out
+
+
+def _brightness_graph(image: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(tf.cast(image[..., :3], tf.float32), axis=-1)
+
+
+def _box_graph(values: tf.Tensor) -> tf.Tensor:
+    """Mean over (2 RADIUS + 1)^2 windows of ``[h, w, K]`` with mirrored borders (OpenCV's BORDER_REFLECT)."""
+    padded = tf.pad(values, [[RADIUS, RADIUS], [RADIUS, RADIUS], [0, 0]], mode="SYMMETRIC")
+    return tf.nn.avg_pool2d(padded[None], 2 * RADIUS + 1, 1, "VALID")[0]

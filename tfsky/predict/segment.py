@@ -146,6 +146,11 @@ class TiledSegmenter:
         small = resize_image(image, size)
         return refine(sliding_window_inference(small, self.predict_tiles, self.tiling, progress=progress), small, image)
 
+    def mask_threshold(self, requested: float | None = None) -> float:
+        """The sky threshold to draw masks at: ``requested``, else the one chosen on validation data after
+        training and stored with the model (`ModelInfo.threshold`)."""
+        return self.info.threshold if requested is None else requested
+
     def model_size(self, height: int, width: int) -> tuple[int, int]:
         """The size a ``height x width`` image is predicted at: the model's working scale, or its own size."""
         scale = self.info.working_scale if self.tiling.resolution == "working" else None

@@ -480,7 +480,7 @@ def draw_learning_curves(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [key for key in rows[0] if key not in ("epoch", "lr") and not key.startswith("val_")]
+    metrics = [key for key in rows[0] if key not in ("epoch", "lr", "epoch_seconds") and not key.startswith("val_")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
     epochs = [row["epoch"] for row in rows]
     for ax, metric in zip(axes[0], metrics):

@@ -1,0 +1,103 @@
+"""Working scale + guided refinement vs full-resolution tiling: accuracy on photos, time on a full 8K image.
+
+Both modes run the same trained segmenter (a model trained at a working scale,
+e.g. a leave-one-source-out run of configs/sky_ldr_cpu.yaml) in the same
+process, each after a warm-up call, so the ratio compares like with like:
+
+1. Accuracy: every image of a labelled folder (the source the model never
+   trained on) through ``resolution: working`` (predict at the working scale,
+   refine to full size) and ``resolution: full`` (tiles of the full image);
+   dataset-level IoU of each at the model's threshold.
+2. Time: one image of that folder upscaled to ``--size`` (default 8192x4096,
+   cv2 bicubic) through both modes; wall time of ``TiledSegmenter.probabilities``.
+
+Usage: python scripts/bench_scale.py --model runs/.../best.keras --data ../shared/data/sky_cityscapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import tfsky  # noqa: F401  (Keras 2 mode before TensorFlow is imported)
+
+HERE = Path(__file__).resolve()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="images/ + masks/ folder the model never saw")
+    parser.add_argument("--size", default="8192x4096", help="WIDTHxHEIGHT of the upscaled timing image")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "bench_scale.json")
+    args = parser.parse_args()
+
+    import cv2
+    import numpy as np
+
+    from tfsky.data.masks import confusion
+    from tfsky.io.images import read_image, read_mask
+    from tfsky.models.bundle import load_model
+    from tfsky.predict.segment import TiledSegmenter, sky_probability
+    from tfsky.tiling import TilingConfig
+
+    model, info = load_model(args.model)
+    modes = {mode: TiledSegmenter(model, info, TilingConfig(resolution=mode)) for mode in ("working", "full")}
+    images = sorted((args.data / "images").iterdir())[: args.limit or None]
+    counts = {mode: np.zeros(4, np.int64) for mode in modes}
+    seconds = {mode: 0.0 for mode in modes}
+    for path in images:
+        image = read_image(path, channels=3)
+        truth = read_mask(args.data / "masks" / f"{path.stem}.png") > 0
+        for mode, segmenter in modes.items():
+            start = time.perf_counter()
+            sky = sky_probability(segmenter.probabilities(image)) >= info.threshold
+            seconds[mode] += time.perf_counter() - start
+            counts[mode] += np.array(confusion(sky, truth))
+    accuracy = {mode: _scores(counts[mode], seconds[mode], len(images)) for mode in modes}
+
+    width, height = map(int, args.size.lower().split("x"))
+    big = cv2.resize(read_image(images[0], channels=3), (width, height), interpolation=cv2.INTER_CUBIC)
+    timing = {}
+    for mode, segmenter in modes.items():
+        segmenter.probabilities(big[:512, :512])  # trace the tf.function outside the timing
+        start = time.perf_counter()
+        segmenter.probabilities(big)
+        timing[mode] = {
+            "seconds": round(time.perf_counter() - start, 2),
+            "tiles": segmenter.tile_count(height, width),
+            "model_size": list(segmenter.model_size(height, width)),
+        }
+    result = {
+        "model": str(args.model),
+        "working_scale": info.working_scale,
+        "tile": modes["working"].tiling.tile,
+        "threshold": info.threshold,
+        "data": str(args.data),
+        "accuracy": accuracy,
+        "iou_difference": round(accuracy["working"]["iou"] - accuracy["full"]["iou"], 4),
+        "timing_8k": {"size": [height, width], **timing},
+        "speedup_8k": round(timing["full"]["seconds"] / timing["working"]["seconds"], 1),
+        "load_average": os.getloadavg(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def _scores(counts, seconds: float, images: int) -> dict:
+    from tfsky.data.masks import Confusion
+
+    matrix = Confusion(*map(int, counts))
+    return {
+        "images": images, "iou": round(matrix.iou, 4), "mcr": round(matrix.mcr, 4),
+        "seconds_per_image": round(seconds / max(images, 1), 3),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@ HDR panoramas (hdr_polyhaven_1k) tone-mapped to 8 bits and upscaled to 8192x4096
 randomly initialised ResNet34 U-Net (float32, 256-pixel tiles, LDR preprocessing). Every run is one whole
 ``tfsky predict --overwrite`` process (start-up, model load, decode, prediction, writing the outputs):
 
-(a) ``--engine local`` with TensorFlow limited to ``--threads`` threads;
+(a) ``--engine local`` with TensorFlow (and oneDNN's OpenMP) limited to ``--threads`` threads;
 (b) ``--engine ray --workers 1 --cpus-per-worker THREADS``;
 (c) ``--engine ray --workers 2 --cpus-per-worker THREADS``.
 
@@ -92,7 +92,9 @@ def setup(workdir: Path, width: int, height: int) -> Path:
 def run_all(workdir: Path, images: Path, threads: int) -> dict:
     """Each engine once, in the order local, Ray 1 worker, Ray 2 workers; masks compared with the local run."""
     load_before = os.getloadavg()
-    env = dict(os.environ, TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
+    from tfsky.ray_engine import thread_limits
+
+    env = dict(os.environ, **thread_limits(threads))  # the local run; Ray workers get the same from the engine
     count = len(list(images.iterdir()))
     runs = {}
     for name, flags in ENGINES.items():

@@ -75,13 +75,11 @@ class RayEngine:
         try:
             workers, gpus = self._sizes()
             rows = [{"index": index} for index in range(len(pending))]
-            threads = str(self.cpus_per_worker)
             results = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
                 _Worker, fn_constructor_args=(task, pending, os.getcwd()),
                 compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows)), max_tasks_in_flight_per_actor=1),
                 num_cpus=self.cpus_per_worker, num_gpus=gpus,
-                runtime_env={"env_vars": {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads,
-                                          "TF_CPP_MIN_LOG_LEVEL": "2"}},
+                runtime_env={"env_vars": {**thread_limits(self.cpus_per_worker), "TF_CPP_MIN_LOG_LEVEL": "2"}},
             )
             for row in results.iter_rows():
                 if row["load_failed"]:
@@ -167,6 +165,11 @@ def _native_stderr_muted() -> Iterator[None]:
         os.dup2(sys.stderr.fileno(), 2)
         sys.stderr.close()
         sys.stderr = python_stderr
+
+
+def thread_limits(threads: int) -> dict[str, str]:
+    """Environment that limits TensorFlow's thread pools and oneDNN's OpenMP threads to ``threads``."""
+    return {name: str(threads) for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")}
 
 
 def _check_reachable(address: str) -> None:

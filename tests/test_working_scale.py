@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -191,3 +193,18 @@ def test_exported_working_scale_model_predicts_like_tfsky_predict_at_its_thresho
     mask = tf.io.decode_png(out["mask_png_bytes"][0]).numpy()[..., 0] == 255
     assert np.mean(mask == (local >= 0.42)) > 0.995  # the model's threshold...
     assert np.mean(mask) > np.mean(local >= 0.5) + 0.05  # ...not 0.5
+
+
+def test_cli_predict_runs_at_the_working_scale_unless_told_full(tmp_path, cli):
+    image, _ = horizon_scene(300, 500, 120)
+    write_png(tmp_path / "scene.png", image)
+    path = tmp_path / "scaled.keras"
+    save_model(_brightness_model(), path, ModelInfo("segmenter", Preprocess(), tile_size=64, working_scale=96))
+    for flags, resolution, tiles in (((), "working", 6), (("--resolution", "full"), "full", 66)):
+        out = tmp_path / resolution
+        result = cli("predict", tmp_path / "scene.png", "-m", path, "-o", out, "-q", *flags)
+        assert result.exit_code == 0, result.output
+        sidecar = json.loads((out / "scene.json").read_text())
+        assert (sidecar["resolution"], sidecar["tiles"]) == (resolution, tiles)
+    result = cli("predict", tmp_path / "scene.png", "-m", path, "-o", tmp_path / "bad", "--resolution", "half")
+    assert result.exit_code == 1 and "tiling.resolution" in result.output and "Traceback" not in result.output

@@ -10,6 +10,7 @@ import typer
 
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
+from tfsky.cli.options import ResolutionOption
 
 app = typer.Typer(help="Evaluate trained models against labelled data and naive baselines.", no_args_is_help=True)
 
@@ -43,6 +44,7 @@ def segmenter(
     window: WindowOption = None,
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
+    resolution: ResolutionOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     quiet: QuietOption = False,
@@ -62,7 +64,7 @@ def segmenter(
     from tfsky.evaluate.segmenter import evaluate_segmenter, overall_table, verdict
 
     flags = {"split": split, "threshold": threshold, "band": band,
-             **tiling_flags(tile, overlap, window, tile_batch, tta)}
+             **tiling_flags(tile, overlap, window, tile_batch, tta, resolution)}
     cfg = command_config(EvaluateConfig, "evaluate", config, set_, flags)
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"

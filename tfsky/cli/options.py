@@ -29,6 +29,9 @@ WindowOption = Annotated[Optional[str], typer.Option(
     help="Blend window: constant | gaussian | hann | spline (config: tiling.window).")]
 TileBatchOption = Annotated[Optional[int], typer.Option(help="Tiles per model call (config: tiling.tile_batch).")]
 TtaOption = Annotated[Optional[str], typer.Option(help="Flip TTA: none | flip2 | flip4 (config: tiling.tta).")]
+ResolutionOption = Annotated[Optional[str], typer.Option(
+    help="working: at the model's working scale, refined to full size | full: tiles of the full image "
+         "(config: tiling.resolution).")]
 
 
 def flag_overrides(section: str, flags: dict[str, Any], set_: Optional[list[str]]) -> list[str]:
@@ -43,10 +46,10 @@ def flag_overrides(section: str, flags: dict[str, Any], set_: Optional[list[str]
 
 
 def tiling_flags(tile: Optional[int], overlap: Optional[float], window: Optional[str], tile_batch: Optional[int],
-                 tta: Optional[str]) -> dict[str, Any]:
+                 tta: Optional[str], resolution: Optional[str] = None) -> dict[str, Any]:
     """The tiling flags of a command as ``tiling.<key>`` flags for `flag_overrides` (None = not given)."""
     return {"tiling.tile": tile, "tiling.overlap": overlap, "tiling.window": window, "tiling.tile_batch": tile_batch,
-            "tiling.tta": tta}
+            "tiling.tta": tta, "tiling.resolution": resolution}
 
 
 def training_section(schema: type, section: str, config: Optional[Path], overrides: Optional[list[str]]) -> Any:

@@ -11,6 +11,7 @@ from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, Engin
 from tfsky.cli.jobs import JobProgress, WorkersOption, finish, make_engine
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
+from tfsky.cli.options import ResolutionOption
 
 
 def predict_cli(
@@ -22,6 +23,7 @@ def predict_cli(
     window: WindowOption = None,
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
+    resolution: ResolutionOption = None,
     threshold: Annotated[Optional[float], typer.Option(
         help="Sky probability cut for the mask (config: predict.threshold).")] = None,
     prob_format: Annotated[Optional[str], typer.Option(
@@ -43,7 +45,8 @@ def predict_cli(
     """
     from tfsky.predict.batch import PredictConfig, predict_many
 
-    flags = {"threshold": threshold, "prob_format": prob_format, **tiling_flags(tile, overlap, window, tile_batch, tta)}
+    flags = {"threshold": threshold, "prob_format": prob_format,
+             **tiling_flags(tile, overlap, window, tile_batch, tta, resolution)}
     cfg = command_config(PredictConfig, "predict", config, set_, flags)
     runner = make_engine(engine, address, workers, gpus_per_worker, cpus_per_worker)
     with JobProgress(quiet) as listener:

@@ -5,8 +5,8 @@ that source, the run is named ``<recipe>-without-<source>`` (its own cache),
 and the best model is evaluated on the left-out source's full-resolution
 images with `tfsky.evaluate.segmenter` (dataset-level and mean-per-image IoU,
 MCR, boundary F1, both naive baselines fitted on those images — their best
-case). Results: ``scripts/results/loso.json`` (merged per source) and the
-table printed for the README.
+case), after the fold model's threshold is chosen on its own validation split.
+Results: ``scripts/results/loso.json`` (merged per source and TTA).
 
     python scripts/loso.py -c configs/sky_ldr_cpu.yaml --leave-out sky_cityscapes [--stage train|evaluate|all]
 """
@@ -14,9 +14,11 @@ table printed for the README.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "loso.json"
@@ -43,21 +45,30 @@ def newest_best(cfg) -> Path:
     return runs[-1]
 
 
-def evaluate_fold(cfg, source) -> dict:
+def evaluate_fold(cfg, source, tta: str) -> dict:
+    """Choose the fold model's threshold on its own validation split (as `tfsky train` does), then
+    evaluate it on the left-out source's full-resolution images."""
     from tfsky.evaluate.segmenter import evaluate_segmenter
-    from tfsky.models.bundle import load_info
+    from tfsky.tiling import TilingConfig
+    from tfsky.train.segmenter import make_datasets, store_threshold
 
     model = newest_best(cfg)
+    threshold = store_threshold(model, make_datasets(cfg, cfg.train.batch_size)[1])
     data = source.images if source.kind == "camera_folder" else Path(source.images).parent
-    report = evaluate_segmenter(model, data, out_dir=model.parent / f"eval-{source.name}")
-    summary = report.to_json()
+    start = time.perf_counter()
+    report = evaluate_segmenter(model, data, out_dir=model.parent / f"eval-{source.name}-{tta}",
+                                tiling=TilingConfig(tta=tta))
+    seconds = time.perf_counter() - start
+    history = [row for row in csv.DictReader(open(model.parent / "history.csv"))]
     return {
         "model": str(model),
-        "threshold": load_info(model).threshold,
+        "threshold": threshold,
+        "tta": tta,
         "images": len(report.images),
         "skipped": len(report.skipped),
-        "overall": summary["overall"],
-
+        "seconds_per_image": round(seconds / max(len(report.images), 1), 2),
+        "epochs": len(history),
+        "overall": report.to_json()["overall"],
     }
 
 
@@ -66,6 +77,7 @@ def main() -> None:
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("--leave-out", action="append", required=True, help="source name (repeatable)")
     parser.add_argument("--stage", choices=("train", "evaluate", "all"), default="all")
+    parser.add_argument("--tta", default="none", help="flip TTA of the evaluation: none | flip2 | flip4")
     parser.add_argument("--threads", type=int, default=0, help="TF intra-op threads per run (0 = all cores)")
     parser.add_argument("--set", action="append", default=[], help="recipe override key=value")
     args = parser.parse_args()
@@ -86,10 +98,10 @@ def main() -> None:
         if args.stage in ("train", "all"):
             train_segmenter(cfg)
         if args.stage in ("evaluate", "all"):
-            results[held_out] = {**evaluate_fold(cfg, source), "load_average": os.getloadavg()}
+            results[f"{held_out}/{args.tta}"] = {**evaluate_fold(cfg, source, args.tta), "load_average": os.getloadavg()}
             RESULTS.parent.mkdir(exist_ok=True)
             RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-            print(json.dumps(results[held_out]["overall"], indent=1))
+            print(json.dumps(results[f"{held_out}/{args.tta}"]["overall"], indent=1))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def serve_cli(
     cfg = command_config(ServeConfig, "serve", config, set_, flags)
     server = DevServer(cfg.repo, host=cfg.host, grpc_port=cfg.grpc_port, rest_port=cfg.rest_port,
                        poll_seconds=cfg.poll_seconds, max_message_mb=cfg.max_message_mb, model_config=cfg.model_config,
-                       read_timeout=cfg.read_timeout).start()
+                       read_timeout=cfg.read_timeout, workers=cfg.workers).start()
     previous = signal.signal(signal.SIGTERM, lambda *_: server.stop())
     out = Console(highlight=False, soft_wrap=True)
     out.print(f"serving {cfg.repo} on gRPC {cfg.host}:{server.grpc_port} and REST http://{cfg.host}:{server.rest_port}",

@@ -27,6 +27,7 @@ class ServeConfig:
         poll_seconds: float. Seconds between repository rescans. Defaults to 2.
         max_message_mb: int. Largest gRPC message (and REST body) accepted, in MiB. Defaults to 256.
         read_timeout: float. Seconds a REST connection may stay silent before it is closed. Defaults to 30.
+        workers: int. gRPC request threads (REST runs one thread per connection). Defaults to 8.
     """
 
     repo: Path = Path("models")
@@ -37,8 +38,11 @@ class ServeConfig:
     poll_seconds: float = 2.0
     max_message_mb: int = 256
     read_timeout: float = 30.0
+    workers: int = 8
 
     def validate(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("workers", f"must be >= 1; got {self.workers}")
         for key in ("grpc_port", "rest_port"):
             if not 0 <= getattr(self, key) <= 65535:
                 raise ConfigError(key, f"must be a port number in [0, 65535]; got {getattr(self, key)}")

@@ -325,7 +325,7 @@ class DevServer:
         rest_port: int = ServeConfig.rest_port,
         poll_seconds: float = ServeConfig.poll_seconds,
         max_message_mb: int = ServeConfig.max_message_mb,
-        workers: int = 8,
+        workers: int = ServeConfig.workers,
         model_config: str | Path | None = None,
         read_timeout: float = ServeConfig.read_timeout,
     ):

@@ -157,7 +157,7 @@ def evaluate_cloud(
     data: str | Path,
     *,
     split: str = "val",
-    threshold: float = 0.5,
+    threshold: Optional[float] = None,
     out_dir: Optional[str | Path] = None,
     tiling: TilingConfig | None = None,
     cover: CloudCoverConfig | None = None,
@@ -173,6 +173,7 @@ def evaluate_cloud(
     model_path, data = Path(model_path), Path(data)
     cover = cover or CloudCoverConfig()
     segmenter = TiledSegmenter.load(model_path, tiling)
+    threshold = segmenter.info.threshold if threshold is None else threshold  # None: the model's own
     manifest = read_manifest(data)
     if split not in manifest["splits"]:
         raise InputError(data, f"the cache has no split {split!r} (it has: {', '.join(manifest['splits'])})")

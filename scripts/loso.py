@@ -72,6 +72,16 @@ def evaluate_fold(cfg, source, tta: str) -> dict:
     }
 
 
+def record(key: str, result: dict) -> None:
+    """Merge one fold's result into the results file, read just before (folds may run side by side)."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results[key] = result
+    RESULTS.parent.mkdir(exist_ok=True)
+    temp = RESULTS.with_suffix(f".{os.getpid()}.tmp")
+    temp.write_text(json.dumps(results, indent=2) + "\n")
+    temp.replace(RESULTS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", required=True)
@@ -92,16 +102,14 @@ def main() -> None:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     recipe = load_config(SegmenterConfig, args.config, args.set)
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     for held_out in args.leave_out:
         cfg, source = fold_config(recipe, held_out)
         if args.stage in ("train", "all"):
             train_segmenter(cfg)
         if args.stage in ("evaluate", "all"):
-            results[f"{held_out}/{args.tta}"] = {**evaluate_fold(cfg, source, args.tta), "load_average": os.getloadavg()}
-            RESULTS.parent.mkdir(exist_ok=True)
-            RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-            print(json.dumps(results[f"{held_out}/{args.tta}"]["overall"], indent=1))
+            result = {**evaluate_fold(cfg, source, args.tta), "load_average": os.getloadavg()}
+            record(f"{held_out}/{args.tta}", result)
+            print(json.dumps(result["overall"], indent=1))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Results: ``scripts/results/loso.json`` (merged per source and TTA).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import os
@@ -50,6 +49,7 @@ def evaluate_fold(cfg, source, tta: str) -> dict:
     evaluate it on the left-out source's full-resolution images."""
     from tfsky.evaluate.segmenter import evaluate_segmenter
     from tfsky.tiling import TilingConfig
+    from tfsky.train.runner import read_history
     from tfsky.train.segmenter import make_datasets, store_threshold
 
     model = newest_best(cfg)
@@ -59,7 +59,7 @@ def evaluate_fold(cfg, source, tta: str) -> dict:
     report = evaluate_segmenter(model, data, out_dir=model.parent / f"eval-{source.name}-{tta}",
                                 tiling=TilingConfig(tta=tta))
     seconds = time.perf_counter() - start
-    history = [row for row in csv.DictReader(open(model.parent / "history.csv"))]
+    with_sky = [image for image in report.images if image.scores["model"].metrics()["sky_fraction_truth"] > 0]
     return {
         "model": str(model),
         "threshold": threshold,
@@ -67,8 +67,10 @@ def evaluate_fold(cfg, source, tta: str) -> dict:
         "images": len(report.images),
         "skipped": len(report.skipped),
         "seconds_per_image": round(seconds / max(len(report.images), 1), 2),
-        "epochs": len(history),
+        "epochs": len(read_history(model.parent / "history.csv")),
         "overall": report.to_json()["overall"],
+        "images_with_sky": len(with_sky),
+        "overall_with_sky": report.overall(with_sky),
     }
 
 

@@ -12,10 +12,15 @@ from tfsky.models.metrics import segmentation_metrics
 from tfsky.train.runner import fit_run, read_history
 
 
-def test_training_prints_measured_step_time_and_projected_end_and_records_epoch_seconds(tmp_path, capsys):
+def one_conv_segmenter() -> tf.keras.Model:
     inputs = tf.keras.Input((None, None, 3))
     model = tf.keras.Model(inputs, tf.keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
     model.compile(tf.keras.optimizers.Adam(1e-3), make_loss("bce"), segmentation_metrics())
+    return model
+
+
+def test_training_prints_measured_step_time_and_projected_end_and_records_epoch_seconds(tmp_path, capsys):
+    model = one_conv_segmenter()
     fit_run(
         model, tiny_data(), tiny_data(), run_dir=tmp_path, epochs=3, monitor="val_iou", mode="max",
         save_best=lambda m, path, logs: None, steps_per_epoch=2, verbose=2,
@@ -35,9 +40,7 @@ def test_training_prints_measured_step_time_and_projected_end_and_records_epoch_
 
 
 def test_a_silent_run_prints_no_budget(tmp_path, capsys):
-    inputs = tf.keras.Input((None, None, 3))
-    model = tf.keras.Model(inputs, tf.keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
-    model.compile(tf.keras.optimizers.Adam(1e-3), make_loss("bce"), segmentation_metrics())
+    model = one_conv_segmenter()
     fit_run(
         model, tiny_data(), tiny_data(), run_dir=tmp_path, epochs=2, monitor="val_iou", mode="max",
         save_best=lambda m, path, logs: None, verbose=0,

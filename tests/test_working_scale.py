@@ -208,3 +208,26 @@ def test_cli_predict_runs_at_the_working_scale_unless_told_full(tmp_path, cli):
         assert (sidecar["resolution"], sidecar["tiles"]) == (resolution, tiles)
     result = cli("predict", tmp_path / "scene.png", "-m", path, "-o", tmp_path / "bad", "--resolution", "half")
     assert result.exit_code == 1 and "tiling.resolution" in result.output and "Traceback" not in result.output
+
+
+def test_a_cache_of_another_working_scale_or_an_older_tfsky_is_one_clear_error(tmp_path):
+    from tfsky.errors import InputError
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    for index in range(3):
+        image, mask = horizon_scene(120, 160, 50, seed=index)
+        write_png(images / f"s{index}.png", image)
+        write_mask_png(masks / f"s{index}.png", mask.astype(bool))
+    cfg = data_config(tmp_path, [mask_source(images, masks)], working_scale=64)
+    prepare_cache(cfg, progress=False)
+    cfg.working_scale = 96
+    with pytest.raises(InputError, match="prepared at working_scale 64 but the config wants 96"):
+        steps_per_epoch(cfg, "train", 1)
+    cfg.working_scale = 64
+    manifest_path = cfg.cache / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["items"]:
+        entry.pop("sky_fraction", None)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="prepared by an older tfsky; re-run `tfsky data prepare`"):
+        steps_per_epoch(cfg, "train", 1)

@@ -158,6 +158,9 @@ def crop_counts(cfg: DataConfig, entries: list[dict]) -> list[int]:
 
 
 def _sky_weight(cfg: DataConfig, entry: dict) -> float:
+    if "sky_fraction" not in entry:
+        raise InputError(cfg.cache, f"{entry['id']} has no sky_fraction: the cache was prepared by an older "
+                         "tfsky; re-run `tfsky data prepare`")
     return cfg.no_sky_weight if entry["sky_fraction"] == 0 else 1.0
 
 
@@ -194,6 +197,7 @@ def _streamed_batches(
 def steps_per_epoch(cfg: DataConfig, split: Split, batch_size: int) -> int:
     """Batches in one epoch of `segmentation_dataset` (train: full batches only; val: the last may be partial)."""
     manifest = read_manifest(cfg.cache)
+    _check_compatible(cfg, manifest, split)
     if split == "train":
         return sum(crop_counts(cfg, _written(manifest, split))) // batch_size
     return math.ceil(_grid_patch_count(cfg, manifest) / batch_size)
@@ -225,6 +229,12 @@ def _check_compatible(cfg: DataConfig, manifest: dict, split: str) -> None:
         )
     if not manifest["splits"][split]["images"]:
         raise InputError(cfg.cache, f"no {split} images in the cache (the split needs at least two groups)")
+    prepared_scale = manifest["config"].get("working_scale")
+    if prepared_scale != cfg.working_scale:
+        raise InputError(
+            cfg.cache, f"cache was prepared at working_scale {prepared_scale} but the config wants "
+            f"{cfg.working_scale}; re-run `tfsky data prepare`",
+        )
 
 
 def _decoded_bytes(manifest: dict, dtype: tf.DType) -> int:

@@ -6,7 +6,7 @@ and the best model is evaluated on the left-out source's full-resolution
 images with `tfsky.evaluate.segmenter` (dataset-level and mean-per-image IoU,
 MCR, boundary F1, both naive baselines fitted on those images — their best
 case), after the fold model's threshold is chosen on its own validation split.
-Results: ``scripts/results/loso.json`` (merged per source and TTA).
+Results: ``scripts/results/loso.json`` (merged per fold name and TTA).
 
     python scripts/loso.py -c configs/sky_ldr_cpu.yaml --leave-out sky_cityscapes [--stage train|evaluate|all]
 """
@@ -110,7 +110,7 @@ def main() -> None:
             train_segmenter(cfg)
         if args.stage in ("evaluate", "all"):
             result = {**evaluate_fold(cfg, source, args.tta), "load_average": os.getloadavg()}
-            record(f"{held_out}/{args.tta}", result)
+            record(f"{cfg.name}/{args.tta}", result)
             print(json.dumps(result["overall"], indent=1))
 
 

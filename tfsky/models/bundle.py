@@ -26,6 +26,7 @@ MODEL_KINDS = {  # what a command needs -> (the sidecar tasks that provide it, h
     "segmenter": (("segmenter",), "sky segmenter"),
     "translator": (("pix2pix", "vae"), "weather translator (pix2pix or vae)"),
     "classifier": (("classifier",), "weather classifier"),
+    "colorizer": (("colorize",), "colorizer (model.kind colorize)"),
 }
 
 
@@ -136,6 +137,7 @@ def load_model(path: str | Path, precision: InferencePrecision = "auto", kind: s
 
 def custom_objects() -> dict[str, Any]:
     """Custom layers and models tfsky defines, for loading saved files."""
+    from tfsky.models.colorize import HintChannels
     from tfsky.models.vae import LatentSample
 
-    return {"tfsky>LatentSample": LatentSample}
+    return {"tfsky>LatentSample": LatentSample, "tfsky>HintChannels": HintChannels}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal, Optional, TypeVar
 
 from tfsky.config import from_dict
+from tfsky.data.colour import ColourSourcesConfig
 from tfsky.data.config import DataConfig
 from tfsky.data.labelled import ClassifierDataConfig
 from tfsky.data.pairs import PairDataConfig, PairsConfig
@@ -18,6 +19,7 @@ from tfsky.data.streams import StreamsConfig
 from tfsky.errors import ConfigError, InputError
 from tfsky.models.bundle import ModelInfo, info_path
 from tfsky.models.classifier import ClassifierModelConfig
+from tfsky.models.colorize import ColorizeConfig
 from tfsky.models.losses import LossName
 from tfsky.models.pix2pix import Pix2PixConfig
 from tfsky.models.precision import Precision, StrategyName
@@ -159,21 +161,25 @@ class TranslatorModelConfig:
     """The translator's ``model:`` section: which translator, its settings, numeric precision.
 
     Args:
-        kind: str. ``pix2pix`` or ``vae``. Defaults to ``pix2pix``.
+        kind: str. ``pix2pix``, ``vae`` or ``colorize`` (grey -> colour, `tfsky.train.colorize`).
+            Defaults to ``pix2pix``.
         precision: str. ``auto`` (mixed_float16 on GPU, float32 on CPU), ``float32``,
             ``mixed_float16`` or ``mixed_bfloat16``. Defaults to ``auto``.
         pix2pix: Pix2PixConfig. Used when ``kind`` is pix2pix.
         vae: VAEConfig. Used when ``kind`` is vae.
+        colorize: ColorizeConfig. Used when ``kind`` is colorize.
     """
 
-    kind: Literal["pix2pix", "vae"] = "pix2pix"
+    kind: Literal["pix2pix", "vae", "colorize"] = "pix2pix"
     precision: Precision = "auto"
     pix2pix: Pix2PixConfig = dataclasses.field(default_factory=Pix2PixConfig)
     vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
+    colorize: ColorizeConfig = dataclasses.field(default_factory=ColorizeConfig)
 
     @property
     def depth(self) -> int:
-        return self.pix2pix.depth if self.kind == "pix2pix" else self.vae.depth
+        depths = {"pix2pix": self.pix2pix.depth, "vae": self.vae.depth, "colorize": self.colorize.refine_depth}
+        return depths[self.kind]
 
     @property
     def size_multiple(self) -> int:
@@ -190,7 +196,10 @@ class TranslatorConfig:
         name: str. Run name; runs go to ``train.runs_root/<name>/``.
         streams: StreamsConfig. Where the camera streams are and how frames are validated.
         pairs: PairsConfig. The condition rule and the pairs file.
-        data: PairDataConfig. Resize / crop / flip of the pairs.
+        colour: ColourSourcesConfig. ``kind: colorize`` only: the images (no labels needed) and their
+            split by source; ``streams`` and ``pairs`` are not used then.
+        data: PairDataConfig. Resize / crop / flip of the pairs (of the colour frames for colorize:
+            ``crop_size`` is the refinement's training crop).
         model: TranslatorModelConfig. The network.
         train: TrainConfig. The fit (``learning_rate`` 2e-4 and ``batch_size`` 1 as in pix2pix;
             the translators' own train steps use Adam, so there is no optimiser, loss or schedule).
@@ -199,6 +208,7 @@ class TranslatorConfig:
     name: str
     streams: StreamsConfig = dataclasses.field(default_factory=StreamsConfig)
     pairs: PairsConfig = dataclasses.field(default_factory=PairsConfig)
+    colour: ColourSourcesConfig = dataclasses.field(default_factory=ColourSourcesConfig)
     data: PairDataConfig = dataclasses.field(default_factory=PairDataConfig)
     model: TranslatorModelConfig = dataclasses.field(default_factory=TranslatorModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=1, learning_rate=2e-4))

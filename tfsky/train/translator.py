@@ -43,6 +43,10 @@ log = logging.getLogger("tfsky")
 
 def train_translator(cfg: TranslatorConfig, *, resume: bool = False, verbose: int = 2) -> RunResult:
     """Train (or, with ``resume``, continue the newest run of) ``cfg.name``; returns the run result."""
+    if cfg.model.kind == "colorize":
+        from tfsky.train.colorize import train_colorizer
+
+        return train_colorizer(cfg, resume=resume, verbose=verbose)
     seed_everything(cfg.train)
     ensure_pairs(cfg)
     train_pairs, val_pairs = read_pairs(cfg.pairs.file, "train"), read_pairs(cfg.pairs.file, "val")

@@ -56,3 +56,9 @@ class ServingError(Exception):
     def __init__(self, code, message: str):
         self.code = code
         super().__init__(message)
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message (its type name when empty): libraries' errors in one-line reports."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator, Literal, Optional, Protocol, Sequenc
 from tfsky.errors import InputError, TfskyError
 from tfsky.io.atomic import prepare_out_dir, remove_stale_temps
 from tfsky.io.images import is_image_file, link_problem
+from tfsky.io.stores import as_path
 
 MANIFEST_SUFFIX = ".txt"
 Status = Literal["done", "skipped", "failed"]
@@ -152,7 +153,7 @@ def run_job(
     Args:
         task: Task. The per-item work and output names.
         inputs: sequence of Path. Files, folders (searched recursively) and ``.txt`` manifests.
-        out_dir: str | Path. Output folder (created).
+        out_dir: str | Path. Output folder (created), or ``s3://bucket/prefix`` (`tfsky.io.stores`).
         overwrite: bool. Redo items whose outputs are complete. Defaults to False.
         listener: Listener. Progress hooks. Defaults to None (no progress).
         engine: Engine. Where the items run. Defaults to `LocalEngine()`.
@@ -161,7 +162,7 @@ def run_job(
         TfskyError: the output folder cannot be used, `Task.check` or `Task.load` failed, or an
             error `Task.stops_the_job`. Problems with single items are reported, not raised.
     """
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir)  # a local folder or an object-store prefix (s3://...)
     listener = listener or Listener()
     task.check()
     prepare_out_dir(out_dir)

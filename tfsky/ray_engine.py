@@ -30,7 +30,7 @@ import socket
 import sys
 from typing import Iterator, Optional
 
-from tfsky.errors import TfskyError
+from tfsky.errors import TfskyError, first_line
 from tfsky.jobs import Decoded, Listener, Pending, Report, Task, attempt, record
 
 try:
@@ -86,7 +86,7 @@ class RayEngine:
                     raise TfskyError(row["reason"])
                 record(report, listener, pending[row["index"]][0].source, row["reason"] or None)
         except ray.exceptions.RayError as err:
-            raise TfskyError(f"Ray cluster {self.address or 'local'}: {_first_line(err)}") from None
+            raise TfskyError(f"Ray cluster {self.address or 'local'}: {first_line(err)}") from None
         finally:
             ray.shutdown()
 
@@ -98,7 +98,7 @@ class RayEngine:
             ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False,
                      include_dashboard=False, configure_logging=True)
         except (ConnectionError, ValueError, RuntimeError) as err:
-            raise TfskyError(f"--address {self.address}: cannot join a Ray cluster ({_first_line(err)})") from None
+            raise TfskyError(f"--address {self.address}: cannot join a Ray cluster ({first_line(err)})") from None
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
@@ -182,7 +182,3 @@ def _check_reachable(address: str) -> None:
     except OSError as err:
         raise TfskyError(f"--address {address}: no Ray cluster answers there ({err.strerror or err})") from None
 
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -15,10 +15,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from tfsky.io.stores import as_path
 from tfsky.jobs import Engine, Report, Status
 
 BIG_ITEM_STEPS = 64  # items with more steps (tiles) than this get a second, step-level progress bar
 
+OutOption = Annotated[Path, typer.Option(
+    "--out", "-o", parser=as_path, help="Output folder, or s3://bucket/prefix (an object store: see the README).")]
 
 
 class EngineName(str, enum.Enum):

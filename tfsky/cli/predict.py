@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
-from tfsky.cli.jobs import JobProgress, WorkersOption, finish, make_engine
+from tfsky.cli.jobs import JobProgress, OutOption, WorkersOption, finish, make_engine
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 from tfsky.cli.options import ResolutionOption
@@ -17,7 +17,7 @@ from tfsky.cli.options import ResolutionOption
 def predict_cli(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Segmenter .keras file (with its .json sidecar).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    out: OutOption,
     tile: TileOption = None,
     overlap: OverlapOption = None,
     window: WindowOption = None,

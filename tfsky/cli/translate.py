@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
-from tfsky.cli.jobs import JobProgress, WorkersOption, finish, make_engine
+from tfsky.cli.jobs import JobProgress, OutOption, WorkersOption, finish, make_engine
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 
@@ -16,7 +16,7 @@ from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOpt
 def translate_cli(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Translator .keras file (pix2pix or vae).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    out: OutOption,
     composite: Annotated[Optional[bool], typer.Option(
         help="Also write <name>_composite.png: only the sky translated (config: translate.composite.enabled).")] = None,
     segmenter: Annotated[Optional[Path], typer.Option(help="Sky segmenter for --composite.")] = None,

@@ -2,7 +2,9 @@
 
 Everything tfsky writes goes to a temporary name in the destination folder and
 is renamed into place once complete; `os.replace` is atomic on POSIX within
-one filesystem.
+one filesystem. An output in an object store (`tfsky.io.stores.StorePath`,
+``s3://...``) is written to a local temporary file and then stored in one
+upload, which the store shows only once complete.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tfsky.errors import InputError
+from tfsky.io.stores import StorePath, check_writable, as_path, put
 
 
 def temp_name(path: Path) -> Path:
@@ -40,9 +43,17 @@ def _publish(tmp: Path, mode: int) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write to; rename it to ``path`` on success, delete it on failure."""
-    path = Path(path)
-    with _output_folder_errors(path.parent):
+    """Yield a temporary path to write to; rename it to ``path`` on success, delete it on failure.
+
+    For an object ``path`` the temporary file is local and is stored as ``path`` on success.
+    """
+    path = as_path(path)
+    if isinstance(path, StorePath):
+        with _local_temp(path.suffix) as tmp:
+            yield tmp
+            put(tmp, path)
+        return
+    with _as_path_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_name(path)
     try:
@@ -55,6 +66,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def _local_temp(suffix: str) -> Iterator[Path]:
+    """A temporary file in the system's temp folder (keeping ``suffix``), always deleted afterwards."""
+    fd, name = tempfile.mkstemp(prefix=".tfsky-upload.", suffix=f".part{suffix}")
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        os.unlink(name)
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; rename it to ``path`` when the block completes.
 
@@ -62,7 +84,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     complete, which matters to readers that watch for new folders (TF Serving).
     """
     path = Path(path)
-    with _output_folder_errors(path.parent):
+    with _as_path_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:
@@ -76,15 +98,18 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def prepare_out_dir(out_dir: Path) -> None:
+def prepare_out_dir(out_dir: Path | StorePath) -> None:
     """Create ``out_dir`` and check once that a file can be written in it (not output by output later).
 
     Raises:
         InputError: ``out_dir`` is a file, cannot be created or is not writable.
     """
+    if isinstance(out_dir, StorePath):
+        check_writable(out_dir)
+        return
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "is a file, not an output folder")
-    with _output_folder_errors(out_dir):
+    with _as_path_errors(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tfsky-write-check.", dir=out_dir)
         os.close(fd)
@@ -92,7 +117,7 @@ def prepare_out_dir(out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _output_folder_errors(folder: Path) -> Iterator[None]:
+def _as_path_errors(folder: Path) -> Iterator[None]:
     """A destination folder that cannot be created or written in is the user's to fix: one `InputError`.
 
     (Inside a file, read-only, full disk...) Every command that writes reports it the same way.
@@ -106,8 +131,13 @@ def _output_folder_errors(folder: Path) -> Iterator[None]:
 
 
 def stale_temps(path: str | Path) -> list[Path]:
-    """Temporaries that interrupted atomic writes of ``path`` left beside it (files and folders)."""
-    path = Path(path)
+    """Temporaries that interrupted atomic writes of ``path`` left beside it (files and folders).
+
+    None for an object: its temporaries are local, and an unfinished upload shows no object.
+    """
+    path = as_path(path)
+    if isinstance(path, StorePath):
+        return []
     patterns = (f".{path.stem}.*.part{path.suffix}", f".{path.name}.*.part")
     return sorted({stale for pattern in patterns for stale in path.parent.glob(pattern)})
 

@@ -155,3 +155,96 @@ def test_cloudnet_is_the_described_network_and_classifies_one_pixel_per_patch():
     np.testing.assert_allclose(patches[:, 16, 16], image[rows, cols] / 255.0, rtol=1e-6)  # centred on the pixel
     probs = cloudnet.classify_pixels(model, image, rows, cols, batch=2)
     assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+# --- the valid sky of each frame: camera masks chosen per frame --------------------------------------------------
+
+
+def write_mask(path, sky: np.ndarray):
+    import cv2
+
+    cv2.imwrite(str(path), sky.astype(np.uint8) * 255)
+    return path
+
+
+def fisheye_frames(size: int = 64):
+    """Two cameras of one size: a wide disc whose outside is dim but not black, and a cropped ellipse that
+    its camera blacks out (as WSISEG's cameras 1 and 2)."""
+    rows, cols = np.ogrid[:size, :size]
+    wide = disc(size, (size / 2, size / 2), size * 0.45)
+    cropped = ((rows - size / 2) / (size * 0.3)) ** 2 + ((cols - size / 2) / (size * 0.4)) ** 2 <= 1
+    sky = np.random.default_rng(0).integers(40, 255, (size, size, 3)).astype(np.uint8)
+    first = np.where(wide[..., None], sky, np.uint8(20))  # a dim ring of the lens housing, not black
+    second = np.where(cropped[..., None], sky, np.uint8(0))
+    return wide, cropped, first, second
+
+
+def test_each_frame_gets_the_camera_mask_that_fits_it_else_its_own_bright_pixels(tmp_path):
+    from tfsky.predict.cloud import CameraMasks
+
+    wide, cropped, first, second = fisheye_frames()
+    masks = CameraMasks(CloudCoverConfig(camera_masks=[write_mask(tmp_path / "wide.png", wide)]))
+    valid, mask = masks.valid_sky(first)
+    assert mask.path.name == "wide.png" and np.array_equal(valid, wide)  # the dim ring is outside the lens
+    valid, mask = masks.valid_sky(second)  # black on a fifth of the wide mask: it does not fit
+    assert mask is None and np.array_equal(valid, cropped)
+    both = CameraMasks(CloudCoverConfig(camera_masks=[tmp_path / "wide.png", write_mask(tmp_path / "crop.png", cropped)]))
+    assert both.valid_sky(second)[1].path.name == "crop.png"
+    assert CameraMasks(CloudCoverConfig(camera_masks=[])).valid_sky(first)[1] is None
+    assert both.valid_sky(first[:40])[1] is None  # a frame of another size: no mask of its size
+    forced = CameraMasks(CloudCoverConfig(camera_mask=tmp_path / "wide.png"))
+    assert np.array_equal(forced.valid_sky(second)[0], wide)  # forced on every frame of its size
+    with pytest.raises(InputError, match=r"small\.png: frame is 64x40 but the camera mask .*wide\.png is 64x64"):
+        forced.valid_sky(first[:40], "small.png")
+
+
+def test_serving_graph_chooses_the_same_valid_sky_as_tfsky_predict(tmp_path):
+    from tfsky.predict.cloud import CameraMasks
+
+    wide, cropped, first, second = fisheye_frames()
+    cfg = CloudCoverConfig(camera_masks=[write_mask(tmp_path / "wide.png", wide)])
+    masks = CameraMasks(cfg)
+    graph = tf.function(masks.valid_sky_graph)
+    sixteen_bit = (second.astype(np.uint16) * 257)
+    sixteen_bit[0, :3] = [[2056] * 3, [2057] * 3, [2184] * 3]  # 8 * 257 is dark, one step above is bright
+    for frame in (first, second, first[:40]):
+        assert np.array_equal(graph(tf.constant(frame / 255.0, tf.float32)).numpy(), masks.valid_sky(frame)[0])
+    assert np.array_equal(graph(tf.constant(sixteen_bit / 65535.0, tf.float32)).numpy(),
+                          masks.valid_sky(sixteen_bit)[0])
+    assert masks.valid_sky(sixteen_bit)[0][0, :3].tolist() == [False, True, True]
+
+
+def test_default_masks_are_the_models_training_cameras_and_a_missing_one_is_one_line(tmp_path):
+    from tfsky.data.config import Preprocess
+    from tfsky.models.bundle import ModelInfo
+    from tfsky.predict.cloud import FrameCover, training_camera_masks
+
+    wide, _, first, second = fisheye_frames()
+    mask = write_mask(tmp_path / "wide.png", wide)
+
+    def model_info(mask_path):
+        cameras = [{"name": "c1", "first_frame": 1, "last_frame": 9, "mask": str(mask_path)},
+                   {"name": "c2", "first_frame": 10, "last_frame": 20, "mask": None}]
+        source = {"kind": "allsky_folder", "name": "wsiseg", "allsky": {"cameras": cameras}}
+        return ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=64, classes=2,
+                         config={"data": {"sources": [source]}})
+
+    assert training_camera_masks(model_info(mask)) == [mask]
+    cover = FrameCover(CloudCoverConfig(), 0.5, model_info(mask))
+    _, valid, facts = cover(first, np.ones(wide.shape, np.float32), "frame_0001.png")
+    assert facts["camera_mask"] == str(mask) and facts["valid_pixels"] == int(wide.sum())
+    assert facts["cloud_fraction_pct"] == 100.0
+    assert cover(second, np.zeros(wide.shape, np.float32), "frame_0012.png")[2]["camera_mask"] is None
+    with pytest.raises(InputError, match=r"gone\.png: camera mask of the model's training camera c1 not found"):
+        FrameCover(CloudCoverConfig(), 0.5, model_info(tmp_path / "gone.png"))
+    assert FrameCover(CloudCoverConfig(camera_masks=[]), 0.5, model_info(tmp_path / "gone.png")).masks.masks == []
+
+
+def test_cloud_cover_config_checks_its_masks_and_fit_share(tmp_path):
+    from tfsky.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"camera_masks\[1\]"):
+        CloudCoverConfig(camera_masks=[write_mask(tmp_path / "m.png", np.ones((4, 4), bool)),
+                                       tmp_path / "none.png"]).validate()
+    with pytest.raises(ConfigError, match="mask_fit_dark_pct"):
+        CloudCoverConfig(mask_fit_dark_pct=100).validate()

@@ -1,8 +1,17 @@
 """Cloud cover of an all-sky frame from a two-class (clear sky / cloud) segmenter's output.
 
-Only *valid* sky pixels count: those inside the camera mask (white = seen by
-the lens), or, without a mask, those brighter than ``dark_level`` in some
-channel (the black outside of a fisheye frame). On them:
+Only *valid* sky pixels count: those inside the frame's camera mask (white =
+seen by the lens), or, when no mask fits the frame, those brighter than
+``dark_level`` in some channel (the black outside of a fisheye frame whose
+camera blacks out what the lens does not see, like WSISEG's cropped second
+camera). A folder may mix cameras and a served frame comes without a name, so
+each frame gets the first candidate mask *that fits it* (`CameraMasks`): one
+of its size in which at most ``mask_fit_dark_pct`` % of the pixels are dark
+in the frame. The candidates are, by default, the masks of the cameras the
+model was trained on (its all-sky sources' ``allsky.cameras``); on WSISEG a
+camera-1 frame is dark on at most 0.54 % of ``mask_cam.png`` and a camera-2
+frame on 20.4 %. ``camera_mask`` instead forces one mask on every frame. On
+the valid pixels:
 
 * cloud fraction = cloud pixels / valid pixels, in percent (a cloud pixel has
   P(cloud) >= the job's threshold: softmax channel 1,
@@ -35,6 +44,8 @@ import numpy as np
 from tfsky.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
+    import tensorflow as tf
+
     from tfsky.models.bundle import ModelInfo
 
 Projection = Literal["equidistant", "equisolid"]
@@ -47,10 +58,17 @@ class CloudCoverConfig:
     """How cloud cover is read from a cloud model's output (the ``cloud:`` settings of `tfsky predict`).
 
     Args:
-        camera_mask: Optional[Path]. Camera mask PNG (white = sky seen by the lens,
-            the frames' size). Defaults to None (valid = brighter than ``dark_level``).
-        dark_level: int. Without a mask, pixels whose every channel is <= this
-            (on the 0..255 scale) are outside the lens. Defaults to 8.
+        camera_mask: Optional[Path]. One camera mask PNG (white = sky seen by the
+            lens, the frames' size) forced on every frame. Defaults to None
+            (each frame gets the fitting mask of ``camera_masks``).
+        camera_masks: Optional[list[Path]]. Candidate camera masks; each frame
+            gets the first that fits it (module docstring). Defaults to None (the
+            masks of the model's training cameras); ``[]``: every frame's valid
+            sky is its pixels brighter than ``dark_level``.
+        mask_fit_dark_pct: float. A mask fits a frame of its size when at most
+            this share (%) of its sky pixels is dark in the frame. Defaults to 2.
+        dark_level: int. Pixels whose every channel is <= this (on the 0..255
+            scale) are dark: outside the lens when no mask fits. Defaults to 8.
         projection: str. Fisheye projection of the solid-angle weights:
             ``equidistant`` or ``equisolid``. Defaults to ``equidistant``.
         okta_tolerance_pp: float. A cloud fraction within this many percentage
@@ -60,6 +78,8 @@ class CloudCoverConfig:
     """
 
     camera_mask: Optional[Path] = None
+    camera_masks: Optional[list[Path]] = None
+    mask_fit_dark_pct: float = 2.0
     dark_level: int = 8
     projection: Projection = "equidistant"
     okta_tolerance_pp: float = 0.5
@@ -69,6 +89,11 @@ class CloudCoverConfig:
     def validate(self) -> None:
         if self.camera_mask is not None and not Path(self.camera_mask).is_file():
             raise ConfigError("camera_mask", f"camera mask not found: {self.camera_mask}")
+        for index, path in enumerate(self.camera_masks or []):
+            if not Path(path).is_file():
+                raise ConfigError(f"camera_masks[{index}]", f"camera mask not found: {path}")
+        if not 0 <= self.mask_fit_dark_pct < 100:
+            raise ConfigError("mask_fit_dark_pct", f"must be in [0, 100); got {self.mask_fit_dark_pct}")
         if not 0 <= self.dark_level < 255:
             raise ConfigError("dark_level", f"must be in 0..254; got {self.dark_level}")
         if not 0 <= self.okta_tolerance_pp < 100 / OKTAS / 2:
@@ -133,10 +158,8 @@ def sky_condition(okta_value: int, cfg: CloudCoverConfig) -> str:
     return "partial"
 
 
-def valid_sky(image: np.ndarray, camera_mask: Optional[np.ndarray], dark_level: int = 8) -> np.ndarray:
-    """Boolean ``H x W`` valid sky pixels: the camera mask, or pixels brighter than ``dark_level`` (0..255)."""
-    if camera_mask is not None:
-        return camera_mask
+def bright_pixels(image: np.ndarray, dark_level: int) -> np.ndarray:
+    """Boolean ``H x W``: pixels brighter than ``dark_level`` (0..255 scale) in some channel of a raw frame."""
     scale = 257 if image.dtype == np.uint16 else 1
     return image.max(axis=-1) > dark_level * scale
 
@@ -188,39 +211,151 @@ def timestamp_from_name(name: str) -> Optional[str]:
     return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
 
 
+def _allsky_sources(info: Optional["ModelInfo"]) -> list[dict]:
+    """The ``allsky_folder`` source configs a model was trained on (from its sidecar)."""
+    sources = ((info.config or {}) if info else {}).get("data", {}).get("sources", [])
+    return [source for source in sources if source.get("kind") == "allsky_folder"]
+
+
 def is_cloud_model(info: "ModelInfo") -> bool:
     """A two-class segmenter trained on all-sky sources (softmax: 0 clear sky, 1 cloud)."""
-    sources = (info.config or {}).get("data", {}).get("sources", [])
-    return info.classes == 2 and any(source.get("kind") == "allsky_folder" for source in sources)
+    return info.classes == 2 and bool(_allsky_sources(info))
+
+
+def training_camera_masks(info: Optional["ModelInfo"]) -> list[Path]:
+    """The mask files of the all-sky cameras a model was trained on, in config order (the default candidates).
+
+    Raises:
+        InputError: one of them is not found here (a path of the training machine).
+    """
+    paths: list[Path] = []
+    for source in _allsky_sources(info):
+        for camera in (source.get("allsky") or {}).get("cameras", []):
+            path = Path(camera["mask"]) if camera.get("mask") else None
+            if path is None or path in paths:
+                continue
+            if not path.is_file():
+                raise InputError(path, f"camera mask of the model's training camera {camera.get('name')} not found "
+                                 "(set cloud.camera_masks to the masks on this machine, or [] to use each frame's "
+                                 "pixels brighter than dark_level)")
+            paths.append(path)
+    return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraMask:
+    """One camera mask: its file and its sky pixels (boolean ``H x W``, white = seen by the lens)."""
+
+    path: Path
+    sky: np.ndarray
+
+    @classmethod
+    def read(cls, path: str | Path) -> "CameraMask":
+        from tfsky.data.allsky import read_camera_mask
+
+        return cls(Path(path), read_camera_mask(Path(path)))
+
+    def dark_share_pct(self, bright: np.ndarray) -> float:
+        """Share (%) of this mask's sky pixels that are dark in a frame whose bright pixels are ``bright``;
+        100 for a mask without sky (it fits no frame)."""
+        sky = np.count_nonzero(self.sky)
+        return 100.0 * np.count_nonzero(self.sky & ~bright) / sky if sky else 100.0
+
+
+class CameraMasks:
+    """The camera masks of one job and the valid sky they give each frame (module docstring).
+
+    Args:
+        cfg: CloudCoverConfig. ``camera_mask`` / ``camera_masks``, ``mask_fit_dark_pct``, ``dark_level``.
+        info: Optional[ModelInfo]. The cloud model; its training cameras' masks are the default candidates.
+
+    Raises:
+        InputError: a mask is unreadable, or a training camera's mask (the default) is not found.
+    """
+
+    def __init__(self, cfg: CloudCoverConfig, info: Optional["ModelInfo"] = None):
+        self.cfg = cfg
+        self.forced = cfg.camera_mask is not None
+        if self.forced:
+            paths = [cfg.camera_mask]
+        else:
+            paths = cfg.camera_masks if cfg.camera_masks is not None else training_camera_masks(info)
+        self.masks = [CameraMask.read(path) for path in paths]
+
+    def valid_sky(self, image: np.ndarray, source: str | Path = "image") -> tuple[np.ndarray, Optional[CameraMask]]:
+        """``(valid sky H x W, the mask it came from or None)`` of a raw frame.
+
+        Raises:
+            InputError: the forced ``camera_mask`` has another size than the frame.
+        """
+        if self.forced:
+            mask = self.masks[0]
+            if mask.sky.shape != image.shape[:2]:
+                height, width = mask.sky.shape
+                raise InputError(source, f"frame is {image.shape[1]}x{image.shape[0]} but the camera mask "
+                                 f"{mask.path} is {width}x{height}")
+            return mask.sky, mask
+        bright = bright_pixels(image, self.cfg.dark_level)
+        for mask in self.masks:
+            if mask.sky.shape == bright.shape and mask.dark_share_pct(bright) <= self.cfg.mask_fit_dark_pct:
+                return mask.sky, mask
+        return bright, None
+
+    def valid_sky_graph(self, image: "tf.Tensor") -> "tf.Tensor":
+        """`valid_sky` in TensorFlow ops for the serving signature: ``image`` ``[H, W, C]`` float in 0..1.
+
+        A raw value ``v`` is bright when ``v > dark_level`` (8-bit) or ``v > 257 dark_level`` (16-bit):
+        the 0..1 threshold sits half a 16-bit step above, so both decodings give the integer comparison.
+        """
+        import tensorflow as tf
+
+        bright = tf.reduce_max(image, axis=-1) > (self.cfg.dark_level + 0.5 / 257) / 255.0
+        if self.forced:
+            sky = tf.constant(self.masks[0].sky)
+            tf.debugging.assert_equal(tf.shape(bright), tf.shape(sky),
+                                      message=f"the frame's size differs from the camera mask {self.masks[0].path}")
+            return sky
+        valid = bright
+        for mask in reversed(self.masks):  # the first fitting mask wins
+            if bright.shape.is_fully_defined() and tuple(bright.shape) != mask.sky.shape:
+                continue  # traced for one frame size (not a serving signature): this mask cannot fit
+            sky = tf.constant(mask.sky)
+            sky_pixels = float(max(np.count_nonzero(mask.sky), 1))
+
+            def fits(sky=sky, sky_pixels=sky_pixels) -> tf.Tensor:
+                dark = tf.reduce_sum(tf.cast(tf.logical_and(sky, tf.logical_not(bright)), tf.float32))
+                return 100.0 * dark / sky_pixels <= self.cfg.mask_fit_dark_pct
+
+            same_size = tf.reduce_all(tf.shape(bright) == tf.constant(mask.sky.shape, tf.int32))
+            chosen = tf.cond(same_size, fits, lambda: tf.constant(False)) if mask.sky.any() else tf.constant(False)
+            valid = tf.cond(chosen, lambda sky=sky: sky, lambda valid=valid: valid)
+        return valid
 
 
 class FrameCover:
-    """Cloud cover of the frames of one job: the camera mask read once, checked against each frame's size.
+    """Cloud cover of the frames of one job: the camera masks read once, each frame given its valid sky.
 
     Args:
         cfg: CloudCoverConfig. The settings.
         threshold: float. A pixel is cloud when P(cloud) >= this.
+        info: Optional[ModelInfo]. The cloud model (its training cameras' masks are the default candidates).
     """
 
-    def __init__(self, cfg: CloudCoverConfig, threshold: float):
-        from tfsky.data.allsky import read_camera_mask
-
+    def __init__(self, cfg: CloudCoverConfig, threshold: float, info: Optional["ModelInfo"] = None):
         self.cfg, self.threshold = cfg, threshold
-        self.camera_mask = read_camera_mask(Path(cfg.camera_mask)) if cfg.camera_mask else None
+        self.masks = CameraMasks(cfg, info)
 
     def __call__(
         self, image: np.ndarray, cloud_prob: np.ndarray, source: str | Path
     ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
-        """``(cloud mask, valid mask, facts)`` of one frame; the facts carry the timestamp of its name.
+        """``(cloud mask, valid mask, facts)`` of one frame; the facts name the camera mask used (None: the
+        frame's bright pixels) and carry the timestamp of its name.
 
         Raises:
-            InputError: the camera mask has another size, or no pixel is valid sky.
+            InputError: the forced camera mask has another size, or no pixel is valid sky.
         """
-        if self.camera_mask is not None and self.camera_mask.shape != image.shape[:2]:
-            height, width = self.camera_mask.shape
-            raise InputError(source, f"frame is {image.shape[1]}x{image.shape[0]} but the camera mask "
-                             f"{self.cfg.camera_mask} is {width}x{height}")
-        valid = valid_sky(image, self.camera_mask, self.cfg.dark_level)
+        valid, mask = self.masks.valid_sky(image, source)
         cloud = (cloud_prob >= self.threshold) & valid
         facts = cloud_cover(cloud, valid, self.cfg, source)
-        return cloud, valid, {**facts, "timestamp": timestamp_from_name(Path(source).name)}
+        return cloud, valid, {**facts, "camera_mask": str(mask.path) if mask else None,
+                              "timestamp": timestamp_from_name(Path(source).name)}

@@ -41,7 +41,8 @@ def connect(config, set_, **flags):
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder for <stem>_mask.png, <stem>_prob.png and <stem>.json.")
+        Path, typer.Option("--out", "-o", help="Output folder for <stem>_mask.png, <stem>_prob.png and <stem>.json "
+                           "(a classifier: <stem>.json and classification.csv).")
     ],
     server: ServerOption = None,
     model: ModelOption = None,
@@ -62,16 +63,25 @@ def predict(
 ) -> None:
     """Write a sky mask and a JSON sidecar per image; a re-run skips complete images. Exit 1 if any image failed.
 
+    A served weather classifier (a model with a classify_image signature, asked once per job) writes a JSON
+    sidecar with the class probabilities per image and classification.csv for the job instead.
     Server and model come from the ``client:`` section of --config, then --set, then the flags above.
     """
     from tfsky.cli.jobs import JobProgress, finish
+    from tfsky.serving.classify_jobs import classify_files, serves_classifier
     from tfsky.serving.jobs import segment_files
 
     cfg, client = connect(config, set_, server=server, model=model, version=version, label=label, rest=rest,
                           timeout=timeout, retries=retries)
-    with client, JobProgress(quiet) as listener:
-        report = segment_files(client, cfg.model, inputs, out, version=cfg.version, label=cfg.label, tiles_from=tiles,
-                               overwrite=overwrite, listener=listener)
+    with client:
+        classifier = tiles is None and serves_classifier(client, cfg.model, version=cfg.version, label=cfg.label)
+        with JobProgress(quiet) as listener:
+            if classifier:
+                report = classify_files(client, cfg.model, inputs, out, version=cfg.version, label=cfg.label,
+                                        overwrite=overwrite, listener=listener)
+            else:
+                report = segment_files(client, cfg.model, inputs, out, version=cfg.version, label=cfg.label,
+                                       tiles_from=tiles, overwrite=overwrite, listener=listener)
     finish(report, out, quiet)
 
 

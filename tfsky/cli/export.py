@@ -1,4 +1,4 @@
-"""``tfsky export``: turn a trained segmenter into a TF Serving model version, or describe one."""
+"""``tfsky export``: turn a trained segmenter or classifier into a TF Serving model version, or describe one."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOpt
 def export_cli(
     model: Annotated[
         Optional[Path],
-        typer.Option("--model", "-m", help="Segmenter .keras file (with its .json sidecar).", dir_okay=False),
+        typer.Option("--model", "-m", help="Segmenter or weather classifier .keras file (with its .json sidecar).", dir_okay=False),
     ] = None,
     name: Annotated[Optional[str], typer.Option(
         "--name", help="Model name in the repository (config: export.name).")] = None,

@@ -1,4 +1,4 @@
-"""``tfsky predict``: sky masks for images of any size, one file or whole folders, resumable."""
+"""``tfsky predict``: sky masks (or, with a classifier, weather conditions) for images, files or folders, resumable."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from tfsky.cli.options import ResolutionOption
 
 def predict_cli(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Segmenter .keras file (with its .json sidecar).")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Segmenter or weather classifier .keras file (with "
+                                        "its .json sidecar).")],
     out: OutOption,
     tile: TileOption = None,
     overlap: OverlapOption = None,
@@ -42,13 +43,19 @@ def predict_cli(
 
     Options come from the ``predict:`` section of --config, then --set, then the flags above.
     ``--engine ray`` spreads the images over the workers of a Ray cluster (same outputs).
+    With a weather classifier: a JSON sidecar per image with the class probabilities, and classification.csv
+    for the job (the segmenter options do not apply).
     """
     from tfsky.predict.batch import PredictConfig, predict_many
+    from tfsky.predict.classify import classify_many, is_classifier
 
     flags = {"threshold": threshold, "prob_format": prob_format,
              **tiling_flags(tile, overlap, window, tile_batch, tta, resolution)}
     cfg = command_config(PredictConfig, "predict", config, set_, flags)
     runner = make_engine(engine, address, workers, gpus_per_worker, cpus_per_worker)
     with JobProgress(quiet) as listener:
-        report = predict_many(model, inputs, out, cfg, overwrite=overwrite, listener=listener, engine=runner)
+        if is_classifier(model):
+            report = classify_many(model, inputs, out, overwrite=overwrite, listener=listener, engine=runner)
+        else:
+            report = predict_many(model, inputs, out, cfg, overwrite=overwrite, listener=listener, engine=runner)
     finish(report, out, quiet)

@@ -25,6 +25,10 @@ signatures all return float32 (a mixed-precision model is cast at the output):
   ``image_raw`` [n] (float32 little-endian bytes of [H, W, C] radiance) and
   ``shape`` int32 [n, 3] -> the same outputs.
 
+A weather classifier (``task: classifier``) is exported with ``serving_default``
+on normalised images and ``classify_image`` on encoded ones instead
+(`tfsky.export.classifier`), into the same repository layout.
+
 Every input and output has a leading batch dimension and per-image results of
 any size are encoded strings, because TF Serving's ``--enable_batching``
 concatenates concurrent requests along dimension 0 (scalar inputs are refused
@@ -53,8 +57,9 @@ from tfsky.export import metadata, warmup
 from tfsky.export.config import ExportConfig
 from tfsky.io.atomic import atomic_dir, prepare_out_dir, write_json
 from tfsky.io.images import DEFAULT_MAX_PIXELS
-from tfsky.models.bundle import ModelInfo, load_model
+from tfsky.models.bundle import ModelInfo, load_info, load_model
 from tfsky.predict.cloud import CloudCoverConfig, is_cloud_model
+from tfsky.predict.classify import WeatherClassifier
 from tfsky.predict.outputs import CLASS_PNG_VALUES
 from tfsky.predict.refine import refine_graph
 from tfsky.predict.segment import SKY_CLASS
@@ -109,6 +114,15 @@ class SegmenterModule(tf.Module):
         if self.predict_cloud is not None:
             signatures["predict_cloud"] = self.predict_cloud.get_concrete_function()
         return signatures
+
+    def warmup_inputs(self) -> warmup.WarmupInputs:
+        """The warmup requests of this export's signatures (`tfsky.export.warmup`)."""
+        return warmup.warmup_inputs(tile=self.tiling.tile, channels=self.channels, tile_batch=self.tiling.tile_batch,
+                                    hdr=self.predict_hdr is not None)
+
+    def metadata(self) -> dict:
+        """This export's entries of ``assets/tfsky_model.json``: the mask threshold and the in-graph tiling."""
+        return {"mask_threshold": self.threshold, "tiling": dataclasses.asdict(self.tiling)}
 
     def _model_probabilities(self, tiles: tf.Tensor) -> tf.Tensor:
         return tf.cast(self.model(tiles, training=False), tf.float32)
@@ -286,7 +300,7 @@ def export_model(
     tiling: TilingConfig | None = None,
     precision: Literal["float32", "as_trained"] = ExportConfig.precision,
 ) -> Path:
-    """Export a saved tfsky segmenter to ``<repo>/<name>/<version>/``; returns that folder.
+    """Export a saved tfsky segmenter or weather classifier to ``<repo>/<name>/<version>/``; returns that folder.
 
     Args:
         model_path: str | Path. A ``.keras`` file with its tfsky sidecar.
@@ -303,14 +317,19 @@ def export_model(
 
     Raises:
         InputError: bad name or version, existing version without ``overwrite``,
-            unreadable model, or a model that is neither a 1-class segmenter nor a cloud model.
+            unreadable model, or a model that is neither a 1-class segmenter, a cloud model nor a classifier.
     """
     if not _NAME.match(name):
         raise InputError(name, "model name must be letters, digits, '_', '.' or '-' (it is a folder name)")
-    model, info = load_model(model_path, precision=precision, kind="segmenter")
-    if info.classes != 1 and not is_cloud_model(info):
-        raise InputError(model_path, f"only 1-class segmenters and cloud models can be exported; this one has "
-                         f"{info.classes} classes")
+    classifier = None
+    if load_info(model_path).task == "classifier":
+        classifier = WeatherClassifier.load(model_path, precision)
+        model, info = classifier.model, classifier.info
+    else:
+        model, info = load_model(model_path, precision=precision, kind="segmenter")
+        if info.classes != 1 and not is_cloud_model(info):
+            raise InputError(model_path, f"only 1-class segmenters and cloud models can be exported; this one has "
+                             f"{info.classes} classes")
     model_dir = Path(repo) / name
     version = next_version(model_dir) if version is None else version
     if version < 1:
@@ -318,17 +337,18 @@ def export_model(
     target = model_dir / str(version)
     if target.exists() and not overwrite:
         raise InputError(target, "version already exists (omit --version for the next one, or pass --overwrite)")
-    module = SegmenterModule(model, info, tiling)  # validates the tiling before anything is written
+    if classifier is not None:
+        from tfsky.export.classifier import ClassifierModule  # it builds on this module's decoder
+
+        module = ClassifierModule(classifier)
+    else:
+        module = SegmenterModule(model, info, tiling)  # validates the tiling before anything is written
     prepare_out_dir(model_dir)
     remove_stale_exports(model_dir)
     with atomic_dir(target) as tmp:
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
-        inputs = warmup.warmup_inputs(
-            tile=module.tiling.tile, channels=info.in_channels, tile_batch=module.tiling.tile_batch,
-            hdr=module.predict_hdr is not None,
-        )
-        warmup.write_warmup(tmp, warmup.prediction_logs(name, inputs))
-        write_json(tmp / metadata.METADATA_FILE, _metadata(model_path, name, version, info, module.tiling, model))
+        warmup.write_warmup(tmp, warmup.prediction_logs(name, module.warmup_inputs()))
+        write_json(tmp / metadata.METADATA_FILE, _metadata(model_path, name, version, info, module, model))
         _make_readable(tmp)
     return target
 
@@ -350,14 +370,13 @@ def _make_readable(folder: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def _metadata(model_path, name: str, version: int, info: ModelInfo, tiling: TilingConfig, model) -> dict:
+def _metadata(model_path, name: str, version: int, info: ModelInfo, module, model) -> dict:
     return {
         "name": name,
         "version": version,
         "source_model": str(Path(model_path).resolve()),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "mask_threshold": info.threshold,
-        "tiling": dataclasses.asdict(tiling),
+        **module.metadata(),
         "compute_dtypes": sorted({layer.compute_dtype for layer in model.layers}),
         "model": info.to_json(),
     }

@@ -1,9 +1,22 @@
-"""Weather-condition probabilities of whole frames from a trained tfsky classifier, and stream labelling."""
+"""Weather-condition probabilities of whole frames from a trained tfsky classifier: files and stream labelling.
+
+``tfsky predict`` with a classifier (`classify_many`) runs a `ClassifyTask` on
+the job runner (`tfsky.jobs`, same inputs, stems, skip-complete and failure
+reports as for a segmenter): per image ``<out>/<stem>.json`` with the most
+probable condition, its probability and every class probability; at the end
+``<out>/classification.csv`` with one row per finished image (a re-run's
+skipped images included). ``tfsky client predict`` writes the same files from
+a served classifier (`tfsky.serving.classify_jobs`).
+"""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
 from pathlib import Path
+from typing import Collection, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -11,13 +24,18 @@ import tensorflow as tf
 from tfsky.data.labelled import classifier_input, condition_names
 from tfsky.data.streams import Stream, manifest_files, read_manifest, update_manifest
 from tfsky.data.transforms import is_hdr
+from tfsky import __version__
 from tfsky.errors import InputError
+from tfsky.io.atomic import write_json, write_text
 from tfsky.io.images import read_image
-from tfsky.models.bundle import ModelInfo, load_model
+from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
+from tfsky.models.bundle import ModelInfo, load_info, load_model
+from tfsky.models.precision import InferencePrecision
 from tfsky.predict.segment import model_id
 from tfsky.train.config import ClassifierConfig, trained_config
 
 _BATCH = 32
+TABLE = "classification.csv"
 
 
 @dataclasses.dataclass
@@ -33,13 +51,15 @@ class WeatherClassifier:
     id: str
 
     @classmethod
-    def load(cls, path: str | Path) -> "WeatherClassifier":
-        """Load a ``best.keras`` written by ``tfsky train classifier``; another kind of model is an `InputError`."""
-        model, info = load_model(path, kind="classifier")
+    def load(cls, path: str | Path, precision: InferencePrecision = "auto") -> "WeatherClassifier":
+        """Load a ``best.keras`` written by ``tfsky train classifier``; another kind of model is an `InputError`.
+
+        ``precision`` as for `tfsky.models.bundle.load_model` (export passes its own).
+        """
+        model, info = load_model(path, precision=precision, kind="classifier")
         trained = trained_config(info, ClassifierConfig, path)
         data = trained.data
-        load_size = round(data.image_size * data.load_scale)
-        return cls(model, info, trained, condition_names(data.classes), load_size, data.image_size, model_id(path))
+        return cls(model, info, trained, condition_names(data.classes), data.load_size, data.image_size, model_id(path))
 
     def inputs(self, image: np.ndarray) -> np.ndarray:
         """The model's uint8 input for one decoded RGB frame (`classifier_input`)."""
@@ -95,3 +115,103 @@ def label_streams(manifests: Path, classifier_path: Path) -> list[tuple[Path, St
         stream = read_manifest(path)
         labelled.append((path, update_manifest(path, stream.version, lambda s: label_stream(s, classifier))))
     return labelled
+
+
+def is_classifier(path: str | Path) -> bool:
+    """Whether ``path`` is a readable tfsky classifier (anything else goes the segmenter's way, and its checks)."""
+    try:
+        return load_info(path).task == "classifier"
+    except InputError:
+        return False
+
+
+def classify_many(model_path: str | Path, inputs: Sequence[Path], out_dir: str | Path, *, overwrite: bool = False,
+                  listener: Optional[Listener] = None, engine: Optional[Engine] = None) -> Report:
+    """Classify every image of ``inputs`` into ``out_dir`` (see the module docstring); returns the job's report."""
+    report = run_job(ClassifyTask(Path(model_path)), inputs, out_dir, overwrite=overwrite, listener=listener,
+                     engine=engine)
+    write_classification_table(Path(out_dir), {str(source) for source in (*report.done, *report.skipped)})
+    return report
+
+
+class ClassifyTask(Task):
+    """The sidecar of one image: its condition and class probabilities from a local classifier."""
+
+    def __init__(self, model_path: Path):
+        self.model_path = model_path
+        self.sizes: tuple[int, int] = (0, 0)
+        self.classifier: Optional[WeatherClassifier] = None
+
+    def check(self) -> None:
+        info = load_info(self.model_path, kind="classifier")
+        data = trained_config(info, ClassifierConfig, self.model_path).data
+        self.sizes = (data.load_size, data.image_size)
+
+    def outputs(self, stem: Path) -> tuple[Path]:
+        return (sidecar_path(stem),)
+
+    def read(self, source: Path) -> tuple[np.ndarray, tuple[int, int]]:
+        """The model input of ``source`` and the image's height and width."""
+        image = read_ldr(source)
+        return classifier_input(image, *self.sizes), image.shape[:2]
+
+    def load(self) -> None:
+        self.classifier = WeatherClassifier.load(self.model_path)
+
+    def process(self, item: Item, decoded: Decoded, outputs: tuple[Path], listener: Listener) -> None:
+        inputs, (height, width) = decoded.take()
+        probabilities = self.classifier.probabilities(inputs[None])[0]
+        write_json(outputs[0], {
+            "source": str(item.source), "height": height, "width": width,
+            **classification(dict(zip(self.classifier.conditions, probabilities.tolist()))),
+            "model": {"path": str(self.model_path), "id": self.classifier.id}, "tfsky_version": __version__,
+        })
+
+
+def read_ldr(path: Path) -> np.ndarray:
+    """An 8/16-bit image for the classifier; an HDR file is an `InputError` (it was trained on LDR photos)."""
+    image = read_image(path)
+    if is_hdr(image):
+        raise InputError(path, "HDR image: the weather classifier takes 8/16-bit images")
+    return image
+
+
+def sidecar_path(stem: Path) -> Path:
+    """The classification sidecar of output stem ``out/sub/name``: ``out/sub/name.json``."""
+    return stem.parent / f"{stem.name}.json"
+
+
+def classification(probabilities: dict[str, float]) -> dict:
+    """The sidecar entries of one image's class probabilities: the most probable condition first."""
+    condition = max(probabilities, key=probabilities.get)
+    return {"condition": condition, "probability": round(probabilities[condition], 6),
+            "probabilities": {name: round(value, 6) for name, value in probabilities.items()}}
+
+
+def write_classification_table(out_dir: Path, sources: Collection[str]) -> Optional[Path]:
+    """``classification.csv`` in ``out_dir`` from the sidecars there of the images ``sources``, by file name.
+
+    Columns: ``file``, ``condition``, ``probability`` and ``p_<class>`` per class. Returns the path,
+    or None (and writes nothing) when no such sidecar holds class probabilities.
+    """
+    rows = []
+    for path in sorted(out_dir.rglob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            facts = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # not a sidecar of this job
+        if isinstance(facts, dict) and isinstance(facts.get("probabilities"), dict) and facts.get("source") in sources:
+            rows.append({"file": facts["source"], "condition": facts["condition"], "probability": facts["probability"],
+                         **{f"p_{name}": value for name, value in facts["probabilities"].items()}})
+    if not rows:
+        return None
+    rows.sort(key=lambda row: row["file"])
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out_dir / TABLE, buffer.getvalue())
+    return out_dir / TABLE

@@ -12,7 +12,8 @@ A large image is segmented either in one ``predict_image`` request (encoded
 bytes in, mask PNG + probability + sky fraction out: decoding, tiling and
 blending happen on the server) or, with `Client.predict_large`, tiled on the
 client by `tfsky.tiling.sliding_window_inference` with ``serving_default``
-predicting each tile batch.
+predicting each tile batch. A weather classifier answers `Client.classify_image`
+(encoded bytes in, class probabilities by name out).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from tfsky.serving.status import VersionStatus
 from tfsky.tiling import TilingConfig, sliding_window_inference
 
 _IMAGE_OUTPUTS = {"mask_png_bytes": tf.string, "probability_png_bytes": tf.string, "sky_fraction": tf.float32}
+_CLASSIFY_OUTPUTS = {"probabilities": tf.float32, "class_names": tf.string}
+CLASSIFY_SIGNATURE = "classify_image"  # what a served weather classifier has (`tfsky.export.classifier`)
 _STATES = get_model_status_pb2.ModelVersionStatus.State
 
 
@@ -69,6 +72,13 @@ class ImagePrediction(NamedTuple):
     mask_png: bytes
     probability: np.ndarray
     sky_fraction: float
+    version: int | None = None
+
+
+class ImageClassification(NamedTuple):
+    """What ``classify_image`` returns for one image: class name -> probability, and the version that answered."""
+
+    probabilities: dict[str, float]
     version: int | None = None
 
 
@@ -141,6 +151,15 @@ class Client:
         inputs = {"image_raw": np.array([image.tobytes()], dtype=object), "shape": np.array([image.shape], np.int32)}
         return self._image_prediction(*self._predict(model, "predict_hdr", inputs, _IMAGE_OUTPUTS, version, label,
                                                    rest_version=True))
+
+    def classify_image(self, model: str, image_bytes: bytes, *, version: int | None = None,
+                       label: str | None = None) -> ImageClassification:
+        """Class probabilities of one encoded PNG/JPEG of any size from a served weather classifier."""
+        inputs = {"image_bytes": np.array([image_bytes], dtype=object)}
+        outputs, answered = self._predict(model, CLASSIFY_SIGNATURE, inputs, _CLASSIFY_OUTPUTS, version, label,
+                                          rest_version=True)
+        names = [name.decode("utf-8") for name in outputs["class_names"][0]]
+        return ImageClassification(dict(zip(names, outputs["probabilities"][0].astype(float).tolist())), answered)
 
     def predict_tiles(self, model: str, tiles: np.ndarray, *, version: int | None = None,
                       label: str | None = None) -> np.ndarray:

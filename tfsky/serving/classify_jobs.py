@@ -1,0 +1,72 @@
+"""Classify image files through a server, resumably: ``tfsky client predict`` with a served weather classifier.
+
+`classify_files` runs a `ServerClassifyTask` with the job runner (`tfsky.jobs`),
+so inputs, stems, skip-complete and failure reports are those of ``tfsky
+client predict`` for a segmenter. Per image ``<out>/<stem>.json`` (condition,
+probability, class probabilities, size, server, model, version), and at the end
+``<out>/classification.csv``: the files ``tfsky predict`` writes with a local
+classifier (`tfsky.predict.classify`). Encoded files are sent as they are;
+other 8/16-bit files are re-encoded as PNG (HDR is refused, as locally).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import grpc
+import tensorflow as tf
+
+from tfsky.io.atomic import write_json
+from tfsky.io.images import image_size
+from tfsky.jobs import Decoded, Item, Listener, Report, Task, run_job
+from tfsky.predict.classify import classification, read_ldr, sidecar_path, write_classification_table
+from tfsky.serving.client import CLASSIFY_SIGNATURE, Client, ServingRequestError
+from tfsky.serving.jobs import ENCODED_SUFFIXES
+
+
+def serves_classifier(client: Client, model: str, *, version: int | None = None, label: str | None = None) -> bool:
+    """Whether the served ``model`` (that version or label) is a weather classifier (one GetModelMetadata)."""
+    return any(signature.name == CLASSIFY_SIGNATURE for signature in client.metadata(model, version=version,
+                                                                                      label=label))
+
+
+def classify_files(client: Client, model: str, inputs: Sequence[Path], out: Path, *, version: int | None = None,
+                   label: str | None = None, overwrite: bool = False,
+                   listener: Optional[Listener] = None) -> Report:
+    """Classify every image of ``inputs`` through ``client`` into ``out``; see the module docstring.
+
+    As for segmentation (`tfsky.serving.jobs.segment_files`), a bad file or an image the server refuses is
+    recorded in the report and the job goes on; other server failures stop it.
+    """
+    task = ServerClassifyTask(client, model, version, label)
+    report = run_job(task, inputs, out, overwrite=overwrite, listener=listener)
+    write_classification_table(Path(out), {str(source) for source in (*report.done, *report.skipped)})
+    return report
+
+
+class ServerClassifyTask(Task):
+    """The classification sidecar of one image, from a server (runs on the local engine only)."""
+
+    def __init__(self, client: Client, model: str, version: int | None, label: str | None):
+        self.client, self.model, self.version, self.label = client, model, version, label
+
+    def outputs(self, stem: Path) -> tuple[Path]:
+        return (sidecar_path(stem),)
+
+    def process(self, item: Item, decoded: Decoded, outputs: tuple[Path], listener: Listener) -> None:
+        path = item.source
+        if path.suffix.lower() in ENCODED_SUFFIXES:
+            (height, width), encoded = image_size(path), path.read_bytes()
+        else:
+            image = read_ldr(path)
+            (height, width), encoded = image.shape[:2], tf.io.encode_png(image).numpy()
+        answer = self.client.classify_image(self.model, encoded, version=self.version, label=self.label)
+        write_json(outputs[0], {
+            "source": str(path), "height": int(height), "width": int(width), **classification(answer.probabilities),
+            "server": self.client.server, "model": self.model, "version": answer.version, "label": self.label,
+        })
+
+    def stops_the_job(self, err: Exception) -> bool:
+        """Server errors other than a refused image (INVALID_ARGUMENT) would fail every image alike."""
+        return isinstance(err, ServingRequestError) and err.code != grpc.StatusCode.INVALID_ARGUMENT

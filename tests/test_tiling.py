@@ -200,7 +200,8 @@ def test_model_tiling_refuses_tiles_the_model_cannot_take(tiling, message):  # i
 
 
 def test_model_tiling_fills_in_the_training_tile_and_keeps_the_rest():
-    assert model_tiling(None, 96, 32, "segmenter") == TilingConfig(tile=96)
+    assert model_tiling(TilingConfig(tile=None), 96, 32, "segmenter") == TilingConfig(tile=96)
+    assert model_tiling(None, 96, 32, "segmenter") == TilingConfig(tile="auto")  # chosen per image later
     chosen = TilingConfig(tile=None, overlap=0.5, window="hann", tile_batch=3, tta="flip2")
     assert model_tiling(chosen, 64, 32, "segmenter") == TilingConfig(64, 0.5, "hann", 3, "flip2")
     assert model_tiling(TilingConfig(tile=128), 64, 32, "segmenter").tile == 128
@@ -210,6 +211,8 @@ def test_model_tiling_fills_in_the_training_tile_and_keeps_the_rest():
 def test_drivers_refuse_an_unresolved_tile():
     with pytest.raises(ValueError, match="model_tiling"):
         sliding_window_inference(random_image(8, 8), first_channel, TilingConfig())
+    with pytest.raises(ValueError, match="choose_tiling"):
+        sliding_window_inference(random_image(8, 8), first_channel, TilingConfig(tile=None))
 
 
 def test_seam_score_is_one_without_seams_and_high_with_them():

@@ -3,11 +3,19 @@
 Prediction, translation, data preparation and the serving signature all cut
 images the same way:
 
-* Grid (`tile_starts`): tiles of ``tile`` pixels every ``stride = tile -
-  round(overlap * tile)`` pixels; the last tile is shifted inward so it ends
-  exactly at the border, so nothing is dropped and the output has exactly the
-  input's size. A side shorter than the tile is reflect-padded up to it and
-  the padding is cropped from the output.
+* Grid (`tile_starts`, `tile_axis`): tiles of ``tile`` pixels every ``stride
+  = tile - round(overlap * tile)`` pixels; the last tile ends exactly at the
+  border, so nothing is dropped and the output has exactly the input's size.
+  For a model that takes any multiple of ``multiple`` pixels, the last row and
+  column of tiles are only as large as they must be (what the others leave
+  uncovered plus the overlap, rounded up to ``multiple``), and a side shorter
+  than the tile gets one tile of that side rounded up to ``multiple``: no pixel
+  is computed for padding or for area the other tiles already hold. Without
+  ``multiple`` every tile is ``tile x tile`` and the last one is shifted inward.
+  A side shorter than its tile is reflect-padded and the padding cropped.
+* Automatic tiles (`choose_tiling`, ``tile: auto``): the tile that computes the
+  fewest pixels for the image, among the multiples of the model's size that fit
+  the memory budget, with the margin the network needs as overlap.
 * Blending (`blend_window`): each tile's prediction is weighted by a window
   and the weighted sum is divided once by the sum of weights. The 2-D window is
   the outer product of a 1-D window with itself, so the weight sum is separable
@@ -17,7 +25,9 @@ images the same way:
   memory-bounded: tiles are cut in raster order straight from the image into
   batches of ``tile_batch``; nothing else of image size is allocated) and
   `sliding_window_graph` (TensorFlow ops only, for a ``tf.function`` with
-  unknown height and width, e.g. a SavedModel signature).
+  unknown height and width, e.g. a SavedModel signature). Tiles of one shape
+  are batched together (the regular ones, then the last column, the last row
+  and the corner).
 * Optional flip test-time augmentation (`with_flip_tta`), averaged per tile
   before blending.
 
@@ -28,7 +38,10 @@ runs eagerly (the numpy driver takes ``.numpy()``) and in a graph.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Literal, Optional
+import math
+import os
+import sys
+from typing import Callable, Iterator, Literal, Optional, Union
 
 import numpy as np
 import tensorflow as tf
@@ -49,15 +62,26 @@ _FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {
 }
 
 
+AUTO = "auto"
+AUTO_OVERLAP_PX = 64  # the margin (px) a ResNet34 U-Net needs between tiles: scripts/bench_predict.py, README
+MAX_AUTO_TILE = 1024  # largest tile ``auto`` considers (per-pixel cost rises beyond it on CPU: README)
+MIN_AUTO_TILE = 4 * AUTO_OVERLAP_PX  # smallest (unless the image is smaller): the overlap is at most a quarter
+CPU_MEMORY_BUDGET_GB = 1.5  # default budget of a whole process on a CPU
+FORWARD_BYTES_PER_PIXEL = 400  # activation memory per input pixel of one model call (ResNet34 U-Net, float32:
+#                                343-368 B measured on CPU at 256 x 8 and 1024 x 1 tiles)
+
+
 @dataclasses.dataclass
 class TilingConfig:
     """How an image is cut into tiles and blended back.
 
     Args:
-        tile: Optional[int]. Tile side in pixels. Defaults to None (the model's training tile size).
-        overlap: float. Fraction of the tile shared by neighbours, in [0, 1). Defaults to 0.25.
+        tile: int | str | None. Tile side in pixels; ``auto``: chosen per image size within the memory
+            budget (`choose_tiling`); None: the model's training tile. Defaults to ``auto``.
+        overlap: Optional[float]. Fraction of the tile shared by neighbours, in [0, 1). Defaults to None:
+            `AUTO_OVERLAP_PX` pixels (at most a quarter of the tile).
         window: str. Blend window: ``constant``, ``gaussian``, ``hann`` or ``spline``. Defaults to ``gaussian``.
-        tile_batch: int. Tiles per model call. Defaults to 8.
+        tile_batch: int. Tiles per model call (``auto`` lowers it to fit the memory budget). Defaults to 8.
         tta: str. Flip test-time augmentation: ``none``, ``flip2`` (+ horizontal flip) or ``flip4``
             (+ vertical and both). Defaults to ``none``.
         resolution: str. ``working``: a model trained at a working scale
@@ -65,32 +89,49 @@ class TilingConfig:
             probabilities are refined back to full size (`tfsky.predict.refine`);
             ``full``: tiles of the full-resolution image. Models trained at native
             resolution always use ``full``. Defaults to ``working``.
+        memory_budget: Optional[float]. GB the whole process may use, for ``tile: auto``. Defaults to None:
+            1.5 GB on a CPU, the free memory of the GPU on a GPU.
     """
 
-    tile: Optional[int] = None
-    overlap: float = 0.25
+    tile: Union[int, Literal["auto"], None] = AUTO
+    overlap: Optional[float] = None
     window: Window = "gaussian"
     tile_batch: int = 8
     tta: Tta = "none"
     resolution: Resolution = "working"
+    memory_budget: Optional[float] = None
 
     def validate(self) -> None:
-        if self.tile is not None and self.tile < 1:
+        if isinstance(self.tile, int) and self.tile < 1:
             raise ConfigError("tile", f"must be >= 1; got {self.tile}")
-        if not 0 <= self.overlap < 1:
+        if self.overlap is not None and not 0 <= self.overlap < 1:
             raise ConfigError("overlap", f"must be in [0, 1); got {self.overlap}")
-        if self.tile is not None and tile_stride(self.tile, self.overlap) < 1:
+        if isinstance(self.tile, int) and tile_stride(self.tile, overlap_of(self)) < 1:
             raise ConfigError("overlap", f"{self.overlap} leaves no stride with tile {self.tile}")
         if self.tile_batch < 1:
             raise ConfigError("tile_batch", f"must be >= 1; got {self.tile_batch}")
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise ConfigError("memory_budget", f"must be > 0 (GB); got {self.memory_budget}")
+
+
+def overlap_of(tiling: TilingConfig) -> float:
+    """The overlap fraction of a tiling with its tile set: as given, else `AUTO_OVERLAP_PX` (<= a quarter tile)."""
+    if tiling.overlap is not None:
+        return tiling.overlap
+    return _default_overlap(_tile_of(tiling))
+
+
+def _default_overlap(tile: int) -> float:
+    return min(AUTO_OVERLAP_PX, tile // 4) / tile
 
 
 def model_tiling(tiling: Optional[TilingConfig], model_tile: int, multiple: int, model: str) -> TilingConfig:
     """The tiling a model runs with: ``tile=None`` filled in with ``model_tile``, validated, and the
     tile checked against the model's size constraint (sides a multiple of ``multiple``).
 
-    Every tiled model (segmenter, translator, the serving signature) starts here, so a bad tile is one
-    `ConfigError` naming ``tiling.<key>`` before any image is read or any file is written.
+    ``tile: auto`` stays ``auto`` (it depends on each image's size: `choose_tiling`). Every tiled model
+    (segmenter, translator, the serving signature) starts here, so a bad tile is one `ConfigError`
+    naming ``tiling.<key>`` before any image is read or any file is written.
 
     Args:
         tiling: Optional[TilingConfig]. The requested tiling. Defaults to the `TilingConfig` defaults.
@@ -104,10 +145,103 @@ def model_tiling(tiling: Optional[TilingConfig], model_tile: int, multiple: int,
         resolved.validate()
     except ConfigError as err:
         raise ConfigError(f"tiling.{err.key}", err.problem) from None
-    if resolved.tile % multiple:
+    if resolved.tile != AUTO and resolved.tile % multiple:
         raise ConfigError("tiling.tile",
                           f"must be a multiple of {multiple} for this {model} model; got {resolved.tile}")
     return resolved
+
+
+def choose_tiling(
+    tiling: TilingConfig,
+    multiple: int,
+    size: Optional[tuple[int, int]],
+    available_bytes: float,
+    bytes_per_pixel: float = FORWARD_BYTES_PER_PIXEL,
+) -> TilingConfig:
+    """The tiling of one image: ``tile: auto`` resolved, anything else returned as is.
+
+    The tile is the multiple of ``multiple`` (up to `MAX_AUTO_TILE`, and up to the image's longer side
+    rounded up) whose grid computes the fewest pixels (`computed_pixels`; ties go to the larger tile),
+    among those whose model call fits ``available_bytes`` (``bytes_per_pixel`` per input pixel); the
+    overlap is `AUTO_OVERLAP_PX` pixels unless ``tiling.overlap`` is set; ``tile_batch`` is lowered until
+    a batch fits. Without ``size`` (a serving signature, images of any size) the largest tile that fits
+    is taken. Tiles below `MIN_AUTO_TILE` are taken only for smaller images: when even it does not fit
+    the budget, it is used anyway.
+
+    Args:
+        tiling: TilingConfig. Validated by `model_tiling`.
+        multiple: int. Tile sides must be a multiple of this.
+        size: tuple of int or None. ``(height, width)`` of the image as predicted.
+        available_bytes: float. Memory the model's calls may take (`available_memory`).
+        bytes_per_pixel: float. Activation memory of one input pixel. Defaults to `FORWARD_BYTES_PER_PIXEL`.
+    """
+    if tiling.tile != AUTO:
+        return tiling
+    fitting = int(math.sqrt(max(available_bytes, 0) / bytes_per_pixel)) // multiple * multiple
+    whole = MAX_AUTO_TILE if size is None else -(-max(size) // multiple) * multiple  # one tile for the image
+    smallest = min(-(-MIN_AUTO_TILE // multiple) * multiple, whole)
+    largest = max(smallest, min(fitting, MAX_AUTO_TILE, whole))
+    candidates = [tile for tile in range(smallest, largest + 1, multiple)
+                  if tile_stride(tile, _auto_overlap(tiling, tile)) >= 1]
+    if size is None:
+        tile = candidates[-1]
+    else:
+        tile = min(candidates, key=lambda t: (computed_pixels(*size, t, _auto_overlap(tiling, t), multiple), -t))
+    batch = max(1, min(tiling.tile_batch, int(available_bytes // (bytes_per_pixel * tile * tile))))
+    return dataclasses.replace(tiling, tile=tile, overlap=_auto_overlap(tiling, tile), tile_batch=batch)
+
+
+def _auto_overlap(tiling: TilingConfig, tile: int) -> float:
+    return tiling.overlap if tiling.overlap is not None else _default_overlap(tile)
+
+
+def available_memory(budget_gb: Optional[float], held_bytes: float = 0) -> float:
+    """Bytes a model call may take: the budget (`TilingConfig.memory_budget`; default 1.5 GB on a CPU, the
+    GPU's free memory on a GPU) less what this process holds now (CPU) and ``held_bytes`` still to come."""
+    gpu_free = _gpu_free_bytes() if budget_gb is None else None
+    if gpu_free is not None:
+        return gpu_free - held_bytes
+    return (budget_gb or CPU_MEMORY_BUDGET_GB) * 1e9 - resident_bytes() - held_bytes
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux ``/proc/self/statm``; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _gpu_free_bytes() -> Optional[float]:
+    """Free memory of the first GPU TensorFlow sees, from ``nvidia-smi``; None without a GPU."""
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    import subprocess
+
+    try:
+        answer = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, timeout=10, check=True)
+        return float(answer.stdout.split()[0]) * 2**20
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+_announced: set[str] = set()
+
+
+def announce(tiling: TilingConfig, size: Optional[tuple[int, int]], requested: TilingConfig) -> None:
+    """Print on stderr, once per distinct choice, what ``tile: auto`` chose (nothing for explicit tiles)."""
+    if requested.tile != AUTO:
+        return
+    where = f"{size[1]}x{size[0]} images" if size else "images of any size"
+    pixels = tiling.tile * tiling.tile * tiling.tile_batch
+    message = (f"tiling auto: tile {tiling.tile}, overlap {tiling.tile - tile_stride(tiling.tile, tiling.overlap)} px, "
+               f"tile batch {tiling.tile_batch} for {where} ({pixels * FORWARD_BYTES_PER_PIXEL / 1e9:.2f} GB per call; "
+               f"memory budget {requested.memory_budget or CPU_MEMORY_BUDGET_GB} GB)")
+    if message not in _announced:
+        _announced.add(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 def compiled_forward(model, channels: int, size: Optional[int] = None) -> PredictBatch:
@@ -139,9 +273,40 @@ def tile_starts(length, tile: int, overlap: float) -> tf.Tensor:
     return tf.minimum(tf.range(count) * stride, span)
 
 
-def count_tiles(height: int, width: int, tile: int, overlap: float) -> int:
+def tile_axis(length, tile: int, overlap: float, multiple: Optional[int] = None):
+    """The tiles along one side of ``length`` pixels: ``(origins, last_size, padded_length)`` as tensors.
+
+    Every tile but the last is ``tile`` long, at ``0, stride, 2 * stride, ...``; the last one ends at the
+    border. With ``multiple`` (a model that takes any multiple of it) the last tile is only what the
+    others leave uncovered plus the overlap, rounded up to ``multiple`` (at most ``tile``), and a side
+    shorter than the tile has one tile of its length rounded up; without it the last tile is ``tile``
+    long, moved inward (`tile_starts`). ``padded_length`` >= ``length`` is what the image is
+    reflect-padded to.
+    """
+    length = tf.cast(length, tf.int32)
+    if multiple is None:
+        return tile_starts(length, tile, overlap), tf.constant(tile), tf.maximum(length, tile)
+    stride = tile_stride(tile, overlap)
+    regular = (tf.maximum(length, tile) - tile + stride - 1) // stride  # tiles before the last one
+    covered = regular * stride  # where the last regular tile ends, less the overlap
+    last = tf.minimum(tile, (length - covered + multiple - 1) // multiple * multiple)
+    origins = tf.concat([tf.range(regular) * stride, tf.reshape(tf.maximum(length - last, 0), [1])], 0)
+    return origins, last, tf.maximum(length, last)
+
+
+def count_tiles(height: int, width: int, tile: int, overlap: float, multiple: Optional[int] = None) -> int:
     """Number of tiles `sliding_window_inference` cuts from a ``height x width`` image."""
-    return int(tf.size(tile_starts(height, tile, overlap)) * tf.size(tile_starts(width, tile, overlap)))
+    return int(tf.size(tile_axis(height, tile, overlap, multiple)[0])
+               * tf.size(tile_axis(width, tile, overlap, multiple)[0]))
+
+
+def computed_pixels(height: int, width: int, tile: int, overlap: float, multiple: Optional[int] = None) -> int:
+    """Pixels the model computes for a ``height x width`` image (before TTA): the sum of its tiles' areas."""
+    sides = []
+    for length in (height, width):
+        origins, last, _ = tile_axis(length, tile, overlap, multiple)
+        sides.append((int(tf.size(origins)) - 1) * tile + int(last))
+    return sides[0] * sides[1]
 
 
 def reflect_indices(length, size) -> tf.Tensor:
@@ -166,28 +331,42 @@ def blend_window(tile: int, mode: str = "gaussian", floor: float = 1e-3) -> np.n
     where ``t`` is a triangle rising from the tile border to its centre. The
     floor keeps weights at the image border (covered by one tile) away from 0.
     """
-    centre = (tile - 1) / 2
-    position = np.arange(tile, dtype=np.float64)
+    return window_tensor(tile, mode, floor).numpy()
+
+
+def window_tensor(size, mode: str = "gaussian", floor: float = 1e-3) -> tf.Tensor:
+    """`blend_window` in TensorFlow ops, for a length known only in the graph (a last, smaller tile)."""
+    size = tf.cast(size, tf.float64)
+    centre = (size - 1) / 2
+    position = tf.range(size, dtype=tf.float64)
     if mode == "constant":
-        weights = np.ones(tile)
+        weights = tf.ones_like(position)
     elif mode == "gaussian":
-        weights = np.exp(-0.5 * ((position - centre) / (0.125 * tile)) ** 2)
+        weights = tf.exp(-0.5 * ((position - centre) / (0.125 * size)) ** 2)
     elif mode == "hann":
-        weights = 0.5 - 0.5 * np.cos(2 * np.pi * (position + 0.5) / tile)
+        weights = 0.5 - 0.5 * tf.cos(2 * np.pi * (position + 0.5) / size)
     elif mode == "spline":
-        triangle = 1 - np.abs(position - centre) / (centre + 1)
-        weights = np.where(triangle < 0.5, 2 * triangle**2, 1 - 2 * (1 - triangle) ** 2)
+        triangle = 1 - tf.abs(position - centre) / (centre + 1)
+        weights = tf.where(triangle < 0.5, 2 * triangle**2, 1 - 2 * (1 - triangle) ** 2)
     else:
         raise ConfigError("window", f"must be one of {', '.join(WINDOWS)}; got {mode!r}")
-    return np.maximum(weights / weights.max(), floor).astype(np.float32)
+    return tf.cast(tf.maximum(weights / tf.reduce_max(weights), floor), tf.float32)
 
 
-def weight_profile(starts: tf.Tensor, length, window: np.ndarray) -> tf.Tensor:
-    """Sum of the 1-D ``window`` placed at each of ``starts``: one factor of the separable weight sum."""
-    tile = tf.shape(window)[0]
-    positions = tf.reshape(starts[:, None] + tf.range(tile)[None, :], [-1, 1])
-    weights = tf.tile(tf.convert_to_tensor(window, tf.float32), tf.shape(starts)[:1])
-    return tf.scatter_nd(positions, weights, tf.reshape(tf.cast(length, tf.int32), [1]))
+def weight_profile(starts: tf.Tensor, length, window, last_window=None) -> tf.Tensor:
+    """Sum of the 1-D ``window`` placed at each of ``starts`` (the last at ``last_window`` when given, for a
+    smaller last tile): one factor of the separable weight sum."""
+    window = tf.convert_to_tensor(window, tf.float32)
+    shape = tf.reshape(tf.cast(length, tf.int32), [1])
+    if last_window is None:
+        regular, last_window = starts, window[:0]
+    else:
+        regular = starts[:-1]
+    last_window = tf.convert_to_tensor(last_window, tf.float32)
+    positions = tf.reshape(regular[:, None] + tf.range(tf.shape(window)[0])[None, :], [-1, 1])
+    weights = tf.tile(window, tf.shape(regular)[:1])
+    last_positions = tf.reshape(starts[-1] + tf.range(tf.shape(last_window)[0]), [-1, 1])
+    return tf.scatter_nd(tf.concat([positions, last_positions], 0), tf.concat([weights, last_window], 0), shape)
 
 
 def with_flip_tta(predict_batch: PredictBatch, tta: str | None) -> PredictBatch:
@@ -218,67 +397,78 @@ def sliding_window_inference(
     tiling: TilingConfig,
     *,
     progress: Callable[[int, int], None] | None = None,
+    multiple: Optional[int] = None,
 ) -> np.ndarray:
     """Predict a large [H, W, C] image tile by tile; returns float32 [H, W, K].
 
     Tiles are cut in raster order in the image's own dtype (``predict_batch``
-    normalises them) and sent in full batches of ``tiling.tile_batch`` (only the
-    very last batch may be smaller). Memory beyond the input is one float32
-    accumulator of the output's size plus one batch.
+    normalises them) and sent in full batches of ``tiling.tile_batch``, one tile
+    shape at a time (only the last batch of each shape may be smaller). Memory
+    beyond the input is one float32 accumulator of the output's size plus one batch.
 
     Args:
         image: np.ndarray. [H, W, C] pixels, any dtype.
-        predict_batch: callable. [B, tile, tile, C] tiles -> [B, tile, tile, K] predictions.
+        predict_batch: callable. [B, h, w, C] tiles -> [B, h, w, K] predictions.
         tiling: TilingConfig. Tile (set, see `model_tiling`), overlap, window, tile batch and TTA.
         progress: callable. Called as ``progress(done_tiles, total_tiles)`` after each batch. Defaults to None.
+        multiple: Optional[int]. The model takes sides that are any multiple of this: the last row and
+            column of tiles shrink to what they must cover (`tile_axis`). Defaults to None (all tiles square).
     """
-    tile, overlap = _tile_of(tiling), tiling.overlap
+    tile, overlap = _tile_of(tiling), overlap_of(tiling)
     height, width = image.shape[:2]
-    padded = _reflect_pad(image, tile)
-    starts_y, starts_x = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    origins = [(y, x) for y in starts_y.numpy() for x in starts_x.numpy()]
-    window_1d = blend_window(tile, tiling.window)
-    window_2d = np.outer(window_1d, window_1d)[..., None]
+    (starts_y, last_y, padded_h), (starts_x, last_x, padded_w) = (
+        [np.asarray(value) for value in tile_axis(length, tile, overlap, multiple)] for length in (height, width))
+    padded = _reflect_pad(image, int(padded_h), int(padded_w))
+    rows = [(y, tile) for y in starts_y[:-1]] + [(starts_y[-1], int(last_y))]
+    cols = [(x, tile) for x in starts_x[:-1]] + [(starts_x[-1], int(last_x))]
+    shapes: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for y, h in rows:
+        for x, w in cols:
+            shapes.setdefault((h, w), []).append((y, x))
+    windows = {length: blend_window(length, tiling.window) for length in {tile, int(last_y), int(last_x)}}
     predict = with_flip_tta(predict_batch, tiling.tta)
     total = None
-    done = 0
-    for batch_origins, tiles in _tile_batches(padded, origins, tile, tiling.tile_batch):
-        preds = np.asarray(predict(tiles), dtype=np.float32)
-        if total is None:
-            total = np.zeros(padded.shape[:2] + preds.shape[-1:], np.float32)
-        for (y, x), pred in zip(batch_origins, preds):
-            total[y : y + tile, x : x + tile] += pred * window_2d
-        done += len(batch_origins)
-        if progress is not None:
-            progress(done, len(origins))
-    weights_y = weight_profile(starts_y, total.shape[0], window_1d).numpy()
-    _divide_by_weights(total, weights_y, weight_profile(starts_x, total.shape[1], window_1d).numpy())
+    done, count = 0, len(rows) * len(cols)
+    for (h, w), origins in shapes.items():
+        window_2d = np.outer(windows[h], windows[w])[..., None]
+        for batch_origins, tiles in _tile_batches(padded, origins, h, w, tiling.tile_batch):
+            preds = np.asarray(predict(tiles), dtype=np.float32)
+            if total is None:
+                total = np.zeros(padded.shape[:2] + preds.shape[-1:], np.float32)
+            for (y, x), pred in zip(batch_origins, preds):
+                total[y : y + h, x : x + w] += pred * window_2d
+            done += len(batch_origins)
+            if progress is not None:
+                progress(done, count)
+    profiles = [weight_profile(starts, length, windows[tile], windows[last]).numpy()
+                for starts, length, last in ((starts_y, padded_h, int(last_y)), (starts_x, padded_w, int(last_x)))]
+    _divide_by_weights(total, *profiles)
     if total.shape[:2] != (height, width):
         total = np.ascontiguousarray(total[:height, :width])
     return total
 
 
 def _tile_of(tiling: TilingConfig) -> int:
-    if tiling.tile is None:  # a caller bug: `model_tiling` fills it in
-        raise ValueError("tiling.tile is None; resolve it with model_tiling() first")
+    if not isinstance(tiling.tile, int):  # a caller bug: `model_tiling` + `choose_tiling` resolve it
+        raise ValueError(f"tiling.tile is {tiling.tile!r}; resolve it with model_tiling() and choose_tiling() first")
     return tiling.tile
 
 
-def _reflect_pad(image: np.ndarray, tile: int) -> np.ndarray:
-    """Reflect-pad sides shorter than ``tile`` up to it (bottom/right); larger images are returned as is."""
-    height, width = image.shape[:2]
-    if height >= tile and width >= tile:
+def _reflect_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reflect-pad ``image`` (bottom/right) to ``height x width``; an image of that size is returned as is."""
+    if image.shape[:2] == (height, width):
         return image
-    rows = reflect_indices(height, max(height, tile)).numpy()
-    cols = reflect_indices(width, max(width, tile)).numpy()
+    rows = reflect_indices(image.shape[0], height).numpy()
+    cols = reflect_indices(image.shape[1], width).numpy()
     return image[rows][:, cols]
 
 
-def _tile_batches(image: np.ndarray, origins, tile: int, tile_batch: int) -> Iterator[tuple[list, np.ndarray]]:
-    """Yield ``(origins, tiles)`` batches of ``tile_batch`` tiles, cut lazily in raster order."""
+def _tile_batches(image: np.ndarray, origins, height: int, width: int,
+                  tile_batch: int) -> Iterator[tuple[list, np.ndarray]]:
+    """Yield ``(origins, tiles)`` batches of ``tile_batch`` tiles of ``height x width``, cut lazily in raster order."""
     for first in range(0, len(origins), tile_batch):
         batch = origins[first : first + tile_batch]
-        yield batch, np.stack([image[y : y + tile, x : x + tile] for y, x in batch])
+        yield batch, np.stack([image[y : y + height, x : x + width] for y, x in batch])
 
 
 def _divide_by_weights(total: np.ndarray, weights_y: np.ndarray, weights_x: np.ndarray, band: int = 256) -> None:
@@ -287,59 +477,65 @@ def _divide_by_weights(total: np.ndarray, weights_y: np.ndarray, weights_x: np.n
         total[row : row + band] /= (weights_y[row : row + band, None] * weights_x[None, :])[..., None]
 
 
-def sliding_window_graph(image: tf.Tensor, predict_batch: PredictBatch, tiling: TilingConfig) -> tf.Tensor:
+def sliding_window_graph(image: tf.Tensor, predict_batch: PredictBatch, tiling: TilingConfig,
+                         multiple: Optional[int] = None) -> tf.Tensor:
     """The same tiled prediction in TensorFlow ops only: [H, W, C] -> float32 [H, W, K].
 
     Usable inside a ``tf.function`` whose input has unknown height and width
     (the serving signature). Tiles are gathered straight from the image with
     reflected indices (no padded copy), predicted ``tiling.tile_batch`` at a
-    time in a ``tf.while_loop`` and scattered into one accumulator. Matches
-    `sliding_window_inference` to float32 rounding.
+    time in a ``tf.while_loop`` per tile shape (the corner tile, the regular
+    tiles, the last column, the last row) and scattered into one accumulator.
+    Matches `sliding_window_inference` (same ``multiple``) to float32 rounding.
     """
-    tile, overlap, tile_batch = _tile_of(tiling), tiling.overlap, tiling.tile_batch
+    tile, overlap, tile_batch = _tile_of(tiling), overlap_of(tiling), tiling.tile_batch
     image = tf.convert_to_tensor(image)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    starts_y = tile_starts(height, tile, overlap)
-    starts_x = tile_starts(width, tile, overlap)
-    padded_size = (tf.maximum(height, tile), tf.maximum(width, tile))
-    rows = reflect_indices(height, padded_size[0])
-    cols = reflect_indices(width, padded_size[1])
-    grid_y, grid_x = tf.meshgrid(starts_y, starts_x, indexing="ij")
-    origins = tf.stack([tf.reshape(grid_y, [-1]), tf.reshape(grid_x, [-1])], axis=1)
-    offsets = tf.stack(tf.meshgrid(tf.range(tile), tf.range(tile), indexing="ij"), axis=-1)
-    window_1d = blend_window(tile, tiling.window)
-    window_2d = tf.constant(np.outer(window_1d, window_1d)[None, ..., None])
+    starts_y, last_y, padded_h = tile_axis(height, tile, overlap, multiple)
+    starts_x, last_x, padded_w = tile_axis(width, tile, overlap, multiple)
+    rows, cols = reflect_indices(height, padded_h), reflect_indices(width, padded_w)
+    window, window_y, window_x = (window_tensor(size, tiling.window) for size in (tile, last_y, last_x))
     predict = with_flip_tta(predict_batch, tiling.tta)
 
-    def weighted_batch(first):
+    def group(ys, xs, h, w, window_h, window_w):
+        grid_y, grid_x = tf.meshgrid(ys, xs, indexing="ij")
+        origins = tf.stack([tf.reshape(grid_y, [-1]), tf.reshape(grid_x, [-1])], axis=1)
+        offsets = tf.stack(tf.meshgrid(tf.range(h), tf.range(w), indexing="ij"), axis=-1)
+        return origins, offsets, (window_h[:, None] * window_w[None, :])[None, ..., None]
+
+    def weighted_batch(origins, offsets, window_2d, first):
         positions = origins[first : first + tile_batch, None, None, :] + offsets[None]
         source = tf.stack([tf.gather(rows, positions[..., 0]), tf.gather(cols, positions[..., 1])], axis=-1)
         preds = tf.cast(predict(tf.gather_nd(image, source)), tf.float32)
         return positions, preds * window_2d
 
-    positions, weighted = weighted_batch(0)
-    total = tf.scatter_nd(positions, weighted, tf.concat([tf.stack(padded_size), tf.shape(weighted)[-1:]], 0))
+    corner = group(starts_y[-1:], starts_x[-1:], last_y, last_x, window_y, window_x)
+    positions, weighted = weighted_batch(*corner, 0)
+    total = tf.scatter_nd(positions, weighted, tf.concat([tf.stack([padded_h, padded_w]), tf.shape(weighted)[-1:]], 0))
+    for ys, xs, h, w, window_h, window_w in (
+        (starts_y[:-1], starts_x[:-1], tile, tile, window, window),
+        (starts_y[:-1], starts_x[-1:], tile, last_x, window, window_x),
+        (starts_y[-1:], starts_x[:-1], last_y, tile, window_y, window),
+    ):
+        origins, offsets, window_2d = group(ys, xs, h, w, window_h, window_w)
 
-    def body(first, total):
-        positions, weighted = weighted_batch(first)
-        return first + tile_batch, tf.tensor_scatter_nd_add(total, positions, weighted)
+        def body(first, total, origins=origins, offsets=offsets, window_2d=window_2d):
+            positions, weighted = weighted_batch(origins, offsets, window_2d, first)
+            return first + tile_batch, tf.tensor_scatter_nd_add(total, positions, weighted)
 
-    _, total = tf.while_loop(
-        lambda first, _: first < tf.shape(origins)[0], body, (tf.constant(tile_batch), total),
-        parallel_iterations=1,
-    )
-    weights = weight_profile(starts_y, padded_size[0], window_1d)[:, None] * weight_profile(
-        starts_x, padded_size[1], window_1d
-    )[None, :]
+        _, total = tf.while_loop(lambda first, _, origins=origins: first < tf.shape(origins)[0], body,
+                                 (tf.constant(0), total), parallel_iterations=1)
+    weights = weight_profile(starts_y, padded_h, window, window_y)[:, None] * weight_profile(
+        starts_x, padded_w, window, window_x)[None, :]
     return (total / weights[..., None])[:height, :width]
 
 
-def seam_score(prob: np.ndarray, tile: int, overlap: float) -> float:
+def seam_score(prob: np.ndarray, tile: int, overlap: float, multiple: Optional[int] = None) -> float:
     """How visible tile borders are: mean |step| between neighbours across borders / inside tiles.
 
     Borders are the first and last pixel columns/rows of every tile of the grid
-    ``(tile, overlap)`` that lie inside the image. 1 means seams are invisible;
-    a hard seam gives values well above 1. ``prob`` is [H, W] or [H, W, K].
+    ``(tile, overlap, multiple)`` (`tile_axis`) that lie inside the image. 1 means
+    seams are invisible; a hard seam gives values well above 1. ``prob`` is [H, W] or [H, W, K].
     """
     prob = np.asarray(prob, np.float32)
     prob = prob.reshape(prob.shape[:2] + (-1,))
@@ -347,8 +543,9 @@ def seam_score(prob: np.ndarray, tile: int, overlap: float) -> float:
     for axis in (0, 1):
         steps = np.abs(np.diff(prob, axis=axis))  # steps[i] is between pixels i and i + 1
         length = prob.shape[axis]
-        starts = tile_starts(length, tile, overlap).numpy()
-        edges = {s - 1 for s in starts if s > 0} | {s + tile - 1 for s in starts if s + tile < length}
+        starts, last, _ = (np.asarray(value) for value in tile_axis(length, tile, overlap, multiple))
+        ends = [s + tile for s in starts[:-1]] + [starts[-1] + int(last)]
+        edges = {s - 1 for s in starts if s > 0} | {e - 1 for e in ends if e < length}
         is_border = np.zeros(length - 1, bool)
         is_border[np.array(sorted(edges), dtype=np.intp)] = True
         border_steps.append(np.compress(is_border, steps, axis=axis).ravel())

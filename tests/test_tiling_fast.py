@@ -1,0 +1,176 @@
+"""Issue 17: the shrunk last row/column of tiles (exact blending, no redundant tile, graph == numpy) and
+``tile: auto`` (the tile that computes the fewest pixels within the memory budget, printed once)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from test_tiling import double, first_channel, random_image
+from tfsky.tiling import (
+    AUTO_OVERLAP_PX,
+    FORWARD_BYTES_PER_PIXEL,
+    MAX_AUTO_TILE,
+    WINDOWS,
+    TilingConfig,
+    announce,
+    available_memory,
+    choose_tiling,
+    computed_pixels,
+    count_tiles,
+    model_tiling,
+    resident_bytes,
+    seam_score,
+    sliding_window_graph,
+    sliding_window_inference,
+    tile_axis,
+    tile_stride,
+)
+
+SIZES = [(300, 197), (33, 65), (5, 200), (1, 1)]
+
+
+def axis_tiles(length, tile, overlap, multiple):
+    """[(start, end)] of the tiles along one side."""
+    starts, last, padded = (np.asarray(v) for v in tile_axis(length, tile, overlap, multiple))
+    sizes = [tile] * (len(starts) - 1) + [int(last)]
+    return [(int(s), int(s) + size) for s, size in zip(starts, sizes)], int(padded)
+
+
+@pytest.mark.parametrize("length", [1, 5, 31, 32, 33, 100, 255, 256, 257, 777, 1000, 4096, 8192])
+@pytest.mark.parametrize("tile,overlap", [(256, 0.25), (256, 0.0), (96, 0.5), (1024, 64 / 1024)])
+def test_last_tile_is_only_as_large_as_it_must_be_and_no_tile_is_redundant(length, tile, overlap):
+    tiles, padded = axis_tiles(length, tile, overlap, 32)
+    overlap_px = tile - tile_stride(tile, overlap)
+    assert tiles[0][0] == 0 and tiles[-1][1] == padded == max(length, tiles[-1][1] - tiles[-1][0])
+    assert all(end - start <= tile and (end - start) % 32 == 0 for start, end in tiles)
+    assert padded - length < 32  # at most the rounding up to the model's multiple is padding
+    for (_, end), (start, _) in zip(tiles, tiles[1:]):
+        assert end - start >= overlap_px  # neighbours still share the whole overlap
+    margin = overlap_px // 2
+    interiors = [(s + (margin if s > 0 else 0), e - (margin if e < padded else 0)) for s, e in tiles]
+    for index, (start, end) in enumerate(tiles):  # every tile holds a pixel no other tile's interior holds
+        others = [iv for j, iv in enumerate(interiors) if j != index]
+        assert any(not any(a <= p < b for a, b in others) for p in range(start, end)), (index, tiles)
+    if len(tiles) > 1:  # the last tile adds less than one multiple beyond what it must cover
+        assert tiles[-1][1] - tiles[-1][0] < length - tiles[-2][1] + overlap_px + 32
+
+
+def test_the_8k_grid_computes_fewer_pixels_than_the_old_one_with_the_same_tiles():
+    old = computed_pixels(4096, 8192, 256, 0.25)
+    new = computed_pixels(4096, 8192, 256, 0.25, multiple=32)
+    assert old == 903 * 256 * 256 and count_tiles(4096, 8192, 256, 0.25, 32) == 903
+    assert new == (21 * 256) * (42 * 256 + 128)  # the last column is 128 px wide: 64 new pixels + the overlap
+    assert new < old
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("tile,overlap", [(64, 0.25), (96, 0.5)])
+def test_both_drivers_blend_shrunk_last_tiles_exactly(window, tile, overlap):
+    tiling = TilingConfig(tile, overlap, window, 5)
+    spec = tf.TensorSpec([None, None, 3], tf.float32)
+    graph = tf.function(lambda image: sliding_window_graph(image, double, tiling, multiple=32), input_signature=[spec])
+    shapes = set()
+
+    def record(tiles):
+        shapes.add(tuple(tiles.shape[1:3]))
+        return first_channel(tiles)
+
+    for height, width in SIZES:
+        image = random_image(height, width)
+        np.testing.assert_allclose(sliding_window_inference(image, record, tiling, multiple=32), image[..., :1],
+                                   atol=1e-6, rtol=0)
+        np.testing.assert_allclose(graph(image).numpy(), 2 * image, atol=1e-6, rtol=0)
+    assert all(h % 32 == 0 and w % 32 == 0 and h <= tile and w <= tile for h, w in shapes)
+    assert any(h != w for h, w in shapes)  # some tiles really were shrunk
+
+
+def test_graph_driver_equals_numpy_driver_with_shrunk_tiles_on_a_position_dependent_model():
+    kernel = tf.constant(np.random.default_rng(1).normal(size=(3, 3, 3, 2)).astype(np.float32))
+
+    def conv(tiles):
+        return tf.nn.conv2d(tf.cast(tiles, tf.float32), kernel, 1, "SAME")
+
+    tiling = TilingConfig(tile=64, overlap=0.25, window="gaussian", tile_batch=3)
+    spec = tf.TensorSpec([None, None, 3], tf.float32)
+    graph = tf.function(lambda image: sliding_window_graph(image, conv, tiling, multiple=32), input_signature=[spec])
+    for height, width in [(20, 20), (40, 300), (150, 97)]:
+        image = random_image(height, width, seed=2)
+        expected = sliding_window_inference(image, conv, tiling, multiple=32)
+        assert expected.shape == (height, width, 2)
+        np.testing.assert_allclose(graph(image).numpy(), expected, atol=1e-5, rtol=0)
+    assert seam_score(expected, 64, 0.25, 32) > 0  # a real, non-trivial output
+
+
+def test_numpy_driver_batches_each_tile_shape_in_full_batches():
+    batches = []
+
+    def record(tiles):
+        batches.append(tuple(tiles.shape[:3]))
+        return tiles[..., :1]
+
+    # 120 x 90, tile 64 at 25 %: rows at 0, 48 (64 px) and a last row of 32 px at 88; columns at 0 and 26 (64 px)
+    sliding_window_inference(random_image(120, 90), record, TilingConfig(64, 0.25, tile_batch=3), multiple=32)
+    assert batches == [(3, 64, 64), (1, 64, 64), (2, 32, 64)]
+
+
+# --- tile: auto ---------------------------------------------------------------------------------------------
+
+
+def budget_for(tile, batch=1):
+    return FORWARD_BYTES_PER_PIXEL * tile * tile * batch
+
+
+def test_auto_picks_the_multiple_of_32_that_computes_the_fewest_pixels_within_the_budget():
+    auto = model_tiling(None, 192, 32, "segmenter")
+    chosen = choose_tiling(auto, 32, (4096, 8192), budget_for(1024))
+    assert chosen.tile % 32 == 0 and 64 < chosen.tile <= 1024
+    assert chosen.overlap == AUTO_OVERLAP_PX / chosen.tile and chosen.tile_batch == 1
+    pixels = computed_pixels(4096, 8192, chosen.tile, chosen.overlap, 32)
+    for tile in range(256, 1025, 32):  # no other tile of the budget computes fewer pixels
+        assert pixels <= computed_pixels(4096, 8192, tile, AUTO_OVERLAP_PX / tile, 32)
+    assert pixels < 1.25 * 4096 * 8192 < computed_pixels(4096, 8192, 256, 0.25)
+    smaller = choose_tiling(auto, 32, (4096, 8192), budget_for(512))
+    assert smaller.tile <= 512 and smaller.tile_batch == 1  # a smaller budget, a smaller tile
+
+
+def test_auto_takes_one_tile_for_a_small_image_and_fills_the_batch_within_the_budget():
+    chosen = choose_tiling(TilingConfig(), 32, (100, 90), budget_for(128, batch=20))
+    assert chosen.tile == 128 and count_tiles(100, 90, chosen.tile, chosen.overlap, 32) == 1
+    assert chosen.tile_batch == 8  # the configured batch fits, so it is kept
+    assert choose_tiling(TilingConfig(tile_batch=8), 32, (4096, 8192), budget_for(512, 3)).tile_batch <= 3
+
+
+def test_auto_without_an_image_size_takes_the_largest_tile_that_fits():
+    assert choose_tiling(TilingConfig(), 32, None, budget_for(700)).tile == 672
+    assert choose_tiling(TilingConfig(), 32, None, budget_for(4000)).tile == MAX_AUTO_TILE
+    assert choose_tiling(TilingConfig(), 32, None, 0).tile == 256  # nothing fits: the smallest useful tile
+
+
+def test_explicit_tile_and_overlap_win_over_auto():
+    explicit = model_tiling(TilingConfig(tile=256, overlap=0.25), 192, 32, "segmenter")
+    assert choose_tiling(explicit, 32, (4096, 8192), budget_for(1024)) is explicit
+    given_overlap = choose_tiling(TilingConfig(overlap=0.5), 32, (4096, 8192), budget_for(1024))
+    assert given_overlap.overlap == 0.5 and given_overlap.tile % 32 == 0
+    assert model_tiling(TilingConfig(tile=256), 192, 32, "segmenter").overlap is None  # -> 64 px = 0.25
+    out = sliding_window_inference(random_image(300, 300), first_channel, model_tiling(TilingConfig(tile=64), 64, 32, "x"))
+    assert out.shape == (300, 300, 1)
+
+
+def test_the_choice_is_printed_once(capsys):
+    requested = TilingConfig(memory_budget=1.25)
+    chosen = choose_tiling(requested, 32, (480, 640), budget_for(1024))
+    for _ in range(3):
+        announce(chosen, (480, 640), requested)
+    announce(model_tiling(TilingConfig(tile=64), 64, 32, "x"), (480, 640), TilingConfig(tile=64))
+    printed = capsys.readouterr().err.splitlines()
+    assert printed == [f"tiling auto: tile {chosen.tile}, overlap {AUTO_OVERLAP_PX} px, tile batch {chosen.tile_batch} "
+                       f"for 640x480 images ({chosen.tile ** 2 * chosen.tile_batch * FORWARD_BYTES_PER_PIXEL / 1e9:.2f}"
+                       " GB per call; memory budget 1.25 GB)"]
+
+
+def test_available_memory_is_the_budget_less_what_the_process_holds():
+    held = resident_bytes()
+    assert held > 50e6  # TensorFlow is loaded
+    assert abs(available_memory(2.0, held_bytes=1e8) - (2e9 - held - 1e8)) < 50e6

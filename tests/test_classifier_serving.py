@@ -1,7 +1,7 @@
 """The weather classifier beyond training: `tfsky export`, `tfsky predict` and `tfsky client predict` (gRPC, REST).
 
-One tiny classifier (ResNet18 at 32 px, a few training steps on synthetic blue / grey skies) is exported
-once and served by the dev server; every path must give the probabilities the local model gives.
+One tiny (untrained: serving needs its files, not its skill) two-class classifier at 32 px is exported once
+and served by the dev server; every path must give the probabilities the local model gives.
 """
 
 from __future__ import annotations
@@ -26,35 +26,31 @@ CLASSES = ["clear", "overcast"]
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """A trained tiny classifier, its export as ``weather/1`` served on loopback, and test photos."""
+    """The classifier, its export as ``weather/1`` served on loopback, two photos and their local probabilities."""
     from tfsky.data.labelled import ClassifierDataConfig, LabelledSource
-    from tfsky.train.classifier import train_classifier
-    from tfsky.train.config import ClassifierConfig, SegmenterTrainConfig
+    from tfsky.models.classifier import build_classifier
+    from tfsky.train.classifier import save_classifier
+    from tfsky.train.config import ClassifierConfig
 
     root = tmp_path_factory.mktemp("classifier_serving")
-    for label, clear in (("shine", True), ("cloudy", False)):
-        (root / "train" / label).mkdir(parents=True)
-        for index in range(10):
-            Image.fromarray(sky_photo(index + 100 * clear, clear)).save(root / "train" / label / f"{index}.png")
-    data = ClassifierDataConfig(sources=[LabelledSource("class_folders", root / "train")],
-                                classes={"shine": "clear", "cloudy": "overcast"}, image_size=32, val_fraction=0.25)
-    train = SegmenterTrainConfig(epochs=2, batch_size=8, steps_per_epoch=3, runs_root=root / "runs", seed=0)
-    result = train_classifier(ClassifierConfig(name="tiny", data=data, train=train), verbose=0)
-    model = result.run_dir / "best.keras"
+    data = ClassifierDataConfig(sources=[LabelledSource("class_folders", root)], image_size=32,
+                                classes={"shine": "clear", "cloudy": "overcast"})
+    cfg = ClassifierConfig(name="tiny", data=data)
+    model = root / "best.keras"
+    tf.keras.utils.set_random_seed(0)
+    save_classifier(build_classifier(cfg.model, len(CLASSES)), model, cfg, {})
     photos = root / "photos"
     (photos / "sub").mkdir(parents=True)
     Image.fromarray(sky_photo(1, True, size=96)).save(photos / "blue.png")
     Image.fromarray(sky_photo(2, False, size=80)).save(photos / "sub" / "grey.jpg", quality=95)
+    files = [photos / "blue.png", photos / "sub" / "grey.jpg"]
+    classifier = WeatherClassifier.load(model)
+    expected = {f: classifier.probabilities(classifier.inputs(read_image(f))[None])[0] for f in files}
     export_model(model, root / "models", "weather")
     server = DevServer(root / "models", grpc_port=0, rest_port=0, poll_seconds=0.3).start()
-    yield {"root": root, "model": model, "photos": photos, "server": server,
+    yield {"root": root, "model": model, "photos": photos, "files": files, "expected": expected, "id": classifier.id,
            "grpc": f"127.0.0.1:{server.grpc_port}", "rest": f"127.0.0.1:{server.rest_port}"}
     server.stop()
-
-
-def local_probabilities(model: Path, image_path: Path) -> np.ndarray:
-    classifier = WeatherClassifier.load(model)
-    return classifier.probabilities(classifier.inputs(read_image(image_path))[None])[0]
 
 
 def sidecar(path: Path) -> dict:
@@ -80,9 +76,9 @@ def test_export_has_tensor_and_encoded_image_signatures_that_match_the_keras_mod
     tensors = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
     np.testing.assert_allclose(tensors, keras_model(images), atol=1e-5)
 
-    files = [served["photos"] / "blue.png", served["photos"] / "sub" / "grey.jpg"]
+    files = served["files"]
     answer = loaded.signatures["classify_image"](image_bytes=tf.constant([f.read_bytes() for f in files]))
-    expected = np.stack([local_probabilities(served["model"], f) for f in files])
+    expected = np.stack([served["expected"][f] for f in files])
     np.testing.assert_allclose(answer["probabilities"].numpy(), expected, atol=2e-3)  # in-graph area resize
     assert answer["class_names"].numpy().tolist() == [[b"clear", b"overcast"]] * 2
     assert answer["condition"].numpy().tolist() == [CLASSES[i].encode() for i in expected.argmax(axis=1)]
@@ -95,14 +91,14 @@ def test_predict_with_a_classifier_writes_sidecars_and_one_table_resumably(serve
     assert result.exit_code == 0, result.stderr
     blue, grey = sidecar(out / "blue.json"), sidecar(out / "sub" / "grey.json")
     for facts, image in ((blue, photos / "blue.png"), (grey, photos / "sub" / "grey.jpg")):
-        expected = local_probabilities(served["model"], image)
+        expected = served["expected"][image]
         assert list(facts["probabilities"]) == CLASSES
         np.testing.assert_allclose(list(facts["probabilities"].values()), expected, atol=1e-6)
         assert facts["condition"] == CLASSES[int(expected.argmax())]
         assert facts["probability"] == pytest.approx(expected.max(), abs=1e-6)
         assert facts["source"] == str(image)
     assert (blue["height"], blue["width"], grey["height"]) == (96, 96, 80)
-    assert blue["model"]["id"] == WeatherClassifier.load(served["model"]).id
+    assert blue["model"]["id"] == served["id"]
     rows = table(out / TABLE)
     assert [row["file"] for row in rows] == [str(photos / "blue.png"), str(photos / "sub" / "grey.jpg")]
     assert list(rows[0]) == ["file", "condition", "probability", "p_clear", "p_overcast"]
@@ -139,7 +135,7 @@ def test_client_predict_with_a_served_classifier_matches_local_prediction(served
     assert f"done 2, skipped 0, failed 0 -> {out}" in result.stdout
     for name, image in (("blue.json", photos / "blue.png"), ("sub/grey.json", photos / "sub" / "grey.jpg")):
         facts = sidecar(out / name)
-        expected = local_probabilities(served["model"], image)
+        expected = served["expected"][image]
         np.testing.assert_allclose(list(facts["probabilities"].values()), expected, atol=2e-3)
         assert list(facts["probabilities"]) == CLASSES and facts["condition"] == CLASSES[int(expected.argmax())]
         assert (facts["server"], facts["model"], facts["version"]) == (server, "weather", 1)

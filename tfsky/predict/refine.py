@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 # Box radius of the filter in working-scale pixels and its regulariser (brightness variance units);
-# measured on the validation photos (README, "Working scale").
+# chosen by `scripts/bench_scale.py`'s refinement study on photos the model never saw (README, "Working scale").
 RADIUS = 4
 EPS = 1e-3
 _BAND = 256  # full-resolution rows evaluated at a time
@@ -31,18 +31,21 @@ def brightness(image: np.ndarray) -> np.ndarray:
     return colour.mean(axis=-1, dtype=np.float32) * np.float32(scale)
 
 
-def refine(probabilities: np.ndarray, small_image: np.ndarray, image: np.ndarray) -> np.ndarray:
+def refine(probabilities: np.ndarray, small_image: np.ndarray, image: np.ndarray,
+           radius: int = RADIUS, eps: float = EPS) -> np.ndarray:
     """Float32 ``[H, W, K]`` probabilities at ``image``'s size from ``[h, w, K]`` ones at ``small_image``'s size.
 
     Args:
         probabilities: np.ndarray. Model output at the working scale.
         small_image: np.ndarray. The image the model saw (``image`` resized to ``h x w``).
         image: np.ndarray. The full-resolution image (any dtype `brightness` takes).
+        radius: int. Box radius in working-scale pixels (the shipped `RADIUS` unless studying it).
+        eps: float. Regulariser: larger values follow the image's edges less.
     """
     guide = brightness(small_image)
     height, width = image.shape[:2]
     channels = probabilities.shape[-1]
-    coefficients = [_coefficients(guide, probabilities[..., k]) for k in range(channels)]
+    coefficients = [_coefficients(guide, probabilities[..., k], radius, eps) for k in range(channels)]
     out = np.empty((height, width, channels), np.float32)
     map_x = _source_coordinates(width, guide.shape[1])[None, :]
     for top in range(0, height, _BAND):
@@ -59,9 +62,9 @@ def refine(probabilities: np.ndarray, small_image: np.ndarray, image: np.ndarray
     return out
 
 
-def _coefficients(guide: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _coefficients(guide: np.ndarray, target: np.ndarray, radius: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """The smoothed linear coefficients ``(a, b)`` of the guided filter at the working scale."""
-    size = (2 * RADIUS + 1, 2 * RADIUS + 1)
+    size = (2 * radius + 1, 2 * radius + 1)
 
     def box(values: np.ndarray) -> np.ndarray:
         return cv2.boxFilter(values, cv2.CV_32F, size, borderType=cv2.BORDER_REFLECT)
@@ -70,7 +73,7 @@ def _coefficients(guide: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np
     mean_guide, mean_target = box(guide), box(target)
     variance = box(guide * guide) - mean_guide * mean_guide
     covariance = box(guide * target) - mean_guide * mean_target
-    a = covariance / (variance + EPS)
+    a = covariance / (variance + eps)
     b = mean_target - a * mean_guide
     return box(a), box(b)
 

@@ -197,6 +197,55 @@ def test_streams_label_predicts_every_frame_and_human_labels_win(untrained_class
     assert reasons == ["", "low_confidence", "low_confidence", "low_confidence", "low_confidence", "corrupt"]
 
 
+def blue_sky_segmenter(path: Path) -> Path:
+    """A 1x1-convolution "segmenter": sky where blue exceeds red (logit 20 (B - R) - 2), saved as a tfsky model."""
+    import tensorflow as tf
+
+    from tfsky.data.transforms import Preprocess
+    from tfsky.models.bundle import ModelInfo, save_model
+
+    inputs = tf.keras.Input((None, None, 3))
+    conv = tf.keras.layers.Conv2D(1, 1)
+    logits = conv(inputs)
+    conv.set_weights([np.array([-20.0, 0.0, 20.0], np.float32).reshape(1, 1, 3, 1), np.array([-2.0], np.float32)])
+    model = tf.keras.Model(inputs, tf.keras.layers.Activation("sigmoid")(logits))
+    save_model(model, path, ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=64))
+    return path
+
+
+def test_streams_label_with_a_segmenter_measures_the_sky_and_leaves_skyless_frames_unlabelled(
+        untrained_classifier, tmp_path, cli):
+    from tfsky.data.streams import StreamsConfig, read_manifest, validate_streams
+    frames = tmp_path / "frames" / "cam"
+    frames.mkdir(parents=True)
+    sky_over_ground = np.full((120, 160, 3), 40, np.uint8)
+    sky_over_ground[:60] = (90, 150, 235)  # the top half is a blue sky
+    Image.fromarray(sky_over_ground).save(frames / "20200101_100000.png")
+    Image.fromarray(np.full((120, 160, 3), 128, np.uint8)).save(frames / "20200101_110000.png")  # a grey wall
+    Image.fromarray(sky_over_ground).save(frames / "20200101_120000.png")
+    (tmp_path / "labels.csv").write_text("image,sky_condition\ncam/20200101_120000.png,overcast\n")
+    validate_streams(StreamsConfig(root=tmp_path / "frames", labels_csv=tmp_path / "labels.csv"), out=tmp_path / "m")
+    segmenter = blue_sky_segmenter(tmp_path / "sky.keras")
+    result = cli("streams", "label", tmp_path / "m", "--classifier", untrained_classifier, "--segmenter", segmenter)
+    assert result.exit_code == 0, result.output
+    assert "no sky" in result.stdout and "0.33" in result.stdout  # mean share of the three frames
+    blue, wall, human = read_manifest(tmp_path / "m" / "cam" / "stream.json").frames
+
+    sky = blue.prediction["sky"]
+    assert sky["fraction"] == pytest.approx(0.5, abs=0.01)
+    assert sky["blueness"] == pytest.approx((235 - 90) / 255, abs=0.01)  # of the sky pixels only
+    assert sky["brightness"] == pytest.approx((0.2126 * 90 + 0.7152 * 150 + 0.0722 * 235) / 255, abs=0.01)
+    assert sky["dark_share"] == 0 and sky["segmenter"].startswith("sha256-1MiB:")
+    assert blue.label_source == "model" and blue.condition == blue.prediction["condition"]
+
+    assert wall.prediction["sky"] == {"fraction": 0.0, "segmenter": sky["segmenter"]}
+    assert wall.prediction["condition"] in ("clear", "overcast")  # predicted, but not taken as the label
+    assert (wall.condition, wall.confidence, wall.label_source) == (None, None, None)
+
+    assert (human.condition, human.label_source) == ("overcast", None)  # the human label wins
+    assert human.prediction["sky"]["fraction"] == pytest.approx(0.5, abs=0.01)
+
+
 def test_streams_label_refuses_a_segmenter_model(tmp_path, cli, untrained_classifier):
     import shutil
 

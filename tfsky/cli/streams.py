@@ -83,6 +83,9 @@ def label(
         help="A stream.json or a folder of manifests (default: streams.manifests).")] = None,
     classifier: Annotated[Path, typer.Option(
         "--classifier", help="Weather classifier written by tfsky train classifier (.keras).")] = ...,
+    segmenter: Annotated[Optional[Path], typer.Option(
+        "--segmenter", help="Sky segmenter: measure each frame's sky (share, colour statistics); frames "
+        "without sky take no model label.")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
     quiet: QuietOption = False,
@@ -90,20 +93,24 @@ def label(
     """Predict every frame's condition; frames without a human label take it (with its probability)."""
     from collections import Counter
 
-    from tfsky.predict.classify import label_streams
+    from tfsky.predict.classify import MIN_SKY_FRACTION, label_streams
     from tfsky.train.config import TranslatorConfig
 
     folder = manifests or training_section(TranslatorConfig, "streams", config, overrides).manifests
-    labelled = label_streams(folder, classifier)
+    labelled = label_streams(folder, classifier, segmenter)
     if quiet:
         return
-    table = Table("camera", "frames", "predicted", "model labels", "human labels kept", "conditions (model)")
+    sky_columns = ("sky share", "no sky") if segmenter else ()  # mean share; frames below MIN_SKY_FRACTION
+    table = Table("camera", "frames", "predicted", "model labels", "human labels kept", *sky_columns,
+                  "conditions (model)")
     for path, stream in labelled:
         predicted = [f for f in stream.frames if f.prediction]
         by_model = [f for f in stream.frames if f.label_source == "model"]
         counts = Counter(f.condition for f in by_model)
+        skies = [f.prediction["sky"]["fraction"] for f in predicted if "sky" in f.prediction]
+        sky_cells = (f"{sum(skies) / len(skies):.2f}" if skies else "-", str(sum(s < MIN_SKY_FRACTION for s in skies)))
         table.add_row(stream.camera, str(len(stream.frames)), str(len(predicted)), str(len(by_model)),
-                      str(sum(f.human_labelled for f in predicted)),
+                      str(sum(f.human_labelled for f in predicted)), *(sky_cells if segmenter else ()),
                       ", ".join(f"{name} {count}" for name, count in counts.most_common()))
     Console().print(table)
 

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from tfsky.errors import ConfigError, InputError
-from tfsky.io.images import is_image_file, read_image
+from tfsky.io.images import REC709_LUMA, is_image_file, read_image
 
 SPLITS = ("train", "val")
 _DUPLICATE_THUMB = 24
@@ -261,3 +261,23 @@ def resized_rgb8(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """An 8/16-bit RGB image area-resized to ``width x height``, as uint8 (for models and thumbnails)."""
     small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     return (small // 257).astype(np.uint8) if small.dtype == np.uint16 else small
+
+
+COLOUR_STATISTICS = ("brightness", "brightness_std", "saturation", "saturation_std", "blueness", "bright_share",
+                     "dark_share", "texture")
+
+
+def colour_statistics(rgb: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The `COLOUR_STATISTICS` of the ``region`` (boolean [H, W], not empty) of a uint8 RGB image.
+
+    Brightness is Rec.709 luma (0..1), blueness B - R, the shares count pixels brighter than 0.9 and darker
+    than 0.1, texture is the mean gradient magnitude: what tells a blue sky from a grey one or a sunset.
+    """
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float32) / 255.0
+    unit = rgb.astype(np.float32) / 255.0
+    grey = unit @ REC709_LUMA
+    gradient = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+    value, saturation = grey[region], hsv[..., 1][region]
+    blue = unit[..., 2][region] - unit[..., 0][region]
+    return np.array([value.mean(), value.std(), saturation.mean(), saturation.std(), blue.mean(),
+                     (value > 0.9).mean(), (value < 0.1).mean(), gradient[region].mean()], np.float64)

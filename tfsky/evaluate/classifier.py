@@ -20,11 +20,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from tfsky.config import from_dict
-from tfsky.data.labelled import ClassifierDataConfig, labelled_set, load_images
+from tfsky.data.labelled import ClassifierDataConfig, colour_statistics, labelled_set, load_images
 from tfsky.evaluate.report import Table, markdown_document, write_report
 from tfsky.io.atomic import atomic_path
 from tfsky.predict.classify import WeatherClassifier
@@ -135,20 +134,10 @@ def features(images) -> np.ndarray:
 
 
 def colour_features(rgb: np.ndarray) -> np.ndarray:
-    """16 statistics of one uint8 RGB image: 8 of the whole frame, the same 8 of its upper third."""
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float32) / 255.0
-    unit = rgb.astype(np.float32) / 255.0
-    grey = unit @ np.array([0.2126, 0.7152, 0.0722], np.float32)
-    gradient = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
-    top = slice(0, rgb.shape[0] // 3)
-
-    def stats(region: slice) -> list[float]:
-        value, saturation = grey[region], hsv[region][..., 1]
-        blue = unit[region][..., 2] - unit[region][..., 0]
-        return [value.mean(), value.std(), saturation.mean(), saturation.std(), blue.mean(),
-                (value > 0.9).mean(), (value < 0.1).mean(), gradient[region].mean()]
-
-    return np.array(stats(slice(None)) + stats(top), np.float64)
+    """16 statistics of one uint8 RGB image: the `colour_statistics` of the whole frame, then of its upper third."""
+    top = np.zeros(rgb.shape[:2], bool)
+    top[: rgb.shape[0] // 3] = True
+    return np.concatenate([colour_statistics(rgb, np.ones(rgb.shape[:2], bool)), colour_statistics(rgb, top)])
 
 
 @dataclasses.dataclass

@@ -21,7 +21,7 @@ from typing import Collection, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfsky.data.labelled import classifier_input, condition_names
+from tfsky.data.labelled import COLOUR_STATISTICS, classifier_input, colour_statistics, condition_names, resized_rgb8
 from tfsky.data.streams import Stream, manifest_files, read_manifest, update_manifest
 from tfsky.data.transforms import is_hdr
 from tfsky import __version__
@@ -31,11 +31,13 @@ from tfsky.io.images import read_image
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, load_info, load_model
 from tfsky.models.precision import InferencePrecision
-from tfsky.predict.segment import model_id
+from tfsky.predict.segment import TiledSegmenter, model_id
 from tfsky.train.config import ClassifierConfig, trained_config
 
 _BATCH = 32
 TABLE = "classification.csv"
+SKY_ANALYSIS_WIDTH = 320  # frames are measured for `SkyRegion` at this width
+MIN_SKY_FRACTION = 0.02  # a frame with less segmented sky takes no model label
 
 
 @dataclasses.dataclass
@@ -74,15 +76,48 @@ class WeatherClassifier:
         return np.concatenate([np.asarray(batch, np.float64) for batch in batches])
 
 
-def label_stream(stream: Stream, classifier: WeatherClassifier) -> Stream:
+@dataclasses.dataclass
+class SkyRegion:
+    """A sky segmenter measuring the sky of frames for `label_stream` (``tfsky streams label --segmenter``)."""
+
+    segmenter: TiledSegmenter
+    id: str
+    width: int = SKY_ANALYSIS_WIDTH
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SkyRegion":
+        return cls(TiledSegmenter.load(path), model_id(path))
+
+    def __call__(self, image: np.ndarray) -> dict:
+        """The sky's share of the frame and the `COLOUR_STATISTICS` of the sky pixels (none without sky).
+
+        The frame is area-resized to ``width`` first: a sky's colours need no full resolution, and the
+        segmenter then costs a fraction of a full-size prediction.
+        """
+        height = max(1, round(image.shape[0] * self.width / image.shape[1]))
+        small = resized_rgb8(image, self.width, height)
+        sky = self.segmenter.sky_probability(small) >= self.segmenter.mask_threshold()
+        facts = {"fraction": round(float(sky.mean()), 4), "segmenter": self.id}
+        if sky.any():
+            facts |= {name: round(float(value), 4)
+                      for name, value in zip(COLOUR_STATISTICS, colour_statistics(small, sky))}
+        return facts
+
+
+def label_stream(stream: Stream, classifier: WeatherClassifier, sky_region: Optional[SkyRegion] = None) -> Stream:
     """A copy of ``stream`` with the classifier's prediction on every readable frame.
 
     Each frame gets ``prediction`` (condition, probability, model id); frames
     without a human label (CSV or reviewer) also take it as their label, with
     the probability as its confidence and ``label_source: model``. Unreadable
     frames are left as they are (validation flags them ``corrupt``).
+
+    With ``sky_region`` the prediction also holds ``sky``: the segmented sky's
+    share of the frame and its colour statistics. A frame with less sky than
+    `MIN_SKY_FRACTION` keeps its prediction but takes no model label (the
+    classifier learnt weather from skies; without one its answer is a guess).
     """
-    readable, inputs = [], []
+    readable, inputs, skies = [], [], []
     for index, frame in enumerate(stream.frames):
         try:
             image = read_image(stream.path(frame))
@@ -92,28 +127,40 @@ def label_stream(stream: Stream, classifier: WeatherClassifier) -> Stream:
             continue
         readable.append(index)
         inputs.append(classifier.inputs(image))
+        skies.append(sky_region(image) if sky_region is not None else None)
     frames = list(stream.frames)
     if not inputs:
         return stream
-    for index, probabilities in zip(readable, classifier.probabilities(np.stack(inputs))):
+    for index, probabilities, sky in zip(readable, classifier.probabilities(np.stack(inputs)), skies):
         best = int(probabilities.argmax())
         prediction = {"condition": classifier.conditions[best], "probability": round(float(probabilities[best]), 4),
                       "model": classifier.id}
+        if sky is not None:
+            prediction["sky"] = sky
         changes = {"prediction": prediction}
         if not frames[index].human_labelled:
-            changes |= {"condition": prediction["condition"], "confidence": prediction["probability"],
-                        "label_source": "model"}
+            if sky is not None and sky["fraction"] < MIN_SKY_FRACTION:
+                changes |= {"condition": None, "confidence": None, "label_source": None}
+            else:
+                changes |= {"condition": prediction["condition"], "confidence": prediction["probability"],
+                            "label_source": "model"}
         frames[index] = dataclasses.replace(frames[index], **changes)
     return dataclasses.replace(stream, frames=frames)
 
 
-def label_streams(manifests: Path, classifier_path: Path) -> list[tuple[Path, Stream]]:
-    """`label_stream` on every manifest of ``manifests``, each written back atomically (its version bumped)."""
+def label_streams(manifests: Path, classifier_path: Path,
+                  segmenter_path: Optional[Path] = None) -> list[tuple[Path, Stream]]:
+    """`label_stream` on every manifest of ``manifests``, each written back atomically (its version bumped).
+
+    ``segmenter_path``: a sky segmenter whose sky mask each frame's ``sky`` statistics are measured on.
+    """
     classifier = WeatherClassifier.load(classifier_path)
+    sky_region = SkyRegion.load(segmenter_path) if segmenter_path is not None else None
     labelled = []
     for path in manifest_files(manifests):
         stream = read_manifest(path)
-        labelled.append((path, update_manifest(path, stream.version, lambda s: label_stream(s, classifier))))
+        labelled.append((path, update_manifest(path, stream.version,
+                                               lambda s: label_stream(s, classifier, sky_region))))
     return labelled
 
 

@@ -122,8 +122,9 @@ def classifier(
 
 @app.command()
 def translator(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Translator .keras file (pix2pix or vae).")],
-    pairs: Annotated[Path, typer.Option("--pairs", "-p", help="Pairs file written by tfsky streams pairs.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Translator .keras file (pix2pix, vae or colorize).")],
+    pairs: Annotated[Optional[Path], typer.Option(
+        "--pairs", "-p", help="Pairs file written by tfsky streams pairs (not for a colorizer).")] = None,
     split: SplitOption = None,
     out: OutOption = None,
     tile: TileOption = None,
@@ -139,9 +140,13 @@ def translator(
 
     Options come from the ``evaluate:`` section of --config (split, tiling), then --set, then the flags above.
     Writes translator_eval.json, translator_eval.md and contact_sheet.png; exits 1 when a pair had to be skipped.
+    A colorizer (model.kind colorize) is evaluated on the held-out split of its own sources instead (no --pairs):
+    PSNR, SSIM, ab L1 and colourfulness vs grey, mean-ab and nearest-colour baselines (tfsky.evaluate.colorize).
     """
     from rich.console import Console
 
+    from tfsky.errors import ConfigError
+    from tfsky.evaluate.colorize import is_colorizer_file
     from tfsky.evaluate.config import EvaluateConfig
     from tfsky.evaluate.report import rich_table
     from tfsky.evaluate.translator import evaluate_translator, summary_table
@@ -150,6 +155,10 @@ def translator(
                          {"split": split, **tiling_flags(tile, overlap, window, tile_batch, tta)})
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
+    if is_colorizer_file(model):
+        return _evaluate_colorizer(model, cfg, out_dir, console)
+    if pairs is None:
+        raise ConfigError("--pairs", "is required for a pix2pix or vae translator (a pairs file of tfsky streams pairs)")
     with console.status("translating the pairs...") as status:
         report = evaluate_translator(
             model, pairs, out_dir, split=cfg.split, tiling=cfg.tiling,
@@ -160,5 +169,23 @@ def translator(
         typer.echo(f"skipped {skipped['source']} -> {skipped['target']}: {skipped['reason']}", err=True)
     files = ", ".join(str(p) for p in report.files)
     typer.echo(f"evaluated {len(report.per_pair)} pairs, skipped {len(report.skipped)}; wrote {files}")
+    if report.skipped:
+        raise typer.Exit(1)
+
+
+def _evaluate_colorizer(model: Path, cfg, out_dir: Path, console) -> None:
+    """`tfsky evaluate translator` on a colorizer; exits 1 when an image had to be skipped."""
+    from tfsky.evaluate.colorize import evaluate_colorizer, summary_table
+    from tfsky.evaluate.report import rich_table
+
+    with console.status("colorizing the held-out images...") as status:
+        done = itertools.count(1)
+        report = evaluate_colorizer(model, out_dir, split=cfg.split, tiling=cfg.tiling,
+                                    on_image=lambda path: status.update(f"evaluated {next(done)} ({path.name})"))
+    console.print(rich_table(summary_table(report)))
+    for skipped in report.skipped:
+        typer.echo(f"skipped {skipped['image']}: {skipped['reason']}", err=True)
+    typer.echo(f"evaluated {len(report.per_image)} images, skipped {len(report.skipped)}; "
+               f"wrote {', '.join(str(p) for p in report.files)}")
     if report.skipped:
         raise typer.Exit(1)

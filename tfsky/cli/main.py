@@ -38,7 +38,7 @@ app = typer.Typer(
 
 def _register() -> None:
     """Commands in the order of the flow: data -> train -> evaluate -> predict -> export/serve."""
-    from tfsky.cli import client, data, evaluate, export, predict, serve, streams, train, translate
+    from tfsky.cli import client, colorize, data, evaluate, export, predict, serve, streams, train, translate
 
     app.add_typer(data.app, name="data")
     app.add_typer(streams.app, name="streams")
@@ -46,6 +46,7 @@ def _register() -> None:
     app.add_typer(evaluate.app, name="evaluate")
     app.command("predict")(predict.predict_cli)
     app.command("translate")(translate.translate_cli)
+    app.command("colorize")(colorize.colorize_cli)
     app.command("export")(export.export_cli)
     app.command("serve")(serve.serve_cli)
     app.add_typer(client.app, name="client")

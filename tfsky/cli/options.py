@@ -21,10 +21,25 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 
 # Tiling flags of the commands that run a model over tiles; each overrides ``<section>.tiling.<key>``.
 # Flags default to None ("not given"): the defaults live in the config dataclasses (`tfsky.tiling.TilingConfig`).
-TileOption = Annotated[Optional[int], typer.Option(
-    help="Tile size, a multiple of the model's (32 for segmenters) (config: tiling.tile; default: the training tile).")]
+def _tile_value(value: str) -> int | str:
+    """``auto`` or a whole number of pixels."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"must be auto or a whole number of pixels; got {value!r}") from None
+
+
+TileOption = Annotated[Optional[str], typer.Option(
+    parser=_tile_value, metavar="auto|PIXELS",
+    help="Tile size: auto (the one that computes the fewest pixels within --memory-budget, printed) or a multiple "
+         "of the model's (32 for segmenters) (config: tiling.tile; default: auto).")]
+MemoryBudgetOption = Annotated[Optional[float], typer.Option(
+    help="GB the process may use when --tile is auto (config: tiling.memory_budget; default: 1.5 on a CPU, the "
+         "GPU's free memory on a GPU).")]
 OverlapOption = Annotated[Optional[float], typer.Option(
-    help="Tile overlap fraction in [0, 1) (config: tiling.overlap).")]
+    help="Tile overlap fraction in [0, 1) (config: tiling.overlap; default: 64 px, at most a quarter tile).")]
 WindowOption = Annotated[Optional[str], typer.Option(
     help="Blend window: constant | gaussian | hann | spline (config: tiling.window).")]
 TileBatchOption = Annotated[Optional[int], typer.Option(help="Tiles per model call (config: tiling.tile_batch).")]
@@ -45,11 +60,12 @@ def flag_overrides(section: str, flags: dict[str, Any], set_: Optional[list[str]
     return list(set_ or []) + given
 
 
-def tiling_flags(tile: Optional[int], overlap: Optional[float], window: Optional[str], tile_batch: Optional[int],
-                 tta: Optional[str], resolution: Optional[str] = None) -> dict[str, Any]:
+def tiling_flags(tile: Optional[int | str], overlap: Optional[float], window: Optional[str],
+                 tile_batch: Optional[int], tta: Optional[str], resolution: Optional[str] = None,
+                 memory_budget: Optional[float] = None) -> dict[str, Any]:
     """The tiling flags of a command as ``tiling.<key>`` flags for `flag_overrides` (None = not given)."""
     return {"tiling.tile": tile, "tiling.overlap": overlap, "tiling.window": window, "tiling.tile_batch": tile_batch,
-            "tiling.tta": tta, "tiling.resolution": resolution}
+            "tiling.tta": tta, "tiling.resolution": resolution, "tiling.memory_budget": memory_budget}
 
 
 def training_section(schema: type, section: str, config: Optional[Path], overrides: Optional[list[str]]) -> Any:
@@ -95,11 +111,12 @@ def command_schemas() -> dict[str, type]:
     from tfsky.evaluate.config import EvaluateConfig
     from tfsky.export.config import ExportConfig
     from tfsky.predict.batch import PredictConfig
+    from tfsky.predict.colorize import ColorizeOptions
     from tfsky.predict.translate import TranslateConfig
     from tfsky.serving.config import ClientConfig, ServeConfig
 
     return {"predict": PredictConfig, "translate": TranslateConfig, "evaluate": EvaluateConfig,
-            "export": ExportConfig, "serve": ServeConfig, "client": ClientConfig}
+            "export": ExportConfig, "serve": ServeConfig, "client": ClientConfig, "colorize": ColorizeOptions}
 
 
 def config_file_keys() -> set[str]:

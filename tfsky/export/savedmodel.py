@@ -16,8 +16,10 @@ signatures all return float32 (a mixed-precision model is cast at the output):
   `tfsky.io.images.read_image` returns them.
 * ``predict_cloud`` (cloud models, `tfsky.predict.cloud.is_cloud_model`):
   ``image_bytes`` [n] -> ``class_mask_png_bytes`` (255 cloud, 100 clear sky,
-  0 outside: pixels no brighter than ``dark_level`` in every channel, as
-  ``tfsky predict`` without a camera mask), ``cloud_fraction_pct`` (cloud
+  0 outside the valid sky: the camera mask that fits the frame, else its
+  pixels brighter than ``dark_level``, as ``tfsky predict`` chooses them,
+  `tfsky.predict.cloud.CameraMasks`; the masks are embedded in the graph),
+  ``cloud_fraction_pct`` (cloud
   pixels / valid pixels x 100; NaN when no pixel is valid) and
   ``valid_pixels``. The other image signatures of a cloud model draw the cloud
   class (softmax channel 1), as ``tfsky predict`` does.
@@ -58,12 +60,12 @@ from tfsky.export.config import ExportConfig
 from tfsky.io.atomic import atomic_dir, prepare_out_dir, write_json
 from tfsky.io.images import DEFAULT_MAX_PIXELS
 from tfsky.models.bundle import ModelInfo, load_info, load_model
-from tfsky.predict.cloud import CloudCoverConfig, is_cloud_model
+from tfsky.predict.cloud import CameraMasks, CloudCoverConfig, is_cloud_model
 from tfsky.predict.classify import WeatherClassifier
 from tfsky.predict.outputs import CLASS_PNG_VALUES
 from tfsky.predict.refine import refine_graph
 from tfsky.predict.segment import SKY_CLASS
-from tfsky.tiling import TilingConfig, model_tiling, sliding_window_graph
+from tfsky.tiling import TilingConfig, available_memory, choose_tiling, model_tiling, sliding_window_graph
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VERSION_TEMP = re.compile(r"^\.\d+\..+\.part$")  # `atomic_dir`'s temporary of a version folder: .N.<random>.part
@@ -79,13 +81,18 @@ class SegmenterModule(tf.Module):
         model: tf.keras.Model. Tiles [B, h, w, C] (normalised) -> probabilities [B, h, w, K].
         info: ModelInfo. Preprocessing, tile size and channels of the model.
         tiling: TilingConfig. In-graph tiling; ``tile=None`` means ``info.tile_size``.
+        cloud: CloudCoverConfig. Cloud models: the camera masks of ``predict_cloud``. Defaults to None
+            (the masks of the model's training cameras).
     """
 
-    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None):
+    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None,
+                 cloud: CloudCoverConfig | None = None):
         super().__init__(name="tfsky_segmenter")
         self.model = model
         self.preprocess = info.preprocess
-        self.tiling = model_tiling(tiling, info.tile_size, SIZE_MULTIPLE, "segmenter")
+        requested = model_tiling(tiling, info.tile_size, SIZE_MULTIPLE, "segmenter")
+        # `tile: auto`: the tile tfsky predict takes for the same budget (recorded in the metadata)
+        self.tiling = choose_tiling(requested, SIZE_MULTIPLE, None, available_memory(requested.memory_budget))
         self.channels = channels = info.in_channels
         self.positive = 0 if info.classes == 1 else SKY_CLASS  # the channel drawn as the mask
         self.threshold = info.threshold
@@ -100,7 +107,7 @@ class SegmenterModule(tf.Module):
             self.predict_hdr = tf.function(self._predict_hdr, input_signature=hdr_inputs)
         self.predict_cloud = None
         if is_cloud_model(info):
-            self.dark_level = CloudCoverConfig().dark_level / 255.0  # in the decoded image's 0..1 scale
+            self.camera_masks = CameraMasks(cloud or CloudCoverConfig(), info)
             self.predict_cloud = tf.function(self._predict_cloud, input_signature=[tf.TensorSpec([None], tf.string)])
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
@@ -121,8 +128,13 @@ class SegmenterModule(tf.Module):
                                     hdr=self.predict_hdr is not None)
 
     def metadata(self) -> dict:
-        """This export's entries of ``assets/tfsky_model.json``: the mask threshold and the in-graph tiling."""
-        return {"mask_threshold": self.threshold, "tiling": dataclasses.asdict(self.tiling)}
+        """This export's entries of ``assets/tfsky_model.json``: the mask threshold, the in-graph tiling and,
+        for a cloud model, the camera masks embedded in ``predict_cloud``."""
+        entries = {"mask_threshold": self.threshold, "tiling": dataclasses.asdict(self.tiling)}
+        if self.predict_cloud is not None:
+            entries["cloud_camera_masks"] = {"files": [str(mask.path) for mask in self.camera_masks.masks],
+                                             "forced": self.camera_masks.forced}
+        return entries
 
     def _model_probabilities(self, tiles: tf.Tensor) -> tf.Tensor:
         return tf.cast(self.model(tiles, training=False), tf.float32)
@@ -153,17 +165,18 @@ class SegmenterModule(tf.Module):
         """[H, W, K] probabilities of a normalised image, at the model's working scale (refined back to
         full size) as `tfsky.predict.segment.TiledSegmenter.probabilities` computes them."""
         if self.working_scale is None:
-            return sliding_window_graph(image, self._model_probabilities, self.tiling)
+            return sliding_window_graph(image, self._model_probabilities, self.tiling, SIZE_MULTIPLE)
         height, width = tf.shape(image)[0], tf.shape(image)[1]
         size = tf.stack(working_size_graph(height, width, self.working_scale))
 
         def at_working_scale() -> tf.Tensor:
             small = tf.image.resize(image, size, method="area")
-            return refine_graph(sliding_window_graph(small, self._model_probabilities, self.tiling), small, image)
+            return refine_graph(sliding_window_graph(small, self._model_probabilities, self.tiling, SIZE_MULTIPLE),
+                                small, image)
 
         return tf.cond(
             tf.reduce_all(size == tf.stack([height, width])),
-            lambda: sliding_window_graph(image, self._model_probabilities, self.tiling),
+            lambda: sliding_window_graph(image, self._model_probabilities, self.tiling, SIZE_MULTIPLE),
             at_working_scale,
         )
 
@@ -184,7 +197,7 @@ class SegmenterModule(tf.Module):
         def cover(encoded):
             image = decode_normalised(encoded, self.preprocess, self.channels)
             cloud_probability = self._probabilities(image)[..., SKY_CLASS]
-            valid = tf.reduce_max(image, axis=-1) > self.dark_level
+            valid = self.camera_masks.valid_sky_graph(image)
             cloud = tf.logical_and(cloud_probability >= self.threshold, valid)
             classes = tf.where(valid, tf.where(cloud, CLASS_PNG_VALUES["cloud"], CLASS_PNG_VALUES["clear"]),
                                CLASS_PNG_VALUES["outside"])
@@ -299,8 +312,9 @@ def export_model(
     overwrite: bool = False,
     tiling: TilingConfig | None = None,
     precision: Literal["float32", "as_trained"] = ExportConfig.precision,
+    cloud: CloudCoverConfig | None = None,
 ) -> Path:
-    """Export a saved tfsky segmenter or weather classifier to ``<repo>/<name>/<version>/``; returns that folder.
+    """Export a saved tfsky segmenter, weather classifier or colorizer to ``<repo>/<name>/<version>/``; returns that folder.
 
     Args:
         model_path: str | Path. A ``.keras`` file with its tfsky sidecar.
@@ -314,6 +328,8 @@ def export_model(
             (the shipped TF Serving image runs on CPU, where float16 is ~13x
             slower); ``as_trained`` keeps float16 layers, for a GPU server.
             Defaults to ``float32``.
+        cloud: CloudCoverConfig. Cloud models: the camera masks embedded in ``predict_cloud``.
+            Defaults to None (the masks of the model's training cameras).
 
     Raises:
         InputError: bad name or version, existing version without ``overwrite``,
@@ -322,9 +338,12 @@ def export_model(
     if not _NAME.match(name):
         raise InputError(name, "model name must be letters, digits, '_', '.' or '-' (it is a folder name)")
     classifier = None
-    if load_info(model_path).task == "classifier":
+    task = load_info(model_path).task
+    if task == "classifier":
         classifier = WeatherClassifier.load(model_path, precision)
         model, info = classifier.model, classifier.info
+    elif task == "colorize":
+        model, info = load_model(model_path, precision=precision, kind="colorizer")
     else:
         model, info = load_model(model_path, precision=precision, kind="segmenter")
         if info.classes != 1 and not is_cloud_model(info):
@@ -341,8 +360,12 @@ def export_model(
         from tfsky.export.classifier import ClassifierModule  # it builds on this module's decoder
 
         module = ClassifierModule(classifier)
+    elif task == "colorize":
+        from tfsky.export.colorize import ColorizerModule  # it builds on this module's decoder
+
+        module = ColorizerModule(model, info, tiling, model_path)
     else:
-        module = SegmenterModule(model, info, tiling)  # validates the tiling before anything is written
+        module = SegmenterModule(model, info, tiling, cloud)  # validates the tiling before anything is written
     prepare_out_dir(model_dir)
     remove_stale_exports(model_dir)
     with atomic_dir(target) as tmp:

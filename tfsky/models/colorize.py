@@ -12,7 +12,7 @@ Units are `tfsky.data.colour`'s model units (L and ab about [-1, 1]).
 `ColorizerTrainer` trains both from ``((small_l, crop_l, box), (coarse_ab, crop_ab))`` batches
 (`tfsky.data.colour.crop_example`): the coarse ab is upsampled over exactly the crop with
 ``crop_and_resize``, which is what full-frame upsampling followed by cropping gives. Losses:
-L1 or Huber on both outputs; optionally each pixel weighted by the rarity of its true ab bin
+L1, Huber or L2 on both outputs; optionally each pixel weighted by the rarity of its true ab bin
 (class rebalancing, Zhang et al. 2016: ``w ~ 1 / ((1 - lambda) p(bin) + lambda / Q)`` with
 ``lambda = 1 - rebalance``, mean 1
 over the training prior, so rare saturated colours are not averaged to grey); optionally a
@@ -51,7 +51,8 @@ class ColorizeConfig:
         refine_filters: int. Filters of the refinement network's first level. Defaults to 16.
         refine_depth: int. Stride-2 levels of the refinement U-Net; tiles must be multiples of 2**depth.
             Defaults to 2.
-        loss: str. ``l1`` or ``huber`` (delta 0.1 in model units, ~11 ab). Defaults to ``l1``.
+        loss: str. ``l1``, ``huber`` (delta 0.1 in model units, ~11 ab) or ``l2`` (the conditional mean:
+            cautious colours, what PSNR rewards). Defaults to ``l1``.
         coarse_weight: float. Weight of the coarse output's loss. Defaults to 1.
         rebalance: float. Strength of the ab-bin rebalancing in [0, 1]: 0 off, 1 full inverse frequency;
             Zhang et al.'s lambda is ``1 - rebalance`` (0.5 in the paper). Defaults to 0.
@@ -68,7 +69,7 @@ class ColorizeConfig:
     generator_filters: int = 32
     refine_filters: int = 16
     refine_depth: int = 2
-    loss: Literal["l1", "huber"] = "l1"
+    loss: Literal["l1", "huber", "l2"] = "l1"
     coarse_weight: float = 1.0
     rebalance: float = 0.0
     ab_bin: float = 10.0
@@ -252,6 +253,8 @@ class ColorizerTrainer(tf.keras.Model):
         target, output = tf.cast(target, tf.float32), tf.cast(output, tf.float32)
         if self.cfg.loss == "huber":
             error = tf.reduce_mean(tf.keras.losses.Huber(0.1, reduction="none")(target[..., None], output[..., None]), -1)
+        elif self.cfg.loss == "l2":
+            error = tf.reduce_mean(tf.square(target - output), axis=-1)
         else:
             error = tf.reduce_mean(tf.abs(target - output), axis=-1)
         if self.bin_weights is not None:

@@ -1,0 +1,173 @@
+"""Colorization of whole frames of any size: generator on the squeezed frame, refinement tiled at full size.
+
+`TiledColorizer` follows the model's two paths (`tfsky.models.colorize`): the generator sees the
+frame's L squeezed to its input size (it never sees the full frame), the coarse ab is upsampled
+to full resolution row band by row band (`upsample_hints`, as in training), and the refinement
+network runs over [L, hints] through the shared tiling module (`tfsky.tiling`). The output keeps
+the input's exact L (recomputed band by band); only ab is predicted.
+
+Inputs: 8- or 16-bit grey or colour images (a colour input is converted to L first, which is
+how a colorizer is evaluated). HDR (float) images are refused with one line: tone-map them to
+8 or 16 bits first. Images smaller than the generator's input are squeezed up to it; 1-pixel
+images work. Memory on an 8192x4096 frame: the decoded frame, one float16 [H, W, 3] refinement
+input, the float32 [H, W, 2] tiling accumulator and the uint8 output (about 0.7 GB).
+
+`colorize_images` runs a `ColorizeTask` with the job runner (`tfsky.jobs`): inputs, resuming,
+failures and the report are those of ``tfsky predict``. Output: ``<stem>_colour.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from tfsky.data.colour import AB_SCALE, lab_to_rgb, rgb_to_lab, unit_rgb
+from tfsky.io.images import read_image
+from tfsky.io.writers import write_png
+from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
+from tfsky.models.bundle import ModelInfo, load_info, load_model
+from tfsky.models.colorize import split_inference_model, upsample_hints
+from tfsky.tiling import (TilingConfig, available_memory, choose_tiling, compiled_forward, model_tiling,
+                          sliding_window_inference)
+from tfsky.train.config import TranslatorConfig, trained_config
+
+DEFAULT_TILE = 256  # the refinement is fully convolutional: bigger tiles than its training crops, fewer calls
+_BAND = 512  # rows converted at a time: no full-size float RGB temporary
+
+
+class TiledColorizer:
+    """A colorizer that maps whole 8/16-bit frames of any size to uint8 sRGB.
+
+    Args:
+        model: tf.keras.Model. A saved colorizer (layers ``generator`` and ``refiner``).
+        info: ModelInfo. Its sidecar.
+        tiling: TilingConfig. Refinement tiles; ``tile=None`` uses `DEFAULT_TILE`, ``auto`` (the default)
+            is chosen per image within the memory budget (`tfsky.tiling.choose_tiling`). Defaults to None.
+        path: str | Path. The model file, for error messages.
+    """
+
+    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None = None,
+                 path: str | Path = "model"):
+        trained = trained_config(info, TranslatorConfig, path)
+        self.info = info
+        self.generator_size = trained.model.colorize.generator_size
+        self.multiple = trained.model.colorize.size_multiple
+        self.tiling = model_tiling(tiling, DEFAULT_TILE, self.multiple, "colorizer")
+        generator, refiner = split_inference_model(model)
+        self._generate = compiled_forward(generator, 1, self.generator_size)
+        self._refine = compiled_forward(refiner, 3)
+
+    @classmethod
+    def load(cls, path: str | Path, tiling: TilingConfig | None = None) -> "TiledColorizer":
+        """Load a colorizer model file; any other model is an `InputError` naming what it is."""
+        model, info = load_model(path, kind="colorizer")
+        return cls(model, info, tiling, path)
+
+    def predict_tiles(self, tiles) -> tf.Tensor:
+        """[B, t, t, 3] float16 [L, hints] tiles -> refined ab [B, t, t, 2], model units."""
+        return self._refine(tf.cast(tiles, tf.float32))
+
+    def colorize(self, image: np.ndarray, source: str | Path = "image",
+                 progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+        """uint8 sRGB [H, W, 3] of an 8/16-bit [H, W, 3] image (its L kept, its ab predicted).
+
+        Raises:
+            InputError: an HDR (float) image.
+        """
+        unit_rgb(image[:1, :1], source)  # HDR refused before any work
+        height, width = image.shape[:2]
+        refine_in = np.empty((height, width, 3), np.float16)
+        lightness = np.empty((height, width), np.float32)
+        for rows in _bands(height):
+            lightness[rows] = self._lightness(image[rows])
+        small = cv2.resize(lightness, (self.generator_size, self.generator_size), interpolation=cv2.INTER_AREA)
+        coarse = self._generate(tf.constant((small / 50 - 1)[None, ..., None], tf.float32))
+        for rows in _bands(height):
+            refine_in[rows, :, 0] = lightness[rows] / 50 - 1
+            box = tf.constant([[rows.start / height, 0, min(rows.stop, height) / height, 1]], tf.float32)
+            band = min(rows.stop, height) - rows.start
+            refine_in[rows, :, 1:] = upsample_hints(coarse, box, (band, width)).numpy()[0]
+        del lightness
+        accumulator = height * width * 2 * 4
+        tiling = choose_tiling(self.tiling, self.multiple, (height, width),
+                               available_memory(self.tiling.memory_budget, held_bytes=accumulator))
+        ab = sliding_window_inference(refine_in, self.predict_tiles, tiling, progress=progress)
+        del refine_in
+        out = np.empty((height, width, 3), np.uint8)
+        for rows in _bands(height):
+            lab = tf.concat([rgb_to_lab(unit_rgb(image[rows]))[..., :1], ab[rows] * AB_SCALE], axis=-1)
+            out[rows] = np.round(lab_to_rgb(lab).numpy() * 255).astype(np.uint8)
+        return out
+
+    @staticmethod
+    def _lightness(band: np.ndarray) -> np.ndarray:
+        return rgb_to_lab(unit_rgb(band)).numpy()[..., 0]
+
+
+def _bands(height: int):
+    return [slice(row, row + _BAND) for row in range(0, height, _BAND)]
+
+
+@dataclasses.dataclass
+class ColorizeOptions:
+    """The ``colorize:`` section of a config file (CLI flags override it).
+
+    Args:
+        tiling: TilingConfig. Refinement tiles (``tile: auto`` per image, ``null``: `DEFAULT_TILE`), overlap, window,
+            tile batch, flip TTA. Defaults to ``TilingConfig()``.
+    """
+
+    tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
+
+
+def colorize_images(
+    model_path: str | Path,
+    inputs: Sequence[Path],
+    out_dir: str | Path,
+    config: ColorizeOptions | None = None,
+    *,
+    overwrite: bool = False,
+    listener: Optional[Listener] = None,
+    engine: Optional[Engine] = None,
+) -> Report:
+    """Colorize every image of ``inputs`` (files, folders, ``.txt`` manifests) into ``out_dir``.
+
+    A bad image is recorded in the report's ``failed`` with its reason and the job goes on; images
+    whose output exists are skipped unless ``overwrite``.
+
+    Raises:
+        ConfigError: a tile the refinement cannot take.
+        InputError: the model (missing, or not a colorizer) or the output folder cannot be used.
+    """
+    return run_job(ColorizeTask(model_path, config or ColorizeOptions()), inputs, out_dir, overwrite=overwrite,
+                   listener=listener, engine=engine)
+
+
+class ColorizeTask(Task):
+    """The colour frame of one image."""
+
+    def __init__(self, model_path: str | Path, config: ColorizeOptions):
+        self.model_path = Path(model_path)
+        self.config = config
+        self.colorizer: Optional[TiledColorizer] = None
+
+    def check(self) -> None:
+        load_info(self.model_path, kind="colorizer")
+
+    def outputs(self, stem: Path) -> list[Path]:
+        return [stem.parent / f"{stem.name}_colour.png"]
+
+    def read(self, source: Path) -> np.ndarray:
+        return read_image(source)
+
+    def load(self) -> None:
+        self.colorizer = TiledColorizer.load(self.model_path, self.config.tiling)
+
+    def process(self, item: Item, decoded: Decoded, outputs: list[Path], listener: Listener) -> None:
+        image = decoded.take()
+        write_png(outputs[0], self.colorizer.colorize(image, item.source, progress=listener.steps_done))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 from pathlib import Path
 from typing import Collection, Optional, Sequence
 
@@ -31,6 +30,7 @@ from tfsky.io.images import read_image
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, load_info, load_model
 from tfsky.models.precision import InferencePrecision
+from tfsky.predict.outputs import job_sidecars
 from tfsky.predict.segment import TiledSegmenter, model_id
 from tfsky.train.config import ClassifierConfig, trained_config
 
@@ -242,14 +242,8 @@ def write_classification_table(out_dir: Path, sources: Collection[str]) -> Optio
     or None (and writes nothing) when no such sidecar holds class probabilities.
     """
     rows = []
-    for path in sorted(out_dir.rglob("*.json")):
-        if path.name.startswith("."):
-            continue
-        try:
-            facts = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue  # not a sidecar of this job
-        if isinstance(facts, dict) and isinstance(facts.get("probabilities"), dict) and facts.get("source") in sources:
+    for facts in job_sidecars(out_dir, sources):
+        if isinstance(facts.get("probabilities"), dict):
             rows.append({"file": facts["source"], "condition": facts["condition"], "probability": facts["probability"],
                          **{f"p_{name}": value for name, value in facts["probabilities"].items()}})
     if not rows:

@@ -181,13 +181,12 @@ def write_class_mask(paths: OutputPaths, cloud: np.ndarray, valid: np.ndarray) -
     write_png(paths.classes, classes)
 
 
-def write_cloud_series(out_dir: Path, sources: Collection[str]) -> Optional[tuple[Path, Path]]:
-    """``cloud_cover.csv`` and ``cloud_cover.png`` in ``out_dir`` from the sidecars there of the frames ``sources``.
+def job_sidecars(out_dir: Path, sources: Collection[str]) -> Iterator[dict]:
+    """The JSON sidecars in ``out_dir`` (searched recursively, in path order) of the images ``sources``.
 
-    Rows are in time order when every name carries a timestamp, else in file-name order.
-    Returns the two paths, or None when no such sidecar holds cloud cover.
+    What a job's summary files (`write_cloud_series`, the classifier's table) are built from, so that
+    a re-run's skipped images are listed too. Other JSON files there are passed over.
     """
-    rows = []
     for path in sorted(out_dir.rglob("*.json")):
         if path.name.startswith("."):
             continue
@@ -195,8 +194,20 @@ def write_cloud_series(out_dir: Path, sources: Collection[str]) -> Optional[tupl
             facts = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue  # not a sidecar of this job
-        cover = facts.get("cloud_cover") if isinstance(facts, dict) else None
-        if cover and facts.get("source") in sources:
+        if isinstance(facts, dict) and facts.get("source") in sources:
+            yield facts
+
+
+def write_cloud_series(out_dir: Path, sources: Collection[str]) -> Optional[tuple[Path, Path]]:
+    """``cloud_cover.csv`` and ``cloud_cover.png`` in ``out_dir`` from the sidecars there of the frames ``sources``.
+
+    Rows are in time order when every name carries a timestamp, else in file-name order.
+    Returns the two paths, or None when no such sidecar holds cloud cover.
+    """
+    rows = []
+    for facts in job_sidecars(out_dir, sources):
+        cover = facts.get("cloud_cover")
+        if cover:
             rows.append({"file": facts["source"], "timestamp": cover.get("timestamp") or "",
                          **{key: cover[key] for key in SERIES_COLUMNS[2:]}})
     if not rows:

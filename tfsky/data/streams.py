@@ -31,7 +31,9 @@ for an unusable frame, with the measured value in ``detail``.
 Labels have a source: ``label_source`` ``null`` is the imported labels CSV,
 ``human`` a reviewer's change and ``model`` the classifier of ``tfsky streams
 label`` (whose output is kept in ``prediction`` either way; a label that is
-not the model's is never overwritten by it). A reviewer's ``review``
+not the model's is never overwritten by it; with a segmenter ``prediction``
+also holds ``sky``, the segmented sky's share of the frame and its colour
+statistics, `tfsky.predict.classify.SkyRegion`). A reviewer's ``review``
 (``accepted`` / ``rejected``) wins over the automatic checks: ``usable`` is
 the verdict, ``reason`` stays what the checks found. ``edits`` is the undo
 stack of `apply_edit`: each entry keeps the values it replaced.

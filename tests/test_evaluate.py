@@ -151,7 +151,10 @@ def test_tiling_flags_reach_the_predictor_and_the_report(cli, model, mask_folder
                     "-c", config, "--set", "evaluate.tiling.tile_batch=2")
     assert from_file.exit_code == 0, from_file.stderr
     assert [read_report(tmp_path / "cfg")["tiling"][key] for key in ("tile", "tile_batch")] == [96, 2]
-    assert read_report(default)["tiling"]["tile"] == 32  # the model's training tile
+    from tfsky.tiling import TilingConfig, available_memory, choose_tiling
+
+    auto = choose_tiling(TilingConfig(), 32, None, available_memory(None))  # tile auto, as tfsky predict chooses it
+    assert read_report(default)["tiling"]["tile"] == auto.tile != 96
     assert report["overall"] == read_report(default)["overall"]  # a per-pixel model: tiles and flips change nothing
     bad = cli("evaluate", "segmenter", "--model", model, "--data", mask_folder, "--tta", "flip3")
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: config key 'evaluate.tiling.tta':")

@@ -16,6 +16,7 @@ from tfsky.export.savedmodel import export_model, next_version
 from tfsky.io.writers import write_png
 from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.predict.segment import TiledSegmenter
+from tfsky.tiling import AUTO_OVERLAP_PX, MAX_AUTO_TILE
 
 TILE = 32
 
@@ -188,8 +189,10 @@ def test_metadata_and_signatures_read_back(exported):
     metadata, signatures = export_info(version_dir)
     assert metadata["name"] == "sky_segmenter" and metadata["version"] == 1
     assert metadata["model"]["preprocess"]["mode"] == "ldr"
-    assert metadata["tiling"] == {"tile": TILE, "overlap": 0.25, "window": "gaussian", "tile_batch": 8, "tta": "none",
-                                  "resolution": "working"}
+    tiling = metadata["tiling"]  # tile auto: the largest tile the memory budget fits, for images of any size
+    assert tiling["tile"] % 32 == 0 and 256 <= tiling["tile"] <= MAX_AUTO_TILE and 1 <= tiling["tile_batch"] <= 8
+    assert tiling == {"tile": tiling["tile"], "overlap": AUTO_OVERLAP_PX / tiling["tile"], "window": "gaussian",
+                      "tile_batch": tiling["tile_batch"], "tta": "none", "resolution": "working", "memory_budget": None}
     assert metadata["source_model"] == str(model_path.resolve())
     by_name = {s.name: s for s in signatures}
     assert list(by_name) == ["serving_default", "predict_image"]

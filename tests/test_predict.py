@@ -80,9 +80,10 @@ def test_ldr_outputs_have_the_input_size_and_match_the_tiled_prediction(cli, ldr
     np.testing.assert_array_equal(mask01 == 255, expected >= 0.5)
     assert read_image(overlay).shape == SIZE + (3,)
     facts = json.loads(sidecar.read_text())
-    assert (facts["height"], facts["width"], facts["tile"], facts["overlap"], facts["window"]) == (101, 77, 32, 0.25,
+    # tile auto: one 128-px tile (the image's longer side rounded up to 32) and the overlap it would have
+    assert (facts["height"], facts["width"], facts["tile"], facts["overlap"], facts["window"]) == (101, 77, 128, 0.25,
                                                                                                    "gaussian")
-    assert facts["tiles"] == 4 * 3 and facts["sky_fraction"] == pytest.approx((expected >= 0.5).mean())
+    assert facts["tiles"] == 1 and facts["sky_fraction"] == pytest.approx((expected >= 0.5).mean())
     assert 0 < facts["sky_fraction"] < 1 and facts["model"]["id"].startswith("sha256-1MiB:")
     assert all(p.is_file() for p in outputs_of(tmp_path / "out", "b"))
 

@@ -10,6 +10,9 @@ import tensorflow as tf
 from test_tiling import double, first_channel, random_image
 from tfsky.tiling import (
     AUTO_OVERLAP_PX,
+    CPU_MEMORY_BUDGET_GB,
+    IMAGE_BYTES,
+    RUNTIME_BYTES,
     FORWARD_BYTES_PER_PIXEL,
     MAX_AUTO_TILE,
     WINDOWS,
@@ -20,7 +23,6 @@ from tfsky.tiling import (
     computed_pixels,
     count_tiles,
     model_tiling,
-    resident_bytes,
     seam_score,
     sliding_window_graph,
     sliding_window_inference,
@@ -122,55 +124,59 @@ def budget_for(tile, batch=1):
     return FORWARD_BYTES_PER_PIXEL * tile * tile * batch
 
 
-def test_auto_picks_the_multiple_of_32_that_computes_the_fewest_pixels_within_the_budget():
+def test_auto_takes_the_largest_multiple_of_32_whose_call_fits_the_budget():
     auto = model_tiling(None, 192, 32, "segmenter")
-    chosen = choose_tiling(auto, 32, (4096, 8192), budget_for(1024))
-    assert chosen.tile % 32 == 0 and 64 < chosen.tile <= 1024
-    assert chosen.overlap == AUTO_OVERLAP_PX / chosen.tile and chosen.tile_batch == 1
-    pixels = computed_pixels(4096, 8192, chosen.tile, chosen.overlap, 32)
-    for tile in range(256, 1025, 32):  # no other tile of the budget computes fewer pixels
-        assert pixels <= computed_pixels(4096, 8192, tile, AUTO_OVERLAP_PX / tile, 32)
-    assert pixels < 1.25 * 4096 * 8192 < computed_pixels(4096, 8192, 256, 0.25)
-    smaller = choose_tiling(auto, 32, (4096, 8192), budget_for(512))
-    assert smaller.tile <= 512 and smaller.tile_batch == 1  # a smaller budget, a smaller tile
+    chosen = choose_tiling(auto, 32, (4096, 8192), budget_for(700))
+    assert (chosen.tile, chosen.overlap, chosen.tile_batch) == (672, AUTO_OVERLAP_PX / 672, 1)
+    assert choose_tiling(auto, 32, (4096, 8192), budget_for(1024, batch=3)).tile_batch == 3  # beyond the largest tile
+    assert choose_tiling(auto, 32, (4096, 8192), budget_for(4000)).tile == MAX_AUTO_TILE
+    assert choose_tiling(auto, 32, (4096, 8192), 0).tile == 256  # nothing fits: the smallest useful tile
+    # far fewer pixels through the network than the old 256-px default (1.76x the image)
+    assert computed_pixels(4096, 8192, 672, chosen.overlap, 32) < 1.25 * 4096 * 8192 < computed_pixels(
+        4096, 8192, 256, 0.25)
 
 
-def test_auto_takes_one_tile_for_a_small_image_and_fills_the_batch_within_the_budget():
-    chosen = choose_tiling(TilingConfig(), 32, (100, 90), budget_for(128, batch=20))
-    assert chosen.tile == 128 and count_tiles(100, 90, chosen.tile, chosen.overlap, 32) == 1
-    assert chosen.tile_batch == 8  # the configured batch fits, so it is kept
-    assert choose_tiling(TilingConfig(tile_batch=8), 32, (4096, 8192), budget_for(512, 3)).tile_batch <= 3
+def test_auto_is_the_same_for_every_image_and_the_serving_signature():
+    auto = TilingConfig()
+    budget = budget_for(700, batch=2)
+    anywhere = choose_tiling(auto, 32, None, budget)  # the exported signature: images of any size
+    for size in [(4096, 8192), (720, 1280), (1000, 777)]:
+        assert choose_tiling(auto, 32, size, budget) == anywhere
+    small = choose_tiling(auto, 32, (100, 90), budget)  # capped at the image: the same single tile, fuller batch
+    assert small.tile == 128 and small.tile_batch == 8
+    image = random_image(100, 90)
+    np.testing.assert_array_equal(sliding_window_inference(image, double, small, multiple=32),
+                                  sliding_window_inference(image, double, anywhere, multiple=32))
+    assert count_tiles(100, 90, small.tile, small.overlap, 32) == 1
 
 
-def test_auto_without_an_image_size_takes_the_largest_tile_that_fits():
-    assert choose_tiling(TilingConfig(), 32, None, budget_for(700)).tile == 672
-    assert choose_tiling(TilingConfig(), 32, None, budget_for(4000)).tile == MAX_AUTO_TILE
-    assert choose_tiling(TilingConfig(), 32, None, 0).tile == 256  # nothing fits: the smallest useful tile
+def test_available_memory_is_the_budget_less_the_runtime_and_the_images_in_flight():
+    assert available_memory(2.0) == 2e9 - RUNTIME_BYTES - IMAGE_BYTES
+    assert available_memory(2.0, held_bytes=0) == 2e9 - RUNTIME_BYTES
+    assert available_memory(None) == available_memory(CPU_MEMORY_BUDGET_GB)  # no GPU here
 
 
 def test_explicit_tile_and_overlap_win_over_auto():
     explicit = model_tiling(TilingConfig(tile=256, overlap=0.25), 192, 32, "segmenter")
-    assert choose_tiling(explicit, 32, (4096, 8192), budget_for(1024)) is explicit
+    assert choose_tiling(explicit, 32, (4096, 8192), budget_for(1024)) == explicit
     given_overlap = choose_tiling(TilingConfig(overlap=0.5), 32, (4096, 8192), budget_for(1024))
     assert given_overlap.overlap == 0.5 and given_overlap.tile % 32 == 0
-    assert model_tiling(TilingConfig(tile=256), 192, 32, "segmenter").overlap is None  # -> 64 px = 0.25
+    unset = model_tiling(TilingConfig(tile=512), 192, 32, "segmenter")  # overlap not given: 64 px
+    assert unset.overlap is None and choose_tiling(unset, 32, (100, 100), 0).overlap == AUTO_OVERLAP_PX / 512
     out = sliding_window_inference(random_image(300, 300), first_channel, model_tiling(TilingConfig(tile=64), 64, 32, "x"))
     assert out.shape == (300, 300, 1)
 
 
-def test_the_choice_is_printed_once(capsys):
+def test_the_choice_is_printed_once_when_the_image_takes_several_tiles(capsys):
     requested = TilingConfig(memory_budget=1.25)
-    chosen = choose_tiling(requested, 32, (480, 640), budget_for(1024))
+    chosen = choose_tiling(requested, 32, (480, 640), budget_for(384))
     for _ in range(3):
-        announce(chosen, (480, 640), requested)
-    announce(model_tiling(TilingConfig(tile=64), 64, 32, "x"), (480, 640), TilingConfig(tile=64))
+        announce(chosen, (480, 640), requested, 32)
+    announce(choose_tiling(requested, 32, (60, 60), budget_for(384)), (60, 60), requested, 32)  # one tile
+    explicit = TilingConfig(tile=64)
+    announce(model_tiling(explicit, 64, 32, "x"), (480, 640), explicit, 32)
     printed = capsys.readouterr().err.splitlines()
+    assert count_tiles(480, 640, chosen.tile, chosen.overlap, 32) > 1
     assert printed == [f"tiling auto: tile {chosen.tile}, overlap {AUTO_OVERLAP_PX} px, tile batch {chosen.tile_batch} "
                        f"for 640x480 images ({chosen.tile ** 2 * chosen.tile_batch * FORWARD_BYTES_PER_PIXEL / 1e9:.2f}"
                        " GB per call; memory budget 1.25 GB)"]
-
-
-def test_available_memory_is_the_budget_less_what_the_process_holds():
-    held = resident_bytes()
-    assert held > 50e6  # TensorFlow is loaded
-    assert abs(available_memory(2.0, held_bytes=1e8) - (2e9 - held - 1e8)) < 50e6

@@ -68,12 +68,16 @@ def test_single_tile_translation_equals_the_model_on_the_normalised_image(transl
 
 
 def test_full_resolution_frame_is_translated_through_tiles(translator_file, cam623):
-    image = read_image(cam623 / CLEAR)  # 1280 x 720: 24 x 14 tiles of 64
+    image = read_image(cam623 / CLEAR)  # 1280 x 720: 27 x 15 tiles of the training tile (64)
     done = []
-    out = TiledTranslator.load(translator_file).translate(image, progress=lambda d, t: done.append((d, t)))
+    out = TiledTranslator.load(translator_file, TilingConfig(tile=None)).translate(
+        image, progress=lambda d, t: done.append((d, t)))
     assert out.shape == (720, 1280, 3) and out.dtype == np.float32
     assert 0 <= out.min() and out.max() <= 1
     assert done[-1][0] == done[-1][1] > 100
+    auto = []  # tile auto at the default budget: 392 px (this model takes multiples of 8): 4 x 2 tiles, not hundreds
+    TiledTranslator.load(translator_file).translate(image, progress=lambda d, t: auto.append((d, t)))
+    assert auto[-1] == (8, 8)
 
 
 def test_a_model_trained_downscaled_runs_at_its_training_scale(translator_file, tmp_path):
@@ -280,7 +284,7 @@ def test_translate_config_errors_name_the_dotted_key(cli, translator_file, tmp_p
     unknown = cli(*run, "-c", config)
     assert unknown.exit_code == 1
     assert unknown.stderr.strip() == ("Error: config key 'translate.tiling.tile_size': unknown key "
-                                      "(known keys here: overlap, resolution, tile, tile_batch, tta, window)")
+                                      "(known keys here: memory_budget, overlap, resolution, tile, tile_batch, tta, window)")
     bad_tta = cli(*run, "--tta", "flip3")
     assert bad_tta.stderr.strip() == ("Error: config key 'translate.tiling.tta': must be one of none, flip2, flip4; "
                                       "got 'flip3'")

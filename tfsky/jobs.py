@@ -14,7 +14,10 @@ work that writes them. `run_job` does the rest, the same way for all of them:
    job;
 4. runs the other items on an engine (`LocalEngine` here, or
    `tfsky.ray_engine.RayEngine` on a Ray cluster); an item that raises a
-   `TfskyError` or `OSError` is recorded with its reason and the job goes on;
+   `TfskyError` or `OSError` is recorded with its reason and the job goes on.
+   A task may hand back the writing of an item's outputs (`Task.process`): the
+   local engine runs it in a writer thread while the next item is computed;
+   `attempt` (every other engine) runs it right away;
 5. returns a `Report` (done / skipped / failed), whose `Report.summary` and
    `Report.exit_code` every command prints and returns alike.
 
@@ -30,6 +33,7 @@ with it (`tfsky.cli.jobs`).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 from pathlib import Path
@@ -121,8 +125,13 @@ class Task:
     def load(self) -> None:
         """Heavy set-up (the model), once per process, after the first item is read."""
 
-    def process(self, item: Item, decoded: Decoded, outputs: Sequence[Path], listener: Listener) -> None:
-        """Work on one item (``decoded.take()`` is what `read` returned); write each of ``outputs`` atomically."""
+    def process(self, item: Item, decoded: Decoded, outputs: Sequence[Path],
+                listener: Listener) -> Optional[Callable[[], None]]:
+        """Work on one item (``decoded.take()`` is what `read` returned); write each of ``outputs`` atomically.
+
+        May return the writing instead (encoding and writing the outputs, the completing one last), as a
+        callable the engine runs later, off the model's critical path; it may raise like `process`.
+        """
         raise NotImplementedError
 
     def stops_the_job(self, err: Exception) -> bool:
@@ -208,10 +217,13 @@ def record(report: Report, listener: Listener, source: Path, reason: Optional[st
         listener.item_finished(source, "failed", reason)
 
 
-def attempt(task: Task, source: Path, work: Callable[[], None]) -> Optional[str]:
-    """Run ``work`` for ``source``; None on success, else the failure reason. Job-stopping errors are raised."""
+def attempt(task: Task, source: Path, work: Callable[[], Optional[Callable[[], None]]]) -> Optional[str]:
+    """Run ``work`` for ``source``, and the writing it hands back (`Task.process`) right after it; None on
+    success, else the failure reason. Job-stopping errors are raised."""
     try:
-        work()
+        writing = work()
+        if writing is not None:
+            writing()
     except (TfskyError, OSError) as err:
         if task.stops_the_job(err):
             raise
@@ -226,16 +238,32 @@ def failure_reason(err: TfskyError | OSError, source: Path) -> str:
 
 
 class LocalEngine:
-    """Items one by one in this process; the next item is read in a background thread meanwhile.
+    """Items one by one in this process; the next item is read in a background thread meanwhile, and the
+    writing an item hands back (`Task.process`) runs in a writer thread while the next one is computed.
 
     The first item is read before `Task.load`, so the decoder's and the model
-    loader's memory peaks do not add up.
+    loader's memory peaks do not add up. At most ``writers`` items wait for
+    their writing (the model waits for a free writer beyond that), so memory
+    stays bounded; an item is recorded when its writing is finished.
+
+    Args:
+        writers: int. Writer threads, and items whose writing may be pending at once. Defaults to 1.
     """
 
+    def __init__(self, writers: int = 1):
+        self.writers = writers
+
     def run(self, task: Task, pending: Pending, report: Report, listener: Listener) -> None:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfsky-read") as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfsky-read") as pool, \
+                concurrent.futures.ThreadPoolExecutor(self.writers, thread_name_prefix="tfsky-write") as writer:
             def read(index: int):
                 return pool.submit(lambda source: Decoded(task.read(source)), pending[index][0].source)
+
+            writing: collections.deque = collections.deque()  # (source, future of its writing's failure reason)
+
+            def settle_oldest() -> None:
+                source, future = writing.popleft()
+                record(report, listener, source, future.result())
 
             upcoming = read(0)
             concurrent.futures.wait([upcoming])
@@ -243,9 +271,17 @@ class LocalEngine:
             for index, (item, outputs) in enumerate(pending):
                 current = upcoming
                 upcoming = read(index + 1) if index + 1 < len(pending) else None
-                reason = attempt(task, item.source,
-                                 lambda: task.process(item, current.result(), outputs, listener))
-                record(report, listener, item.source, reason)
+                handed_back: list = []
+                reason = attempt(task, item.source, lambda: handed_back.append(
+                    task.process(item, current.result(), outputs, listener)))
+                if reason is not None or handed_back[0] is None:
+                    record(report, listener, item.source, reason)
+                    continue
+                while len(writing) >= self.writers:
+                    settle_oldest()
+                writing.append((item.source, writer.submit(attempt, task, item.source, handed_back[0])))
+            while writing:
+                settle_oldest()
 
 
 def collect_items(inputs: Sequence[Path], out_dir: Path) -> tuple[list[Item], list[Failure]]:

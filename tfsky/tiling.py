@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 from typing import Callable, Iterator, Literal, Optional, Union
 
@@ -69,6 +68,9 @@ MIN_AUTO_TILE = 4 * AUTO_OVERLAP_PX  # smallest (unless the image is smaller): t
 CPU_MEMORY_BUDGET_GB = 1.5  # default budget of a whole process on a CPU
 FORWARD_BYTES_PER_PIXEL = 400  # activation memory per input pixel of one model call (ResNet34 U-Net, float32:
 #                                343-368 B measured on CPU at 256 x 8 and 1024 x 1 tiles)
+RUNTIME_BYTES = 0.9e9  # TensorFlow with a ResNet34 U-Net loaded (0.87 GB resident measured on CPU)
+IMAGE_BYTES = 8192 * 4096 * 16  # an 8K RGB image in flight in `tfsky predict`: the next one decoding, the
+#                                 previous one and its outputs in the writer, the float32 accumulator (16 B/px)
 
 
 @dataclasses.dataclass
@@ -158,59 +160,45 @@ def choose_tiling(
     available_bytes: float,
     bytes_per_pixel: float = FORWARD_BYTES_PER_PIXEL,
 ) -> TilingConfig:
-    """The tiling of one image: ``tile: auto`` resolved, anything else returned as is.
+    """The tiling an image is predicted with: ``tile: auto`` resolved; a set tile is kept, its overlap filled in.
 
-    The tile is the multiple of ``multiple`` (up to `MAX_AUTO_TILE`, and up to the image's longer side
-    rounded up) whose grid computes the fewest pixels (`computed_pixels`; ties go to the larger tile),
-    among those whose model call fits ``available_bytes`` (``bytes_per_pixel`` per input pixel); the
-    overlap is `AUTO_OVERLAP_PX` pixels unless ``tiling.overlap`` is set; ``tile_batch`` is lowered until
-    a batch fits. Without ``size`` (a serving signature, images of any size) the largest tile that fits
-    is taken. Tiles below `MIN_AUTO_TILE` are taken only for smaller images: when even it does not fit
-    the budget, it is used anyway.
+    ``auto`` is the largest multiple of ``multiple`` (at most `MAX_AUTO_TILE`, at least `MIN_AUTO_TILE`
+    even when that does not fit) whose model call fits ``available_bytes`` (``bytes_per_pixel`` per input
+    pixel), capped at the image's longer side rounded up to ``multiple``; the overlap is `AUTO_OVERLAP_PX`
+    pixels unless ``tiling.overlap`` is set; ``tile_batch`` is lowered until a batch fits. The grid of
+    `tile_axis` fits that tile to each image (a smaller last row/column, one tile for a smaller image),
+    so the choice depends only on the budget: ``tfsky predict``, ``translate``, ``evaluate`` and the
+    exported signature (``size`` None: images of any size) cut every image alike for the same budget.
 
     Args:
         tiling: TilingConfig. Validated by `model_tiling`.
         multiple: int. Tile sides must be a multiple of this.
-        size: tuple of int or None. ``(height, width)`` of the image as predicted.
+        size: tuple of int or None. ``(height, width)`` of the image as predicted, when known.
         available_bytes: float. Memory the model's calls may take (`available_memory`).
         bytes_per_pixel: float. Activation memory of one input pixel. Defaults to `FORWARD_BYTES_PER_PIXEL`.
     """
     if tiling.tile != AUTO:
-        return tiling
+        return dataclasses.replace(tiling, overlap=overlap_of(tiling))
     fitting = int(math.sqrt(max(available_bytes, 0) / bytes_per_pixel)) // multiple * multiple
-    whole = MAX_AUTO_TILE if size is None else -(-max(size) // multiple) * multiple  # one tile for the image
-    smallest = min(-(-MIN_AUTO_TILE // multiple) * multiple, whole)
-    largest = max(smallest, min(fitting, MAX_AUTO_TILE, whole))
-    candidates = [tile for tile in range(smallest, largest + 1, multiple)
-                  if tile_stride(tile, _auto_overlap(tiling, tile)) >= 1]
-    if size is None:
-        tile = candidates[-1]
-    else:
-        tile = min(candidates, key=lambda t: (computed_pixels(*size, t, _auto_overlap(tiling, t), multiple), -t))
+    tile = max(-(-MIN_AUTO_TILE // multiple) * multiple, min(fitting, MAX_AUTO_TILE))
+    if size is not None:  # the same grid as the full tile (`tile_axis`), with the batch of the real call size
+        tile = min(tile, -(-max(size) // multiple) * multiple)
+    overlap = tiling.overlap if tiling.overlap is not None else _default_overlap(tile)
     batch = max(1, min(tiling.tile_batch, int(available_bytes // (bytes_per_pixel * tile * tile))))
-    return dataclasses.replace(tiling, tile=tile, overlap=_auto_overlap(tiling, tile), tile_batch=batch)
+    return dataclasses.replace(tiling, tile=tile, overlap=overlap, tile_batch=batch)
 
 
-def _auto_overlap(tiling: TilingConfig, tile: int) -> float:
-    return tiling.overlap if tiling.overlap is not None else _default_overlap(tile)
+def available_memory(budget_gb: Optional[float], held_bytes: float = IMAGE_BYTES) -> float:
+    """Bytes the model's calls may take: the budget (`TilingConfig.memory_budget`; default 1.5 GB on a CPU)
+    less `RUNTIME_BYTES` and ``held_bytes`` (the images in flight); on a GPU by default, its free memory.
 
-
-def available_memory(budget_gb: Optional[float], held_bytes: float = 0) -> float:
-    """Bytes a model call may take: the budget (`TilingConfig.memory_budget`; default 1.5 GB on a CPU, the
-    GPU's free memory on a GPU) less what this process holds now (CPU) and ``held_bytes`` still to come."""
+    Fixed figures rather than this process's resident memory, so every process (``tfsky predict``,
+    ``tfsky export``, a test run) makes the same choice for the same budget.
+    """
     gpu_free = _gpu_free_bytes() if budget_gb is None else None
     if gpu_free is not None:
-        return gpu_free - held_bytes
-    return (budget_gb or CPU_MEMORY_BUDGET_GB) * 1e9 - resident_bytes() - held_bytes
-
-
-def resident_bytes() -> int:
-    """This process's resident memory now (Linux ``/proc/self/statm``; 0 where it cannot be read)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
+        return gpu_free
+    return (budget_gb or CPU_MEMORY_BUDGET_GB) * 1e9 - RUNTIME_BYTES - held_bytes
 
 
 def _gpu_free_bytes() -> Optional[float]:
@@ -230,11 +218,12 @@ def _gpu_free_bytes() -> Optional[float]:
 _announced: set[str] = set()
 
 
-def announce(tiling: TilingConfig, size: Optional[tuple[int, int]], requested: TilingConfig) -> None:
-    """Print on stderr, once per distinct choice, what ``tile: auto`` chose (nothing for explicit tiles)."""
-    if requested.tile != AUTO:
+def announce(tiling: TilingConfig, size: tuple[int, int], requested: TilingConfig, multiple: int) -> None:
+    """Print on stderr, once per distinct choice, what ``tile: auto`` chose for a ``size`` image cut into
+    several tiles (nothing for explicit tiles, nor for an image that is one tile)."""
+    if requested.tile != AUTO or count_tiles(*size, tiling.tile, tiling.overlap, multiple) < 2:
         return
-    where = f"{size[1]}x{size[0]} images" if size else "images of any size"
+    where = f"{size[1]}x{size[0]} images"
     pixels = tiling.tile * tiling.tile * tiling.tile_batch
     message = (f"tiling auto: tile {tiling.tile}, overlap {tiling.tile - tile_stride(tiling.tile, tiling.overlap)} px, "
                f"tile batch {tiling.tile_batch} for {where} ({pixels * FORWARD_BYTES_PER_PIXEL / 1e9:.2f} GB per call; "

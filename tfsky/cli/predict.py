@@ -11,7 +11,7 @@ from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, Engin
 from tfsky.cli.jobs import JobProgress, OutOption, WorkersOption, finish, make_engine
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
-from tfsky.cli.options import ResolutionOption
+from tfsky.cli.options import MemoryBudgetOption, ResolutionOption
 
 
 def predict_cli(
@@ -25,6 +25,7 @@ def predict_cli(
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
     resolution: ResolutionOption = None,
+    memory_budget: MemoryBudgetOption = None,
     threshold: Annotated[Optional[float], typer.Option(
         help="Sky probability cut for the mask (config: predict.threshold).")] = None,
     prob_format: Annotated[Optional[str], typer.Option(
@@ -50,7 +51,7 @@ def predict_cli(
     from tfsky.predict.classify import classify_many, is_classifier
 
     flags = {"threshold": threshold, "prob_format": prob_format,
-             **tiling_flags(tile, overlap, window, tile_batch, tta, resolution)}
+             **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget)}
     cfg = command_config(PredictConfig, "predict", config, set_, flags)
     runner = make_engine(engine, address, workers, gpus_per_worker, cpus_per_worker)
     with JobProgress(quiet) as listener:

@@ -7,7 +7,9 @@ file with its reason and goes on, and returns the done / skipped / failed
 background thread while the model works on the current one, so an 8K EXR
 decode does not leave the model idle (at the price of holding two decoded
 images at once; HDR images are held as float16, see `tfsky.predict.segment`).
-The outputs of one image are those of `tfsky.predict.outputs.OutputPaths`; a
+The outputs of one image are those of `tfsky.predict.outputs.OutputPaths`; they
+are encoded and written in the runner's writer thread while the model works
+on the next image (`tfsky.jobs.LocalEngine`), sidecar last as ever. A
 cloud model (`tfsky.predict.cloud.is_cloud_model`) adds the class mask and the
 cloud cover of each frame, and the job ends with the cloud-cover time series
 of every finished frame (`tfsky.predict.outputs.write_cloud_series`).
@@ -18,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from tfsky.errors import ConfigError, InputError
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import load_info
 from tfsky.predict.outputs import (
+    Maps,
     OutputPaths,
     ProbFormat,
     overlay,
@@ -133,8 +136,12 @@ class PredictTask(Task):
         self.facts = {"model": {"path": str(self.model_path), "id": model_id(self.model_path)},
                       "tfsky_version": __version__}
 
-    def process(self, item: Item, decoded: Decoded, outputs: OutputPaths, listener: Listener) -> None:
-        """Predict one decoded image and write its outputs, sidecar last; big arrays are freed as soon as possible."""
+    def process(self, item: Item, decoded: Decoded, outputs: OutputPaths, listener: Listener) -> Callable[[], None]:
+        """Predict one decoded image; returns the writing of its outputs (sidecar last) for the runner's writer.
+
+        The maps are converted here (cheap) so only the image, the stored maps and the masks wait for the
+        writer, which draws the overlay and does the slow part: PNG/JPEG encoding.
+        """
         image = decoded.take()
         segmenter, threshold = self.segmenter, self.threshold
         height, width = image.shape[:2]
@@ -144,18 +151,23 @@ class PredictTask(Task):
         probs = segmenter.probabilities(image, progress=listener.steps_done)
         seconds = time.perf_counter() - start
         probability = sky_probability(probs)
-        cover = {}
+        cover, classes = {}, None
         if self.cover is not None:  # before any output: a frame without valid sky fails whole
             cloud, valid, cover["cloud_cover"] = self.cover(image, probability, item.source)
             probability = np.where(valid, probability, 0.0)
-            write_class_mask(outputs, cloud, valid)
-        mask = write_maps(outputs, probability, threshold)
+            classes = (cloud, valid)
+        maps = Maps.of(outputs, probability, threshold)
         del probs, probability
-        shown = overlay(image, mask, segmenter.inputs.restore)
-        del image
-        write_overlay(outputs, shown)
-        del shown
-        tiling = dataclasses.asdict(segmenter.tiling)
+        tiling = dataclasses.asdict(segmenter.tiling_for(height, width))
         facts = dict(source=str(item.source), height=height, width=width, tiles=tiles, **tiling,
                      seconds=round(seconds, 3), **self.facts, **cover)
-        write_sidecar(outputs, facts, mask, threshold)
+        restore = segmenter.inputs.restore
+
+        def write() -> None:
+            if classes is not None:
+                write_class_mask(outputs, *classes)
+            write_maps(outputs, maps)
+            write_overlay(outputs, overlay(image, maps.mask, restore))
+            write_sidecar(outputs, facts, maps.mask, threshold)
+
+        return write

@@ -82,18 +82,28 @@ class OutputPaths:
         return iter((*self.named().values(), self.sidecar))
 
 
-def write_maps(paths: OutputPaths, prob: np.ndarray, threshold: float) -> np.ndarray:
-    """Write the probability map and the mask of sky probability ``prob`` [H, W]; returns the uint8 0/255 mask.
+@dataclasses.dataclass
+class Maps:
+    """The probability map as stored (uint16 x 65535 for ``_prob.png``, float32 for ``_prob.tif``) and the
+    uint8 0/255 mask of one image: cheap to compute, slow to encode (`write_maps`)."""
 
-    One derived full-size array exists at a time (8K: 67 MB for the 16-bit map, then 34 MB for the mask).
-    """
+    prob: np.ndarray
+    mask: np.ndarray
+
+    @classmethod
+    def of(cls, paths: OutputPaths, prob: np.ndarray, threshold: float) -> "Maps":
+        """The maps of sky probability ``prob`` [H, W] (pixels >= ``threshold`` are 255 in the mask)."""
+        stored = prob if paths.prob.suffix == ".tif" else _by_bands(prob, _to_uint16, np.uint16)
+        return cls(stored, _by_bands(prob, lambda band: np.where(band >= threshold, 255, 0), np.uint8))
+
+
+def write_maps(paths: OutputPaths, maps: Maps) -> None:
+    """Encode and write the probability map and the mask (already in their stored dtypes: no temporaries)."""
     if paths.prob.suffix == ".tif":
-        write_tif(paths.prob, prob)
+        write_tif(paths.prob, maps.prob)
     else:
-        write_probability_png(paths.prob, prob)
-    mask = _by_bands(prob, lambda band: np.where(band >= threshold, 255, 0), np.uint8)
-    write_png(paths.mask, mask)  # already 0/255 uint8, so no full-size temporary in the writer
-    return mask
+        write_png(paths.prob, maps.prob)
+    write_png(paths.mask, maps.mask)
 
 
 def write_probability_png(path: Path, prob: np.ndarray) -> None:

@@ -3,7 +3,9 @@
 `TiledSegmenter` wraps a saved model in one ``tf.function`` (input signature
 ``[None, None, None, C]`` float32, so it is traced once), normalises each tile
 batch with the model's own `Preprocess`, and runs the shared tiling driver
-(`tfsky.tiling.sliding_window_inference`) over the image.
+(`tfsky.tiling.sliding_window_inference`) over the image. With ``tile: auto``
+the tile is chosen for the memory budget (`tfsky.tiling.choose_tiling`) and
+the grid fits it to each image.
 
 Memory: an 8K float32 HDR panorama is 0.4 GB, and TensorFlow with a ResNet34
 U-Net already takes ~1 GB. `ModelInputs.read` therefore keeps HDR images in
@@ -30,7 +32,8 @@ from tfsky.errors import InputError
 from tfsky.io.images import read_image
 from tfsky.models.bundle import ModelInfo, load_model
 from tfsky.predict.refine import refine
-from tfsky.tiling import TilingConfig, compiled_forward, count_tiles, model_tiling, sliding_window_inference
+from tfsky.tiling import (TilingConfig, announce, available_memory, choose_tiling, compiled_forward, count_tiles,
+                          model_tiling, sliding_window_inference)
 
 SKY_CLASS = 1  # class id of sky in label masks and in softmax outputs (0 = not sky)
 _READ_CHANNELS = (1, 3, 4)  # channel counts read_image converts to; others are read as stored
@@ -110,13 +113,15 @@ class TiledSegmenter:
         model: tf.keras.Model. Maps normalised [B, H, W, C] tiles to [B, H, W, K] probabilities.
         info: ModelInfo. The model's sidecar (preprocessing, tile size, channels).
         tiling: TilingConfig. Tile, overlap, window, batch and TTA; ``tile=None`` uses
-            ``info.tile_size``. Defaults to None (the `TilingConfig` defaults).
+            ``info.tile_size``, ``auto`` is chosen for the memory budget (`tiling_for`). Defaults to None
+            (the `TilingConfig` defaults).
     """
 
     def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None = None):
         self.info = info
         self.inputs = ModelInputs(info)
-        self.tiling = model_tiling(tiling, info.tile_size, SIZE_MULTIPLE, "segmenter")
+        self.requested = model_tiling(tiling, info.tile_size, SIZE_MULTIPLE, "segmenter")
+        self.tiling = choose_tiling(self.requested, SIZE_MULTIPLE, None, available_memory(self.requested.memory_budget))
         self._forward = compiled_forward(model, info.in_channels)
 
     @classmethod
@@ -141,10 +146,23 @@ class TiledSegmenter:
         """Float32 [H, W, K] class probabilities of a whole [H, W, C] image, raw or prepared (checked first)."""
         self.check(image)
         size = self.model_size(*image.shape[:2])
+        tiling = self.tiling_for(*image.shape[:2])
+
+        def predict(pixels):
+            return sliding_window_inference(pixels, self.predict_tiles, tiling, progress=progress, multiple=SIZE_MULTIPLE)
+
         if size == image.shape[:2]:
-            return sliding_window_inference(image, self.predict_tiles, self.tiling, progress=progress)
+            return predict(image)
         small = resize_image(image, size)
-        return refine(sliding_window_inference(small, self.predict_tiles, self.tiling, progress=progress), small, image)
+        return refine(predict(small), small, image)
+
+    def tiling_for(self, height: int, width: int) -> TilingConfig:
+        """The tiling of a ``height x width`` image: `tiling` (``tile: auto`` resolved for the memory budget,
+        as the exported signature's), capped at the image's size (the same grid, a fuller batch)."""
+        size = self.model_size(height, width)
+        chosen = choose_tiling(self.requested, SIZE_MULTIPLE, size, available_memory(self.requested.memory_budget))
+        announce(chosen, size, self.requested, SIZE_MULTIPLE)
+        return chosen
 
     def mask_threshold(self, requested: float | None = None) -> float:
         """The sky threshold to draw masks at: ``requested``, else the one chosen on validation data after
@@ -162,7 +180,8 @@ class TiledSegmenter:
 
     def tile_count(self, height: int, width: int) -> int:
         """Tiles (model inputs before TTA) needed for a ``height x width`` image."""
-        return count_tiles(*self.model_size(height, width), self.tiling.tile, self.tiling.overlap)
+        tiling = self.tiling_for(height, width)
+        return count_tiles(*self.model_size(height, width), tiling.tile, tiling.overlap, SIZE_MULTIPLE)
 
 
 def model_id(path: str | Path) -> str:

@@ -52,7 +52,8 @@ from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, load_info, load_model
 from tfsky.models.vae import set_sampling
 from tfsky.predict.segment import TiledSegmenter
-from tfsky.tiling import TilingConfig, compiled_forward, model_tiling, sliding_window_inference
+from tfsky.tiling import (TilingConfig, announce, available_memory, choose_tiling, compiled_forward, model_tiling,
+                          sliding_window_inference)
 from tfsky.train.config import TranslatorConfig, trained_config
 
 _BAND = 512  # rows blended at a time: no full-size float temporary for the composite
@@ -76,7 +77,9 @@ class TiledTranslator:
         self.info = info
         trained = trained_config(info, TranslatorConfig, path)
         self.working_side = None if native_scale else trained.data.load_size
-        self.tiling = model_tiling(tiling, info.tile_size, trained.model.size_multiple, info.task)
+        self.multiple = trained.model.size_multiple
+        self.requested = model_tiling(tiling, info.tile_size, self.multiple, info.task)
+        self.tiling = choose_tiling(self.requested, self.multiple, None, available_memory(self.requested.memory_budget))
         if info.task == "vae":
             set_sampling(model, sample)
         self._forward = compiled_forward(model, info.in_channels)
@@ -107,7 +110,10 @@ class TiledTranslator:
         self.check(image)
         height, width = image.shape[:2]
         working = resize_shorter_side(image, self.working_side) if self.working_side else image
-        out = sliding_window_inference(working, self.predict_tiles, self.tiling, progress=progress)
+        tiling = choose_tiling(self.requested, self.multiple, working.shape[:2],  # `tile: auto`, as tfsky predict
+                               available_memory(self.requested.memory_budget))
+        announce(tiling, working.shape[:2], self.requested, self.multiple)
+        out = sliding_window_inference(working, self.predict_tiles, tiling, progress=progress, multiple=self.multiple)
         if out.shape[:2] != (height, width):
             out = np.clip(cv2.resize(out, (width, height), interpolation=cv2.INTER_LINEAR), 0, 1)
         return out

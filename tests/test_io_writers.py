@@ -75,15 +75,17 @@ def _leftovers(folder):
 
 
 def test_failed_png_encoding_leaves_nothing(tmp_path, monkeypatch):
-    def half_written(path, *_args):
+    def half_written(path, *_args, **_kwargs):
         with open(path, "wb") as f:
             f.write(b"\x89PNG partial")
         raise RuntimeError("encoder crashed")
 
-    monkeypatch.setattr(writers.cv2, "imwrite", half_written)
-    with pytest.raises(RuntimeError, match="encoder crashed"):
-        write_png(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
-    assert _leftovers(tmp_path) == []
+    monkeypatch.setattr(writers.cv2, "imwrite", half_written)  # 16-bit colour: OpenCV
+    monkeypatch.setattr(writers.Image.Image, "save", lambda self, path, **kw: half_written(path))  # the rest: Pillow
+    for array in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.uint16)):
+        with pytest.raises(RuntimeError, match="encoder crashed"):
+            write_png(tmp_path / "a.png", array)
+        assert _leftovers(tmp_path) == []
 
 
 def test_failed_tif_and_exr_writes_leave_nothing(tmp_path, monkeypatch):
@@ -111,13 +113,13 @@ def test_failed_tif_and_exr_writes_leave_nothing(tmp_path, monkeypatch):
 def test_encoder_refusal_is_an_input_error_and_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(writers.cv2, "imwrite", lambda *args: False)
     with pytest.raises(InputError, match=r"a\.png: could not write the image"):
-        write_png(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+        write_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint16))  # 16-bit colour: OpenCV's encoder
     assert _leftovers(tmp_path) == []
 
 
 def test_existing_file_survives_a_failed_rewrite(tmp_path, monkeypatch):
     write_mask_png(tmp_path / "m.png", np.ones((3, 3), np.uint8))
-    monkeypatch.setattr(writers.cv2, "imwrite", lambda *args: 1 / 0)
+    monkeypatch.setattr(writers.Image.Image, "save", lambda *args, **kwargs: 1 / 0)  # masks go through Pillow
     with pytest.raises(ZeroDivisionError):
         write_mask_png(tmp_path / "m.png", np.zeros((3, 3), np.uint8))
     monkeypatch.undo()

@@ -1,0 +1,113 @@
+"""Measure the encoders of `tfsky predict`'s outputs on one real 8K prediction: OpenCV vs Pillow, PNG levels.
+
+The arrays are those of a real 8192x4096 sky prediction (`--prob`, a ``_prob.png`` or ``_prob.tif``
+from ``tfsky predict``; by default the 16-bit map is synthesised from a real photo's brightness, see
+below): the 16-bit probability map, the 0/255 mask and the RGB overlay. Each encoder writes to memory
+(no disk), best of ``--repeat`` runs; every PNG is decoded again and compared, so a lossy result is
+reported as such. JPEG is the overlay only (lossy by design, quality 92 as today).
+
+Usage: python scripts/bench_encode.py [--prob out/x_prob.png] [--out scripts/results/bench_encode.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import tfsky  # noqa: F401
+
+HERE = Path(__file__).resolve()
+PHOTO = HERE.parents[2] / "shared" / "data" / "hdr_polyhaven_1k" / "quarry_01_1k.hdr"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prob", type=Path, help="A _prob.png/_prob.tif of tfsky predict (default: synthesised).")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "bench_encode.json")
+    args = parser.parse_args()
+    import cv2
+    import numpy as np
+
+    from tfsky.io.atomic import write_json
+    from tfsky.io.images import read_image
+    from tfsky.predict.outputs import Maps, OutputPaths, display_rgb, hdr_exposure, overlay
+
+    if args.prob:
+        prob = read_image(args.prob, channels=None)[..., 0]
+        prob = prob.astype(np.float32) / 65535 if prob.dtype == np.uint16 else prob
+        photo = cv2.resize(display_rgb(read_image(PHOTO), hdr_exposure(read_image(PHOTO))),
+                           prob.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    else:  # a smooth, real-looking map: the photo's brightness through a steep sigmoid
+        small = read_image(PHOTO)
+        rgb = display_rgb(small, hdr_exposure(small))
+        photo = cv2.resize(rgb, (8192, 4096), interpolation=cv2.INTER_LINEAR)
+        grey = photo.mean(axis=-1)
+        prob = 1 / (1 + np.exp(-(grey - 0.55) * 12)).astype(np.float32)
+    image = np.rint(photo * 255).astype(np.uint8)
+    maps = Maps.of(OutputPaths.for_stem(Path("x"), "png16"), prob, 0.5)
+    shown = overlay(image, maps.mask)
+    arrays = {"prob16": maps.prob, "mask": maps.mask, "overlay": shown}
+    results = {"image": f"{prob.shape[1]}x{prob.shape[0]}", "source": str(args.prob or PHOTO.name),
+               "load_average": os.getloadavg(), "png": {}, "jpeg_overlay_q92": {}}
+    for name, array in arrays.items():
+        rows = results["png"][name] = {}
+        for level in (1, 3, 6):
+            rows[f"opencv_level{level}"] = _opencv_png(array, level, args.repeat)
+        for level in (1, 3, 6):
+            rows[f"pillow_level{level}"] = _pillow_png(array, level, args.repeat)
+    results["jpeg_overlay_q92"] = {"opencv": _timed(lambda: cv2.imencode(".jpg", shown[..., ::-1],
+                                                                         [cv2.IMWRITE_JPEG_QUALITY, 92])[1],
+                                                    args.repeat, None),
+                                   "pillow": _timed(lambda: _pillow_bytes(shown, "JPEG", quality=92),
+                                                    args.repeat, None)}
+    write_json(args.out, results)
+    print(json.dumps(results, indent=1))
+
+
+def _opencv_png(array, level, repeat):
+    import cv2
+
+    bgr = array[..., ::-1].copy() if array.ndim == 3 else array
+    return _timed(lambda: cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, level])[1].tobytes(), repeat,
+                  lambda data: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), array, bgr=True)
+
+
+def _pillow_png(array, level, repeat):
+    from PIL import Image
+
+    return _timed(lambda: _pillow_bytes(array, "PNG", compress_level=level), repeat,
+                  lambda data: np.asarray(Image.open(io.BytesIO(data))), array)
+
+
+def _pillow_bytes(array, fmt, **options) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **options)  # a uint16 map becomes 16-bit grey (I;16)
+    return buffer.getvalue()
+
+
+def _timed(encode, repeat, decode, expected=None, bgr=False) -> dict:
+    best, data = float("inf"), b""
+    for _ in range(repeat):
+        start = time.perf_counter()
+        data = encode()
+        best = min(best, time.perf_counter() - start)
+    row = {"seconds": round(best, 3), "megabytes": round(len(data) / 1e6, 2)}
+    if decode is not None:
+        decoded = decode(bytes(data))
+        if bgr and decoded.ndim == 3:
+            decoded = decoded[..., ::-1]
+        row["lossless"] = bool(np.array_equal(decoded.astype(expected.dtype), expected))
+    return row
+
+
+import numpy as np  # noqa: E402  (used by the helpers above)
+
+if __name__ == "__main__":
+    main()

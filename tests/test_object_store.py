@@ -3,7 +3,7 @@
 Checks: the objects equal the files of a local run byte for byte (sidecars but for timing); a re-run
 skips what exists and redoes an item whose object is gone; a failed write leaves no object; a bucket
 that cannot be written and an unsupported scheme are one-line errors; nothing lands in a local ``s3:``
-folder. The Ray engine writing to the store is in `test_ray_engine`.
+folder; ``tfsky translate`` writes there alike. The Ray engine writing to the store is in `test_ray_engine`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ from pathlib import Path
 import pytest
 
 from test_predict import tiny_segmenter, visible_files
+from test_translate import translator_file  # noqa: F401  (the tiny pix2pix translator fixture)
 from tfsky.io.atomic import atomic_path, prepare_out_dir
 from tfsky.io.stores import StorePath, as_path
-from tfsky.predict.batch import PredictConfig, predict_many
+from tfsky.predict.batch import predict_many
+from tfsky.predict.translate import translate_images
 
 S3_REGION = "us-east-1"
+WEBCAMS = ("684", "9730")
 
 
 @pytest.fixture(scope="module")
@@ -90,22 +93,23 @@ def model(tmp_path_factory) -> Path:
     return tiny_segmenter(tmp_path_factory.mktemp("model") / "m.keras")
 
 
-def frames_of(shared_data: Path, folder: Path, count: int) -> list[Path]:
-    """``count`` real 640x480 webcam frames linked into ``folder`` (the data is never copied)."""
+def webcam_frames(shared_data: Path, folder: Path, per_camera: int) -> list[Path]:
+    """Real webcam frames (640x480 and 1280x960) linked into ``folder`` (links: the data is never copied)."""
     folder.mkdir(parents=True)
     frames = []
-    for frame in sorted((shared_data / "skyfinder_webcams" / "684").glob("*.jpg"))[:count]:
-        (folder / frame.name).symlink_to(frame)
-        frames.append(folder / frame.name)
+    for camera in WEBCAMS:
+        for frame in sorted((shared_data / "skyfinder_webcams" / camera).glob("*.jpg"))[:per_camera]:
+            (folder / f"{camera}_{frame.name}").symlink_to(frame)
+            frames.append(folder / f"{camera}_{frame.name}")
     return frames
 
 
 def test_predict_into_an_object_store_equals_a_local_folder_and_a_rerun_finishes_it(
         shared_data, s3, model, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a store URI taken for a local path would show up here as ./s3:
-    frames = frames_of(shared_data, tmp_path / "in", 3)
+    frames = webcam_frames(shared_data, tmp_path / "in", per_camera=1)
     local = predict_many(model, [tmp_path / "in"], tmp_path / "local")
-    assert len(local.done) == 3
+    assert len(local.done) == 2
     bucket = new_bucket(s3)
     out = f"s3://{bucket}/runs/one"
     result = cli("predict", "-m", model, tmp_path / "in", "-o", out, "-q")
@@ -118,8 +122,19 @@ def test_predict_into_an_object_store_equals_a_local_folder_and_a_rerun_finishes
     s3_client(s3).delete_object(Bucket=bucket, Key=gone)
     rerun = cli("predict", "-m", model, tmp_path / "in", "-o", out)
     assert rerun.exit_code == 0, rerun.stderr
-    assert rerun.stdout.strip().splitlines()[-1] == f"done 1, skipped 2, failed 0 -> {out}"
+    assert rerun.stdout.strip().splitlines()[-1] == f"done 1, skipped 1, failed 0 -> {out}"
     same_outputs(objects(s3, bucket, "runs/one"), tmp_path / "local")
+
+
+def test_translate_into_an_object_store_equals_a_local_folder(shared_data, s3, translator_file, cli, tmp_path):
+    webcam_frames(shared_data, tmp_path / "in", per_camera=1)
+    assert len(translate_images(translator_file, [tmp_path / "in"], tmp_path / "local").done) == 2
+    bucket = new_bucket(s3)
+    result = cli("translate", "-m", translator_file, tmp_path / "in", "-o", f"s3://{bucket}/frames", "-q")
+    assert result.exit_code == 0, result.stderr
+    stored = objects(s3, bucket, "frames")
+    assert set(stored) == visible_files(tmp_path / "local")
+    assert all(data == (tmp_path / "local" / name).read_bytes() for name, data in stored.items())
 
 
 def test_a_failed_write_leaves_no_object_and_no_local_temporary(s3, tmp_path, monkeypatch):

@@ -10,8 +10,17 @@ temp-then-rename writes. The driver only sends numbers and receives
 stale-temp cleanup happen on the driver before the dataset is built, so a
 re-run after a killed driver or worker finishes the job.
 
+A worker that dies (killed, out of memory, its node lost) is restarted
+(``max_restarts=-1``) and its item tried again on the new one, `ITEM_ATTEMPTS`
+tries in all (``max_task_retries``; Ray Data's default retries forever, so one
+item too big for a worker would never let the job end); after that the item
+fails alone (`WORKER_DIED`, with ``max_errored_blocks=-1`` so the dataset goes
+on). Errors in an item are answered by the worker (`_Worker`), so the only
+blocks Ray Data itself sees fail are those of dead workers.
+
 Inputs and the output folder must be on a file system every node sees at
-the same path (a shared mount); workers run in the driver's working folder,
+the same path (a shared mount), or the output in an object store
+(``s3://...``, `tfsky.io.stores`) that every node can write to; workers run in the driver's working folder,
 so relative paths, sidecars and failure reasons are those of the local
 engine. One worker per GPU when the cluster has GPUs (``gpus_per_worker=1``),
 CPU workers otherwise; each worker reserves ``cpus_per_worker`` CPUs and runs
@@ -28,9 +37,12 @@ import logging
 import os
 import socket
 import sys
+import traceback
+import warnings
 from typing import Iterator, Optional
 
 from tfsky.errors import TfskyError, first_line
+from tfsky.io.atomic import remove_stale_temps
 from tfsky.jobs import Decoded, Listener, Pending, Report, Task, attempt, record
 
 try:
@@ -40,6 +52,8 @@ except ImportError:  # the CLI turns this into one line saying how to install it
     ray = None
 
 CONNECT_TIMEOUT = 10  # seconds to reach a cluster's head before giving up
+ITEM_ATTEMPTS = 3  # a worker that dies on an item is restarted and the item retried, this many tries in all
+WORKER_DIED = f"its Ray worker process died on it {ITEM_ATTEMPTS} times (killed, or out of memory?)"
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[data]==2.60.0')"
 
 
@@ -75,16 +89,26 @@ class RayEngine:
         try:
             workers, gpus = self._sizes()
             rows = [{"index": index} for index in range(len(pending))]
-            results = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
-                _Worker, fn_constructor_args=(task, pending, os.getcwd()),
-                compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows)), max_tasks_in_flight_per_actor=1),
-                num_cpus=self.cpus_per_worker, num_gpus=gpus,
-                runtime_env={"env_vars": {**thread_limits(self.cpus_per_worker), "TF_CPP_MIN_LOG_LEVEL": "2"}},
-            )
+            with warnings.catch_warnings():  # Ray 2.60 names no parameter for these two yet ("deprecated" **kwargs)
+                warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+                results = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+                    _Worker, fn_constructor_args=(task, pending, os.getcwd()),
+                    compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows)), max_tasks_in_flight_per_actor=1),
+                    num_cpus=self.cpus_per_worker, num_gpus=gpus,
+                    runtime_env={"env_vars": {**thread_limits(self.cpus_per_worker), "TF_CPP_MIN_LOG_LEVEL": "2"}},
+                    max_restarts=-1, max_task_retries=ITEM_ATTEMPTS - 1,
+                )
+            unanswered = set(range(len(pending)))
             for row in results.iter_rows():
-                if row["load_failed"]:
+                source = pending[row["index"]][0].source
+                if row["bug"]:
+                    raise RuntimeError(f"a Ray worker failed on {source}:\n{row['bug']}")
+                if row["stops"]:
                     raise TfskyError(row["reason"])
-                record(report, listener, pending[row["index"]][0].source, row["reason"] or None)
+                unanswered.discard(row["index"])
+                record(report, listener, source, row["reason"] or None)
+            for index in sorted(unanswered):  # its worker died ITEM_ATTEMPTS times on it
+                record(report, listener, pending[index][0].source, WORKER_DIED)
         except ray.exceptions.RayError as err:
             raise TfskyError(f"Ray cluster {self.address or 'local'}: {first_line(err)}") from None
         finally:
@@ -103,6 +127,7 @@ class RayEngine:
         context.enable_progress_bars = False
         context.print_on_execution_start = False
         context.enable_auto_log_stats = False
+        context.max_errored_blocks = -1  # an item whose worker keeps dying fails alone (WORKER_DIED)
         for name in ("ray", "ray.data"):  # errors that end the job are raised, and reported in one line
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
@@ -121,7 +146,9 @@ class RayEngine:
 class _Worker:
     """One actor of the pool: loads the model once, then reads, processes and writes one item per call.
 
-    A model that cannot be loaded is answered for each item with ``load_failed`` (the driver stops the job).
+    Each call answers ``{index, reason, stops, bug}``: ``reason`` is the item's failure ("" when done);
+    ``stops`` marks an error that stops the job (the model cannot be loaded, `Task.stops_the_job`) with
+    ``reason`` as its line; ``bug`` is the traceback of any other exception, which the driver raises.
     """
 
     def __init__(self, task: Task, pending: Pending, cwd: str):
@@ -135,11 +162,19 @@ class _Worker:
 
     def __call__(self, row: dict) -> dict:
         task, (item, outputs) = self.task, self.pending[row["index"]]
+        answer = {"index": row["index"], "reason": "", "stops": False, "bug": ""}
         if self.load_error:
-            return {"index": row["index"], "reason": self.load_error, "load_failed": True}
-        reason = attempt(task, item.source,
-                         lambda: task.process(item, Decoded(task.read(item.source)), outputs, Listener()))
-        return {"index": row["index"], "reason": reason or "", "load_failed": False}
+            return {**answer, "reason": self.load_error, "stops": True}
+        for path in outputs:  # what a worker that died on this item (a retry) left
+            remove_stale_temps(path)
+        try:
+            reason = attempt(task, item.source,
+                             lambda: task.process(item, Decoded(task.read(item.source)), outputs, Listener()))
+        except (TfskyError, OSError) as err:
+            return {**answer, "reason": str(err), "stops": True}
+        except Exception:
+            return {**answer, "bug": traceback.format_exc()}
+        return {**answer, "reason": reason or ""}
 
 
 @contextlib.contextmanager

@@ -5,8 +5,8 @@ second the bucket, so the job runner and the output namers build object
 names with the same ``/``, ``.name`` and ``.with_suffix`` as for local files.
 `tfsky.io.atomic.atomic_path` writes each such file to a local temporary file
 and then stores it with `put`: an object appears whole or not at all (one
-PUT up to `SINGLE_PUT_BYTES`, a multipart upload above, which S3 also shows
-only once it completes), so there are no stale temporaries in the store and
+PUT below Arrow's 10 MB part size, a multipart upload above, which S3 also
+shows only once it completes), so there are no stale temporaries in the store and
 "complete" means "the objects exist" (`StorePath.is_file`).
 
 The store is reached with Apache Arrow's filesystem layer (``pyarrow.fs``,
@@ -27,7 +27,6 @@ from pathlib import Path, PurePosixPath
 from tfsky.errors import InputError, TfskyError, first_line
 
 SCHEMES = ("s3",)
-SINGLE_PUT_BYTES = 10 * 2**20  # Arrow's S3 part size: smaller objects go up in one PUT request
 _COPY_CHUNK = 8 * 2**20
 INSTALL_HINT = "pip install -e '.[s3]' (or pip install 'pyarrow==26.0.1')"
 

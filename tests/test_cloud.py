@@ -248,3 +248,14 @@ def test_cloud_cover_config_checks_its_masks_and_fit_share(tmp_path):
                                        tmp_path / "none.png"]).validate()
     with pytest.raises(ConfigError, match="mask_fit_dark_pct"):
         CloudCoverConfig(mask_fit_dark_pct=100).validate()
+
+
+def test_cloud_evaluation_refuses_a_cache_at_a_working_scale(tmp_path):
+    import json
+
+    from tfsky.data.cache import FORMAT, MANIFEST
+    from tfsky.evaluate.cloud import evaluate_cloud
+
+    (tmp_path / MANIFEST).write_text(json.dumps({"format": FORMAT, "config": {"working_scale": 224}, "splits": {}}))
+    with pytest.raises(InputError, match="224-px working scale: evaluate on a native-resolution cache"):
+        evaluate_cloud(tmp_path / "model.keras", tmp_path)  # refused before the model is even read

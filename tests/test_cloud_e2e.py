@@ -95,22 +95,37 @@ def test_predict_skips_a_frame_without_valid_sky_and_reports_it(trained, cli, tm
     assert not (tmp_path / "out" / "black.json").exists() and not (tmp_path / "out" / "black_mask.png").exists()
 
 
-def test_exported_cloud_model_returns_the_class_mask_and_cloud_fraction_of_tfsky_predict(trained, cli, tmp_path):
+def test_each_camera_gets_its_valid_sky_in_tfsky_predict_and_in_the_export(trained, cli, tmp_path, shared_data):
+    """No mask option: camera 1 gets the model's training mask, camera 2 (black outside its cropped view)
+    its own bright pixels, in `tfsky predict` and in the served ``predict_cloud`` alike."""
     import tensorflow as tf
 
     from tfsky.export import export_model
 
     _, model, data = trained
-    frame = data / "images" / FRAMES[6]  # camera 2: black outside its view, no camera mask needed
-    assert cli("predict", "--model", model, frame, "--out", tmp_path / "out", "--quiet").exit_code == 0
-    expected = json.loads((tmp_path / "out" / f"{frame.stem}.json").read_text())["cloud_cover"]
+    lens = cv2.imread(str(shared_data / "allsky_wsiseg" / "mask_cam.png"), cv2.IMREAD_GRAYSCALE) >= 128
+    frames = [data / "images" / FRAMES[0], data / "images" / FRAMES[6]]  # camera 1, camera 2
+    assert cli("predict", "--model", model, *frames, "--out", tmp_path / "out", "--quiet").exit_code == 0
+    covers = [json.loads((tmp_path / "out" / f"{f.stem}.json").read_text())["cloud_cover"] for f in frames]
+    assert covers[0]["camera_mask"] == str(shared_data / "allsky_wsiseg" / "mask_cam.png")
+    assert covers[0]["valid_pixels"] == int(lens.sum())
+    assert covers[1]["camera_mask"] is None
+    second = cv2.imread(str(frames[1]))
+    assert covers[1]["valid_pixels"] == int((second.max(axis=-1) > 8).sum()) < 0.85 * lens.sum()  # 0.81
+    annotation = cv2.imread(str(data / "annotation" / FRAMES[6]), cv2.IMREAD_GRAYSCALE)
+    classes = cv2.imread(str(tmp_path / "out" / f"{frames[1].stem}_classes.png"), cv2.IMREAD_UNCHANGED)
+    assert np.mean(classes[annotation > 0] > 0) > 0.999  # every labelled sky pixel of camera 2 is valid sky
+
     version = export_model(model, tmp_path / "models", "cloud")
     signature = tf.saved_model.load(str(version)).signatures["predict_cloud"]
-    outputs = signature(image_bytes=tf.constant([frame.read_bytes()]))
-    assert int(outputs["valid_pixels"][0]) == expected["valid_pixels"]
-    assert float(outputs["cloud_fraction_pct"][0]) == pytest.approx(expected["cloud_fraction_pct"], abs=0.05)
-    served = tf.io.decode_png(outputs["class_mask_png_bytes"][0]).numpy()[..., 0]
-    predicted = cv2.imread(str(tmp_path / "out" / f"{frame.stem}_classes.png"), cv2.IMREAD_UNCHANGED)
-    assert np.mean(served == predicted) > 0.999
+    outputs = signature(image_bytes=tf.constant([f.read_bytes() for f in frames]))
+    for index, (frame, expected) in enumerate(zip(frames, covers)):
+        assert int(outputs["valid_pixels"][index]) == expected["valid_pixels"]
+        assert float(outputs["cloud_fraction_pct"][index]) == pytest.approx(expected["cloud_fraction_pct"], abs=0.05)
+        served = tf.io.decode_png(outputs["class_mask_png_bytes"][index]).numpy()[..., 0]
+        predicted = cv2.imread(str(tmp_path / "out" / f"{frame.stem}_classes.png"), cv2.IMREAD_UNCHANGED)
+        assert np.mean(served == predicted) > 0.999
     black = tf.io.encode_png(tf.zeros([64, 64, 3], tf.uint8))
     assert np.isnan(signature(image_bytes=tf.reshape(black, [1]))["cloud_fraction_pct"][0].numpy())
+    metadata = json.loads((version / "assets" / "tfsky_model.json").read_text())
+    assert metadata["cloud_camera_masks"]["files"] == [covers[0]["camera_mask"]]

@@ -58,7 +58,7 @@ def export_cli(
              **tiling_flags(tile, overlap, window, tile_batch, tta)}
     cfg = command_config(ExportConfig, "export", config, set_, flags)
     target = export_model(model, cfg.repo, cfg.name, version=cfg.version, overwrite=overwrite, tiling=cfg.tiling,
-                          precision=cfg.precision)
+                          precision=cfg.precision, cloud=cfg.cloud)
     Console(highlight=False, soft_wrap=True).print(f"exported {model} -> {target}")
 
 

@@ -168,13 +168,19 @@ def evaluate_cloud(
     """Evaluate a cloud segmenter and the baselines on an all-sky cache; write ``eval.json`` and ``eval.md``.
 
     Raises:
-        InputError: ``data`` is not a prepared cache, lacks the split, or no frame could be evaluated.
+        InputError: ``data`` is not a prepared cache, holds frames at a working scale (its labels would be
+            scored at that reduced size), lacks the split, or no frame could be evaluated.
     """
     model_path, data = Path(model_path), Path(data)
     cover = cover or CloudCoverConfig()
+    manifest = read_manifest(data)
+    scale = manifest["config"].get("working_scale")
+    if scale is not None:
+        raise InputError(data, f"the cache holds the frames at a {scale}-px working scale: evaluate on a "
+                         "native-resolution cache of the same frames (prepared with data.working_scale unset), so "
+                         "every predictor is scored on the full-size labels")
     segmenter = TiledSegmenter.load(model_path, tiling)
     threshold = segmenter.info.threshold if threshold is None else threshold  # None: the model's own
-    manifest = read_manifest(data)
     if split not in manifest["splits"]:
         raise InputError(data, f"the cache has no split {split!r} (it has: {', '.join(manifest['splits'])})")
     camera_of = _camera_lookup(manifest)

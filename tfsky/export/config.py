@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from tfsky.errors import ConfigError
+from tfsky.predict.cloud import CloudCoverConfig
 from tfsky.tiling import TilingConfig
 
 
@@ -22,6 +23,8 @@ class ExportConfig:
             mixed-precision model's float16 layers, for a GPU server). Defaults to ``float32``.
         tiling: TilingConfig. In-graph tiling of the ``predict_image`` signature
             (``tile: null`` = the model's training tile).
+        cloud: CloudCoverConfig. Cloud models: the camera masks embedded in the ``predict_cloud``
+            signature (``camera_masks: null`` = the model's training cameras' masks).
     """
 
     name: str = "sky_segmenter"
@@ -29,6 +32,7 @@ class ExportConfig:
     version: Optional[int] = None
     precision: Literal["float32", "as_trained"] = "float32"
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
+    cloud: CloudCoverConfig = dataclasses.field(default_factory=CloudCoverConfig)
 
     def validate(self) -> None:
         if self.version is not None and self.version < 1:

@@ -132,7 +132,7 @@ class PredictTask(Task):
     def load(self) -> None:
         self.segmenter = TiledSegmenter.load(self.model_path, self.config.tiling)
         self.threshold = self.segmenter.mask_threshold(self.config.threshold)
-        self.cover = FrameCover(self.config.cloud, self.threshold) if self.cloud else None
+        self.cover = FrameCover(self.config.cloud, self.threshold, self.segmenter.info) if self.cloud else None
         self.facts = {"model": {"path": str(self.model_path), "id": model_id(self.model_path)},
                       "tfsky_version": __version__}
 

@@ -11,6 +11,8 @@ keeping the truth's L:
 - ``nearest colour``: per pixel, the mean ab of the training pixels of the same lightness
   (1-unit L histogram bins; ab by L-histogram matching).
 
+Every method's colours are brought into sRGB the same way (`tfsky.data.colour.fit_gamut`).
+
 Metrics (per image, then averaged): ``psnr`` and ``ssim`` on sRGB in [0, 1] (`tf.image.ssim`),
 ``ab_l1`` (mean |ab| error in Lab units of the output as displayed, i.e. after the sRGB gamut clip),
 ``colourfulness`` (Hasler and Suesstrunk 2003, on 0..255 RGB) and ``colourfulness_error``
@@ -31,7 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfsky.data.colour import colour_split, lab_of, lab_to_rgb, load_frames
+from tfsky.data.colour import colour_split, fit_gamut, lab_of, lab_to_rgb, load_frames
 from tfsky.errors import InputError
 from tfsky.evaluate.report import Table, markdown_document, write_report
 from tfsky.evaluate.translator import psnr
@@ -137,6 +139,8 @@ def evaluate_colorizer(
 ) -> ColorizeReport:
     """Evaluate the colorizer ``model_path`` on the ``split`` images of its sources; write the report.
 
+    The contact sheet shows ``contact_rows`` images spread evenly over the split.
+
     Raises:
         InputError: the model is not a colorizer, the split is empty, or no image could be evaluated.
         ConfigError: ``split`` is not train or val.
@@ -154,7 +158,8 @@ def evaluate_colorizer(
         paths["train"], cfg.data.load_size, cfg.data.crop_size, cfg.model.colorize.generator_size)])
     colorizer = TiledColorizer.load(model_path, tiling)
     per_image, skipped, sheet = [], [], []
-    for path in paths[split]:
+    shown = set(np.linspace(0, len(paths[split]) - 1, contact_rows).round().astype(int).tolist())  # spread out
+    for index, path in enumerate(paths[split]):
         try:
             image = read_image(path)
             truth_lab = lab_of(image, path)
@@ -164,10 +169,10 @@ def evaluate_colorizer(
         truth = lab_to_rgb(truth_lab).numpy()
         outputs = {"model": colorizer.colorize(image, path) / np.float32(255)}
         for name, ab in training.baselines(truth_lab[..., 0]).items():
-            outputs[name] = lab_to_rgb(np.concatenate([truth_lab[..., :1], ab], axis=-1)).numpy()
+            outputs[name] = lab_to_rgb(fit_gamut(np.concatenate([truth_lab[..., :1], ab], axis=-1))).numpy()
         per_image.append({"image": str(path), "metrics": {name: _metrics(out, truth, truth_lab)
                                                            for name, out in outputs.items()}})
-        if len(sheet) < contact_rows:
+        if index in shown:
             sheet.append(_sheet_row([outputs["grey"], outputs["model"], truth]))
         if on_image is not None:
             on_image(path)

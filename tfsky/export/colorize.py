@@ -7,7 +7,7 @@ Signatures (``serving_default`` is ``colorize_image``):
   The graph is `tfsky.predict.colorize.TiledColorizer` in TensorFlow ops: L of the decoded image
   (`tfsky.export.savedmodel.decode_normalised`), the generator on L squeezed to its input size,
   the hints upsampled to full size (`upsample_hints`), the refinement through the in-graph tiling
-  (`tfsky.tiling.sliding_window_graph`) and the input's L with the predicted ab converted to sRGB.
+  (`tfsky.tiling.sliding_window_graph`) and the input's L with the predicted ab converted to sRGB (desaturated onto the gamut, `fit_gamut`).
   The output name ends in ``_bytes`` so TF Serving's REST API answers it base64-encoded.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfsky.data.colour import AB_SCALE, lab_to_rgb, rgb_to_lab
+from tfsky.data.colour import AB_SCALE, fit_gamut, lab_to_rgb, rgb_to_lab
 from tfsky.export.savedmodel import decode_normalised
 from tfsky.export.warmup import WarmupInputs
 from tfsky.models.bundle import ModelInfo
@@ -77,7 +77,7 @@ class ColorizerModule(tf.Module):
         hints = upsample_hints(coarse, tf.constant([[0.0, 0.0, 1.0, 1.0]]), size)[0]
         refine_in = tf.concat([lightness / 50 - 1, hints], axis=-1)
         ab = sliding_window_graph(refine_in, lambda tiles: self.refiner(tiles, training=False), self.tiling)
-        rgb = lab_to_rgb(tf.concat([lightness, ab * AB_SCALE], axis=-1))
+        rgb = lab_to_rgb(fit_gamut(tf.concat([lightness, ab * AB_SCALE], axis=-1)))
         return tf.io.encode_png(tf.cast(tf.round(rgb * 255), tf.uint8))
 
     def _colorize_image(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -4,13 +4,15 @@
 frame's L squeezed to its input size (it never sees the full frame), the coarse ab is upsampled
 to full resolution row band by row band (`upsample_hints`, as in training), and the refinement
 network runs over [L, hints] through the shared tiling module (`tfsky.tiling`). The output keeps
-the input's exact L (recomputed band by band); only ab is predicted.
+the input's exact L (recomputed band by band); only ab is predicted, and a colour outside sRGB is
+desaturated onto the gamut (`fit_gamut`) rather than clipped, which would change its lightness.
 
 Inputs: 8- or 16-bit grey or colour images (a colour input is converted to L first, which is
 how a colorizer is evaluated). HDR (float) images are refused with one line: tone-map them to
 8 or 16 bits first. Images smaller than the generator's input are squeezed up to it; 1-pixel
-images work. Memory on an 8192x4096 frame: the decoded frame, one float16 [H, W, 3] refinement
-input, the float32 [H, W, 2] tiling accumulator and the uint8 output (about 0.7 GB).
+images work. Memory on an 8192x4096 grey frame, beyond the process: the decoded frame (34 MB),
+the uint8 refinement input (100 MB), the float32 [H, W, 2] tiling accumulator (268 MB) and the uint8
+output (100 MB), never all at once.
 
 `colorize_images` runs a `ColorizeTask` with the job runner (`tfsky.jobs`): inputs, resuming,
 failures and the report are those of ``tfsky predict``. Output: ``<stem>_colour.png``.
@@ -26,7 +28,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from tfsky.data.colour import AB_SCALE, lab_to_rgb, rgb_to_lab, unit_rgb
+from tfsky.data.colour import AB_SCALE, fit_gamut, lab_to_rgb, rgb_to_lab, unit_rgb
 from tfsky.io.images import read_image
 from tfsky.io.writers import write_png
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
@@ -37,7 +39,8 @@ from tfsky.tiling import (TilingConfig, available_memory, choose_tiling, compile
 from tfsky.train.config import TranslatorConfig, trained_config
 
 DEFAULT_TILE = 256  # the refinement is fully convolutional: bigger tiles than its training crops, fewer calls
-_BAND = 512  # rows converted at a time: no full-size float RGB temporary
+_BAND = 32  # rows converted at a time: TF temporaries of a band stay small (8K: 3 MB each)
+_L_STEPS = 2.55  # uint8 steps per L unit in the refinement's input
 
 
 class TiledColorizer:
@@ -69,44 +72,52 @@ class TiledColorizer:
         return cls(model, info, tiling, path)
 
     def predict_tiles(self, tiles) -> tf.Tensor:
-        """[B, t, t, 3] float16 [L, hints] tiles -> refined ab [B, t, t, 2], model units."""
-        return self._refine(tf.cast(tiles, tf.float32))
+        """[B, t, t, 3] uint8 [L, hints] tiles (`_L_STEPS`, ab + 128) -> refined ab [B, t, t, 2], model units."""
+        tiles = tf.cast(tiles, tf.float32)
+        lightness, hints = tiles[..., :1] / _L_STEPS, tiles[..., 1:] - 128
+        return self._refine(tf.concat([lightness / 50 - 1, hints / AB_SCALE], axis=-1))
 
     def colorize(self, image: np.ndarray, source: str | Path = "image",
                  progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-        """uint8 sRGB [H, W, 3] of an 8/16-bit [H, W, 3] image (its L kept, its ab predicted).
+        """uint8 sRGB [H, W, 3] of an 8/16-bit grey [H, W, 1] or colour [H, W, 3] image (its L kept, ab predicted).
+
+        The refinement's input is held as uint8 (L in steps of 1/2.55, hints in whole ab units: far below
+        what the network resolves), the memory of one 8-bit colour frame.
 
         Raises:
             InputError: an HDR (float) image.
         """
         unit_rgb(image[:1, :1], source)  # HDR refused before any work
         height, width = image.shape[:2]
-        refine_in = np.empty((height, width, 3), np.float16)
-        lightness = np.empty((height, width), np.float32)
+        refine_in = np.empty((height, width, 3), np.uint8)
         for rows in _bands(height):
-            lightness[rows] = self._lightness(image[rows])
-        small = cv2.resize(lightness, (self.generator_size, self.generator_size), interpolation=cv2.INTER_AREA)
+            refine_in[rows, :, 0] = np.round(_lightness(image[rows]) * _L_STEPS)
+        small = cv2.resize(np.ascontiguousarray(refine_in[..., 0]), (self.generator_size, self.generator_size),
+                           interpolation=cv2.INTER_AREA) / _L_STEPS
         coarse = self._generate(tf.constant((small / 50 - 1)[None, ..., None], tf.float32))
         for rows in _bands(height):
-            refine_in[rows, :, 0] = lightness[rows] / 50 - 1
-            box = tf.constant([[rows.start / height, 0, min(rows.stop, height) / height, 1]], tf.float32)
-            band = min(rows.stop, height) - rows.start
-            refine_in[rows, :, 1:] = upsample_hints(coarse, box, (band, width)).numpy()[0]
-        del lightness
-        accumulator = height * width * 2 * 4
+            stop = min(rows.stop, height)
+            box = tf.constant([[rows.start / height, 0, stop / height, 1]], tf.float32)
+            hints = upsample_hints(coarse, box, (stop - rows.start, width)).numpy()[0] * AB_SCALE
+            refine_in[rows, :, 1:] = np.clip(np.round(hints) + 128, 0, 255)
+        # still to come: the float32 ab accumulator and the uint8 output (TF keeps the memory the tiles
+        # took, so the output adds to that peak)
+        held = height * width * (2 * 4 + 3)
         tiling = choose_tiling(self.tiling, self.multiple, (height, width),
-                               available_memory(self.tiling.memory_budget, held_bytes=accumulator))
+                               available_memory(self.tiling.memory_budget, held_bytes=held))
         ab = sliding_window_inference(refine_in, self.predict_tiles, tiling, progress=progress)
         del refine_in
         out = np.empty((height, width, 3), np.uint8)
         for rows in _bands(height):
-            lab = tf.concat([rgb_to_lab(unit_rgb(image[rows]))[..., :1], ab[rows] * AB_SCALE], axis=-1)
-            out[rows] = np.round(lab_to_rgb(lab).numpy() * 255).astype(np.uint8)
+            lab = tf.concat([_lightness(image[rows])[..., None], ab[rows] * AB_SCALE], axis=-1)
+            out[rows] = np.round(lab_to_rgb(fit_gamut(lab)).numpy() * 255).astype(np.uint8)
         return out
 
-    @staticmethod
-    def _lightness(band: np.ndarray) -> np.ndarray:
-        return rgb_to_lab(unit_rgb(band)).numpy()[..., 0]
+
+def _lightness(band: np.ndarray) -> np.ndarray:
+    """Exact L [h, W] of a band of an 8/16-bit grey or colour image."""
+    rgb = np.repeat(band, 3, axis=-1) if band.shape[-1] == 1 else band
+    return rgb_to_lab(unit_rgb(rgb)).numpy()[..., 0]
 
 
 def _bands(height: int):
@@ -163,7 +174,8 @@ class ColorizeTask(Task):
         return [stem.parent / f"{stem.name}_colour.png"]
 
     def read(self, source: Path) -> np.ndarray:
-        return read_image(source)
+        image = read_image(source, channels=None)  # a grey frame stays one channel (a third of the memory)
+        return image if image.ndim == 3 else image[..., None]
 
     def load(self) -> None:
         self.colorizer = TiledColorizer.load(self.model_path, self.config.tiling)

@@ -11,10 +11,17 @@ randomly initialised ResNet34 U-Net (float32, 256-pixel tiles, LDR preprocessing
 
 The Ray runs start Ray on this machine themselves (no ``--address``), so their time includes Ray's start
 (a few seconds): (b) / (a) is the engine's whole overhead as a one-machine user sees it (target <= 1.10).
-The masks of (b) and (c) are checked byte for byte against (a). The load average is recorded before and
-after: on a shared 2-core machine (c) can only show a speed-up if both cores are otherwise idle.
+The masks of (b) and (c) are checked byte for byte against (a).
 
-Usage: python scripts/bench_batch.py [--threads 1] [--size 8192x4096] [--out scripts/results/bench_batch.json]
+A shared machine's load drifts by minutes, so one run per engine compares moments, not engines. The
+engines run in ``--rounds`` rounds, each in a rotated order (a b c, b c a, c a b, ...), and each engine is
+summarised by its medians over the rounds: wall time, the model time its sidecars record (``seconds``: the
+tiled prediction alone) summed over the images of a run, and that per image. The first ratio includes everything the engine
+adds (start-up, Ray, scheduling, decode and encode in the workers); the second shows whether the work
+itself ran slower. The 1-minute load average is recorded before and after every run.
+
+Usage: python scripts/bench_batch.py [--threads 1] [--size 8192x4096] [--rounds 3]
+       [--out scripts/results/bench_batch.json]
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="TensorFlow threads of the local run and per worker.")
     parser.add_argument("--size", default="8192x4096", help="WIDTHxHEIGHT of the upscaled panoramas.")
+    parser.add_argument("--rounds", type=int, default=3, help="Runs of each engine, interleaved (median reported).")
     parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "bench_batch.json")
     parser.add_argument("--workdir", type=Path, help="Keep images, model and outputs here (default: a temp dir).")
     args = parser.parse_args()
@@ -51,7 +60,7 @@ def main() -> None:
         workdir = args.workdir or Path(temp)
         workdir.mkdir(parents=True, exist_ok=True)
         images = setup(workdir, width, height)
-        results = run_all(workdir, images, args.threads)
+        results = run_all(workdir, images, args.threads, args.rounds)
     results["panorama_size"] = {"width": width, "height": height}
     from tfsky.io.atomic import write_json
 
@@ -89,37 +98,67 @@ def setup(workdir: Path, width: int, height: int) -> Path:
     return images
 
 
-def run_all(workdir: Path, images: Path, threads: int) -> dict:
-    """Each engine once, in the order local, Ray 1 worker, Ray 2 workers; masks compared with the local run."""
+def run_all(workdir: Path, images: Path, threads: int, rounds: int) -> dict:
+    """Every engine once per round, in a rotated order; medians per engine; masks compared with the local run."""
     load_before = os.getloadavg()
-    from tfsky.ray_engine import thread_limits
-
-    env = dict(os.environ, **thread_limits(threads))  # the local run; Ray workers get the same from the engine
+    names = list(ENGINES)
     count = len(list(images.iterdir()))
-    runs = {}
-    for name, flags in ENGINES.items():
-        command = [sys.executable, "-m", "tfsky.cli.main", "predict", "-m", str(workdir / "model.keras"), str(images),
-                   "-o", str(workdir / name), "--overwrite", "--quiet", *flags]
-        if flags:
-            command += ["--cpus-per-worker", str(threads)]
-        start = time.perf_counter()
-        subprocess.run(command, env=env, check=True)
-        seconds = time.perf_counter() - start
-        runs[name] = {"seconds": round(seconds, 1), "images_per_second": round(count / seconds, 4),
-                      "load_average_after": round(os.getloadavg()[0], 2)}
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for round_number in range(rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            runs[name].append(run_once(workdir, images, name, threads))
+            print(f"round {round_number + 1} {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
+    summary = {name: summarise(runs[name], count) for name in names}
     return {
         "note": "shared machine (2 CPU cores used by several engineers at once): timings drift with the load",
         "model": "ResNet34 U-Net, random init, float32, 256-px tiles, overlap 0.25, batches of 8",
         "images": count,
         "threads_per_worker": threads,
+        "rounds": rounds,
         "load_average_before": [round(value, 2) for value in load_before],
         "load_average_after": [round(value, 2) for value in os.getloadavg()],
+        "engines": summary,
+        "ray_1_worker_over_local_wall": ratio(summary, "ray_1_worker", "local", "median_seconds"),
+        "ray_1_worker_over_local_model_time": ratio(summary, "ray_1_worker", "local", "median_model_seconds_per_run"),
+        "ray_2_workers_speed_up_over_1": ratio(summary, "ray_1_worker", "ray_2_workers", "median_seconds"),
+        "masks_equal_to_local": {name: masks_equal(workdir / "local", workdir / name) for name in names
+                                 if name != "local"},
         "runs": runs,
-        "ray_1_worker_over_local": round(runs["ray_1_worker"]["seconds"] / runs["local"]["seconds"], 3),
-        "ray_2_workers_speed_up_over_1": round(runs["ray_1_worker"]["seconds"] / runs["ray_2_workers"]["seconds"], 3),
-        "masks_equal_to_local": {name: masks_equal(workdir / "local", workdir / name) for name in ENGINES if
-                                 name != "local"},
     }
+
+
+def run_once(workdir: Path, images: Path, name: str, threads: int) -> dict:
+    """One whole ``tfsky predict --overwrite`` process of engine ``name``: wall time, model times, load."""
+    from tfsky.ray_engine import thread_limits
+
+    env = dict(os.environ, **thread_limits(threads))  # the local run; Ray workers get the same from the engine
+    flags = ENGINES[name]
+    command = [sys.executable, "-m", "tfsky.cli.main", "predict", "-m", str(workdir / "model.keras"), str(images),
+               "-o", str(workdir / name), "--overwrite", "--quiet", *flags]
+    if flags:
+        command += ["--cpus-per-worker", str(threads)]
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True)
+    seconds = time.perf_counter() - start
+    model_seconds = sorted(json.loads(path.read_text())["seconds"] for path in (workdir / name).glob("*.json"))
+    return {"seconds": round(seconds, 1), "model_seconds": model_seconds,
+            "load_average_before": round(load, 2), "load_average_after": round(os.getloadavg()[0], 2)}
+
+
+def summarise(runs: list[dict], count: int) -> dict:
+    """Medians over the rounds: wall time (and images/s from it), and the per-image model time of all runs."""
+    median_seconds = statistics.median(run["seconds"] for run in runs)
+    return {"median_seconds": round(median_seconds, 1), "images_per_second": round(count / median_seconds, 4),
+            "median_model_seconds_per_image": round(statistics.median(
+                value for run in runs for value in run["model_seconds"]), 3),
+            "median_model_seconds_per_run": round(statistics.median(sum(run["model_seconds"]) for run in runs), 1),
+            "seconds_per_round": [run["seconds"] for run in runs]}
+
+
+def ratio(summary: dict, top: str, bottom: str, key: str) -> float:
+    return round(summary[top][key] / summary[bottom][key], 3)
 
 
 def masks_equal(reference: Path, other: Path) -> bool:

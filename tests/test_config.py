@@ -137,7 +137,7 @@ def _shipped_schemas():
     from tfsky.train.config import ClassifierConfig, SegmenterConfig, TranslatorConfig
 
     schemas = {"translate_cam623": (TranslateConfig, "translate")}
-    translators = ("pix2pix_clear2cloudy", "vae_clear2cloudy", "translator_tiny")
+    translators = ("pix2pix_clear2cloudy", "vae_clear2cloudy", "translator_tiny", "colorize_cpu", "colorize_tiny")
     schemas |= {name: (TranslatorConfig, None) for name in translators}
     schemas |= {name: (SegmenterConfig, None) for name in ("sky_ldr", "sky_hdr", "sky_tiny", "sky_ldr_cpu",
                                                            "cloud_tiny", "cloud_wsiseg")}

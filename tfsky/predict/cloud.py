@@ -236,8 +236,8 @@ def training_camera_masks(info: Optional["ModelInfo"]) -> list[Path]:
                 continue
             if not path.is_file():
                 raise InputError(path, f"camera mask of the model's training camera {camera.get('name')} not found "
-                                 "(set cloud.camera_masks to the masks on this machine, or [] to use each frame's "
-                                 "pixels brighter than dark_level)")
+                                 "(set predict.cloud.camera_masks or export.cloud.camera_masks to the masks on this "
+                                 "machine, or [] to use each frame's pixels brighter than dark_level)")
             paths.append(path)
     return paths
 

@@ -125,6 +125,15 @@ def test_predict_with_a_classifier_reports_a_bad_file_and_an_hdr_image_and_goes_
     assert [row["file"] for row in table(tmp_path / "out" / TABLE)] == [str(folder / "good.png")]
 
 
+def test_predict_with_a_classifier_refuses_segmenter_flags_in_one_line(served, cli, tmp_path):
+    result = cli("predict", "-m", served["model"], served["photos"], "-o", tmp_path / "out", "--tile", "64",
+                 "--threshold", "0.4")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (f"Error: {served['model']}: is a weather classifier: --threshold, --tile apply "
+                                     "to segmenters only")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("rest", [False, True])
 def test_client_predict_with_a_served_classifier_matches_local_prediction(served, cli, tmp_path, rest):
     photos, out = served["photos"], tmp_path / "out"

@@ -45,17 +45,22 @@ def predict_cli(
     Options come from the ``predict:`` section of --config, then --set, then the flags above.
     ``--engine ray`` spreads the images over the workers of a Ray cluster (same outputs).
     With a weather classifier: a JSON sidecar per image with the class probabilities, and classification.csv
-    for the job (the segmenter options do not apply).
+    for the job (the segmenter options are refused).
     """
     from tfsky.predict.batch import PredictConfig, predict_many
+    from tfsky.errors import InputError
     from tfsky.predict.classify import classify_many, is_classifier
 
     flags = {"threshold": threshold, "prob_format": prob_format,
              **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget)}
     cfg = command_config(PredictConfig, "predict", config, set_, flags)
+    classifier = is_classifier(model)
+    segmenter_flags = [f"--{key.split('.')[-1].replace('_', '-')}" for key, value in flags.items() if value is not None]
+    if classifier and segmenter_flags:
+        raise InputError(model, f"is a weather classifier: {', '.join(segmenter_flags)} apply to segmenters only")
     runner = make_engine(engine, address, workers, gpus_per_worker, cpus_per_worker)
     with JobProgress(quiet) as listener:
-        if is_classifier(model):
+        if classifier:
             report = classify_many(model, inputs, out, overwrite=overwrite, listener=listener, engine=runner)
         else:
             report = predict_many(model, inputs, out, cfg, overwrite=overwrite, listener=listener, engine=runner)

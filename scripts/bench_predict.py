@@ -1,27 +1,30 @@
-"""Benchmark `tfsky predict` on a synthetic 8K HDR panorama against pure forward passes and the seed's approach.
+"""Benchmark full-8K sky masks: tile size / overlap vs seams and agreement, the pixel limit, batch overhead.
 
-Measured in one run, each part in its own process (peak RSS via ``os.wait4``):
+Everything runs the real trained ResNet34 U-Net (``--model``, default the leave-SkyFinder-out fold of
+``configs/sky_ldr_cpu.yaml``; nothing is trained here) on a real photo upscaled to 8192x4096 (a
+Cityscapes frame, 2048x1024, cv2 linear x4, written as PNG). Each part runs in its own process, so
+its peak RSS (``os.wait4``) is its own:
 
-1. Overhead: ``tfsky predict`` (overlap 0.25, gaussian window, batches of 8) vs
-   pure forward passes of the same model over the same number of tiles in
-   batches of the same size, timed BEFORE and AFTER the tiled run and averaged
-   (the machine drifts by up to +-15 %). Both start from an untraced
-   ``tf.function``. The ratio uses the prediction time the sidecar records; the
-   whole process (startup, model load, decode, output files) is reported too.
-2. Peak RSS of the whole ``tfsky predict`` process.
-3. The seed's approach: ``tf.image.extract_patches`` of all non-overlapping
-   patches at once, ``model.predict``, reshape back ("unpatchify"): time, peak
-   RSS and seam score (`tfsky.tiling.seam_score`) next to ours.
+1. ``sweep``: seam score (`tfsky.tiling.seam_score`) and mask agreement with a reference (tile 1024,
+   overlap 128 px, taken as ground truth) for tiles 256..1024 x overlaps 0..128 px, full-resolution
+   tiling (``resolution: full``) of a 2048x1024 crop of the 8K image (the whole 8K image per setting
+   would take hours on this shared CPU); also the per-pixel forward cost of one 1024-px tile and of
+   the old 256-px x 8 batches.
+2. ``reference``: the 8K image with the reference tiling; its mask is kept for the next part.
+3. ``auto``: the 8K image in-process with the defaults (``tile: auto`` at the default budget,
+   ``resolution: full``): wall, agreement with the reference, seam score;
+   ``pixel_limit_ratio`` = wall / (image pixels x per-pixel cost of one 1024-px tile). Then the
+   working-scale path (``resolution: working``, the default for this model) on the same image.
+4. ``tfsky predict`` as a user runs it (whole process: start-up, model load, decode, outputs) on
+   ``--batch-full`` copies at full resolution (``batch_overhead_ratio`` = wall per image / the
+   in-process time of part 3) and on ``--batch-working`` copies at the working scale.
 
-The image is /work/shared/data/hdr_polyhaven_1k/quarry_01_1k.hdr upscaled with
-cv2.resize and written as an uncompressed float32 .tif (the input of all three
-measurements); the model is a randomly initialised ResNet34 U-Net (float32)
-saved as a tfsky model with 256-pixel tiles and the log preprocessing. The
-peak RSS of decoding the same image from a zlib TIFF and a half-float EXR
-(`tfsky.io.images.read_image` alone, no TensorFlow) is reported beside it,
-because the decoder's temporary memory adds to the peak of ``tfsky predict``.
+The load average is recorded before each part: the machine is shared. ``--parts`` runs some parts
+only; their results are merged into ``--out``. Old figures (256-px tiles, 25 % overlap, the seed's
+approach) are those of the committed run of the previous version of this script (random-init
+ResNet34, HDR input), kept under ``previous`` for comparison.
 
-Usage: python scripts/bench_predict.py [--size 8192x4096] [--out scripts/results/bench_predict.json]
+Usage: python scripts/bench_predict.py [--batch-full 2] [--batch-working 6] [--out scripts/results/bench_predict.json]
 """
 
 from __future__ import annotations
@@ -38,82 +41,102 @@ from pathlib import Path
 import tfsky  # noqa: F401  (Keras 2 mode before TensorFlow is imported)
 
 HERE = Path(__file__).resolve()
-SOURCE_HDR = HERE.parents[2] / "shared" / "data" / "hdr_polyhaven_1k" / "quarry_01_1k.hdr"
-TILE, OVERLAP, TILE_BATCH = 256, 0.25, 8
-DECODED_FORMATS = {"tif": "image.tif", "zlib_tif": "image_zlib.tif", "exr": "image.exr"}
+DATA = HERE.parents[2] / "shared" / "data"
+PHOTO = DATA / "sky_cityscapes" / "images" / "aachen_000000_000019_leftImg8bit.jpg"
+MODEL = sorted((HERE.parents[1] / "runs" / "sky_ldr_cpu-without-skyfinder").glob("*/best.keras"))[-1:]
+SIZE = (4096, 8192)  # --size sets it (height, width)
+REFERENCE = (1024, 128)  # tile, overlap px
+TILES, OVERLAPS = (256, 384, 512, 768, 1024), (0, 32, 64, 128)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="8192x4096", help="WIDTHxHEIGHT of the synthetic image.")
+    parser.add_argument("--model", type=Path, default=MODEL[0] if MODEL else None)
+    parser.add_argument("--batch-full", type=int, default=2)
+    parser.add_argument("--batch-working", type=int, default=6)
     parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "bench_predict.json")
-    parser.add_argument("--workdir", type=Path, help="Keep the image, model and outputs here (default: a temp dir).")
-    parser.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one measured part in this process
+    parser.add_argument("--size", default="8192x4096", help="WIDTHxHEIGHT of the upscaled image.")
+    parser.add_argument("--crop", default="2048x1024", help="WIDTHxHEIGHT of the sweep's crop (around the sky line).")
+    parser.add_argument("--tiles", default="256,384,512,768,1024", help="Tiles of the sweep.")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"Parts to run, of {','.join(PARTS)}.")
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    width, height = map(int, args.size.lower().split("x"))
+    global SIZE, CROP, TILES
+    SIZE = tuple(map(int, args.size.lower().split("x")))[::-1]
+    CROP = tuple(map(int, args.crop.lower().split("x")))[::-1]
+    TILES = tuple(map(int, args.tiles.split(",")))
     if args.phase:
-        PHASES[args.phase](args.workdir, width, height)
+        PHASES[args.phase](args.workdir, args.model)
         return
+    existing = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if "parts" not in existing:  # a result of the previous version of this script: kept for comparison
+        existing = {"previous": existing}
     with tempfile.TemporaryDirectory(prefix="bench_predict.") as temp:
         workdir = args.workdir or Path(temp)
         workdir.mkdir(parents=True, exist_ok=True)
-        results = run_all(workdir, width, height)
+        new = run_all(workdir, args.model, args.batch_full, args.batch_working, args.parts.split(","))
+    results = {**existing, **new, "parts": sorted(set(existing.get("parts", [])) | set(new["parts"]))}
     from tfsky.io.atomic import write_json
 
     write_json(args.out, results)
-    print(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k != "previous"}, indent=1))
 
 
-def run_all(workdir: Path, width: int, height: int) -> dict:
-    """Setup, then pure -> tiled -> pure -> seed, each in a fresh process; returns the results."""
-    run_phase("setup", workdir, width, height)
-    before = run_phase("pure", workdir, width, height)
-    tiled_wall, tiled_rss = measure([
-        sys.executable, "-m", "tfsky.cli.main", "predict", "-m", str(workdir / "model.keras"),
-        str(workdir / "image.tif"), "-o", str(workdir / "ours"), "--overlap", str(OVERLAP),
-        "--tile-batch", str(TILE_BATCH), "--window", "gaussian", "--prob-format", "tif", "--overwrite", "--quiet",
-    ])
-    after = run_phase("pure", workdir, width, height)
-    seed = run_phase("seed", workdir, width, height)
-    decoders = {name: run_phase(f"read_{name}", workdir, width, height)["peak_rss_gb"] for name in DECODED_FORMATS}
-    sidecar = json.loads((workdir / "ours" / "image.json").read_text())
-    pure = (before["seconds"] + after["seconds"]) / 2
-    return {
-        "note": "shared machine (2 CPU cores used by several engineers at once): timings drift",
-        "image": {"width": width, "height": height, "source": SOURCE_HDR.name, "format": "uncompressed float32 .tif"},
-        "model": "ResNet34 U-Net, random init, float32, log preprocessing",
-        "tiling": {"tile": TILE, "overlap": OVERLAP, "window": "gaussian", "tile_batch": TILE_BATCH,
-                   "tiles": sidecar["tiles"]},
-        "pure_forward_seconds": {"before": before["seconds"], "after": after["seconds"], "mean": round(pure, 2),
-                                 "first_call_with_trace": [before["first_call"], after["first_call"]]},
-        "tfsky_predict": {
-            "prediction_seconds": sidecar["seconds"],
-            "ratio_to_pure_forward": round(sidecar["seconds"] / pure, 4),
-            "process_wall_seconds": round(tiled_wall, 2),
-            "process_ratio_to_pure_forward": round(tiled_wall / pure, 4),
-            "peak_rss_gb": tiled_rss,
-            "seam_score": ours_seam(workdir, width, height),
-        },
-        "pure_forward_peak_rss_gb": before["peak_rss_gb"],
-        "decode_only_peak_rss_gb": decoders,
-        "seed_extract_patches_unpatchify": {
-            "tiles": seed["tiles"],
-            "seconds": seed["seconds"],
-            "ratio_to_pure_forward_per_tile": round(seed["seconds"] * sidecar["tiles"] / seed["tiles"] / pure, 4),
-            "peak_rss_gb": seed["peak_rss_gb"],
-            "seam_score": seed["seam_score"],
-        },
-    }
+def run_all(workdir: Path, model: Path, batch_full: int, batch_working: int, parts: list[str]) -> dict:
+    setup(workdir)
+    results = {"model": str(model), "image": f"{PHOTO.name} upscaled to {SIZE[1]}x{SIZE[0]} (PNG)",
+               "cpu_count": os.cpu_count(), "parts": parts}
+    for phase in ("sweep", "reference", "auto", "working"):
+        if phase in parts:
+            results[phase] = run_phase(phase, workdir, model)
+    if "auto" in results:
+        results["pixel_limit_ratio"] = results["auto"]["pixel_limit_ratio"]
+        results["mask_agreement"] = results["auto"]["full"]["mask_agreement"]
+    for mode, count in (("full", batch_full), ("working", batch_working)):
+        if f"batch_{mode}" not in parts:
+            continue
+        inputs = workdir / f"batch_{mode}"
+        inputs.mkdir(exist_ok=True)
+        for index in range(count):
+            link = inputs / f"pano{index}.png"
+            if not link.exists():
+                link.symlink_to(workdir / "image.png")
+        load = os.getloadavg()
+        wall, rss = measure([sys.executable, "-m", "tfsky.cli.main", "predict", "-m", str(model), str(inputs),
+                             "-o", str(workdir / f"out_{mode}"), "--resolution", mode, "--overwrite", "-q"])
+        sidecars = [json.loads(p.read_text()) for p in sorted((workdir / f"out_{mode}").glob("pano*.json"))]
+        in_process = results["auto"]["full"]["seconds"] if mode == "full" else results["working"]["seconds"]
+        results[f"tfsky_predict_{mode}"] = {
+            "images": count, "wall_seconds": round(wall, 2), "wall_per_image": round(wall / count, 2),
+            "ratio_to_in_process": round(wall / count / in_process, 3), "peak_rss_gb": rss,
+            "prediction_seconds_in_sidecars": [s["seconds"] for s in sidecars],
+            "tile": sidecars[0]["tile"] if sidecars else None, "images_per_hour": round(3600 * count / wall, 1),
+            "load_average_before": load}
+        results[f"batch_overhead_ratio{'' if mode == 'full' else '_working_scale'}"] = results[
+            f"tfsky_predict_{mode}"]["ratio_to_in_process"]
+    return results
 
 
-def run_phase(phase: str, workdir: Path, width: int, height: int) -> dict:
-    """Run one phase of this script in a fresh process; returns its JSON result plus its peak RSS."""
+def setup(workdir: Path) -> None:
+    """The 8K image (a real photo upscaled) as PNG."""
+    import cv2
+
+    from tfsky.io.images import read_image
+    from tfsky.io.writers import write_png
+
+    if not (workdir / "image.png").exists():
+        write_png(workdir / "image.png", cv2.resize(read_image(PHOTO), SIZE[::-1], interpolation=cv2.INTER_LINEAR))
+
+
+def run_phase(phase: str, workdir: Path, model: Path) -> dict:
     result = workdir / f"{phase}.json"
     result.unlink(missing_ok=True)
-    _, rss = measure([sys.executable, str(HERE), "--phase", phase, "--workdir", str(workdir),
-                      "--size", f"{width}x{height}"])
-    data = json.loads(result.read_text()) if result.exists() else {}
-    return dict(data, peak_rss_gb=rss)
+    load = os.getloadavg()
+    _, rss = measure([sys.executable, str(HERE), "--phase", phase, "--workdir", str(workdir), "--model", str(model),
+                      "--size", f"{SIZE[1]}x{SIZE[0]}", "--crop", f"{CROP[1]}x{CROP[0]}",
+                      "--tiles", ",".join(map(str, TILES))])
+    return dict(json.loads(result.read_text()), peak_rss_gb=rss, load_average_before=load)
 
 
 def measure(command: list[str]) -> tuple[float, float]:
@@ -122,110 +145,136 @@ def measure(command: list[str]) -> tuple[float, float]:
     child = subprocess.Popen(command)
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed with exit code {child.returncode}")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed with exit code {os.waitstatus_to_exitcode(status)}")
     return seconds, round(usage.ru_maxrss * 1024 / 1e9, 3)  # ru_maxrss is in KiB on Linux
 
 
-def setup(workdir: Path, width: int, height: int) -> None:
-    """Write the upscaled HDR image and the ResNet34 U-Net model."""
-    import cv2
-    import tifffile
+def _segmenter(model: Path, **tiling):
+    from tfsky.predict.segment import TiledSegmenter
+    from tfsky.tiling import TilingConfig
 
-    from tfsky.data.transforms import Preprocess
-    from tfsky.io.atomic import atomic_path
-    from tfsky.io.images import read_image
-    from tfsky.io.writers import write_exr, write_tif
-    from tfsky.models.bundle import ModelInfo, save_model
-    from tfsky.models.segmenter import SegmenterModelConfig, build_segmenter
-
-    image = cv2.resize(read_image(SOURCE_HDR), (width, height), interpolation=cv2.INTER_LINEAR)
-    with atomic_path(workdir / "image.tif") as tmp:
-        tifffile.imwrite(tmp, image)  # uncompressed
-    write_tif(workdir / "image_zlib.tif", image)
-    write_exr(workdir / "image.exr", image)
-    model = build_segmenter(SegmenterModelConfig(backbone="resnet34", precision="float32"), in_channels=3)
-    info = ModelInfo(task="segmenter", preprocess=Preprocess(mode="log", output_scale=0.25), tile_size=TILE)
-    save_model(model, workdir / "model.keras", info)
+    return TiledSegmenter.load(model, TilingConfig(**{"resolution": "full", **tiling}))
 
 
-def pure(workdir: Path, width: int, height: int) -> None:
-    """Time a fresh ``tf.function`` of the model over pre-cut, pre-normalised tile batches."""
+def _timed_probability(segmenter, image) -> tuple[float, "object"]:
+    start = time.perf_counter()
+    probability = segmenter.sky_probability(image)
+    return time.perf_counter() - start, probability
+
+
+def _per_pixel_seconds(segmenter, tile: int, batch: int) -> float:
+    """Best of 2 calls of the compiled model on a [batch, tile, tile, 3] batch (after a warm-up), per input pixel."""
     import numpy as np
-    import tensorflow as tf
+
+    tiles = np.random.default_rng(0).integers(0, 256, (batch, tile, tile, 3), dtype=np.uint8)
+    segmenter.predict_tiles(tiles).numpy()
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        segmenter.predict_tiles(tiles).numpy()
+        best = min(best, time.perf_counter() - start)
+    return best / (batch * tile * tile)
+
+
+def _agreement(mask, reference) -> float:
+    return float((mask == reference).mean())
+
+
+def sweep(workdir: Path, model: Path) -> None:
+    from tfsky.io.images import read_image
+    from tfsky.tiling import computed_pixels, seam_score
+
+    top, left = SIZE[0] // 4, (SIZE[1] - CROP[1]) // 2  # around the sky line
+    image = read_image(workdir / "image.png")[top : top + CROP[0], left : left + CROP[1]]
+    reference_seg = _segmenter(model, tile=REFERENCE[0], overlap=REFERENCE[1] / REFERENCE[0], tile_batch=1)
+    threshold = reference_seg.mask_threshold()
+    cost = {"tile_1024_batch_1": _per_pixel_seconds(reference_seg, 1024, 1),
+            "tile_512_batch_2": _per_pixel_seconds(reference_seg, 512, 2),
+            "tile_256_batch_8": _per_pixel_seconds(reference_seg, 256, 8)}
+    _, reference = _timed_probability(reference_seg, image)
+    reference_mask = reference >= threshold
+    rows = []
+    for tile in TILES:
+        for overlap_px in OVERLAPS:
+            overlap = overlap_px / tile
+            segmenter = _segmenter(model, tile=tile, overlap=overlap, tile_batch=max(1, 8 * 256**2 // tile**2))
+            seconds, probability = _timed_probability(segmenter, image)
+            rows.append({"tile": tile, "overlap_px": overlap_px, "seconds": round(seconds, 2),
+                         "pixel_ratio": round(computed_pixels(*image.shape[:2], tile, overlap, 32) / image.shape[0]
+                                              / image.shape[1], 3),
+                         "seam_score": round(seam_score(probability, tile, overlap, 32), 3),
+                         "mask_agreement": round(_agreement(probability >= threshold, reference_mask), 5),
+                         "max_probability_difference": round(float(abs(probability - reference).max()), 4)})
+            print(rows[-1], flush=True)
+    _write(workdir, "sweep", {"crop": f"{image.shape[1]}x{image.shape[0]}", "threshold": threshold,
+                              "reference": {"tile": REFERENCE[0], "overlap_px": REFERENCE[1]},
+                              "seconds_per_pixel": {k: round(v * 1e6, 4) for k, v in cost.items()},
+                              "seconds_per_pixel_unit": "microseconds", "settings": rows})
+
+
+def reference(workdir: Path, model: Path) -> None:
+    import numpy as np
 
     from tfsky.io.images import read_image
-    from tfsky.models.bundle import load_model
-    from tfsky.tiling import tile_starts
 
-    model, info = load_model(workdir / "model.keras")
-    image = read_image(workdir / "image.tif")
-    starts_y, starts_x = tile_starts(height, TILE, OVERLAP).numpy(), tile_starts(width, TILE, OVERLAP).numpy()
-    tiles = [image[y : y + TILE, x : x + TILE] for y in starts_y for x in starts_x]
-    batches = [info.preprocess.apply(np.stack(tiles[i : i + TILE_BATCH])) for i in range(0, len(tiles), TILE_BATCH)]
-    count = len(tiles)
-    del image, tiles
-    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
-    forward = tf.function(lambda tiles: model(tiles, training=False), input_signature=[spec])
-    start = time.perf_counter()
-    forward(batches[0]).numpy()
-    first_call = time.perf_counter() - start
-    for batch in batches[1:]:
-        forward(batch).numpy()
-    seconds = time.perf_counter() - start
-    _write_result(workdir, "pure", {"seconds": round(seconds, 2), "first_call": round(first_call, 2),
-                                    "tiles": count})
+    segmenter = _segmenter(model, tile=REFERENCE[0], overlap=REFERENCE[1] / REFERENCE[0], tile_batch=1)
+    seconds, probability = _timed_probability(segmenter, read_image(workdir / "image.png"))
+    np.save(workdir / "reference_mask.npy", probability >= segmenter.mask_threshold())
+    _write(workdir, "reference", {"seconds": round(seconds, 2), "tile": REFERENCE[0], "overlap_px": REFERENCE[1],
+                                  "tiles": segmenter.tile_count(*SIZE)})
 
 
-def seed(workdir: Path, width: int, height: int) -> None:
-    """The seed pipeline: all non-overlapping patches at once, model.predict, reshape back."""
-    import tensorflow as tf
+def auto(workdir: Path, model: Path) -> None:
+    import dataclasses
+
+    import numpy as np
 
     from tfsky.io.images import read_image
-    from tfsky.models.bundle import load_model
-    from tfsky.tiling import seam_score
+    from tfsky.tiling import computed_pixels, seam_score
 
-    model, info = load_model(workdir / "model.keras")
-    image = read_image(workdir / "image.tif")
-    start = time.perf_counter()
-    normalised = info.preprocess.apply(image[None])
-    patches = tf.image.extract_patches(normalised, [1, TILE, TILE, 1], [1, TILE, TILE, 1], [1, 1, 1, 1], "VALID")
-    rows, cols = int(patches.shape[1]), int(patches.shape[2])
-    patches = tf.reshape(patches, [rows * cols, TILE, TILE, 3])
-    probs = model.predict(patches, batch_size=TILE_BATCH, verbose=0)
-    prob = probs.reshape(rows, cols, TILE, TILE).transpose(0, 2, 1, 3).reshape(rows * TILE, cols * TILE)
-    seconds = time.perf_counter() - start
-    _write_result(workdir, "seed", {"seconds": round(seconds, 2), "tiles": rows * cols,
-                                    "seam_score": round(seam_score(prob, TILE, 0.0), 4)})
+    image = read_image(workdir / "image.png")
+    reference = workdir / "reference_mask.npy"
+    segmenter = _segmenter(model)
+    per_pixel = _per_pixel_seconds(segmenter, 1024, 1)
+    seconds, probability = _timed_probability(segmenter, image)
+    tiling = segmenter.tiling_for(*SIZE)
+    full = {"seconds": round(seconds, 2), "tiling": dataclasses.asdict(tiling), "tiles": segmenter.tile_count(*SIZE),
+            "pixel_ratio": round(computed_pixels(*SIZE, tiling.tile, tiling.overlap, 32) / (SIZE[0] * SIZE[1]), 3),
+            "mask_agreement": round(_agreement(probability >= segmenter.mask_threshold(), np.load(reference)), 5)
+            if reference.exists() else None,
+            "seam_score": round(seam_score(probability, tiling.tile, tiling.overlap, 32), 3)}
+    _write(workdir, "auto", {"seconds_per_pixel_1024_tile_us": round(per_pixel * 1e6, 4),
+                             "pixel_limit_ratio": round(seconds / (SIZE[0] * SIZE[1] * per_pixel), 3), "full": full})
 
 
-def ours_seam(workdir: Path, width: int, height: int) -> float:
+def working(workdir: Path, model: Path) -> None:
+    """The working-scale path (the default for this model) on the 8K image, in-process."""
+    import dataclasses
+
+    import numpy as np
+
     from tfsky.io.images import read_image
-    from tfsky.tiling import seam_score
 
-    prob = read_image(workdir / "ours" / "image_prob.tif", channels=None)[..., 0]
-    return round(seam_score(prob, TILE, OVERLAP), 4)
+    image = read_image(workdir / "image.png")
+    segmenter = _segmenter(model, resolution="working")
+    seconds, probability = _timed_probability(segmenter, image)
+    reference = workdir / "reference_mask.npy"
+    _write(workdir, "working", {
+        "seconds": round(seconds, 2), "tiles": segmenter.tile_count(*SIZE),
+        "tiling": dataclasses.asdict(segmenter.tiling_for(*SIZE)),
+        "mask_agreement_with_full_reference": round(_agreement(probability >= segmenter.mask_threshold(),
+                                                               np.load(reference)), 5) if reference.exists() else None})
 
 
-def _write_result(workdir: Path, phase: str, data: dict) -> None:
+def _write(workdir: Path, phase: str, data: dict) -> None:
     from tfsky.io.atomic import write_json
 
     write_json(workdir / f"{phase}.json", data)
 
 
-def decode(name: str):
-    """A phase that only decodes the image from one file format (no TensorFlow)."""
-
-    def read(workdir: Path, width: int, height: int) -> None:
-        from tfsky.io.images import read_image
-
-        read_image(workdir / DECODED_FORMATS[name])
-
-    return read
-
-
-PHASES = {"setup": setup, "pure": pure, "seed": seed} | {f"read_{name}": decode(name) for name in DECODED_FORMATS}
+PHASES = {"sweep": sweep, "reference": reference, "auto": auto, "working": working}
+PARTS = ("sweep", "reference", "auto", "working", "batch_full", "batch_working")
 
 if __name__ == "__main__":
     main()

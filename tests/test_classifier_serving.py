@@ -158,6 +158,19 @@ def test_client_predict_with_a_served_classifier_matches_local_prediction(served
     assert {p: p.stat().st_ino for p in inodes} == inodes
 
 
+def test_client_predict_with_a_classifier_reports_bad_files_and_goes_on(served, cli, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(sky_photo(5, True)).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    Image.fromarray(sky_photo(6, False)).save(folder / "tiff.tif")  # not sent as it is: re-encoded as PNG
+    result = cli("client", "predict", folder, "-o", tmp_path / "out", "--server", served["grpc"], "--model", "weather")
+    assert result.exit_code == 1
+    assert str(folder / "broken.png") in result.stderr and "done 2, skipped 0, failed 1" in result.stdout
+    assert [row["file"] for row in table(tmp_path / "out" / TABLE)] == [str(folder / "good.png"),
+                                                                        str(folder / "tiff.tif")]
+
+
 def test_client_classify_image_and_tiles_of_a_classifier_export(served, cli, tmp_path):
     with Client(served["grpc"]) as client:
         answer = client.classify_image("weather", (served["photos"] / "blue.png").read_bytes())

@@ -14,15 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-import grpc
 import tensorflow as tf
 
 from tfsky.io.atomic import write_json
 from tfsky.io.images import image_size
 from tfsky.jobs import Decoded, Item, Listener, Report, Task, run_job
 from tfsky.predict.classify import classification, read_ldr, sidecar_path, write_classification_table
-from tfsky.serving.client import CLASSIFY_SIGNATURE, Client, ServingRequestError
-from tfsky.serving.jobs import ENCODED_SUFFIXES
+from tfsky.serving.client import CLASSIFY_SIGNATURE, Client
+from tfsky.serving.jobs import ENCODED_SUFFIXES, ServerSegmentTask
 
 
 def serves_classifier(client: Client, model: str, *, version: int | None = None, label: str | None = None) -> bool:
@@ -67,6 +66,4 @@ class ServerClassifyTask(Task):
             "server": self.client.server, "model": self.model, "version": answer.version, "label": self.label,
         })
 
-    def stops_the_job(self, err: Exception) -> bool:
-        """Server errors other than a refused image (INVALID_ARGUMENT) would fail every image alike."""
-        return isinstance(err, ServingRequestError) and err.code != grpc.StatusCode.INVALID_ARGUMENT
+    stops_the_job = ServerSegmentTask.stops_the_job  # the same rule: only a refused image lets the job go on

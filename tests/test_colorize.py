@@ -17,7 +17,7 @@ from tfsky.data.config import SourceConfig
 from tfsky.errors import ConfigError
 from tfsky.evaluate.colorize import colourfulness
 from tfsky.io.images import read_image
-from tfsky.models.bundle import load_info
+from tfsky.models.bundle import load_info, load_model
 from tfsky.models.colorize import rebalance_weights, upsample_hints
 from tfsky.train.config import TranslatorConfig
 from tfsky.train.runner import read_history
@@ -197,3 +197,20 @@ def test_colorize_config_errors_are_one_line(cli, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip() == ("Error: config key 'model.colorize.generator_size': must be a multiple of 16, "
                                      ">= 16; got 30")
+
+
+def test_patchgan_term_trains_with_its_own_discriminator(shared_data, tmp_path):
+    cfg = tiny_config(shared_data, tmp_path, "train.epochs=1", "model.colorize.gan_weight=0.5",
+                      "model.colorize.loss=huber")
+    result = train_translator(cfg, verbose=0)
+    row = read_history(result.run_dir / "history.csv")[0]
+    assert row["gan"] > 0 and row["d_loss"] > 0 and row["val_gan"] > 0
+    model, _ = load_model(result.run_dir / "best.keras", kind="colorizer")
+    assert [layer.name for layer in model.layers if isinstance(layer, tf.keras.Model)] == ["generator", "refiner"]
+
+
+def test_perceptual_term_needs_local_vgg_weights(cli, tmp_path):
+    result = cli("train", "translator", "--config", REPO / "configs" / "colorize_tiny.yaml",
+                 "--set", "model.colorize.perceptual_weight=1", "--set", f"train.runs_root={tmp_path}")
+    assert result.exit_code == 1
+    assert "model.colorize.vgg_weights" in result.output and "local VGG19 weights file" in result.output

@@ -36,7 +36,7 @@ from test_translate import translator_file  # noqa: F401  (the tiny pix2pix tran
 from tfsky.io.images import read_image
 from tfsky.predict.batch import PredictConfig, predict_many
 from tfsky.predict.translate import translate_images
-from tfsky.ray_engine import WORKER_DIED
+from tfsky.ray_engine import ITEM_ATTEMPTS, WORKER_DIED
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -269,6 +269,8 @@ class DiesOnPoison(Task):  # defined in __main__, so Ray ships the class itself 
     def process(self, item, decoded, outputs, listener):
         data = decoded.take()
         if data == b"poison":
+            with open(Path(item.source).with_suffix(".attempts"), "a") as attempts:
+                attempts.write("x")
             os._exit(1)  # as the kernel's out-of-memory killer would end the worker
         write_bytes(outputs[0], data)
 
@@ -291,3 +293,4 @@ def test_an_item_whose_worker_dies_every_time_fails_alone(cluster, tmp_path):
     assert report["failed"] == [[str(folder / "b.png"), WORKER_DIED]]
     assert report["done"] == [str(folder / f"{name}.png") for name in "acd"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.out", "c.out", "d.out"]
+    assert (folder / "b.attempts").read_text() == "x" * ITEM_ATTEMPTS  # tried that often, then given up

@@ -180,3 +180,18 @@ def test_the_choice_is_printed_once_when_the_image_takes_several_tiles(capsys):
     assert printed == [f"tiling auto: tile {chosen.tile}, overlap {AUTO_OVERLAP_PX} px, tile batch {chosen.tile_batch} "
                        f"for 640x480 images ({chosen.tile ** 2 * chosen.tile_batch * FORWARD_BYTES_PER_PIXEL / 1e9:.2f}"
                        " GB per call; memory budget 1.25 GB)"]
+
+
+def test_tile_and_memory_budget_flags_reach_the_predict_config(cli, tmp_path):
+    from tfsky.cli.options import command_config, tiling_flags
+    from tfsky.errors import ConfigError
+    from tfsky.predict.batch import PredictConfig
+
+    flags = tiling_flags("auto", None, None, None, None, memory_budget=2.0)
+    assert command_config(PredictConfig, "predict", None, None, flags).tiling == TilingConfig(memory_budget=2.0)
+    assert command_config(PredictConfig, "predict", None, None, tiling_flags(256, None, None, None, None)).tiling.tile == 256
+    with pytest.raises(ConfigError, match="'predict.tiling.memory_budget': must be > 0"):
+        command_config(PredictConfig, "predict", None, ["predict.tiling.memory_budget=0"], {})
+    bad = cli("predict", "-m", tmp_path / "m.keras", tmp_path, "-o", tmp_path / "o", "--tile", "big")
+    assert bad.exit_code == 1
+    assert bad.stderr.strip() == "Error: config key 'tiling.tile': must be auto or a whole number of pixels; got 'big'"

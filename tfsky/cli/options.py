@@ -22,13 +22,15 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 # Tiling flags of the commands that run a model over tiles; each overrides ``<section>.tiling.<key>``.
 # Flags default to None ("not given"): the defaults live in the config dataclasses (`tfsky.tiling.TilingConfig`).
 def _tile_value(value: str) -> int | str:
-    """``auto`` or a whole number of pixels."""
+    """``auto`` or a whole number of pixels; anything else is the one-line error of the ``tiling.tile`` key."""
     if value == "auto":
         return value
     try:
         return int(value)
     except ValueError:
-        raise typer.BadParameter(f"must be auto or a whole number of pixels; got {value!r}") from None
+        from tfsky.errors import ConfigError
+
+        raise ConfigError("tiling.tile", f"must be auto or a whole number of pixels; got {value!r}") from None
 
 
 TileOption = Annotated[Optional[str], typer.Option(

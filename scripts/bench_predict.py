@@ -151,10 +151,17 @@ def measure(command: list[str]) -> tuple[float, float]:
 
 
 def _segmenter(model: Path, **tiling):
+    """A `TiledSegmenter` of ``model`` (loaded once per process) with ``tiling`` (full resolution by default)."""
+    from tfsky.models.bundle import load_model
     from tfsky.predict.segment import TiledSegmenter
     from tfsky.tiling import TilingConfig
 
-    return TiledSegmenter.load(model, TilingConfig(**{"resolution": "full", **tiling}))
+    if model not in _LOADED:
+        _LOADED[model] = load_model(model, kind="segmenter")
+    return TiledSegmenter(*_LOADED[model], TilingConfig(**{"resolution": "full", **tiling}))
+
+
+_LOADED: dict = {}
 
 
 def _timed_probability(segmenter, image) -> tuple[float, "object"]:

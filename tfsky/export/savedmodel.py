@@ -64,8 +64,8 @@ from tfsky.predict.cloud import CameraMasks, CloudCoverConfig, is_cloud_model
 from tfsky.predict.classify import WeatherClassifier
 from tfsky.predict.outputs import CLASS_PNG_VALUES
 from tfsky.predict.refine import refine_graph
-from tfsky.predict.segment import SKY_CLASS
-from tfsky.tiling import TilingConfig, available_memory, choose_tiling, model_tiling, sliding_window_graph
+from tfsky.predict.segment import SKY_CLASS, segmenter_tiling
+from tfsky.tiling import TilingConfig, available_memory, choose_tiling, sliding_window_graph
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VERSION_TEMP = re.compile(r"^\.\d+\..+\.part$")  # `atomic_dir`'s temporary of a version folder: .N.<random>.part
@@ -90,7 +90,7 @@ class SegmenterModule(tf.Module):
         super().__init__(name="tfsky_segmenter")
         self.model = model
         self.preprocess = info.preprocess
-        requested = model_tiling(tiling, info.tile_size, SIZE_MULTIPLE, "segmenter")
+        requested = segmenter_tiling(tiling, info)
         # `tile: auto`: the tile tfsky predict takes for the same budget (recorded in the metadata)
         self.tiling = choose_tiling(requested, SIZE_MULTIPLE, None, available_memory(requested.memory_budget))
         self.channels = channels = info.in_channels

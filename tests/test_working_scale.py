@@ -15,10 +15,10 @@ from tfsky.data.pipeline import crop_counts, segmentation_dataset, steps_per_epo
 from tfsky.data.scale import resize_image, resize_mask, working_size
 from tfsky.data.transforms import Preprocess
 from tfsky.io.writers import write_mask_png, write_png
-from tfsky.export.savedmodel import export_model
+from tfsky.export.savedmodel import SegmenterModule, export_model
 from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.predict.refine import refine, refine_graph
-from tfsky.predict.segment import TiledSegmenter
+from tfsky.predict.segment import TiledSegmenter, segmenter_tiling
 from tfsky.tiling import TilingConfig, sliding_window_inference
 
 
@@ -231,3 +231,16 @@ def test_a_cache_of_another_working_scale_or_an_older_tfsky_is_one_clear_error(t
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="prepared by an older tfsky; re-run `tfsky data prepare`"):
         steps_per_epoch(cfg, "train", 1)
+
+
+def test_tile_auto_at_the_working_scale_is_the_training_tile_in_predict_and_export():
+    scaled = ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=96, working_scale=192)
+    native = ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=96)
+    assert segmenter_tiling(TilingConfig(), scaled).tile == 96
+    assert segmenter_tiling(TilingConfig(tile=64), scaled).tile == 64  # an explicit tile wins
+    assert segmenter_tiling(TilingConfig(resolution="full"), scaled).tile == "auto"  # full-res 8K: the budget
+    assert segmenter_tiling(TilingConfig(), native).tile == "auto"
+    predictor = TiledSegmenter(_brightness_model(), scaled)
+    assert (predictor.tiling.tile, predictor.tiling.overlap) == (96, 0.25)
+    assert predictor.tile_count(300, 500) > 1  # the 192 x 320 working image is tiled, not one whole tile
+    assert SegmenterModule(_brightness_model(), scaled, None).tiling.tile == 96  # the serving signature too

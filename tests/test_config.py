@@ -141,7 +141,7 @@ def _shipped_schemas():
     schemas |= {name: (TranslatorConfig, None) for name in translators}
     schemas |= {name: (SegmenterConfig, None) for name in ("sky_ldr", "sky_hdr", "sky_tiny", "sky_ldr_cpu",
                                                            "cloud_tiny", "cloud_wsiseg")}
-    schemas |= {name: (ClassifierConfig, None) for name in ("weather_allsky", "weather_mwd", "weather_tiny")}
+    schemas |= {name: (ClassifierConfig, None) for name in ("weather_allsky", "weather_mwd", "weather_mwd_r34", "weather_tiny")}
     return schemas
 
 

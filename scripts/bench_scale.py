@@ -10,7 +10,12 @@ process, each after a warm-up call, so the ratio compares like with like:
    TTA (the refined probabilities at 0.75, 1 and 1.25 x the working scale,
    averaged) and ``resolution: full`` (tiles of the full image); dataset-level
    IoU and seconds per image of each at the model's threshold.
-2. Time: one image of that folder upscaled to ``--size`` (default 8192x4096,
+2. Refinement study: the working-scale probabilities of every image computed
+   once, then brought to full size by plain bilinear upsampling and by the
+   guided filter at each radius x eps of a grid; dataset-level IoU and mean
+   3-px boundary F1 of each (this is where `tfsky.predict.refine`'s constants
+   come from). Also the same model predicted at 1.5 x its working scale.
+3. Time: one image of that folder upscaled to ``--size`` (default 8192x4096,
    cv2 bicubic) through both modes; wall time of ``TiledSegmenter.probabilities``.
 
 Usage: python scripts/bench_scale.py --model runs/.../best.keras --data ../shared/data/sky_cityscapes
@@ -29,6 +34,8 @@ import tfsky  # noqa: F401  (Keras 2 mode before TensorFlow is imported)
 
 HERE = Path(__file__).resolve()
 MULTI_SCALE = (0.75, 1.0, 1.25)  # working scales averaged by the multi-scale test-time augmentation
+REFINE_RADII = (1, 2, 4, 8)  # guided-filter grid of the refinement study (working-scale pixels)
+REFINE_EPS = (1e-4, 1e-3, 1e-2)
 
 
 def main() -> None:
@@ -44,10 +51,13 @@ def main() -> None:
     import numpy as np
 
     from tfsky.data.masks import confusion
+    from tfsky.data.scale import resize_image
+    from tfsky.evaluate.metrics import boundary_f1
     from tfsky.io.images import read_image, read_mask
     from tfsky.models.bundle import load_model
+    from tfsky.predict.refine import refine
     from tfsky.predict.segment import TiledSegmenter, sky_probability
-    from tfsky.tiling import TilingConfig
+    from tfsky.tiling import TilingConfig, sliding_window_inference
 
     model, info = load_model(args.model)
     modes = {mode: TiledSegmenter(model, info, TilingConfig(resolution=mode)) for mode in ("working", "full")}
@@ -58,11 +68,21 @@ def main() -> None:
         "working": modes["working"].probabilities,
         "working_flip2": flip.probabilities,
         "working_multiscale": lambda image: sum(s.probabilities(image) for s in scales) / len(scales),
+        "working_x1.5": TiledSegmenter(model, dataclasses.replace(
+            info, working_scale=round(info.working_scale * 1.5))).probabilities,
         "full": modes["full"].probabilities,
     }
+    upsamplers = {"bilinear": lambda small_probs, small, image: cv2.resize(
+        small_probs, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)[..., None]}
+    for radius in REFINE_RADII:
+        for eps in REFINE_EPS:
+            upsamplers[f"guided_r{radius}_eps{eps:g}"] = (
+                lambda small_probs, small, image, r=radius, e=eps: refine(small_probs, small, image, r, e))
     images = sorted((args.data / "images").iterdir())[: args.limit or None]
-    counts = {name: np.zeros(4, np.int64) for name in variants}
-    seconds = {name: 0.0 for name in variants}
+    counts = {name: np.zeros(4, np.int64) for name in [*variants, *upsamplers]}
+    seconds = {name: 0.0 for name in counts}
+    boundaries = {name: [] for name in upsamplers}
+    working = modes["working"]
     for path in images:
         image = read_image(path, channels=3)
         truth = read_mask(args.data / "masks" / f"{path.stem}.png") > 0
@@ -71,7 +91,17 @@ def main() -> None:
             sky = sky_probability(probabilities(image)) >= info.threshold
             seconds[name] += time.perf_counter() - start
             counts[name] += np.array(confusion(sky, truth))
+        small = resize_image(image, working.model_size(*image.shape[:2]))
+        small_probs = sliding_window_inference(small, working.predict_tiles, working.tiling)
+        for name, upsample in upsamplers.items():
+            start = time.perf_counter()
+            sky = sky_probability(upsample(small_probs, small, image)) >= info.threshold
+            seconds[name] += time.perf_counter() - start
+            counts[name] += np.array(confusion(sky, truth))
+            boundaries[name].append(boundary_f1(sky, truth))
     accuracy = {name: _scores(counts[name], seconds[name], len(images)) for name in variants}
+    refinement = {name: {**_scores(counts[name], seconds[name], len(images)),
+                         "boundary_f1": round(float(np.mean(boundaries[name])), 4)} for name in upsamplers}
 
     width, height = map(int, args.size.lower().split("x"))
     big = cv2.resize(read_image(images[0], channels=3), (width, height), interpolation=cv2.INTER_CUBIC)
@@ -93,6 +123,7 @@ def main() -> None:
         "data": str(args.data),
         "accuracy": accuracy,
         "iou_difference_working_minus_full": round(accuracy["working"]["iou"] - accuracy["full"]["iou"], 4),
+        "refinement": refinement,
         "timing_8k": {"size": [height, width], **timing},
         "speedup_8k": round(timing["full"]["seconds"] / timing["working"]["seconds"], 1),
         "load_average": os.getloadavg(),

@@ -192,7 +192,8 @@ def test_metadata_and_signatures_read_back(exported):
     tiling = metadata["tiling"]  # tile auto: the largest tile the memory budget fits, for images of any size
     assert tiling["tile"] % 32 == 0 and 256 <= tiling["tile"] <= MAX_AUTO_TILE and 1 <= tiling["tile_batch"] <= 8
     assert tiling == {"tile": tiling["tile"], "overlap": AUTO_OVERLAP_PX / tiling["tile"], "window": "gaussian",
-                      "tile_batch": tiling["tile_batch"], "tta": "none", "resolution": "working", "memory_budget": None}
+                      "tile_batch": tiling["tile_batch"], "tta": "none", "resolution": "working", "memory_budget": None,
+                      "working_factor": 1.0}
     assert metadata["source_model"] == str(model_path.resolve())
     by_name = {s.name: s for s in signatures}
     assert list(by_name) == ["serving_default", "predict_image"]

@@ -284,7 +284,7 @@ def test_translate_config_errors_name_the_dotted_key(cli, translator_file, tmp_p
     unknown = cli(*run, "-c", config)
     assert unknown.exit_code == 1
     assert unknown.stderr.strip() == ("Error: config key 'translate.tiling.tile_size': unknown key "
-                                      "(known keys here: memory_budget, overlap, resolution, tile, tile_batch, tta, window)")
+                                      "(known keys here: memory_budget, overlap, resolution, tile, tile_batch, tta, window, working_factor)")
     bad_tta = cli(*run, "--tta", "flip3")
     assert bad_tta.stderr.strip() == ("Error: config key 'translate.tiling.tta': must be one of none, flip2, flip4; "
                                       "got 'flip3'")

@@ -14,6 +14,7 @@ from tfsky.data.cache import iter_cached, prepare_cache, read_manifest
 from tfsky.data.pipeline import crop_counts, segmentation_dataset, steps_per_epoch
 from tfsky.data.scale import resize_image, resize_mask, working_size
 from tfsky.data.transforms import Preprocess
+from tfsky.errors import ConfigError
 from tfsky.io.writers import write_mask_png, write_png
 from tfsky.export.savedmodel import SegmenterModule, export_model
 from tfsky.models.bundle import ModelInfo, save_model
@@ -161,7 +162,7 @@ def test_segmenter_predicts_at_its_working_scale_and_refines_to_full_size():
 
     full = TiledSegmenter(_brightness_model(), info, TilingConfig(tile=64, resolution="full"))
     assert full.model_size(300, 500) == (300, 500)
-    direct = sliding_window_inference(image, full.predict_tiles, full.tiling)
+    direct = sliding_window_inference(image, full.predict_tiles, full.tiling_for(300, 500), multiple=32)
     np.testing.assert_array_equal(full.probabilities(image), direct)
     native = TiledSegmenter(_brightness_model(), ModelInfo("segmenter", Preprocess(), tile_size=64))
     assert native.model_size(300, 500) == (300, 500)  # a model without a working scale predicts at full size
@@ -200,7 +201,8 @@ def test_cli_predict_runs_at_the_working_scale_unless_told_full(tmp_path, cli):
     write_png(tmp_path / "scene.png", image)
     path = tmp_path / "scaled.keras"
     save_model(_brightness_model(), path, ModelInfo("segmenter", Preprocess(), tile_size=64, working_scale=96))
-    for flags, resolution, tiles in (((), "working", 6), (("--resolution", "full"), "full", 66)):
+    for flags, resolution, tiles in (((), "working", 6), (("--resolution", "full"), "full", 2)):
+        # working scale: the 64-px training tile; full resolution: tile auto (384 px at the default budget)
         out = tmp_path / resolution
         result = cli("predict", tmp_path / "scene.png", "-m", path, "-o", out, "-q", *flags)
         assert result.exit_code == 0, result.output
@@ -244,3 +246,14 @@ def test_tile_auto_at_the_working_scale_is_the_training_tile_in_predict_and_expo
     assert (predictor.tiling.tile, predictor.tiling.overlap) == (96, 0.25)
     assert predictor.tile_count(300, 500) > 1  # the 192 x 320 working image is tiled, not one whole tile
     assert SegmenterModule(_brightness_model(), scaled, None).tiling.tile == 96  # the serving signature too
+
+
+def test_working_factor_predicts_at_a_multiple_of_the_working_scale_in_predict_and_export():
+    info = ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=64, working_scale=96)
+    tiling = TilingConfig(tile=64, working_factor=1.5)
+    assert TiledSegmenter(_brightness_model(), info, tiling).model_size(300, 500) == (144, 240)
+    assert SegmenterModule(_brightness_model(), info, tiling).working_scale == 144
+    assert TiledSegmenter(_brightness_model(), info, TilingConfig(resolution="full", working_factor=1.5)
+                          ).model_size(300, 500) == (300, 500)
+    with pytest.raises(ConfigError, match="'tiling.working_factor': must be > 0"):
+        TiledSegmenter(_brightness_model(), info, TilingConfig(working_factor=0))

@@ -93,6 +93,9 @@ class TilingConfig:
             resolution always use ``full``. Defaults to ``working``.
         memory_budget: Optional[float]. GB the whole process may use, for ``tile: auto``. Defaults to None:
             1.5 GB on a CPU, the free memory of the GPU on a GPU.
+        working_factor: float. ``resolution: working`` predicts at this multiple of the model's working
+            scale: 1.5 recovers thin sky (10 unseen Cityscapes photos: IoU 0.721 vs 0.657 at 1.0, full
+            resolution 0.707, README "Working scale") for ~2.2x the working-scale time. Defaults to 1.0.
     """
 
     tile: Union[int, Literal["auto"], None] = AUTO
@@ -102,6 +105,7 @@ class TilingConfig:
     tta: Tta = "none"
     resolution: Resolution = "working"
     memory_budget: Optional[float] = None
+    working_factor: float = 1.0
 
     def validate(self) -> None:
         if isinstance(self.tile, int) and self.tile < 1:
@@ -114,6 +118,8 @@ class TilingConfig:
             raise ConfigError("tile_batch", f"must be >= 1; got {self.tile_batch}")
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise ConfigError("memory_budget", f"must be > 0 (GB); got {self.memory_budget}")
+        if not self.working_factor > 0:
+            raise ConfigError("working_factor", f"must be > 0; got {self.working_factor}")
 
 
 def overlap_of(tiling: TilingConfig) -> float:

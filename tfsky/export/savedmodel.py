@@ -64,7 +64,7 @@ from tfsky.predict.cloud import CameraMasks, CloudCoverConfig, is_cloud_model
 from tfsky.predict.classify import WeatherClassifier
 from tfsky.predict.outputs import CLASS_PNG_VALUES
 from tfsky.predict.refine import refine_graph
-from tfsky.predict.segment import SKY_CLASS, segmenter_tiling
+from tfsky.predict.segment import SKY_CLASS, predicted_scale, segmenter_tiling
 from tfsky.tiling import TilingConfig, available_memory, choose_tiling, sliding_window_graph
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -96,7 +96,7 @@ class SegmenterModule(tf.Module):
         self.channels = channels = info.in_channels
         self.positive = 0 if info.classes == 1 else SKY_CLASS  # the channel drawn as the mask
         self.threshold = info.threshold
-        self.working_scale = info.working_scale if self.tiling.resolution == "working" else None
+        self.working_scale = predicted_scale(info, self.tiling)
         self.predict_tiles = tf.function(
             self._predict_tiles, input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)]
         )

@@ -55,6 +55,13 @@ def segmenter_tiling(tiling: TilingConfig | None, info: ModelInfo) -> TilingConf
     return requested
 
 
+def predicted_scale(info: ModelInfo, tiling: TilingConfig) -> int | None:
+    """The short side images are predicted at (None: full resolution), for predict and the export alike."""
+    if tiling.resolution != "working" or not info.working_scale:
+        return None
+    return round(info.working_scale * tiling.working_factor)
+
+
 def sky_probability(probabilities: np.ndarray) -> np.ndarray:
     """P(sky) ``[H, W]`` from model output ``[H, W, K]``: the sigmoid channel, or softmax channel `SKY_CLASS`."""
     return probabilities[..., 0] if probabilities.shape[-1] == 1 else probabilities[..., SKY_CLASS]
@@ -184,9 +191,9 @@ class TiledSegmenter:
         return self.info.threshold if requested is None else requested
 
     def model_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size a ``height x width`` image is predicted at: the model's working scale, or its own size."""
-        scale = self.info.working_scale if self.tiling.resolution == "working" else None
-        return working_size(height, width, scale)
+        """The size a ``height x width`` image is predicted at: the model's working scale (times
+        ``tiling.working_factor``), or its own size."""
+        return working_size(height, width, predicted_scale(self.info, self.tiling))
 
     def sky_probability(self, image: np.ndarray) -> np.ndarray:
         """P(sky) [H, W] of a whole image: the sigmoid output, or softmax channel `SKY_CLASS`."""

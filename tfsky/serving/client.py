@@ -37,6 +37,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from tfsky.data.config import SIZE_MULTIPLE
 from tfsky.data.transforms import Preprocess
 from tfsky.errors import TfskyError
 from tfsky.serving.config import ClientConfig
@@ -184,7 +185,7 @@ class Client:
             normalised = preprocess.apply(tiles).numpy()
             return self.predict_tiles(model, normalised, version=version, label=label)
 
-        return sliding_window_inference(image, predict_batch, tiling)
+        return sliding_window_inference(image, predict_batch, tiling, multiple=SIZE_MULTIPLE)  # tfsky predict's grid
 
     # ----------------------------------------------------------------- model status
 

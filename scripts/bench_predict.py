@@ -6,14 +6,17 @@ Cityscapes frame, 2048x1024, cv2 linear x4, written as PNG). Each part runs in i
 its peak RSS (``os.wait4``) is its own:
 
 1. ``sweep``: seam score (`tfsky.tiling.seam_score`) and mask agreement with a reference (tile 1024,
-   overlap 128 px, taken as ground truth) for tiles 256..1024 x overlaps 0..128 px, full-resolution
+   overlap 128 px, taken as ground truth) for blend windows (``ramp``, ``gaussian``) x tiles 256..1024 x
+   overlaps 0..128 px; next to each seam score, the reference's own score on the same tile borders (what
+   the image's content alone gives there: sky lines that happen to run along a border), full-resolution
    tiling (``resolution: full``) of a 2048x1024 crop of the 8K image (the whole 8K image per setting
    would take hours on this shared CPU); also the per-pixel forward cost of one 1024-px tile and of
    the old 256-px x 8 batches.
 2. ``reference``: the 8K image with the reference tiling; its mask is kept for the next part.
 3. ``auto``: the 8K image in-process with the defaults (``tile: auto`` at the default budget,
    ``resolution: full``): wall, agreement with the reference, seam score;
-   ``pixel_limit_ratio`` = wall / (image pixels x per-pixel cost of one 1024-px tile). Then the
+   ``pixel_limit_ratio`` = wall / (image pixels x per-pixel cost of one 1024-px tile, measured just before
+   in a process of its own, ``cost``, so its activations are not in ``auto``'s peak RSS). Then the
    working-scale path (``resolution: working``, the default for this model) on the same image.
 4. ``tfsky predict`` as a user runs it (whole process: start-up, model load, decode, outputs) on
    ``--batch-full`` copies at full resolution (``batch_overhead_ratio`` = wall per image / the
@@ -30,6 +33,7 @@ Usage: python scripts/bench_predict.py [--batch-full 2] [--batch-working 6] [--o
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -46,7 +50,7 @@ PHOTO = DATA / "sky_cityscapes" / "images" / "aachen_000000_000019_leftImg8bit.j
 MODEL = sorted((HERE.parents[1] / "runs" / "sky_ldr_cpu-without-skyfinder").glob("*/best.keras"))[-1:]
 SIZE = (4096, 8192)  # --size sets it (height, width)
 REFERENCE = (1024, 128)  # tile, overlap px
-TILES, OVERLAPS = (256, 384, 512, 768, 1024), (0, 32, 64, 128)
+TILES, OVERLAPS, WINDOWS = (256, 384, 512, 768, 1024), (0, 32, 64, 128), ("ramp", "gaussian")
 
 
 def main() -> None:
@@ -58,14 +62,16 @@ def main() -> None:
     parser.add_argument("--size", default="8192x4096", help="WIDTHxHEIGHT of the upscaled image.")
     parser.add_argument("--crop", default="2048x1024", help="WIDTHxHEIGHT of the sweep's crop (around the sky line).")
     parser.add_argument("--tiles", default="256,384,512,768,1024", help="Tiles of the sweep.")
+    parser.add_argument("--windows", default="ramp,gaussian", help="Blend windows of the sweep.")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"Parts to run, of {','.join(PARTS)}.")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global SIZE, CROP, TILES
+    global SIZE, CROP, TILES, WINDOWS
     SIZE = tuple(map(int, args.size.lower().split("x")))[::-1]
     CROP = tuple(map(int, args.crop.lower().split("x")))[::-1]
     TILES = tuple(map(int, args.tiles.split(",")))
+    WINDOWS = tuple(args.windows.split(","))
     if args.phase:
         PHASES[args.phase](args.workdir, args.model)
         return
@@ -89,6 +95,8 @@ def run_all(workdir: Path, model: Path, batch_full: int, batch_working: int, par
                "cpu_count": os.cpu_count(), "parts": parts}
     for phase in ("sweep", "reference", "auto", "working"):
         if phase in parts:
+            if phase == "auto":
+                results["cost"] = run_phase("cost", workdir, model)
             results[phase] = run_phase(phase, workdir, model)
     if "auto" in results:
         results["pixel_limit_ratio"] = results["auto"]["pixel_limit_ratio"]
@@ -135,7 +143,7 @@ def run_phase(phase: str, workdir: Path, model: Path) -> dict:
     load = os.getloadavg()
     _, rss = measure([sys.executable, str(HERE), "--phase", phase, "--workdir", str(workdir), "--model", str(model),
                       "--size", f"{SIZE[1]}x{SIZE[0]}", "--crop", f"{CROP[1]}x{CROP[0]}",
-                      "--tiles", ",".join(map(str, TILES))])
+                      "--tiles", ",".join(map(str, TILES)), "--windows", ",".join(WINDOWS)])
     return dict(json.loads(result.read_text()), peak_rss_gb=rss, load_average_before=load)
 
 
@@ -202,18 +210,19 @@ def sweep(workdir: Path, model: Path) -> None:
     _, reference = _timed_probability(reference_seg, image)
     reference_mask = reference >= threshold
     rows = []
-    for tile in TILES:
-        for overlap_px in OVERLAPS:
-            overlap = overlap_px / tile
-            segmenter = _segmenter(model, tile=tile, overlap=overlap, tile_batch=max(1, 8 * 256**2 // tile**2))
-            seconds, probability = _timed_probability(segmenter, image)
-            rows.append({"tile": tile, "overlap_px": overlap_px, "seconds": round(seconds, 2),
-                         "pixel_ratio": round(computed_pixels(*image.shape[:2], tile, overlap, 32) / image.shape[0]
-                                              / image.shape[1], 3),
-                         "seam_score": round(seam_score(probability, tile, overlap, 32), 3),
-                         "mask_agreement": round(_agreement(probability >= threshold, reference_mask), 5),
-                         "max_probability_difference": round(float(abs(probability - reference).max()), 4)})
-            print(rows[-1], flush=True)
+    for window, tile, overlap_px in itertools.product(WINDOWS, TILES, OVERLAPS):
+        overlap = overlap_px / tile
+        segmenter = _segmenter(model, tile=tile, overlap=overlap, window=window,
+                               tile_batch=max(1, 8 * 256**2 // tile**2))
+        seconds, probability = _timed_probability(segmenter, image)
+        rows.append({"window": window, "tile": tile, "overlap_px": overlap_px, "seconds": round(seconds, 2),
+                     "pixel_ratio": round(computed_pixels(*image.shape[:2], tile, overlap, 32) / image.shape[0]
+                                          / image.shape[1], 3),
+                     "seam_score": round(seam_score(probability, tile, overlap, 32), 3),
+                     "reference_seam_score": round(seam_score(reference, tile, overlap, 32), 3),
+                     "mask_agreement": round(_agreement(probability >= threshold, reference_mask), 5),
+                     "max_probability_difference": round(float(abs(probability - reference).max()), 4)})
+        print(rows[-1], flush=True)
     _write(workdir, "sweep", {"crop": f"{image.shape[1]}x{image.shape[0]}", "threshold": threshold,
                               "reference": {"tile": REFERENCE[0], "overlap_px": REFERENCE[1]},
                               "seconds_per_pixel": {k: round(v * 1e6, 4) for k, v in cost.items()},
@@ -243,8 +252,8 @@ def auto(workdir: Path, model: Path) -> None:
     image = read_image(workdir / "image.png")
     reference = workdir / "reference_mask.npy"
     segmenter = _segmenter(model)
-    per_pixel = _per_pixel_seconds(segmenter, 1024, 1)
     seconds, probability = _timed_probability(segmenter, image)
+    per_pixel = json.loads((workdir / "cost.json").read_text())["seconds_per_pixel_1024_tile_us"] / 1e6
     tiling = segmenter.tiling_for(*SIZE)
     full = {"seconds": round(seconds, 2), "tiling": dataclasses.asdict(tiling), "tiles": segmenter.tile_count(*SIZE),
             "pixel_ratio": round(computed_pixels(*SIZE, tiling.tile, tiling.overlap, 32) / (SIZE[0] * SIZE[1]), 3),
@@ -253,6 +262,13 @@ def auto(workdir: Path, model: Path) -> None:
             "seam_score": round(seam_score(probability, tiling.tile, tiling.overlap, 32), 3)}
     _write(workdir, "auto", {"seconds_per_pixel_1024_tile_us": round(per_pixel * 1e6, 4),
                              "pixel_limit_ratio": round(seconds / (SIZE[0] * SIZE[1] * per_pixel), 3), "full": full})
+
+
+def cost(workdir: Path, model: Path) -> None:
+    """The per-pixel forward cost of one 1024-px tile, in its own process (its activations are not the
+    peak RSS of the ``auto`` part that uses it)."""
+    per_pixel = _per_pixel_seconds(_segmenter(model), 1024, 1)
+    _write(workdir, "cost", {"seconds_per_pixel_1024_tile_us": round(per_pixel * 1e6, 4)})
 
 
 def working(workdir: Path, model: Path) -> None:
@@ -280,7 +296,7 @@ def _write(workdir: Path, phase: str, data: dict) -> None:
     write_json(workdir / f"{phase}.json", data)
 
 
-PHASES = {"sweep": sweep, "reference": reference, "auto": auto, "working": working}
+PHASES = {"sweep": sweep, "reference": reference, "cost": cost, "auto": auto, "working": working}
 PARTS = ("sweep", "reference", "auto", "working", "batch_full", "batch_working")
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def newest_best(cfg) -> Path:
     return runs[-1]
 
 
-def evaluate_fold(cfg, source, tta: str) -> dict:
+def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0) -> dict:
     """Choose the fold model's threshold on its own validation split (as `tfsky train` does), then
     evaluate it on the left-out source's full-resolution images."""
     from tfsky.evaluate.segmenter import evaluate_segmenter
@@ -56,14 +56,15 @@ def evaluate_fold(cfg, source, tta: str) -> dict:
     threshold = store_threshold(model, make_datasets(cfg, cfg.train.batch_size)[1])
     data = source.images if source.kind == "camera_folder" else Path(source.images).parent
     start = time.perf_counter()
-    report = evaluate_segmenter(model, data, out_dir=model.parent / f"eval-{source.name}-{tta}",
-                                tiling=TilingConfig(tta=tta))
+    out_dir = model.parent / f"eval-{source.name}-{variant(tta, working_factor)}"
+    report = evaluate_segmenter(model, data, out_dir=out_dir, tiling=TilingConfig(tta=tta, working_factor=working_factor))
     seconds = time.perf_counter() - start
     with_sky = [image for image in report.images if image.scores["model"].metrics()["sky_fraction_truth"] > 0]
     return {
         "model": str(model),
         "threshold": threshold,
         "tta": tta,
+        "working_factor": working_factor,
         "images": len(report.images),
         "skipped": len(report.skipped),
         "seconds_per_image": round(seconds / max(len(report.images), 1), 2),
@@ -72,6 +73,11 @@ def evaluate_fold(cfg, source, tta: str) -> dict:
         "images_with_sky": len(with_sky),
         "overall_with_sky": report.overall(with_sky),
     }
+
+
+def variant(tta: str, working_factor: float) -> str:
+    """The evaluation's name in results: the TTA, with ``-x<factor>`` when not at the working scale itself."""
+    return tta if working_factor == 1 else f"{tta}-x{working_factor:g}"
 
 
 def record(key: str, result: dict) -> None:
@@ -90,6 +96,8 @@ def main() -> None:
     parser.add_argument("--leave-out", action="append", required=True, help="source name (repeatable)")
     parser.add_argument("--stage", choices=("train", "evaluate", "all"), default="all")
     parser.add_argument("--tta", default="none", help="flip TTA of the evaluation: none | flip2 | flip4")
+    parser.add_argument("--working-factor", type=float, default=1.0,
+                        help="predict at this multiple of the working scale (predict.tiling.working_factor)")
     parser.add_argument("--threads", type=int, default=0, help="TF intra-op threads per run (0 = all cores)")
     parser.add_argument("--set", action="append", default=[], help="recipe override key=value")
     args = parser.parse_args()
@@ -109,8 +117,8 @@ def main() -> None:
         if args.stage in ("train", "all"):
             train_segmenter(cfg)
         if args.stage in ("evaluate", "all"):
-            result = {**evaluate_fold(cfg, source, args.tta), "load_average": os.getloadavg()}
-            record(f"{cfg.name}/{args.tta}", result)
+            result = {**evaluate_fold(cfg, source, args.tta, args.working_factor), "load_average": os.getloadavg()}
+            record(f"{cfg.name}/{variant(args.tta, args.working_factor)}", result)
             print(json.dumps(result["overall"], indent=1))
 
 

@@ -62,6 +62,29 @@ def test_rebalance_weights_favour_rare_bins_with_mean_one():
     assert weights[0] < weights[1] < weights[2] < weights[3]
 
 
+def test_log_l2_loss_weighs_every_image_as_its_psnr_does():
+    from tfsky.data.colour import AB_SCALE
+    from tfsky.models.colorize import pixel_loss
+
+    truth = np.zeros((2, 8, 8, 2), np.float32)
+
+    def output(ab_errors):  # image i off by ab_errors[i] ab units everywhere
+        return truth + np.array(ab_errors, np.float32)[:, None, None, None] / AB_SCALE
+
+    floor = (1 / AB_SCALE) ** 2
+    expected = np.mean([np.log((2 / AB_SCALE) ** 2 + floor), np.log(floor)])
+    assert float(pixel_loss(truth, output([2, 0]), "log_l2")) == pytest.approx(expected, rel=1e-5)
+
+    def gains(loss):  # what halving the error of a nearly grey image / of a badly wrong one gains
+        base = float(pixel_loss(truth, output([4, 40]), loss))
+        return base - float(pixel_loss(truth, output([2, 40]), loss)), base - float(pixel_loss(truth, output([4, 20]), loss))
+
+    near, far = gains("log_l2")
+    assert near > 0.5 and far == pytest.approx(near, rel=0.2)  # about equal, as the mean PSNR sees them
+    near, far = gains("l2")
+    assert far > 50 * near  # plain L2 hardly sees the nearly grey image
+
+
 def test_colourfulness_of_grey_is_zero_and_grows_with_saturation():
     grey = np.full((8, 8, 3), 0.5, np.float32)
     red = grey.copy()

@@ -191,7 +191,7 @@ def test_metadata_and_signatures_read_back(exported):
     assert metadata["model"]["preprocess"]["mode"] == "ldr"
     tiling = metadata["tiling"]  # tile auto: the largest tile the memory budget fits, for images of any size
     assert tiling["tile"] % 32 == 0 and 256 <= tiling["tile"] <= MAX_AUTO_TILE and 1 <= tiling["tile_batch"] <= 8
-    assert tiling == {"tile": tiling["tile"], "overlap": AUTO_OVERLAP_PX / tiling["tile"], "window": "gaussian",
+    assert tiling == {"tile": tiling["tile"], "overlap": AUTO_OVERLAP_PX / tiling["tile"], "window": "ramp",
                       "tile_batch": tiling["tile_batch"], "tta": "none", "resolution": "working", "memory_budget": None,
                       "working_factor": 1.0}
     assert metadata["source_model"] == str(model_path.resolve())

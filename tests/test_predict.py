@@ -82,7 +82,7 @@ def test_ldr_outputs_have_the_input_size_and_match_the_tiled_prediction(cli, ldr
     facts = json.loads(sidecar.read_text())
     # tile auto: one 128-px tile (the image's longer side rounded up to 32) and the overlap it would have
     assert (facts["height"], facts["width"], facts["tile"], facts["overlap"], facts["window"]) == (101, 77, 128, 0.25,
-                                                                                                   "gaussian")
+                                                                                                   "ramp")
     assert facts["tiles"] == 1 and facts["sky_fraction"] == pytest.approx((expected >= 0.5).mean())
     assert 0 < facts["sky_fraction"] < 1 and facts["model"]["id"].startswith("sha256-1MiB:")
     assert all(p.is_file() for p in outputs_of(tmp_path / "out", "b"))
@@ -194,7 +194,7 @@ def test_config_section_is_read_and_flags_override_it(cli, ldr_model, tmp_path):
     assert (facts["tile"], facts["window"], facts["tta"], facts["threshold"]) == (64, "hann", "flip2", 0.9)
     bad = cli("predict", "-m", ldr_model, tmp_path / "a.png", "-o", tmp_path / "out", "--window", "box")
     assert bad.exit_code == 1
-    assert bad.stderr.strip() == ("Error: config key 'predict.tiling.window': must be one of constant, gaussian, hann, "
+    assert bad.stderr.strip() == ("Error: config key 'predict.tiling.window': must be one of ramp, constant, gaussian, hann, "
                                   "spline; got 'box'")
 
 

@@ -105,12 +105,30 @@ def test_reflect_indices_mirror_without_repeating_the_edge():
 
 @pytest.mark.parametrize("mode", WINDOWS)
 def test_windows_are_symmetric_peak_one_and_floored(mode):
-    window = blend_window(256, mode)
+    window = blend_window(256, mode, ramp=100)
     assert window.shape == (256,) and window.dtype == np.float32
     assert window.max() == pytest.approx(1.0) and window.min() >= 1e-3
     np.testing.assert_allclose(window, window[::-1])
     if mode != "constant":
         assert window[0] < 0.2 and window[0] < window[64] < window[127]
+
+
+@pytest.mark.parametrize("tile,overlap_px", [(64, 16), (384, 64), (96, 48)])
+def test_ramp_windows_of_neighbours_sum_to_one_across_the_overlap(tile, overlap_px):
+    window = blend_window(tile, "ramp", floor=0, ramp=overlap_px)
+    assert np.all(window[overlap_px : tile - overlap_px] == 1)
+    stride = tile - overlap_px
+    starts = tf.range(4) * stride
+    profile = weight_profile(starts, 3 * stride + tile, window).numpy()
+    inside = profile[overlap_px : 3 * stride + tile - overlap_px]  # every pixel two tiles or one interior cover
+    np.testing.assert_allclose(inside, 1, atol=1e-6)
+
+
+def test_ramp_window_is_at_most_half_the_tile_on_each_side():
+    window = blend_window(32, "ramp", floor=0, ramp=64)
+    np.testing.assert_allclose(window, blend_window(32, "ramp", floor=0, ramp=16))
+    assert window[15] == window[16] and window[15] > 0.99
+    assert np.all(blend_window(32, "ramp", ramp=0) == 1)
 
 
 def test_gaussian_window_has_monai_sigma():
@@ -120,7 +138,7 @@ def test_gaussian_window_has_monai_sigma():
 
 
 def test_unknown_window_is_a_config_error():
-    with pytest.raises(ConfigError, match="config key 'window': must be one of constant, gaussian, hann, spline"):
+    with pytest.raises(ConfigError, match="config key 'window': must be one of ramp, constant, gaussian, hann, spline"):
         blend_window(32, "triangle")
 
 
@@ -232,13 +250,14 @@ def unet():
     return compiled_forward(model, 3)
 
 
-def test_gaussian_blending_hides_seams_of_a_real_model(unet, shared_data):
+def test_ramp_and_gaussian_blending_hide_seams_of_a_real_model(unet, shared_data):
     import cv2
 
     photo = sorted((shared_data / "sky_ade20k" / "images").glob("*.jpg"))[0]
     image = cv2.imread(str(photo))[..., ::-1].astype(np.float32) / 255
     scores = {
         window: seam_score(sliding_window_inference(image, unet, TilingConfig(64, 0.25, window)), 64, 0.25)
-        for window in ("constant", "gaussian")
+        for window in ("constant", "gaussian", "ramp")
     }
     assert scores["gaussian"] < 1.2 and scores["constant"] > 1.5, scores
+    assert scores["ramp"] < 1.05, scores

@@ -119,3 +119,21 @@ def test_kill_9_during_a_background_write_leaves_no_half_file_and_the_rerun_redo
     assert f"done {8 - len(finished)}, skipped {len(finished)}, failed 0" in rerun.stdout
     assert visible_files(out) == {p.name for i in range(8) for p in outputs_of(out, f"frame{i}")}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_the_writer_draws_the_overlay_into_the_image_it_owns_and_copies_any_other():
+    import numpy as np
+
+    from tfsky.predict.outputs import overlay
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    mask = np.where(rng.random((70, 90)) > 0.5, 255, 0).astype(np.uint8)
+    expected = overlay(image.copy(), mask)
+    drawn = overlay(image, mask, in_place=True)
+    assert drawn is image and np.array_equal(drawn, expected)  # one 8K-sized buffer less in the writer
+    frozen = image.copy()
+    frozen.flags.writeable = False  # e.g. an image from Ray's object store
+    assert overlay(frozen, mask, in_place=True) is not frozen
+    grey = rng.integers(0, 256, (70, 90, 1), dtype=np.uint8)
+    assert overlay(grey, mask, in_place=True).shape == (70, 90, 3)

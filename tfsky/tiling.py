@@ -47,10 +47,10 @@ import tensorflow as tf
 
 from tfsky.errors import ConfigError
 
-Window = Literal["constant", "gaussian", "hann", "spline"]
+Window = Literal["ramp", "constant", "gaussian", "hann", "spline"]
 Tta = Literal["none", "flip2", "flip4"]
 Resolution = Literal["working", "full"]
-WINDOWS: tuple[str, ...] = ("constant", "gaussian", "hann", "spline")
+WINDOWS: tuple[str, ...] = ("ramp", "constant", "gaussian", "hann", "spline")
 PredictBatch = Callable[[object], object]  # [B, t, t, C] tiles -> [B, t, t, K] predictions
 
 # Axes of a [B, H, W, C] batch flipped by each TTA variant (identity first).
@@ -62,15 +62,17 @@ _FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {
 
 
 AUTO = "auto"
-AUTO_OVERLAP_PX = 64  # the margin (px) a ResNet34 U-Net needs between tiles: scripts/bench_predict.py, README
+AUTO_OVERLAP_PX = 32  # the margin (px) a ResNet34 U-Net needs between tiles with the ``ramp`` window: mask
+#                       agreement >= 99.91 % with a 1024/128 reference at every tile 256..1024 (bench_predict, README)
 MAX_AUTO_TILE = 1024  # largest tile ``auto`` considers (per-pixel cost rises beyond it on CPU: README)
-MIN_AUTO_TILE = 4 * AUTO_OVERLAP_PX  # smallest (unless the image is smaller): the overlap is at most a quarter
+MIN_AUTO_TILE = 256  # smallest (unless the image is smaller), even past the budget: 1.30x the pixels at 32 px
 CPU_MEMORY_BUDGET_GB = 1.5  # default budget of a whole process on a CPU
 FORWARD_BYTES_PER_PIXEL = 400  # activation memory per input pixel of one model call (ResNet34 U-Net, float32:
 #                                343-368 B measured on CPU at 256 x 8 and 1024 x 1 tiles)
 RUNTIME_BYTES = 0.9e9  # TensorFlow with a ResNet34 U-Net loaded (0.87 GB resident measured on CPU)
-IMAGE_BYTES = 8192 * 4096 * 16  # an 8K RGB image in flight in `tfsky predict`: the next one decoding, the
-#                                 previous one and its outputs in the writer, the float32 accumulator (16 B/px)
+IMAGE_BYTES = 8192 * 4096 * 16  # an 8K RGB image job in flight in `tfsky predict`, per pixel: this image (3 B) and
+#                                 its float32 accumulator (4 B), the next one decoding (3 B), the previous one in
+#                                 the writer: its image, overlay drawn in place (3 B), and stored maps (3 B)
 
 
 @dataclasses.dataclass
@@ -82,7 +84,9 @@ class TilingConfig:
             budget (`choose_tiling`); None: the model's training tile. Defaults to ``auto``.
         overlap: Optional[float]. Fraction of the tile shared by neighbours, in [0, 1). Defaults to None:
             `AUTO_OVERLAP_PX` pixels (at most a quarter of the tile).
-        window: str. Blend window: ``constant``, ``gaussian``, ``hann`` or ``spline``. Defaults to ``gaussian``.
+        window: str. Blend window: ``ramp`` (flat, with raised-cosine ramps across the overlap: neighbours
+            cross-fade and sum to 1, so no step at tile borders), ``constant``, ``gaussian``, ``hann`` or
+            ``spline``. Defaults to ``ramp``.
         tile_batch: int. Tiles per model call (``auto`` lowers it to fit the memory budget). Defaults to 8.
         tta: str. Flip test-time augmentation: ``none``, ``flip2`` (+ horizontal flip) or ``flip4``
             (+ vertical and both). Defaults to ``none``.
@@ -100,7 +104,7 @@ class TilingConfig:
 
     tile: Union[int, Literal["auto"], None] = AUTO
     overlap: Optional[float] = None
-    window: Window = "gaussian"
+    window: Window = "ramp"
     tile_batch: int = 8
     tta: Tta = "none"
     resolution: Resolution = "working"
@@ -248,9 +252,14 @@ def compiled_forward(model, channels: int, size: Optional[int] = None) -> Predic
     return tf.function(lambda tiles: model(tiles, training=False), input_signature=[spec])
 
 
+def overlap_pixels(tile: int, overlap: float) -> int:
+    """Pixels neighbouring tiles share: ``round(overlap * tile)`` (the ``ramp`` window's ramp)."""
+    return int(round(overlap * tile))
+
+
 def tile_stride(tile: int, overlap: float) -> int:
-    """Distance between tile origins: ``tile - round(overlap * tile)``."""
-    return tile - int(round(overlap * tile))
+    """Distance between tile origins: ``tile - overlap_pixels``."""
+    return tile - overlap_pixels(tile, overlap)
 
 
 def tile_starts(length, tile: int, overlap: float) -> tf.Tensor:
@@ -316,25 +325,36 @@ def reflect_indices(length, size) -> tf.Tensor:
     return tf.where(index >= length, period - index, index)
 
 
-def blend_window(tile: int, mode: str = "gaussian", floor: float = 1e-3) -> np.ndarray:
+def blend_window(tile: int, mode: str = "ramp", floor: float = 1e-3, ramp: int = 0) -> np.ndarray:
     """1-D blend weights of a tile, peak 1, floored at ``floor`` (float32, length ``tile``).
 
-    ``constant``: all ones (plain average). ``gaussian``: sigma = 0.125 * tile
+    ``ramp``: 1 inside, rising over the first and last ``ramp`` pixels (the
+    overlap) as ``0.5 - 0.5 cos(pi (i + 0.5) / ramp)``; where two tiles overlap
+    by exactly ``ramp`` pixels their weights sum to 1, so the blend cross-fades
+    from one tile to the next and nothing steps at a tile's border (at most half
+    the tile on each side; ``ramp`` 0 is ``constant``). ``constant``: all ones
+    (plain average). ``gaussian``: sigma = 0.125 * tile
     around the centre, as MONAI. ``hann``: raised cosine sampled at pixel
     centres. ``spline``: the squared spline of Vooban's smoothly-blend-image-
     patches in 1-D, ``2 t**2`` for ``t < 1/2`` and ``1 - 2 (1 - t)**2`` above,
     where ``t`` is a triangle rising from the tile border to its centre. The
     floor keeps weights at the image border (covered by one tile) away from 0.
     """
-    return window_tensor(tile, mode, floor).numpy()
+    return window_tensor(tile, mode, floor, ramp).numpy()
 
 
-def window_tensor(size, mode: str = "gaussian", floor: float = 1e-3) -> tf.Tensor:
+def window_tensor(size, mode: str = "ramp", floor: float = 1e-3, ramp=0) -> tf.Tensor:
     """`blend_window` in TensorFlow ops, for a length known only in the graph (a last, smaller tile)."""
     size = tf.cast(size, tf.float64)
     centre = (size - 1) / 2
     position = tf.range(size, dtype=tf.float64)
-    if mode == "constant":
+    if mode == "ramp":
+        ramp = tf.minimum(tf.cast(ramp, tf.float64), tf.floor(size / 2))
+        inward = tf.minimum(position, size - 1 - position)  # pixels to the nearer end
+        rising = 0.5 - 0.5 * tf.cos(np.pi * (inward + 0.5) / tf.maximum(ramp, 1))
+        weights = tf.where(inward < ramp, rising, tf.ones_like(position))  # peak 1 unless all ramp: kept
+        return tf.cast(tf.maximum(weights, floor), tf.float32)  # (the cross-fade sums to exactly 1)
+    elif mode == "constant":
         weights = tf.ones_like(position)
     elif mode == "gaussian":
         weights = tf.exp(-0.5 * ((position - centre) / (0.125 * size)) ** 2)
@@ -420,7 +440,8 @@ def sliding_window_inference(
     for y, h in rows:
         for x, w in cols:
             shapes.setdefault((h, w), []).append((y, x))
-    windows = {length: blend_window(length, tiling.window) for length in {tile, int(last_y), int(last_x)}}
+    ramp = overlap_pixels(tile, overlap)
+    windows = {length: blend_window(length, tiling.window, ramp=ramp) for length in {tile, int(last_y), int(last_x)}}
     predict = with_flip_tta(predict_batch, tiling.tta)
     total = None
     done, count = 0, len(rows) * len(cols)
@@ -489,7 +510,8 @@ def sliding_window_graph(image: tf.Tensor, predict_batch: PredictBatch, tiling: 
     starts_y, last_y, padded_h = tile_axis(height, tile, overlap, multiple)
     starts_x, last_x, padded_w = tile_axis(width, tile, overlap, multiple)
     rows, cols = reflect_indices(height, padded_h), reflect_indices(width, padded_w)
-    window, window_y, window_x = (window_tensor(size, tiling.window) for size in (tile, last_y, last_x))
+    ramp = overlap_pixels(tile, overlap)
+    window, window_y, window_x = (window_tensor(size, tiling.window, ramp=ramp) for size in (tile, last_y, last_x))
     predict = with_flip_tta(predict_batch, tiling.tta)
 
     def group(ys, xs, h, w, window_h, window_w):

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from tfsky.cli.jobs import JobProgress, OutOption, finish
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config
 
 app = typer.Typer(help="Query a TF Serving server (gRPC 8500, or REST 8501 with --rest).", no_args_is_help=True)
@@ -40,10 +41,7 @@ def connect(config, set_, **flags):
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder for <stem>_mask.png, <stem>_prob.png and <stem>.json "
-                           "(a classifier: <stem>.json and classification.csv).")
-    ],
+    out: OutOption,
     server: ServerOption = None,
     model: ModelOption = None,
     version: VersionOption = None,
@@ -63,11 +61,11 @@ def predict(
 ) -> None:
     """Write a sky mask and a JSON sidecar per image; a re-run skips complete images. Exit 1 if any image failed.
 
-    A served weather classifier (a model with a classify_image signature, asked once per job) writes a JSON
-    sidecar with the class probabilities per image and classification.csv for the job instead.
+    Per image <stem>_mask.png, <stem>_prob.png and <stem>.json. A served weather classifier (a model with a
+    classify_image signature, asked once per job) writes a JSON sidecar with the class probabilities per
+    image and classification.csv for the job instead.
     Server and model come from the ``client:`` section of --config, then --set, then the flags above.
     """
-    from tfsky.cli.jobs import JobProgress, finish
     from tfsky.serving.classify_jobs import classify_files, serves_classifier
     from tfsky.serving.jobs import segment_files
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
-from tfsky.cli.jobs import JobProgress, WorkersOption, finish, make_engine
+from tfsky.cli.jobs import JobProgress, OutOption, WorkersOption, finish, make_engine
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 
@@ -16,7 +16,7 @@ from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOpt
 def colorize_cli(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Colorizer .keras file (model.kind colorize).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    out: OutOption,
     tile: TileOption = None,
     overlap: OverlapOption = None,
     window: WindowOption = None,

@@ -43,7 +43,7 @@ MemoryBudgetOption = Annotated[Optional[float], typer.Option(
 OverlapOption = Annotated[Optional[float], typer.Option(
     help="Tile overlap fraction in [0, 1) (config: tiling.overlap; default: 64 px, at most a quarter tile).")]
 WindowOption = Annotated[Optional[str], typer.Option(
-    help="Blend window: constant | gaussian | hann | spline (config: tiling.window).")]
+    help="Blend window: ramp | constant | gaussian | hann | spline (config: tiling.window).")]
 TileBatchOption = Annotated[Optional[int], typer.Option(help="Tiles per model call (config: tiling.tile_batch).")]
 TtaOption = Annotated[Optional[str], typer.Option(help="Flip TTA: none | flip2 | flip4 (config: tiling.tta).")]
 ResolutionOption = Annotated[Optional[str], typer.Option(

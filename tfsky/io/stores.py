@@ -2,7 +2,10 @@
 
 A `StorePath` is a pure path whose first part is the scheme (``s3:``) and the
 second the bucket, so the job runner and the output namers build object
-names with the same ``/``, ``.name`` and ``.with_suffix`` as for local files.
+names with the same ``/``, ``.name`` and ``.with_suffix`` as for local files,
+and a job's summary files (the cloud-cover series, the classification table)
+are built from the sidecars in the store with the same ``rglob`` and
+``read_text`` as from a local folder (`tfsky.predict.outputs.job_sidecars`).
 `tfsky.io.atomic.atomic_path` writes each such file to a local temporary file
 and then stores it with `put`: an object appears whole or not at all (one
 PUT below Arrow's 10 MB part size, a multipart upload above, which S3 also
@@ -19,10 +22,12 @@ node needs those settings too.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import os
 import shutil
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 from tfsky.errors import InputError, TfskyError, first_line
 
@@ -32,7 +37,7 @@ INSTALL_HINT = "pip install -e '.[s3]' (or pip install 'pyarrow==26.0.1')"
 
 
 class StorePath(PurePosixPath):
-    """``s3://bucket/key``: an object in a store, with the two `pathlib.Path` queries the job runner makes.
+    """``s3://bucket/key``: an object in a store, with the `pathlib.Path` queries and reads tfsky's jobs make.
 
     Pure-path arithmetic keeps the class (``out / "sub" / "a_mask.png"``, ``.parent``, ``.with_suffix``),
     and it pickles, so Ray workers get the same output names.
@@ -61,9 +66,40 @@ class StorePath(PurePosixPath):
         """Itself: an object name has no links to follow (the runner resolves the output folder)."""
         return self
 
+    def rglob(self, pattern: str) -> Iterator["StorePath"]:
+        """The objects at any depth under this prefix whose name matches ``pattern`` (as `Path.rglob`).
+
+        Raises:
+            InputError: the store cannot be listed.
+        """
+        from pyarrow.fs import FileSelector, FileType
+
+        below = FileSelector(self.location, recursive=True, allow_not_found=True)
+        try:
+            listing = filesystem(self).get_file_info(below)
+        except OSError as err:
+            raise InputError(self, f"cannot list the object store ({first_line(err)})") from None
+        for info in listing:
+            if info.type == FileType.File and fnmatch.fnmatchcase(info.base_name, pattern):
+                yield StorePath(self.parts[0], *info.path.split("/"))
+
+    def read_bytes(self) -> bytes:
+        """The object's bytes; an OSError (e.g. FileNotFoundError) if it cannot be read, as `Path.read_bytes`."""
+        with filesystem(self).open_input_stream(self.location) as source:
+            return source.read()
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        """The object decoded as text (a UnicodeDecodeError for other bytes, as `Path.read_text`)."""
+        return self.read_bytes().decode(encoding)
+
+    @property
+    def location(self) -> str:
+        """``bucket/key``: the name Arrow's file system gives the object."""
+        return f"{self.bucket}/{self.key}".rstrip("/")
+
     def _info(self):
         try:
-            return filesystem(self).get_file_info(f"{self.bucket}/{self.key}")
+            return filesystem(self).get_file_info(self.location)
         except OSError as err:
             raise InputError(self, f"cannot reach the object store ({first_line(err)})") from None
 
@@ -89,7 +125,7 @@ def as_path(out: str | Path | StorePath) -> Path | StorePath:
 def put(local: Path, target: StorePath) -> None:
     """Store the finished local file ``local`` as ``target``: visible whole once the upload completes."""
     try:
-        with open(local, "rb") as source, filesystem(target).open_output_stream(f"{target.bucket}/{target.key}") as sink:
+        with open(local, "rb") as source, filesystem(target).open_output_stream(target.location) as sink:
             shutil.copyfileobj(source, sink, _COPY_CHUNK)
     except OSError as err:
         if err.filename:  # the local temporary file, not the store
@@ -107,12 +143,12 @@ def check_writable(folder: StorePath) -> None:
         raise InputError(folder, "is an object, not an output folder")
     probe = folder / f".tfsky-write-check.{os.getpid()}"
     try:
-        with filesystem(folder).open_output_stream(f"{probe.bucket}/{probe.key}") as sink:
+        with filesystem(folder).open_output_stream(probe.location) as sink:
             sink.write(b"")
     except OSError as err:
         raise InputError(folder, f"cannot write to the output folder ({first_line(err)})") from None
     try:
-        filesystem(folder).delete_file(f"{probe.bucket}/{probe.key}")
+        filesystem(folder).delete_file(probe.location)
     except OSError:
         pass  # a put-only role may not delete: the empty probe stays, hidden by its leading dot
     # (Arrow then keeps ``folder/`` as an empty folder marker, as S3 consoles make for a new folder)

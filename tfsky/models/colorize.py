@@ -38,6 +38,7 @@ from tfsky.errors import ConfigError
 from tfsky.models.pix2pix import Pix2PixConfig, adversarial_loss, build_patchgan, loss_scale_wrapped, replica_share
 
 COARSE_FACTOR = 4  # the generator's output is 1/4 of its input side
+LOG_L2_FLOOR = (1 / AB_SCALE) ** 2  # 1 ab unit squared, in model units: a perfect image is not -inf
 
 
 @dataclasses.dataclass
@@ -51,8 +52,11 @@ class ColorizeConfig:
         refine_filters: int. Filters of the refinement network's first level. Defaults to 16.
         refine_depth: int. Stride-2 levels of the refinement U-Net; tiles must be multiples of 2**depth.
             Defaults to 2.
-        loss: str. ``l1``, ``huber`` (delta 0.1 in model units, ~11 ab) or ``l2`` (the conditional mean:
-            cautious colours, what PSNR rewards). Defaults to ``l1``.
+        loss: str. ``l1``, ``huber`` (delta 0.1 in model units, ~11 ab), ``l2`` (the conditional mean:
+            cautious colours) or ``log_l2``: the mean over images of log(their mean squared ab error + 1 ab²),
+            i.e. minus their mean PSNR up to constants (L is exact, so ab error is all the colour error):
+            a tint on a nearly colourless photo costs as much as a whole colourful one gains, as it does
+            in the mean PSNR it is judged by. Defaults to ``l1``.
         coarse_weight: float. Weight of the coarse output's loss. Defaults to 1.
         rebalance: float. Strength of the ab-bin rebalancing in [0, 1]: 0 off, 1 full inverse frequency;
             Zhang et al.'s lambda is ``1 - rebalance`` (0.5 in the paper). Defaults to 0.
@@ -69,7 +73,7 @@ class ColorizeConfig:
     generator_filters: int = 32
     refine_filters: int = 16
     refine_depth: int = 2
-    loss: Literal["l1", "huber", "l2"] = "l1"
+    loss: Literal["l1", "huber", "l2", "log_l2"] = "l1"
     coarse_weight: float = 1.0
     rebalance: float = 0.0
     ab_bin: float = 10.0
@@ -206,6 +210,22 @@ def split_inference_model(model: tf.keras.Model) -> tuple[tf.keras.Model, tf.ker
 # --- training ------------------------------------------------------------------------------------
 
 
+def pixel_loss(target, output, loss: str, bin_weights=None, ab_bin: float = 10.0) -> tf.Tensor:
+    """The ab loss ``loss`` (`ColorizeConfig.loss`) of [B, H, W, 2] outputs, optionally ab-bin rebalanced."""
+    target, output = tf.cast(target, tf.float32), tf.cast(output, tf.float32)
+    if loss == "huber":
+        error = tf.reduce_mean(tf.keras.losses.Huber(0.1, reduction="none")(target[..., None], output[..., None]), -1)
+    elif loss in ("l2", "log_l2"):
+        error = tf.reduce_mean(tf.square(target - output), axis=-1)
+    else:
+        error = tf.reduce_mean(tf.abs(target - output), axis=-1)
+    if bin_weights is not None:
+        error *= tf.gather(bin_weights, ab_bin_index(target * AB_SCALE, ab_bin))
+    if loss == "log_l2":  # per image, then averaged: the mean PSNR's own weighting
+        return tf.reduce_mean(tf.math.log(tf.reduce_mean(error, axis=[1, 2]) + LOG_L2_FLOOR))
+    return tf.reduce_mean(error)
+
+
 def rebalance_weights(prior: np.ndarray, mix: float) -> np.ndarray:
     """Per-bin weights ``1 / ((1 - mix) p + mix / Q)`` scaled to mean 1 under ``p`` (Zhang et al. 2016)."""
     weights = 1.0 / ((1 - mix) * prior + mix / prior.size)
@@ -250,16 +270,7 @@ class ColorizerTrainer(tf.keras.Model):
         return coarse, self.refiner(tf.concat([crop_l, hints], axis=-1), training=training)
 
     def _pixel_loss(self, target, output):
-        target, output = tf.cast(target, tf.float32), tf.cast(output, tf.float32)
-        if self.cfg.loss == "huber":
-            error = tf.reduce_mean(tf.keras.losses.Huber(0.1, reduction="none")(target[..., None], output[..., None]), -1)
-        elif self.cfg.loss == "l2":
-            error = tf.reduce_mean(tf.square(target - output), axis=-1)
-        else:
-            error = tf.reduce_mean(tf.abs(target - output), axis=-1)
-        if self.bin_weights is not None:
-            error *= tf.gather(self.bin_weights, ab_bin_index(target * AB_SCALE, self.cfg.ab_bin))
-        return tf.reduce_mean(error)
+        return pixel_loss(target, output, self.cfg.loss, self.bin_weights, self.cfg.ab_bin)
 
     def _step_losses(self, data, training: bool):
         (small_l, crop_l, boxes), (coarse_target, crop_target) = data

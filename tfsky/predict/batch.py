@@ -26,6 +26,7 @@ import numpy as np
 
 from tfsky import __version__
 from tfsky.errors import ConfigError, InputError
+from tfsky.io.stores import as_path
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import load_info
 from tfsky.predict.outputs import (
@@ -81,7 +82,7 @@ def predict_many(
     Args:
         model_path: str | Path. A tfsky segmenter (``.keras`` with its sidecar).
         inputs: sequence of Path. Image files, folders (searched recursively) and ``.txt`` manifests.
-        out_dir: str | Path. Output folder (created).
+        out_dir: str | Path. Output folder (created), or ``s3://bucket/prefix`` (`tfsky.io.stores`).
         config: PredictConfig. Tiling and output options. Defaults to None (the `PredictConfig` defaults).
         overwrite: bool. Redo images whose outputs are complete. Defaults to False.
         listener: Listener. Progress hooks. Defaults to None.
@@ -95,7 +96,7 @@ def predict_many(
     report = run_job(task, inputs, out_dir, overwrite=overwrite, listener=listener, engine=engine)
     if task.cloud:
         finished = {str(source) for source in (*report.done, *report.skipped)}
-        write_cloud_series(Path(out_dir), finished)
+        write_cloud_series(as_path(out_dir), finished)
     return report
 
 

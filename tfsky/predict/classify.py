@@ -27,6 +27,7 @@ from tfsky import __version__
 from tfsky.errors import InputError
 from tfsky.io.atomic import write_json, write_text
 from tfsky.io.images import read_image
+from tfsky.io.stores import as_path
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, load_info, load_model
 from tfsky.models.precision import InferencePrecision
@@ -177,7 +178,7 @@ def classify_many(model_path: str | Path, inputs: Sequence[Path], out_dir: str |
     """Classify every image of ``inputs`` into ``out_dir`` (see the module docstring); returns the job's report."""
     report = run_job(ClassifyTask(Path(model_path)), inputs, out_dir, overwrite=overwrite, listener=listener,
                      engine=engine)
-    write_classification_table(Path(out_dir), {str(source) for source in (*report.done, *report.skipped)})
+    write_classification_table(as_path(out_dir), {str(source) for source in (*report.done, *report.skipped)})
     return report
 
 

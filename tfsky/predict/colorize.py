@@ -148,6 +148,9 @@ def colorize_images(
 ) -> Report:
     """Colorize every image of ``inputs`` (files, folders, ``.txt`` manifests) into ``out_dir``.
 
+    ``out_dir`` is a local folder or ``s3://bucket/prefix`` (`tfsky.io.stores`): each output is written
+    through `tfsky.io.atomic.atomic_path` (`write_png`), whole or not at all in either.
+
     A bad image is recorded in the report's ``failed`` with its reason and the job goes on; images
     whose output exists are skipped unless ``overwrite``.
 

@@ -13,7 +13,9 @@ A cloud model (`tfsky.predict.cloud.is_cloud_model`) draws its cloud mask in
 ``name_classes.png`` (WSISEG's values: 255 cloud, 100 clear sky, 0 outside
 the valid sky) and the ``cloud_cover`` facts to the sidecar; a folder of
 frames also gets ``cloud_cover.csv`` (one row per frame) and
-``cloud_cover.png`` (cloud fraction over the frames), see `write_cloud_series`.
+``cloud_cover.png`` (cloud fraction over the frames), see `write_cloud_series`;
+in an object store (``s3://...``) these are objects under the prefix, built
+from the sidecars there like the local files.
 
 Every file goes through a temporary hidden sibling and a rename
 (`tfsky.io.atomic`); temporaries a killed run left behind are removed by
@@ -39,6 +41,7 @@ import numpy as np
 from tfsky.data.transforms import is_hdr
 from tfsky.io.atomic import atomic_path, write_json, write_text
 from tfsky.io.images import luminance
+from tfsky.io.stores import StorePath
 from tfsky.io.writers import write_jpeg, write_png, write_tif
 
 ProbFormat = Literal["png16", "tif"]
@@ -124,16 +127,19 @@ def write_sidecar(paths: OutputPaths, facts: dict[str, Any], mask: np.ndarray, t
     return sidecar
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, restore: Restore = None) -> np.ndarray:
+def overlay(image: np.ndarray, mask: np.ndarray, restore: Restore = None, in_place: bool = False) -> np.ndarray:
     """uint8 RGB view of ``image`` with the 0/255 ``mask`` tinted in `OVERLAY_COLOUR` at `OVERLAY_OPACITY`.
 
     ``restore`` maps stored pixels back to the values read from the file (e.g.
     `ModelInputs.restore` for HDR kept in float16 model space); it is applied per row band.
+    ``in_place`` draws into a uint8 RGB ``image`` itself (a batch job's writer owns it): no second
+    image-sized buffer (3 bytes per pixel less for an 8K photo); other images get a new array.
     """
     restore = restore or (lambda pixels: pixels)
     sample = restore(image[::4, ::4])
     exposure = hdr_exposure(sample) if is_hdr(sample) else None
-    out = np.empty(image.shape[:2] + (3,), np.uint8)
+    drawable = in_place and image.dtype == np.uint8 and image.shape[2:] == (3,) and image.flags.writeable
+    out = image if drawable else np.empty(image.shape[:2] + (3,), np.uint8)
     for row in range(0, image.shape[0], _BAND):
         rgb = display_rgb(restore(image[row : row + _BAND]), exposure)
         alpha = mask[row : row + _BAND, :, None] * np.float32(OVERLAY_OPACITY / 255)
@@ -191,11 +197,12 @@ def write_class_mask(paths: OutputPaths, cloud: np.ndarray, valid: np.ndarray) -
     write_png(paths.classes, classes)
 
 
-def job_sidecars(out_dir: Path, sources: Collection[str]) -> Iterator[dict]:
+def job_sidecars(out_dir: Path | StorePath, sources: Collection[str]) -> Iterator[dict]:
     """The JSON sidecars in ``out_dir`` (searched recursively, in path order) of the images ``sources``.
 
     What a job's summary files (`write_cloud_series`, the classifier's table) are built from, so that
-    a re-run's skipped images are listed too. Other JSON files there are passed over.
+    a re-run's skipped images and the images of Ray workers are listed too. Other JSON files there
+    are passed over. ``out_dir`` may be an object-store prefix (read back from the store).
     """
     for path in sorted(out_dir.rglob("*.json")):
         if path.name.startswith("."):
@@ -208,7 +215,7 @@ def job_sidecars(out_dir: Path, sources: Collection[str]) -> Iterator[dict]:
             yield facts
 
 
-def write_cloud_series(out_dir: Path, sources: Collection[str]) -> Optional[tuple[Path, Path]]:
+def write_cloud_series(out_dir: Path | StorePath, sources: Collection[str]) -> Optional[tuple[Path, Path]]:
     """``cloud_cover.csv`` and ``cloud_cover.png`` in ``out_dir`` from the sidecars there of the frames ``sources``.
 
     Rows are in time order when every name carries a timestamp, else in file-name order.

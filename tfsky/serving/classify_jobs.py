@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tfsky.io.atomic import write_json
 from tfsky.io.images import image_size
+from tfsky.io.stores import as_path
 from tfsky.jobs import Decoded, Item, Listener, Report, Task, run_job
 from tfsky.predict.classify import classification, read_ldr, sidecar_path, write_classification_table
 from tfsky.serving.client import CLASSIFY_SIGNATURE, Client
@@ -30,17 +31,18 @@ def serves_classifier(client: Client, model: str, *, version: int | None = None,
                                                                                       label=label))
 
 
-def classify_files(client: Client, model: str, inputs: Sequence[Path], out: Path, *, version: int | None = None,
+def classify_files(client: Client, model: str, inputs: Sequence[Path], out: str | Path, *, version: int | None = None,
                    label: str | None = None, overwrite: bool = False,
                    listener: Optional[Listener] = None) -> Report:
     """Classify every image of ``inputs`` through ``client`` into ``out``; see the module docstring.
 
     As for segmentation (`tfsky.serving.jobs.segment_files`), a bad file or an image the server refuses is
-    recorded in the report and the job goes on; other server failures stop it.
+    recorded in the report and the job goes on; other server failures stop it. ``out`` may be
+    ``s3://bucket/prefix`` (`tfsky.io.stores`): the table is then built from the sidecars in the store.
     """
     task = ServerClassifyTask(client, model, version, label)
     report = run_job(task, inputs, out, overwrite=overwrite, listener=listener)
-    write_classification_table(Path(out), {str(source) for source in (*report.done, *report.skipped)})
+    write_classification_table(as_path(out), {str(source) for source in (*report.done, *report.skipped)})
     return report
 
 

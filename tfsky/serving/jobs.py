@@ -46,7 +46,7 @@ def segment_files(
     client: Client,
     model: str,
     inputs: Sequence[Path],
-    out: Path,
+    out: str | Path,
     *,
     version: int | None = None,
     label: str | None = None,
@@ -65,7 +65,7 @@ def segment_files(
         client: Client. Connected client.
         model: str. Model name.
         inputs: sequence of Path. Image files, folders (searched recursively) and ``.txt`` manifests.
-        out: Path. Output folder.
+        out: str | Path. Output folder, or ``s3://bucket/prefix`` (`tfsky.io.stores`).
         version: int. Model version. Defaults to None (newest).
         label: str. Version label instead of a version. Defaults to None.
         tiles_from: Path. An exported version folder whose metadata gives the preprocessing and

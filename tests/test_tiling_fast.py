@@ -195,3 +195,17 @@ def test_tile_and_memory_budget_flags_reach_the_predict_config(cli, tmp_path):
     bad = cli("predict", "-m", tmp_path / "m.keras", tmp_path, "-o", tmp_path / "o", "--tile", "big")
     assert bad.exit_code == 1
     assert bad.stderr.strip() == "Error: config key 'tiling.tile': must be auto or a whole number of pixels; got 'big'"
+
+
+@pytest.mark.parametrize("command,section", [
+    (["translate", "-m", "m.keras", "in", "-o", "out"], "translate"),
+    (["colorize", "-m", "m.keras", "in", "-o", "out"], "colorize"),
+    (["export", "-m", "m.keras", "--name", "sky", "--repo", "repo"], "export"),
+    (["evaluate", "segmenter", "-m", "m.keras", "--data", "d"], "evaluate"),
+    (["evaluate", "translator", "-m", "m.keras"], "evaluate"),
+])
+def test_every_tiling_command_takes_the_memory_budget_into_its_config(cli, tmp_path, command, section):
+    result = cli(*[tmp_path / arg if arg in ("m.keras", "in", "out", "repo", "d") else arg for arg in command],
+                 "--memory-budget", "0")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: config key '{section}.tiling.memory_budget': must be > 0 (GB); got 0.0"

@@ -10,7 +10,7 @@ import typer
 from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
 from tfsky.cli.jobs import JobProgress, OutOption, WorkersOption, finish, make_engine
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
-from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
+from tfsky.cli.options import MemoryBudgetOption, OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 
 
 def colorize_cli(
@@ -22,6 +22,7 @@ def colorize_cli(
     window: WindowOption = None,
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
+    memory_budget: MemoryBudgetOption = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs exist.")] = False,
     engine: EngineOption = EngineName.local,
     address: AddressOption = None,
@@ -38,7 +39,8 @@ def colorize_cli(
     """
     from tfsky.predict.colorize import ColorizeOptions, colorize_images
 
-    cfg = command_config(ColorizeOptions, "colorize", config, set_, tiling_flags(tile, overlap, window, tile_batch, tta))
+    flags = tiling_flags(tile, overlap, window, tile_batch, tta, memory_budget=memory_budget)
+    cfg = command_config(ColorizeOptions, "colorize", config, set_, flags)
     runner = make_engine(engine, address, workers, gpus_per_worker, cpus_per_worker)
     with JobProgress(quiet) as listener:
         report = colorize_images(model, inputs, out, cfg, overwrite=overwrite, listener=listener, engine=runner)

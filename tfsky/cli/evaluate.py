@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
-from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
+from tfsky.cli.options import MemoryBudgetOption, OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 from tfsky.cli.options import ResolutionOption
 
 app = typer.Typer(help="Evaluate trained models against labelled data and naive baselines.", no_args_is_help=True)
@@ -44,6 +44,7 @@ def segmenter(
     window: WindowOption = None,
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
+    memory_budget: MemoryBudgetOption = None,
     resolution: ResolutionOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -64,7 +65,7 @@ def segmenter(
     from tfsky.evaluate.segmenter import evaluate_segmenter, overall_table, verdict
 
     flags = {"split": split, "threshold": threshold, "band": band,
-             **tiling_flags(tile, overlap, window, tile_batch, tta, resolution)}
+             **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget)}
     cfg = command_config(EvaluateConfig, "evaluate", config, set_, flags)
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
@@ -132,6 +133,7 @@ def translator(
     window: WindowOption = None,
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
+    memory_budget: MemoryBudgetOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     quiet: QuietOption = False,
@@ -152,7 +154,7 @@ def translator(
     from tfsky.evaluate.translator import evaluate_translator, summary_table
 
     cfg = command_config(EvaluateConfig, "evaluate", config, set_,
-                         {"split": split, **tiling_flags(tile, overlap, window, tile_batch, tta)})
+                         {"split": split, **tiling_flags(tile, overlap, window, tile_batch, tta, memory_budget=memory_budget)})
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
     if is_colorizer_file(model):

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from tfsky.cli.options import ConfigOption, SetOption, command_config, tiling_flags
-from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
+from tfsky.cli.options import MemoryBudgetOption, OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 
 
 def export_cli(
@@ -33,6 +33,7 @@ def export_cli(
     window: WindowOption = None,
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
+    memory_budget: MemoryBudgetOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     info: Annotated[
@@ -55,7 +56,7 @@ def export_cli(
     from tfsky.export.savedmodel import export_model
 
     flags = {"name": name, "repo": repo, "version": version, "precision": precision,
-             **tiling_flags(tile, overlap, window, tile_batch, tta)}
+             **tiling_flags(tile, overlap, window, tile_batch, tta, memory_budget=memory_budget)}
     cfg = command_config(ExportConfig, "export", config, set_, flags)
     target = export_model(model, cfg.repo, cfg.name, version=cfg.version, overwrite=overwrite, tiling=cfg.tiling,
                           precision=cfg.precision, cloud=cfg.cloud)

@@ -10,7 +10,7 @@ import typer
 from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
 from tfsky.cli.jobs import JobProgress, OutOption, WorkersOption, finish, make_engine
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
-from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
+from tfsky.cli.options import MemoryBudgetOption, OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 
 
 def translate_cli(
@@ -28,6 +28,7 @@ def translate_cli(
     window: WindowOption = None,
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
+    memory_budget: MemoryBudgetOption = None,
     sample: Annotated[Optional[bool], typer.Option(
         help="VAE: sample the latent instead of using its mean (config: translate.sample).")] = None,
     native_scale: Annotated[Optional[bool], typer.Option(
@@ -53,7 +54,7 @@ def translate_cli(
     flags = {
         "composite.enabled": composite, "composite.segmenter": segmenter, "composite.mask": mask,
         "composite.feather": feather, "sample": sample, "native_scale": native_scale,
-        **tiling_flags(tile, overlap, window, tile_batch, tta),
+        **tiling_flags(tile, overlap, window, tile_batch, tta, memory_budget=memory_budget),
     }
     cfg = command_config(TranslateConfig, "translate", config, set_, flags)
     runner = make_engine(engine, address, workers, gpus_per_worker, cpus_per_worker)

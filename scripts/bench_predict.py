@@ -178,6 +178,14 @@ def _timed_probability(segmenter, image) -> tuple[float, "object"]:
     return time.perf_counter() - start, probability
 
 
+def _peak_rss_gb() -> float:
+    """This process's peak RSS so far: taken right after a prediction, before the benchmark's own analysis
+    (seam score, agreement) allocates its full-size temporaries."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
+
+
 def _per_pixel_seconds(segmenter, tile: int, batch: int) -> float:
     """Best of 2 calls of the compiled model on a [batch, tile, tile, 3] batch (after a warm-up), per input pixel."""
     import numpy as np
@@ -253,9 +261,10 @@ def auto(workdir: Path, model: Path) -> None:
     reference = workdir / "reference_mask.npy"
     segmenter = _segmenter(model)
     seconds, probability = _timed_probability(segmenter, image)
+    prediction_rss = _peak_rss_gb()
     per_pixel = json.loads((workdir / "cost.json").read_text())["seconds_per_pixel_1024_tile_us"] / 1e6
     tiling = segmenter.tiling_for(*SIZE)
-    full = {"seconds": round(seconds, 2), "tiling": dataclasses.asdict(tiling), "tiles": segmenter.tile_count(*SIZE),
+    full = {"seconds": round(seconds, 2), "peak_rss_gb_of_the_prediction": prediction_rss, "tiling": dataclasses.asdict(tiling), "tiles": segmenter.tile_count(*SIZE),
             "pixel_ratio": round(computed_pixels(*SIZE, tiling.tile, tiling.overlap, 32) / (SIZE[0] * SIZE[1]), 3),
             "mask_agreement": round(_agreement(probability >= segmenter.mask_threshold(), np.load(reference)), 5)
             if reference.exists() else None,
@@ -282,9 +291,10 @@ def working(workdir: Path, model: Path) -> None:
     image = read_image(workdir / "image.png")
     segmenter = _segmenter(model, resolution="working")
     seconds, probability = _timed_probability(segmenter, image)
+    prediction_rss = _peak_rss_gb()
     reference = workdir / "reference_mask.npy"
     _write(workdir, "working", {
-        "seconds": round(seconds, 2), "tiles": segmenter.tile_count(*SIZE),
+        "seconds": round(seconds, 2), "peak_rss_gb_of_the_prediction": prediction_rss, "tiles": segmenter.tile_count(*SIZE),
         "tiling": dataclasses.asdict(segmenter.tiling_for(*SIZE)),
         "mask_agreement_with_full_reference": round(_agreement(probability >= segmenter.mask_threshold(),
                                                                np.load(reference)), 5) if reference.exists() else None})

@@ -134,3 +134,19 @@ def test_half_exr_clamps_the_sun_instead_of_writing_inf(tmp_path):
     back = read_image(tmp_path / "sun.exr", nonfinite="keep")
     assert np.isfinite(back).all()
     assert back[1, 2].tolist() == [65504.0] * 3 and back[0, 0].tolist() == [2.0] * 3
+
+
+def test_a_consumed_jpeg_is_the_same_file_without_a_copy_of_the_image(tmp_path):
+    rgb = np.random.default_rng(3).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    write_jpeg(tmp_path / "kept.jpg", rgb)
+    scratch = rgb.copy()
+    write_jpeg(tmp_path / "consumed.jpg", scratch, consume=True)
+    assert (tmp_path / "kept.jpg").read_bytes() == (tmp_path / "consumed.jpg").read_bytes()
+    assert np.array_equal(scratch, rgb[..., ::-1])  # swapped in place: the buffer OpenCV encoded
+
+
+def test_png_decoding_swaps_opencv_bgr_in_place_and_keeps_colours(tmp_path):
+    rgb = np.random.default_rng(4).integers(0, 65536, (40, 50, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "a.png"), np.ascontiguousarray(rgb[..., ::-1]))
+    decoded = read_image(tmp_path / "a.png")
+    assert decoded.dtype == np.uint16 and np.array_equal(decoded, rgb) and decoded.flags.c_contiguous

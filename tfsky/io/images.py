@@ -313,6 +313,8 @@ def _split_alpha(pixels: np.ndarray, *, bgr: bool) -> Decoded:
     count = pixels.shape[-1]
     alpha = pixels[..., count - 1] if count in (2, 4) else None
     color = pixels[..., :1] if count <= 2 else pixels[..., :3]
+    if bgr and count == 3 and pixels.flags.c_contiguous:  # in place: no second copy of an 8K frame
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB, dst=pixels), alpha
     if bgr and color.shape[-1] == 3:
         color = color[..., ::-1]
     return np.ascontiguousarray(color), alpha

@@ -50,11 +50,15 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
         picture.save(tmp, format="PNG", compress_level=PNG_LEVEL)
 
 
-def write_jpeg(path: str | Path, array: np.ndarray, quality: int = 92) -> None:
-    """Write a ``uint8`` grey or RGB image as JPEG with ``quality`` (0-100)."""
+def write_jpeg(path: str | Path, array: np.ndarray, quality: int = 92, consume: bool = False) -> None:
+    """Write a ``uint8`` grey or RGB image as JPEG with ``quality`` (0-100).
+
+    ``consume``: the caller is done with ``array``, so its channels are swapped to OpenCV's BGR in place
+    (no second image-sized buffer, 100 MB for an 8K overlay); the array's content is then undefined.
+    """
     if array.dtype != np.uint8:
         raise ValueError(f"JPEG needs uint8 pixels, got {array.dtype}")
-    _imwrite(path, array, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    _imwrite(path, array, [cv2.IMWRITE_JPEG_QUALITY, int(quality)], consume)
 
 
 def write_tif(path: str | Path, array: np.ndarray) -> None:
@@ -107,9 +111,14 @@ def _to_bgr(array: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected 1, 3 or 4 channels, got shape {array.shape}")
 
 
-def _imwrite(path: str | Path, array: np.ndarray, params: list[int]) -> None:
-    """Encode with OpenCV (format from the suffix, which the temp name keeps) and rename into place."""
-    bgr = _to_bgr(array)
+def _imwrite(path: str | Path, array: np.ndarray, params: list[int], consume: bool = False) -> None:
+    """Encode with OpenCV (format from the suffix, which the temp name keeps) and rename into place.
+
+    ``consume`` converts a writable contiguous RGB ``array`` to BGR in place instead of copying it.
+    """
+    in_place = consume and array.ndim == 3 and array.shape[-1] == 3 and array.flags.writeable \
+        and array.flags.c_contiguous
+    bgr = cv2.cvtColor(array, cv2.COLOR_RGB2BGR, dst=array) if in_place else _to_bgr(array)
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), bgr, params):
             raise InputError(path, "could not write the image (OpenCV could not encode it)")

@@ -168,7 +168,7 @@ class PredictTask(Task):
             if classes is not None:
                 write_class_mask(outputs, *classes)
             write_maps(outputs, maps)
-            write_overlay(outputs, overlay(image, maps.mask, restore))
+            write_overlay(outputs, overlay(image, maps.mask, restore, in_place=True))
             write_sidecar(outputs, facts, maps.mask, threshold)
 
         return write

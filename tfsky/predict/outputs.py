@@ -115,8 +115,8 @@ def write_probability_png(path: Path, prob: np.ndarray) -> None:
 
 
 def write_overlay(paths: OutputPaths, shown: np.ndarray) -> None:
-    """Write the uint8 RGB overlay drawn by `overlay`."""
-    write_jpeg(paths.overlay, shown)
+    """Write the uint8 RGB overlay drawn by `overlay`; ``shown`` is used up (encoded in place)."""
+    write_jpeg(paths.overlay, shown, consume=True)
 
 
 def write_sidecar(paths: OutputPaths, facts: dict[str, Any], mask: np.ndarray, threshold: float) -> dict[str, Any]:

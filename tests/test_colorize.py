@@ -1,9 +1,11 @@
 """Colorization (``model.kind: colorize``): Lab conversion vs OpenCV on real photos, the split by source, a
-tiny real training run with resume, ``tfsky colorize`` on bad inputs, the evaluation and the serving export."""
+tiny real training run with resume, ``tfsky colorize`` on bad inputs, the chroma gate (fit, grey output in
+every path, old sidecars), the evaluation and the serving export."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -19,6 +21,7 @@ from tfsky.evaluate.colorize import colourfulness
 from tfsky.io.images import read_image
 from tfsky.models.bundle import load_info, load_model
 from tfsky.models.colorize import rebalance_weights, upsample_hints
+from tfsky.train.colorize import best_gate_threshold
 from tfsky.train.config import TranslatorConfig
 from tfsky.train.runner import read_history
 from tfsky.train.translator import train_translator
@@ -85,6 +88,21 @@ def test_log_l2_loss_weighs_every_image_as_its_psnr_does():
     assert far > 50 * near  # plain L2 hardly sees the nearly grey image
 
 
+def test_gate_fit_picks_the_threshold_of_the_best_mean_psnr():
+    chroma = np.array([5.0, 1.0, 9.0, 3.0, 7.0])
+    model = np.array([24.0, 20.0, 30.0, 21.0, 26.0])
+    grey = np.array([25.0, 33.0, 22.0, 31.0, 25.5])  # grey wins below 4 (+13, +10), and on 5 by only +1
+    gated = lambda gate: np.where(chroma < gate, grey, model).mean()  # noqa: E731
+    # gating the three lowest (gate 6) gains 1 dB more on image 5 than gating two (gate 4)
+    assert best_gate_threshold(chroma, model, grey) == 6.0
+    assert gated(6.0) == max(gated(t) for t in (0, 2, 4, 6, 8, 10))
+    model[0] = 26.0  # now image 5 loses 1 dB when gated: the midpoint below it wins
+    assert best_gate_threshold(chroma, model, grey) == 4.0
+    assert best_gate_threshold(chroma, model, model - 1) is None  # grey never better: no gate
+    assert best_gate_threshold(chroma, model, model) is None  # a tie is no reason to gate
+    assert best_gate_threshold(chroma, model, model + 1) == 10.0  # grey always better: above the largest
+
+
 def test_colourfulness_of_grey_is_zero_and_grows_with_saturation():
     grey = np.full((8, 8, 3), 0.5, np.float32)
     red = grey.copy()
@@ -112,10 +130,75 @@ def tiny_config(shared_data: Path, tmp_path: Path, *extra: str) -> TranslatorCon
 
 @pytest.fixture(scope="module")
 def colorizer_file(shared_data, tmp_path_factory) -> Path:
-    """A tiny colorizer trained for 2 epochs on the real SkyFinder frames (about 20 s)."""
+    """A tiny colorizer trained for 2 epochs on the real SkyFinder frames, its chroma gate fitted (about 40 s)."""
     tmp_path = tmp_path_factory.mktemp("colorizer")
     result = train_translator(tiny_config(shared_data, tmp_path), verbose=0)
     return result.run_dir / "best.keras"
+
+
+def model_copy(model: Path, folder: Path, **sidecar) -> Path:
+    """``model`` and its sidecar copied into ``folder``, sidecar keys set (a value of ... deletes the key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = Path(shutil.copy(model, folder / model.name))
+    info = json.loads(model.with_suffix(".json").read_text())
+    for key, value in sidecar.items():
+        if value is ...:
+            del info[key]
+        else:
+            info[key] = value
+    copy.with_suffix(".json").write_text(json.dumps(info))
+    return copy
+
+
+def webcam_frame(shared_data: Path) -> np.ndarray:
+    return read_image(sorted((shared_data / "skyfinder_webcams" / "623").glob("*.jpg"))[0])
+
+
+def lab_of_uint8(image: np.ndarray) -> np.ndarray:
+    return rgb_to_lab(image / np.float32(255)).numpy()
+
+
+def assert_grey_with_the_same_lightness(out: np.ndarray, source: np.ndarray) -> None:
+    out_lab = lab_of_uint8(out)
+    assert np.abs(out_lab[..., 1:]).max() < 0.5  # a = b = 0 up to the 8-bit rounding of R = G = B
+    assert np.abs(out_lab[..., 0] - lab_of_uint8(source)[..., 0]).max() < 0.5  # L kept, to 8-bit rounding
+
+
+def test_below_the_gate_a_frame_comes_out_grey_and_skips_the_refinement(colorizer_file, shared_data, tmp_path):
+    from tfsky.predict.colorize import TiledColorizer
+
+    source = webcam_frame(shared_data)[:120, :200]
+    gated = TiledColorizer.load(model_copy(colorizer_file, tmp_path / "gated", chroma_gate=1e6))
+    gated.predict_tiles = None  # the refinement must not run at all
+    frame = gated.colorize_frame(source)
+    assert frame.gated and frame.chroma < 1e6
+    assert_grey_with_the_same_lightness(frame.rgb, source)
+    ungated = TiledColorizer.load(colorizer_file).colorize_frame(source, gate=False)
+    assert not ungated.gated and ungated.chroma == pytest.approx(frame.chroma, abs=1e-4)
+    assert np.abs(lab_of_uint8(ungated.rgb)[..., 1:]).max() > 2  # the model does colour it
+
+
+def test_an_old_sidecar_without_the_gate_loads_and_is_not_gated(colorizer_file, shared_data, tmp_path):
+    from tfsky.predict.colorize import TiledColorizer
+
+    old = model_copy(colorizer_file, tmp_path / "old", chroma_gate=...)
+    assert "chroma_gate" not in json.loads(old.with_suffix(".json").read_text())
+    assert load_info(old).chroma_gate is None
+    source = webcam_frame(shared_data)[:120, :200]
+    colorizer = TiledColorizer.load(old)
+    frame = colorizer.colorize_frame(source)
+    assert not frame.gated
+    np.testing.assert_array_equal(frame.rgb, colorizer.colorize_frame(source, gate=False).rgb)
+    assert np.abs(lab_of_uint8(frame.rgb)[..., 1:]).max() > 2
+
+
+def test_training_fits_the_gate_unless_the_config_switch_is_off(colorizer_file, shared_data, tmp_path):
+    gate = load_info(colorizer_file).chroma_gate
+    assert isinstance(gate, float) and gate > 0  # fitted at the end of training
+    cfg = tiny_config(shared_data, tmp_path, "train.epochs=1", "model.colorize.chroma_gate=false")
+    result = train_translator(cfg, verbose=0)
+    sidecar = json.loads((result.run_dir / "best.json").read_text())
+    assert sidecar["chroma_gate"] is None and sidecar["config"]["model"]["colorize"]["chroma_gate"] is False
 
 
 def test_training_writes_the_run_folder_and_resumes(colorizer_file, shared_data):
@@ -174,17 +257,33 @@ def test_a_segmenter_command_refuses_a_colorizer_in_one_line(cli, colorizer_file
     assert "is a colorize model, not a weather translator" in result.output
 
 
-def test_evaluate_translator_on_a_colorizer_reports_baselines_and_plots(cli, colorizer_file, tmp_path):
-    result = cli("evaluate", "translator", "--model", colorizer_file, "--out", tmp_path / "eval", "--quiet")
+def test_evaluate_translator_on_a_colorizer_fits_the_gate_and_reports_both_rows(cli, colorizer_file, tmp_path):
+    model = model_copy(colorizer_file, tmp_path / "model", chroma_gate=...)
+    shutil.copy(colorizer_file.parent / "history.csv", model.parent)
+    result = cli("evaluate", "translator", "--model", model, "--fit-gate", "--out", tmp_path / "eval", "--quiet")
     assert result.exit_code == 0, result.output
+    gate = load_info(model).chroma_gate
+    assert gate == load_info(colorizer_file).chroma_gate  # the same fit as at the end of training
+    assert f"chroma gate {gate:.2f}, fitted on 30 training images" in result.output
     report = json.loads((tmp_path / "eval" / "colorize_eval.json").read_text())
-    assert set(report["means"]) == {"model", "grey", "mean ab", "nearest colour"}
+    assert set(report["means"]) == {"model", "model (no gate)", "grey", "mean ab", "nearest colour"}
     assert report["means"]["grey"]["colourfulness"] < 1  # ab = 0 is grey (up to the 8-bit round trip)
     assert report["means"]["nearest colour"]["colourfulness"] > report["means"]["grey"]["colourfulness"]
     assert report["counts"]["evaluated"] == len(report["per_image"]) > 0
-    assert all(Path(report["per_image"][0]["image"]).parent.name != "" for _ in [0])
+    assert report["chroma_gate"]["threshold"] == gate
+    assert report["counts"]["gated"] == sum(entry["gated"] for entry in report["per_image"])
+    assert sum(folder["gated"] for folder in report["chroma_gate"]["by_folder"].values()) == report["counts"]["gated"]
+    for entry in report["per_image"]:
+        metrics = entry["metrics"]
+        assert entry["gated"] == (entry["chroma"] < gate)
+        if entry["gated"]:
+            assert metrics["model"]["psnr"] == pytest.approx(metrics["grey"]["psnr"], abs=0.1)
+            assert metrics["model"]["colourfulness"] < 1
+        else:
+            assert metrics["model"] == metrics["model (no gate)"]
     for name in ("contact_sheet.png", "psnr_distribution.png", "learning_curves.png", "colorize_eval.md"):
         assert (tmp_path / "eval" / name).is_file(), name
+    assert "Chroma gate" in (tmp_path / "eval" / "colorize_eval.md").read_text()
     rows = read_image(tmp_path / "eval" / "contact_sheet.png")
     assert rows.shape[1] == 3 * 256 + 2 * 4
 
@@ -196,6 +295,9 @@ def test_evaluate_translator_without_pairs_for_a_pix2pix_is_one_line(cli, tmp_pa
     result = cli("evaluate", "translator", "--model", fake)
     assert result.exit_code == 1
     assert "Error: config key '--pairs': is required for a pix2pix or vae translator" in result.output
+    result = cli("evaluate", "translator", "--model", fake, "--fit-gate")
+    assert result.exit_code == 1
+    assert "Error: config key '--fit-gate': is for a colorizer (model.kind colorize) only" in result.output
 
 
 def test_export_returns_png_bytes_at_the_input_size(colorizer_file, shared_data, tmp_path):
@@ -214,6 +316,16 @@ def test_export_returns_png_bytes_at_the_input_size(colorizer_file, shared_data,
     assert np.abs(served.astype(int) - local).mean() < 1.0
 
 
+def test_export_outputs_grey_below_the_gate(colorizer_file, shared_data, tmp_path):
+    from tfsky.export.savedmodel import export_model
+
+    gated = model_copy(colorizer_file, tmp_path / "gated", chroma_gate=1e6)
+    module = tf.saved_model.load(str(export_model(gated, tmp_path / "repo", "colorizer")))
+    source = webcam_frame(shared_data)[:100, :150]
+    png = module.signatures["colorize_image"](image_bytes=tf.constant([tf.io.encode_png(source).numpy()]))
+    assert_grey_with_the_same_lightness(tf.io.decode_png(png["png_bytes"][0]).numpy(), source)
+
+
 def test_colorize_config_errors_are_one_line(cli, tmp_path):
     result = cli("train", "translator", "--config", REPO / "configs" / "colorize_tiny.yaml",
                  "--set", "model.colorize.generator_size=30", "--set", f"train.runs_root={tmp_path}")
@@ -224,7 +336,7 @@ def test_colorize_config_errors_are_one_line(cli, tmp_path):
 
 def test_patchgan_term_trains_with_its_own_discriminator(shared_data, tmp_path):
     cfg = tiny_config(shared_data, tmp_path, "train.epochs=1", "model.colorize.gan_weight=0.5",
-                      "model.colorize.loss=huber")
+                      "model.colorize.loss=huber", "model.colorize.chroma_gate=false")
     result = train_translator(cfg, verbose=0)
     row = read_history(result.run_dir / "history.csv")[0]
     assert row["gan"] > 0 and row["d_loss"] > 0 and row["val_gan"] > 0

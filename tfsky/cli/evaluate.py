@@ -134,6 +134,9 @@ def translator(
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
     memory_budget: MemoryBudgetOption = None,
+    fit_gate: Annotated[bool, typer.Option(
+        "--fit-gate", help="Colorizer only: first fit its chroma gate on its TRAINING split and store it in the "
+        "model's sidecar (rewrites the .json beside it), then evaluate.")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
     quiet: QuietOption = False,
@@ -143,7 +146,8 @@ def translator(
     Options come from the ``evaluate:`` section of --config (split, tiling), then --set, then the flags above.
     Writes translator_eval.json, translator_eval.md and contact_sheet.png; exits 1 when a pair had to be skipped.
     A colorizer (model.kind colorize) is evaluated on the held-out split of its own sources instead (no --pairs):
-    PSNR, SSIM, ab L1 and colourfulness vs grey, mean-ab and nearest-colour baselines (tfsky.evaluate.colorize).
+    PSNR, SSIM, ab L1 and colourfulness vs grey, mean-ab and nearest-colour baselines (tfsky.evaluate.colorize),
+    for the model with its chroma gate and without; --fit-gate (re)fits the gate first, on the training split.
     """
     from rich.console import Console
 
@@ -158,7 +162,9 @@ def translator(
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
     if is_colorizer_file(model):
-        return _evaluate_colorizer(model, cfg, out_dir, console)
+        return _evaluate_colorizer(model, cfg, out_dir, console, fit_gate)
+    if fit_gate:
+        raise ConfigError("--fit-gate", "is for a colorizer (model.kind colorize) only")
     if pairs is None:
         raise ConfigError("--pairs", "is required for a pix2pix or vae translator (a pairs file of tfsky streams pairs)")
     with console.status("translating the pairs...") as status:
@@ -175,10 +181,19 @@ def translator(
         raise typer.Exit(1)
 
 
-def _evaluate_colorizer(model: Path, cfg, out_dir: Path, console) -> None:
-    """`tfsky evaluate translator` on a colorizer; exits 1 when an image had to be skipped."""
+def _evaluate_colorizer(model: Path, cfg, out_dir: Path, console, fit_gate: bool) -> None:
+    """`tfsky evaluate translator` on a colorizer (its gate fitted first with ``fit_gate``); exits 1 when an
+    image had to be skipped."""
     from tfsky.evaluate.colorize import evaluate_colorizer, summary_table
     from tfsky.evaluate.report import rich_table
+    from tfsky.train.colorize import fit_chroma_gate
+
+    if fit_gate:
+        with console.status("fitting the chroma gate on the training split...") as status:
+            done = itertools.count(1)
+            fit = fit_chroma_gate(model, cfg.tiling,
+                                  on_image=lambda path: status.update(f"gate: colorized {next(done)} ({path.name})"))
+        typer.echo(fit.summary())
 
     with console.status("colorizing the held-out images...") as status:
         done = itertools.count(1)

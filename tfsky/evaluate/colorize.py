@@ -5,7 +5,9 @@ so the evaluated images are exactly those the run validated on. Each image is co
 full resolution exactly as ``tfsky colorize`` does (its L, from the colour truth). Methods, all
 keeping the truth's L:
 
-- ``model``: the colorizer;
+- ``model``: the colorizer as ``tfsky colorize`` runs it, chroma gate included (a frame whose coarse
+  output is nearly colourless comes out grey; `tfsky.predict.colorize`);
+- ``model (no gate)``: the colorizer with its gate ignored (the same as ``model`` when it has none);
 - ``grey``: ab = 0;
 - ``mean ab``: the training split's mean ab everywhere;
 - ``nearest colour``: per pixel, the mean ab of the training pixels of the same lightness
@@ -16,8 +18,9 @@ Every method's colours are brought into sRGB the same way (`tfsky.data.colour.fi
 Metrics (per image, then averaged): ``psnr`` and ``ssim`` on sRGB in [0, 1] (`tf.image.ssim`),
 ``ab_l1`` (mean |ab| error in Lab units of the output as displayed, i.e. after the sRGB gamut clip),
 ``colourfulness`` (Hasler and Suesstrunk 2003, on 0..255 RGB) and ``colourfulness_error``
-(|prediction - truth|). ``beats_baselines`` says whether the model is better than every baseline on
-mean PSNR and mean colourfulness error (the issue's target).
+(|prediction - truth|). ``beats_baselines`` says whether the model (gated) is better than every
+baseline on mean PSNR and mean colourfulness error (the issue's target). The report also gives the
+gate, each image's gate statistic and decision, and how many images of each folder were gated.
 
 Outputs in ``out_dir`` (atomic): ``colorize_eval.json``, ``colorize_eval.md``, ``contact_sheet.png``
 (rows grey | prediction | truth), ``psnr_distribution.png`` and, when the run's ``history.csv``
@@ -47,8 +50,8 @@ from tfsky.train.config import TranslatorConfig, trained_config
 from tfsky.train.runner import draw_learning_curves, read_history
 
 REPORT_STEM = "colorize_eval"
-METHODS = ("model", "grey", "mean ab", "nearest colour")
-BASELINES = METHODS[1:]
+METHODS = ("model", "model (no gate)", "grey", "mean ab", "nearest colour")
+BASELINES = METHODS[2:]
 METRICS = ("psnr", "ssim", "ab_l1", "colourfulness", "colourfulness_error")
 THUMB_WIDTH = 256
 _L_BINS = 101  # 1-unit lightness bins, 0..100
@@ -68,6 +71,17 @@ def colourfulness(rgb: np.ndarray) -> float:
     rg = pixels[:, 0] - pixels[:, 1]
     yb = 0.5 * (pixels[:, 0] + pixels[:, 1]) - pixels[:, 2]
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def read_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, Lab, sRGB in [0, 1])`` of a colour image as the evaluation (and the gate's fit) compare to it.
+
+    Raises:
+        InputError: unreadable or HDR.
+    """
+    image = read_image(path)
+    truth_lab = lab_of(image, path)
+    return image, truth_lab, lab_to_rgb(truth_lab).numpy()
 
 
 @dataclasses.dataclass
@@ -115,6 +129,17 @@ class ColorizeReport:
     skipped: list[dict[str, str]]
     means: dict[str, dict[str, float]]
     files: list[Path]
+    chroma_gate: Optional[float] = None
+
+    @property
+    def gated_by_folder(self) -> dict[str, dict[str, int]]:
+        """Folder (a weather class, a camera) -> images evaluated and gated."""
+        folders: dict[str, dict[str, int]] = {}
+        for entry in self.per_image:
+            counts = folders.setdefault(Path(entry["image"]).parent.name, {"images": 0, "gated": 0})
+            counts["images"] += 1
+            counts["gated"] += entry["gated"]
+        return dict(sorted(folders.items()))
 
     @property
     def beats_baselines(self) -> bool:
@@ -123,7 +148,10 @@ class ColorizeReport:
                    model["colourfulness_error"] < self.means[b]["colourfulness_error"] for b in BASELINES)
 
     def to_json(self) -> dict:
-        return {"split": self.split, "counts": {"evaluated": len(self.per_image), "skipped": len(self.skipped)},
+        gated = sum(entry["gated"] for entry in self.per_image)
+        return {"split": self.split,
+                "counts": {"evaluated": len(self.per_image), "skipped": len(self.skipped), "gated": gated},
+                "chroma_gate": {"threshold": self.chroma_gate, "by_folder": self.gated_by_folder},
                 "means": self.means, "beats_baselines": self.beats_baselines,
                 "per_image": self.per_image, "skipped": self.skipped}
 
@@ -161,17 +189,17 @@ def evaluate_colorizer(
     shown = set(np.linspace(0, len(paths[split]) - 1, contact_rows).round().astype(int).tolist())  # spread out
     for index, path in enumerate(paths[split]):
         try:
-            image = read_image(path)
-            truth_lab = lab_of(image, path)
+            image, truth_lab, truth = read_truth(path)
         except InputError as err:
             skipped.append({"image": str(path), "reason": str(err)})
             continue
-        truth = lab_to_rgb(truth_lab).numpy()
-        outputs = {"model": colorizer.colorize(image, path) / np.float32(255)}
+        colorized = colorizer.colorize_frame(image, path)
+        ungated = colorizer.colorize_frame(image, path, gate=False).rgb if colorized.gated else colorized.rgb
+        outputs = {"model": colorized.rgb / np.float32(255), "model (no gate)": ungated / np.float32(255)}
         for name, ab in training.baselines(truth_lab[..., 0]).items():
             outputs[name] = lab_to_rgb(fit_gamut(np.concatenate([truth_lab[..., :1], ab], axis=-1))).numpy()
-        per_image.append({"image": str(path), "metrics": {name: _metrics(out, truth, truth_lab)
-                                                           for name, out in outputs.items()}})
+        per_image.append({"image": str(path), "chroma": colorized.chroma, "gated": colorized.gated,
+                          "metrics": {name: _metrics(out, truth, truth_lab) for name, out in outputs.items()}})
         if index in shown:
             sheet.append(_sheet_row([outputs["grey"], outputs["model"], truth]))
         if on_image is not None:
@@ -180,7 +208,7 @@ def evaluate_colorizer(
         raise InputError(model_path, f"no {split!r} image could be evaluated ({skipped[0]['reason']})")
     means = {method: {m: float(np.mean([p["metrics"][method][m] for p in per_image])) for m in METRICS}
              for method in METHODS}
-    report = ColorizeReport(split, per_image, skipped, means, [])
+    report = ColorizeReport(split, per_image, skipped, means, [], info.chroma_gate)
     report.files = _write(report, Path(model_path), Path(out_dir), sheet)
     return report
 
@@ -215,8 +243,23 @@ def summary_table(report: ColorizeReport) -> Table:
     rows = [[method, *(report.means[method][m] for m in METRICS)] for method in METHODS]
     verdict = "beats" if report.beats_baselines else "does NOT beat"
     note = (f"Mean over {len(report.per_image)} '{report.split}' images (split by source). The model {verdict} "
-            "all three baselines on PSNR and colourfulness error. ab_l1 in Lab units.")
+            f"all three baselines on PSNR and colourfulness error. ab_l1 in Lab units. {gate_sentence(report)}")
     return Table("Colorization", ["method", *METRICS], rows, note)
+
+
+def gate_sentence(report: ColorizeReport) -> str:
+    """What the chroma gate did on the evaluated images."""
+    if report.chroma_gate is None:
+        return "No chroma gate stored: 'model' and 'model (no gate)' are the same."
+    gated = sum(entry["gated"] for entry in report.per_image)
+    return (f"Chroma gate {report.chroma_gate:.2f} (fitted on the training split): {gated} of "
+            f"{len(report.per_image)} images came out grey.")
+
+
+def gate_table(report: ColorizeReport) -> Table:
+    """Images gated per folder (weather class, camera)."""
+    rows = [[folder, counts["images"], counts["gated"]] for folder, counts in report.gated_by_folder.items()]
+    return Table("Chroma gate", ["folder", "images", "gated (grey)"], rows, gate_sentence(report))
 
 
 def _write(report: ColorizeReport, model_path: Path, out_dir: Path, sheet: list[np.ndarray]) -> list[Path]:
@@ -225,7 +268,7 @@ def _write(report: ColorizeReport, model_path: Path, out_dir: Path, sheet: list[
                   f"{len(report.skipped)} skipped.",
                   "Contact sheet: `contact_sheet.png` (rows: grey | prediction | truth); "
                   "`psnr_distribution.png`: per-image PSNR of every method."]
-    tables = [summary_table(report)]
+    tables = [summary_table(report), gate_table(report)]
     if report.skipped:
         tables.append(Table("Skipped", ["image", "reason"], [[s["image"], s["reason"]] for s in report.skipped]))
     json_path, md_path = write_report(out_dir, REPORT_STEM, summary,

@@ -8,6 +8,10 @@ Signatures (``serving_default`` is ``colorize_image``):
   (`tfsky.export.savedmodel.decode_normalised`), the generator on L squeezed to its input size,
   the hints upsampled to full size (`upsample_hints`), the refinement through the in-graph tiling
   (`tfsky.tiling.sliding_window_graph`) and the input's L with the predicted ab converted to sRGB (desaturated onto the gamut, `fit_gamut`).
+  With a chroma gate in the sidecar (`ModelInfo.chroma_gate`), an image whose coarse output is below
+  it (`coarse_chroma`) skips the refinement and comes out grey (L kept, ab = 0), as in ``tfsky colorize``
+  (whose OpenCV area resize of L gives a statistic up to ~0.2 ab units away: a frame that close to the
+  gate can be decided differently).
   The output name ends in ``_bytes`` so TF Serving's REST API answers it base64-encoded.
 """
 
@@ -23,7 +27,7 @@ from tfsky.data.colour import AB_SCALE, fit_gamut, lab_to_rgb, rgb_to_lab
 from tfsky.export.savedmodel import decode_normalised
 from tfsky.export.warmup import WarmupInputs
 from tfsky.models.bundle import ModelInfo
-from tfsky.models.colorize import split_inference_model, upsample_hints
+from tfsky.models.colorize import coarse_chroma, split_inference_model, upsample_hints
 from tfsky.predict.colorize import DEFAULT_TILE
 from tfsky.tiling import AUTO, TilingConfig, model_tiling, sliding_window_graph
 from tfsky.train.config import TranslatorConfig, trained_config
@@ -45,6 +49,7 @@ class ColorizerModule(tf.Module):
         trained = trained_config(info, TranslatorConfig, path)
         self.generator, self.refiner = split_inference_model(model)
         self.preprocess = info.preprocess
+        self.chroma_gate = info.chroma_gate
         self.generator_size = trained.model.colorize.generator_size
         tiling = tiling or TilingConfig()
         if tiling.tile == AUTO:
@@ -65,20 +70,29 @@ class ColorizerModule(tf.Module):
         return {"serving_default": request, "colorize_image": request}
 
     def metadata(self) -> dict:
-        """What a client needs beside the signature: the in-graph tiling and the generator's input size."""
-        return {"tiling": dataclasses.asdict(self.tiling), "generator_size": self.generator_size}
+        """What a client needs beside the signature: the in-graph tiling, the generator's input size and the gate."""
+        return {"tiling": dataclasses.asdict(self.tiling), "generator_size": self.generator_size,
+                "chroma_gate": self.chroma_gate}
 
     def _colour_png(self, encoded: tf.Tensor) -> tf.Tensor:
         unit = decode_normalised(encoded, self.preprocess, 3)
         lightness = rgb_to_lab(unit)[..., :1]
-        size = tf.shape(lightness)[:2]
-        small = tf.image.resize(lightness[None], (self.generator_size, self.generator_size), method="area")
-        coarse = self.generator(small / 50 - 1, training=False)
-        hints = upsample_hints(coarse, tf.constant([[0.0, 0.0, 1.0, 1.0]]), size)[0]
-        refine_in = tf.concat([lightness / 50 - 1, hints], axis=-1)
-        ab = sliding_window_graph(refine_in, lambda tiles: self.refiner(tiles, training=False), self.tiling)
+        small = tf.image.resize(lightness[None], (self.generator_size, self.generator_size), method="area") / 50 - 1
+        coarse = self.generator(small, training=False)
+        if self.chroma_gate is None:
+            ab = self._refined_ab(lightness, coarse)
+        else:
+            ab = tf.cond(coarse_chroma(coarse)[0] < self.chroma_gate,
+                         lambda: tf.zeros(tf.concat([tf.shape(lightness)[:2], [2]], axis=0)),
+                         lambda: self._refined_ab(lightness, coarse))
         rgb = lab_to_rgb(fit_gamut(tf.concat([lightness, ab * AB_SCALE], axis=-1)))
         return tf.io.encode_png(tf.cast(tf.round(rgb * 255), tf.uint8))
+
+    def _refined_ab(self, lightness: tf.Tensor, coarse: tf.Tensor) -> tf.Tensor:
+        """The refinement's ab [H, W, 2] over the image's L [H, W, 1] and the coarse ab's hints."""
+        hints = upsample_hints(coarse, tf.constant([[0.0, 0.0, 1.0, 1.0]]), tf.shape(lightness)[:2])[0]
+        refine_in = tf.concat([lightness / 50 - 1, hints], axis=-1)
+        return sliding_window_graph(refine_in, lambda tiles: self.refiner(tiles, training=False), self.tiling)
 
     def _colorize_image(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         pngs = tf.map_fn(self._colour_png, image_bytes, parallel_iterations=1,

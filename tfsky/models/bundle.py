@@ -44,6 +44,9 @@ class ModelInfo:
             None = native resolution (`tfsky.data.scale`).
         threshold: float. Probability at or above which a pixel is the positive class,
             chosen on the validation split after training. Defaults to 0.5.
+        chroma_gate: Optional[float]. Colorizers: a frame whose coarse output's mean chroma
+            (`tfsky.models.colorize.coarse_chroma`, Lab units) is below this comes out grey (L kept, ab = 0);
+            fitted on the training split after training. None (or absent): no gate. Defaults to None.
         config: dict. The resolved training config.
         metrics: dict. Best validation metrics.
         tfsky_version: str. Version that wrote the model.
@@ -56,6 +59,7 @@ class ModelInfo:
     classes: int = 1
     working_scale: Optional[int] = None
     threshold: float = SKY_THRESHOLD
+    chroma_gate: Optional[float] = None
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     tfsky_version: str = __version__

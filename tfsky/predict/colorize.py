@@ -7,6 +7,11 @@ network runs over [L, hints] through the shared tiling module (`tfsky.tiling`). 
 the input's exact L (recomputed band by band); only ab is predicted, and a colour outside sRGB is
 desaturated onto the gamut (`fit_gamut`) rather than clipped, which would change its lightness.
 
+Chroma gate: when the model's sidecar holds one (`ModelInfo.chroma_gate`, fitted on the training
+split), a frame whose coarse ab is nearly colourless (`coarse_chroma` below the gate) comes
+out as the grey image (L kept, ab = 0) without running the refinement: on such photos any tint
+costs more PSNR than grey does.
+
 Inputs: 8- or 16-bit grey or colour images (a colour input is converted to L first, which is
 how a colorizer is evaluated). HDR (float) images are refused with one line: tone-map them to
 8 or 16 bits first. Images smaller than the generator's input are squeezed up to it; 1-pixel
@@ -33,7 +38,7 @@ from tfsky.io.images import read_image
 from tfsky.io.writers import write_png
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, load_info, load_model
-from tfsky.models.colorize import split_inference_model, upsample_hints
+from tfsky.models.colorize import coarse_chroma, split_inference_model, upsample_hints
 from tfsky.tiling import (TilingConfig, available_memory, choose_tiling, compiled_forward, model_tiling,
                           sliding_window_inference)
 from tfsky.train.config import TranslatorConfig, trained_config
@@ -41,6 +46,21 @@ from tfsky.train.config import TranslatorConfig, trained_config
 DEFAULT_TILE = 256  # the refinement is fully convolutional: bigger tiles than its training crops, fewer calls
 _BAND = 32  # rows converted at a time: TF temporaries of a band stay small (8K: 3 MB each)
 _L_STEPS = 2.55  # uint8 steps per L unit in the refinement's input
+
+
+@dataclasses.dataclass
+class Colorized:
+    """One colorized frame and the chroma gate's decision on it.
+
+    Args:
+        rgb: np.ndarray. uint8 sRGB [H, W, 3].
+        chroma: float. The gate statistic of the generator's coarse output (`coarse_chroma`).
+        gated: bool. True when ``chroma`` was below the model's gate: ``rgb`` is the grey image.
+    """
+
+    rgb: np.ndarray
+    chroma: float
+    gated: bool
 
 
 class TiledColorizer:
@@ -58,6 +78,7 @@ class TiledColorizer:
                  path: str | Path = "model"):
         trained = trained_config(info, TranslatorConfig, path)
         self.info = info
+        self.chroma_gate = info.chroma_gate
         self.generator_size = trained.model.colorize.generator_size
         self.multiple = trained.model.colorize.size_multiple
         self.tiling = model_tiling(tiling, DEFAULT_TILE, self.multiple, "colorizer")
@@ -79,7 +100,17 @@ class TiledColorizer:
 
     def colorize(self, image: np.ndarray, source: str | Path = "image",
                  progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-        """uint8 sRGB [H, W, 3] of an 8/16-bit grey [H, W, 1] or colour [H, W, 3] image (its L kept, ab predicted).
+        """uint8 sRGB [H, W, 3] of an 8/16-bit grey [H, W, 1] or colour [H, W, 3] image (its L kept, ab predicted,
+        or ab = 0 when the chroma gate says so).
+
+        Raises:
+            InputError: an HDR (float) image.
+        """
+        return self.colorize_frame(image, source, progress).rgb
+
+    def colorize_frame(self, image: np.ndarray, source: str | Path = "image",
+                       progress: Optional[Callable[[int, int], None]] = None, gate: bool = True) -> Colorized:
+        """`colorize` with the gate statistic and decision; ``gate=False`` ignores the model's gate.
 
         The refinement's input is held as uint8 (L in steps of 1/2.55, hints in whole ab units: far below
         what the network resolves), the memory of one 8-bit colour frame.
@@ -95,6 +126,9 @@ class TiledColorizer:
         small = cv2.resize(np.ascontiguousarray(refine_in[..., 0]), (self.generator_size, self.generator_size),
                            interpolation=cv2.INTER_AREA) / _L_STEPS
         coarse = self._generate(tf.constant((small / 50 - 1)[None, ..., None], tf.float32))
+        chroma = float(coarse_chroma(coarse)[0])
+        if gate and self.chroma_gate is not None and chroma < self.chroma_gate:
+            return Colorized(self.grey(image), chroma, True)
         for rows in _bands(height):
             stop = min(rows.stop, height)
             box = tf.constant([[rows.start / height, 0, stop / height, 1]], tf.float32)
@@ -107,11 +141,25 @@ class TiledColorizer:
                                available_memory(self.tiling.memory_budget, held_bytes=held))
         ab = sliding_window_inference(refine_in, self.predict_tiles, tiling, progress=progress)
         del refine_in
-        out = np.empty((height, width, 3), np.uint8)
-        for rows in _bands(height):
-            lab = tf.concat([_lightness(image[rows])[..., None], ab[rows] * AB_SCALE], axis=-1)
-            out[rows] = np.round(lab_to_rgb(fit_gamut(lab)).numpy() * 255).astype(np.uint8)
-        return out
+        return Colorized(_with_lightness(image, ab), chroma, False)
+
+    def grey(self, image: np.ndarray) -> np.ndarray:
+        """uint8 sRGB of ``image``'s L with ab = 0: what a gated frame comes out as."""
+        return _with_lightness(image, None)
+
+
+def _with_lightness(image: np.ndarray, ab: Optional[np.ndarray]) -> np.ndarray:
+    """uint8 sRGB of ``image``'s exact L with ``ab`` [H, W, 2] (model units; None: 0), band by band."""
+    height, width = image.shape[:2]
+    out = np.empty((height, width, 3), np.uint8)
+    for rows in _bands(height):
+        lightness = _lightness(image[rows])[..., None]
+        if ab is None:  # grey is inside the sRGB gamut: nothing to fit
+            lab = tf.concat([lightness, np.zeros(lightness.shape[:2] + (2,), np.float32)], axis=-1)
+        else:
+            lab = fit_gamut(tf.concat([lightness, ab[rows] * AB_SCALE], axis=-1))
+        out[rows] = np.round(lab_to_rgb(lab).numpy() * 255).astype(np.uint8)
+    return out
 
 
 def _lightness(band: np.ndarray) -> np.ndarray:

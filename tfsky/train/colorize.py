@@ -96,7 +96,10 @@ def train_colorizer(cfg: TranslatorConfig, *, resume: bool = False, verbose: int
         )
     best = run_dir / "best.keras"
     if model_cfg.chroma_gate and best.is_file() and is_chief():
-        log.info("colorize: %s", fit_chroma_gate(best).summary())
+        summary = fit_chroma_gate(best).summary()
+        if verbose:  # shown like the budget line: the user sees what the gate does
+            print(summary, flush=True)
+        log.info("colorize: %s", summary)
     return result
 
 

@@ -11,7 +11,8 @@ TensorBoard shows fixed validation rows grey | prediction | truth. ``best.keras`
 networks (chosen on ``val_ab_l1``, mean |ab error| of the refined crop in Lab units); its sidecar
 records task ``colorize``, the refinement's tile (``crop_size``), in_channels 1 and classes 2.
 
-Chroma gate (``model.colorize.chroma_gate``, on by default): after training, `fit_chroma_gate`
+Chroma gate (``model.colorize.chroma_gate``, on by default): after training,
+`tfsky.evaluate.colorize.fit_chroma_gate`
 colorizes every TRAINING image at its native size (as the evaluation does) and stores in the sidecar
 the gate statistic below which grey beats the model on mean PSNR (`best_gate_threshold`); a frame
 below it is then output grey by ``tfsky colorize``, the evaluation and the export. The validation
@@ -21,11 +22,8 @@ an existing model.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -35,15 +33,10 @@ from tfsky.data.colour import (ab_bin_prior, colour_split, lab_to_rgb, load_fram
                                validation_dataset)
 from tfsky.data.pairs import PREPROCESS
 from tfsky.errors import InputError
-from tfsky.evaluate.colorize import read_truth
-from tfsky.evaluate.translator import psnr
-from tfsky.io.atomic import write_json
-from tfsky.models.bundle import ModelInfo, info_path, load_info, save_model
+from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.models.colorize import ColorizerTrainer, StageSchedule, build_colorizer, inference_model
 from tfsky.models.precision import global_batch_size, make_strategy, precision_policy
-from tfsky.predict.colorize import TiledColorizer
-from tfsky.tiling import TilingConfig
-from tfsky.train.config import TranslatorConfig, trained_config
+from tfsky.train.config import TranslatorConfig
 from tfsky.train.runner import RunResult, fit_run, is_chief, seed_everything, start_run
 
 MONITOR = "val_ab_l1"
@@ -96,6 +89,9 @@ def train_colorizer(cfg: TranslatorConfig, *, resume: bool = False, verbose: int
         )
     best = run_dir / "best.keras"
     if model_cfg.chroma_gate and best.is_file() and is_chief():
+        # the gate is calibrated by the evaluator (colorize, PSNR vs grey) on the training split
+        from tfsky.evaluate.colorize import fit_chroma_gate
+
         summary = fit_chroma_gate(best).summary()
         if verbose:  # shown like the budget line: the user sees what the gate does
             print(summary, flush=True)
@@ -140,74 +136,3 @@ def training_frames_lab(cfg: TranslatorConfig) -> list[np.ndarray]:
     frames = load_frames(colour_split(cfg.colour)["train"], cfg.data.load_size, cfg.data.crop_size,
                          cfg.model.colorize.generator_size)
     return [frame.lab for frame in frames]
-
-
-@dataclasses.dataclass
-class GateFit:
-    """The chroma gate fitted on the training split and what it did there (mean PSNR in dB)."""
-
-    threshold: Optional[float]  # None: no gate beats the ungated model
-    images: int
-    gated: int
-    gated_psnr: float
-    model_psnr: float
-    grey_psnr: float
-    seconds: float
-
-    def summary(self) -> str:
-        gate = "none (no threshold beats the ungated model)" if self.threshold is None else f"{self.threshold:.2f}"
-        return (f"chroma gate {gate}, fitted on {self.images} training images: {self.gated} grey; mean PSNR "
-                f"{self.gated_psnr:.2f} dB gated, {self.model_psnr:.2f} ungated, {self.grey_psnr:.2f} grey "
-                f"({self.seconds:.0f} s)")
-
-
-def best_gate_threshold(chroma, model_psnr, grey_psnr) -> Optional[float]:
-    """The gate maximising the mean PSNR of grey where ``chroma < gate`` and the model elsewhere, or None.
-
-    Candidates are the midpoints between consecutive observed statistics and one above the largest (all
-    grey); None (no gate) wins ties, so a gate is stored only where it strictly helps.
-    """
-    chroma, model_psnr, grey_psnr = (np.asarray(v, np.float64) for v in (chroma, model_psnr, grey_psnr))
-    values = np.unique(chroma)
-    candidates = np.concatenate([(values[:-1] + values[1:]) / 2, [values[-1] + 1]])
-    gated = chroma[None, :] < candidates[:, None]
-    means = np.where(gated, grey_psnr[None, :], model_psnr[None, :]).mean(axis=1)
-    best = int(np.argmax(means))
-    return float(candidates[best]) if means[best] > model_psnr.mean() else None
-
-
-def fit_chroma_gate(model_path: Path, tiling: TilingConfig | None = None,
-                    on_image: Optional[Callable[[Path], None]] = None) -> GateFit:
-    """Fit the chroma gate of the colorizer at ``model_path`` on its training split; store it in the sidecar.
-
-    Every training image is colorized at its native size with the gate off, as the evaluation reads it;
-    its gate statistic, model PSNR and grey PSNR (the gated output) go to `best_gate_threshold`.
-
-    Raises:
-        InputError: the model is not a colorizer, or none of its training images can be read.
-    """
-    start = time.monotonic()
-    info = load_info(model_path, kind="colorizer")
-    paths = colour_split(trained_config(info, TranslatorConfig, model_path).colour)["train"]
-    colorizer = TiledColorizer.load(model_path, tiling)
-    chroma, model_psnr, grey_psnr = [], [], []
-    for path in paths:
-        try:
-            image, _, truth = read_truth(path)
-        except InputError as err:
-            log.warning("chroma gate: skipped %s", err)
-            continue
-        colorized = colorizer.colorize_frame(image, path, gate=False)
-        chroma.append(colorized.chroma)
-        model_psnr.append(psnr(colorized.rgb / np.float32(255), truth))
-        grey_psnr.append(psnr(colorizer.grey(image) / np.float32(255), truth))
-        if on_image is not None:
-            on_image(path)
-    if not chroma:
-        raise InputError(model_path, "none of its training images could be read to fit the chroma gate on")
-    threshold = best_gate_threshold(chroma, model_psnr, grey_psnr)
-    info.chroma_gate = threshold
-    write_json(info_path(model_path), info.to_json())
-    gated = np.asarray(chroma) < (-np.inf if threshold is None else threshold)
-    return GateFit(threshold, len(chroma), int(gated.sum()), float(np.where(gated, grey_psnr, model_psnr).mean()),
-                   float(np.mean(model_psnr)), float(np.mean(grey_psnr)), time.monotonic() - start)

@@ -12,9 +12,10 @@ its peak RSS (``os.wait4``) is its own:
    tiling (``resolution: full``) of a 2048x1024 crop of the 8K image (the whole 8K image per setting
    would take hours on this shared CPU); also the per-pixel forward cost of one 1024-px tile and of
    the old 256-px x 8 batches.
-2. ``reference``: the 8K image with the reference tiling; its mask is kept for the next part.
+2. ``reference``: the 8K image with the reference tiling; its mask and probabilities are kept for the next part.
 3. ``auto``: the 8K image in-process with the defaults (``tile: auto`` at the default budget,
-   ``resolution: full``): wall, agreement with the reference, seam score;
+   ``resolution: full``): wall, agreement with the reference, seam score, and the reference's own seam
+   score on the same borders (``seam_score_over_reference`` <= 1: no step beyond the content's);
    ``pixel_limit_ratio`` = wall / (image pixels x per-pixel cost of one 1024-px tile, measured just before
    in a process of its own, ``cost``, so its activations are not in ``auto``'s peak RSS). Then the
    working-scale path (``resolution: working``, the default for this model) on the same image.
@@ -245,6 +246,7 @@ def reference(workdir: Path, model: Path) -> None:
     segmenter = _segmenter(model, tile=REFERENCE[0], overlap=REFERENCE[1] / REFERENCE[0], tile_batch=1)
     seconds, probability = _timed_probability(segmenter, read_image(workdir / "image.png"))
     np.save(workdir / "reference_mask.npy", probability >= segmenter.mask_threshold())
+    np.save(workdir / "reference_probability.npy", probability.astype(np.float16))  # its seam score on auto's grid
     _write(workdir, "reference", {"seconds": round(seconds, 2), "tile": REFERENCE[0], "overlap_px": REFERENCE[1],
                                   "tiles": segmenter.tile_count(*SIZE)})
 
@@ -269,6 +271,10 @@ def auto(workdir: Path, model: Path) -> None:
             "mask_agreement": round(_agreement(probability >= segmenter.mask_threshold(), np.load(reference)), 5)
             if reference.exists() else None,
             "seam_score": round(seam_score(probability, tiling.tile, tiling.overlap, 32), 3)}
+    if (workdir / "reference_probability.npy").exists():  # what the content alone scores on the same borders
+        reference_seam = seam_score(np.load(workdir / "reference_probability.npy"), tiling.tile, tiling.overlap, 32)
+        full["reference_seam_score"] = round(reference_seam, 3)
+        full["seam_score_over_reference"] = round(full["seam_score"] / reference_seam, 3)
     _write(workdir, "auto", {"seconds_per_pixel_1024_tile_us": round(per_pixel * 1e6, 4),
                              "pixel_limit_ratio": round(seconds / (SIZE[0] * SIZE[1] * per_pixel), 3), "full": full})
 

@@ -197,12 +197,12 @@ def test_exported_working_scale_model_predicts_like_tfsky_predict_at_its_thresho
 
 
 def test_cli_predict_runs_at_the_working_scale_unless_told_full(tmp_path, cli):
-    image, _ = horizon_scene(300, 500, 120)
+    image, _ = horizon_scene(300, 700, 120)
     write_png(tmp_path / "scene.png", image)
     path = tmp_path / "scaled.keras"
     save_model(_brightness_model(), path, ModelInfo("segmenter", Preprocess(), tile_size=64, working_scale=96))
-    for flags, resolution, tiles in (((), "working", 6), (("--resolution", "full"), "full", 2)):
-        # working scale: the 64-px training tile; full resolution: tile auto (384 px at the default budget)
+    for flags, resolution, tiles in (((), "working", 10), (("--resolution", "full"), "full", 2)):
+        # working scale: the 64-px training tile; full resolution: tile auto (608 px at the default budget)
         out = tmp_path / resolution
         result = cli("predict", tmp_path / "scene.png", "-m", path, "-o", out, "-q", *flags)
         assert result.exit_code == 0, result.output

@@ -34,6 +34,10 @@ class SlowWriteTask(CopyTask):
         with self.lock:
             self.log.append((event, name))
 
+    def read(self, source: Path) -> bytes:
+        self.note("read", source.name)
+        return super().read(source)
+
     def process(self, item: Item, decoded: Decoded, outputs: list[Path], listener: Listener):
         data = decoded.take()
         self.note("process", item.source.name)
@@ -61,6 +65,17 @@ def test_the_model_goes_on_while_the_previous_item_is_written_and_at_most_one_wr
     assert log.index(("process", "b.bin")) < log.index(("write end", "a.bin"))  # b computed while a is written
     assert log.index(("write end", "a.bin")) < log.index(("process", "c.bin"))  # bounded: c waits for a's writer
     assert all((tmp_path / "out" / f"{n}.json").is_file() for n in "abc")
+
+
+def test_the_next_item_is_read_after_the_write_in_flight_so_their_memory_never_adds_up(tmp_path):
+    task = SlowWriteTask()
+    inputs = files(tmp_path / "in", a_bin=b"1", b_bin=b"2", c_bin=b"3", d_bin=b"4")
+    assert run_job(task, inputs, tmp_path / "out").summary() == "done 4, skipped 0, failed 0"
+    log = task.log
+    assert log.index(("read", "b.bin")) < log.index(("write start", "a.bin"))  # nothing was being written yet
+    assert log.index(("write end", "a.bin")) < log.index(("read", "c.bin"))  # c waits for a's outputs to go
+    assert log.index(("write end", "b.bin")) < log.index(("read", "d.bin"))
+    assert log.index(("process", "c.bin")) < log.index(("write end", "b.bin"))  # still overlapping the model
 
 
 def test_a_failed_background_write_fails_its_item_only(tmp_path):

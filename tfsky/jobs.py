@@ -243,8 +243,11 @@ class LocalEngine:
 
     The first item is read before `Task.load`, so the decoder's and the model
     loader's memory peaks do not add up. At most ``writers`` items wait for
-    their writing (the model waits for a free writer beyond that), so memory
-    stays bounded; an item is recorded when its writing is finished.
+    their writing (the model waits for a free writer beyond that), and the
+    next item is read once the writing started before it is finished: besides
+    the item being computed, memory holds either the previous item's outputs
+    or the next item, never both (both still overlap the model's work). An
+    item is recorded when its writing is finished.
 
     Args:
         writers: int. Writer threads, and items whose writing may be pending at once. Defaults to 1.
@@ -256,8 +259,12 @@ class LocalEngine:
     def run(self, task: Task, pending: Pending, report: Report, listener: Listener) -> None:
         with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfsky-read") as pool, \
                 concurrent.futures.ThreadPoolExecutor(self.writers, thread_name_prefix="tfsky-write") as writer:
-            def read(index: int):
-                return pool.submit(lambda source: Decoded(task.read(source)), pending[index][0].source)
+            def read(index: int, after: Sequence[concurrent.futures.Future] = ()):
+                def decode(source: Path) -> Decoded:
+                    concurrent.futures.wait(after)
+                    return Decoded(task.read(source))
+
+                return pool.submit(decode, pending[index][0].source)
 
             writing: collections.deque = collections.deque()  # (source, future of its writing's failure reason)
 
@@ -270,7 +277,7 @@ class LocalEngine:
             task.load()
             for index, (item, outputs) in enumerate(pending):
                 current = upcoming
-                upcoming = read(index + 1) if index + 1 < len(pending) else None
+                upcoming = read(index + 1, [future for _, future in writing]) if index + 1 < len(pending) else None
                 handed_back: list = []
                 reason = attempt(task, item.source, lambda: handed_back.append(
                     task.process(item, current.result(), outputs, listener)))

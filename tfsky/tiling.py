@@ -70,9 +70,10 @@ CPU_MEMORY_BUDGET_GB = 1.5  # default budget of a whole process on a CPU
 FORWARD_BYTES_PER_PIXEL = 400  # activation memory per input pixel of one model call (ResNet34 U-Net, float32:
 #                                343-368 B measured on CPU at 256 x 8 and 1024 x 1 tiles)
 RUNTIME_BYTES = 0.9e9  # TensorFlow with a ResNet34 U-Net loaded (0.87 GB resident measured on CPU)
-IMAGE_BYTES = 8192 * 4096 * 16  # an 8K RGB image job in flight in `tfsky predict`, per pixel: this image (3 B) and
-#                                 its float32 accumulator (4 B), the next one decoding (3 B), the previous one in
-#                                 the writer: its image, overlay drawn in place (3 B), and stored maps (3 B)
+IMAGE_BYTES = 8192 * 4096 * 13  # an 8K RGB image job in flight in `tfsky predict`, per pixel: this image (3 B) and
+#                                 its float32 accumulator (4 B), and either the previous one in the writer (its
+#                                 image, overlay drawn in place, 3 B, and stored maps, 3 B) or the next one
+#                                 decoding (3 B): `tfsky.jobs.LocalEngine` reads the next after that writing
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 
 The images: 4 real webcam frames (/work/shared/data/skyfinder_webcams, 640x480 and 1280x960) and 4 real
 HDR panoramas (hdr_polyhaven_1k) tone-mapped to 8 bits and upscaled to 8192x4096 JPEGs. The model: a
-randomly initialised ResNet34 U-Net (float32, 256-pixel tiles, LDR preprocessing). Every run is one whole
+randomly initialised ResNet34 U-Net (float32, ``tile: auto``, LDR preprocessing). Every run is one whole
 ``tfsky predict --overwrite`` process (start-up, model load, decode, prediction, writing the outputs):
 
 (a) ``--engine local`` with TensorFlow (and oneDNN's OpenMP) limited to ``--threads`` threads;
@@ -112,7 +112,7 @@ def run_all(workdir: Path, images: Path, threads: int, rounds: int) -> dict:
     summary = {name: summarise(runs[name], count) for name in names}
     return {
         "note": "shared machine (2 CPU cores used by several engineers at once): timings drift with the load",
-        "model": "ResNet34 U-Net, random init, float32, 256-px tiles, overlap 0.25, batches of 8",
+        "model": "ResNet34 U-Net, random init, float32, tile auto at the default budget (see each run's tiling)",
         "images": count,
         "threads_per_worker": threads,
         "rounds": rounds,
@@ -142,8 +142,11 @@ def run_once(workdir: Path, images: Path, name: str, threads: int) -> dict:
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True)
     seconds = time.perf_counter() - start
-    model_seconds = sorted(json.loads(path.read_text())["seconds"] for path in (workdir / name).glob("*.json"))
-    return {"seconds": round(seconds, 1), "model_seconds": model_seconds,
+    sidecars = [json.loads(path.read_text()) for path in (workdir / name).glob("*.json")]
+    model_seconds = sorted(sidecar["seconds"] for sidecar in sidecars)
+    tiles = sorted({f"{s['width']}x{s['height']}: tile {s['tile']}, overlap {round(s['overlap'] * s['tile'])} px, "
+                    f"{s['tile_batch']} per call" for s in sidecars})
+    return {"seconds": round(seconds, 1), "model_seconds": model_seconds, "tiling": tiles,
             "load_average_before": round(load, 2), "load_average_after": round(os.getloadavg()[0], 2)}
 
 

@@ -9,7 +9,9 @@ serving read the preprocessing from here, so it is never typed twice.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -133,10 +135,45 @@ def load_model(path: str | Path, precision: InferencePrecision = "auto", kind: s
     path = Path(path)
     info = load_info(path, kind)
     try:
-        model = tf.keras.models.load_model(path, compile=False, custom_objects=custom_objects())
-    except (OSError, ValueError) as err:
+        model = _load_archive(path) if zipfile.is_zipfile(path) else tf.keras.models.load_model(
+            path, compile=False, custom_objects=custom_objects())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise InputError(path, f"cannot load model ({str(err).splitlines()[0]})") from None
     return for_inference(model, precision), info
+
+
+def _load_archive(path: Path):
+    """`tf.keras.models.load_model` of a ``.keras`` archive, uncompiled, with its weights read into memory first.
+
+    tf-keras hands h5py the weights as a zip member, and on Python 3.11 every backward seek in a member
+    re-reads it from its start: a ResNet34 U-Net's 98 MB took 15 s of the 18 s load at every start
+    (`tfsky predict`, each Ray worker). From memory the same weights load in about a second. Archives
+    with assets go through tf-keras itself.
+    """
+    import tensorflow as tf
+    from tf_keras.src.saving import saving_lib
+    from tf_keras.src.saving.serialization_lib import ObjectSharingScope, deserialize_keras_object
+
+    with zipfile.ZipFile(path) as archive:
+        if len(archive.namelist()) > 3:  # metadata, config and weights; more are assets
+            return tf.keras.models.load_model(path, compile=False, custom_objects=custom_objects())
+        config = json.loads(archive.read("config.json"))
+        weights = io.BytesIO(archive.read("model.weights.h5"))
+    config["compile_config"] = None
+    v3_before = getattr(saving_lib._SAVING_V3_ENABLED, "value", False)
+    saving_lib._SAVING_V3_ENABLED.value = True  # as tf-keras's own loader sets it
+    try:
+        with ObjectSharingScope():
+            model = deserialize_keras_object(config, custom_objects(), safe_mode=True)
+        store = saving_lib.H5IOStore(weights, mode="r")
+        try:
+            saving_lib._load_state(model, weights_store=store, assets_store=None, inner_path="",
+                                   visited_trackables=set())
+        finally:
+            store.close()
+    finally:
+        saving_lib._SAVING_V3_ENABLED.value = v3_before
+    return model
 
 
 def custom_objects() -> dict[str, Any]:

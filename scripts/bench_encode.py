@@ -58,6 +58,10 @@ def main() -> None:
         rows = results["png"][name] = {}
         for level in (1, 3, 6):
             rows[f"opencv_level{level}"] = _opencv_png(array, level, args.repeat)
+        for name in ("sub", "up"):  # one fixed row filter instead of libpng's per-row choice; run-length zlib
+            rows[f"opencv_level1_{name}_rle"] = _opencv_png(array, 1, args.repeat, [
+                cv2.IMWRITE_PNG_FILTER, getattr(cv2, f"IMWRITE_PNG_FILTER_{name.upper()}"),
+                cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
         for level in (1, 3, 6):
             rows[f"pillow_level{level}"] = _pillow_png(array, level, args.repeat)
     results["jpeg_overlay_q92"] = {"opencv": _timed(lambda: cv2.imencode(".jpg", shown[..., ::-1],
@@ -69,11 +73,12 @@ def main() -> None:
     print(json.dumps(results, indent=1))
 
 
-def _opencv_png(array, level, repeat):
+def _opencv_png(array, level, repeat, options=()):
     import cv2
 
     bgr = array[..., ::-1].copy() if array.ndim == 3 else array
-    return _timed(lambda: cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, level])[1].tobytes(), repeat,
+    params = [cv2.IMWRITE_PNG_COMPRESSION, level, *options]
+    return _timed(lambda: cv2.imencode(".png", bgr, params)[1].tobytes(), repeat,
                   lambda data: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), array, bgr=True)
 
 

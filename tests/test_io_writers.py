@@ -80,9 +80,8 @@ def test_failed_png_encoding_leaves_nothing(tmp_path, monkeypatch):
             f.write(b"\x89PNG partial")
         raise RuntimeError("encoder crashed")
 
-    monkeypatch.setattr(writers.cv2, "imwrite", half_written)  # 16-bit colour: OpenCV
-    monkeypatch.setattr(writers.Image.Image, "save", lambda self, path, **kw: half_written(path))  # the rest: Pillow
-    for array in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.uint16)):
+    monkeypatch.setattr(writers.cv2, "imwrite", half_written)  # every PNG: OpenCV
+    for array in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.uint16), np.zeros((4, 4, 3), np.uint8)):
         with pytest.raises(RuntimeError, match="encoder crashed"):
             write_png(tmp_path / "a.png", array)
         assert _leftovers(tmp_path) == []
@@ -119,7 +118,7 @@ def test_encoder_refusal_is_an_input_error_and_leaves_nothing(tmp_path, monkeypa
 
 def test_existing_file_survives_a_failed_rewrite(tmp_path, monkeypatch):
     write_mask_png(tmp_path / "m.png", np.ones((3, 3), np.uint8))
-    monkeypatch.setattr(writers.Image.Image, "save", lambda *args, **kwargs: 1 / 0)  # masks go through Pillow
+    monkeypatch.setattr(writers.cv2, "imwrite", lambda *args, **kwargs: 1 / 0)  # PNGs go through OpenCV
     with pytest.raises(ZeroDivisionError):
         write_mask_png(tmp_path / "m.png", np.zeros((3, 3), np.uint8))
     monkeypatch.undo()

@@ -16,8 +16,9 @@ its peak RSS (``os.wait4``) is its own:
 3. ``auto``: the 8K image in-process with the defaults (``tile: auto`` at the default budget,
    ``resolution: full``): wall, agreement with the reference, seam score, and the reference's own seam
    score on the same borders (``seam_score_over_reference`` <= 1: no step beyond the content's);
-   ``pixel_limit_ratio`` = wall / (image pixels x per-pixel cost of one 1024-px tile, measured just before
-   in a process of its own, ``cost``, so its activations are not in ``auto``'s peak RSS). Then the
+   ``pixel_limit_ratio`` = wall / (image pixels x per-pixel cost of one 1024-px tile, the mean of two
+   measurements just before and just after, each in a process of its own, ``cost``, so its activations
+   are not in ``auto``'s peak RSS; this machine's speed drifts by 10-20 % over minutes). Then the
    working-scale path (``resolution: working``, the default for this model) on the same image.
 4. ``tfsky predict`` as a user runs it (whole process: start-up, model load, decode, outputs) on
    ``--batch-full`` copies at full resolution (``batch_overhead_ratio`` = wall per image / the
@@ -96,10 +97,16 @@ def run_all(workdir: Path, model: Path, batch_full: int, batch_working: int, par
                "cpu_count": os.cpu_count(), "parts": parts}
     for phase in ("sweep", "reference", "auto", "working"):
         if phase in parts:
-            if phase == "auto":
-                results["cost"] = run_phase("cost", workdir, model)
+            if phase == "auto":  # the per-pixel cost just before and just after: the machine's speed drifts
+                before = run_phase("cost", workdir, model)
             results[phase] = run_phase(phase, workdir, model)
+            if phase == "auto":
+                results["cost"] = {"before": before, "after": run_phase("cost", workdir, model)}
     if "auto" in results:
+        per_pixel = sum(results["cost"][when]["seconds_per_pixel_1024_tile_us"] for when in ("before", "after")) / 2
+        results["auto"]["seconds_per_pixel_1024_tile_us"] = round(per_pixel, 4)
+        results["auto"]["pixel_limit_ratio"] = round(results["auto"]["full"]["seconds"]
+                                                     / (SIZE[0] * SIZE[1] * per_pixel / 1e6), 3)
         results["pixel_limit_ratio"] = results["auto"]["pixel_limit_ratio"]
         results["mask_agreement"] = results["auto"]["full"]["mask_agreement"]
     for mode, count in (("full", batch_full), ("working", batch_working)):
@@ -119,6 +126,8 @@ def run_all(workdir: Path, model: Path, batch_full: int, batch_working: int, par
         results[f"tfsky_predict_{mode}"] = {
             "images": count, "wall_seconds": round(wall, 2), "wall_per_image": round(wall / count, 2),
             "ratio_to_in_process": round(wall / count / in_process, 3), "peak_rss_gb": rss,
+            "ratio_to_its_own_prediction_seconds": round(wall / sum(s["seconds"] for s in sidecars), 3)
+            if sidecars else None,  # the same run's model time: free of the machine's drift between parts
             "prediction_seconds_in_sidecars": [s["seconds"] for s in sidecars],
             "tile": sidecars[0]["tile"] if sidecars else None, "images_per_hour": round(3600 * count / wall, 1),
             "load_average_before": load}
@@ -264,7 +273,6 @@ def auto(workdir: Path, model: Path) -> None:
     segmenter = _segmenter(model)
     seconds, probability = _timed_probability(segmenter, image)
     prediction_rss = _peak_rss_gb()
-    per_pixel = json.loads((workdir / "cost.json").read_text())["seconds_per_pixel_1024_tile_us"] / 1e6
     tiling = segmenter.tiling_for(*SIZE)
     full = {"seconds": round(seconds, 2), "peak_rss_gb_of_the_prediction": prediction_rss, "tiling": dataclasses.asdict(tiling), "tiles": segmenter.tile_count(*SIZE),
             "pixel_ratio": round(computed_pixels(*SIZE, tiling.tile, tiling.overlap, 32) / (SIZE[0] * SIZE[1]), 3),
@@ -275,8 +283,7 @@ def auto(workdir: Path, model: Path) -> None:
         reference_seam = seam_score(np.load(workdir / "reference_probability.npy"), tiling.tile, tiling.overlap, 32)
         full["reference_seam_score"] = round(reference_seam, 3)
         full["seam_score_over_reference"] = round(full["seam_score"] / reference_seam, 3)
-    _write(workdir, "auto", {"seconds_per_pixel_1024_tile_us": round(per_pixel * 1e6, 4),
-                             "pixel_limit_ratio": round(seconds / (SIZE[0] * SIZE[1] * per_pixel), 3), "full": full})
+    _write(workdir, "auto", {"full": full})
 
 
 def cost(workdir: Path, model: Path) -> None:

@@ -216,11 +216,16 @@ def test_engine_ray_without_ray_installed_is_one_line_error(tmp_path):
                                      "pip install -e '.[ray]' (or pip install 'ray[data]==2.60.0')")
 
 
+def complete_sidecars(out: Path) -> list[str]:
+    """Stems of the sidecars in ``out`` (not the hidden ``.<stem>.*.part.json`` temporaries of ones being written)."""
+    return sorted(p.stem for p in out.glob("*.json") if not p.name.startswith("."))
+
+
 def kill_9_after_the_first_sidecar(command: list[str], out: Path, env: dict | None = None) -> None:
     """Run ``command`` and kill -9 it as soon as one item in ``out`` is complete (its ``.json`` exists)."""
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 240
-    while not list(out.glob("*.json")) and job.poll() is None and time.monotonic() < deadline:
+    while not complete_sidecars(out) and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     os.kill(job.pid, signal.SIGKILL)
     job.wait()
@@ -236,7 +241,7 @@ def test_resume_after_kill_9_does_only_the_missing_images(tmp_path):
     command = [sys.executable, "-m", "tfsky.cli.main", "predict", "-m", str(model), str(inputs), "-o", str(out),
                "--tta", "flip4", "--tile-batch", "2", "-q"]  # slow enough per image to be killed mid-job
     kill_9_after_the_first_sidecar(command, out)
-    finished = sorted(p.stem for p in out.glob("*.json"))
+    finished = complete_sidecars(out)
     assert 1 <= len(finished) < 6
     for path in out.iterdir():  # every visible file is complete: temporaries are hidden and removed on re-run
         if not path.name.startswith("."):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_jobs import kill_9_after_the_first_sidecar
+from test_jobs import complete_sidecars, kill_9_after_the_first_sidecar
 from test_object_store import model, s3_server  # noqa: F401  (fixtures)
 from test_object_store import new_bucket, objects, s3_client, same_outputs, webcam_frames
 from test_predict import visible_files
@@ -150,7 +150,7 @@ def test_a_ray_run_killed_part_way_is_finished_by_a_rerun(shared_data, cluster, 
                     "--engine", "ray", "--address", address, "--workers", "2", "-q")
     kill_9_after_the_first_sidecar(command, out, env)
     time.sleep(5)  # the cluster ends the dead driver's workers; an image they were writing stays a hidden temp
-    finished = sorted(p.stem for p in out.glob("*.json"))
+    finished = complete_sidecars(out)
     assert 1 <= len(finished) < len(frames)
     rerun = subprocess.run(command[:-1], capture_output=True, text=True, timeout=300, env=env)
     assert rerun.returncode == 0, rerun.stderr
@@ -235,7 +235,7 @@ def test_a_worker_killed_mid_image_does_not_stop_the_job(shared_data, cluster, m
         while True:  # kill as soon as both workers run and one image is finished (the job is well under way)
             assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read()
             before = _map_workers(session)
-            if len(before) == 2 and [p for p in out.glob("*.json") if not p.name.startswith(".")]:
+            if len(before) == 2 and complete_sidecars(out):
                 break
             time.sleep(0.1)
         victim = min(before)

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from test_jobs import CopyTask, Recorder, files
+from test_jobs import CopyTask, Recorder, complete_sidecars, files
 from test_predict import ldr_image, outputs_of, tiny_segmenter, visible_files
 from tfsky.errors import InputError
 from tfsky.io.atomic import write_bytes, write_json
@@ -96,11 +96,6 @@ def test_other_engines_write_right_away_through_attempt(tmp_path):
     outputs = task.outputs(tmp_path / "out" / "a")
     assert attempt(task, source, lambda: task.process(Item(source, Path("a")), Decoded(b"1"), outputs, Listener())) is None
     assert [event for event, _ in task.log] == ["process", "write start", "write end"] and outputs[1].is_file()
-
-
-def complete_sidecars(out: Path) -> list[str]:
-    """Stems of the sidecars in ``out`` (not the hidden temporaries of ones being written)."""
-    return sorted(p.stem for p in out.glob("*.json") if not p.name.startswith("."))
 
 
 def test_kill_9_during_a_background_write_leaves_no_half_file_and_the_rerun_redoes_that_image(tmp_path):

@@ -6,7 +6,11 @@ below): the 16-bit probability map, the 0/255 mask and the RGB overlay. Each enc
 (no disk), best of ``--repeat`` runs; every PNG is decoded again and compared, so a lossy result is
 reported as such. JPEG is the overlay only (lossy by design, quality 92 as today).
 
-Usage: python scripts/bench_encode.py [--prob out/x_prob.png] [--out scripts/results/bench_encode.json]
+Also timed: drawing the overlay (`overlay`, a lookup table for 8-bit photos, vs the float blend it
+reproduces) and, with ``--model``, loading a ``.keras`` file with `tfsky.models.bundle.load_model` vs
+``tf.keras.models.load_model``.
+
+Usage: python scripts/bench_encode.py [--prob out/x_prob.png] [--model best.keras] [--out scripts/results/bench_encode.json]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prob", type=Path, help="A _prob.png/_prob.tif of tfsky predict (default: synthesised).")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--model", type=Path, help="A .keras model: time loading it both ways.")
     parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "bench_encode.json")
     args = parser.parse_args()
     import cv2
@@ -69,8 +74,36 @@ def main() -> None:
                                                     args.repeat, None),
                                    "pillow": _timed(lambda: _pillow_bytes(shown, "JPEG", quality=92),
                                                     args.repeat, None)}
+    mask = maps.mask
+    results["overlay_draw"] = {
+        "lookup": _timed(lambda: overlay(image, mask), args.repeat, None),
+        "float_blend": _timed(lambda: _float_overlay(image, mask), args.repeat, None),
+        "bit_identical": bool(np.array_equal(overlay(image, mask), _float_overlay(image, mask)))}
+    if args.model:
+        import tensorflow as tf
+
+        from tfsky.models.bundle import custom_objects, load_model
+
+        results["model_load_seconds"] = {
+            "tfsky_load_model": _seconds(lambda: load_model(args.model)),
+            "tf_keras_load_model": _seconds(lambda: tf.keras.models.load_model(
+                args.model, compile=False, custom_objects=custom_objects()))}
     write_json(args.out, results)
     print(json.dumps(results, indent=1))
+
+
+def _float_overlay(image, mask):
+    """The float blend `overlay` draws for images without its lookup table."""
+    from tfsky.predict.outputs import OVERLAY_COLOUR, OVERLAY_OPACITY
+
+    alpha = mask[..., None] * np.float32(OVERLAY_OPACITY / 255)
+    return np.rint(255 * (image / np.float32(255) * (1 - alpha) + OVERLAY_COLOUR * alpha)).astype(np.uint8)
+
+
+def _seconds(call) -> float:
+    start = time.perf_counter()
+    call()
+    return round(time.perf_counter() - start, 2)
 
 
 def _opencv_png(array, level, repeat, options=()):

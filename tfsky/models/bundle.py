@@ -146,8 +146,8 @@ def _load_archive(path: Path):
     """`tf.keras.models.load_model` of a ``.keras`` archive, uncompiled, with its weights read into memory first.
 
     tf-keras hands h5py the weights as a zip member, and on Python 3.11 every backward seek in a member
-    re-reads it from its start: a ResNet34 U-Net's 98 MB took 15 s of the 18 s load at every start
-    (`tfsky predict`, each Ray worker). From memory the same weights load in about a second. Archives
+    re-reads it from its start: a ResNet34 U-Net's 98 MB took 17 s to load at every start
+    (`tfsky predict`, each Ray worker), 5 s from memory (`scripts/bench_encode.py --model`). Archives
     with assets go through tf-keras itself.
     """
     import tensorflow as tf

@@ -14,16 +14,19 @@ its peak RSS (``os.wait4``) is its own:
    the old 256-px x 8 batches.
 2. ``reference``: the 8K image with the reference tiling; its mask and probabilities are kept for the next part.
 3. ``auto``: the 8K image in-process with the defaults (``tile: auto`` at the default budget,
-   ``resolution: full``): wall, agreement with the reference, seam score, and the reference's own seam
-   score on the same borders (``seam_score_over_reference`` <= 1: no step beyond the content's);
-   ``pixel_limit_ratio`` = wall / (image pixels x per-pixel cost of one 1024-px tile: the mean of calls
-   repeated for 30 s, as long as the prediction, measured just before and just after, each in a process
-   of its own, ``cost``, so its activations
-   are not in ``auto``'s peak RSS; this machine's speed drifts by 10-20 % over minutes). Then the
-   working-scale path (``resolution: working``, the default for this model) on the same image.
+   ``resolution: full``): wall of the process's first prediction (with the model's tracing), agreement
+   with the reference, seam score, and the reference's own seam score on the same borders
+   (``seam_score_over_reference`` <= 1: no step beyond the content's); then `STEADY_ROUNDS` warm
+   predictions, each between two per-pixel probes of one 1024-px tile (calls repeated for
+   `PROBE_SECONDS`): ``pixel_limit_ratio`` = the median over the rounds of wall / (image pixels x the
+   mean of the probes just before and just after), so the machine's drift over minutes (10-30 % on
+   this shared VM) cancels. The peak RSS is taken after the first prediction, before the probes'
+   1024-px activations. Then the working-scale path (``resolution: working``, the default for this
+   model) on the same image.
 4. ``tfsky predict`` as a user runs it (whole process: start-up, model load, decode, outputs) on
-   ``--batch-full`` copies at full resolution (``batch_overhead_ratio`` = wall per image / the
-   in-process time of part 3) and on ``--batch-working`` copies at the working scale.
+   ``--batch-full`` copies at full resolution and on ``--batch-working`` copies at the working scale.
+   ``batch_overhead_ratio`` = wall per image / the in-process warm prediction, measured just before
+   (part 3) and just after (``after_batch``: one warm round in a new process), averaged.
 
 The load average is recorded before each part: the machine is shared. ``--parts`` runs some parts
 only; their results are merged into ``--out``. Old figures (256-px tiles, 25 % overlap, the seed's
@@ -54,6 +57,7 @@ MODEL = sorted((HERE.parents[1] / "runs" / "sky_ldr_cpu-without-skyfinder").glob
 SIZE = (4096, 8192)  # --size sets it (height, width)
 REFERENCE = (1024, 128)  # tile, overlap px
 TILES, OVERLAPS, WINDOWS = (256, 384, 512, 768, 1024), (0, 32, 64, 128), ("ramp", "gaussian")
+STEADY_ROUNDS, PROBE_SECONDS = 3, 20.0
 
 
 def main() -> None:
@@ -98,17 +102,9 @@ def run_all(workdir: Path, model: Path, batch_full: int, batch_working: int, par
                "cpu_count": os.cpu_count(), "parts": parts}
     for phase in ("sweep", "reference", "auto", "working"):
         if phase in parts:
-            if phase == "auto":  # the per-pixel cost just before and just after: the machine's speed drifts
-                before = run_phase("cost", workdir, model)
             results[phase] = run_phase(phase, workdir, model)
-            if phase == "auto":
-                results["cost"] = {"before": before, "after": run_phase("cost", workdir, model)}
     if "auto" in results:
-        per_pixel = sum(results["cost"][when]["seconds_per_pixel_1024_tile_us"] for when in ("before", "after")) / 2
-        results["auto"]["seconds_per_pixel_1024_tile_us"] = round(per_pixel, 4)
-        results["auto"]["pixel_limit_ratio"] = round(results["auto"]["full"]["seconds"]
-                                                     / (SIZE[0] * SIZE[1] * per_pixel / 1e6), 3)
-        results["pixel_limit_ratio"] = results["auto"]["pixel_limit_ratio"]
+        results["pixel_limit_ratio"] = results["auto"]["full"]["steady"]["pixel_limit_ratio"]
         results["mask_agreement"] = results["auto"]["full"]["mask_agreement"]
     for mode, count in (("full", batch_full), ("working", batch_working)):
         if f"batch_{mode}" not in parts:
@@ -123,9 +119,15 @@ def run_all(workdir: Path, model: Path, batch_full: int, batch_working: int, par
         wall, rss = measure([sys.executable, "-m", "tfsky.cli.main", "predict", "-m", str(model), str(inputs),
                              "-o", str(workdir / f"out_{mode}"), "--resolution", mode, "--overwrite", "-q"])
         sidecars = [json.loads(p.read_text()) for p in sorted((workdir / f"out_{mode}").glob("pano*.json"))]
-        in_process = results["auto"]["full"]["seconds"] if mode == "full" else results["working"]["seconds"]
+        if mode == "full":  # the warm in-process prediction just before and just after the job
+            results["after_batch"] = run_phase("after_batch", workdir, model)
+            in_process = (results["auto"]["full"]["steady"]["warm_seconds_median"]
+                          + results["after_batch"]["steady"]["warm_seconds_median"]) / 2
+        else:
+            in_process = results["working"]["seconds"]
         results[f"tfsky_predict_{mode}"] = {
             "images": count, "wall_seconds": round(wall, 2), "wall_per_image": round(wall / count, 2),
+            "in_process_seconds": round(in_process, 2),
             "ratio_to_in_process": round(wall / count / in_process, 3), "peak_rss_gb": rss,
             "ratio_to_its_own_prediction_seconds": round(wall / sum(s["seconds"] for s in sidecars), 3)
             if sidecars else None,  # the same run's model time: free of the machine's drift between parts
@@ -274,10 +276,10 @@ def auto(workdir: Path, model: Path) -> None:
     image = read_image(workdir / "image.png")
     reference = workdir / "reference_mask.npy"
     segmenter = _segmenter(model)
-    seconds, probability = _timed_probability(segmenter, image)
+    seconds, probability = _timed_probability(segmenter, image)  # the process's first: with the tracing
     prediction_rss = _peak_rss_gb()
     tiling = segmenter.tiling_for(*SIZE)
-    full = {"seconds": round(seconds, 2), "peak_rss_gb_of_the_prediction": prediction_rss, "tiling": dataclasses.asdict(tiling), "tiles": segmenter.tile_count(*SIZE),
+    full = {"first_prediction_seconds": round(seconds, 2), "peak_rss_gb_of_the_prediction": prediction_rss, "tiling": dataclasses.asdict(tiling), "tiles": segmenter.tile_count(*SIZE),
             "pixel_ratio": round(computed_pixels(*SIZE, tiling.tile, tiling.overlap, 32) / (SIZE[0] * SIZE[1]), 3),
             "mask_agreement": round(_agreement(probability >= segmenter.mask_threshold(), np.load(reference)), 5)
             if reference.exists() else None,
@@ -286,14 +288,39 @@ def auto(workdir: Path, model: Path) -> None:
         reference_seam = seam_score(np.load(workdir / "reference_probability.npy"), tiling.tile, tiling.overlap, 32)
         full["reference_seam_score"] = round(reference_seam, 3)
         full["seam_score_over_reference"] = round(full["seam_score"] / reference_seam, 3)
+    del probability
+    full["steady"] = _steady_state(segmenter, image, STEADY_ROUNDS)
     _write(workdir, "auto", {"full": full})
 
 
-def cost(workdir: Path, model: Path) -> None:
-    """The per-pixel forward cost of one 1024-px tile, in its own process (its activations are not the
-    peak RSS of the ``auto`` part that uses it)."""
-    per_pixel = _per_pixel_seconds(_segmenter(model), 1024, 1, sustained=30.0)  # as long as the 8K prediction
-    _write(workdir, "cost", {"seconds_per_pixel_1024_tile_us": round(per_pixel * 1e6, 4)})
+def after_batch(workdir: Path, model: Path) -> None:
+    """The warm in-process prediction again, right after the batch job (one round after a first prediction)."""
+    from tfsky.io.images import read_image
+
+    image = read_image(workdir / "image.png")
+    segmenter = _segmenter(model)
+    first, _ = _timed_probability(segmenter, image)
+    _write(workdir, "after_batch", {"first_prediction_seconds": round(first, 2),
+                                    "steady": _steady_state(segmenter, image, 1)})
+
+
+def _steady_state(segmenter, image, rounds: int) -> dict:
+    """``rounds`` warm predictions of ``image``, each between two per-pixel probes of one 1024-px tile
+    (sustained `PROBE_SECONDS`); each round's ``pixel_limit_ratio`` uses the mean of its two probes."""
+    import statistics
+
+    probes = [_per_pixel_seconds(segmenter, 1024, 1, sustained=PROBE_SECONDS)]
+    walls = []
+    for _ in range(rounds):
+        walls.append(_timed_probability(segmenter, image)[0])
+        probes.append(_per_pixel_seconds(segmenter, 1024, 1, sustained=PROBE_SECONDS))
+    pixels = image.shape[0] * image.shape[1]
+    ratios = [wall / (pixels * (before + after) / 2) for wall, before, after in zip(walls, probes, probes[1:])]
+    return {"warm_seconds": [round(wall, 2) for wall in walls],
+            "seconds_per_pixel_1024_tile_us": [round(probe * 1e6, 4) for probe in probes],
+            "pixel_limit_ratios": [round(ratio, 3) for ratio in ratios],
+            "warm_seconds_median": round(statistics.median(walls), 2),
+            "pixel_limit_ratio": round(statistics.median(ratios), 3)}
 
 
 def working(workdir: Path, model: Path) -> None:
@@ -322,7 +349,7 @@ def _write(workdir: Path, phase: str, data: dict) -> None:
     write_json(workdir / f"{phase}.json", data)
 
 
-PHASES = {"sweep": sweep, "reference": reference, "cost": cost, "auto": auto, "working": working}
+PHASES = {"sweep": sweep, "reference": reference, "auto": auto, "after_batch": after_batch, "working": working}
 PARTS = ("sweep", "reference", "auto", "working", "batch_full", "batch_working")
 
 if __name__ == "__main__":

@@ -23,7 +23,11 @@ its peak RSS (``os.wait4``) is its own:
    this shared VM) cancels. The peak RSS is taken after the first prediction, before the probes'
    1024-px activations. Then the working-scale path (``resolution: working``, the default for this
    model) on the same image.
-4. ``tfsky predict`` as a user runs it (whole process: start-up, model load, decode, outputs) on
+4. ``baselines``: the same 8K image in-process with the old default (256-px tiles, 25 % overlap,
+   ``gaussian``, 8 per call) and with MONAI-style defaults (`monai.inferers.sliding_window_inference`:
+   25 % overlap, ``constant`` blending, here on auto's 608-px tile, 1 per call): first-prediction wall,
+   pixels computed, agreement with the reference, seam score.
+5. ``tfsky predict`` as a user runs it (whole process: start-up, model load, decode, outputs) on
    ``--batch-full`` copies at full resolution and on ``--batch-working`` copies at the working scale.
    ``batch_overhead_ratio`` = wall per image / the in-process warm prediction, measured just before
    (part 3) and just after (``after_batch``: one warm round in a new process), averaged.
@@ -100,7 +104,7 @@ def run_all(workdir: Path, model: Path, batch_full: int, batch_working: int, par
     setup(workdir)
     results = {"model": str(model), "image": f"{PHOTO.name} upscaled to {SIZE[1]}x{SIZE[0]} (PNG)",
                "cpu_count": os.cpu_count(), "parts": parts}
-    for phase in ("sweep", "reference", "auto", "working"):
+    for phase in ("sweep", "reference", "auto", "working", "baselines"):
         if phase in parts:
             results[phase] = run_phase(phase, workdir, model)
     if "auto" in results:
@@ -293,6 +297,33 @@ def auto(workdir: Path, model: Path) -> None:
     _write(workdir, "auto", {"full": full})
 
 
+BASELINES = {"old_default": dict(tile=256, overlap=0.25, window="gaussian", tile_batch=8),
+             "monai_style": dict(tile=608, overlap=0.25, window="constant", tile_batch=1)}
+
+
+def baselines(workdir: Path, model: Path) -> None:
+    """The 8K image with the old default tiling and with MONAI-style defaults, each in this one process."""
+    import numpy as np
+
+    from tfsky.io.images import read_image
+    from tfsky.tiling import computed_pixels, seam_score
+
+    image = read_image(workdir / "image.png")
+    reference = np.load(workdir / "reference_mask.npy")
+    rows = {}
+    for name, tiling in BASELINES.items():
+        segmenter = _segmenter(model, **tiling)
+        seconds, probability = _timed_probability(segmenter, image)
+        rows[name] = {"tiling": tiling, "seconds": round(seconds, 2), "tiles": segmenter.tile_count(*SIZE),
+                      "pixel_ratio": round(computed_pixels(*SIZE, tiling["tile"], tiling["overlap"], 32)
+                                           / (SIZE[0] * SIZE[1]), 3),
+                      "mask_agreement": round(_agreement(probability >= segmenter.mask_threshold(), reference), 5),
+                      "seam_score": round(seam_score(probability, tiling["tile"], tiling["overlap"], 32), 3)}
+        print(name, rows[name], flush=True)
+        del probability
+    _write(workdir, "baselines", rows)
+
+
 def after_batch(workdir: Path, model: Path) -> None:
     """The warm in-process prediction again, right after the batch job (one round after a first prediction)."""
     from tfsky.io.images import read_image
@@ -349,8 +380,9 @@ def _write(workdir: Path, phase: str, data: dict) -> None:
     write_json(workdir / f"{phase}.json", data)
 
 
-PHASES = {"sweep": sweep, "reference": reference, "auto": auto, "after_batch": after_batch, "working": working}
-PARTS = ("sweep", "reference", "auto", "working", "batch_full", "batch_working")
+PHASES = {"sweep": sweep, "reference": reference, "auto": auto, "after_batch": after_batch, "working": working,
+          "baselines": baselines}
+PARTS = ("sweep", "reference", "auto", "working", "baselines", "batch_full", "batch_working")
 
 if __name__ == "__main__":
     main()

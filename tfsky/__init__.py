@@ -8,11 +8,11 @@ on a CPU-only machine every run would otherwise print CUDA-probe errors.
 
 NumPy's hint that its large arrays use transparent huge pages is turned off
 (``NUMPY_MADVISE_HUGEPAGE=0`` unless set): where the kernel's THP ``defrag``
-is ``madvise`` (Debian's and Ubuntu's default) each fresh hinted allocation
+is ``madvise`` (the kernel's default since 4.6) each fresh hinted allocation
 may stall on memory compaction (numpy/numpy#31590). Measured on this 2-core
 VM: touching a fresh 134 MB array (one 8K float32 accumulator) takes 0.8-0.9 s
 with the hint and 0.1 s without, and an 8K prediction spends 1.3 s outside
-the model with it and 0.2 s without (README, "Fast 8K").
+the model with it and 0.2 s without (README, "Full-resolution 8K").
 """
 
 import os

@@ -10,9 +10,9 @@ NumPy's hint that its large arrays use transparent huge pages is turned off
 (``NUMPY_MADVISE_HUGEPAGE=0`` unless set): where the kernel's THP ``defrag``
 is ``madvise`` (the kernel's default since 4.6) each fresh hinted allocation
 may stall on memory compaction (numpy/numpy#31590). Measured on this 2-core
-VM: touching a fresh 134 MB array (one 8K float32 accumulator) takes 0.8-0.9 s
-with the hint and 0.1 s without, and an 8K prediction spends 1.3 s outside
-the model with it and 0.2 s without (README, "Full-resolution 8K").
+VM (``scripts/bench_alloc.py``): touching a fresh 134 MB array (one 8K float32
+accumulator) takes 1.35-1.50 s with the hint and 0.14-0.46 s without, and an 8K
+prediction spends 1.28 s outside the model with it and 0.29 s without.
 """
 
 import os

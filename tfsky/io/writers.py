@@ -30,8 +30,8 @@ def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
               cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 # zlib level 1, one fixed row filter (not libpng's per-row choice) and run-length matching: on a real 8K
-# prediction 2x faster than Pillow or OpenCV at level 1 for the 16-bit map (0.40 vs 0.79 s, 2 % larger),
-# the mask (0.05 vs 0.08 s, 3x smaller) and an RGB photo (0.53 vs 1.2 s, 20 % smaller): bench_encode.py
+# prediction faster than Pillow at level 1 for the 16-bit map (0.45 vs 0.97 s, 2 % larger), the mask
+# (0.07 vs 0.08 s, 3x smaller) and an RGB photo (0.52 vs 1.34 s, 20 % smaller): bench_encode.py
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:

@@ -155,7 +155,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, restore: Restore = None, in_pla
     by_lookup = image.dtype == np.uint8 and image.shape[2:] == (3,)  # 8-bit RGB: stored as read, shown as is
     for row in range(0, image.shape[0], _BAND):
         band, band_mask = image[row : row + _BAND], mask[row : row + _BAND]
-        tinted = band_mask == 255
+        tinted = band_mask == 255 if by_lookup else None
         if by_lookup and np.count_nonzero(band_mask) == np.count_nonzero(tinted):  # a 0/255 band of a photo
             if out is not image:
                 out[row : row + _BAND] = band

@@ -268,9 +268,9 @@ def edge_error_profile(probability, reference, tile: int) -> dict:
     distance (px) to the nearest tile edge inside the image (0: a tile's outermost pixel; the image's own
     borders do not count: the reference has them too), at `EDGE_DISTANCES`, and ``interior`` beyond 128 px.
 
-    ``margin_px`` is the first distance from which every farther one errs at most twice the interior: the
-    overlap a cross-fade needs so that neither tile's edge pixels carry weight (the effective receptive
-    field's reach past the tile, as this model sees it on this image)."""
+    ``margin_px`` is the first distance from which every farther one errs at most a tenth of the outermost
+    pixel's: how far the missing context past a tile's edge (the network's effective receptive field)
+    still shows, i.e. about the overlap a cross-fade needs so that the pixels that err most carry no weight."""
     import numpy as np
 
     from tfsky.tiling import tile_axis
@@ -286,11 +286,10 @@ def edge_error_profile(probability, reference, tile: int) -> dict:
     distance = np.minimum.outer(*distances).clip(max=129).ravel()
     error = np.abs(probability.astype(np.float32) - reference.astype(np.float32)).reshape(distance.size, -1).mean(axis=1)
     mean = np.bincount(distance, error, minlength=130) / np.maximum(np.bincount(distance, minlength=130), 1)
-    interior = float(mean[129])
     beyond = np.maximum.accumulate(mean[:129][::-1])[::-1]  # the worst error at this distance or farther
-    margin = int(np.argmax(beyond <= 2 * interior)) if (beyond <= 2 * interior).any() else None
+    margin = int(np.argmax(beyond <= mean[0] / 10))
     return {"by_distance_px": {str(d): round(float(mean[d]), 5) for d in EDGE_DISTANCES},
-            "interior": round(interior, 5), "margin_px": margin}
+            "interior": round(float(mean[129]), 5), "margin_px": margin}
 
 
 def reference(workdir: Path, model: Path) -> None:

@@ -62,10 +62,12 @@ _FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {
 
 
 AUTO = "auto"
-AUTO_OVERLAP_PX = 32  # the margin (px) a ResNet34 U-Net needs between tiles with the ``ramp`` window: mask
-#                       agreement >= 99.91 % with a 1024/128 reference at every tile 256..1024 (bench_predict, README)
+AUTO_OVERLAP_PX = 16  # the margin (px) a ResNet34 U-Net needs between tiles with the ``ramp`` window: the
+#                       smallest overlap of 0..128 px with mask agreement >= 99.9 % and seam score <= 1.05 on
+#                       the whole 8K image (bench_predict's ``overlaps`` part: 8 px scores 1.5), where a grid
+#                       without overlap errs <= a tenth of its edge pixels' error from ~16 px in (README)
 MAX_AUTO_TILE = 1024  # largest tile ``auto`` considers (per-pixel cost rises beyond it on CPU: README)
-MIN_AUTO_TILE = 256  # smallest (unless the image is smaller), even past the budget: 1.30x the pixels at 32 px
+MIN_AUTO_TILE = 256  # smallest (unless the image is smaller), even past the budget
 CPU_MEMORY_BUDGET_GB = 1.5  # default budget of a whole process on a CPU
 FORWARD_BYTES_PER_PIXEL = 400  # activation memory per input pixel of one model call (ResNet34 U-Net, float32:
 #                                343-368 B measured on CPU at 256 x 8 and 1024 x 1 tiles)

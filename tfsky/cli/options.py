@@ -41,7 +41,7 @@ MemoryBudgetOption = Annotated[Optional[float], typer.Option(
     help="GB the process may use when --tile is auto (config: tiling.memory_budget; default: 1.5 on a CPU, the "
          "GPU's free memory on a GPU).")]
 OverlapOption = Annotated[Optional[float], typer.Option(
-    help="Tile overlap fraction in [0, 1) (config: tiling.overlap; default: 32 px, at most a quarter tile).")]
+    help="Tile overlap fraction in [0, 1) (config: tiling.overlap; default: 16 px, at most a quarter tile).")]
 WindowOption = Annotated[Optional[str], typer.Option(
     help="Blend window: ramp | constant | gaussian | hann | spline (config: tiling.window).")]
 TileBatchOption = Annotated[Optional[int], typer.Option(help="Tiles per model call (config: tiling.tile_batch).")]

@@ -13,6 +13,9 @@ its peak RSS (``os.wait4``) is its own:
    would take hours on this shared CPU); also the per-pixel forward cost of one 1024-px tile and of
    the old 256-px x 8 batches.
 2. ``reference``: the 8K image with the reference tiling; its mask and probabilities are kept for the next part.
+   ``overlaps``: the whole 8K image at auto's tile with each overlap of ``--overlaps`` (``ramp``):
+   agreement, seam score (and the reference's own), pixels computed, and at overlap 0 the edge-error
+   profile (`edge_error_profile`): where the default overlap (`tfsky.tiling.AUTO_OVERLAP_PX`) is chosen.
 3. ``auto``: the 8K image in-process with the defaults (``tile: auto`` at the default budget,
    ``resolution: full``): wall of the process's first prediction (with the model's tracing), agreement
    with the reference, seam score, and the reference's own seam score on the same borders
@@ -25,7 +28,7 @@ its peak RSS (``os.wait4``) is its own:
    model) on the same image.
 4. ``baselines``: the same 8K image in-process with the old default (256-px tiles, 25 % overlap,
    ``gaussian``, 8 per call) and with MONAI-style defaults (`monai.inferers.sliding_window_inference`:
-   25 % overlap, ``constant`` blending, here on auto's 608-px tile, 1 per call): first-prediction wall,
+   25 % overlap, ``constant`` blending, here on a 608-px tile (auto's when it was added), 1 per call): first-prediction wall,
    pixels computed, agreement with the reference, seam score.
 5. ``tfsky predict`` as a user runs it (whole process: start-up, model load, decode, outputs) on
    ``--batch-full`` copies at full resolution and on ``--batch-working`` copies at the working scale.

@@ -202,7 +202,7 @@ def test_cli_predict_runs_at_the_working_scale_unless_told_full(tmp_path, cli):
     path = tmp_path / "scaled.keras"
     save_model(_brightness_model(), path, ModelInfo("segmenter", Preprocess(), tile_size=64, working_scale=96))
     for flags, resolution, tiles in (((), "working", 10), (("--resolution", "full"), "full", 2)):
-        # working scale: the 64-px training tile; full resolution: tile auto (608 px at the default budget)
+        # working scale: the 64-px training tile; full resolution: tile auto (544 px at the default budget)
         out = tmp_path / resolution
         result = cli("predict", tmp_path / "scene.png", "-m", path, "-o", out, "-q", *flags)
         assert result.exit_code == 0, result.output

@@ -64,6 +64,7 @@ MODEL = sorted((HERE.parents[1] / "runs" / "sky_ldr_cpu-without-skyfinder").glob
 SIZE = (4096, 8192)  # --size sets it (height, width)
 REFERENCE = (1024, 128)  # tile, overlap px
 TILES, OVERLAPS, WINDOWS = (256, 384, 512, 768, 1024), (0, 8, 16, 24, 32, 64, 128), ("ramp", "gaussian")
+OVERLAP_TILE = None  # --overlap-tile: the overlaps part's tile (None: auto's)
 EDGE_DISTANCES = (0, 1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96)  # px from a tile's edge, for `edge_error_profile`
 STEADY_ROUNDS, PROBE_SECONDS = 5, 20.0
 
@@ -80,16 +81,18 @@ def main() -> None:
     parser.add_argument("--windows", default="ramp,gaussian", help="Blend windows of the sweep.")
     parser.add_argument("--overlaps", default="0,8,16,24,32,64,128",
                         help="Overlaps (px) of the sweep and of the overlaps part.")
+    parser.add_argument("--overlap-tile", type=int, help="Tile of the overlaps part (default: auto's).")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"Parts to run, of {','.join(PARTS)}.")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global SIZE, CROP, TILES, WINDOWS, OVERLAPS
+    global SIZE, CROP, TILES, WINDOWS, OVERLAPS, OVERLAP_TILE
     SIZE = tuple(map(int, args.size.lower().split("x")))[::-1]
     CROP = tuple(map(int, args.crop.lower().split("x")))[::-1]
     TILES = tuple(map(int, args.tiles.split(",")))
     WINDOWS = tuple(args.windows.split(","))
     OVERLAPS = tuple(map(int, args.overlaps.split(",")))
+    OVERLAP_TILE = args.overlap_tile
     if args.phase:
         PHASES[args.phase](args.workdir, args.model)
         return
@@ -168,7 +171,8 @@ def run_phase(phase: str, workdir: Path, model: Path) -> dict:
     _, rss = measure([sys.executable, str(HERE), "--phase", phase, "--workdir", str(workdir), "--model", str(model),
                       "--size", f"{SIZE[1]}x{SIZE[0]}", "--crop", f"{CROP[1]}x{CROP[0]}",
                       "--tiles", ",".join(map(str, TILES)), "--windows", ",".join(WINDOWS),
-                      "--overlaps", ",".join(map(str, OVERLAPS))])
+                      "--overlaps", ",".join(map(str, OVERLAPS))]
+                     + (["--overlap-tile", str(OVERLAP_TILE)] if OVERLAP_TILE else []))
     return dict(json.loads(result.read_text()), peak_rss_gb=rss, load_average_before=load)
 
 
@@ -337,7 +341,7 @@ def auto(workdir: Path, model: Path) -> None:
 
 
 def overlaps(workdir: Path, model: Path) -> None:
-    """The whole 8K image at auto's tile with each of `OVERLAPS` (``ramp``): agreement with the reference,
+    """The whole 8K image at auto's tile (or `OVERLAP_TILE`) with each of `OVERLAPS` (``ramp``): agreement with the reference,
     seam score next to the reference's own on those borders, pixels computed; at overlap 0 the edge-error
     profile (`edge_error_profile`). This is where the default overlap is chosen: the smallest meeting
     agreement >= 99.9 % and seam score <= 1.05 on the image the targets are measured on."""
@@ -349,7 +353,7 @@ def overlaps(workdir: Path, model: Path) -> None:
     image = read_image(workdir / "image.png")
     reference_mask = np.load(workdir / "reference_mask.npy")
     reference = np.load(workdir / "reference_probability.npy")
-    tile = _segmenter(model).tiling_for(*SIZE).tile
+    tile = OVERLAP_TILE or _segmenter(model).tiling_for(*SIZE).tile
     rows = []
     for overlap_px in OVERLAPS:
         overlap = overlap_px / tile

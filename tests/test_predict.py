@@ -18,7 +18,7 @@ from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.predict.batch import PredictConfig, predict_many
 from tfsky.predict.outputs import display_rgb, hdr_exposure
 from tfsky.predict.segment import TiledSegmenter
-from tfsky.tiling import TilingConfig
+from tfsky.tiling import AUTO_OVERLAP_PX, TilingConfig
 
 SIZE = (101, 77)  # odd, and not a multiple of the 32-pixel tile
 
@@ -81,8 +81,8 @@ def test_ldr_outputs_have_the_input_size_and_match_the_tiled_prediction(cli, ldr
     assert read_image(overlay).shape == SIZE + (3,)
     facts = json.loads(sidecar.read_text())
     # tile auto: one 128-px tile (the image's longer side rounded up to 32) and the overlap it would have
-    assert (facts["height"], facts["width"], facts["tile"], facts["overlap"], facts["window"]) == (101, 77, 128, 0.25,
-                                                                                                   "ramp")
+    assert (facts["height"], facts["width"], facts["tile"], facts["overlap"], facts["window"]) == (
+        101, 77, 128, AUTO_OVERLAP_PX / 128, "ramp")
     assert facts["tiles"] == 1 and facts["sky_fraction"] == pytest.approx((expected >= 0.5).mean())
     assert 0 < facts["sky_fraction"] < 1 and facts["model"]["id"].startswith("sha256-1MiB:")
     assert all(p.is_file() for p in outputs_of(tmp_path / "out", "b"))

@@ -20,7 +20,7 @@ from tfsky.export.savedmodel import SegmenterModule, export_model
 from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.predict.refine import refine, refine_graph
 from tfsky.predict.segment import TiledSegmenter, segmenter_tiling
-from tfsky.tiling import TilingConfig, sliding_window_inference
+from tfsky.tiling import AUTO_OVERLAP_PX, TilingConfig, sliding_window_inference
 
 
 def horizon_scene(height: int, width: int, horizon: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +243,7 @@ def test_tile_auto_at_the_working_scale_is_the_training_tile_in_predict_and_expo
     assert segmenter_tiling(TilingConfig(resolution="full"), scaled).tile == "auto"  # full-res 8K: the budget
     assert segmenter_tiling(TilingConfig(), native).tile == "auto"
     predictor = TiledSegmenter(_brightness_model(), scaled)
-    assert (predictor.tiling.tile, predictor.tiling.overlap) == (96, 0.25)
+    assert (predictor.tiling.tile, predictor.tiling.overlap) == (96, min(AUTO_OVERLAP_PX, 96 // 4) / 96)
     assert predictor.tile_count(300, 500) > 1  # the 192 x 320 working image is tiled, not one whole tile
     assert SegmenterModule(_brightness_model(), scaled, None).tiling.tile == 96  # the serving signature too
 

@@ -71,9 +71,9 @@ MIN_AUTO_TILE = 256  # smallest (unless the image is smaller), even past the bud
 CPU_MEMORY_BUDGET_GB = 1.5  # default budget of a whole process on a CPU
 FORWARD_BYTES_PER_PIXEL = 400  # activation memory per input pixel of one model call (ResNet34 U-Net, float32:
 #                                343-368 B measured on CPU at 256 x 8 and 1024 x 1 tiles)
-RUNTIME_BYTES = 0.94e9  # TensorFlow with a ResNet34 U-Net loaded (0.88 GB resident on a fresh install, CPU) and
-#                        a job's per-tile-shape kernel caches: calibrated on bench_predict's 6-image 8K job, which
-#                        peaked at 1.52 GB with 608-px tiles (this at 0.9e9) and at 1.43 GB with 544-px ones
+RUNTIME_BYTES = 0.94e9  # TensorFlow with a ResNet34 U-Net loaded, and a job's per-tile-shape kernel caches:
+#                        calibrated on bench_predict's 6-image 8K job, which peaked at 1.52 GB with 608-px tiles
+#                        (the choice at 0.9e9) and at 1.47 GB with the 544-px tiles this gives
 IMAGE_BYTES = 8192 * 4096 * 13  # an 8K RGB image job in flight in `tfsky predict`, per pixel: this image (3 B) and
 #                                 its float32 accumulator (4 B), and either the previous one in the writer (its
 #                                 image, overlay drawn in place, 3 B, and stored maps, 3 B) or the next one

@@ -77,12 +77,27 @@ def test_serving_default_is_float32_for_a_mixed_precision_model(tmp_path):
     save_model(model, tmp_path / "fp16.keras", ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=TILE))
     tiles = np.random.default_rng(3).random((2, TILE, TILE, 3), dtype=np.float32)
     assert model(tiles).dtype == tf.float16
-    for precision, dtypes, atol in (("as_trained", ["float16", "float32"], 1e-6), ("float32", ["float32"], 2e-3)):
+    expected = model(tiles).numpy()
+    for precision, dtypes in (("as_trained", ["float16", "float32"]), ("float32", ["float32"])):
         version_dir = export_model(tmp_path / "fp16.keras", tmp_path / "models", "fp16", precision=precision)
         out = tf.saved_model.load(str(version_dir)).signatures["serving_default"](tiles=tf.constant(tiles))
         assert out["probabilities"].dtype == tf.float32
-        np.testing.assert_allclose(out["probabilities"].numpy(), model(tiles).numpy().astype(np.float32), atol=atol)
+        if precision == "as_trained":  # float16 maths in graph and eager: kernels may round differently
+            assert_within_float16_steps(out["probabilities"].numpy(), expected, steps=2)
+        else:  # float32 maths against the float16 model: its rounding of every layer, a few steps at most
+            assert_within_float16_steps(out["probabilities"].numpy(), expected, steps=4)
         assert export_info(version_dir)[0]["compute_dtypes"] == dtypes  # float32 (the default) for CPU serving
+
+
+def assert_within_float16_steps(actual: np.ndarray, expected_float16: np.ndarray, steps: int) -> None:
+    """``actual`` is at most ``steps`` float16 rounding steps (ulps at the expected value) from a float16 result.
+
+    A float16 step is 4.9e-4 at 0.5: graph and eager runs of one float16 model may pick different kernels
+    (AVX512-FP16/AMX CPUs do), so a fixed tolerance like 1e-6 fails on some CPUs and not others.
+    """
+    ulp = np.spacing(np.abs(expected_float16.astype(np.float16))).astype(np.float32)
+    error = np.abs(actual.astype(np.float32) - expected_float16.astype(np.float32))
+    assert np.all(error <= steps * ulp), f"max error {error.max():.3g} over {steps} float16 steps"
 
 
 def test_predict_image_equals_tiled_segmenter_and_tfsky_predict(exported, sky_png, cli, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import shutil
 import socket
 import threading
 import time
@@ -215,6 +216,24 @@ def test_broken_version_keeps_the_last_good_one_serving_and_is_retried_when_fixe
     assert repository.resolve("flaky").version == 7
     assert [(s.version, s.state, s.error) for s in repository.status("flaky")] == [(1, "END", ""), (7, "AVAILABLE", "")]
 
+
+
+def test_a_corrupt_newest_version_at_server_start_serves_the_newest_that_loads(served, tmp_path):
+    """The issue's reproduction: ``cp -r R/m/1 R/m/3; head -c 100 R/m/1/saved_model.pb > R/m/3/saved_model.pb``."""
+    repo = tmp_path / "repo"
+    good = export_model(served["model"], repo, "m")
+    shutil.copytree(good, repo / "m" / "2")
+    shutil.copytree(good, repo / "m" / "3")
+    for broken in (2, 3):
+        (repo / "m" / str(broken) / "saved_model.pb").write_bytes((good / "saved_model.pb").read_bytes()[:100])
+    with DevServer(repo, grpc_port=0, rest_port=0, poll_seconds=0.3) as server, \
+            Client(f"127.0.0.1:{server.rest_port}", rest=True) as client:
+        states = client.status("m")
+        assert [(s.version, s.state) for s in states] == [(1, "AVAILABLE"), (2, "END"), (3, "END")]
+        assert all("saved_model.pb" in s.error for s in states[1:])  # each broken one says why
+        answer = client.predict_image("m", served["image"].read_bytes())
+        assert answer.version == 1
+        np.testing.assert_allclose(answer.probability, served["expected"], atol=1e-4)
 
 
 def test_failed_version_is_retried_after_the_retry_delay(served, tmp_path, monkeypatch):

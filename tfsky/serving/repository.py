@@ -8,10 +8,11 @@ format) are loaded too. Without a label config, ``stable`` means the newest
 version. `ModelRepository.refresh` rescans the folder (the server calls it
 every few seconds), so a version folder renamed into place is picked up and
 an older one is retired once the new one is AVAILABLE. A version that fails
-to load does not take the model down: as TF Serving does, the last version
-that loaded keeps serving, the failed one is END with its load error in the
-status, and it is tried again on a later scan when its files change (or
-after ``retry_seconds``).
+to load does not take the model down: the newest version that loads serves
+instead (the one already serving, else older ones tried newest first, so a
+broken newest version at server start still leaves the model up), the failed
+one is END with its load error in the status, and it is tried again on a
+later scan when its files change (or after ``retry_seconds``).
 
 Errors a client caused are `ServingError` carrying the gRPC status code TF
 Serving would answer with.
@@ -136,7 +137,7 @@ class ModelRepository:
         """Rescan the folder: load wanted versions that are new, retire loaded ones no longer wanted.
 
         A loaded version is retired only when something newer serves in its place: if the newest
-        version fails to load, the newest one that did load stays AVAILABLE.
+        version fails to load, the newest one below it that loads serves (`_load_newest_below`).
         """
         with self._refresh_lock:
             configured = read_version_labels(self.model_config) if self.model_config else {}
@@ -152,16 +153,28 @@ class ModelRepository:
                 with self._lock:
                     loaded = set(self._servables.get(name, {}))
                 keep = wanted & loaded
-                if newest not in loaded:  # the newest failed (or is retried later): keep serving what loaded last
-                    keep |= set(sorted(v for v in loaded if v < newest)[-1:])
+                if newest not in loaded:  # the newest failed (or is retried later): serve the newest that loads
+                    keep |= {self._load_newest_below(name, newest, on_disk, loaded)} - {None}
                 for version in loaded - keep:
                     self._set(name, version, None, VersionStatus(version, END))
 
-    def _load(self, name: str, version: int, path: Path) -> None:
+    def _load_newest_below(self, name: str, newest: int, on_disk: dict[int, Path], loaded: set[int]) -> int | None:
+        """The newest version below ``newest`` that is loaded or loads now (None: none does).
+
+        Versions newer than the loaded one are tried first, newest first: at server start (nothing
+        loaded yet) a broken newest version must not leave the model without any version.
+        """
+        for version in sorted((v for v in on_disk if v < newest), reverse=True):
+            if version in loaded or self._load(name, version, on_disk[version]):
+                return version
+        return None
+
+    def _load(self, name: str, version: int, path: Path) -> bool:
+        """Load one version (AVAILABLE) or record why it failed (END, with the error); whether it loaded."""
         fingerprint = _fingerprint(path)
         failed = self._failures.get((name, version))
         if failed is not None and failed[0] == fingerprint and time.monotonic() - failed[1] < self.retry_seconds:
-            return  # same files as the failed attempt: retry when they change or the retry delay has passed
+            return False  # same files as the failed attempt: retry when they change or the retry delay has passed
         self._set(name, version, None, VersionStatus(version, LOADING))
         try:
             servable = Servable(name, version, path)
@@ -169,9 +182,10 @@ class ModelRepository:
             log.warning("model %s version %s failed to load: %s", name, version, _first_line(err))
             self._failures[(name, version)] = (fingerprint, time.monotonic())
             self._set(name, version, None, VersionStatus(version, END, _first_line(err)))
-            return
+            return False
         self._failures.pop((name, version), None)
         self._set(name, version, servable, VersionStatus(version, AVAILABLE))
+        return True
 
     def _set(self, name: str, version: int, servable: Servable | None, status: VersionStatus) -> None:
         with self._lock:

@@ -28,6 +28,9 @@ def export_cli(
     precision: Annotated[Optional[str], typer.Option(
         "--precision", help="float32 (CPU serving, the shipped image) or as_trained (keep a mixed-precision model's "
         "float16 layers, for a GPU server) (config: export.precision).")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(
+        "--max-pixels", help="The served image signatures refuse larger images before decoding them (config: "
+        "export.max_pixels; default: what --memory-budget holds).")] = None,
     tile: TileOption = None,
     overlap: OverlapOption = None,
     window: WindowOption = None,
@@ -55,11 +58,11 @@ def export_cli(
     from tfsky.export.config import ExportConfig
     from tfsky.export.savedmodel import export_model
 
-    flags = {"name": name, "repo": repo, "version": version, "precision": precision,
+    flags = {"name": name, "repo": repo, "version": version, "precision": precision, "max_pixels": max_pixels,
              **tiling_flags(tile, overlap, window, tile_batch, tta, memory_budget=memory_budget)}
     cfg = command_config(ExportConfig, "export", config, set_, flags)
     target = export_model(model, cfg.repo, cfg.name, version=cfg.version, overwrite=overwrite, tiling=cfg.tiling,
-                          precision=cfg.precision, cloud=cfg.cloud)
+                          precision=cfg.precision, cloud=cfg.cloud, max_pixels=cfg.max_pixels)
     Console(highlight=False, soft_wrap=True).print(f"exported {model} -> {target}")
 
 

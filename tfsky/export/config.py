@@ -25,6 +25,9 @@ class ExportConfig:
             (``tile: null`` = the model's training tile).
         cloud: CloudCoverConfig. Cloud models: the camera masks embedded in the ``predict_cloud``
             signature (``camera_masks: null`` = the model's training cameras' masks).
+        max_pixels: Optional[int]. The image signatures refuse an image declaring more pixels, before
+            decoding it (INVALID_ARGUMENT). Defaults to None: what ``tiling.memory_budget`` holds at the
+            signature's measured bytes per pixel (`tfsky.export.savedmodel.pixel_limit`).
     """
 
     name: str = "sky_segmenter"
@@ -33,7 +36,10 @@ class ExportConfig:
     precision: Literal["float32", "as_trained"] = "float32"
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
     cloud: CloudCoverConfig = dataclasses.field(default_factory=CloudCoverConfig)
+    max_pixels: Optional[int] = None
 
     def validate(self) -> None:
         if self.version is not None and self.version < 1:
             raise ConfigError("version", f"must be >= 1; got {self.version}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ConfigError("max_pixels", f"must be >= 1; got {self.max_pixels}")

@@ -65,13 +65,17 @@ from tfsky.predict.classify import WeatherClassifier
 from tfsky.predict.outputs import CLASS_PNG_VALUES
 from tfsky.predict.refine import refine_graph
 from tfsky.predict.segment import SKY_CLASS, predicted_scale, segmenter_tiling
-from tfsky.tiling import TilingConfig, available_memory, choose_tiling, sliding_window_graph
+from tfsky.tiling import CPU_MEMORY_BUDGET_GB, TilingConfig, available_memory, choose_tiling, sliding_window_graph
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VERSION_TEMP = re.compile(r"^\.\d+\..+\.part$")  # `atomic_dir`'s temporary of a version folder: .N.<random>.part
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_BIT_DEPTH_OFFSET = 24  # 8-byte signature, IHDR length + type (8), width + height (8)
+# Peak resident memory per input pixel of the image signatures (the whole image is held, not streamed),
+# measured on noise PNGs of 4 and 16 megapixels with tiny models, rounded up; `pixel_limit` divides the budget by it.
+SEGMENTER_BYTES_PER_PIXEL = 32  # predict_image: 35 at 4 MP, 28 at 16 MP
+CLOUD_BYTES_PER_PIXEL = 48  # predict_cloud 45 / 37, predict_image 49 at 4 MP
 
 
 class SegmenterModule(tf.Module):
@@ -83,10 +87,11 @@ class SegmenterModule(tf.Module):
         tiling: TilingConfig. In-graph tiling; ``tile=None`` means ``info.tile_size``.
         cloud: CloudCoverConfig. Cloud models: the camera masks of ``predict_cloud``. Defaults to None
             (the masks of the model's training cameras).
+        max_pixels: int. Larger images are refused before decoding. Defaults to None (`pixel_limit`).
     """
 
     def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None,
-                 cloud: CloudCoverConfig | None = None):
+                 cloud: CloudCoverConfig | None = None, max_pixels: int | None = None):
         super().__init__(name="tfsky_segmenter")
         self.model = model
         self.preprocess = info.preprocess
@@ -97,6 +102,8 @@ class SegmenterModule(tf.Module):
         self.positive = 0 if info.classes == 1 else SKY_CLASS  # the channel drawn as the mask
         self.threshold = info.threshold
         self.working_scale = predicted_scale(info, self.tiling)
+        cost = CLOUD_BYTES_PER_PIXEL if is_cloud_model(info) else SEGMENTER_BYTES_PER_PIXEL
+        self.max_pixels = pixel_limit(max_pixels, requested.memory_budget, cost)
         self.predict_tiles = tf.function(
             self._predict_tiles, input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)]
         )
@@ -144,7 +151,7 @@ class SegmenterModule(tf.Module):
 
     def _predict_image(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         def segment(encoded):
-            return self._segment(decode_normalised(encoded, self.preprocess, self.channels))
+            return self._segment(decode_normalised(encoded, self.preprocess, self.channels, self.max_pixels))
 
         return self._per_image(segment, image_bytes)
 
@@ -195,7 +202,7 @@ class SegmenterModule(tf.Module):
 
     def _predict_cloud(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         def cover(encoded):
-            image = decode_normalised(encoded, self.preprocess, self.channels)
+            image = decode_normalised(encoded, self.preprocess, self.channels, self.max_pixels)
             cloud_probability = self._probabilities(image)[..., SKY_CLASS]
             valid = self.camera_masks.valid_sky_graph(image)
             cloud = tf.logical_and(cloud_probability >= self.threshold, valid)
@@ -211,7 +218,20 @@ class SegmenterModule(tf.Module):
         return dict(zip(("class_mask_png_bytes", "cloud_fraction_pct", "valid_pixels"), outputs))
 
 
-def decode_normalised(image_bytes: tf.Tensor, preprocess, channels: int) -> tf.Tensor:
+def pixel_limit(max_pixels: int | None, memory_budget: float | None, bytes_per_pixel: int) -> int:
+    """The most pixels an exported image signature decodes: ``export.max_pixels`` when set, else what the
+    memory budget (``tiling.memory_budget``, GB; default `CPU_MEMORY_BUDGET_GB`) holds at the signature's
+    measured peak ``bytes_per_pixel``, never over `DEFAULT_MAX_PIXELS` (the limit of ``read_image``).
+
+    A served graph holds the whole decoded image and its intermediates at once (it does not stream), so
+    without this bound a 140 KB all-zero 12000x12000 PNG drove ``colorize_image`` past 18 GB.
+    """
+    if max_pixels is not None:
+        return max_pixels
+    return min(DEFAULT_MAX_PIXELS, int((memory_budget or CPU_MEMORY_BUDGET_GB) * 1e9 / bytes_per_pixel))
+
+
+def decode_normalised(image_bytes: tf.Tensor, preprocess, channels: int, max_pixels: int) -> tf.Tensor:
     """Decode PNG/JPEG/BMP/GIF bytes to [H, W, channels] and normalise them with ``preprocess``.
 
     16-bit PNGs are decoded to uint16 (``/ 65535``), everything else to uint8
@@ -219,18 +239,19 @@ def decode_normalised(image_bytes: tf.Tensor, preprocess, channels: int) -> tf.T
     RGB JPEGs are decoded with the accurate integer DCT, which gives exactly
     Pillow's pixels (what ``read_image`` uses): TensorFlow's default fast DCT
     differs by up to 23 levels, and served probabilities then by up to 0.016.
-    An image whose header declares more than ``max_pixels`` pixels (`DEFAULT_MAX_PIXELS`,
-    the limit of ``read_image``) is refused before it is decoded: a small compressed file can
-    otherwise make the server allocate gigabytes.
+    An image whose header declares more than ``max_pixels`` pixels (`pixel_limit`) is refused with
+    INVALID_ARGUMENT before it is decoded, in one line naming its size and the limit: a small compressed
+    file can otherwise make the server allocate gigabytes.
     """
     header = tf.io.decode_raw(tf.strings.substr(image_bytes + b"\0" * 32, 0, 32), tf.uint8)
     is_png = _starts_with(header, _PNG_SIGNATURE)
     is_png16 = tf.logical_and(is_png, tf.equal(header[_PNG_BIT_DEPTH_OFFSET], 16))
     is_jpeg = _starts_with(header, _JPEG_SIGNATURE)
-    size_check = tf.debugging.assert_less_equal(
-        _declared_pixels(image_bytes, header, is_png, is_jpeg), tf.constant(DEFAULT_MAX_PIXELS, tf.int64),
-        message=f"image declares more than {DEFAULT_MAX_PIXELS} pixels (max_pixels)",
-    )
+    size = _declared_size(image_bytes, header, is_png, is_jpeg)
+    pixels = size[0] * size[1]
+    size_check = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.format(
+        "image is {}x{} ({} pixels), over the limit of " f"{max_pixels} pixels set at export (export.max_pixels)",
+        (size[1], size[0], pixels))])
 
     def normalised(image):  # per branch: uint16 and uint8 normalise differently
         return preprocess.apply(tf.ensure_shape(image, [None, None, channels]))
@@ -255,10 +276,10 @@ def _starts_with(header: tf.Tensor, signature: bytes) -> tf.Tensor:
     return tf.reduce_all(tf.equal(header[: len(signature)], tf.constant(list(signature), tf.uint8)))
 
 
-def _declared_pixels(image_bytes: tf.Tensor, header: tf.Tensor, is_png: tf.Tensor, is_jpeg: tf.Tensor) -> tf.Tensor:
-    """Width x height an encoded image declares: PNG IHDR, JPEG frame header, GIF screen, BMP info header.
+def _declared_size(image_bytes: tf.Tensor, header: tf.Tensor, is_png: tf.Tensor, is_jpeg: tf.Tensor) -> tf.Tensor:
+    """[height, width] (int64) an encoded image declares: PNG IHDR, JPEG frame header, GIF screen, BMP info header.
 
-    Unknown formats give 0; the decoder refuses them.
+    Unknown formats give [0, 0]; the decoder refuses them.
     """
     byte = tf.cast(header, tf.int64)
 
@@ -274,11 +295,11 @@ def _declared_pixels(image_bytes: tf.Tensor, header: tf.Tensor, is_png: tf.Tenso
         return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
 
     return tf.case([
-        (is_png, lambda: unsigned(16, 4, True) * unsigned(20, 4, True)),
-        (is_jpeg, lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64))),
-        (_starts_with(header, b"GIF"), lambda: unsigned(6, 2, False) * unsigned(8, 2, False)),
-        (_starts_with(header, b"BM"), lambda: bmp_side(18) * bmp_side(22)),
-    ], default=lambda: tf.constant(0, tf.int64), exclusive=False)
+        (is_png, lambda: tf.stack([unsigned(20, 4, True), unsigned(16, 4, True)])),
+        (is_jpeg, lambda: tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64)),
+        (_starts_with(header, b"GIF"), lambda: tf.stack([unsigned(8, 2, False), unsigned(6, 2, False)])),
+        (_starts_with(header, b"BM"), lambda: tf.stack([bmp_side(22), bmp_side(18)])),
+    ], default=lambda: tf.zeros([2], tf.int64), exclusive=False)
 
 
 def decode_raw_image(image_raw: tf.Tensor, shape: tf.Tensor, channels: int) -> tf.Tensor:
@@ -313,6 +334,7 @@ def export_model(
     tiling: TilingConfig | None = None,
     precision: Literal["float32", "as_trained"] = ExportConfig.precision,
     cloud: CloudCoverConfig | None = None,
+    max_pixels: int | None = None,
 ) -> Path:
     """Export a saved tfsky segmenter, weather classifier or colorizer to ``<repo>/<name>/<version>/``; returns that folder.
 
@@ -330,6 +352,8 @@ def export_model(
             Defaults to ``float32``.
         cloud: CloudCoverConfig. Cloud models: the camera masks embedded in ``predict_cloud``.
             Defaults to None (the masks of the model's training cameras).
+        max_pixels: int. The image signatures refuse larger images before decoding them (stored in the
+            metadata). Defaults to None: what ``tiling.memory_budget`` holds (`pixel_limit`).
 
     Raises:
         InputError: bad name or version, existing version without ``overwrite``,
@@ -359,13 +383,13 @@ def export_model(
     if classifier is not None:
         from tfsky.export.classifier import ClassifierModule  # it builds on this module's decoder
 
-        module = ClassifierModule(classifier)
+        module = ClassifierModule(classifier, tiling.memory_budget if tiling else None, max_pixels)
     elif task == "colorize":
         from tfsky.export.colorize import ColorizerModule  # it builds on this module's decoder
 
-        module = ColorizerModule(model, info, tiling, model_path)
+        module = ColorizerModule(model, info, tiling, model_path, max_pixels)
     else:
-        module = SegmenterModule(model, info, tiling, cloud)  # validates the tiling before anything is written
+        module = SegmenterModule(model, info, tiling, cloud, max_pixels)  # validates the tiling before anything is written
     prepare_out_dir(model_dir)
     remove_stale_exports(model_dir)
     with atomic_dir(target) as tmp:
@@ -399,6 +423,7 @@ def _metadata(model_path, name: str, version: int, info: ModelInfo, module, mode
         "version": version,
         "source_model": str(Path(model_path).resolve()),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "max_pixels": module.max_pixels,
         **module.metadata(),
         "compute_dtypes": sorted({layer.compute_dtype for layer in model.layers}),
         "model": info.to_json(),

@@ -21,6 +21,7 @@ Serving would answer with.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -266,9 +267,11 @@ def read_version_labels(path: Path) -> dict[str, dict[str, int]]:
 
 def op_error_text(err: tf.errors.OpError) -> str:
     """The line of a TensorFlow op error that says what was wrong (not the graph-location boilerplate)."""
-    boilerplate = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[{{node")
+    boilerplate = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[{{node", "File ")
     lines = [line.strip() for line in err.message.splitlines()]
-    return next((line for line in lines if line and not line.startswith(boilerplate)), lines[0])
+    line = next((line for line in lines if line and not line.startswith(boilerplate)), lines[0])
+    assertion = re.fullmatch(r"assertion failed: \[(.*)\]", line)  # a graph's tf.debugging.Assert message
+    return assertion[1] if assertion else line
 
 
 def _first_line(err: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""``tfsky client ...``: segment images and check model readiness through TF Serving (or ``tfsky serve``)."""
+"""``tfsky client ...``: segment, classify or colorize images and check model readiness through TF Serving (or
+``tfsky serve``)."""
 
 from __future__ import annotations
 
@@ -61,25 +62,31 @@ def predict(
 ) -> None:
     """Write a sky mask and a JSON sidecar per image; a re-run skips complete images. Exit 1 if any image failed.
 
-    Per image <stem>_mask.png, <stem>_prob.png and <stem>.json. A served weather classifier (a model with a
-    classify_image signature, asked once per job) writes a JSON sidecar with the class probabilities per
-    image and classification.csv for the job instead.
+    Per image <stem>_mask.png, <stem>_prob.png and <stem>.json. What the served model is comes from its
+    signatures (asked once per job), and each kind writes the files of its local command: a cloud model adds
+    <stem>_classes.png, the cloud cover in the sidecar and cloud_cover.csv/.png for the job (tfsky predict);
+    a weather classifier writes a JSON sidecar with the class probabilities per image and classification.csv
+    (tfsky predict); a colorizer writes <stem>_colour.png (tfsky colorize). --tiles is for a sky segmenter only.
     Server and model come from the ``client:`` section of --config, then --set, then the flags above.
     """
-    from tfsky.serving.classify_jobs import classify_files, serves_classifier
+    from tfsky.serving.classify_jobs import classify_files
+    from tfsky.serving.colorize_jobs import colorize_files
     from tfsky.serving.jobs import segment_files
 
     cfg, client = connect(config, set_, server=server, model=model, version=version, label=label, rest=rest,
                           timeout=timeout, retries=retries)
     with client:
-        classifier = tiles is None and serves_classifier(client, cfg.model, version=cfg.version, label=cfg.label)
+        # --tiles: the export folder says what the model is (a sky segmenter, or a one-line error)
+        kind = "segmenter" if tiles is not None else client.served_kind(cfg.model, version=cfg.version, label=cfg.label)
+        job = dict(version=cfg.version, label=cfg.label, overwrite=overwrite)
         with JobProgress(quiet) as listener:
-            if classifier:
-                report = classify_files(client, cfg.model, inputs, out, version=cfg.version, label=cfg.label,
-                                        overwrite=overwrite, listener=listener)
+            if kind == "classifier":
+                report = classify_files(client, cfg.model, inputs, out, listener=listener, **job)
+            elif kind == "colorizer":
+                report = colorize_files(client, cfg.model, inputs, out, listener=listener, **job)
             else:
-                report = segment_files(client, cfg.model, inputs, out, version=cfg.version, label=cfg.label,
-                                       tiles_from=tiles, overwrite=overwrite, listener=listener)
+                report = segment_files(client, cfg.model, inputs, out, tiles_from=tiles, cloud=kind == "cloud",
+                                       listener=listener, **job)
     finish(report, out, quiet)
 
 

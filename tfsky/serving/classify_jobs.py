@@ -21,14 +21,8 @@ from tfsky.io.images import image_size
 from tfsky.io.stores import as_path
 from tfsky.jobs import Decoded, Item, Listener, Report, Task, run_job
 from tfsky.predict.classify import classification, read_ldr, sidecar_path, write_classification_table
-from tfsky.serving.client import CLASSIFY_SIGNATURE, Client
+from tfsky.serving.client import Client
 from tfsky.serving.jobs import ENCODED_SUFFIXES, ServerSegmentTask
-
-
-def serves_classifier(client: Client, model: str, *, version: int | None = None, label: str | None = None) -> bool:
-    """Whether the served ``model`` (that version or label) is a weather classifier (one GetModelMetadata)."""
-    return any(signature.name == CLASSIFY_SIGNATURE for signature in client.metadata(model, version=version,
-                                                                                      label=label))
 
 
 def classify_files(client: Client, model: str, inputs: Sequence[Path], out: str | Path, *, version: int | None = None,

@@ -13,7 +13,9 @@ bytes in, mask PNG + probability + sky fraction out: decoding, tiling and
 blending happen on the server) or, with `Client.predict_large`, tiled on the
 client by `tfsky.tiling.sliding_window_inference` with ``serving_default``
 predicting each tile batch. A weather classifier answers `Client.classify_image`
-(encoded bytes in, class probabilities by name out).
+(encoded bytes in, class probabilities by name out), a cloud model also
+`Client.predict_cloud` (its class mask) and a colorizer `Client.colorize_image`
+(the colour PNG); `Client.served_kind` tells them apart by their signatures.
 """
 
 from __future__ import annotations
@@ -48,7 +50,14 @@ from tfsky.tiling import TilingConfig, sliding_window_inference
 
 _IMAGE_OUTPUTS = {"mask_png_bytes": tf.string, "probability_png_bytes": tf.string, "sky_fraction": tf.float32}
 _CLASSIFY_OUTPUTS = {"probabilities": tf.float32, "class_names": tf.string}
+_CLOUD_OUTPUTS = {"class_mask_png_bytes": tf.string}
+_COLORIZE_OUTPUTS = {"png_bytes": tf.string}
 CLASSIFY_SIGNATURE = "classify_image"  # what a served weather classifier has (`tfsky.export.classifier`)
+CLOUD_SIGNATURE = "predict_cloud"  # what a served cloud model has besides predict_image
+COLORIZE_SIGNATURE = "colorize_image"  # what a served colorizer has (`tfsky.export.colorize`)
+# The signature that tells each kind of export apart, most specific first (a cloud model has predict_image too).
+_KIND_SIGNATURES = (("classifier", CLASSIFY_SIGNATURE), ("colorizer", COLORIZE_SIGNATURE),
+                    ("cloud", CLOUD_SIGNATURE), ("segmenter", "predict_image"))
 _STATES = get_model_status_pb2.ModelVersionStatus.State
 
 
@@ -162,6 +171,21 @@ class Client:
         names = [name.decode("utf-8") for name in outputs["class_names"][0]]
         return ImageClassification(dict(zip(names, outputs["probabilities"][0].astype(float).tolist())), answered)
 
+    def predict_cloud(self, model: str, image_bytes: bytes, *, version: int | None = None,
+                      label: str | None = None) -> bytes:
+        """The class mask PNG (255 cloud, 100 clear sky, 0 outside the valid sky) of one encoded frame from a
+        served cloud model (``predict_cloud``)."""
+        inputs = {"image_bytes": np.array([image_bytes], dtype=object)}
+        outputs, _ = self._predict(model, CLOUD_SIGNATURE, inputs, _CLOUD_OUTPUTS, version, label)
+        return outputs["class_mask_png_bytes"][0]
+
+    def colorize_image(self, model: str, image_bytes: bytes, *, version: int | None = None,
+                       label: str | None = None) -> bytes:
+        """The colour PNG (8-bit RGB, the input's size) of one encoded image from a served colorizer."""
+        inputs = {"image_bytes": np.array([image_bytes], dtype=object)}
+        outputs, _ = self._predict(model, COLORIZE_SIGNATURE, inputs, _COLORIZE_OUTPUTS, version, label)
+        return outputs["png_bytes"][0]
+
     def predict_tiles(self, model: str, tiles: np.ndarray, *, version: int | None = None,
                       label: str | None = None) -> np.ndarray:
         """Probabilities [B, h, w, K] of normalised float32 tiles [B, h, w, C] (``serving_default``)."""
@@ -206,6 +230,20 @@ class Client:
     def metadata(self, model: str, *, version: int | None = None, label: str | None = None) -> list[SignatureSummary]:
         """The signatures the server serves for ``model`` (GetModelMetadata)."""
         return summarize_signatures(dict(self._metadata(model, version, label)[1].signature_def))
+
+    def served_kind(self, model: str, *, version: int | None = None, label: str | None = None) -> str:
+        """``segmenter``, ``cloud``, ``classifier`` or ``colorizer``: what the served ``model`` is, from its
+        signatures (one GetModelMetadata).
+
+        Raises:
+            ServingRequestError: the model has none of the signatures tfsky exports (INVALID_ARGUMENT).
+        """
+        names = {signature.name for signature in self.metadata(model, version=version, label=label)}
+        for kind, signature in _KIND_SIGNATURES:
+            if signature in names:
+                return kind
+        raise ServingRequestError(self.server, grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"model '{model}' is not a tfsky export (signatures: {', '.join(sorted(names))})")
 
     def serving_version(self, model: str, *, label: str | None = None) -> int:
         """The version that answers requests for ``model`` (its newest, or ``label``'s) right now (GetModelMetadata)."""

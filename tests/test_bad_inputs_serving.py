@@ -24,6 +24,7 @@ import pytest
 import tensorflow as tf
 
 from served_kinds import save_every_kind
+from test_export import save_tiny
 from test_serving import free_port, wait_for
 from tfsky.export.metadata import read_metadata
 from tfsky.export.savedmodel import export_model
@@ -116,8 +117,19 @@ def test_a_png_bomb_is_refused_from_its_header_by_every_image_signature(served, 
     assert peak_rss(served["pid"]) < PEAK_RSS_LIMIT
 
 
+def test_a_header_of_the_largest_png_sides_is_refused_without_overflow(tmp_path):
+    """4294967295 x 4294967295 pixels overflow int64: the product must not wrap to a small number."""
+    side = 2**32 - 1
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    header = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+    model = save_tiny(tmp_path / "segmenter.keras")
+    signature = tf.saved_model.load(str(export_model(model, tmp_path / "repo", "m"))).signatures["predict_image"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(f"image is {side}x{side} ({side * side} pixels)")):
+        signature(image_bytes=tf.constant([header + b"\0" * 16]))
+
+
 def test_max_pixels_is_set_at_export_and_recorded(tmp_path, cli):
-    model = save_every_kind(tmp_path / "models")["segmenter"]
+    model = save_tiny(tmp_path / "segmenter.keras")
     result = cli("export", "--model", model, "--repo", tmp_path / "repo", "--name", "m", "--set", "export.max_pixels=2000")
     assert result.exit_code == 0, result.stderr
     version = tmp_path / "repo" / "m" / "1"

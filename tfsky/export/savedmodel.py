@@ -248,8 +248,8 @@ def decode_normalised(image_bytes: tf.Tensor, preprocess, channels: int, max_pix
     is_png16 = tf.logical_and(is_png, tf.equal(header[_PNG_BIT_DEPTH_OFFSET], 16))
     is_jpeg = _starts_with(header, _JPEG_SIGNATURE)
     size = _declared_size(image_bytes, header, is_png, is_jpeg)
-    pixels = size[0] * size[1]
-    size_check = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.format(
+    pixels = tf.cast(size[0], tf.uint64) * tf.cast(size[1], tf.uint64)  # exact: each side is below 2**32
+    size_check = tf.debugging.Assert(pixels <= tf.constant(max_pixels, tf.uint64), [tf.strings.format(
         "image is {}x{} ({} pixels), over the limit of " f"{max_pixels} pixels set at export (export.max_pixels)",
         (size[1], size[0], pixels))])
 

@@ -124,13 +124,15 @@ def test_a_header_of_the_largest_png_sides_is_refused_without_overflow(tmp_path)
     header = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
     model = save_tiny(tmp_path / "segmenter.keras")
     signature = tf.saved_model.load(str(export_model(model, tmp_path / "repo", "m"))).signatures["predict_image"]
-    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(f"image is {side}x{side} ({side * side} pixels)")):
+    message = re.escape(f"image is {side}x{side} ({side * side} pixels)")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         signature(image_bytes=tf.constant([header + b"\0" * 16]))
 
 
 def test_max_pixels_is_set_at_export_and_recorded(tmp_path, cli):
     model = save_tiny(tmp_path / "segmenter.keras")
-    result = cli("export", "--model", model, "--repo", tmp_path / "repo", "--name", "m", "--set", "export.max_pixels=2000")
+    result = cli("export", "--model", model, "--repo", tmp_path / "repo", "--name", "m",
+                 "--set", "export.max_pixels=2000")
     assert result.exit_code == 0, result.stderr
     version = tmp_path / "repo" / "m" / "1"
     assert read_metadata(version)["max_pixels"] == 2000

@@ -129,6 +129,8 @@ def _missing(written, loaded, key=""):
             return key
         pairs = enumerate(zip(written, loaded))
         return next((found for i, (w, v) in pairs if (found := _missing(w, v, f"{key}[{i}]"))), None)
+    if isinstance(written, str) and isinstance(loaded, str) and Path(loaded).is_absolute():
+        return None if Path(written).resolve() == Path(loaded) else key  # a path the config stores resolved
     return None if written == loaded else key
 
 

@@ -37,7 +37,7 @@ def validate(
     report = validate_streams(cfg, source, out, _load_segmenter(segmenter))
     console = Console()
     for line in report.skipped:
-        console.print(f"[yellow]skipped label row[/] {line}", markup=True, highlight=False)
+        console.print(f"[yellow]skipped label row[/] {line}", markup=True, highlight=False, soft_wrap=True)
     if quiet:
         return
     table = Table("camera", "frames", "usable", *REASONS)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Collection, Optional
 
 from flask import Flask, jsonify, request, send_file, send_from_directory
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from tfsky.config import quoted
 from tfsky.data.streams import (CONDITIONS, EditError, StaleVersion, Stream, apply_edit, manifest_files,
@@ -116,6 +116,10 @@ def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = N
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(err: RequestEntityTooLarge):
         return jsonify(error=f"request body over the limit of {MAX_BODY_BYTES} bytes"), 413
+
+    @app.errorhandler(ClientDisconnected)
+    def body_cut_short(err: ClientDisconnected):  # a stalled body hits the socket's read timeout
+        return jsonify(error="request body not received in full (stalled past the read timeout, or cut)"), 408
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):  # unknown routes, wrong methods: JSON like every other answer

@@ -205,15 +205,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = _SHORT.maxother = 60
+QUOTED_LENGTH = 80
+_SHORT = reprlib.Repr()  # never builds the whole repr of a huge value
+_SHORT.maxstring = _SHORT.maxother = 40
 _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 4
 _SHORT.maxlevel = 2
 
 
 def quoted(value: Any) -> str:
-    """``repr(value)`` cut to a few dozen characters: an error line quotes a value, never a whole tree of it."""
-    return _SHORT.repr(value)
+    """``repr(value)`` cut to `QUOTED_LENGTH` characters: an error line quotes a value, never a whole tree of it."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= QUOTED_LENGTH else text[:QUOTED_LENGTH - 3] + "..."
 
 
 def _join(prefix: str, key: str) -> str:

@@ -52,9 +52,7 @@ async function openStream(id) {
   $("label").replaceChildren(...stream.conditions.map((c, i) => new Option(`${i < 9 ? i + 1 + " " : ""}${c}`, c)));
   $("toolbar").hidden = false;
   $("keys").hidden = false;
-  const grid = document.createElement("div");
-  grid.className = "grid";
-  grid.id = "grid";
+  const grid = element("div", {className: "grid", id: "grid"});
   cards = stream.frames.map((frame, index) => {
     const thumb = `/thumbs/${encodeURIComponent(stream.id)}/${encodeURIComponent(frame.file)}`;
     const card = element("div", {className: "card"}, [

@@ -597,8 +597,8 @@ def test_a_bad_review_port_is_one_usage_line(cli, tmp_path, port):
 
 @pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("192.168.1.20", True), ("127.0.0.1", False),
                                           ("localhost", False), ("::1", False)])
-def test_review_on_a_non_loopback_host_warns_that_the_edit_api_is_exposed(cli, manifests, monkeypatch, host,  # noqa: F811
-                                                                          warned):
+def test_review_on_a_non_loopback_host_warns_that_the_edit_api_is_exposed(cli, manifests,  # noqa: F811
+                                                                          monkeypatch, host, warned):
     """The warning is checked without binding anything but loopback: the server is a stub here."""
     import tfsky.review.app
 

@@ -58,7 +58,8 @@ async function openStream(id) {
     const card = element("div", {className: "card"}, [
       element("img", {loading: "lazy", alt: frame.file, src: thumb}),
       element("div", {className: "badges"}),
-      element("div", {className: "meta"}, [element("span", {className: "time"}), element("span", {className: "label"})]),
+      element("div", {className: "meta"}, [
+        element("span", {className: "time"}), element("span", {className: "label"})]),
     ]);
     card.dataset.file = frame.file;
     card.addEventListener("click", () => select(index));

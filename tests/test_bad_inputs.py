@@ -100,8 +100,10 @@ def corpus(tmp_path_factory, translator_file) -> Corpus:  # noqa: F811
         "a_list.yaml": "- 1\n- 2\n",
         "unknown_key.yaml": "name: x\nbogus: 1\n",
     }
-    bad_configs = {name: configs / name
-                   for name in (*texts, "binary.yaml", "negative_epochs.yaml", "missing.yaml", "loop.yaml")}
+    texts["alias_bomb.yaml"] = "".join(  # 9 ** 8 "lol"s once expanded: the issue's 77 s and 2.45 GB
+        [f"l0: &l0 lol\n"] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)])
+    bad_configs = {name: configs / name for name in (*texts, "binary.yaml", "negative_epochs.yaml", "nan_rate.yaml",
+                                                     "missing.yaml", "loop.yaml")}
     bad_configs["loop.yaml"].symlink_to("loop.yaml")
     for name, text in texts.items():
         bad_configs[name].write_text(text)
@@ -109,6 +111,8 @@ def corpus(tmp_path_factory, translator_file) -> Corpus:  # noqa: F811
     bad_configs["negative_epochs.yaml"].write_text(  # valid but for train.epochs, which data prepare must check too
         f"name: x\ndata:\n  sources:\n    - kind: mask_folder\n      name: s\n      images: {images}\n"
         f"      masks: {images}\n  cache: {root / 'cache'}\n  patch_size: 32\ntrain:\n  epochs: -3\n")
+    bad_configs["nan_rate.yaml"].write_text(bad_configs["negative_epochs.yaml"].read_text().replace(
+        "epochs: -3", "learning_rate: .nan"))
     return Corpus(root, bad, bad_models, bad_configs, segmenter, translator, good)
 
 
@@ -291,16 +295,18 @@ SECTION_ONLY = {"predict", "translate", "evaluate segmenter", "export", "serve",
 CONFIG_CASES = {  # case -> what the one line must name
     "invalid.yaml": "{config}", "python_tag.yaml": "{config}", "a_list.yaml": "{config}", "binary.yaml": "{config}",
     "missing.yaml": "{config}", "loop.yaml": "{config}: symbolic link loop", "unknown_key.yaml": "'bogus'",
-    "negative_epochs.yaml": "'train.epochs'",
+    "negative_epochs.yaml": "'train.epochs'", "nan_rate.yaml": "'train.learning_rate': must be a finite number",
+    "alias_bomb.yaml": "{config}: YAML anchors and aliases (&, *) are not allowed (line 1)",
 }
+TRAIN_VALUE_CASES = ("negative_epochs.yaml", "nan_rate.yaml")  # valid but for one train value
 
 
 @pytest.mark.parametrize("case", list(CONFIG_CASES))
 @pytest.mark.parametrize("command", list(CONFIG_COMMANDS))
 def test_a_bad_config_file_is_one_line_naming_the_file_or_key(corpus, cli, tmp_path, monkeypatch, command, case):
-    if case == "negative_epochs.yaml" and command in SECTION_ONLY:
+    if case in TRAIN_VALUE_CASES and command in SECTION_ONLY:
         pytest.skip("the section commands refuse unknown keys anywhere in the file, but check only their own values")
-    if case == "negative_epochs.yaml" and command in ("train translator", "streams validate", "streams pairs"):
+    if case in TRAIN_VALUE_CASES and command in ("train translator", "streams validate", "streams pairs"):
         pytest.skip("a segmenter config: the translator schema refuses its data section first")
     monkeypatch.chdir(tmp_path)  # a command that wrongly went ahead would write runs/ or cache/ here
     config, out = corpus.configs[case], tmp_path / "out"
@@ -468,3 +474,196 @@ def test_an_unusable_output_folder_is_one_line_before_any_image(corpus, server, 
             "client predict": ["client", "predict", "--server", server["grpc"]]}[command]
     result = cli(*args, corpus.good, "-o", out)
     assert_one_clear_failure(result, out)
+
+
+# ----------------------------------------------------------------- the review server: hostile Host/Origin, big and slow
+
+from test_review import FRAMES, manifests  # noqa: E402,F401  (one validated stream of 8 frames, as a fixture)
+
+
+@pytest.fixture
+def review(manifests):  # noqa: F811
+    """The review server on a free loopback port, its socket read timeout 0.5 s: ``(port, manifest file)``."""
+    import threading
+
+    from tfsky.review.app import review_server
+
+    server = review_server(manifests, port=0, warm=False, read_timeout=0.5)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_port, manifests / "cam" / "stream.json"
+    server.shutdown()
+    server.server_close()
+
+
+def http(port: int, method: str, path: str, headers: dict, body: bytes = b"") -> tuple[int, dict]:
+    """One request with exactly these headers (``Host`` included): its status and JSON answer."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, body=body or None, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def read_to_close(sock) -> str:
+    """What the server sends until it closes the connection (each read waits at most the socket's timeout)."""
+    with sock.makefile("rb") as answer:
+        return answer.read().decode()
+
+
+EDIT = json.dumps({"version": 1, "frame": FRAMES[0], "field": "review", "value": "rejected"}).encode()
+HOST_CASES = {  # case -> (method, path, Host, Origin, status)
+    "rebound name": ("GET", "/api/streams", "evil.example.com:{port}", None, 403),
+    "rebound name, a full frame": ("GET", f"/frames/cam/{FRAMES[0]}", "evil.example.com:{port}", None, 403),
+    "another port": ("GET", "/api/streams", "127.0.0.1:{other}", None, 403),
+    "cross-site edit": ("POST", "/api/streams/cam/edit", "evil.example.com:{port}", "http://evil.example.com", 403),
+    "edit from another site's page": ("POST", "/api/streams/cam/edit", "127.0.0.1:{port}", "http://evil.example.com",
+                                      403),
+    "edit without Origin": ("POST", "/api/streams/cam/edit", "127.0.0.1:{port}", None, 403),
+    "edit from another port": ("POST", "/api/streams/cam/edit", "127.0.0.1:{port}", "http://127.0.0.1:{other}", 403),
+    "localhost": ("GET", "/api/streams", "localhost:{port}", None, 200),
+    "own page's edit": ("POST", "/api/streams/cam/edit", "127.0.0.1:{port}", "http://127.0.0.1:{port}", 200),
+}
+
+
+@pytest.mark.parametrize("case", list(HOST_CASES))
+def test_review_answers_only_its_own_host_and_edits_only_from_its_own_page(review, case):
+    port, manifest = review
+    method, path, host, origin, status = HOST_CASES[case]
+    headers = {"Host": host.format(port=port, other=port + 1), "Content-Type": "application/json"}
+    if origin:
+        headers["Origin"] = origin.format(port=port, other=port + 1)
+    before = manifest.read_bytes()
+    answer_status, answer = http(port, method, path, headers, EDIT if method == "POST" else b"")
+    assert answer_status == status, answer
+    if status == 403:
+        assert "error" in answer and manifest.read_bytes() == before
+
+
+def test_review_refuses_a_300_mb_body_before_reading_it(review):
+    import socket
+    import time
+
+    port, manifest = review
+    before = manifest.read_bytes()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"POST /api/streams/cam/edit HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                     f"Origin: http://127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {300 << 20}\r\n\r\n{{".encode())
+        start = time.monotonic()
+        answer = read_to_close(sock)
+    assert time.monotonic() - start < 5
+    assert answer.startswith("HTTP/1.1 413") and f"over the limit of {1 << 20} bytes" in answer, answer
+    assert manifest.read_bytes() == before
+
+
+def test_review_closes_stalled_connections_after_its_read_timeout(review):
+    """30 connections that stall (silent, or mid-body) are closed after 0.5 s; their threads end."""
+    import socket
+    import threading
+    import time
+
+    port, manifest = review
+    before, threads = manifest.read_bytes(), threading.active_count()
+    stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(30)]
+    for sock in stalled[::2]:  # every other one stops in the middle of its body
+        sock.sendall(f"POST /api/streams/cam/edit HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                     f"Origin: http://127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: 100\r\n\r\n{{".encode())
+    try:
+        answers = [read_to_close(sock) for sock in stalled]
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert all(answer.startswith("HTTP/1.1 408") for answer in answers[::2]), answers[0]
+    assert all(answer == "" for answer in answers[1::2])
+    for _ in range(50):  # <= 5 s
+        if threading.active_count() <= threads:
+            break
+        time.sleep(0.1)
+    assert threading.active_count() <= threads
+    assert manifest.read_bytes() == before
+
+
+@pytest.mark.parametrize("port", ["-1", "70000", "99999", "http"])
+def test_a_bad_review_port_is_one_usage_line(cli, tmp_path, port):
+    result = cli("streams", "review", "--manifests", tmp_path, "--port", port)
+    assert result.exit_code == 2 and "Traceback" not in result.output + result.stderr
+    assert "Invalid value for '--port'" in result.stderr
+
+
+@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("192.168.1.20", True), ("127.0.0.1", False),
+                                          ("localhost", False), ("::1", False)])
+def test_review_on_a_non_loopback_host_warns_that_the_edit_api_is_exposed(cli, manifests,  # noqa: F811
+                                                                          monkeypatch, host, warned):
+    """The warning is checked without binding anything but loopback: the server is a stub here."""
+    import tfsky.review.app
+
+    class Stub:
+        server_port = 8765
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            pass
+
+    monkeypatch.setattr(tfsky.review.app, "review_server", lambda *args, **kwargs: Stub())
+    result = cli("streams", "review", "--manifests", manifests, "--host", host)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == warned
+    if warned:
+        assert f"serving on {host}" in warnings[0] and "unauthenticated edit API" in warnings[0]
+
+
+# ----------------------------------------------------------------- a hostile labels CSV
+
+def test_a_hostile_labels_csv_is_skipped_row_by_row_and_the_rest_imported(cli, tmp_path):
+    from test_streams import scene, write_jpeg
+
+    for hour in (10, 11, 12):
+        write_jpeg(tmp_path / "frames" / "cam" / f"20200101_{hour}0000.jpg", scene(hour))
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("\ufeffimage,sky_condition\n"  # Excel's byte-order mark
+                       "cam/20200101_100000.jpg,clear\n"
+                       "cam/20200101_110000.jpg,\"<img src=x onerror=alert(document.domain)>\"\n"
+                       "cam/20200101_100000.jpg,overcast\n"
+                       "cam/20200101_120000.jpg\n"
+                       "../../etc/passwd,clear\n".encode())
+    result = cli("streams", "validate", "--root", tmp_path / "frames", "--labels", labels, "--out", tmp_path / "m",
+                 "-q")
+    assert result.exit_code == 0 and "Traceback" not in result.output + result.stderr
+    skipped = [line for line in result.output.splitlines() if line.startswith("skipped label row")]
+    assert [line.split(": ")[0].rpartition(":")[2] for line in skipped] == ["3", "4", "5", "6"]
+    assert len(skipped[0]) < 250  # the hostile value is quoted, cut short
+    stream = json.loads((tmp_path / "m" / "cam" / "stream.json").read_text())
+    assert [frame["condition"] for frame in stream["frames"]] == ["clear", None, None]
+    assert leftovers(tmp_path / "m", {"cam/stream.json"}) == []
+
+
+# ----------------------------------------------------------------- a full disk
+
+def test_predict_on_a_full_disk_names_the_file_and_leaves_no_half_file(corpus, tmp_path):
+    """``tfsky predict`` under a 20 kB file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored: writes fail with EFBIG)."""
+    import os
+    import subprocess
+    import sys
+
+    image = tmp_path / "big.png"
+    write_png(image, np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    limited = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); "
+               "from tfsky.cli.main import main; sys.argv = ['tfsky'] + sys.argv[1:]; main()")
+    result = subprocess.run([sys.executable, "-c", limited, "predict", "-m", str(corpus.segmenter), str(image),
+                             "-o", str(out), "--quiet"], capture_output=True, text=True, timeout=300,
+                            env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "libpng" not in result.stderr and "OpenCV" not in result.stderr
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed ")]
+    assert len(failed) == 1 and str(image) in failed[0] and ": file too large" in failed[0], result.stderr
+    assert not [p for p in out.rglob("*") if ".part" in p.name]

@@ -240,6 +240,29 @@ def test_default_masks_are_the_models_training_cameras_and_a_missing_one_is_one_
     assert FrameCover(CloudCoverConfig(camera_masks=[]), 0.5, model_info(tmp_path / "gone.png")).masks.masks == []
 
 
+def test_a_relative_camera_mask_is_recorded_resolved_so_predict_finds_it_from_any_folder(tmp_path, monkeypatch):
+    """The training config's relative mask path is stored absolute in what the model records (its sidecar)."""
+    from tfsky.config import from_dict, load_config, to_dict
+    from tfsky.data.config import Preprocess
+    from tfsky.models.bundle import ModelInfo
+    from tfsky.predict.cloud import training_camera_masks
+    from tfsky.train.config import SegmenterConfig
+
+    for folder in ("images", "annotation"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    mask = write_mask(tmp_path / "data" / "mask_cam.png", fisheye_frames()[0])
+    (tmp_path / "run.yaml").write_text(
+        "name: cloud\ndata:\n  sources:\n    - kind: allsky_folder\n      name: wsiseg\n"
+        "      images: data/images\n      masks: data/annotation\n      allsky:\n        cameras:\n"
+        "          - {name: c1, first_frame: 0, last_frame: 9, mask: data/mask_cam.png}\nmodel:\n  classes: 2\n")
+    monkeypatch.chdir(tmp_path)  # the training run's folder
+    recorded = to_dict(load_config(SegmenterConfig, "run.yaml"))
+    monkeypatch.chdir(tmp_path / "data" / "images")  # predict, from another folder
+    info = ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=64, classes=2, config=recorded)
+    assert training_camera_masks(info) == [mask]
+    assert from_dict(SegmenterConfig, recorded, recorded=True).data.sources[0].allsky.cameras[0].mask == mask
+
+
 def test_cloud_cover_config_checks_its_masks_and_fit_share(tmp_path):
     from tfsky.errors import ConfigError
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tfsky.config import dump_config, load_config, read_yaml, to_dict
+from tfsky.config import dump_config, from_dict, load_config, read_yaml, to_dict
 from tfsky.errors import ConfigError, InputError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -69,11 +69,24 @@ def test_section_reads_only_its_part(tmp_path):
         ("inner.scale=true", "config key 'inner.scale': expected a number"),
         ("inner=3", "config key 'inner': expected a section"),
         ("nonsense", "config key 'nonsense': an override must look like key=value"),
+        ("inner.scale=.nan", "config key 'inner.scale': must be a finite number; got nan"),
+        ("inner.scale=.inf", "config key 'inner.scale': must be a finite number; got inf"),
+        ("inner.scale=-.inf", "config key 'inner.scale': must be a finite number; got -inf"),
+        (f"inner.scale={10 ** 400}", "config key 'inner.scale': must be a finite number; got 1000"),
+        ("inner.size=*alias", "config key 'inner.size': expected an integer, got '*alias'"),
     ],
 )
 def test_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
         load_config(Outer, None, [override])
+
+
+def test_a_long_value_is_quoted_cut_short_in_the_error():
+    for value in (["x" * 1000] * 1000, "y" * 100_000, {f"k{i}": list(range(100)) for i in range(100)}):
+        with pytest.raises(ConfigError) as err:
+            from_dict(Outer, {"inner": {"size": value}})
+        assert str(err.value).startswith("config key 'inner.size': expected an integer, got ")
+        assert len(str(err.value)) < 250
 
 
 def test_missing_required_keys_are_named_not_python_internals():  # issue 15 item 4
@@ -94,6 +107,10 @@ def test_missing_required_keys_are_named_not_python_internals():  # issue 15 ite
         ("a: !!python/object/apply:os.system [echo hi]\n",
          "YAML tag '!!python/object/apply:os.system' is not allowed (line 1): config files hold plain data"),
         ("a: !!python/name:os.system\n", "YAML tag '!!python/name:os.system' is not allowed"),
+        ("a: &x 1\nb: *x\n", "YAML anchors and aliases (&, *) are not allowed (line 1): config files hold plain data"),
+        ("a: 1\nb: 2\nc: *nowhere\n", "YAML anchors and aliases (&, *) are not allowed (line 3)"),
+        ("".join(["l0: &l0 lol\n"] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 12)]),
+         "YAML anchors and aliases (&, *) are not allowed (line 1)"),  # a "billion laughs": 9 ** 11 once expanded
     ],
 )
 def test_file_problems_are_reported_as_the_file(tmp_path, text, problem):
@@ -129,6 +146,8 @@ def _missing(written, loaded, key=""):
             return key
         pairs = enumerate(zip(written, loaded))
         return next((found for i, (w, v) in pairs if (found := _missing(w, v, f"{key}[{i}]"))), None)
+    if isinstance(written, str) and isinstance(loaded, str) and Path(loaded).is_absolute():
+        return None if Path(written).resolve() == Path(loaded) else key  # a path the config stores resolved
     return None if written == loaded else key
 
 

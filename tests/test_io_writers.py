@@ -75,12 +75,10 @@ def _leftovers(folder):
 
 
 def test_failed_png_encoding_leaves_nothing(tmp_path, monkeypatch):
-    def half_written(path, *_args, **_kwargs):
-        with open(path, "wb") as f:
-            f.write(b"\x89PNG partial")
+    def crash(*_args, **_kwargs):
         raise RuntimeError("encoder crashed")
 
-    monkeypatch.setattr(writers.cv2, "imwrite", half_written)  # every PNG: OpenCV
+    monkeypatch.setattr(writers.cv2, "imencode", crash)  # every PNG: OpenCV
     for array in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.uint16), np.zeros((4, 4, 3), np.uint8)):
         with pytest.raises(RuntimeError, match="encoder crashed"):
             write_png(tmp_path / "a.png", array)
@@ -110,7 +108,7 @@ def test_failed_tif_and_exr_writes_leave_nothing(tmp_path, monkeypatch):
 
 
 def test_encoder_refusal_is_an_input_error_and_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(writers.cv2, "imwrite", lambda *args: False)
+    monkeypatch.setattr(writers.cv2, "imencode", lambda *args: (False, None))
     with pytest.raises(InputError, match=r"a\.png: could not write the image"):
         write_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint16))  # 16-bit colour: OpenCV's encoder
     assert _leftovers(tmp_path) == []
@@ -118,7 +116,7 @@ def test_encoder_refusal_is_an_input_error_and_leaves_nothing(tmp_path, monkeypa
 
 def test_existing_file_survives_a_failed_rewrite(tmp_path, monkeypatch):
     write_mask_png(tmp_path / "m.png", np.ones((3, 3), np.uint8))
-    monkeypatch.setattr(writers.cv2, "imwrite", lambda *args, **kwargs: 1 / 0)  # PNGs go through OpenCV
+    monkeypatch.setattr(writers.cv2, "imencode", lambda *args, **kwargs: 1 / 0)  # PNGs go through OpenCV
     with pytest.raises(ZeroDivisionError):
         write_mask_png(tmp_path / "m.png", np.zeros((3, 3), np.uint8))
     monkeypatch.undo()

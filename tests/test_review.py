@@ -36,9 +36,10 @@ def client(manifests):
     return create_app(manifests, warm=False).test_client()
 
 
-def post(client, path, body):
+def post(client, path, body, origin="http://localhost"):
+    """POST ``body`` as JSON from the page's own origin (the test client's Host is ``localhost``)."""
     data = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    return client.post(path, data=data, content_type="application/json")
+    return client.post(path, data=data, content_type="application/json", headers={"Origin": origin})
 
 
 def manifest_file(manifests: Path) -> Path:
@@ -305,3 +306,76 @@ def test_simultaneous_updates_of_one_version_let_exactly_one_through(manifests):
     assert len(written) == 1
     stream = read_manifest(manifest_file(manifests))
     assert stream.version == 2 and [f.file for f in stream.frames if f.review] == written
+
+
+# --- hostile text in a manifest and a full disk, in the browser ----------------------------------------------------
+
+HOSTILE = '<img src=x onerror="window.pwned=(window.pwned||0)+1">'
+
+
+def test_hostile_labels_names_and_details_render_as_text_and_run_nothing(browser, manifests):
+    """A manifest written by hand or by an older tfsky: its text reaches the page as text, in every view."""
+    import dataclasses
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from tfsky.data.streams import write_manifest
+
+    stream = read_manifest(manifest_file(manifests))
+    first = dataclasses.replace(stream.frames[0], condition=HOSTILE, reason=HOSTILE, detail=HOSTILE, usable=False)
+    hostile = dataclasses.replace(stream, camera=HOSTILE, frames=[first, *stream.frames[1:]], version=0)
+    write_manifest(hostile, manifest_file(manifests))
+    server = review_server(manifests, port=0, warm=False)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        browser.get(f"{url}/")
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "table.streams td"))
+        assert browser.find_elements(By.CSS_SELECTOR, "table.streams td")[1].text == HOSTILE
+        browser.get(f"{url}/stream/cam")
+        wait_for(lambda: browser.execute_script("return window.tfskyPainted"))
+        card = browser.find_elements(By.CSS_SELECTOR, ".card")[0]
+        assert card.find_element(By.CSS_SELECTOR, ".label").text == HOSTILE
+        assert browser.execute_script("return Array.from(document.getElementById('label').options, o => o.value)"
+                                      ).count(HOSTILE) == 1
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ENTER)  # the frame dialog shows reason and detail
+        assert HOSTILE in wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "dialog p").text)
+        time.sleep(0.5)  # a broken image's onerror would have fired by now
+        assert browser.execute_script("return window.pwned") is None
+        assert browser.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def full_disk(monkeypatch) -> None:
+    """Every atomic write runs out of space half-way, as on a full disk (the temp file gets half the bytes)."""
+    import errno
+    import os
+
+    import tfsky.io.atomic as atomic
+
+    def write_half(path, data: bytes) -> None:
+        with atomic.atomic_path(path) as tmp:
+            tmp.write_bytes(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
+    monkeypatch.setattr(atomic, "write_bytes", write_half)
+
+
+def test_an_edit_on_a_full_disk_is_a_json_error_and_the_page_stays_on_the_frame(browser, server_url, manifests,
+                                                                                 monkeypatch):
+    from selenium.webdriver.common.by import By
+
+    before = manifest_file(manifests).read_bytes()
+    full_disk(monkeypatch)
+    browser.get(f"{server_url}/stream/cam")
+    wait_for(lambda: browser.execute_script("return window.tfskyPainted"))
+    browser.find_element(By.TAG_NAME, "body").send_keys("r")  # reject the first frame: not saved
+    message = wait_for(lambda: browser.find_element(By.ID, "message").text)
+    assert message == f"Not saved: {manifest_file(manifests)}: no space left on device", message
+    assert "selected" in browser.find_elements(By.CSS_SELECTOR, ".card")[0].get_attribute("class")
+    assert manifest_file(manifests).read_bytes() == before
+    assert sorted(p.name for p in (manifests / "cam").iterdir() if p.is_file()) == [".stream.json.lock",
+                                                                                    "stream.json"]

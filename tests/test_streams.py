@@ -289,3 +289,55 @@ def test_a_shifted_frame_is_moved_with_the_offset_found_against_the_median(share
     assert list(moved) == [daytime[2]]
     dx, dy = map(int, re.search(r"offset \(([+-]\d+), ([+-]\d+)\) px", moved[daytime[2]]).groups())
     assert abs(dx - 64) <= 4 and abs(dy - 16) <= 4, moved
+
+
+# --- a hostile or careless labels CSV, and a bad manifest among good ones ----------------------------------------
+
+
+def test_labels_csv_with_a_bom_duplicates_short_rows_and_markup_skips_each_bad_row_with_its_line(tmp_path):
+    for hour in (10, 11, 12, 13):
+        write_jpeg(tmp_path / "cam" / f"20200101_{hour}0000.jpg", scene(hour))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\ufeffimage,sky_condition\n"  # Excel writes UTF-8 with a byte-order mark
+                      "cam/20200101_100000.jpg,clear\n"
+                      "cam/20200101_110000.jpg,\"<img src=x onerror=alert(1)>\"\n"
+                      "cam/20200101_100000.jpg,overcast\n"
+                      "cam/20200101_120000.jpg,\n"
+                      "cam/20200101_130000.jpg\n"
+                      ",clear\n", encoding="utf-8")
+    result = import_tree(StreamsConfig(root=tmp_path, labels_csv=labels))
+    assert result.skipped == [
+        f"{labels}:3: condition '<img src=x onerror=alert(1)>' of frame cam/20200101_110000.jpg is not a condition "
+        "name (lower-case letters, digits, _ and ())",
+        f"{labels}:4: frame cam/20200101_100000.jpg is already labelled on line 2",
+        f"{labels}:5: frame cam/20200101_120000.jpg has no condition (a short row)",
+        f"{labels}:6: frame cam/20200101_130000.jpg has no condition (a short row)",
+        f"{labels}:7: no frame name (a short row)",
+    ]
+    assert [frame.condition for frame in result.streams[0].frames] == ["clear", None, None, None]
+
+
+def test_a_labels_csv_that_is_not_utf8_text_is_one_line(tmp_path):
+    write_jpeg(tmp_path / "cam" / "20200101_100000.jpg", scene(0))
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"image,sky_condition\ncam/20200101_100000.jpg,\xff\xfe clear\n")
+    with pytest.raises(InputError, match=r"labels.csv: not a readable UTF-8 CSV \('utf-8' codec can't decode"):
+        import_tree(StreamsConfig(root=tmp_path, labels_csv=labels))
+
+
+from test_classifier import photo_folders, untrained_classifier  # noqa: E402,F401  (a saved tiny classifier)
+
+
+def test_streams_label_skips_a_truncated_manifest_and_labels_the_ones_after_it(cli, tmp_path, untrained_classifier):
+    for camera in ("a", "b", "c"):
+        for hour in (10, 11):
+            write_jpeg(tmp_path / "frames" / camera / f"20200101_{hour}0000.jpg", scene(hour))
+    validate_streams(StreamsConfig(root=tmp_path / "frames"), out=tmp_path / "m")
+    broken = tmp_path / "m" / "b" / "stream.json"
+    broken.write_bytes(broken.read_bytes()[:100])
+    result = cli("streams", "label", tmp_path / "m", "--classifier", untrained_classifier, "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"skipped {broken}: not a valid stream manifest"), result.stderr
+    for camera in ("a", "c"):
+        assert all(frame.prediction for frame in read_manifest(tmp_path / "m" / camera / "stream.json").frames)

@@ -176,6 +176,8 @@ def assert_one_line_error(result, message: str) -> None:
         ("data.patch_size=100", "config key 'data.patch_size': must be divisible by 32"),
         ("model.backbone=resnet35", "config key 'model.backbone': unknown backbone 'resnet35'"),
         ("train.deterministic=true", "config key 'train.deterministic': needs a seed"),
+        ("train.learning_rate=.nan", "config key 'train.learning_rate': must be a finite number; got nan"),
+        ("train.learning_rate=.inf", "config key 'train.learning_rate': must be a finite number; got inf"),
     ],
 )
 def test_config_errors_are_one_line_naming_the_key(tmp_path, cli, override, message):
@@ -345,3 +347,25 @@ def test_multi_worker_run_has_one_run_folder_written_by_the_chief_only(tmp_path,
     assert_run_files_valid(run_dir, epochs=2)
     assert (run_dir / "last" / "chief" / "checkpoint").is_file()
     assert not list(run_dir.rglob("*workertemp*"))  # worker 1 wrote nothing that stayed
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_with_one_line_and_saves_no_model_from_it(tmp_path):
+    """Epoch 1 trains on finite data; in epoch 2 the inputs turn NaN: the run stops at its first batch."""
+    from tfsky.train.runner import NonFiniteLoss
+
+    poisoned = tf.Variable(0.0)  # added to every input: NaN from epoch 2 on
+
+    class Poison(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            poisoned.assign(float("nan") if epoch == 1 else 0.0)
+
+    inputs = tf.keras.Input((None, None, 3))
+    shifted = tf.keras.layers.Lambda(lambda x: x + poisoned)(inputs)
+    model = tf.keras.Model(inputs, tf.keras.layers.Conv2D(1, 1, activation="sigmoid")(shifted))
+    model.compile(tf.keras.optimizers.Adam(1e-3), make_loss("bce"), segmentation_metrics())
+    saved = []
+    with pytest.raises(NonFiniteLoss, match=r"^training stopped: loss became nan at epoch 2, batch 1 "):
+        fit_run(model, tiny_data(), tiny_data(), run_dir=tmp_path, epochs=3, monitor="val_iou", mode="max",
+                save_best=lambda m, path, logs: saved.append(logs["val_iou"]), extra_callbacks=[Poison()], verbose=0)
+    assert len(saved) == 1 and np.isfinite(saved[0])  # the model of epoch 1 only
+    assert [row["epoch"] for row in read_history(tmp_path / "history.csv")] == [1]

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -82,7 +84,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(path, link_problem(path) or "config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=PlainDataLoader)
+    except AliasRefused as err:
+        raise InputError(path, f"YAML anchors and aliases (&, *) are not allowed (line {err.line}): config files "
+                               "hold plain data") from None
     except yaml.constructor.ConstructorError as err:  # safe_load refuses !!python/... tags: say so
         tag = (err.problem or "").rpartition("tag:yaml.org,2002:")[2].rstrip("'")
         where = f" (line {err.problem_mark.line + 1})" if err.problem_mark else ""
@@ -100,13 +105,31 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class AliasRefused(yaml.YAMLError):
+    """An anchor or alias in a config: refused, since nested aliases expand exponentially (a "billion laughs")."""
+
+    def __init__(self, line: int):
+        super().__init__(f"YAML anchor or alias at line {line}")
+        self.line = line
+
+
+class PlainDataLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` without anchors and aliases: config files are small trees of plain values."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise AliasRefused(event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """Split ``a.b=value``; the value is parsed as YAML so ``3``, ``true`` and ``[1, 2]`` keep their types."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(item, "an override must look like key=value")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = yaml.load(text, Loader=PlainDataLoader) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     return key.strip(), value
@@ -182,6 +205,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+QUOTED_LENGTH = 80
+_SHORT = reprlib.Repr()  # never builds the whole repr of a huge value
+_SHORT.maxstring = _SHORT.maxother = 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 4
+_SHORT.maxlevel = 2
+
+
+def quoted(value: Any) -> str:
+    """``repr(value)`` cut to `QUOTED_LENGTH` characters: an error line quotes a value, never a whole tree of it."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= QUOTED_LENGTH else text[:QUOTED_LENGTH - 3] + "..."
+
+
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
@@ -202,11 +238,11 @@ def _coerce(hint: Any, value: Any, key: str, recorded: bool = False) -> Any:
         raise ConfigError(key, " or ".join(problems))
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(key, f"must be one of {', '.join(map(str, args))}; got {value!r}")
+            raise ConfigError(key, f"must be one of {', '.join(map(str, args))}; got {quoted(value)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, f"expected a list, got {value!r}")
+            raise ConfigError(key, f"expected a list, got {quoted(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(key, f"expected {len(args)} values, got {len(value)}")
@@ -216,7 +252,7 @@ def _coerce(hint: Any, value: Any, key: str, recorded: bool = False) -> Any:
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(key, f"expected a mapping, got {value!r}")
+            raise ConfigError(key, f"expected a mapping, got {quoted(value)}")
         vtype = args[1] if args else Any
         return {str(k): _coerce(vtype, v, f"{key}.{k}", recorded) for k, v in value.items()}
     if hint is Any:
@@ -227,25 +263,32 @@ def _coerce(hint: Any, value: Any, key: str, recorded: bool = False) -> Any:
         try:
             return hint(value)
         except ValueError:
-            raise ConfigError(key, f"must be one of {', '.join(str(m.value) for m in hint)}; got {value!r}") from None
+            raise ConfigError(key, f"must be one of {', '.join(str(m.value) for m in hint)}; "
+                                   f"got {quoted(value)}") from None
     if hint is Path:
         if not isinstance(value, (str, Path)):
-            raise ConfigError(key, f"expected a path, got {value!r}")
+            raise ConfigError(key, f"expected a path, got {quoted(value)}")
         return Path(value)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(key, f"expected a number, got {quoted(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            number = math.inf
+        if not math.isfinite(number):  # .nan / .inf: a NaN learning rate or threshold trains or checks nothing
+            raise ConfigError(key, f"must be a finite number; got {quoted(value)}")
+        return number
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
+            raise ConfigError(key, f"expected an integer, got {quoted(value)}")
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true or false, got {value!r}")
+            raise ConfigError(key, f"expected true or false, got {quoted(value)}")
         return value
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
+            raise ConfigError(key, f"expected a string, got {quoted(value)}")
         return value
     raise TypeError(f"config type {hint!r} at {key} is not supported")  # a schema bug, not a user error

@@ -18,6 +18,7 @@ SetOption = Annotated[
     typer.Option("--set", "-s", help="Override a config key, e.g. --set train.epochs=3 (repeatable)."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+PortOption = Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")]
 
 # Tiling flags of the commands that run a model over tiles; each overrides ``<section>.tiling.<key>``.
 # Flags default to None ("not given"): the defaults live in the config dataclasses (`tfsky.tiling.TilingConfig`).

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tfsky.cli.options import ConfigOption, QuietOption, SetOption, training_section
+from tfsky.cli.options import ConfigOption, PortOption, QuietOption, SetOption, training_section
 
 app = typer.Typer(help="Validate, label and review webcam streams; build weather pairs.", no_args_is_help=True)
 
@@ -37,7 +37,7 @@ def validate(
     report = validate_streams(cfg, source, out, _load_segmenter(segmenter))
     console = Console()
     for line in report.skipped:
-        console.print(f"[yellow]skipped label row[/] {line}", markup=True, highlight=False)
+        console.print(f"[yellow]skipped label row[/] {line}", markup=True, highlight=False, soft_wrap=True)
     if quiet:
         return
     table = Table("camera", "frames", "usable", *REASONS)
@@ -91,19 +91,29 @@ def label(
     quiet: QuietOption = False,
 ) -> None:
     """Predict every frame's condition; frames without a human label take it (with its probability)."""
-    from collections import Counter
-
-    from tfsky.predict.classify import MIN_SKY_FRACTION, label_streams
+    from tfsky.predict.classify import label_streams
     from tfsky.train.config import TranslatorConfig
 
     folder = manifests or training_section(TranslatorConfig, "streams", config, overrides).manifests
-    labelled = label_streams(folder, classifier, segmenter)
-    if quiet:
-        return
+    labelled, skipped = label_streams(folder, classifier, segmenter)
+    for line in skipped:
+        typer.echo(f"skipped {line}", err=True)
+    if not quiet:
+        Console().print(_label_table(labelled, bool(segmenter)))
+    if skipped:
+        raise typer.Exit(1)
+
+
+def _label_table(labelled, segmenter: bool) -> Table:
+    """The per-camera table of ``tfsky streams label``."""
+    from collections import Counter
+
+    from tfsky.predict.classify import MIN_SKY_FRACTION
+
     sky_columns = ("sky share", "no sky") if segmenter else ()  # mean share; frames below MIN_SKY_FRACTION
     table = Table("camera", "frames", "predicted", "model labels", "human labels kept", *sky_columns,
                   "conditions (model)")
-    for path, stream in labelled:
+    for _, stream in labelled:
         predicted = [f for f in stream.frames if f.prediction]
         by_model = [f for f in stream.frames if f.label_source == "model"]
         counts = Counter(f.condition for f in by_model)
@@ -112,7 +122,7 @@ def label(
         table.add_row(stream.camera, str(len(stream.frames)), str(len(predicted)), str(len(by_model)),
                       str(sum(f.human_labelled for f in predicted)), *(sky_cells if segmenter else ()),
                       ", ".join(f"{name} {count}" for name, count in counts.most_common()))
-    Console().print(table)
+    return table
 
 
 @app.command()
@@ -120,7 +130,7 @@ def review(
     manifests: Annotated[Optional[Path], typer.Option(
         help="A stream.json or a folder of manifests (default: streams.manifests).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8765,
+    port: PortOption = 8765,
     segmenter: Annotated[Optional[Path], typer.Option(
         help="Sky segmenter: a frame's page shows its sky overlay.")] = None,
     translator: Annotated[Optional[Path], typer.Option(
@@ -129,13 +139,16 @@ def review(
     overrides: SetOption = None,
 ) -> None:
     """Review streams in a browser: accept/reject frames, fix labels, mark a camera move (Ctrl-C stops)."""
-    from tfsky.review.app import review_server
+    from tfsky.review.app import is_loopback, review_server
     from tfsky.train.config import TranslatorConfig
     from tfsky.review.demo import FrameDemo
 
     folder = manifests or training_section(TranslatorConfig, "streams", config, overrides).manifests
     demo = FrameDemo(segmenter, translator) if segmenter or translator else None
     server = review_server(folder, host, port, demo=demo)
+    if not is_loopback(host):
+        typer.echo(f"Warning: serving on {host}: other machines can now reach the unauthenticated edit API and "
+                   "the raw frames (use the default 127.0.0.1 unless you mean it)", err=True)
     typer.echo(f"reviewing {folder} at http://{host}:{server.server_port}/  (Ctrl-C stops)")
     try:
         server.serve_forever()

@@ -50,6 +50,11 @@ class AllSkyCamera:
     last_frame: int
     mask: Optional[Path] = None
 
+    def __post_init__(self):
+        # Absolute: a cloud model records this config, and `tfsky predict` reads the mask from any folder.
+        if self.mask is not None:
+            self.mask = Path(self.mask).resolve()
+
     def validate(self) -> None:
         if self.first_frame > self.last_frame:
             raise ConfigError("last_frame", f"must be >= first_frame ({self.first_frame}); got {self.last_frame}")

@@ -84,7 +84,8 @@ from PIL import Image
 
 from tfsky.data.masks import SKY_THRESHOLD, iou as mask_iou
 from tfsky.data.transforms import is_hdr
-from tfsky.errors import ConfigError, InputError, TfskyError
+from tfsky.config import quoted
+from tfsky.errors import ConfigError, InputError, TfskyError, first_line
 from tfsky.io.atomic import write_json
 from tfsky.io.images import REC709_LUMA, image_size, is_image_file, read_image, read_mask
 
@@ -96,6 +97,7 @@ REVIEWS = ("accepted", "rejected")
 LABEL_SOURCES = ("human", "model")  # None: the imported labels CSV
 EDIT_FIELDS = ("review", "condition", "moved_from")
 REVIEWER_MOVED = "marked by a reviewer: the camera moved at "
+CONDITION_NAME = re.compile(r"[a-z][a-z0-9_()]{0,39}")  # clear, partly_cloudy, SkyFinder's unlabelled(night)
 _STAMP = re.compile(r"(\d{4})(\d{2})(\d{2})[_\-T]?(\d{2})(\d{2})(\d{2})")
 _EXIF_IFD, _DATETIME_ORIGINAL = 0x8769, 36867
 
@@ -314,24 +316,49 @@ def import_tree(cfg: StreamsConfig) -> ImportResult:
 
 
 def read_labels(cfg: StreamsConfig, root: Path) -> tuple[dict[Path, tuple[str, Optional[float]]], list[str]]:
-    """``{resolved frame path: (condition, confidence)}`` from the labels CSV, and the skipped rows."""
+    """``{resolved frame path: (condition, confidence)}`` from the labels CSV, and the skipped rows.
+
+    A row is skipped (reported as ``<csv>:<line>: why``) when it names no frame or a missing one, has
+    no condition or one that is not a condition name (`CONDITION_NAME`: the page shows labels, so
+    markup never gets in), or labels a frame an earlier row labelled. Excel's byte-order mark is read.
+    """
     path = Path(cfg.labels_csv)
     if not path.is_file():
         raise InputError(path, "labels CSV not found")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c for c in (cfg.image_column, cfg.condition_column, cfg.confidence_column) if c]
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(path, f"no column '{missing[0]}' (columns: {', '.join(reader.fieldnames or [])})")
-        labels, skipped = {}, []
-        for line, row in enumerate(reader, start=2):
-            frame = root / row[cfg.image_column]
-            if not frame.is_file():
-                skipped.append(f"{path}:{line}: frame {row[cfg.image_column]} not found under {root}")
-                continue
-            labels[frame.resolve()] = (row[cfg.condition_column], _confidence(row, cfg, path, line))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c for c in (cfg.image_column, cfg.condition_column, cfg.confidence_column) if c]
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(path, f"no column '{missing[0]}' (columns: {', '.join(reader.fieldnames or [])})")
+            labels, skipped, labelled_on = {}, [], {}
+            for row in reader:
+                line = reader.line_num
+                name, condition = row[cfg.image_column], row[cfg.condition_column]
+                frame = root / name if name else None
+                if frame is None or not frame.is_file():
+                    problem = f"frame {name} not found under {root}" if name else "no frame name (a short row)"
+                elif not condition:
+                    problem = f"frame {name} has no condition (a short row)"
+                elif not is_condition_name(condition):
+                    problem = f"condition {quoted(condition)} of frame {name} is not a condition name " \
+                              "(lower-case letters, digits, _ and ())"
+                elif frame.resolve() in labelled_on:
+                    problem = f"frame {name} is already labelled on line {labelled_on[frame.resolve()]}"
+                else:
+                    labelled_on[frame.resolve()] = line
+                    labels[frame.resolve()] = (condition, _confidence(row, cfg, path, line))
+                    continue
+                skipped.append(f"{path}:{line}: {problem}")
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(path, f"not a readable UTF-8 CSV ({first_line(err)})") from None
     return labels, skipped
+
+
+def is_condition_name(value) -> bool:
+    """Whether ``value`` may be a frame's condition, on import and in a reviewer's edit alike."""
+    return isinstance(value, str) and CONDITION_NAME.fullmatch(value) is not None
 
 
 def _confidence(row: dict, cfg: StreamsConfig, path: Path, line: int) -> Optional[float]:
@@ -545,8 +572,8 @@ def apply_edit(stream: Stream, frame_file: Optional[str], field: str, value) -> 
             raise EditError(f"review must be one of {', '.join(REVIEWS)} or null; got {value!r}")
         changes = {"review": value}
     else:
-        if not isinstance(value, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", value):
-            raise EditError(f"condition must be a lower-case name such as {CONDITIONS[0]!r}; got {value!r}")
+        if not is_condition_name(value):
+            raise EditError(f"condition must be a lower-case name such as {CONDITIONS[0]!r}; got {quoted(value)}")
         changes = {"condition": value, "confidence": None, "label_source": "human"}
     edit = {"frame": frame.file, "field": field, "previous": {k: getattr(frame, k) for k in changes}, "value": value}
     return _with_frames(stream, _replace_frame(stream.frames, frame.file, changes), edits=[*stream.edits, edit])

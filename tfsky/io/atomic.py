@@ -10,6 +10,7 @@ upload, which the store shows only once complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -29,6 +30,9 @@ def temp_name(path: Path) -> Path:
     return Path(name)
 
 
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # full disk, quota, file-size limit (RLIMIT_FSIZE)
+
+
 @functools.cache
 def _umask() -> int:
     mask = os.umask(0)
@@ -45,7 +49,8 @@ def _publish(tmp: Path, mode: int) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write to; rename it to ``path`` on success, delete it on failure.
 
-    For an object ``path`` the temporary file is local and is stored as ``path`` on success.
+    For an object ``path`` the temporary file is local and is stored as ``path`` on success. Running out
+    of space (`OUT_OF_SPACE`) while writing is the user's to fix: an `InputError` naming ``path``.
     """
     path = as_path(path)
     if isinstance(path, StorePath):
@@ -60,8 +65,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         _publish(tmp, 0o666)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in OUT_OF_SPACE:
+            raise InputError(path, os.strerror(err.errno).lower()) from None
         raise
 
 

@@ -111,13 +111,17 @@ def _imwrite(path: str | Path, array: np.ndarray, params: list[int], consume: bo
     """Encode with OpenCV (format from the suffix, which the temp name keeps) and rename into place.
 
     ``consume`` converts a writable contiguous RGB ``array`` to BGR in place instead of copying it.
+    Encoded in memory and written by Python, so a full disk is an `OSError` (`atomic_path` names it)
+    rather than libpng's stray "Write Error" and a bare False from ``cv2.imwrite``.
     """
     in_place = consume and array.ndim == 3 and array.shape[-1] == 3 and array.flags.writeable \
         and array.flags.c_contiguous
     bgr = cv2.cvtColor(array, cv2.COLOR_RGB2BGR, dst=array) if in_place else _to_bgr(array)
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), bgr, params):
+        encoded, data = cv2.imencode(tmp.suffix, bgr, params)
+        if not encoded:
             raise InputError(path, "could not write the image (OpenCV could not encode it)")
+        tmp.write_bytes(data)
 
 
 def _photometric(array: np.ndarray) -> str:

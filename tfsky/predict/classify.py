@@ -24,7 +24,7 @@ from tfsky.data.labelled import COLOUR_STATISTICS, classifier_input, colour_stat
 from tfsky.data.streams import Stream, manifest_files, read_manifest, update_manifest
 from tfsky.data.transforms import is_hdr
 from tfsky import __version__
-from tfsky.errors import InputError
+from tfsky.errors import InputError, TfskyError
 from tfsky.io.atomic import write_json, write_text
 from tfsky.io.images import read_image
 from tfsky.io.stores import as_path
@@ -150,19 +150,24 @@ def label_stream(stream: Stream, classifier: WeatherClassifier, sky_region: Opti
 
 
 def label_streams(manifests: Path, classifier_path: Path,
-                  segmenter_path: Optional[Path] = None) -> list[tuple[Path, Stream]]:
+                  segmenter_path: Optional[Path] = None) -> tuple[list[tuple[Path, Stream]], list[str]]:
     """`label_stream` on every manifest of ``manifests``, each written back atomically (its version bumped).
 
     ``segmenter_path``: a sky segmenter whose sky mask each frame's ``sky`` statistics are measured on.
+    Returns the labelled streams and one line per manifest that could not be labelled (truncated,
+    not a manifest, changed meanwhile): skipped, as every batch command skips a bad input and goes on.
     """
     classifier = WeatherClassifier.load(classifier_path)
     sky_region = SkyRegion.load(segmenter_path) if segmenter_path is not None else None
-    labelled = []
+    labelled, skipped = [], []
     for path in manifest_files(manifests):
-        stream = read_manifest(path)
-        labelled.append((path, update_manifest(path, stream.version,
-                                               lambda s: label_stream(s, classifier, sky_region))))
-    return labelled
+        try:
+            stream = read_manifest(path)
+            labelled.append((path, update_manifest(path, stream.version,
+                                                   lambda s: label_stream(s, classifier, sky_region))))
+        except TfskyError as err:
+            skipped.append(str(err))
+    return labelled, skipped
 
 
 def is_classifier(path: str | Path) -> bool:

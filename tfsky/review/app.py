@@ -13,6 +13,14 @@ with a 4xx status and leaves the manifest as it was)::
     GET  /demo/<id>/<panel>/<frame>     a model panel of the frame (`tfsky.review.demo`: overlay, translated,
                                         composite), when the app was given the models
 
+The server answers only requests whose ``Host`` is one of its own addresses
+(``127.0.0.1:<port>``, ``localhost:<port>``, the bound host): a web page
+whose name is rebound to this machine (DNS rebinding) gets 403. Requests that
+change a manifest also need the page's own ``Origin``, so another site's page
+cannot post edits from the reviewer's browser. Bodies over `MAX_BODY_BYTES`
+are refused (413) before they are read, and a connection silent for
+``read_timeout`` seconds is closed.
+
 A stream's id is its manifest's folder name (the camera, for manifests tfsky
 writes). Every edit carries the version the page loaded; an edit against an
 older version is refused with 409 (`StaleVersion`), so two tabs never
@@ -23,12 +31,15 @@ a name that is not one of its frames is 404, one with a path in it 400.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 from flask import Flask, jsonify, request, send_file, send_from_directory
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
+from tfsky.config import quoted
 from tfsky.data.streams import (CONDITIONS, EditError, StaleVersion, Stream, apply_edit, manifest_files,
                                 read_manifest, undo_edit, update_manifest)
 from tfsky.errors import TfskyError
@@ -36,6 +47,9 @@ from tfsky.review.demo import FrameDemo
 from tfsky.review.thumbnails import ensure_thumbnail, warm_thumbnails
 
 STATIC = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 1 << 20  # an edit is ~100 bytes
+READ_TIMEOUT = 30.0  # seconds a connection may stay silent, mid-request or idle
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 class ApiError(Exception):
@@ -51,16 +65,20 @@ def stream_ids(manifests: Path) -> dict[str, Path]:
     return {path.parent.name: path for path in manifest_files(manifests)}
 
 
-def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = None) -> Flask:
+def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = None,
+               hosts: Collection[str] = ("localhost", "127.0.0.1")) -> Flask:
     """The app over the manifests in ``manifests``.
 
     With ``warm``, missing thumbnails are made in the background; ``demo``
     adds the model panels of a frame (segmenter overlay, translation, composite).
+    ``hosts`` are the ``Host`` header values it answers (`review_server` sets its own addresses).
     """
     index = stream_ids(Path(manifests))
     panels = demo.panels if demo else []
     app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["REVIEW_HOSTS"] = set(hosts)
     if warm:
         streams = [(path, read_manifest(path)) for path in index.values()]
         warm_thumbnails((path, stream.path(frame)) for path, stream in streams for frame in stream.frames)
@@ -82,9 +100,35 @@ def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = N
     def respond(stream_id: str, stream: Stream):
         return jsonify(stream_json(stream_id, stream) | {"demo": panels})
 
+    @app.before_request
+    def own_page_only():
+        if request.host not in app.config["REVIEW_HOSTS"]:
+            raise ApiError(403, f"Host {quoted(request.host)} is not an address of this review server "
+                                f"({', '.join(sorted(app.config['REVIEW_HOSTS']))})")
+        if request.method not in SAFE_METHODS and request.headers.get("Origin") != f"http://{request.host}":
+            raise ApiError(403, f"changes are accepted only from this server's page (Origin http://{request.host}); "
+                                f"got Origin {quoted(request.headers.get('Origin'))}")
+
     @app.errorhandler(ApiError)
     def api_error(err: ApiError):
         return jsonify(error=err.message), err.status
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(err: RequestEntityTooLarge):
+        return jsonify(error=f"request body over the limit of {MAX_BODY_BYTES} bytes"), 413
+
+    @app.errorhandler(ClientDisconnected)
+    def body_cut_short(err: ClientDisconnected):  # a stalled body hits the socket's read timeout
+        return jsonify(error="request body not received in full (stalled past the read timeout, or cut)"), 408
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):  # unknown routes, wrong methods: JSON like every other answer
+        return jsonify(error=err.description), err.code
+
+    @app.errorhandler(Exception)
+    def internal_error(err: Exception):  # a bug: its traceback goes to the log, the page still gets JSON
+        app.logger.exception("review request failed")
+        return jsonify(error=f"internal error ({type(err).__name__}); see the server's log"), 500
 
     @app.errorhandler(TfskyError)
     def library_error(err: TfskyError):  # the most specific class wins: a stale version, a bad edit, a bad file
@@ -160,16 +204,30 @@ def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = N
 
 
 def review_server(manifests: Path, host: str = "127.0.0.1", port: int = 0, warm: bool = True,
-                  demo: Optional[FrameDemo] = None):
+                  demo: Optional[FrameDemo] = None, read_timeout: float = READ_TIMEOUT):
     """A threaded WSGI server for the app (``port`` 0 picks a free one: ``server.server_port``).
 
+    It answers only ``Host`` values naming it (loopback names and ``host``, with the bound port).
     Werkzeug's per-request log lines are off (warnings still show): hundreds of
     thumbnail requests per page would bury the one line the command prints.
     """
-    from werkzeug.serving import make_server
+    from werkzeug.serving import WSGIRequestHandler, make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    return make_server(host, port, create_app(manifests, warm, demo), threaded=True)
+    app = create_app(manifests, warm, demo)
+    timed_handler = type("TimedRequestHandler", (WSGIRequestHandler,), {"timeout": read_timeout})
+    server = make_server(host, port, app, threaded=True, request_handler=timed_handler)
+    names = {"127.0.0.1", "localhost", f"[{host}]" if ":" in host else host}
+    app.config["REVIEW_HOSTS"] = {f"{name}:{server.server_port}" for name in names}
+    return server
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` serves this machine only (``--host 0.0.0.0`` serves every network it is on)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def checked_frame_name(name) -> str:

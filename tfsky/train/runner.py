@@ -48,6 +48,7 @@ import dataclasses
 import datetime
 import io
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +58,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from tfsky.config import dump_config
+from tfsky.errors import TfskyError
 from tfsky.io.atomic import atomic_path, prepare_out_dir, remove_stale_temps, write_json, write_text
 
 if TYPE_CHECKING:
@@ -260,6 +262,7 @@ def run_callbacks(
     is already in place, so "epoch N done" means all of it.
     """
     return [
+        StopOnNonFiniteLoss(),
         Budget(report=report_budget),
         HistoryCSV(files / "history.csv", read_from=run_dir / "history.csv"),
         BestModel(state, files / "best.keras", save_best),
@@ -310,10 +313,34 @@ class BestModel(tf.keras.callbacks.Callback):
         logs = _plain_logs(logs)
         if self.state.monitor not in logs:
             raise KeyError(f"monitored metric {self.state.monitor!r} not in the epoch logs {sorted(logs)}")
-        if self.state.improves(logs[self.state.monitor]):
+        value = logs[self.state.monitor]
+        if math.isfinite(value) and self.state.improves(value):  # a NaN metric is never "the best so far"
             self.save_best(self.model, self.path, logs)
             self.state.best, self.state.best_epoch = logs[self.state.monitor], epoch + 1
             self.state.save()
+
+
+class NonFiniteLoss(TfskyError):
+    """The training loss became NaN or infinite: the weights are ruined, so the run stops there."""
+
+
+class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
+    """Keras' `TerminateOnNaN`, but raising: no epoch-end callback runs, so no ``best.keras`` or resume
+    checkpoint is written from the ruined weights (``last/`` keeps the last good epoch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key, value in _plain_logs(logs).items():
+            if key.endswith("loss") and not math.isfinite(value):
+                raise NonFiniteLoss(f"training stopped: {key} became {value} at epoch {self.epoch + 1}, batch "
+                                    f"{batch + 1} (too high a learning rate? inputs with NaN?); no model was saved "
+                                    "from this epoch")
 
 
 class Budget(tf.keras.callbacks.Callback):

@@ -1,6 +1,7 @@
 // tfsky stream review: one page, two views (the stream list at "/", one stream at "/stream/<id>").
 // Every change is POSTed with the version the page holds; the server answers with the new stream (or 409
-// when another tab changed it first, which is shown and not retried).
+// when another tab changed it first, which is shown and not retried). Text from the manifests (labels, file
+// names, details) reaches the page only as text: nodes are built with `element` and `new Option`, never from HTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -12,9 +13,19 @@ async function api(path, body) {
   const options = body === undefined ? {} : {
     method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
   const response = await fetch(path, options);
-  const data = await response.json();
-  if (!response.ok) throw Object.assign(new Error(data.error || response.statusText), {status: response.status});
+  const data = await response.json().catch(() => ({error: `the server answered ${response.status} without JSON`}));
+  if (!response.ok || data.error) {
+    throw Object.assign(new Error(data.error || response.statusText), {status: response.status});
+  }
   return data;
+}
+
+// A DOM node: `properties` are set as DOM properties (className, textContent, src...), children appended as
+// nodes or text; nothing is parsed as HTML.
+function element(tag, properties = {}, children = []) {
+  const node = Object.assign(document.createElement(tag), properties);
+  node.append(...children);
+  return node;
 }
 
 function showMessage(text, kind) {
@@ -26,29 +37,31 @@ function showMessage(text, kind) {
 
 async function listStreams() {
   const streams = await api("/api/streams");
-  const rows = streams.map((s) => `<tr><td><a href="/stream/${encodeURIComponent(s.id)}">${escapeHtml(s.id)}</a></td>` +
-    `<td>${escapeHtml(s.camera)}</td><td>${s.frames}</td><td>${s.left}</td></tr>`).join("");
-  $("content").innerHTML = `<table class="streams"><tr><th>stream</th><th>camera</th><th>frames</th>` +
-    `<th>left to review</th></tr>${rows}</table>`;
+  const header = element("tr", {}, ["stream", "camera", "frames", "left to review"].map(
+    (name) => element("th", {textContent: name})));
+  const rows = streams.map((s) => element("tr", {}, [
+    element("td", {}, [element("a", {href: `/stream/${encodeURIComponent(s.id)}`, textContent: s.id})]),
+    ...[s.camera, s.frames, s.left].map((value) => element("td", {textContent: String(value)}))]));
+  $("content").replaceChildren(element("table", {className: "streams"}, [header, ...rows]));
   $("title").textContent = `${streams.length} streams`;
 }
 
 async function openStream(id) {
   stream = await api(`/api/streams/${encodeURIComponent(id)}`);
   $("title").textContent = `stream ${stream.id} (camera ${stream.camera})`;
-  $("label").innerHTML = stream.conditions.map((c, i) => `<option value="${c}">${i < 9 ? i + 1 + " " : ""}${c}</option>`).join("");
+  $("label").replaceChildren(...stream.conditions.map((c, i) => new Option(`${i < 9 ? i + 1 + " " : ""}${c}`, c)));
   $("toolbar").hidden = false;
   $("keys").hidden = false;
-  const grid = document.createElement("div");
-  grid.className = "grid";
-  grid.id = "grid";
+  const grid = element("div", {className: "grid", id: "grid"});
   cards = stream.frames.map((frame, index) => {
-    const card = document.createElement("div");
-    card.className = "card";
+    const thumb = `/thumbs/${encodeURIComponent(stream.id)}/${encodeURIComponent(frame.file)}`;
+    const card = element("div", {className: "card"}, [
+      element("img", {loading: "lazy", alt: frame.file, src: thumb}),
+      element("div", {className: "badges"}),
+      element("div", {className: "meta"}, [
+        element("span", {className: "time"}), element("span", {className: "label"})]),
+    ]);
     card.dataset.file = frame.file;
-    card.innerHTML = `<img loading="lazy" alt="${escapeHtml(frame.file)}" ` +
-      `src="/thumbs/${encodeURIComponent(stream.id)}/${encodeURIComponent(frame.file)}">` +
-      `<div class="badges"></div><div class="meta"><span class="time"></span><span class="label"></span></div>`;
     card.addEventListener("click", () => select(index));
     card.addEventListener("dblclick", () => openFrame(index));
     grid.appendChild(card);
@@ -72,8 +85,8 @@ function drawCard(card, frame) {
   if (frame.reason) flags.push([frame.reason, frame.detail]);
   if (frame.review) flags.push([frame.review, "reviewer"]);
   if (stream.moved_from === frame.file) flags.push(["moved-from", "the camera moved at this frame"]);
-  card.querySelector(".badges").innerHTML = flags.map(([name, why]) =>
-    `<span class="badge ${name}" title="${escapeHtml(why)}">${name.replace("_", " ")}</span>`).join("");
+  card.querySelector(".badges").replaceChildren(...flags.map(([name, why]) =>
+    element("span", {className: `badge ${name}`, title: String(why), textContent: name.replace("_", " ")})));
   card.classList.toggle("accepted", frame.review === "accepted");
   card.classList.toggle("rejected", frame.review === "rejected");
   card.classList.toggle("unusable", !frame.usable);
@@ -86,10 +99,6 @@ function drawCard(card, frame) {
   const predicted = frame.prediction ? `model: ${frame.prediction.condition} ` +
     `${Math.round(frame.prediction.probability * 100)}% (${frame.prediction.model})` : "no model prediction";
   label.title = `${frame.condition ? source + " label" : "no label"}; ${predicted}`;
-}
-
-function escapeHtml(text) {
-  return String(text).replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 }
 
 function select(index) {
@@ -111,22 +120,27 @@ function syncToolbar() {
   $("moved").textContent = stream.moved_from === frame.file ? "Clear camera-moved mark" : "Camera moved from here";
 }
 
+// POST a change; true when the server saved it (the page then shows the stream it answered).
 async function send(path, body) {
   try {
     stream = await api(path, {...body, version: stream.version});
     showMessage("");
     refresh();
+    return true;
   } catch (err) {
     const reload = err.status === 409 ? " — press F5 to reload" : "";
     showMessage(`Not saved: ${err.message}${reload}`);
+    return false;
   }
 }
 
-function edit(field, value, advance) {
+// Edit the selected frame; with `advance` the next frame is selected, once the edit is saved (not before: a
+// reviewer must see which frame's edit failed).
+async function edit(field, value, advance) {
   const frame = stream.frames[selected];
-  const done = send(`/api/streams/${encodeURIComponent(stream.id)}/edit`, {frame: frame.file, field, value});
-  if (advance) done.then(() => select(selected + 1));
-  return done;
+  const saved = await send(`/api/streams/${encodeURIComponent(stream.id)}/edit`, {frame: frame.file, field, value});
+  if (saved && advance) select(selected + 1);
+  return saved;
 }
 
 function toggleReview(value) {
@@ -148,10 +162,11 @@ function openFrame(index) {
   const dialog = document.createElement("dialog");
   const id = encodeURIComponent(stream.id), file = encodeURIComponent(frame.file);
   const panels = [["frame", `/frames/${id}/${file}`], ...stream.demo.map((name) => [name, `/demo/${id}/${name}/${file}`])];
-  dialog.innerHTML = `<p>${escapeHtml(frame.file)} — ${frame.reason || "passes the checks"} ${escapeHtml(frame.detail)}</p>` +
-    `<div class="panels">${panels.map(([name, src]) =>
-      `<figure><img src="${src}" alt="${name}"><figcaption>${name}</figcaption></figure>`).join("")}</div>` +
-    `<form method="dialog"><button>Close</button></form>`;
+  dialog.append(
+    element("p", {textContent: `${frame.file} — ${frame.reason || "passes the checks"} ${frame.detail}`}),
+    element("div", {className: "panels"}, panels.map(([name, src]) => element("figure", {}, [
+      element("img", {src, alt: name}), element("figcaption", {textContent: name})]))),
+    element("form", {method: "dialog"}, [element("button", {textContent: "Close"})]));
   dialog.addEventListener("close", () => dialog.remove());
   document.body.appendChild(dialog);
   dialog.showModal();

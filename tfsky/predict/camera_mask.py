@@ -237,7 +237,8 @@ def learn_camera_mask(
     if not state.used:
         raise InputError(where, f"no frame survived the camera-mask checks ({_reason_counts(rejected + state.rejected)})")
     small = state.consensus.probability()
-    probability = refine(small[..., None], resize_image(median, grid), median)[..., 0]
+    full = (height, width)
+    probability = small if grid == full else refine(small[..., None], resize_image(median, grid), median)[..., 0]
     agreement = cv2.resize(state.consensus.agreement(threshold), (width, height), interpolation=cv2.INTER_LINEAR)
     disagrees = _disagreeing(state, small >= threshold, cfg.min_frame_iou)
     return CameraMask(probability, probability >= threshold, agreement, median, state.used,
@@ -539,13 +540,15 @@ class CameraPrior:
             raise InputError(path, "camera mask not found")
         return cls(read_mask(path) > 0, path)
 
-    def evidence(self, image: np.ndarray, probability: np.ndarray) -> dict:
+    def evidence(self, image: np.ndarray, probability: np.ndarray, source: str | Path = "image") -> dict:
         """How much a frame shows of its own sky, each term 0..1, and ``weight``: the weakest of them.
 
         ``brightness``: mean luminance over the camera's sky (the whole frame when it has none) — night;
         ``contrast``: the frame's luminance std — fog, a blank frame; ``confidence``: the model's mean
         ``|2p - 1|`` — what the model itself makes of the frame.
         """
+        if image.dtype.kind == "f":
+            raise InputError(source, "a camera prior is for 8/16-bit webcam frames, this is a float (HDR) image")
         luma = analysis_luminance(image, EVIDENCE_WIDTH)
         sky = self.small_sky if self.small_sky.shape == luma.shape and self.small_sky.any() else np.ones(luma.shape, bool)
         terms = {"brightness": ramp(float(luma[sky].mean()), BRIGHTNESS_RAMP),
@@ -563,7 +566,7 @@ class CameraPrior:
         if probability.shape != self.sky.shape:
             raise InputError(source, f"is {probability.shape[1]}x{probability.shape[0]} but the camera mask "
                                      f"{self.path} is {self.sky.shape[1]}x{self.sky.shape[0]}")
-        evidence = self.evidence(image, probability)
+        evidence = self.evidence(image, probability, source)
         weight = np.float32(evidence["weight"])
         fused = weight * probability + (1 - weight) * self.sky.astype(np.float32)
         own_iou = mask_iou(probability >= threshold, self.sky)

@@ -292,6 +292,31 @@ def test_predict_camera_mask_flag_and_config_key(cli, tmp_path):
                             "is 64x36\n")
 
 
+class StandInClassifier:
+    """Every frame 70 % clear (what `label_stream` needs of a `WeatherClassifier`)."""
+
+    conditions, id = ["clear", "overcast"], "stand-in-classifier"
+
+    def inputs(self, image: np.ndarray) -> np.ndarray:
+        return np.zeros(1)
+
+    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        return np.tile([0.7, 0.3], (len(inputs), 1))
+
+
+def test_streams_label_measures_a_night_frame_over_the_camera_sky_and_flags_a_disagreeing_one(stream_root):
+    from tfsky.predict.classify import SkyRegion, label_stream
+
+    manifest = stream_root / "cam" / "stream.json"
+    skymask_streams([manifest], stand_in(), TEST_CFG)
+    labelled = label_stream(read_manifest(manifest), StandInClassifier(), SkyRegion(StandInSegmenter(), "s", width=128))
+    skies = {f.file.split("_", 2)[2].removesuffix(".png"): f.prediction["sky"] for f in labelled.frames}
+    assert skies["night"]["fraction"] == pytest.approx(TRUE_SKY.mean(), abs=1e-4)  # own: no sky at all
+    assert (skies["night"]["camera_prior_weight"], skies["night"]["sky_disagrees"]) == (0, False)
+    assert skies["day0"]["camera_prior_weight"] == 1 and not skies["day0"]["sky_disagrees"]
+    assert skies["truck"]["sky_disagrees"]
+
+
 # --- the evaluation script -------------------------------------------------------------------------
 
 

@@ -540,6 +540,13 @@ class CameraPrior:
             raise InputError(path, "camera mask not found")
         return cls(read_mask(path) > 0, path)
 
+    def at_size(self, shape: tuple[int, int]) -> "CameraPrior":
+        """This prior for frames of ``shape`` (nearest pixel), e.g. the small frames `tfsky streams label` measures."""
+        if shape == self.sky.shape:
+            return self
+        sky = cv2.resize(self.sky.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+        return CameraPrior(sky, self.path)
+
     def evidence(self, image: np.ndarray, probability: np.ndarray, source: str | Path = "image") -> dict:
         """How much a frame shows of its own sky, each term 0..1, and ``weight``: the weakest of them.
 

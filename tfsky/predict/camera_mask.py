@@ -436,6 +436,7 @@ class SkymaskTask(Task):
         self.threshold = self.model.segmenter.mask_threshold(self.cfg.threshold)
 
     def process(self, item: Item, decoded: Decoded, outputs: SkymaskPaths, listener: Listener) -> None:
+        """Learn the mask and write it, the ``stream.json`` record before the report (the report marks it done)."""
         stream = decoded.take()
         listener.item_started(item.source, len(stream.frames))
         learnt = learn_camera_mask(stream, self.model, self.cfg, self.threshold, checkpoint=outputs.checkpoint,
@@ -451,7 +452,6 @@ class SkymaskTask(Task):
                         lambda latest: dataclasses.replace(latest, skymask=record))
         write_json(outputs.report, report)
         outputs.checkpoint.unlink(missing_ok=True)
-        return None
 
 
 def skymask_report(stream: Stream, learnt: CameraMask, model: SkyModel, threshold: float,

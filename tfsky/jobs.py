@@ -172,15 +172,35 @@ def run_job(
             error `Task.stops_the_job`. Problems with single items are reported, not raised.
     """
     out_dir = as_path(out_dir)  # a local folder or an object-store prefix (s3://...)
-    listener = listener or Listener()
     task.check()
     prepare_out_dir(out_dir)
     items, failures = collect_items(inputs, out_dir)
-    report = Report(failed=failures)
+    return run_items(task, items, lambda stem: task.outputs(out_dir / stem), failures,
+                     overwrite=overwrite, listener=listener, engine=engine)
+
+
+def run_items(
+    task: Task,
+    items: list[Item],
+    outputs_of: Callable[[Path], Sequence[Path]],
+    failures: Sequence[Failure] = (),
+    *,
+    overwrite: bool = False,
+    listener: Optional[Listener] = None,
+    engine: Optional[Engine] = None,
+) -> Report:
+    """Steps 3-5 of `run_job` for items already expanded, whose outputs are ``outputs_of(item.stem)``.
+
+    For jobs whose outputs do not live in one output folder (``tfsky streams
+    skymask`` writes beside each stream's manifest); ``failures`` are items that
+    failed before any work. The caller has run `Task.check`.
+    """
+    listener = listener or Listener()
+    report = Report(failed=list(failures))
     listener.begin(len(items) + len(failures))
     for source, reason in failures:
         listener.item_finished(source, "failed", reason)
-    pending = unfinished(items, lambda stem: task.outputs(out_dir / stem), overwrite, report)
+    pending = unfinished(items, outputs_of, overwrite, report)
     for source in report.skipped:
         listener.item_finished(source, "skipped")
     if pending:

@@ -30,6 +30,9 @@ def predict_cli(
         help="Sky probability cut for the mask (config: predict.threshold).")] = None,
     prob_format: Annotated[Optional[str], typer.Option(
         help="Probability map format: png16 | tif (config: predict.prob_format).")] = None,
+    camera_mask: Annotated[Optional[Path], typer.Option(
+        help="Camera sky mask (tfsky streams skymask): frames without evidence (night, fog) take its sky "
+        "(config: predict.camera_mask).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
     engine: EngineOption = EngineName.local,
     address: AddressOption = None,
@@ -51,7 +54,7 @@ def predict_cli(
     from tfsky.errors import InputError
     from tfsky.predict.classify import classify_many, is_classifier
 
-    flags = {"threshold": threshold, "prob_format": prob_format,
+    flags = {"threshold": threshold, "prob_format": prob_format, "camera_mask": camera_mask,
              **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget)}
     cfg = command_config(PredictConfig, "predict", config, set_, flags)
     classifier = is_classifier(model)

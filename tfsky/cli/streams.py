@@ -126,6 +126,33 @@ def _label_table(labelled, segmenter: bool) -> Table:
 
 
 @app.command()
+def skymask(
+    manifests: Annotated[Optional[list[Path]], typer.Argument(
+        help="stream.json files or folders of manifests (default: streams.manifests).")] = None,
+    model: Annotated[Path, typer.Option("--model", "-m", help="Sky segmenter (.keras with its sidecar).")] = ...,
+    min_confidence: Annotated[float, typer.Option(
+        help="Frames the model is less sure of (mean |2p-1|) are not used.")] = 0.4,
+    max_offset: Annotated[float, typer.Option(
+        help="Largest camera shift that is aligned, as a fraction of the width.")] = 0.15,
+    threshold: Annotated[Optional[float], typer.Option(help="Sky probability cut (default: the model's).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo streams whose camera mask is complete.")] = False,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Learn one sky mask per camera from its usable frames; write it beside each manifest. Exit 1 if any failed."""
+    from tfsky.cli.jobs import JobProgress, finish
+    from tfsky.predict.camera_mask import SkymaskConfig, skymask_streams
+    from tfsky.train.config import TranslatorConfig
+
+    folders = manifests or [training_section(TranslatorConfig, "streams", config, overrides).manifests]
+    cfg = SkymaskConfig(min_confidence=min_confidence, max_offset=max_offset, threshold=threshold)
+    with JobProgress(quiet) as listener:
+        report = skymask_streams(folders, model, cfg, overwrite=overwrite, listener=listener)
+    finish(report, Path(" ".join(map(str, folders))), quiet)  # the outputs are beside each manifest
+
+
+@app.command()
 def review(
     manifests: Annotated[Optional[Path], typer.Option(
         help="A stream.json or a folder of manifests (default: streams.manifests).")] = None,

@@ -11,6 +11,7 @@ manifest, ``stream.json``::
       "mask": "/data/skyfinder_webcams/623-mask.png",    # optional camera sky mask (white = sky)
       "version": 3,                                      # bumped by every write (edit conflicts)
       "moved_from": null,                                # reviewer: the camera moved at this frame
+      "skymask": null,                                   # the mask `tfsky streams skymask` learnt (below)
       "frames": [
         {"file": "20121024_124151.jpg", "timestamp": "2012-10-24T12:41:51",
          "condition": "clear", "confidence": null, "label_source": null,
@@ -37,6 +38,11 @@ statistics, `tfsky.predict.classify.SkyRegion`). A reviewer's ``review``
 (``accepted`` / ``rejected``) wins over the automatic checks: ``usable`` is
 the verdict, ``reason`` stays what the checks found. ``edits`` is the undo
 stack of `apply_edit`: each entry keeps the values it replaced.
+``skymask`` is written by ``tfsky streams skymask``
+(`tfsky.predict.camera_mask`): the camera mask it fused from the stream's own
+frames (``mask``, ``agreement``, ``overlay``, ``report`` paths), the model's
+id, the frames used and the frames whose own sky disagrees with it
+(``sky_disagrees``); ``mask`` stays the imported (e.g. SkyFinder's) mask.
 
 Importers: `import_tree` for a folder tree ``<root>/<camera>/<frames>``
 with one labels CSV for all cameras (the SkyFinder layout) and `load_streams`
@@ -194,6 +200,7 @@ class Stream:
     version: int = 0
     moved_from: Optional[str] = None
     edits: list[dict] = dataclasses.field(default_factory=list)
+    skymask: Optional[dict] = None
 
     def path(self, frame: Frame) -> Path:
         return self.image_dir / frame.file
@@ -239,6 +246,7 @@ def write_manifest(stream: Stream, path: str | Path) -> None:
         "moved_from": stream.moved_from,
         "frames": [dataclasses.asdict(frame) for frame in stream.frames],
         "edits": stream.edits,
+        "skymask": stream.skymask,
     })
 
 
@@ -257,6 +265,7 @@ def read_manifest(path: str | Path) -> Stream:
             version=int(data.get("version", 0)),
             moved_from=data.get("moved_from"),
             edits=list(data.get("edits", [])),
+            skymask=data.get("skymask"),
         )
     except FileNotFoundError:
         raise InputError(path, "stream manifest not found") from None
@@ -400,11 +409,11 @@ def frame_timestamp(path: Path) -> dt.datetime:
 def analysis_luminance(image: np.ndarray, width: int) -> np.ndarray:
     """Rec.709 luminance in [0, 1] of an RGB uint8/uint16 frame, downscaled (area) to ``width`` pixels."""
     scale = np.float32(np.iinfo(image.dtype).max)
-    small = cv2.resize(image, _analysis_size(image.shape, width), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(image, analysis_size(image.shape, width), interpolation=cv2.INTER_AREA)
     return (small.astype(np.float32) / scale) @ REC709_LUMA
 
 
-def _analysis_size(shape: tuple[int, ...], width: int) -> tuple[int, int]:
+def analysis_size(shape: tuple[int, ...], width: int) -> tuple[int, int]:
     """OpenCV ``(width, height)`` of an ``H x W`` frame scaled to ``width`` pixels wide, aspect kept."""
     return width, max(1, round(shape[0] * width / shape[1]))
 
@@ -499,7 +508,7 @@ class _FrameChecks:
         self.cfg, self.size, self.camera_mask, self.segmenter = cfg, size, camera_mask, segmenter
         self.small_sky = None
         if camera_mask is not None and camera_mask.any():
-            size = _analysis_size(camera_mask.shape, cfg.analysis_width)
+            size = analysis_size(camera_mask.shape, cfg.analysis_width)
             self.small_sky = cv2.resize(camera_mask, size, interpolation=cv2.INTER_NEAREST) > 0
 
     def single(self, path: Path) -> tuple[str, str, Optional[np.ndarray]]:

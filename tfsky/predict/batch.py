@@ -40,6 +40,7 @@ from tfsky.predict.outputs import (
     write_overlay,
     write_sidecar,
 )
+from tfsky.predict.camera_mask import CameraPrior
 from tfsky.predict.cloud import CloudCoverConfig, FrameCover, is_cloud_model
 from tfsky.predict.segment import ModelInputs, TiledSegmenter, model_id, sky_probability
 from tfsky.tiling import TilingConfig
@@ -55,12 +56,16 @@ class PredictConfig:
             Defaults to None: the model's own threshold, chosen on validation data after training.
         prob_format: str. ``png16`` (16-bit PNG, probability x 65535) or ``tif`` (float32). Defaults to ``png16``.
         cloud: CloudCoverConfig. Cloud models only: camera mask, okta and condition settings.
+        camera_mask: Optional[Path]. A sky segmenter's camera prior (``tfsky streams skymask``'s
+            ``camera_mask.png``, white = sky): each frame's probabilities are mixed with it by the frame's
+            evidence (`tfsky.predict.camera_mask.CameraPrior`). Defaults to None.
     """
 
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
     threshold: Optional[float] = None
     prob_format: ProbFormat = "png16"
     cloud: CloudCoverConfig = dataclasses.field(default_factory=CloudCoverConfig)
+    camera_mask: Optional[Path] = None
 
     def validate(self) -> None:
         if self.threshold is not None and not 0 <= self.threshold <= 1:
@@ -116,6 +121,7 @@ class PredictTask(Task):
         self.facts: dict = {}
         self.cloud = False
         self.cover: Optional[FrameCover] = None
+        self.prior: Optional[CameraPrior] = None
 
     def check(self) -> None:
         if not self.model_path.is_file():  # before the sidecar: a mistyped path is reported as such
@@ -123,6 +129,11 @@ class PredictTask(Task):
         info = load_info(self.model_path, kind="segmenter")
         self.inputs_of_model = ModelInputs(info)
         self.cloud = is_cloud_model(info)
+        if self.config.camera_mask is not None:
+            if self.cloud:
+                raise ConfigError("predict.camera_mask", "is for sky segmenters; a cloud model takes "
+                                  "predict.cloud.camera_mask")
+            self.prior = CameraPrior.load(self.config.camera_mask)
 
     def outputs(self, stem: Path) -> OutputPaths:
         return OutputPaths.for_stem(stem, self.config.prob_format, cloud=self.cloud)
@@ -152,16 +163,18 @@ class PredictTask(Task):
         probs = segmenter.probabilities(image, progress=listener.steps_done)
         seconds = time.perf_counter() - start
         probability = sky_probability(probs)
-        cover, classes = {}, None
+        frame_facts, classes = {}, None
+        if self.prior is not None:
+            probability, frame_facts["camera_prior"] = self.prior.fuse(image, probability, threshold, item.source)
         if self.cover is not None:  # before any output: a frame without valid sky fails whole
-            cloud, valid, cover["cloud_cover"] = self.cover(image, probability, item.source)
+            cloud, valid, frame_facts["cloud_cover"] = self.cover(image, probability, item.source)
             probability = np.where(valid, probability, 0.0)
             classes = (cloud, valid)
         maps = Maps.of(outputs, probability, threshold)
         del probs, probability
         tiling = dataclasses.asdict(segmenter.tiling_for(height, width))
         facts = dict(source=str(item.source), height=height, width=width, tiles=tiles, **tiling,
-                     seconds=round(seconds, 3), **self.facts, **cover)
+                     seconds=round(seconds, 3), **self.facts, **frame_facts)
         restore = segmenter.inputs.restore
 
         def write() -> None:

@@ -31,6 +31,7 @@ from tfsky.io.stores import as_path
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, load_info, load_model
 from tfsky.models.precision import InferencePrecision
+from tfsky.predict.camera_mask import CameraPrior
 from tfsky.predict.outputs import job_sidecars
 from tfsky.predict.segment import TiledSegmenter, model_id
 from tfsky.train.config import ClassifierConfig, trained_config
@@ -89,16 +90,25 @@ class SkyRegion:
     def load(cls, path: str | Path) -> "SkyRegion":
         return cls(TiledSegmenter.load(path), model_id(path))
 
-    def __call__(self, image: np.ndarray) -> dict:
+    def __call__(self, image: np.ndarray, prior: Optional[CameraPrior] = None) -> dict:
         """The sky's share of the frame and the `COLOUR_STATISTICS` of the sky pixels (none without sky).
 
         The frame is area-resized to ``width`` first: a sky's colours need no full resolution, and the
-        segmenter then costs a fraction of a full-size prediction.
+        segmenter then costs a fraction of a full-size prediction. With the camera's ``prior`` (``tfsky
+        streams skymask``) the sky is the frame's own fused with the camera's by the frame's evidence (a
+        night frame is measured over the camera's sky), and the facts say the evidence weight and
+        whether the frame's own sky disagrees with the camera's (``sky_disagrees``: one to review).
         """
         height = max(1, round(image.shape[0] * self.width / image.shape[1]))
         small = resized_rgb8(image, self.width, height)
-        sky = self.segmenter.sky_probability(small) >= self.segmenter.mask_threshold()
-        facts = {"fraction": round(float(sky.mean()), 4), "segmenter": self.id}
+        threshold = self.segmenter.mask_threshold()
+        probability = self.segmenter.sky_probability(small)
+        facts = {}
+        if prior is not None:
+            probability, fused = prior.at_size(probability.shape).fuse(small, probability, threshold)
+            facts = {"camera_prior_weight": fused["evidence"]["weight"], "sky_disagrees": fused["sky_disagrees"]}
+        sky = probability >= threshold
+        facts = {"fraction": round(float(sky.mean()), 4), "segmenter": self.id, **facts}
         if sky.any():
             facts |= {name: round(float(value), 4)
                       for name, value in zip(COLOUR_STATISTICS, colour_statistics(small, sky))}
@@ -116,8 +126,10 @@ def label_stream(stream: Stream, classifier: WeatherClassifier, sky_region: Opti
     With ``sky_region`` the prediction also holds ``sky``: the segmented sky's
     share of the frame and its colour statistics. A frame with less sky than
     `MIN_SKY_FRACTION` keeps its prediction but takes no model label (the
-    classifier learnt weather from skies; without one its answer is a guess).
+    classifier learnt weather from skies; without one its answer is a guess). A stream with a
+    learnt camera mask (``skymask``) has its frames' sky fused with it (`SkyRegion`).
     """
+    prior = CameraPrior.load(stream.skymask["mask"]) if sky_region is not None and stream.skymask else None
     readable, inputs, skies = [], [], []
     for index, frame in enumerate(stream.frames):
         try:
@@ -128,7 +140,7 @@ def label_stream(stream: Stream, classifier: WeatherClassifier, sky_region: Opti
             continue
         readable.append(index)
         inputs.append(classifier.inputs(image))
-        skies.append(sky_region(image) if sky_region is not None else None)
+        skies.append(sky_region(image, prior) if sky_region is not None else None)
     frames = list(stream.frames)
     if not inputs:
         return stream

@@ -90,8 +90,9 @@ def _import_tensorflow_quietly() -> None:
 
 
 def _needs_tensorflow() -> bool:
-    """False for shell completion (every Tab press) and ``--version``, which must answer at once."""
-    return "_TFSKY_COMPLETE" not in os.environ and sys.argv[1:] != ["--version"]
+    """False when no command will run (shell completion on every Tab press, ``--help``, ``--version``): answer at once."""
+    args = sys.argv[1:]
+    return "_TFSKY_COMPLETE" not in os.environ and bool(args) and not {"--help", "--version"} & set(args)
 
 
 def main() -> None:

@@ -31,7 +31,6 @@ class _Group(TyperGroup):
 
 app = typer.Typer(
     cls=_Group,
-    help="tfsky: prepare sky imagery, train segmenters and weather translators, predict on 8K tiles, serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )

@@ -1,13 +1,14 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
+# Installs take the exact versions CI tests from constraints.txt; setup.cfg states the ranges tfsky accepts.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
-$(BIN)/tfsky: setup.cfg pyproject.toml
+$(BIN)/tfsky: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e .[dev]
+	$(BIN)/pip install --quiet -c constraints.txt -e .[dev]
 	touch $@
 
 install: $(BIN)/tfsky
@@ -18,8 +19,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+lint: install
+	$(BIN)/ruff check .
+
 bench: install
 	for b in scripts/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) demo_out build

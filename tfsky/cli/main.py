@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
 
+from tfsky import __version__
 from tfsky.errors import TfskyError
 
 
@@ -29,16 +31,28 @@ class _Group(TyperGroup):
 
 app = typer.Typer(
     cls=_Group,
-    help="tfsky: prepare sky imagery, train segmenters and weather translators, predict on 8K tiles, serve.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tfsky {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the tfsky version and exit.")] = False,
+) -> None:
+    """tfsky: prepare sky imagery, train segmenters and weather translators, predict on 8K tiles, serve."""
+
+
 def _register() -> None:
     """Commands in the order of the flow: data -> train -> evaluate -> predict -> export/serve."""
-    from tfsky.cli import client, colorize, data, evaluate, export, predict, serve, streams, train, translate
+    from tfsky.cli import client, colorize, data, doctor, evaluate, export, predict, serve, streams, train, translate
 
     app.add_typer(data.app, name="data")
     app.add_typer(streams.app, name="streams")
@@ -50,6 +64,7 @@ def _register() -> None:
     app.command("export")(export.export_cli)
     app.command("serve")(serve.serve_cli)
     app.add_typer(client.app, name="client")
+    app.command("doctor")(doctor.doctor_cli)
 
 
 _register()
@@ -73,11 +88,18 @@ def _import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
+def _needs_tensorflow() -> bool:
+    """False when no command will run (shell completion on every Tab press, ``--help``, ``--version``): answer at once."""
+    args = sys.argv[1:]
+    return "_TFSKY_COMPLETE" not in os.environ and bool(args) and not {"--help", "--version"} & set(args)
+
+
 def main() -> None:
     if not sys.stdout.isatty():  # logs and pipes: rich tables would otherwise be cut to 80 columns
         os.environ.setdefault("COLUMNS", "160")
-    _import_tensorflow_quietly()
-    app()
+    if _needs_tensorflow():
+        _import_tensorflow_quietly()
+    app(prog_name="tfsky")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,11 @@ def imagenet_entry(backbone: str) -> dict:
     raise ConfigError("encoder_weights", f"no ImageNet weights are published for backbone {backbone!r}")
 
 
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded files (``models/`` holds the ImageNet encoders): ``$KERAS_HOME`` or ~/.keras."""
+    return Path(os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")))
+
+
 def download_imagenet_encoder(backbone: str) -> Path:
     """The local path of the ImageNet "notop" weights of ``backbone``, downloaded on first use.
 
@@ -147,9 +152,9 @@ def download_imagenet_encoder(backbone: str) -> Path:
     mirror = os.environ.get("TFSKY_WEIGHTS_MIRROR")
     url = f"{mirror.rstrip('/')}/{entry['name']}" if mirror else entry["url"]
     try:
-        cache = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+        cache = keras_cache_dir()
         os.makedirs(cache, exist_ok=True)  # get_file falls back to /tmp/.keras when the folder is missing
-        return Path(tf.keras.utils.get_file(entry["name"], url, cache_dir=cache, cache_subdir="models",
+        return Path(tf.keras.utils.get_file(entry["name"], url, cache_dir=str(cache), cache_subdir="models",
                                             md5_hash=entry["md5"]))
     except Exception as err:  # get_file raises bare Exceptions wrapping URL, HTTP and checksum errors
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -16,13 +16,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfsky.config import to_dict
-from tfsky.data.labelled import LabelledSet, labelled_set, load_images
+from tfsky.data.labelled import ClassifierDataConfig, LabelledSet, labelled_set, load_images
 from tfsky.data.transforms import Preprocess
 from tfsky.errors import ConfigError
 from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.models.classifier import build_classifier
 from tfsky.models.precision import precision_policy
-from tfsky.train.config import ClassifierConfig
+from tfsky.train.config import ClassifierConfig, SegmenterTrainConfig
 from tfsky.train.runner import RunResult, fit_run, seed_everything, start_run
 from tfsky.train.segmenter import make_optimizer
 

@@ -101,7 +101,7 @@ def corpus(tmp_path_factory, translator_file) -> Corpus:  # noqa: F811
         "unknown_key.yaml": "name: x\nbogus: 1\n",
     }
     texts["alias_bomb.yaml"] = "".join(  # 9 ** 8 "lol"s once expanded: the 77 s and 2.45 GB
-        [f"l0: &l0 lol\n"] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)])
+        ["l0: &l0 lol\n"] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)])
     bad_configs = {name: configs / name for name in (*texts, "binary.yaml", "negative_epochs.yaml", "nan_rate.yaml",
                                                      "missing.yaml", "loop.yaml")}
     bad_configs["loop.yaml"].symlink_to("loop.yaml")

@@ -29,6 +29,7 @@ def segmenter(
     from tfsky.train.segmenter import train_segmenter
 
     cfg = training_config(SegmenterConfig, config, overrides)
+    announce_precision(cfg.model.precision, quiet)
     result = train_segmenter(cfg, resume=resume, verbose=0 if quiet else 2)
     print_result(result)
 
@@ -45,6 +46,7 @@ def translator(
     from tfsky.train.translator import train_translator
 
     cfg = training_config(TranslatorConfig, config, overrides)
+    announce_precision(cfg.model.precision, quiet)
     print_result(train_translator(cfg, resume=resume, verbose=0 if quiet else 2))
 
 
@@ -61,6 +63,14 @@ def classifier(
 
     cfg = training_config(ClassifierConfig, config, overrides)
     print_result(train_classifier(cfg, resume=resume, verbose=0 if quiet else 2))
+
+
+def announce_precision(precision: str, quiet: bool) -> None:
+    """Say which Keras dtype policy the run uses (``auto`` depends on the GPU and the CPU's bfloat16 unit)."""
+    from tfsky.models.precision import resolve_precision
+
+    if not quiet:
+        Console().print(f"precision: {precision} -> {resolve_precision(precision)}")
 
 
 def print_result(result) -> None:

@@ -55,7 +55,7 @@ class SegmenterModelConfig:
             linknet (five stages, deepest first); for fpn the first value is the
             pyramid width. Tiny configs shrink it, e.g. ``(32, 16, 8, 8, 4)``.
             Defaults to ``(256, 128, 64, 32, 16)``.
-        precision: str. ``auto`` (mixed_float16 on GPU, float32 on CPU),
+        precision: str. ``auto`` (mixed_float16 on GPU, mixed_bfloat16 on a CPU with a bfloat16 unit, float32 on other CPUs),
             ``float32``, ``mixed_float16`` or ``mixed_bfloat16``. Defaults to ``auto``.
         jit_compile: bool. Compile train and eval steps with XLA. XLA has no
             gradient kernel for nearest-neighbour resizing, so with this flag the

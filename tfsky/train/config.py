@@ -163,7 +163,7 @@ class TranslatorModelConfig:
     Args:
         kind: str. ``pix2pix``, ``vae`` or ``colorize`` (grey -> colour, `tfsky.train.colorize`).
             Defaults to ``pix2pix``.
-        precision: str. ``auto`` (mixed_float16 on GPU, float32 on CPU), ``float32``,
+        precision: str. ``auto`` (mixed_float16 on GPU, mixed_bfloat16 on a CPU with a bfloat16 unit, float32 on other CPUs), ``float32``,
             ``mixed_float16`` or ``mixed_bfloat16``. Defaults to ``auto``.
         pix2pix: Pix2PixConfig. Used when ``kind`` is pix2pix.
         vae: VAEConfig. Used when ``kind`` is vae.

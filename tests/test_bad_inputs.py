@@ -176,8 +176,8 @@ def test_a_bad_image_is_one_line_and_leaves_no_file(corpus, server, cli, tmp_pat
 REASONS = {  # what the line must say, whichever command read the file
     "loop.png": "symbolic link loop",
     "dangling.png": "broken symbolic link (its target nowhere.png does not exist)",
-    "bomb.png": "(max_pixels)",  # refused from the header, here and on the server
-    "bomb.hdr": "(max_pixels)",
+    "bomb.png": "max_pixels)",  # refused from the header, here (max_pixels) and on the server (export.max_pixels)
+    "bomb.hdr": "max_pixels)",
 }
 
 

@@ -145,3 +145,13 @@ def test_max_pixels_is_set_at_export_and_recorded(tmp_path, cli):
     result = cli("export", "--model", model, "--repo", tmp_path / "repo", "--name", "m", "--max-pixels", "0")
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: config key 'export.max_pixels': must be >= 1; got 0"
+
+
+@pytest.mark.parametrize("server", ["127.0.0.1:99999", "127.0.0.1:-1", "127.0.0.1:http", "127.0.0.1", ":8500"])
+def test_a_bad_client_server_address_is_one_line_and_no_retry(server):
+    from tfsky.errors import ConfigError
+    from tfsky.serving.config import ClientConfig
+
+    with pytest.raises(ConfigError, match=r"config key 'server': must be host:port with a port number in \[1, 65535\]"):
+        ClientConfig(server=server).validate()
+    ClientConfig(server="[::1]:8500").validate()  # IPv6 literal: the port is after the last colon

@@ -85,3 +85,6 @@ class ClientConfig:
             raise ConfigError("timeout", f"must be > 0 seconds; got {self.timeout}")
         if self.retries < 0:
             raise ConfigError("retries", f"must be >= 0; got {self.retries}")
+        host, _, port = self.server.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError("server", f"must be host:port with a port number in [1, 65535]; got {self.server[:80]!r}")

@@ -10,6 +10,7 @@ import tensorflow as tf
 from tfsky.models import precision
 from tfsky.models.precision import cpu_flags_of, cpu_has_bf16, for_inference, resolve_precision
 from tfsky.models.segmenter import SegmenterModelConfig, build_segmenter
+from tests.test_segmenter_model import with_trained_input_statistics
 
 AMX_CPUINFO = "processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile avx512_bf16\n\nprocessor\t: 1\nflags\t: fpu\n"
 AVX512_CPUINFO = "processor\t: 0\nflags\t\t: fpu avx512f avx512_vnni\n"
@@ -38,6 +39,7 @@ def test_detection_can_be_forced(monkeypatch, forced, expected):
 
 def test_bfloat16_inference_keeps_a_float32_head_and_the_probabilities():
     model = build_segmenter(SegmenterModelConfig(backbone="resnet18", decoder_filters=(16, 8, 8, 4, 4)), 3)
+    with_trained_input_statistics(model)
     fast = for_inference(model, "bfloat16")
     assert fast.get_layer("decoder_stage0a_conv").compute_dtype == "bfloat16"
     assert fast.get_layer("probabilities").compute_dtype == "float32"

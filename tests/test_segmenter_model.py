@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfsky.config import load_config
 from tfsky.errors import ConfigError, InputError
+from tfsky.io.images import read_image
 from tfsky.models.losses import make_loss
 from tfsky.models.metrics import F1, IoU
 from tfsky.data.transforms import Preprocess
@@ -24,6 +25,7 @@ from tfsky.models.segmenter import (
     build_segmenter,
     load_encoder_weights,
     save_encoder_weights,
+    segmentation_models,
     use_bilinear_upsampling,
 )
 
@@ -32,6 +34,19 @@ TINY = dict(backbone="resnet18", decoder_filters=(32, 16, 8, 8, 4))
 
 def tiny(**overrides) -> SegmenterModelConfig:
     return SegmenterModelConfig(**{**TINY, **overrides})
+
+
+def with_trained_input_statistics(model):
+    """A ResNet segmenter whose input batch norm ``bn_data`` holds the statistics training gives it.
+
+    The encoder input is 0-255 for ResNets; a fresh ``bn_data`` (mean 0, variance 1)
+    passes it on unscaled, so an untrained net computes with values ~255x larger
+    than any trained one and reduced-precision comparisons measure that, not the model.
+    """
+    bn = model.get_layer("bn_data")
+    beta, _, _ = bn.get_weights()
+    bn.set_weights([beta, np.full(3, 120.0, np.float32), np.full(3, 70.0**2, np.float32)])
+    return model
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
@@ -241,7 +256,7 @@ def test_segmentation_models_metric_differs_only_by_its_smoothing():
 def test_mixed_precision_model_loads_in_float32_without_a_gpu(tmp_path, monkeypatch):
     without_gpu(monkeypatch)
     with precision_policy("mixed_float16"):
-        trained = build_segmenter(tiny(), 3)
+        trained = with_trained_input_statistics(build_segmenter(tiny(), 3))
     with precision_policy("float32"):
         reference = build_segmenter(tiny(), 3)
     reference.set_weights(trained.get_weights())
@@ -270,3 +285,41 @@ def test_float32_rebuild_keeps_nested_translator_models_and_their_weights():
     source = tf.random.stateless_uniform([1, 16, 16, 3], seed=[5, 6], minval=-1, maxval=1)
     np.testing.assert_allclose(rebuilt(source).numpy(), translator(source).numpy(), atol=2e-2)
     assert for_inference(rebuilt, "float32") is rebuilt  # nothing mixed left: returned as is
+
+
+def bare_backbone_features(backbone: str, weights, photo: np.ndarray, layer: str) -> np.ndarray:
+    """``layer``'s output in the published backbone alone, fed as segmentation-models preprocesses a 0-255 photo."""
+    sm = segmentation_models()
+    get_backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)
+    bare = get_backbone(backbone, input_shape=(None, None, 3), weights=None, include_top=False)
+    bare.load_weights(str(weights))
+    features = tf.keras.Model(bare.input, bare.get_layer(layer).output)
+    return features(sm.get_preprocessing(backbone)(photo * 255.0)).numpy()
+
+
+def segmenter_features(model, photo: np.ndarray, layer: str) -> np.ndarray:
+    return tf.keras.Model(model.input, model.get_layer(layer).output)(photo).numpy()
+
+
+@pytest.mark.parametrize(("backbone", "layer"), [("mobilenetv2", "block_6_expand_relu"), ("resnet18", "stage3_unit1_relu1"),
+                                                 ("vgg16", "block3_conv3")])
+def test_encoder_inside_the_segmenter_sees_what_the_bare_backbone_sees(tmp_path, backbone, layer):
+    weights = tmp_path / "encoder.h5"
+    save_encoder_weights(build_segmenter(tiny(backbone=backbone), 3), weights, backbone)  # random "published" weights
+    model = build_segmenter(tiny(backbone=backbone, encoder_weights=weights), 3)
+    photo = tf.random.stateless_uniform([1, 64, 64, 3], seed=[5, 6]).numpy()  # [0, 1] pixels, as tfsky feeds
+    expected = bare_backbone_features(backbone, weights, photo, layer)
+    assert model.get_layer("encoder_input").trainable is False
+    np.testing.assert_allclose(segmenter_features(model, photo, layer), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_shared_imagenet_mobilenetv2_gives_the_bare_backbone_features(shared_data):
+    weights = shared_data.parent / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    if not weights.is_file():
+        pytest.skip(f"{weights} not here")
+    model = build_segmenter(tiny(backbone="mobilenetv2", encoder_weights=weights), 3)
+    photo = read_image(shared_data / "sky_ade20k" / "images" / "ADE_train_00000004.jpg")
+    photo = tf.image.resize(photo[None].astype(np.float32) / 255.0, (224, 224)).numpy()
+    expected = bare_backbone_features("mobilenetv2", weights, photo, "out_relu")
+    np.testing.assert_allclose(segmenter_features(model, photo, "out_relu"), expected, atol=1e-3 * np.abs(expected).max())
+    assert np.abs(expected).max() > 1  # real ImageNet features, not a dead network

@@ -5,7 +5,7 @@ models.config is parsed with TF Serving's own ``ModelServerConfig`` proto.
 so there is no real schema to check those two against here (a hand-copied one
 would only check the copy); their tests instead check what tfsky relies on:
 the batch sizes tfsky's clients and warm-up send fit TF Serving's batching, and
-the metrics path is the one the README and the compose file use.
+the metrics path is the one the serving guide and the compose file use.
 """
 
 from __future__ import annotations
@@ -76,12 +76,12 @@ def test_text_proto_reader_reads_wrapped_plain_and_repeated_values():
         "max_batch_size": ["8"], "allowed_batch_sizes": ["4", "8"], "enable": ["true"]}
 
 
-def test_monitoring_enables_prometheus_at_the_path_the_readme_uses():
+def test_monitoring_enables_prometheus_at_the_path_the_serving_guide_uses():
     text = (SERVING / "monitoring.config").read_text()
     values = text_proto_values(text)
     assert "prometheus_config {" in text and values["enable"] == ["true"]
     path = values["path"][0].strip('"')
-    assert f"localhost:8501{path}" in (SERVING.parent / "README.md").read_text()
+    assert f"localhost:8501{path}" in (SERVING.parent / "docs" / "guide" / "serve.md").read_text()
 
 
 def _compose() -> dict:

@@ -95,3 +95,19 @@ def test_labels_csv_needs_image_and_condition_columns(tmp_path):
 def test_default_source_name_skips_a_generic_images_folder():
     assert SourceConfig(kind="mask_folder", images=Path("data/ade/images"), masks=Path("m")).name == "ade"
     assert SourceConfig(kind="camera_folder", images=Path("data/webcams")).name == "webcams"
+
+
+def test_group_pattern_keeps_each_camvid_sequence_on_one_side_of_the_split(shared_data):
+    root = shared_data / "sky_camvid"
+    source = SourceConfig(kind="mask_folder", images=root / "images", masks=root / "masks", group_pattern="^[^_]+")
+    source.validate()
+    items = list(iter_source(source))
+    assert Counter(item.group for item in items) == {"sky_camvid/0001TP": 62, "sky_camvid/0006R0": 101,
+                                                     "sky_camvid/0016E5": 305}
+
+
+def test_group_pattern_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="group_pattern.*not a regular expression"):
+        SourceConfig(kind="mask_folder", images=tmp_path, masks=tmp_path, group_pattern="([").validate()
+    with pytest.raises(ConfigError, match="group_pattern.*mask_folder sources only"):
+        SourceConfig(kind="camera_folder", images=tmp_path, group_pattern="x").validate()

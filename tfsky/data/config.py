@@ -8,6 +8,7 @@ model is always trained from the cache its config describes.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -61,6 +62,11 @@ class SourceConfig:
             however many images each has). Defaults to 1.
         allsky: AllSkyConfig. ``allsky_folder``: class map, cameras and their
             masks, ``labels_csv`` columns. Defaults to WSISEG's class map, one camera.
+        group_pattern: Optional[str]. ``mask_folder``: a regular expression whose
+            first match in an image's path (relative to ``images``) is its split
+            group, so consecutive video frames stay on one side of the split
+            (CamVid: ``^[^_]+``, the sequence prefix). Images it does not match are
+            their own group. Defaults to None (every image is its own group).
     """
 
     kind: SourceKind
@@ -75,6 +81,7 @@ class SourceConfig:
     mask_threshold: int = 128
     weight: float = 1.0
     allsky: AllSkyConfig = dataclasses.field(default_factory=AllSkyConfig)
+    group_pattern: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.name is None:
@@ -93,6 +100,13 @@ class SourceConfig:
             raise ConfigError("mask_threshold", f"must be in 1..255; got {self.mask_threshold}")
         if not self.weight > 0:
             raise ConfigError("weight", f"must be > 0; got {self.weight}")
+        if self.group_pattern is not None:
+            if self.kind != "mask_folder":
+                raise ConfigError("group_pattern", f"applies to mask_folder sources only, not {self.kind}")
+            try:
+                re.compile(self.group_pattern)
+            except re.error as err:
+                raise ConfigError("group_pattern", f"not a regular expression ({err})") from None
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import re
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -105,15 +106,17 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _mask_folder(cfg: SourceConfig) -> Iterator[LabelledImage]:
+    group_pattern = re.compile(cfg.group_pattern) if cfg.group_pattern else None
     for path in _image_files(cfg.images):
         relative = path.relative_to(cfg.images)
         mask_path = cfg.masks / relative.with_suffix(".png")
         item_id = f"{cfg.name}/{relative.as_posix()}"
+        match = group_pattern.search(relative.as_posix()) if group_pattern else None
         yield LabelledImage(
             id=item_id,
             image_path=path,
             source=cfg.name,
-            group=item_id,
+            group=f"{cfg.name}/{match.group(0)}" if match else item_id,
             mask_path=mask_path,
             mask_threshold=cfg.mask_threshold,
             problem=None if mask_path.is_file() else f"missing mask {mask_path}",

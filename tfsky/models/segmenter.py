@@ -6,6 +6,13 @@ backbone. The network ends without activation and a separate
 segmentation-models' own head computes in float16 under the mixed policy and
 the loss then goes NaN.
 
+Input: every segmenter takes [0, 1] pixels. Its first layer, ``encoder_input``
+(a fixed 1x1 convolution in float32), maps them to the range the backbone's
+ImageNet weights were trained on (segmentation-models' per-backbone
+preprocessing: [-1, 1] for ``mobilenetv2``, 0-255 for the ResNets, BGR minus
+the ImageNet mean for VGG...). It lives in the graph, so training, predict,
+evaluate, export and the serving signatures all apply exactly the same.
+
 Encoder weights: a Keras ``.h5`` weights file of the bare backbone
 (``include_top=False``), the same format as the classification-models ImageNet
 "notop" files, so those can be copied in and used directly on an air-gapped
@@ -26,6 +33,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import h5py
+import numpy as np
 import tensorflow as tf
 
 from tfsky.errors import ConfigError, InputError
@@ -34,6 +42,7 @@ from tfsky.models.precision import Precision
 
 Architecture = Literal["unet", "fpn", "linknet"]
 IMAGENET = "imagenet"  # encoder_weights value that downloads the published ImageNet backbone
+ENCODER_INPUT = "encoder_input"  # the layer that maps [0, 1] pixels to the backbone's expected input
 
 
 @dataclasses.dataclass
@@ -109,7 +118,7 @@ def build_segmenter(cfg: SegmenterModelConfig, in_channels: int) -> tf.keras.Mod
         to float32 probabilities ``[B, H, W, classes]``, named
         ``<architecture>_<backbone>`` with the same layer names on every build.
     """
-    base = _build_base(cfg, in_channels)
+    base = _with_encoder_input(_build_base(cfg, in_channels), cfg.backbone, in_channels)
     if cfg.jit_compile:
         use_bilinear_upsampling(base)
     activation = "sigmoid" if cfg.classes == 1 else "softmax"
@@ -180,6 +189,57 @@ def _build_base(cfg: SegmenterModelConfig, in_channels: int) -> tf.keras.Model:
     if cfg.architecture == "linknet":
         return sm.Linknet(cfg.backbone, decoder_filters=cfg.decoder_filters, **common)
     return sm.FPN(cfg.backbone, pyramid_block_filters=cfg.decoder_filters[0], **common)
+
+
+def encoder_input_affine(backbone: str, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel ``[1, 1, in, in]`` and bias of the 1x1 map from [0, 1] pixels to ``backbone``'s input.
+
+    Read off segmentation-models' own preprocessing function (which takes 0-255
+    RGB) by probing it with black and with each primary colour, so any backbone it
+    knows is covered, channel reordering included. For 1 or 4 input channels
+    (grey, log-HDR with alpha...) the RGB map has no meaning per channel: its
+    mean gain and offset apply to every channel alike.
+    """
+    preprocess = segmentation_models().get_preprocessing(backbone)
+    probes = np.concatenate([np.zeros((1, 3)), 255.0 * np.eye(3)]).astype(np.float32).reshape(4, 1, 1, 3)
+    out = np.asarray(preprocess(probes.copy()), dtype=np.float64).reshape(4, 3)
+    bias = out[0]
+    matrix = (out[1:] - bias)  # row i: the output of primary colour i, minus black's
+    if in_channels == 3:
+        return matrix.reshape(1, 1, 3, 3).astype(np.float32), bias.astype(np.float32)
+    gain = matrix.sum(axis=1).mean()
+    kernel = gain * np.eye(in_channels).reshape(1, 1, in_channels, in_channels)
+    return kernel.astype(np.float32), np.full(in_channels, bias.mean(), np.float32)
+
+
+def _with_encoder_input(base: tf.keras.Model, backbone: str, in_channels: int) -> tf.keras.Model:
+    """``base`` (freshly built, untrained) with the fixed `ENCODER_INPUT` layer between its input and its first layers.
+
+    Rebuilt from the functional config so the layers stay flat (a nested model
+    would hide the encoder's layer names from `load_encoder_weights`).
+    """
+    config = base.get_config()
+    input_name = config["input_layers"][0][0]
+    for layer in config["layers"]:
+        layer["inbound_nodes"] = _renamed_inbound(layer["inbound_nodes"], input_name, ENCODER_INPUT)
+    conv = tf.keras.layers.Conv2D(in_channels, 1, name=ENCODER_INPUT, trainable=False, dtype="float32")
+    config["layers"].insert(1, {"class_name": "Conv2D", "config": conv.get_config(), "name": ENCODER_INPUT,
+                                "inbound_nodes": [[[input_name, 0, 0, {}]]]})
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    with SafeModeScope(False):  # our own in-process config: backbones such as seresnet hold Lambda layers
+        model = tf.keras.Model.from_config(config)
+    model.get_layer(ENCODER_INPUT).set_weights(list(encoder_input_affine(backbone, in_channels)))
+    return model
+
+
+def _renamed_inbound(nodes, old: str, new: str):
+    """Inbound-node lists of a layer config with references to layer ``old`` pointed at ``new``."""
+    if isinstance(nodes, list):
+        if len(nodes) == 4 and nodes[0] == old and isinstance(nodes[1], int):
+            return [new, *nodes[1:]]
+        return [_renamed_inbound(node, old, new) for node in nodes]
+    return nodes
 
 
 def use_bilinear_upsampling(model: tf.keras.Model) -> None:

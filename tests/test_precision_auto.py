@@ -38,6 +38,7 @@ def test_detection_can_be_forced(monkeypatch, forced, expected):
 
 
 def test_bfloat16_inference_keeps_a_float32_head_and_the_probabilities():
+    tf.keras.utils.set_random_seed(0)  # fixed weights: a random deep net amplifies rounding unevenly from draw to draw
     model = build_segmenter(SegmenterModelConfig(backbone="resnet18", decoder_filters=(16, 8, 8, 4, 4)), 3)
     with_trained_input_statistics(model)
     fast = for_inference(model, "bfloat16")

@@ -255,6 +255,7 @@ def test_segmentation_models_metric_differs_only_by_its_smoothing():
 
 def test_mixed_precision_model_loads_in_float32_without_a_gpu(tmp_path, monkeypatch):
     without_gpu(monkeypatch)
+    tf.keras.utils.set_random_seed(0)  # fixed weights: a random deep net amplifies rounding unevenly from draw to draw
     with precision_policy("mixed_float16"):
         trained = with_trained_input_statistics(build_segmenter(tiny(), 3))
     with precision_policy("float32"):

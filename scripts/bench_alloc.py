@@ -37,6 +37,8 @@ def main() -> None:
 
     from tfsky.io.atomic import write_json
 
+    from tfsky.models.precision import cpu_record
+
     results = {"transparent_hugepage": _thp_settings(), "load_average_before": os.getloadavg(),
                "fresh_array_seconds": {"hint": [], "no_hint": []}}
     for _ in range(args.repeat):
@@ -51,7 +53,7 @@ def main() -> None:
     if args.model:
         results["prediction"] = _prediction(args.model, args.image, args.repeat)
     np._core.multiarray._set_madvise_hugepage(os.environ.get("NUMPY_MADVISE_HUGEPAGE", "0") != "0")
-    write_json(args.out, results)
+    write_json(args.out, {**results, "cpu": cpu_record()})
     print(results)
 
 

@@ -63,8 +63,9 @@ def main() -> None:
         results = run_all(workdir, images, args.threads, args.rounds)
     results["panorama_size"] = {"width": width, "height": height}
     from tfsky.io.atomic import write_json
+    from tfsky.models.precision import cpu_record
 
-    write_json(args.out, results)
+    write_json(args.out, {**results, "cpu": cpu_record()})
     print(json.dumps(results, indent=2))
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from tfsky.config import load_config
 from tfsky.io.atomic import write_json
+from tfsky.models.precision import cpu_record
 from tfsky.io.images import read_image
 from tfsky.models import cloudnet
 from tfsky.models.bundle import ModelInfo, save_model
@@ -123,7 +124,7 @@ def main() -> None:
         "cloudnet_cpu_per_pixel_by_batch_size": cpu_per_pixel_by_batch,
         "speedup_cpu_time": cloudnet_cpu_frame / fcn_cpu_frame, "load_average": os.getloadavg(),
     }  # fmt: skip
-    write_json(args.out, result)
+    write_json(args.out, {**result, "cpu": cpu_record()})
     print(f"FCN {fcn_frame:.4f} s/frame (tile {segmenter.tiling.tile}, working scale {scale}), CloudNet "
           f"{cloudnet_frame:.1f} s/frame ({per_pixel * 1e6:.1f} us/pixel at batch {best_batch}) -> "
           f"{cloudnet_frame / fcn_frame:.0f}x wall; CPU time {fcn_cpu_frame:.4f} vs {cloudnet_cpu_frame:.1f} s/frame -> "

@@ -39,6 +39,8 @@ def main() -> None:
     import numpy as np
 
     from tfsky.io.atomic import write_json
+
+    from tfsky.models.precision import cpu_record
     from tfsky.io.images import read_image
     from tfsky.predict.outputs import Maps, OutputPaths, display_rgb, hdr_exposure, overlay
 
@@ -88,7 +90,7 @@ def main() -> None:
             "tfsky_load_model": _seconds(lambda: load_model(args.model)),
             "tf_keras_load_model": _seconds(lambda: tf.keras.models.load_model(
                 args.model, compile=False, custom_objects=custom_objects()))}
-    write_json(args.out, results)
+    write_json(args.out, {**results, "cpu": cpu_record()})
     print(json.dumps(results, indent=1))
 
 

@@ -75,8 +75,9 @@ def main() -> None:
             "prepare_8k": prepare_8k(Path(temp) / "big"),
         }
     from tfsky.io.atomic import write_json
+    from tfsky.models.precision import cpu_record
 
-    write_json(args.out, results)
+    write_json(args.out, {**results, "cpu": cpu_record()})
     print(json.dumps(results, indent=2))
 
 

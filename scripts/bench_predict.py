@@ -105,8 +105,9 @@ def main() -> None:
         new = run_all(workdir, args.model, args.batch_full, args.batch_working, args.parts.split(","))
     results = {**existing, **new, "parts": sorted(set(existing.get("parts", [])) | set(new["parts"]))}
     from tfsky.io.atomic import write_json
+    from tfsky.models.precision import cpu_record
 
-    write_json(args.out, results)
+    write_json(args.out, {**results, "cpu": cpu_record()})
     print(json.dumps({k: v for k, v in results.items() if k != "previous"}, indent=1))
 
 

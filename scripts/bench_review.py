@@ -30,6 +30,7 @@ import tfsky  # noqa: F401
 
 from tfsky.data.streams import StreamsConfig, validate_streams
 from tfsky.io.atomic import write_json
+from tfsky.models.precision import cpu_record
 from tfsky.review.app import review_server
 from tfsky.review.browser import headless_chromium, missing_browser
 from tfsky.review.thumbnails import THUMBS_FOLDER, ensure_thumbnail
@@ -106,7 +107,7 @@ def main() -> None:
                 server.server_close()
             print(case, results[case], flush=True)
     results["target_grid_drawn_ms"] = 2000
-    write_json(args.out, results)
+    write_json(args.out, {**results, "cpu": cpu_record()})
     print(f"wrote {args.out}")
 
 

@@ -129,7 +129,10 @@ def main() -> None:
         "load_average": os.getloadavg(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    from tfsky.io.atomic import write_json
+    from tfsky.models.precision import cpu_record
+
+    write_json(args.out, {**result, "cpu": cpu_record()})
     print(json.dumps(result, indent=2))
 
 

@@ -31,6 +31,7 @@ import tensorflow as tf
 from tfsky.data.transforms import Preprocess
 from tfsky.export import export_model
 from tfsky.io.atomic import write_json
+from tfsky.models.precision import cpu_record
 from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.models.segmenter import SegmenterModelConfig, build_segmenter
 from tfsky.serving import Client, DevServer
@@ -76,7 +77,7 @@ def main() -> None:
         "grpc_overhead_ms": round(medians["grpc"] - medians["savedmodel"], 1),
         "grpc_over_savedmodel": round(medians["grpc"] / medians["savedmodel"], 3),
     }
-    write_json(args.out, result)
+    write_json(args.out, {**result, "cpu": cpu_record()})
     print(result)
 
 

@@ -105,6 +105,7 @@ def main() -> None:
         return
     from tfsky.data.streams import StreamsConfig, validate_streams
     from tfsky.io.atomic import write_json
+    from tfsky.models.precision import cpu_record
 
     with tempfile.TemporaryDirectory(prefix="bench_skymask.") as tmp:
         root, manifests = Path(tmp) / "frames", Path(tmp) / "streams"
@@ -119,7 +120,7 @@ def main() -> None:
               "validate_seconds": round(validate_seconds, 1), **job,
               "frames_per_second": round(args.frames / job["seconds"], 2),
               "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
-    write_json(args.out, result)
+    write_json(args.out, {**result, "cpu": cpu_record()})
     print(json.dumps(result, indent=2))
 
 

@@ -40,6 +40,7 @@ def main() -> None:
 
     resident["tensorflow_imported"] = _resident_gb()
     from tfsky.io.atomic import write_json
+    from tfsky.models.precision import cpu_record
     from tfsky.predict.segment import TiledSegmenter
 
     segmenter = TiledSegmenter.load(args.model)
@@ -58,7 +59,7 @@ def main() -> None:
             per_pixel[f"{h}x{w}"].append(round((time.perf_counter() - start) / calls / (h * w) * 1e6, 3))
     results = {"model": str(args.model), "load_average_before": os.getloadavg(), "resident_gb": resident,
                "microseconds_per_pixel": per_pixel}
-    write_json(args.out, results)
+    write_json(args.out, {**results, "cpu": cpu_record()})
     print(results)
 
 

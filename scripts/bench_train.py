@@ -27,6 +27,7 @@ from tfsky.data.cache import prepare_cache
 from tfsky.data.config import DataConfig, SourceConfig
 from tfsky.data.pipeline import segmentation_dataset
 from tfsky.io.atomic import write_json
+from tfsky.models.precision import cpu_record
 from tfsky.models.losses import make_loss
 from tfsky.models.metrics import segmentation_metrics
 from tfsky.models.precision import precision_policy
@@ -118,7 +119,7 @@ def main() -> None:
         "load_average_after": os.getloadavg(),
         "note": "the CPU was shared with other engineers' jobs during the run; absolute numbers are pessimistic",
     }
-    write_json(args.out, results)
+    write_json(args.out, {**results, "cpu": cpu_record()})
     print(f"wrote {args.out}")
 
 

@@ -204,7 +204,7 @@ def encoder_input_affine(backbone: str, in_channels: int) -> tuple[np.ndarray, n
     probes = np.concatenate([np.zeros((1, 3)), 255.0 * np.eye(3)]).astype(np.float32).reshape(4, 1, 1, 3)
     out = np.asarray(preprocess(probes.copy()), dtype=np.float64).reshape(4, 3)
     bias = out[0]
-    matrix = (out[1:] - bias)  # row i: the output of primary colour i, minus black's
+    matrix = out[1:] - bias  # row i: the output of primary colour i, minus black's
     if in_channels == 3:
         return matrix.reshape(1, 1, 3, 3).astype(np.float32), bias.astype(np.float32)
     gain = matrix.sum(axis=1).mean()

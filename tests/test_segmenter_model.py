@@ -163,6 +163,8 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(SegmenterModelConfig, None, [f"model.encoder_weights={tmp_path}/none.h5"], section="model")
     with pytest.raises(ConfigError, match="config key 'model.architecture': must be one of unet, fpn, linknet"):
         load_config(SegmenterModelConfig, None, ["model.architecture=pspnet"], section="model")
+    with pytest.raises(ConfigError, match="config key 'model.encoder_batchnorm': must be one of train, frozen"):
+        load_config(SegmenterModelConfig, None, ["model.encoder_batchnorm=fixed"], section="model")
 
 
 def test_multi_worker_needs_tf_config():
@@ -324,3 +326,22 @@ def test_shared_imagenet_mobilenetv2_gives_the_bare_backbone_features(shared_dat
     expected = bare_backbone_features("mobilenetv2", weights, photo, "out_relu")
     np.testing.assert_allclose(segmenter_features(model, photo, "out_relu"), expected, atol=1e-3 * np.abs(expected).max())
     assert np.abs(expected).max() > 1  # real ImageNet features, not a dead network
+
+
+def test_frozen_encoder_batchnorm_keeps_its_statistics_through_training_and_saving(tmp_path):
+    model = build_segmenter(tiny(backbone="mobilenetv2", encoder_batchnorm="frozen"), 3)
+    encoder_bn, decoder_bn = model.get_layer("block_1_expand_BN"), model.get_layer("decoder_stage0a_bn")
+    assert not encoder_bn.trainable and decoder_bn.trainable
+    before = {bn.name: [w.numpy().copy() for w in bn.weights] for bn in (encoder_bn, decoder_bn)}
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    images = tf.random.stateless_uniform([4, 64, 64, 3], seed=[1, 2])
+    model.fit(images, tf.cast(images[..., :1] > 0.5, tf.float32), epochs=2, verbose=0)
+    for a, b in zip(before["block_1_expand_BN"], encoder_bn.weights):
+        np.testing.assert_array_equal(a, b.numpy())  # gamma, beta, moving mean and variance all untouched
+    moved = [not np.array_equal(a, b.numpy()) for a, b in zip(before["decoder_stage0a_bn"], decoder_bn.weights)]
+    assert all(moved)  # the decoder's own batch norm learns and tracks its statistics
+    save_model(model, tmp_path / "m.keras", ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=64))
+    reloaded, _ = load_model(tmp_path / "m.keras")
+    assert not reloaded.get_layer("block_1_expand_BN").trainable
+    assert reloaded.get_layer("decoder_stage0a_bn").trainable
+

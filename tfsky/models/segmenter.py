@@ -60,6 +60,13 @@ class SegmenterModelConfig:
             random weights. Defaults to None.
         encoder_freeze: bool. Keep encoder weights fixed (BatchNorm still
             adapts). Defaults to False.
+        encoder_batchnorm: str. ``train``: the encoder's batch norms learn and
+            update their moving statistics like every other layer; ``frozen``:
+            they keep the statistics and scales of the loaded encoder weights and
+            normalise with them in training too (Keras' fine-tuning recipe: a
+            pretrained encoder's statistics, slowly dragged by 0.999 momentum,
+            lag its changing weights and make validation swing). Defaults to
+            ``train``.
         decoder_filters: tuple of int. Filters per decoder stage for unet and
             linknet (five stages, deepest first); for fpn the first value is the
             pyramid width. Tiny configs shrink it, e.g. ``(32, 16, 8, 8, 4)``.
@@ -79,6 +86,7 @@ class SegmenterModelConfig:
     classes: int = 1
     encoder_weights: Optional[str] = None
     encoder_freeze: bool = False
+    encoder_batchnorm: Literal["train", "frozen"] = "train"
     decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)
     precision: Precision = "auto"
     jit_compile: bool = False
@@ -128,7 +136,20 @@ def build_segmenter(cfg: SegmenterModelConfig, in_channels: int) -> tf.keras.Mod
         load_encoder_weights(model, download_imagenet_encoder(cfg.backbone), cfg.backbone)
     elif cfg.encoder_weights is not None:
         load_encoder_weights(model, cfg.encoder_weights, cfg.backbone)
+    if cfg.encoder_batchnorm == "frozen":
+        freeze_encoder_batchnorm(model, cfg.backbone)
     return model
+
+
+def freeze_encoder_batchnorm(model: tf.keras.Model, backbone: str) -> None:
+    """Fix the encoder's batch norms: no scale/offset updates, and inference-mode statistics in training too.
+
+    A non-trainable `BatchNormalization` runs in inference mode in Keras 2, and
+    the flag is saved with the model, so a resumed run keeps it.
+    """
+    for layer in _bare_backbone(backbone, model.input_shape[-1]).layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            model.get_layer(layer.name).trainable = False
 
 
 def imagenet_entry(backbone: str) -> dict:

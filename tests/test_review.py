@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import threading
 import time
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfsky.data.streams import StreamsConfig, read_manifest, validate_stream, validate_streams
+from tfsky.data.streams import StreamsConfig, read_manifest, update_manifest, validate_stream, validate_streams
 from tfsky.review.app import create_app, review_server
 from tfsky.review.browser import headless_chromium, missing_browser
 from tfsky.review.thumbnails import THUMB_WIDTH, thumbnail_path
@@ -149,6 +151,40 @@ def test_thumbnails_are_made_once_small_and_cached_beside_the_manifest(client, m
     time.sleep(0.01)
     assert client.get(f"/thumbs/cam/{FRAMES[0]}").data == cached.read_bytes()
     assert cached.stat().st_mtime_ns == made
+
+
+
+def with_camera_mask(manifests: Path) -> Path:
+    """Record a learnt camera mask (sky = the top third) in the stream, as `tfsky streams skymask` does."""
+    mask = np.zeros((300, 400), np.uint8)
+    mask[:100] = 255
+    path = manifests / "cam" / "camera_mask.png"
+    Image.fromarray(mask).save(path)
+    record = {"mask": str(path), "model": "m", "frames_used": 8, "sky_disagrees": [FRAMES[3]]}
+    stream = read_manifest(manifest_file(manifests))
+    update_manifest(manifest_file(manifests), stream.version, lambda s: dataclasses.replace(s, skymask=record))
+    return path
+
+
+def decoded(response) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(response.data)).convert("RGB"), dtype=np.float32)
+
+
+def test_the_camera_sky_mask_is_tinted_over_the_thumbnail_only_where_it_says_sky(client, manifests):
+    missing = client.get(f"/skymask/cam/{FRAMES[0]}")
+    assert missing.status_code == 404
+    assert missing.get_json()["error"] == "stream 'cam' has no camera sky mask: run tfsky streams skymask on it"
+    assert client.get("/api/streams/cam").get_json()["camera_mask"] is None
+
+    with_camera_mask(manifests)
+    stream = client.get("/api/streams/cam").get_json()
+    assert stream["camera_mask"] == "learnt from 8 frames" and stream["sky_disagrees"] == [FRAMES[3]]
+    plain, tinted = decoded(client.get(f"/thumbs/cam/{FRAMES[0]}")), decoded(client.get(f"/skymask/cam/{FRAMES[0]}"))
+    assert plain.shape == tinted.shape
+    sky_rows, ground_rows = slice(0, 60), slice(70, None)  # the mask's edge is at row 64 of 144
+    change = tinted - plain
+    assert change[sky_rows, :, 1].mean() < -40 and change[sky_rows, :, [0, 2]].mean() > -10  # magenta: less green
+    assert np.abs(change[ground_rows]).mean() < 3  # JPEG noise only
 
 
 # --- the page in a real browser -----------------------------------------------------------------
@@ -379,3 +415,45 @@ def test_an_edit_on_a_full_disk_is_a_json_error_and_the_page_stays_on_the_frame(
     assert manifest_file(manifests).read_bytes() == before
     assert sorted(p.name for p in (manifests / "cam").iterdir() if p.is_file()) == [".stream.json.lock",
                                                                                     "stream.json"]
+
+
+def test_the_sky_mask_toggle_swaps_every_card_and_flags_frames_that_disagree(browser, manifests):
+    from selenium.webdriver.common.by import By
+
+    with_camera_mask(manifests)
+    server = review_server(manifests, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_port}/stream/cam")
+        wait_for(lambda: browser.execute_script("return window.tfskyPainted"))
+        button = browser.find_element(By.ID, "skymask")
+        assert button.is_displayed() and "learnt from 8 frames" in button.get_attribute("title")
+        badges = [card.find_element(By.CSS_SELECTOR, ".badges").text for card in browser.find_elements(By.CSS_SELECTOR, ".card")]
+        assert [i for i, text in enumerate(badges) if "sky disagrees" in text] == [3]
+
+        def pictures():
+            images = browser.find_elements(By.CSS_SELECTOR, ".card img")
+            loaded = all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+                         for img in images)
+            return loaded and [img.get_attribute("src").split("/")[3] for img in images]
+
+        browser.find_element(By.TAG_NAME, "body").send_keys("s")
+        assert wait_for(lambda: set(pictures() or []) == {"skymask"})
+        assert button.get_attribute("aria-pressed") == "true" and button.text == "Hide sky mask"
+        button.click()
+        assert wait_for(lambda: set(pictures() or []) == {"thumbs"})
+        assert browser.find_element(By.ID, "message").get_attribute("hidden")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_stream_without_a_camera_mask_has_no_toggle(browser, server_url):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server_url}/stream/cam")
+    wait_for(lambda: browser.execute_script("return window.tfskyPainted"))
+    assert not browser.find_element(By.ID, "skymask").is_displayed()
+    browser.find_element(By.TAG_NAME, "body").send_keys("s")  # the key does nothing either
+    sources = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, ".card img")]
+    assert all("/thumbs/" in src for src in sources)

@@ -5,10 +5,12 @@ with a 4xx status and leaves the manifest as it was)::
 
     GET  /                              the page (a stream list; ``/stream/<id>`` opens one)
     GET  /api/streams                   [{id, camera, frames, left, version}]
-    GET  /api/streams/<id>              the stream: version, moved_from, frames, conditions, left
+    GET  /api/streams/<id>              the stream: version, moved_from, frames, conditions, left, camera_mask
+                                        (where its sky mask came from, or null), sky_disagrees
     POST /api/streams/<id>/edit         {"version", "frame", "field", "value"} -> the stream
     POST /api/streams/<id>/undo         {"version"} -> the stream
     GET  /thumbs/<id>/<frame>           the frame's cached thumbnail (JPEG)
+    GET  /skymask/<id>/<frame>          the thumbnail with the stream's camera sky mask tinted over it
     GET  /frames/<id>/<frame>           the frame itself
     GET  /demo/<id>/<panel>/<frame>     a model panel of the frame (`tfsky.review.demo`: overlay, translated,
                                         composite), when the app was given the models
@@ -44,7 +46,7 @@ from tfsky.data.streams import (CONDITIONS, EditError, StaleVersion, Stream, app
                                 read_manifest, undo_edit, update_manifest)
 from tfsky.errors import TfskyError
 from tfsky.review.demo import FrameDemo
-from tfsky.review.thumbnails import ensure_thumbnail, warm_thumbnails
+from tfsky.review.thumbnails import camera_mask_of, ensure_thumbnail, warm_thumbnails
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20  # an edit is ~100 bytes
@@ -184,6 +186,17 @@ def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = N
             raise ApiError(404, f"frame {file!r} cannot be read")
         return send_file(thumbnail, mimetype="image/jpeg", max_age=3600)
 
+    @app.get("/skymask/<stream_id>/<path:file>")
+    def skymask_thumb(stream_id: str, file: str):
+        path, frame = frame_path(stream_id, file)
+        camera_mask = camera_mask_of(read_manifest(path))
+        if camera_mask is None:
+            raise ApiError(404, f"stream {stream_id!r} has no camera sky mask: run tfsky streams skymask on it")
+        thumbnail = ensure_thumbnail(path, frame, camera_mask[0])
+        if thumbnail is None:
+            raise ApiError(404, f"frame {file!r} or the camera mask {camera_mask[0]} cannot be read")
+        return send_file(thumbnail, mimetype="image/jpeg", max_age=0)
+
     @app.get("/demo/<stream_id>/<panel>/<path:file>")
     def demo_panel(stream_id: str, panel: str, file: str):
         path, frame = frame_path(stream_id, file)
@@ -256,6 +269,7 @@ def left_to_review(stream: Stream) -> int:
 def stream_json(stream_id: str, stream: Stream) -> dict:
     """What the page draws: the stream's frames with their flags, labels and reviews, and the label choices."""
     conditions = list(dict.fromkeys([*CONDITIONS, *(f.condition for f in stream.frames if f.condition)]))
+    camera_mask = camera_mask_of(stream)
     return {
         "id": stream_id,
         "camera": stream.camera,
@@ -264,5 +278,7 @@ def stream_json(stream_id: str, stream: Stream) -> dict:
         "conditions": conditions,
         "left": left_to_review(stream),
         "undo": len(stream.edits),
+        "camera_mask": camera_mask[1] if camera_mask else None,
+        "sky_disagrees": stream.skymask["sky_disagrees"] if stream.skymask else [],
         "frames": [dataclasses.asdict(frame) for frame in stream.frames],
     }

@@ -8,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 let stream = null;   // the stream as the server last sent it
 let selected = 0;    // index of the selected frame
 let cards = [];      // the frame cards, in frame order
+let showSkyMask = false;  // cards show the camera's sky mask tinted over each frame
 
 async function api(path, body) {
   const options = body === undefined ? {} : {
@@ -52,11 +53,12 @@ async function openStream(id) {
   $("label").replaceChildren(...stream.conditions.map((c, i) => new Option(`${i < 9 ? i + 1 + " " : ""}${c}`, c)));
   $("toolbar").hidden = false;
   $("keys").hidden = false;
+  $("skymask").hidden = !stream.camera_mask;
+  $("skymask").title = stream.camera_mask ? `S: the camera's sky mask (${stream.camera_mask})` : "";
   const grid = element("div", {className: "grid", id: "grid"});
   cards = stream.frames.map((frame, index) => {
-    const thumb = `/thumbs/${encodeURIComponent(stream.id)}/${encodeURIComponent(frame.file)}`;
     const card = element("div", {className: "card"}, [
-      element("img", {loading: "lazy", alt: frame.file, src: thumb}),
+      element("img", {loading: "lazy", alt: frame.file, src: thumbnail(frame)}),
       element("div", {className: "badges"}),
       element("div", {className: "meta"}, [
         element("span", {className: "time"}), element("span", {className: "label"})]),
@@ -73,6 +75,19 @@ async function openStream(id) {
   requestAnimationFrame(() => requestAnimationFrame(() => { window.tfskyPainted = performance.now(); }));
 }
 
+// The card picture of `frame`: its thumbnail, or with the sky mask shown, the camera's mask tinted over it.
+function thumbnail(frame) {
+  return `/${showSkyMask ? "skymask" : "thumbs"}/${encodeURIComponent(stream.id)}/${encodeURIComponent(frame.file)}`;
+}
+
+function toggleSkyMask() {
+  if (!stream.camera_mask) return;
+  showSkyMask = !showSkyMask;
+  $("skymask").setAttribute("aria-pressed", String(showSkyMask));
+  $("skymask").textContent = showSkyMask ? "Hide sky mask" : "Show sky mask";
+  stream.frames.forEach((frame, index) => { cards[index].querySelector("img").src = thumbnail(frame); });
+}
+
 function refresh() {
   stream.frames.forEach((frame, index) => drawCard(cards[index], frame));
   $("left").textContent = `${stream.left} of ${stream.frames.length} left to review`;
@@ -85,6 +100,7 @@ function drawCard(card, frame) {
   if (frame.reason) flags.push([frame.reason, frame.detail]);
   if (frame.review) flags.push([frame.review, "reviewer"]);
   if (stream.moved_from === frame.file) flags.push(["moved-from", "the camera moved at this frame"]);
+  if (stream.sky_disagrees.includes(frame.file)) flags.push(["sky_disagrees", "its own sky differs from the camera's"]);
   card.querySelector(".badges").replaceChildren(...flags.map(([name, why]) =>
     element("span", {className: `badge ${name}`, title: String(why), textContent: name.replace("_", " ")})));
   card.classList.toggle("accepted", frame.review === "accepted");
@@ -196,6 +212,7 @@ document.addEventListener("keydown", (event) => {
   else if (key === "a") toggleReview("accepted");
   else if (key === "r") toggleReview("rejected");
   else if (key === "m") toggleMoved();
+  else if (key === "s") toggleSkyMask();
   else if (key === "u") undo();
   else if (key === "n") selectNextLeft();
   else if (key === "enter") openFrame(selected);
@@ -208,6 +225,7 @@ $("accept").addEventListener("click", () => toggleReview("accepted"));
 $("reject").addEventListener("click", () => toggleReview("rejected"));
 $("moved").addEventListener("click", toggleMoved);
 $("undo").addEventListener("click", undo);
+$("skymask").addEventListener("click", toggleSkyMask);
 $("label").addEventListener("change", (event) => { edit("condition", event.target.value, false); event.target.blur(); });
 
 const route = location.pathname.match(/^\/stream\/(.+)$/);

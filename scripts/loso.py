@@ -48,12 +48,14 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0) -> dict:
     """Choose the fold model's threshold on its own validation split (as `tfsky train` does), then
     evaluate it on the left-out source's full-resolution images."""
     from tfsky.evaluate.segmenter import evaluate_segmenter
+    from tfsky.models.bundle import load_info
     from tfsky.tiling import TilingConfig
     from tfsky.train.runner import read_history
     from tfsky.train.segmenter import make_datasets, store_threshold
 
     model = newest_best(cfg)
     threshold = store_threshold(model, make_datasets(cfg, cfg.train.batch_size)[1])
+    calibration_error = load_info(model).metrics["val_calibration_error"]
     data = source.images if source.kind == "camera_folder" else Path(source.images).parent
     start = time.perf_counter()
     out_dir = model.parent / f"eval-{source.name}-{variant(tta, working_factor)}"
@@ -63,6 +65,7 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0) -> dict:
     return {
         "model": str(model),
         "threshold": threshold,
+        "val_calibration_error": calibration_error,
         "tta": tta,
         "working_factor": working_factor,
         "images": len(report.images),

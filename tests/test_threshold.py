@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfsky.data.masks import best_iou_threshold
+from tfsky.data.masks import best_iou_threshold, calibration_error
 from tfsky.data.transforms import Preprocess
 from tfsky.models.bundle import ModelInfo, load_info, save_model
 from tfsky.train.segmenter import THRESHOLD_BINS, store_threshold
@@ -42,3 +42,17 @@ def test_store_threshold_writes_the_validation_choice_into_the_sidecar(tmp_path)
     val_ds = tf.data.Dataset.from_tensor_slices((images, truth)).batch(2)
     assert store_threshold(path, val_ds) == pytest.approx(0.32)
     assert load_info(path).threshold == pytest.approx(0.32)
+    # 12 of 32 rows are sky at P = 0.33 (true share 1), 20 are ground at P = 0.08 (true share 0)
+    assert load_info(path).metrics["val_calibration_error"] == pytest.approx(12 / 32 * 0.67 + 20 / 32 * 0.08, abs=1e-4)
+
+
+def test_calibration_error_is_zero_when_probabilities_are_the_sky_share_and_grows_with_overconfidence():
+    probabilities = np.array([0.3] * 10 + [0.9] * 10)
+    is_sky = np.array([1] * 3 + [0] * 7 + [1] * 9 + [0])  # 30 % of the 0.3 pixels and 90 % of the 0.9 ones
+    counts = (histogram(probabilities[is_sky == 1]), histogram(probabilities[is_sky == 0]))
+    sums = np.histogram(probabilities, THRESHOLD_BINS, (0.0, 1.0), weights=probabilities)[0]
+    assert calibration_error(*counts, sums) == pytest.approx(0.0, abs=1e-12)
+    overconfident = np.where(probabilities == 0.3, 0.05, 0.99)  # same pixels, pushed to the extremes
+    counts = (histogram(overconfident[is_sky == 1]), histogram(overconfident[is_sky == 0]))
+    sums = np.histogram(overconfident, THRESHOLD_BINS, (0.0, 1.0), weights=overconfident)[0]
+    assert calibration_error(*counts, sums) == pytest.approx((10 * 0.25 + 10 * 0.09) / 20)

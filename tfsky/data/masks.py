@@ -72,6 +72,17 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     return confusion(pred, truth).iou
 
 
+def calibration_error(positive: np.ndarray, negative: np.ndarray, probability_sum: np.ndarray) -> float:
+    """Expected calibration error of sky probabilities, from per-bin counts of truly positive and negative
+    pixels and the sum of their probabilities (equal bins of [0, 1], as for `best_iou_threshold`).
+
+    The pixel-weighted mean over bins of |mean probability - share of sky|: 0 for a model whose
+    0.3 means "sky 30 % of the time"; a badly calibrated one also has its best threshold far from 0.5.
+    """
+    pixels = positive.sum() + negative.sum()
+    return float(np.abs(probability_sum - positive).sum() / pixels) if pixels else 0.0
+
+
 def best_iou_threshold(positive: np.ndarray, negative: np.ndarray) -> float:
     """The threshold with the best dataset-level IoU, from histograms of the probabilities of truly
     positive and truly negative pixels over equal bins of [0, 1].

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tfsky.config import to_dict
 from tfsky.data import cache, pipeline
 from tfsky.errors import ConfigError
-from tfsky.data.masks import best_iou_threshold
+from tfsky.data.masks import best_iou_threshold, calibration_error
 from tfsky.io.atomic import write_json
 from tfsky.models.bundle import ModelInfo, info_path, load_model, save_model
 from tfsky.models.losses import make_loss
@@ -78,16 +78,20 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, verbose: int 
 
 def store_threshold(path: Path, val_ds: tf.data.Dataset) -> float:
     """Choose the sky threshold of the saved model at ``path`` on the validation batches and store it in its
-    sidecar (`ModelInfo.threshold`), where predict, evaluate and export read it."""
+    sidecar (`ModelInfo.threshold`), where predict, evaluate and export read it, with the validation
+    expected calibration error (``metrics["val_calibration_error"]``)."""
     model, info = load_model(path, precision="float32")
     positive = np.zeros(THRESHOLD_BINS, np.int64)
     negative = np.zeros(THRESHOLD_BINS, np.int64)
+    probability_sum = np.zeros(THRESHOLD_BINS, np.float64)
     for images, masks in val_ds:
         probability = model(images, training=False).numpy()[..., 0]
         truth = masks.numpy()[..., 0] >= 0.5
         positive += np.histogram(probability[truth], THRESHOLD_BINS, (0.0, 1.0))[0]
         negative += np.histogram(probability[~truth], THRESHOLD_BINS, (0.0, 1.0))[0]
+        probability_sum += np.histogram(probability, THRESHOLD_BINS, (0.0, 1.0), weights=probability)[0]
     info.threshold = best_iou_threshold(positive, negative)
+    info.metrics["val_calibration_error"] = round(calibration_error(positive, negative, probability_sum), 4)
     write_json(info_path(path), info.to_json())
     return info.threshold
 

@@ -159,6 +159,7 @@ def _shipped_schemas():
     translators = ("pix2pix_clear2cloudy", "vae_clear2cloudy", "translator_tiny", "colorize_cpu", "colorize_tiny")
     schemas |= {name: (TranslatorConfig, None) for name in translators}
     schemas |= {name: (SegmenterConfig, None) for name in ("sky_ldr", "sky_hdr", "sky_tiny", "sky_ldr_cpu", "sky_ldr_cpu_mobilenetv2",
+                                                           "sky_ldr_mobilenetv2",
                                                            "cloud_tiny", "cloud_wsiseg")}
     schemas |= {name: (ClassifierConfig, None) for name in ("weather_allsky", "weather_mwd", "weather_mwd_r34", "weather_tiny")}
     return schemas

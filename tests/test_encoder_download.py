@@ -92,10 +92,23 @@ def test_offline_is_one_error_naming_the_local_file_alternative(tmp_path, monkey
 
 
 def test_a_backbone_without_published_weights_is_a_config_error():
-    with pytest.raises(ConfigError, match="no ImageNet weights are published for backbone 'mobilenet'"):
-        SegmenterModelConfig(backbone="mobilenet", encoder_weights="imagenet").validate()
+    with pytest.raises(ConfigError, match="no ImageNet weights are published for backbone 'densenet121'"):
+        SegmenterModelConfig(backbone="densenet121", encoder_weights="imagenet").validate()
 
 
 def test_a_missing_local_weights_file_is_still_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="weights file not found"):
         SegmenterModelConfig(**TINY, encoder_weights=str(tmp_path / "none.h5")).validate()
+
+
+def test_mobilenetv2_imagenet_is_the_keras_file_and_a_copy_in_the_cache_is_used_offline(tmp_path, monkeypatch):
+    entry = imagenet_entry("mobilenetv2")
+    assert entry["name"] == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"  # ../shared/weights' name
+    assert entry["url"].endswith("/keras-applications/mobilenet_v2/" + entry["name"])
+    tiny = dict(backbone="mobilenetv2", decoder_filters=(32, 16, 8, 8, 4))
+    source = build_segmenter(SegmenterModelConfig(**tiny), 3)
+    save_encoder_weights(source, tmp_path / "keras_home" / "models" / entry["name"], "mobilenetv2")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv("TFSKY_WEIGHTS_MIRROR", "http://127.0.0.1:9/")  # nothing listens: a download would fail
+    model = build_segmenter(SegmenterModelConfig(**tiny, encoder_weights="imagenet"), 3)
+    np.testing.assert_array_equal(model.get_layer("Conv1").get_weights()[0], source.get_layer("Conv1").get_weights()[0])

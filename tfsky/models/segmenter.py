@@ -152,8 +152,18 @@ def freeze_encoder_batchnorm(model: tf.keras.Model, backbone: str) -> None:
             model.get_layer(layer.name).trainable = False
 
 
+_KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+# segmentation-models builds these backbones from Keras applications, which publish no checksum
+KERAS_APPLICATIONS_IMAGENET = {
+    "mobilenet": "mobilenet/mobilenet_1_0_224_tf_no_top.h5",
+    "mobilenetv2": "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+}
+
+
 def imagenet_entry(backbone: str) -> dict:
-    """classification-models' record (``name``, ``url``, ``md5``) of the ImageNet "notop" file of ``backbone``.
+    """The record (``name``, ``url``, ``md5``) of the ImageNet "notop" file of ``backbone``.
+
+    From classification-models for the ResNets, VGGs...; from Keras applications (no md5) for the MobileNets.
 
     Raises:
         ConfigError: the backbone has no ImageNet weights (key ``encoder_weights``).
@@ -163,6 +173,9 @@ def imagenet_entry(backbone: str) -> dict:
     for entry in WEIGHTS_COLLECTION:
         if (entry["model"], entry["dataset"], entry["include_top"]) == (backbone, "imagenet", False):
             return entry
+    if backbone in KERAS_APPLICATIONS_IMAGENET:
+        path = KERAS_APPLICATIONS_IMAGENET[backbone]
+        return {"name": path.rsplit("/", 1)[1], "url": _KERAS_APPLICATIONS + path, "md5": None}
     raise ConfigError("encoder_weights", f"no ImageNet weights are published for backbone {backbone!r}")
 
 

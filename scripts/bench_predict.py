@@ -237,6 +237,7 @@ def _agreement(mask, reference) -> float:
 
 
 def sweep(workdir: Path, model: Path) -> None:
+    from tfsky.data.masks import sky_mask
     from tfsky.io.images import read_image
     from tfsky.tiling import computed_pixels, seam_score
 
@@ -248,7 +249,7 @@ def sweep(workdir: Path, model: Path) -> None:
             "tile_512_batch_2": _per_pixel_seconds(reference_seg, 512, 2),
             "tile_256_batch_8": _per_pixel_seconds(reference_seg, 256, 8)}
     _, reference = _timed_probability(reference_seg, image)
-    reference_mask = reference >= threshold
+    reference_mask = sky_mask(reference, threshold)
     rows = []
     for window, tile, overlap_px in itertools.product(WINDOWS, TILES, OVERLAPS):
         overlap = overlap_px / tile
@@ -260,7 +261,7 @@ def sweep(workdir: Path, model: Path) -> None:
                                           / image.shape[1], 3),
                      "seam_score": round(seam_score(probability, tile, overlap, 32), 3),
                      "reference_seam_score": round(seam_score(reference, tile, overlap, 32), 3),
-                     "mask_agreement": round(_agreement(probability >= threshold, reference_mask), 5),
+                     "mask_agreement": round(_agreement(sky_mask(probability, threshold), reference_mask), 5),
                      "max_probability_difference": round(float(abs(probability - reference).max()), 4)})
         if overlap_px == 0 and window == WINDOWS[0]:  # (every window is `constant` without overlap)
             rows[-1]["edge_error"] = edge_error_profile(probability, reference, tile)

@@ -50,13 +50,13 @@ def main() -> None:
     import cv2
     import numpy as np
 
-    from tfsky.data.masks import confusion
+    from tfsky.data.masks import confusion, sky_mask, sky_probability
     from tfsky.data.scale import resize_image
     from tfsky.evaluate.metrics import boundary_f1
     from tfsky.io.images import read_image, read_mask
     from tfsky.models.bundle import load_model
     from tfsky.predict.refine import refine
-    from tfsky.predict.segment import TiledSegmenter, sky_probability
+    from tfsky.predict.segment import TiledSegmenter
     from tfsky.tiling import TilingConfig, sliding_window_inference
 
     model, info = load_model(args.model)
@@ -88,14 +88,14 @@ def main() -> None:
         truth = read_mask(args.data / "masks" / f"{path.stem}.png") > 0
         for name, probabilities in variants.items():
             start = time.perf_counter()
-            sky = sky_probability(probabilities(image)) >= info.threshold
+            sky = sky_mask(sky_probability(probabilities(image)), info.threshold)
             seconds[name] += time.perf_counter() - start
             counts[name] += np.array(confusion(sky, truth))
         small = resize_image(image, working.model_size(*image.shape[:2]))
         small_probs = sliding_window_inference(small, working.predict_tiles, working.tiling)
         for name, upsample in upsamplers.items():
             start = time.perf_counter()
-            sky = sky_probability(upsample(small_probs, small, image)) >= info.threshold
+            sky = sky_mask(sky_probability(upsample(small_probs, small, image)), info.threshold)
             seconds[name] += time.perf_counter() - start
             counts[name] += np.array(confusion(sky, truth))
             boundaries[name].append(boundary_f1(sky, truth))

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 import tfsky  # noqa: F401  (Keras 2 mode before TensorFlow)
-from tfsky.data.masks import iou
+from tfsky.data.masks import iou, sky_mask
 from tfsky.data.streams import Stream, StreamsConfig, import_tree, validate_stream
 from tfsky.errors import InputError
 from tfsky.io.atomic import write_json
@@ -84,7 +84,7 @@ def evaluate_camera(stream: Stream, truth: np.ndarray, model: SkyModel, cfg: Sky
         own = model.segmenter.sky_probability(image)
         fused, facts = prior.fuse(image, own, threshold, frame.file)
         truth_here = at_size(truth, own.shape)
-        own_mask, fused_mask = own >= threshold, fused >= threshold
+        own_mask, fused_mask = sky_mask(own, threshold), sky_mask(fused, threshold)
         frames.append({"file": frame.file, "night": frame.reason == "night", "weight": facts["evidence"]["weight"],
                        "own_iou": round(iou(own_mask, truth_here), 4), "fused_iou": round(iou(fused_mask, truth_here), 4),
                        "own_false_sky": int((own_mask & ~truth_here).sum()),

@@ -1,9 +1,18 @@
-"""Binary sky masks: the probability at which a pixel is sky, and pixel counts of a mask against the truth.
+"""The sky cut and the mask scores: where a pixel is sky, and how a mask compares with the truth.
 
-The lowest layer that compares masks (stream validation) is data, so the
-threshold and the counts live here; `tfsky.evaluate.metrics` builds the
-evaluation metrics on them and `tfsky.models.metrics` streams the same IoU
-inside Keras.
+The one home of both, in the lowest layer that compares masks (data: stream
+validation), so every user imports them from here:
+
+- `sky_probability`: P(sky) ``[H, W]`` from a model output ``[H, W, K]``;
+- `sky_mask` (numpy) and `sky_mask_graph` (the TensorFlow op, for graphs:
+  export signatures, the Keras metrics): a pixel is sky when P(sky) ``>=``
+  the threshold. Masks, sky fractions, evaluation, export, serving, streams,
+  composites and the Keras IoU/F1 all cut here;
+- `iou_f1`: IoU and F1 from confusion counts (numbers, arrays or TF
+  tensors), with the one convention for empty masks. `Confusion` holds the
+  counts of numpy masks; `tfsky.evaluate.metrics` builds the evaluation
+  metrics on it and `tfsky.models.metrics` streams the same IoU and F1 inside
+  Keras.
 """
 
 from __future__ import annotations
@@ -11,8 +20,50 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import tensorflow as tf
 
 SKY_THRESHOLD = 0.5  # a pixel is sky when its sky probability is at least this (masks, sky fractions, IoU)
+SKY_CLASS = 1  # class id of sky in label masks and in softmax outputs (0 = not sky)
+
+
+def sky_probability(probabilities: np.ndarray) -> np.ndarray:
+    """P(sky) ``[H, W]`` from model output ``[H, W, K]``: the sigmoid channel, or softmax channel `SKY_CLASS`."""
+    return probabilities[..., 0] if probabilities.shape[-1] == 1 else probabilities[..., SKY_CLASS]
+
+
+def sky_mask(probability: np.ndarray, threshold: float = SKY_THRESHOLD) -> np.ndarray:
+    """Boolean sky mask of sky (or cloud) probabilities: True where ``probability >= threshold``.
+
+    The one sky cut: a pixel exactly at the threshold is sky. Float probabilities are compared in their
+    own precision, as `sky_mask_graph` (the same cut as a TensorFlow op) compares them.
+    """
+    probability = np.asarray(probability)
+    if probability.dtype.kind == "f":
+        threshold = probability.dtype.type(threshold)
+    return probability >= threshold
+
+
+def sky_mask_graph(probability: tf.Tensor, threshold: float | tf.Tensor = SKY_THRESHOLD) -> tf.Tensor:
+    """`sky_mask` as a TensorFlow op (boolean tensor), for graphs: export signatures and the Keras metrics."""
+    probability = tf.convert_to_tensor(probability)
+    return tf.greater_equal(probability, tf.cast(threshold, probability.dtype))
+
+
+def iou_f1(tp, fp, fn):
+    """``(IoU, F1)`` of confusion counts: ``tp / (tp + fp + fn)`` and ``2 tp / (2 tp + fp + fn)``.
+
+    Empty masks: when no pixel is positive in the prediction nor in the truth (``tp + fp + fn == 0``)
+    both scores are 1.0 — a correct "no sky" answer is perfect. This is the one statement of the
+    convention; every IoU and F1 of tfsky (evaluation, the Keras metrics, the tuned threshold) comes
+    from here.
+
+    The counts are Python or NumPy numbers or arrays (element-wise, NumPy results), or TensorFlow
+    tensors (element-wise, tensor results of their float dtype, e.g. per-class counts in a Keras metric).
+    """
+    terms = ((tp, tp + fp + fn), (2 * tp, 2 * tp + fp + fn))
+    if tf.is_tensor(tp):
+        return tuple(tf.where(den > 0, num / tf.maximum(den, 1), tf.ones_like(num)) for num, den in terms)
+    return tuple(np.where(np.greater(den, 0), np.divide(num, np.maximum(den, 1)), 1.0) for num, den in terms)
 
 
 def ratio(numerator: int, denominator: int, empty: float) -> float:
@@ -34,12 +85,13 @@ class Confusion(NamedTuple):
 
     @property
     def iou(self) -> float:
-        """``tp / (tp + fp + fn)``; 1.0 when both masks are empty (a correct "no sky")."""
-        return ratio(self.tp, self.tp + self.fp + self.fn, empty=1.0)
+        """IoU of the counts (`iou_f1`)."""
+        return float(iou_f1(self.tp, self.fp, self.fn)[0])
 
     @property
     def f1(self) -> float:
-        return ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn, empty=1.0)
+        """F1 (Dice) of the counts (`iou_f1`)."""
+        return float(iou_f1(self.tp, self.fp, self.fn)[1])
 
     @property
     def pixel_accuracy(self) -> float:
@@ -68,7 +120,7 @@ def confusion(pred: np.ndarray, truth: np.ndarray) -> Confusion:
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Intersection over union of two boolean masks; 1.0 when both are empty."""
+    """Intersection over union of two boolean masks (`iou_f1`)."""
     return confusion(pred, truth).iou
 
 
@@ -88,14 +140,16 @@ def best_iou_threshold(positive: np.ndarray, negative: np.ndarray) -> float:
     positive and truly negative pixels over equal bins of [0, 1].
 
     Thresholds are bin edges strictly inside (0, 1); pixels of a bin at or above the edge count as
-    positive. Ties go to the edge nearest `SKY_THRESHOLD`, so a flat curve keeps the usual 0.5.
+    positive (`sky_mask`). Ties go to the edge nearest `SKY_THRESHOLD`, so a flat curve keeps the usual
+    0.5; so does a set without positive pixels (nothing to find: every edge is as good).
     """
     bins = len(positive)
+    edges = np.arange(1, bins) / bins
+    if not np.any(positive):
+        return float(edges[np.argmin(np.abs(edges - SKY_THRESHOLD))])
     above_tp = np.cumsum(positive[::-1])[::-1]  # positives with probability in bins k.. (>= edge k)
     above_fp = np.cumsum(negative[::-1])[::-1]
-    edges = np.arange(1, bins) / bins
     tp, fp = above_tp[1:], above_fp[1:]
-    fn = positive.sum() - tp
-    iou = np.divide(tp, tp + fp + fn, out=np.zeros(bins - 1), where=(tp + fp + fn) > 0)
+    iou = iou_f1(tp, fp, positive.sum() - tp)[0]
     best = np.flatnonzero(np.isclose(iou, iou.max(), rtol=0, atol=1e-12))
     return float(edges[best[np.argmin(np.abs(edges[best] - SKY_THRESHOLD))]])

@@ -88,7 +88,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tfsky.data.masks import SKY_THRESHOLD, iou as mask_iou
+from tfsky.data.masks import iou as mask_iou, sky_mask
 from tfsky.data.transforms import is_hdr
 from tfsky.config import quoted
 from tfsky.errors import ConfigError, InputError, TfskyError, first_line
@@ -524,7 +524,7 @@ class _FrameChecks:
         luma = analysis_luminance(image, self.cfg.analysis_width)
         reason, detail = self._pixel_checks(image, luma)
         if not reason and self.segmenter is not None and self.camera_mask is not None:
-            iou = mask_iou(self.segmenter.sky_probability(image) >= SKY_THRESHOLD, self.camera_mask > 0)
+            iou = mask_iou(sky_mask(self.segmenter.sky_probability(image)), self.camera_mask > 0)
             if iou < self.cfg.min_mask_iou:
                 reason, detail = "moved", f"sky IoU {iou:.2f} with the camera mask"
         return reason, detail, luma

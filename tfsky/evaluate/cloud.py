@@ -8,10 +8,12 @@ cloud when P(cloud) >= ``threshold``.
 
 Per predictor, per camera and overall (cameras from the cache's source
 config, by frame number): per-class IoU, mean IoU, pixel accuracy, F1 of the
-cloud class (confusion counts summed over all labelled pixels), the mean
-absolute error of the cloud fraction in percentage points, exact and
-within-one okta agreement, and the confusion matrix of the derived sky
-condition against the frames' sky-type labels.
+cloud class (confusion counts summed over all labelled pixels, scored by
+`tfsky.data.masks.Confusion`; a class in neither truth nor prediction is not
+scored: None, left out of the mean), the mean absolute error of the cloud
+fraction in percentage points, exact and within-one okta agreement, and the
+confusion matrix of the derived sky condition against the frames' sky-type
+labels.
 
 Baselines (`tfsky.evaluate.cloud_baselines`) are fitted on the cache's
 ``train`` split. CloudNet needs one network call per pixel (~10^5 per frame),
@@ -31,11 +33,12 @@ import numpy as np
 from tfsky.config import from_dict
 from tfsky.data.allsky import IGNORE, AllSkyConfig
 from tfsky.data.cache import iter_cached, read_manifest
+from tfsky.data.masks import Confusion, sky_mask, sky_probability
 from tfsky.errors import InputError
 from tfsky.evaluate.cloud_baselines import CLOUD, CloudBaselines, fit_cloud_baselines
 from tfsky.evaluate.report import Table, markdown_document, write_report
 from tfsky.predict.cloud import CONDITIONS, CloudCoverConfig, okta, sky_condition
-from tfsky.predict.segment import TiledSegmenter, sky_probability
+from tfsky.predict.segment import TiledSegmenter
 from tfsky.tiling import TilingConfig
 
 PREDICTORS = ("model", "red_blue_ratio", "red_minus_blue", "cloudnet")
@@ -83,9 +86,10 @@ def summarise(frames: list[FrameResult], name: str, cover: CloudCoverConfig) -> 
     """Every metric of predictor ``name`` over ``frames`` (see the module docstring)."""
     scores = [frame.scores[name] for frame in frames]
     total = sum((score.confusion for score in scores), np.zeros((2, 2), np.int64))
-    diagonal, truth, pred = np.diag(total), total.sum(1), total.sum(0)
-    union = truth + pred - diagonal
-    iou = [float(d / u) if u else None for d, u in zip(diagonal, union)]
+    (tn, fp), (fn, tp) = total.tolist()
+    cloud = Confusion(tp, fp, fn, tn)
+    per_class = (Confusion(tn, fn, fp, tp), cloud)  # each class as the positive one
+    iou = [c.iou if c.tp + c.fp + c.fn else None for c in per_class]  # a class nowhere is not scored
     errors = np.array([abs(score.truth_pct - score.pred_pct) for score in scores])
     okta_truth = np.array([okta(score.truth_pct, cover.okta_tolerance_pp) for score in scores])
     okta_pred = np.array([okta(score.pred_pct, cover.okta_tolerance_pp) for score in scores])
@@ -101,8 +105,8 @@ def summarise(frames: list[FrameResult], name: str, cover: CloudCoverConfig) -> 
         "pixels": int(total.sum()),
         "iou_per_class": dict(zip(CLASSES, iou)),
         "mean_iou": float(np.mean([v for v in iou if v is not None])) if any(v is not None for v in iou) else None,
-        "pixel_accuracy": float(diagonal.sum() / total.sum()) if total.sum() else None,
-        "cloud_f1": float(2 * total[1, 1] / (truth[1] + pred[1])) if truth[1] + pred[1] else None,
+        "pixel_accuracy": cloud.pixel_accuracy if cloud.total else None,
+        "cloud_f1": cloud.f1 if tp + fp + fn else None,
         "cloud_fraction_mae_pp": float(errors.mean()) if errors.size else None,
         "okta_exact": float(np.mean(okta_truth == okta_pred)) if errors.size else None,
         "okta_within_1": float(np.mean(np.abs(okta_truth - okta_pred) <= 1)) if errors.size else None,
@@ -198,7 +202,7 @@ def evaluate_cloud(
             skipped.append({"id": cached.id, "reason": str(err)})
             continue
         truth = cached.mask
-        cloud = sky_probability(segmenter.probabilities(cached.image)) >= threshold
+        cloud = sky_mask(sky_probability(segmenter.probabilities(cached.image)), threshold)
         scores = {"model": frame_score(cloud, truth)}
         scores.update({n: frame_score(m, truth) for n, m in baselines.threshold_masks(cached.image).items()})
         if with_cloudnet:
@@ -225,7 +229,7 @@ def _cloudnet_score(
     sample = np.zeros(truth.shape, bool)
     sample[stride // 2 :: stride, stride // 2 :: stride] = True
     rows, cols = np.nonzero(sample & (truth != IGNORE))
-    cloud = baselines.cloudnet_probabilities(image, rows, cols) >= 0.5
+    cloud = sky_mask(baselines.cloudnet_probabilities(image, rows, cols))
     return frame_score(cloud[None, :], truth[rows, cols][None, :])
 
 

@@ -2,8 +2,9 @@
 
 Full images go through `TiledSegmenter`, the tiled predictor `tfsky predict`
 uses, so nothing is resized. A pixel is sky when its sky probability is
-``>= threshold``, exactly as `tfsky predict` draws masks: the sigmoid output
-of one-class models (as Keras' ``BinaryIoU``), or softmax channel 1.
+``>= threshold`` (`tfsky.data.masks.sky_mask`), exactly as `tfsky predict`
+draws masks: the sigmoid output of one-class models (as Keras' ``BinaryIoU``),
+or softmax channel 1.
 Truth masks are sky where their class id is 1.
 
 The baselines (see `tfsky.evaluate.baselines`) are fitted on the cache's
@@ -26,6 +27,8 @@ import numpy as np
 
 from tfsky.data.cache import MANIFEST, CachedImage, iter_cached, read_manifest
 from tfsky.data.config import SourceConfig
+from tfsky.data import masks as sky
+from tfsky.data.masks import SKY_CLASS
 from tfsky.data.sources import CAMERA_MASK_SUFFIX, LabelledImage, iter_source, read_conditions
 from tfsky.errors import InputError
 from tfsky.evaluate import metrics
@@ -33,7 +36,7 @@ from tfsky.evaluate.config import EvaluateConfig
 from tfsky.evaluate.metrics import BOUNDARY_BAND
 from tfsky.evaluate.baselines import Baselines, fit_baselines
 from tfsky.evaluate.report import Table, markdown_document, signed, write_report
-from tfsky.predict.segment import SKY_CLASS, TiledSegmenter, sky_probability
+from tfsky.predict.segment import TiledSegmenter
 from tfsky.tiling import TilingConfig
 
 PREDICTORS = ("model", "horizon", "color_threshold")
@@ -141,7 +144,7 @@ def model_minus_baselines(overall: dict, aggregation: str = HEADLINE) -> dict[st
 
 def sky_mask(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     """Boolean sky mask from ``H x W x K`` probabilities: P(sky) ``>= threshold``, as `tfsky predict` draws it."""
-    return sky_probability(probabilities) >= threshold
+    return sky.sky_mask(sky.sky_probability(probabilities), threshold)
 
 
 def score_items(

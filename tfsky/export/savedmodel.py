@@ -53,6 +53,7 @@ from typing import Literal
 import tensorflow as tf
 
 from tfsky.data.config import SIZE_MULTIPLE
+from tfsky.data.masks import SKY_CLASS, sky_mask_graph
 from tfsky.data.scale import working_size_graph
 from tfsky.errors import InputError
 from tfsky.export import metadata, warmup
@@ -64,7 +65,7 @@ from tfsky.predict.cloud import CameraMasks, CloudCoverConfig, is_cloud_model
 from tfsky.predict.classify import WeatherClassifier
 from tfsky.predict.outputs import CLASS_PNG_VALUES
 from tfsky.predict.refine import refine_graph
-from tfsky.predict.segment import SKY_CLASS, predicted_scale, segmenter_tiling
+from tfsky.predict.segment import predicted_scale, segmenter_tiling
 from tfsky.tiling import CPU_MEMORY_BUDGET_GB, TilingConfig, available_memory, choose_tiling, sliding_window_graph
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -191,7 +192,7 @@ class SegmenterModule(tf.Module):
         """Normalised [H, W, C] -> (mask PNG, 16-bit probability PNG, sky fraction)."""
         probability = self._probabilities(image)
         probability = probability[..., self.positive : self.positive + 1]
-        sky = probability >= self.threshold
+        sky = sky_mask_graph(probability, self.threshold)
         probability_16bit = tf.cast(tf.round(tf.clip_by_value(probability, 0.0, 1.0) * 65535.0), tf.uint16)
         return (
             tf.io.encode_png(tf.cast(sky, tf.uint8) * 255),
@@ -205,7 +206,7 @@ class SegmenterModule(tf.Module):
             image = decode_normalised(encoded, self.preprocess, self.channels, self.max_pixels)
             cloud_probability = self._probabilities(image)[..., SKY_CLASS]
             valid = self.camera_masks.valid_sky_graph(image)
-            cloud = tf.logical_and(cloud_probability >= self.threshold, valid)
+            cloud = tf.logical_and(sky_mask_graph(cloud_probability, self.threshold), valid)
             classes = tf.where(valid, tf.where(cloud, CLASS_PNG_VALUES["cloud"], CLASS_PNG_VALUES["clear"]),
                                CLASS_PNG_VALUES["outside"])
             count = tf.reduce_sum(tf.cast(valid, tf.int32))

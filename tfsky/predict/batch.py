@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from tfsky import __version__
+from tfsky.data.masks import sky_probability
 from tfsky.errors import ConfigError, InputError
 from tfsky.io.stores import as_path
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
@@ -42,7 +43,7 @@ from tfsky.predict.outputs import (
 )
 from tfsky.predict.camera_mask import CameraPrior
 from tfsky.predict.cloud import CloudCoverConfig, FrameCover, is_cloud_model
-from tfsky.predict.segment import ModelInputs, TiledSegmenter, model_id, sky_probability
+from tfsky.predict.segment import ModelInputs, TiledSegmenter, model_id
 from tfsky.tiling import TilingConfig
 
 

@@ -54,7 +54,7 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence
 import cv2
 import numpy as np
 
-from tfsky.data.masks import iou as mask_iou
+from tfsky.data.masks import iou as mask_iou, sky_mask
 from tfsky.data.scale import resize_image, working_size
 from tfsky.data.streams import (Frame, Stream, analysis_luminance, analysis_size, correlation, edge_map, edge_offset,
                                 manifest_files, read_manifest, update_manifest)
@@ -163,8 +163,8 @@ class Consensus:
         """Weighted share of frames whose probability falls on the median's side of ``threshold`` (0 where none)."""
         centres = (np.arange(self.bins, dtype=np.float32) + 0.5) / self.bins
         total = self.weights.sum(axis=0)
-        sky_votes = self.weights[centres >= threshold].sum(axis=0)
-        said_sky = self.probability() >= threshold
+        sky_votes = self.weights[sky_mask(centres, threshold)].sum(axis=0)
+        said_sky = sky_mask(self.probability(), threshold)
         agreeing = np.where(said_sky, sky_votes, total - sky_votes)
         return np.divide(agreeing, total, out=np.zeros_like(total), where=total > 0)
 
@@ -240,8 +240,8 @@ def learn_camera_mask(
     full = (height, width)
     probability = small if grid == full else refine(small[..., None], resize_image(median, grid), median)[..., 0]
     agreement = cv2.resize(state.consensus.agreement(threshold), (width, height), interpolation=cv2.INTER_LINEAR)
-    disagrees = _disagreeing(state, small >= threshold, cfg.min_frame_iou)
-    return CameraMask(probability, probability >= threshold, agreement, median, state.used,
+    disagrees = _disagreeing(state, sky_mask(small, threshold), cfg.min_frame_iou)
+    return CameraMask(probability, sky_mask(probability, threshold), agreement, median, state.used,
                       rejected + state.rejected, disagrees, grid)
 
 
@@ -292,7 +292,7 @@ def _fuse_frame(frame: Frame, image: np.ndarray, size: tuple[int, int], model: S
     to_grid = grid[1] / cfg.analysis_width
     probability, valid = _shifted(probability, -dx * to_grid, -dy * to_grid)
     state.consensus.add(probability, confidence, valid)
-    state.masks.append(np.packbits(probability >= 0.5))
+    state.masks.append(np.packbits(sky_mask(probability)))
     state.valid.append(np.packbits(valid))
     state.used.append({"file": frame.file, "weight": round(confidence, 4),
                        "offset_px": [round(dx * size[1] / cfg.analysis_width, 1),
@@ -576,7 +576,7 @@ class CameraPrior:
         evidence = self.evidence(image, probability, source)
         weight = np.float32(evidence["weight"])
         fused = weight * probability + (1 - weight) * self.sky.astype(np.float32)
-        own_iou = mask_iou(probability >= threshold, self.sky)
+        own_iou = mask_iou(sky_mask(probability, threshold), self.sky)
         facts = {"mask": str(self.path), "evidence": evidence, "own_sky_iou": round(own_iou, 4),
                  "sky_disagrees": bool(evidence["weight"] >= 0.5 and own_iou < MIN_SKY_AGREEMENT)}
         return fused, facts

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsky.data.labelled import COLOUR_STATISTICS, classifier_input, colour_statistics, condition_names, resized_rgb8
+from tfsky.data.masks import sky_mask
 from tfsky.data.streams import Stream, manifest_files, read_manifest, update_manifest
 from tfsky.data.transforms import is_hdr
 from tfsky import __version__
@@ -107,7 +108,7 @@ class SkyRegion:
         if prior is not None:
             probability, fused = prior.at_size(probability.shape).fuse(small, probability, threshold)
             facts = {"camera_prior_weight": fused["evidence"]["weight"], "sky_disagrees": fused["sky_disagrees"]}
-        sky = probability >= threshold
+        sky = sky_mask(probability, threshold)
         facts = {"fraction": round(float(sky.mean()), 4), "segmenter": self.id, **facts}
         if sky.any():
             facts |= {name: round(float(value), 4)

@@ -15,7 +15,7 @@ the valid pixels:
 
 * cloud fraction = cloud pixels / valid pixels, in percent (a cloud pixel has
   P(cloud) >= the job's threshold: softmax channel 1,
-  `tfsky.predict.segment.SKY_CLASS`, is the cloud class of a cloud model);
+  `tfsky.data.masks.SKY_CLASS`, is the cloud class of a cloud model);
 * solid-angle cloud fraction: each pixel weighted by the solid angle it
   covers under a fisheye projection whose optical centre and horizon radius
   are fitted from the valid region (`FisheyeModel`); equidistant
@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 
 import numpy as np
 
+from tfsky.data.masks import sky_mask
 from tfsky.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -355,7 +356,7 @@ class FrameCover:
             InputError: the forced camera mask has another size, or no pixel is valid sky.
         """
         valid, mask = self.masks.valid_sky(image, source)
-        cloud = (cloud_prob >= self.threshold) & valid
+        cloud = sky_mask(cloud_prob, self.threshold) & valid
         facts = cloud_cover(cloud, valid, self.cfg, source)
         return cloud, valid, {**facts, "camera_mask": str(mask.path) if mask else None,
                               "timestamp": timestamp_from_name(Path(source).name)}

@@ -39,6 +39,7 @@ from typing import Any, Callable, Collection, Iterator, Literal, Optional
 import cv2
 import numpy as np
 
+from tfsky.data.masks import sky_mask
 from tfsky.data.transforms import is_hdr
 from tfsky.io.atomic import atomic_path, write_json, write_text
 from tfsky.io.images import luminance
@@ -109,7 +110,7 @@ class Maps:
     def of(cls, paths: OutputPaths, prob: np.ndarray, threshold: float) -> "Maps":
         """The maps of sky probability ``prob`` [H, W] (pixels >= ``threshold`` are 255 in the mask)."""
         stored = prob if paths.prob.suffix == ".tif" else _by_bands(prob, _to_uint16, np.uint16)
-        return cls(stored, _by_bands(prob, lambda band: np.where(band >= threshold, 255, 0), np.uint8))
+        return cls(stored, _by_bands(prob, lambda band: np.where(sky_mask(band, threshold), 255, 0), np.uint8))
 
 
 def write_maps(paths: OutputPaths, maps: Maps) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsky.data.config import SIZE_MULTIPLE
+from tfsky.data.masks import sky_probability
 from tfsky.data.scale import resize_image, working_size
 from tfsky.data.transforms import is_hdr
 from tfsky.errors import InputError
@@ -37,7 +38,6 @@ from tfsky.predict.refine import refine
 from tfsky.tiling import (AUTO, TilingConfig, announce, available_memory, choose_tiling, compiled_forward,
                           count_tiles, model_tiling, sliding_window_inference)
 
-SKY_CLASS = 1  # class id of sky in label masks and in softmax outputs (0 = not sky)
 _READ_CHANNELS = (1, 3, 4)  # channel counts read_image converts to; others are read as stored
 _BAND = 256  # rows normalised at a time by `prepare`
 MODEL_SPACE = np.float16  # dtype of images already normalised by `prepare`
@@ -60,11 +60,6 @@ def predicted_scale(info: ModelInfo, tiling: TilingConfig) -> int | None:
     if tiling.resolution != "working" or not info.working_scale:
         return None
     return round(info.working_scale * tiling.working_factor)
-
-
-def sky_probability(probabilities: np.ndarray) -> np.ndarray:
-    """P(sky) ``[H, W]`` from model output ``[H, W, K]``: the sigmoid channel, or softmax channel `SKY_CLASS`."""
-    return probabilities[..., 0] if probabilities.shape[-1] == 1 else probabilities[..., SKY_CLASS]
 
 
 class ModelInputs:

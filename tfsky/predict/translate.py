@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from tfsky.data.masks import SKY_THRESHOLD
+from tfsky.data.masks import sky_mask
 from tfsky.data.transforms import from_model_range, to_model_range
 from tfsky.errors import ConfigError, InputError
 from tfsky.io.images import read_image, read_mask
@@ -138,7 +138,7 @@ def feathered_sky_weight(sky_probability: np.ndarray, feather: float) -> np.ndar
     border inward and is exactly 0 on every non-sky pixel. ``feather = 0``
     returns the binary sky.
     """
-    sky = (sky_probability >= SKY_THRESHOLD).astype(np.uint8)
+    sky = sky_mask(sky_probability).astype(np.uint8)
     if feather <= 0:
         return sky.astype(np.float32)
     radius = math.ceil(3 * feather)

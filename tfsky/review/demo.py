@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from tfsky.data.masks import SKY_THRESHOLD
+from tfsky.data.masks import sky_mask
 from tfsky.io.images import read_image
 from tfsky.io.writers import write_jpeg
 from tfsky.predict.outputs import overlay
@@ -59,7 +59,7 @@ class FrameDemo:
         if self.segmenter:
             self.segmenter.check(image, frame_path)
             sky = self.segmenter.sky_probability(image)
-            made["overlay"] = overlay(image, np.where(sky >= SKY_THRESHOLD, np.uint8(255), np.uint8(0)))
+            made["overlay"] = overlay(image, np.where(sky_mask(sky), np.uint8(255), np.uint8(0)))
         if self.translator:
             translated = self.translator.translate(image)
             made["translated"] = to_uint8(translated)

@@ -36,6 +36,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
+from tfsky.data.masks import sky_mask
 from tfsky.data.transforms import is_hdr
 from tfsky.errors import InputError
 from tfsky.export.metadata import read_metadata
@@ -173,7 +174,7 @@ def _segment(client: Client, model: str, path: Path, version, label, tiled) -> I
         image = read_image(path, channels=info.in_channels)
         prob = client.predict_large(model, image, preprocess=info.preprocess, tiling=tiling,
                                     version=version, label=label)[..., 0]
-        mask = prob >= threshold
+        mask = sky_mask(prob, threshold)
         answered = version if version is not None else client.serving_version(model, label=label)
         return ImagePrediction(tf.io.encode_png(mask[..., None].astype(np.uint8) * 255).numpy(), prob, float(mask.mean()),
                                answered)

@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("--leave-out", action="append", required=True, help="source name (repeatable)")
     parser.add_argument("--stage", choices=("train", "evaluate", "all"), default="all")
-    parser.add_argument("--tta", default="none", help="flip TTA of the evaluation: none | flip2 | flip4")
+    parser.add_argument("--tta", default="none", help="TTA of the evaluation: none | flip2 | flip4 | rot4 | rot8")
     parser.add_argument("--working-factor", type=float, default=1.0,
                         help="predict at this multiple of the working scale (predict.tiling.working_factor)")
     parser.add_argument("--threads", type=int, default=0, help="TF intra-op threads per run (0 = all cores)")

@@ -83,14 +83,14 @@ def variant(tta: str, working_factor: float) -> str:
     return tta if working_factor == 1 else f"{tta}-x{working_factor:g}"
 
 
-def record(key: str, result: dict) -> None:
-    """Merge one fold's result into the results file, read just before (folds may run side by side)."""
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+def record(key: str, result: dict, path: Path = RESULTS) -> None:
+    """Merge one fold's result into the results file ``path``, read just before (folds may run side by side)."""
+    results = json.loads(path.read_text()) if path.is_file() else {}
     results[key] = result
-    RESULTS.parent.mkdir(exist_ok=True)
-    temp = RESULTS.with_suffix(f".{os.getpid()}.tmp")
+    path.parent.mkdir(exist_ok=True)
+    temp = path.with_suffix(f".{os.getpid()}.tmp")
     temp.write_text(json.dumps(results, indent=2) + "\n")
-    temp.replace(RESULTS)
+    temp.replace(path)
 
 
 def main() -> None:
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("--leave-out", action="append", required=True, help="source name (repeatable)")
     parser.add_argument("--stage", choices=("train", "evaluate", "all"), default="all")
-    parser.add_argument("--tta", default="none", help="flip TTA of the evaluation: none | flip2 | flip4")
+    parser.add_argument("--tta", default="none", help="TTA of the evaluation: none | flip2 | flip4 | rot4 | rot8")
     parser.add_argument("--working-factor", type=float, default=1.0,
                         help="predict at this multiple of the working scale (predict.tiling.working_factor)")
     parser.add_argument("--threads", type=int, default=0, help="TF intra-op threads per run (0 = all cores)")

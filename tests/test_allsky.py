@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -204,3 +205,24 @@ def test_an_allsky_source_needs_a_softmax_head(tmp_path):
     path.write_text(yaml.safe_dump({"name": "x", "data": {"sources": [source]}, "model": {"classes": 1}}))
     with pytest.raises(ConfigError, match="config key 'model.classes': all-sky sources have ignored pixels"):
         load_config(SegmenterConfig, path)
+
+
+def test_test_frames_are_held_out_of_train_and_val_into_a_test_split(tmp_path):
+    images, annotations = tmp_path / "images", tmp_path / "annotation"
+    images.mkdir()
+    annotations.mkdir()
+    for number in range(1, 13):
+        cv2.imwrite(str(images / f"f_{number:03d}.png"), np.full((32, 40, 3), 120, np.uint8))
+        cv2.imwrite(str(annotations / f"f_{number:03d}.png"), np.full((32, 40), 100, np.uint8))
+    allsky = AllSkyConfig(cameras=[AllSkyCamera("cam", 1, 12)], test_frames=[[3, 5], [11, 11]])
+    source = SourceConfig(kind="allsky_folder", name="sky", images=images, masks=annotations, allsky=allsky)
+    report = prepare_cache(DataConfig(sources=[source], cache=tmp_path / "cache", patch_size=32), progress=False)
+    assert report.written["test"] == 4 and report.written["train"] + report.written["val"] == 8
+    split_of = {cached.id: cached.split for cached in iter_cached(tmp_path / "cache")}
+    assert set(split_of) == {f"sky/f_{n:03d}.png" for n in (1, 2, 6, 7, 8, 9, 10, 12)}  # train and val only
+    assert {c.id for c in iter_cached(tmp_path / "cache", "test")} == {f"sky/f_{n:03d}.png" for n in (3, 4, 5, 11)}
+    plain = prepare_cache(DataConfig(sources=[dataclasses.replace(source, allsky=AllSkyConfig(
+        cameras=allsky.cameras))], cache=tmp_path / "plain", patch_size=32), progress=False)
+    assert "test" not in plain.written  # no test split unless frames are held out
+    with pytest.raises(ConfigError, match=r"'test_frames\[0\]': must be \[first, last\] with first <= last"):
+        AllSkyConfig(test_frames=[[5, 3]]).validate()

@@ -56,6 +56,11 @@ def test_evaluate_segmenter_on_a_cloud_model_reports_cloud_metrics_per_camera(tr
     truth_pixels = np.asarray(frame["model"]["confusion"]).sum()
     assert truth_pixels == np.asarray(frame["red_blue_ratio"]["confusion"]).sum()  # same labelled pixels
     assert "Cloud segmentation: overall" in (root / "eval" / "eval.md").read_text()
+    sun = summary["sun"]["overall"]  # the sun as tfsky predict finds it, against the annotation's undefined pixels
+    assert sun["frames"] == summary["counts"]["evaluated"] and 0 <= sun["found"] <= sun["frames"]
+    found = [f["sun"] for f in summary["frames"] if f["sun"]["found"]]
+    assert sun["excluded_pixels"] == sum(s["excluded_pixels"] for s in found)
+    assert all(0 <= s["undefined_pixels"] <= s["excluded_pixels"] for s in found)
 
 
 def test_predict_with_a_cloud_model_writes_cloud_cover_and_a_time_series(trained, cli, shared_data):
@@ -69,10 +74,11 @@ def test_predict_with_a_cloud_model_writes_cloud_cover_and_a_time_series(trained
     sidecar = json.loads((out / "ASC100-1006_001.json").read_text())
     cover = sidecar["cloud_cover"]
     lens = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) >= 128
-    assert cover["valid_pixels"] == int(lens.sum())
+    assert cover["valid_pixels"] == int(lens.sum()) - cover["sun"].get("excluded_pixels", 0)
     classes = cv2.imread(str(out / "ASC100-1006_001_classes.png"), cv2.IMREAD_UNCHANGED)
     assert set(np.unique(classes)) <= {0, 100, 255} and np.all(classes[~lens] == 0)
-    assert cover["cloud_fraction_pct"] == pytest.approx(100 * np.mean(classes[lens] == 255), abs=1e-3)
+    assert np.count_nonzero(classes[lens] == 0) == cover["sun"].get("excluded_pixels", 0)  # the sun: undefined
+    assert cover["cloud_fraction_pct"] == pytest.approx(100 * np.mean(classes[lens & (classes > 0)] == 255), abs=1e-3)
     assert 0 <= cover["okta"] <= 8 and cover["sky_condition"] in ("clear", "partial", "overcast")
     assert sidecar["outputs"]["classes"] == "ASC100-1006_001_classes.png"
     with open(out / "cloud_cover.csv", newline="") as f:
@@ -105,7 +111,8 @@ def test_each_camera_gets_its_valid_sky_in_tfsky_predict_and_in_the_export(train
     _, model, data = trained
     lens = cv2.imread(str(shared_data / "allsky_wsiseg" / "mask_cam.png"), cv2.IMREAD_GRAYSCALE) >= 128
     frames = [data / "images" / FRAMES[0], data / "images" / FRAMES[6]]  # camera 1, camera 2
-    assert cli("predict", "--model", model, *frames, "--out", tmp_path / "out", "--quiet").exit_code == 0
+    no_sun = ("--no-sun",)  # the served signature does not look for the sun
+    assert cli("predict", "--model", model, *frames, "--out", tmp_path / "out", "--quiet", *no_sun).exit_code == 0
     covers = [json.loads((tmp_path / "out" / f"{f.stem}.json").read_text())["cloud_cover"] for f in frames]
     assert covers[0]["camera_mask"] == str(shared_data / "allsky_wsiseg" / "mask_cam.png")
     assert covers[0]["valid_pixels"] == int(lens.sum())

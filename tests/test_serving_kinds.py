@@ -74,7 +74,8 @@ def test_client_predict_with_a_cloud_model_writes_what_tfsky_predict_writes(serv
         np.testing.assert_allclose(*probability, atol=1e-4)
         facts = [json.loads((folder / f"{stem}.json").read_text()) for folder in (remote, local)]
         assert facts[0]["sky_fraction"] == facts[1]["sky_fraction"]
-        local_cover = {key: value for key, value in facts[1]["cloud_cover"].items() if key != "camera_mask"}
+        assert facts[1]["cloud_cover"]["sun"] == {"found": False}  # so the served cover (no sun search) is the same
+        local_cover = {key: value for key, value in facts[1]["cloud_cover"].items() if key not in ("camera_mask", "sun")}
         assert facts[0]["cloud_cover"] == local_cover
         assert 0 < local_cover["cloud_fraction_pct"] < 100
     assert not (remote / "20240101_122000.json").exists()

@@ -1,7 +1,9 @@
-"""Tiling: exact blending, graph == numpy driver, full batches, flip TTA, fewer seams than plain averaging."""
+"""Tiling: exact blending, graph == numpy driver, full batches, flip and rotation TTA, fewer seams than plain
+averaging."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -21,7 +23,7 @@ from tfsky.tiling import (
     sliding_window_inference,
     tile_starts,
     weight_profile,
-    with_flip_tta,
+    with_tta,
 )
 
 SIZES = [(1000, 777), (33, 65), (5, 200), (1, 1)]
@@ -189,10 +191,60 @@ def test_flip_tta_undoes_flips_before_averaging():
     flip_w = skewed(tiles[:, :, ::-1])[:, :, ::-1]
     flip_h = skewed(tiles[:, ::-1])[:, ::-1]
     flip_hw = skewed(tiles[:, ::-1, ::-1])[:, ::-1, ::-1]
-    np.testing.assert_allclose(with_flip_tta(skewed, "flip2")(tiles).numpy(), (skewed(tiles) + flip_w) / 2, rtol=1e-6)
-    np.testing.assert_allclose(with_flip_tta(skewed, "flip4")(tiles).numpy(),
+    np.testing.assert_allclose(with_tta(skewed, "flip2")(tiles).numpy(), (skewed(tiles) + flip_w) / 2, rtol=1e-6)
+    np.testing.assert_allclose(with_tta(skewed, "flip4")(tiles).numpy(),
                                (skewed(tiles) + flip_w + flip_h + flip_hw) / 4, rtol=1e-6)
-    assert with_flip_tta(skewed, "none") is skewed
+    assert with_tta(skewed, "none") is skewed
+
+
+def dihedral(tiles, flip: bool, turns: int) -> np.ndarray:
+    """numpy's own flip-then-rotate of a [B, H, W, C] batch (a reference independent of `with_tta`)."""
+    return np.rot90(tiles[:, :, ::-1] if flip else tiles, turns, axes=(1, 2))
+
+
+def undo(pred, flip: bool, turns: int) -> np.ndarray:
+    back = np.rot90(pred, -turns, axes=(1, 2))
+    return back[:, :, ::-1] if flip else back
+
+
+@pytest.mark.parametrize("tta, flips", [("rot4", (False,)), ("rot8", (False, True))])
+def test_rotation_tta_averages_the_back_rotated_predictions(tta, flips):
+    ramp = np.arange(8, dtype=np.float32)
+
+    def skewed(tiles):  # depends on position and orientation: each rotation answers differently
+        tiles = np.asarray(tiles)
+        return tiles * ramp[None, :, None, None] + tiles ** 2 * 10 * ramp[None, None, :, None]
+
+    tiles = np.random.default_rng(4).random((2, 8, 8, 1), dtype=np.float32)
+    expected = np.mean([undo(skewed(dihedral(tiles, flip, turns)), flip, turns)
+                        for flip in flips for turns in range(4)], axis=0)
+    got = with_tta(skewed, tta)(tiles).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert not np.allclose(got, skewed(tiles), rtol=1e-3)  # the transforms did change the answer
+
+
+@pytest.mark.parametrize("tta", ["rot4", "rot8"])
+def test_rotation_tta_is_exact_for_a_rotation_equivariant_model(tta):
+    """A 3x3 convolution with a kernel invariant under the dihedral group, on non-square image and tiles
+    (the last row and column of tiles shrink to a multiple of 8, so rotated tiles swap their sides)."""
+    ring = np.array([[1.0, 2.0, 1.0], [2.0, -3.0, 2.0], [1.0, 2.0, 1.0]], np.float32)
+    kernel = tf.constant(np.einsum("hw,io->hwio", ring, np.ones((3, 1), np.float32)))
+
+    def conv(tiles):
+        return tf.nn.conv2d(tf.cast(tiles, tf.float32), kernel, 1, "SAME")
+
+    tiles = np.random.default_rng(5).random((3, 16, 24, 3), dtype=np.float32)
+    transformed = np.mean([undo(conv(dihedral(tiles, flip, turns)).numpy(), flip, turns)
+                           for flip in (False, True) for turns in range(4)], axis=0)
+    np.testing.assert_allclose(with_tta(conv, tta)(tiles).numpy(), transformed, atol=1e-5)
+    np.testing.assert_allclose(transformed, conv(tiles).numpy(), atol=1e-5)
+    image = random_image(70, 90)
+    tiling = TilingConfig(32, 0.25, "ramp", 4)
+    plain = sliding_window_inference(image, conv, tiling, multiple=8)
+    rotated = sliding_window_inference(image, conv, dataclasses.replace(tiling, tta=tta), multiple=8)
+    np.testing.assert_allclose(rotated, plain, atol=1e-5)
+    in_graph = tf.function(lambda x: sliding_window_graph(x, conv, dataclasses.replace(tiling, tta=tta), multiple=8))
+    np.testing.assert_allclose(in_graph(tf.constant(image)).numpy(), plain, atol=1e-5)
 
 
 def test_tiling_config_rejects_bad_values():

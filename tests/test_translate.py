@@ -286,7 +286,7 @@ def test_translate_config_errors_name_the_dotted_key(cli, translator_file, tmp_p
     assert unknown.stderr.strip() == ("Error: config key 'translate.tiling.tile_size': unknown key "
                                       "(known keys here: memory_budget, overlap, resolution, tile, tile_batch, tta, window, working_factor)")
     bad_tta = cli(*run, "--tta", "flip3")
-    assert bad_tta.stderr.strip() == ("Error: config key 'translate.tiling.tta': must be one of none, flip2, flip4; "
+    assert bad_tta.stderr.strip() == ("Error: config key 'translate.tiling.tta': must be one of none, flip2, flip4, rot4, rot8; "
                                       "got 'flip3'")
     no_sky = cli(*run, "--composite")
     assert no_sky.exit_code == 1

@@ -28,8 +28,9 @@ images the same way:
   unknown height and width, e.g. a SavedModel signature). Tiles of one shape
   are batched together (the regular ones, then the last column, the last row
   and the corner).
-* Optional flip test-time augmentation (`with_flip_tta`), averaged per tile
-  before blending.
+* Optional test-time augmentation (`with_tta`): flips, or the 90-degree
+  rotations (with flips: the dihedral group) of a fisheye frame that has no
+  "up", each undone and averaged per tile before blending.
 
 The grid and reflection helpers are written in TensorFlow ops so the same code
 runs eagerly (the numpy driver takes ``.numpy()``) and in a graph.
@@ -48,16 +49,18 @@ import tensorflow as tf
 from tfsky.errors import ConfigError
 
 Window = Literal["ramp", "constant", "gaussian", "hann", "spline"]
-Tta = Literal["none", "flip2", "flip4"]
+Tta = Literal["none", "flip2", "flip4", "rot4", "rot8"]
 Resolution = Literal["working", "full"]
 WINDOWS: tuple[str, ...] = ("ramp", "constant", "gaussian", "hann", "spline")
 PredictBatch = Callable[[object], object]  # [B, t, t, C] tiles -> [B, t, t, K] predictions
 
-# Axes of a [B, H, W, C] batch flipped by each TTA variant (identity first).
-_FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {
-    "none": ((),),
-    "flip2": ((), (2,)),
-    "flip4": ((), (2,), (1,), (1, 2)),
+# Each TTA variant's transforms of a [B, H, W, C] batch, identity first: (axes flipped, then quarter turns).
+_TRANSFORMS: dict[str, tuple[tuple[tuple[int, ...], int], ...]] = {
+    "none": (((), 0),),
+    "flip2": (((), 0), ((2,), 0)),
+    "flip4": (((), 0), ((2,), 0), ((1,), 0), ((1, 2), 0)),
+    "rot4": tuple(((), turns) for turns in range(4)),
+    "rot8": tuple((axes, turns) for axes in ((), (2,)) for turns in range(4)),
 }
 
 
@@ -93,8 +96,9 @@ class TilingConfig:
             cross-fade and sum to 1, so no step at tile borders), ``constant``, ``gaussian``, ``hann`` or
             ``spline``. Defaults to ``ramp``.
         tile_batch: int. Tiles per model call (``auto`` lowers it to fit the memory budget). Defaults to 8.
-        tta: str. Flip test-time augmentation: ``none``, ``flip2`` (+ horizontal flip) or ``flip4``
-            (+ vertical and both). Defaults to ``none``.
+        tta: str. Test-time augmentation (`with_tta`): ``none``, ``flip2`` (+ horizontal flip), ``flip4``
+            (+ vertical and both), ``rot4`` (the four 90-degree rotations) or ``rot8`` (those and their
+            mirror images: every orientation of a fisheye frame). Defaults to ``none``.
         resolution: str. ``working``: a model trained at a working scale
             (`tfsky.data.scale`) tiles the image resized to that scale and its
             probabilities are refined back to full size (`tfsky.predict.refine`);
@@ -389,24 +393,28 @@ def weight_profile(starts: tf.Tensor, length, window, last_window=None) -> tf.Te
     return tf.scatter_nd(tf.concat([positions, last_positions], 0), tf.concat([weights, last_window], 0), shape)
 
 
-def with_flip_tta(predict_batch: PredictBatch, tta: str | None) -> PredictBatch:
-    """Wrap ``predict_batch`` so each batch is also predicted flipped; flips are undone and averaged.
+def with_tta(predict_batch: PredictBatch, tta: str | None) -> PredictBatch:
+    """Wrap ``predict_batch`` so each batch is also predicted transformed (`_TRANSFORMS`); each prediction is
+    transformed back (rotated back, then flipped back) and the predictions are averaged.
 
-    One model call per flip keeps the batch size unchanged. Works on numpy
-    arrays and tensors, eagerly and in graphs.
+    One model call per transform keeps the batch size unchanged. A quarter turn swaps a tile's sides: every
+    tile of a fixed-size model is square, and a model taking any multiple of its size takes the swapped
+    sides too, so no tile needs padding. Works on numpy arrays and tensors, eagerly and in graphs.
     """
-    flips = _FLIPS[tta or "none"]
-    if len(flips) == 1:
+    transforms = _TRANSFORMS[tta or "none"]
+    if len(transforms) == 1:
         return predict_batch
 
     def predict(tiles):
         tiles = tf.convert_to_tensor(tiles)
         total = 0.0
-        for axes in flips:
-            flipped = tf.reverse(tiles, axes) if axes else tiles
-            pred = tf.cast(predict_batch(flipped), tf.float32)
+        for axes, turns in transforms:
+            moved = tf.reverse(tiles, axes) if axes else tiles
+            moved = tf.image.rot90(moved, turns) if turns else moved
+            pred = tf.cast(predict_batch(moved), tf.float32)
+            pred = tf.image.rot90(pred, 4 - turns) if turns else pred
             total += tf.reverse(pred, axes) if axes else pred
-        return total / len(flips)
+        return total / len(transforms)
 
     return predict
 
@@ -447,7 +455,7 @@ def sliding_window_inference(
             shapes.setdefault((h, w), []).append((y, x))
     ramp = overlap_pixels(tile, overlap)
     windows = {length: blend_window(length, tiling.window, ramp=ramp) for length in {tile, int(last_y), int(last_x)}}
-    predict = with_flip_tta(predict_batch, tiling.tta)
+    predict = with_tta(predict_batch, tiling.tta)
     total = None
     done, count = 0, len(rows) * len(cols)
     for (h, w), origins in shapes.items():
@@ -517,7 +525,7 @@ def sliding_window_graph(image: tf.Tensor, predict_batch: PredictBatch, tiling: 
     rows, cols = reflect_indices(height, padded_h), reflect_indices(width, padded_w)
     ramp = overlap_pixels(tile, overlap)
     window, window_y, window_x = (window_tensor(size, tiling.window, ramp=ramp) for size in (tile, last_y, last_x))
-    predict = with_flip_tta(predict_batch, tiling.tta)
+    predict = with_tta(predict_batch, tiling.tta)
 
     def group(ys, xs, h, w, window_h, window_w):
         grid_y, grid_x = tf.meshgrid(ys, xs, indexing="ij")

@@ -30,6 +30,7 @@ def evaluate_cloud_command(model: Path, data: Path, cfg, out_dir: Path, console:
         done = itertools.count(1)
         report = evaluate_cloud(
             model, data, split=cfg.split, threshold=cfg.threshold, out_dir=out_dir, tiling=cfg.tiling,
+            cover=cfg.cloud,
             on_image=lambda frame: status.update(f"evaluated {next(done)} frames (last: {frame})"),
         )
     summary = report.to_json()

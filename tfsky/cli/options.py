@@ -46,7 +46,8 @@ OverlapOption = Annotated[Optional[float], typer.Option(
 WindowOption = Annotated[Optional[str], typer.Option(
     help="Blend window: ramp | constant | gaussian | hann | spline (config: tiling.window).")]
 TileBatchOption = Annotated[Optional[int], typer.Option(help="Tiles per model call (config: tiling.tile_batch).")]
-TtaOption = Annotated[Optional[str], typer.Option(help="Flip TTA: none | flip2 | flip4 (config: tiling.tta).")]
+TtaOption = Annotated[Optional[str], typer.Option(
+    help="Test-time augmentation: none | flip2 | flip4 | rot4 | rot8 (rotations, for fisheye frames; config: tiling.tta).")]
 ResolutionOption = Annotated[Optional[str], typer.Option(
     help="working: at the model's working scale, refined to full size | full: tiles of the full image "
          "(config: tiling.resolution).")]

@@ -33,6 +33,9 @@ def predict_cli(
     camera_mask: Annotated[Optional[Path], typer.Option(
         help="Camera sky mask (tfsky streams skymask): frames without evidence (night, fog) take its sky "
         "(config: predict.camera_mask).")] = None,
+    sun: Annotated[Optional[bool], typer.Option(
+        "--sun/--no-sun", help="Cloud models: leave the sun disc out of the cloud fraction, as WSISEG leaves it "
+        "undefined (config: predict.cloud.sun; default: on).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
     engine: EngineOption = EngineName.local,
     address: AddressOption = None,
@@ -54,7 +57,7 @@ def predict_cli(
     from tfsky.errors import InputError
     from tfsky.predict.classify import classify_many, is_classifier
 
-    flags = {"threshold": threshold, "prob_format": prob_format, "camera_mask": camera_mask,
+    flags = {"threshold": threshold, "prob_format": prob_format, "camera_mask": camera_mask, "cloud.sun": sun,
              **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget)}
     cfg = command_config(PredictConfig, "predict", config, set_, flags)
     classifier = is_classifier(model)

@@ -11,7 +11,9 @@ rows, so they count in no loss and no metric (`tfsky.models.losses`).
 Several cameras may share one folder: each frame belongs to the camera whose
 ``frames`` range holds the frame number (the last run of digits in its file
 name, e.g. ``ASC100-1006_451.png`` -> 451). Train/val are split per frame,
-stratified by camera and by sky type (``labels_csv``).
+stratified by camera and by sky type (``labels_csv``). Frames in ``test_frames``
+ranges are held out of both into the cache's ``test`` split (cross-validation
+folds of consecutive frames: ``scripts/cloud_cv.py``).
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ class AllSkyConfig:
             holding every frame, without mask.
         image_column: str. ``labels_csv`` column with the frame file name. Defaults to ``image_name``.
         label_column: str. ``labels_csv`` column with the sky type. Defaults to ``sky_type``.
+        test_frames: list[list[int]]. ``[first, last]`` frame-number ranges (inclusive) held out of training
+            and validation into the cache's ``test`` split, which training never reads and
+            ``tfsky evaluate segmenter --split test`` scores. Defaults to ``[]``.
     """
 
     class_map: dict[str, int] = dataclasses.field(default_factory=lambda: dict(WSISEG_CLASS_MAP))
@@ -83,6 +88,7 @@ class AllSkyConfig:
     )
     image_column: str = "image_name"
     label_column: str = "sky_type"
+    test_frames: list[list[int]] = dataclasses.field(default_factory=list)
 
     def validate(self) -> None:
         if not self.class_map:
@@ -94,6 +100,9 @@ class AllSkyConfig:
                 raise ConfigError(f"class_map.{value}", f"class ids must be in 0..{IGNORE} ({IGNORE} = ignore)")
         if not self.cameras:
             raise ConfigError("cameras", "needs at least one camera")
+        for index, bounds in enumerate(self.test_frames):
+            if len(bounds) != 2 or bounds[0] > bounds[1]:
+                raise ConfigError(f"test_frames[{index}]", f"must be [first, last] with first <= last; got {bounds}")
 
     def lookup_table(self) -> np.ndarray:
         """``uint8[256]`` annotation value -> class id; values outside the map hold -1 as int16 to detect them."""
@@ -108,6 +117,12 @@ class AllSkyConfig:
         if number is None:
             return None
         return next((c for c in self.cameras if c.first_frame <= number <= c.last_frame), None)
+
+
+    def is_test_frame(self, path: Path) -> bool:
+        """Whether ``path``'s frame number lies in a ``test_frames`` range."""
+        number = frame_number(path)
+        return number is not None and any(first <= number <= last for first, last in self.test_frames)
 
 
 def frame_number(path: Path) -> Optional[int]:

@@ -15,7 +15,8 @@ The split is by *group* (a photo, or a webcam's camera), never by patch:
 within each source, groups are ranked by a hash of ``(split_seed, group)``
 and the first ``round(val_fraction * n)`` go to validation (at least one, and
 at least one left for training, when the source has two or more groups;
-sources with a single group are pooled for this).
+sources with a single group are pooled for this). Items marked ``test`` (all-sky
+``test_frames``) go to a third split, ``test``, before that, which training never reads.
 
 Atomicity and re-runs: the whole cache is built in a temporary sibling folder
 (``.<name>.*.part``) that replaces ``<cache>`` only once the manifest is
@@ -53,6 +54,7 @@ from tfsky.io.images import read_image
 MANIFEST = "manifest.json"
 FORMAT = "tfsky-cache/1"
 SPLITS = ("train", "val")
+TEST = "test"  # held-out split (all-sky ``test_frames``): written only when some item is marked test
 
 
 @dataclasses.dataclass
@@ -106,12 +108,15 @@ def prepare_cache(cfg: DataConfig, *, strict: bool = False, progress: bool = Tru
     """
     start = time.monotonic()
     items, skipped_sources = list_items(cfg)
-    splits = assign_splits([item for item in items if item.problem is None], cfg.val_fraction, cfg.split_seed)
+    usable = [item for item in items if item.problem is None]
+    splits = assign_splits([item for item in usable if not item.test], cfg.val_fraction, cfg.split_seed)
+    splits.update({item.group: TEST for item in usable if item.test})
     entries = [{"id": name, "status": "skipped", "reason": reason} for name, reason in skipped_sources]
     _stop_if_strict(entries, strict)
     remove_stale_temps(Path(cfg.cache))
     with atomic_dir(cfg.cache) as folder:
-        writers = {split: ShardWriter(folder, split, cfg.shard_size_mb * 2**20, cfg.compression) for split in SPLITS}
+        names = SPLITS + ((TEST,) if TEST in splits.values() else ())
+        writers = {split: ShardWriter(folder, split, cfg.shard_size_mb * 2**20, cfg.compression) for split in names}
         with _progress_bar(progress, len(items)) as advance:
             for item in items:
                 entries.append(_write_item(item, splits.get(item.group), cfg, writers))

@@ -46,6 +46,7 @@ class LabelledImage:
         stratum: Optional[str]. Split stratum (groups are split within it); None: the source.
         mask_loader: Optional[Callable[[int], np.ndarray]]. Loads the class mask (given
             ``max_pixels``) instead of thresholding ``mask_path`` (all-sky class maps).
+        test: bool. Held out of train and val into the ``test`` split (all-sky ``test_frames``).
     """
 
     id: str
@@ -60,6 +61,7 @@ class LabelledImage:
     problem: Optional[str] = None
     stratum: Optional[str] = None
     mask_loader: Optional[Callable[[int], np.ndarray]] = dataclasses.field(default=None, compare=False, repr=False)
+    test: bool = False
 
     def load_mask(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """The ``uint8`` ``H x W`` class-id mask (0/1 for binary sky).
@@ -196,4 +198,5 @@ def _allsky_folder(cfg: SourceConfig) -> Iterator[LabelledImage]:
             problem=problem,
             stratum=f"{cfg.name}/{camera.name if camera else '-'}/{sky_type or '-'}",
             mask_loader=functools.partial(allsky.load_class_mask, annotation, camera and camera.mask, settings),
+            test=settings.is_test_frame(path),
         )

@@ -20,6 +20,12 @@ Baselines (`tfsky.evaluate.cloud_baselines`) are fitted on the cache's
 so it is scored on the labelled pixels of a ``cloudnet_stride`` grid (every
 16th row and column by default; its cloud fraction comes from the same
 sample) — `scripts/bench_cloud.py` times it on whole frames.
+
+The sun (`tfsky.predict.sun`, unless ``cover.sun`` is off) is found as
+`tfsky predict` finds it and reported per frame and in ``sun``: how often,
+how much of the excluded disc the annotation leaves undefined (as WSISEG
+marks the sun) and how much of it the model called cloud. Scores stay on the
+annotation's labelled pixels, so the exclusion does not change them.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from tfsky.data.masks import Confusion, sky_mask, sky_probability
 from tfsky.errors import InputError
 from tfsky.evaluate.cloud_baselines import CLOUD, CloudBaselines, fit_cloud_baselines
 from tfsky.evaluate.report import Table, markdown_document, write_report
-from tfsky.predict.cloud import CONDITIONS, CloudCoverConfig, okta, sky_condition
+from tfsky.predict.cloud import CONDITIONS, CloudCoverConfig, FrameCover, okta, sky_condition
 from tfsky.predict.segment import TiledSegmenter
 from tfsky.tiling import TilingConfig
 
@@ -68,6 +74,7 @@ class FrameResult:
     camera: str
     sky_type: Optional[str]
     scores: dict[str, FrameScore]
+    sun: Optional[dict] = None
 
 
 def frame_score(cloud_pred: np.ndarray, truth: np.ndarray) -> FrameScore:
@@ -80,6 +87,36 @@ def frame_score(cloud_pred: np.ndarray, truth: np.ndarray) -> FrameScore:
     ], dtype=np.int64)  # fmt: skip
     count = max(int(labelled.sum()), 1)
     return FrameScore(confusion, 100.0 * truth_cloud.sum() / count, 100.0 * pred_cloud.sum() / count)
+
+
+def sun_score(frame_cover: FrameCover, image: np.ndarray, truth: np.ndarray, cloud: np.ndarray,
+              source: str) -> Optional[dict]:
+    """The frame's sun facts with the excluded pixels the annotation leaves undefined and those the model called
+    cloud."""
+    lens, _ = frame_cover.masks.valid_sky(image, source)
+    excluded, facts = frame_cover.sun(image, lens)
+    return {**facts, "undefined_pixels": int(np.count_nonzero(excluded & (truth == IGNORE))),
+            "model_cloud_pixels": int(np.count_nonzero(excluded & cloud))}
+
+
+def summarise_sun(frames: list[FrameResult]) -> Optional[dict]:
+    """Frames with a sun (overall and per sky type) and the shares of all excluded pixels undefined / called cloud."""
+    suns = [(frame, frame.sun) for frame in frames if frame.sun is not None]
+    if not suns:
+        return None
+    found = [(frame, sun) for frame, sun in suns if sun["found"]]
+    excluded = sum(sun["excluded_pixels"] for _, sun in found)
+    by_type: dict[str, list[int]] = {}
+    for frame, sun in suns:
+        by_type.setdefault(frame.sky_type or "-", [0, 0])[0] += sun["found"]
+        by_type[frame.sky_type or "-"][1] += 1
+    return {
+        "frames": len(suns), "found": len(found),
+        "found_by_sky_type": {sky_type: f"{hit}/{total}" for sky_type, (hit, total) in sorted(by_type.items())},
+        "excluded_pixels": excluded,
+        "undefined_share": sum(sun["undefined_pixels"] for _, sun in found) / excluded if excluded else None,
+        "model_cloud_share": sum(sun["model_cloud_pixels"] for _, sun in found) / excluded if excluded else None,
+    }
 
 
 def summarise(frames: list[FrameResult], name: str, cover: CloudCoverConfig) -> dict:
@@ -143,12 +180,13 @@ class CloudEvalReport:
             "cloud_cover": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self.cover).items()},
             "baselines": self.baselines.to_json(),
             "counts": {"evaluated": len(self.frames), "skipped": len(self.skipped)},
+            "sun": {group: summarise_sun(frames) for group, frames in self.groups().items()},
             "results": {
                 group: {name: summarise(frames, name, self.cover) for name in self.predictors}
                 for group, frames in self.groups().items()
             },
             "frames": [
-                {"id": f.id, "camera": f.camera, "sky_type": f.sky_type,
+                {"id": f.id, "camera": f.camera, "sky_type": f.sky_type, "sun": f.sun,
                  **{name: score.to_json() for name, score in f.scores.items()}}
                 for f in self.frames
             ],
@@ -188,6 +226,7 @@ def evaluate_cloud(
     if split not in manifest["splits"]:
         raise InputError(data, f"the cache has no split {split!r} (it has: {', '.join(manifest['splits'])})")
     camera_of = _camera_lookup(manifest)
+    frame_cover = FrameCover(cover, threshold, segmenter.info) if cover.sun else None
     baselines = fit_cloud_baselines(
         ((c.image, c.mask) for c in iter_cached(data, "train")), with_cloudnet=with_cloudnet
     )
@@ -207,7 +246,8 @@ def evaluate_cloud(
         scores.update({n: frame_score(m, truth) for n, m in baselines.threshold_masks(cached.image).items()})
         if with_cloudnet:
             scores["cloudnet"] = _cloudnet_score(baselines, cached.image, truth, cloudnet_stride)
-        frames.append(FrameResult(cached.id, camera_of(cached.id), cached.condition, scores))
+        sun = sun_score(frame_cover, cached.image, truth, cloud, cached.id) if frame_cover else None
+        frames.append(FrameResult(cached.id, camera_of(cached.id), cached.condition, scores, sun))
         if on_image:
             on_image(cached.id)
     if not frames:
@@ -285,6 +325,13 @@ def report_markdown(summary: dict) -> str:
         f"R - B >= {b['thresholds']['red_minus_blue']:.1f}; CloudNet trained on {b['cloudnet_patches']} patches "
         f"({b['cloudnet_epochs']} epochs), scored on every {summary['cloudnet_stride']}th row and column.",
     ]
+    sun = summary["sun"][OVERALL]
+    if sun:
+        shares = (f"{sun['undefined_share']:.0%} of its {sun['excluded_pixels']} excluded pixels undefined in the "
+                  f"annotation, {sun['model_cloud_share']:.0%} called cloud by the model" if sun["excluded_pixels"]
+                  else "nothing excluded")
+        paragraphs.append(f"Sun found on {sun['found']} of {sun['frames']} frames ({shares}); by sky type: "
+                          + ", ".join(f"{t} {n}" for t, n in sun["found_by_sky_type"].items()) + ".")
     tables = [results_table(summary, group) for group in summary["results"]]
     tables.append(condition_table(summary))
     if summary["skipped"]:

@@ -7,6 +7,7 @@ from typing import Optional
 
 from tfsky.errors import ConfigError
 from tfsky.evaluate.metrics import BOUNDARY_BAND
+from tfsky.predict.cloud import CloudCoverConfig
 from tfsky.tiling import TilingConfig
 
 
@@ -22,12 +23,14 @@ class EvaluateConfig:
         band: float. Segmenters: boundary F1 tolerance in pixels. Defaults to 3.
         tiling: TilingConfig. Tiles, blending and flip TTA, as ``tfsky predict`` takes them
             (``tile: null`` = the model's training tile).
+        cloud: CloudCoverConfig. Cloud models: the cloud-cover settings of ``tfsky predict`` (the sun search).
     """
 
     split: str = "val"
     threshold: Optional[float] = None
     band: float = BOUNDARY_BAND
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
+    cloud: CloudCoverConfig = dataclasses.field(default_factory=CloudCoverConfig)
 
     def validate(self) -> None:
         if self.threshold is not None and not 0 <= self.threshold <= 1:

@@ -10,8 +10,9 @@ of its size in which at most ``mask_fit_dark_pct`` % of the pixels are dark
 in the frame. The candidates are, by default, the masks of the cameras the
 model was trained on (its all-sky sources' ``allsky.cameras``); on WSISEG a
 camera-1 frame is dark on at most 0.54 % of ``mask_cam.png`` and a camera-2
-frame on 20.4 %. ``camera_mask`` instead forces one mask on every frame. On
-the valid pixels:
+frame on 20.4 %. ``camera_mask`` instead forces one mask on every frame. The sun
+disc (`tfsky.predict.sun`) is taken out of the valid pixels unless ``sun`` is
+off, as WSISEG leaves it undefined. On the valid pixels:
 
 * cloud fraction = cloud pixels / valid pixels, in percent (a cloud pixel has
   P(cloud) >= the job's threshold: softmax channel 1,
@@ -43,6 +44,7 @@ import numpy as np
 
 from tfsky.data.masks import sky_mask
 from tfsky.errors import ConfigError, InputError
+from tfsky.predict.sun import find_sun, sun_facts
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -76,6 +78,11 @@ class CloudCoverConfig:
             points of 0 % (100 %) is completely clear, 0 okta (overcast, 8 okta). Defaults to 0.5.
         clear_max_okta: int. Condition ``clear`` up to this okta. Defaults to 1.
         overcast_min_okta: int. Condition ``overcast`` from this okta. Defaults to 7.
+        sun: bool. Find the sun disc and leave it out of the cloud fraction (`tfsky.predict.sun`;
+            `tfsky predict` and `tfsky evaluate`, not the served ``predict_cloud`` signature). Defaults to True.
+        sun_level: int. A sun pixel is >= this in every channel (0..255 scale). Defaults to 250.
+        sun_margin_px: float. Pixels excluded beyond the saturated disc's radius (WSISEG camera 1: 3,
+            camera 2's wider halo: 33). Defaults to 3.
     """
 
     camera_mask: Optional[Path] = None
@@ -86,6 +93,9 @@ class CloudCoverConfig:
     okta_tolerance_pp: float = 0.5
     clear_max_okta: int = 1
     overcast_min_okta: int = 7
+    sun: bool = True
+    sun_level: int = 250
+    sun_margin_px: float = 3.0
 
     def validate(self) -> None:
         if self.camera_mask is not None and not Path(self.camera_mask).is_file():
@@ -100,6 +110,10 @@ class CloudCoverConfig:
         if not 0 <= self.okta_tolerance_pp < 100 / OKTAS / 2:
             raise ConfigError("okta_tolerance_pp", f"must be in 0..{100 / OKTAS / 2} (half an okta); "
                               f"got {self.okta_tolerance_pp}")
+        if not 0 < self.sun_level <= 255:
+            raise ConfigError("sun_level", f"must be in 1..255; got {self.sun_level}")
+        if self.sun_margin_px < 0:
+            raise ConfigError("sun_margin_px", f"must be >= 0; got {self.sun_margin_px}")
         if not 0 <= self.clear_max_okta < self.overcast_min_okta <= OKTAS:
             raise ConfigError("overcast_min_okta", f"must satisfy 0 <= clear_max_okta ({self.clear_max_okta}) < "
                               f"overcast_min_okta ({self.overcast_min_okta}) <= {OKTAS}")
@@ -166,9 +180,12 @@ def bright_pixels(image: np.ndarray, dark_level: int) -> np.ndarray:
 
 
 def cloud_cover(
-    cloud: np.ndarray, valid: np.ndarray, cfg: CloudCoverConfig, source: str | Path = "image"
+    cloud: np.ndarray, valid: np.ndarray, cfg: CloudCoverConfig, source: str | Path = "image",
+    lens: Optional[np.ndarray] = None,
 ) -> dict[str, object]:
     """The cloud-cover facts of one frame from its boolean cloud mask and valid-pixel mask.
+
+    ``lens`` (defaults to ``valid``) is what the fisheye model is fitted to: the whole view, sun included.
 
     Returns:
         dict with ``cloud_fraction_pct``, ``cloud_fraction_solid_angle_pct``,
@@ -182,7 +199,7 @@ def cloud_cover(
     if count == 0:
         raise InputError(source, "no valid sky pixel (outside the camera mask or dark): cloud fraction undefined")
     fraction = 100.0 * np.count_nonzero(cloud & valid) / count
-    fisheye = FisheyeModel.fit(valid, cfg.projection)
+    fisheye = FisheyeModel.fit(valid if lens is None else lens, cfg.projection)
     weights = fisheye.solid_angle_weights(valid.shape) * valid
     total = float(weights.sum())
     weighted = 100.0 * float(weights[cloud].sum()) / total if total > 0 else fraction
@@ -346,17 +363,27 @@ class FrameCover:
         self.cfg, self.threshold = cfg, threshold
         self.masks = CameraMasks(cfg, info)
 
+    def sun(self, image: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, dict[str, object] | None]:
+        """``(excluded sun pixels, the facts' sun entry)`` of a frame within its ``lens``; None when ``sun`` is off."""
+        if not self.cfg.sun:
+            return np.zeros(lens.shape, bool), None
+        disc = find_sun(image, lens, self.cfg.sun_level, self.cfg.sun_margin_px)
+        excluded = disc.mask(lens.shape) & lens if disc else np.zeros(lens.shape, bool)
+        return excluded, sun_facts(disc, int(np.count_nonzero(excluded)))
+
     def __call__(
         self, image: np.ndarray, cloud_prob: np.ndarray, source: str | Path
     ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
         """``(cloud mask, valid mask, facts)`` of one frame; the facts name the camera mask used (None: the
-        frame's bright pixels) and carry the timestamp of its name.
+        frame's bright pixels), the sun left out of the valid mask and the timestamp of the frame's name.
 
         Raises:
             InputError: the forced camera mask has another size, or no pixel is valid sky.
         """
-        valid, mask = self.masks.valid_sky(image, source)
+        lens, mask = self.masks.valid_sky(image, source)
+        excluded, sun = self.sun(image, lens)
+        valid = lens & ~excluded
         cloud = sky_mask(cloud_prob, self.threshold) & valid
-        facts = cloud_cover(cloud, valid, self.cfg, source)
-        return cloud, valid, {**facts, "camera_mask": str(mask.path) if mask else None,
+        facts = cloud_cover(cloud, valid, self.cfg, source, lens=lens)
+        return cloud, valid, {**facts, "camera_mask": str(mask.path) if mask else None, "sun": sun,
                               "timestamp": timestamp_from_name(Path(source).name)}

@@ -45,7 +45,7 @@ from tfsky.evaluate.translator import psnr
 from tfsky.io.atomic import atomic_path, write_json
 from tfsky.io.images import read_image
 from tfsky.io.writers import write_png
-from tfsky.models.bundle import info_path, load_info
+from tfsky.models.bundle import ModelKind, info_path, load_info
 from tfsky.predict.colorize import TiledColorizer
 from tfsky.tiling import TilingConfig
 from tfsky.train.config import TranslatorConfig, trained_config
@@ -58,14 +58,6 @@ BASELINES = METHODS[2:]
 METRICS = ("psnr", "ssim", "ab_l1", "colourfulness", "colourfulness_error")
 THUMB_WIDTH = 256
 _L_BINS = 101  # 1-unit lightness bins, 0..100
-
-
-def is_colorizer_file(model: Path) -> bool:
-    """True when ``model``'s sidecar says it is a colorizer; False when it is another model or unreadable."""
-    try:
-        return load_info(model).task == "colorize"
-    except InputError:
-        return False  # the translator evaluation reports the problem
 
 
 def colourfulness(rgb: np.ndarray) -> float:
@@ -180,7 +172,7 @@ def evaluate_colorizer(
 
     if split not in ("train", "val"):
         raise ConfigError("evaluate.split", f"must be train or val for a colorizer; got {split!r}")
-    info = load_info(model_path, kind="colorizer")
+    info = load_info(model_path, kind=ModelKind.COLORIZER)
     cfg = trained_config(info, TranslatorConfig, model_path)
     paths = colour_split(cfg.colour)
     if not paths[split]:
@@ -352,7 +344,7 @@ def fit_chroma_gate(model_path: Path, tiling: TilingConfig | None = None,
         InputError: the model is not a colorizer, or none of its training images can be read.
     """
     start = time.monotonic()
-    info = load_info(model_path, kind="colorizer")
+    info = load_info(model_path, kind=ModelKind.COLORIZER)
     paths = colour_split(trained_config(info, TranslatorConfig, model_path).colour)["train"]
     colorizer = TiledColorizer.load(model_path, tiling)
     chroma, model_psnr, grey_psnr = [], [], []

@@ -14,7 +14,7 @@ signatures all return float32 (a mixed-precision model is cast at the output):
   `tfsky.tiling.sliding_window_graph`, with the same defaults as ``tfsky
   predict``. 8-bit images decode to uint8, 16-bit PNGs to uint16, exactly as
   `tfsky.io.images.read_image` returns them.
-* ``predict_cloud`` (cloud models, `tfsky.predict.cloud.is_cloud_model`):
+* ``predict_cloud`` (cloud models, `tfsky.models.bundle.ModelKind.CLOUD`):
   ``image_bytes`` [n] -> ``class_mask_png_bytes`` (255 cloud, 100 clear sky,
   0 outside the valid sky: the camera mask that fits the frame, else its
   pixels brighter than ``dark_level``, as ``tfsky predict`` chooses them,
@@ -59,8 +59,8 @@ from tfsky.export import metadata, warmup
 from tfsky.export.config import ExportConfig
 from tfsky.io.atomic import atomic_dir, prepare_out_dir, write_json
 from tfsky.io.images import DEFAULT_MAX_PIXELS
-from tfsky.models.bundle import ModelInfo, load_info, load_model
-from tfsky.predict.cloud import CameraMasks, CloudCoverConfig, is_cloud_model
+from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
+from tfsky.predict.cloud import CameraMasks, CloudCoverConfig
 from tfsky.predict.classify import WeatherClassifier
 from tfsky.predict.outputs import CLASS_PNG_VALUES
 from tfsky.predict.refine import refine_graph
@@ -102,7 +102,7 @@ class SegmenterModule(tf.Module):
         self.positive = 0 if info.classes == 1 else SKY_CLASS  # the channel drawn as the mask
         self.threshold = info.threshold
         self.working_scale = predicted_scale(info, self.tiling)
-        cost = CLOUD_BYTES_PER_PIXEL if is_cloud_model(info) else SEGMENTER_BYTES_PER_PIXEL
+        cost = CLOUD_BYTES_PER_PIXEL if info.kind is ModelKind.CLOUD else SEGMENTER_BYTES_PER_PIXEL
         self.max_pixels = pixel_limit(max_pixels, requested.memory_budget, cost)
         self.predict_tiles = tf.function(
             self._predict_tiles, input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)]
@@ -113,7 +113,7 @@ class SegmenterModule(tf.Module):
             hdr_inputs = [tf.TensorSpec([None], tf.string), tf.TensorSpec([None, 3], tf.int32)]
             self.predict_hdr = tf.function(self._predict_hdr, input_signature=hdr_inputs)
         self.predict_cloud = None
-        if is_cloud_model(info):
+        if info.kind is ModelKind.CLOUD:
             self.camera_masks = CameraMasks(cloud or CloudCoverConfig(), info)
             self.predict_cloud = tf.function(self._predict_cloud, input_signature=[tf.TensorSpec([None], tf.string)])
 
@@ -362,15 +362,15 @@ def export_model(
     if not _NAME.match(name):
         raise InputError(name, "model name must be letters, digits, '_', '.' or '-' (it is a folder name)")
     classifier = None
-    task = load_info(model_path).task
-    if task == "classifier":
+    kind = load_info(model_path).kind
+    if kind is ModelKind.CLASSIFIER:
         classifier = WeatherClassifier.load(model_path, precision)
         model, info = classifier.model, classifier.info
-    elif task == "colorize":
-        model, info = load_model(model_path, precision=precision, kind="colorizer")
+    elif kind is ModelKind.COLORIZER:
+        model, info = load_model(model_path, precision=precision, kind=ModelKind.COLORIZER)
     else:
-        model, info = load_model(model_path, precision=precision, kind="segmenter")
-        if info.classes != 1 and not is_cloud_model(info):
+        model, info = load_model(model_path, precision=precision, kind=ModelKind.SEGMENTER)
+        if info.classes != 1 and info.kind is not ModelKind.CLOUD:
             raise InputError(model_path, f"only 1-class segmenters and cloud models can be exported; this one has "
                              f"{info.classes} classes")
     model_dir = Path(repo) / name
@@ -384,7 +384,7 @@ def export_model(
         from tfsky.export.classifier import ClassifierModule  # it builds on this module's decoder
 
         module = ClassifierModule(classifier, tiling.memory_budget if tiling else None, max_pixels)
-    elif task == "colorize":
+    elif kind is ModelKind.COLORIZER:
         from tfsky.export.colorize import ColorizerModule  # it builds on this module's decoder
 
         module = ColorizerModule(model, info, tiling, model_path, max_pixels)

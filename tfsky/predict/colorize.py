@@ -37,7 +37,7 @@ from tfsky.data.colour import AB_SCALE, fit_gamut, lab_to_rgb, rgb_to_lab, unit_
 from tfsky.io.images import read_image
 from tfsky.io.writers import write_png
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
-from tfsky.models.bundle import ModelInfo, load_info, load_model
+from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
 from tfsky.models.colorize import coarse_chroma, split_inference_model, upsample_hints
 from tfsky.tiling import (TilingConfig, available_memory, choose_tiling, compiled_forward, model_tiling,
                           sliding_window_inference)
@@ -89,7 +89,7 @@ class TiledColorizer:
     @classmethod
     def load(cls, path: str | Path, tiling: TilingConfig | None = None) -> "TiledColorizer":
         """Load a colorizer model file; any other model is an `InputError` naming what it is."""
-        model, info = load_model(path, kind="colorizer")
+        model, info = load_model(path, kind=ModelKind.COLORIZER)
         return cls(model, info, tiling, path)
 
     def predict_tiles(self, tiles) -> tf.Tensor:
@@ -219,7 +219,7 @@ class ColorizeTask(Task):
         self.colorizer: Optional[TiledColorizer] = None
 
     def check(self) -> None:
-        load_info(self.model_path, kind="colorizer")
+        load_info(self.model_path, kind=ModelKind.COLORIZER)
 
     def outputs(self, stem: Path) -> list[Path]:
         return [stem.parent / f"{stem.name}_colour.png"]

@@ -186,8 +186,9 @@ def translator(
 def _evaluate_colorizer(model: Path, cfg, out_dir: Path, console, fit_gate: bool) -> None:
     """`tfsky evaluate translator` on a colorizer (its gate fitted first with ``fit_gate``); exits 1 when an
     image had to be skipped."""
-    from tfsky.evaluate.colorize import evaluate_colorizer, fit_chroma_gate, summary_table
+    from tfsky.evaluate.colorize import evaluate_colorizer, summary_table
     from tfsky.evaluate.report import rich_table
+    from tfsky.train.chroma_gate import fit_chroma_gate
 
     if fit_gate:
         with console.status("fitting the chroma gate on the training split...") as status:

@@ -4,7 +4,7 @@ Signatures (``serving_default`` is ``colorize_image``):
 
 * ``colorize_image``: ``image_bytes`` [n], encoded PNG/JPEG/BMP/GIF (8 or 16 bits, grey or colour,
   any size) -> ``png_bytes`` [n]: the colour image as an 8-bit RGB PNG at the input's size.
-  The graph is `tfsky.predict.colorize.TiledColorizer` in TensorFlow ops: L of the decoded image
+  The graph is `tfsky.models.colorize_frames.FrameColorizer` in TensorFlow ops: L of the decoded image
   (`tfsky.export.decode.decode_normalised`), the generator on L squeezed to its input size,
   the hints upsampled to full size (`upsample_hints`), the refinement through the in-graph tiling
   (`tfsky.tiling.sliding_window_graph`) and the input's L with the predicted ab converted to sRGB (desaturated onto the gamut, `fit_gamut`).
@@ -28,7 +28,7 @@ from tfsky.export.decode import decode_normalised, pixel_limit
 from tfsky.export.warmup import WarmupInputs
 from tfsky.models.bundle import ModelInfo, ModelKind, load_model
 from tfsky.models.colorize import coarse_chroma, split_inference_model, upsample_hints
-from tfsky.predict.colorize import DEFAULT_TILE
+from tfsky.models.colorize_frames import DEFAULT_TILE
 from tfsky.tiling import AUTO, TilingConfig, model_tiling, sliding_window_graph
 from tfsky.train.config import TranslatorConfig, trained_config
 

@@ -25,6 +25,7 @@ from tfsky.io.atomic import atomic_path, write_json
 if TYPE_CHECKING:
     from tfsky.models.precision import InferencePrecision
 
+
 class ModelKind(str, enum.Enum):
     """What a saved model is, and so which command, exporter and served signatures it takes.
 

@@ -21,7 +21,7 @@ from tfsky.evaluate.colorize import colourfulness
 from tfsky.io.images import read_image
 from tfsky.models.bundle import load_info, load_model
 from tfsky.models.colorize import rebalance_weights, upsample_hints
-from tfsky.evaluate.colorize import best_gate_threshold
+from tfsky.train.chroma_gate import best_gate_threshold
 from tfsky.train.config import TranslatorConfig
 from tfsky.train.runner import read_history
 from tfsky.train.translator import train_translator

@@ -16,7 +16,8 @@ from tfsky.data.scale import resize_image, resize_mask, working_size
 from tfsky.data.transforms import Preprocess
 from tfsky.errors import ConfigError
 from tfsky.io.writers import write_mask_png, write_png
-from tfsky.export.savedmodel import SegmenterModule, export_model
+from tfsky.export.savedmodel import export_model
+from tfsky.export.segmenter import SegmenterModule
 from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.predict.refine import refine, refine_graph
 from tfsky.predict.segment import TiledSegmenter, segmenter_tiling

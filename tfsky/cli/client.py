@@ -69,24 +69,26 @@ def predict(
     (tfsky predict); a colorizer writes <stem>_colour.png (tfsky colorize). --tiles is for a sky segmenter only.
     Server and model come from the ``client:`` section of --config, then --set, then the flags above.
     """
+    from tfsky.models.bundle import ModelKind
     from tfsky.serving.classify_jobs import classify_files
     from tfsky.serving.colorize_jobs import colorize_files
     from tfsky.serving.jobs import segment_files
 
+    jobs = {  # what each served kind writes (its local command's files)
+        ModelKind.SEGMENTER: lambda **job: segment_files(**job, tiles_from=tiles, cloud=False),
+        ModelKind.CLOUD: lambda **job: segment_files(**job, tiles_from=tiles, cloud=True),
+        ModelKind.CLASSIFIER: classify_files,
+        ModelKind.COLORIZER: colorize_files,
+    }
     cfg, client = connect(config, set_, server=server, model=model, version=version, label=label, rest=rest,
                           timeout=timeout, retries=retries)
     with client:
         # --tiles: the export folder says what the model is (a sky segmenter, or a one-line error)
-        kind = "segmenter" if tiles is not None else client.served_kind(cfg.model, version=cfg.version, label=cfg.label)
-        job = dict(version=cfg.version, label=cfg.label, overwrite=overwrite)
+        kind = (ModelKind.SEGMENTER if tiles is not None
+                else client.served_kind(cfg.model, version=cfg.version, label=cfg.label))
         with JobProgress(quiet) as listener:
-            if kind == "classifier":
-                report = classify_files(client, cfg.model, inputs, out, listener=listener, **job)
-            elif kind == "colorizer":
-                report = colorize_files(client, cfg.model, inputs, out, listener=listener, **job)
-            else:
-                report = segment_files(client, cfg.model, inputs, out, tiles_from=tiles, cloud=kind == "cloud",
-                                       listener=listener, **job)
+            report = jobs[kind](client=client, model=cfg.model, inputs=inputs, out=out, listener=listener,
+                                version=cfg.version, label=cfg.label, overwrite=overwrite)
     finish(report, out, quiet)
 
 

@@ -9,18 +9,6 @@ import typer
 from rich.console import Console
 
 
-def is_cloud_model_file(model: Path) -> bool:
-    """True for a tfsky cloud model (`tfsky.predict.cloud.is_cloud_model`); False if its sidecar is unreadable."""
-    from tfsky.errors import InputError
-    from tfsky.models.bundle import load_info
-    from tfsky.predict.cloud import is_cloud_model
-
-    try:
-        return is_cloud_model(load_info(model))
-    except InputError:
-        return False  # the segmenter evaluation reports the problem
-
-
 def evaluate_cloud_command(model: Path, data: Path, cfg, out_dir: Path, console: Console) -> None:
     """Run `tfsky.evaluate.cloud.evaluate_cloud` with the evaluate config ``cfg``; print the tables; exit 1 on skips."""
     from tfsky.evaluate.cloud import condition_table, evaluate_cloud, results_table

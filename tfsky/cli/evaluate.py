@@ -69,9 +69,10 @@ def segmenter(
     cfg = command_config(EvaluateConfig, "evaluate", config, set_, flags)
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
-    from tfsky.cli.cloud import evaluate_cloud_command, is_cloud_model_file
+    from tfsky.cli.cloud import evaluate_cloud_command
+    from tfsky.models.bundle import ModelKind, kind_of
 
-    if is_cloud_model_file(model):  # two-class all-sky model: cloud metrics and cloud baselines
+    if kind_of(model) is ModelKind.CLOUD:  # cloud metrics and cloud baselines (an unreadable model: reported below)
         return evaluate_cloud_command(model, data, cfg, out_dir, console)
     with console.status("loading the model, fitting the baselines...") as status:
         done = itertools.count(1)
@@ -152,7 +153,6 @@ def translator(
     from rich.console import Console
 
     from tfsky.errors import ConfigError
-    from tfsky.evaluate.colorize import is_colorizer_file
     from tfsky.evaluate.config import EvaluateConfig
     from tfsky.evaluate.report import rich_table
     from tfsky.evaluate.translator import evaluate_translator, summary_table
@@ -161,7 +161,9 @@ def translator(
                          {"split": split, **tiling_flags(tile, overlap, window, tile_batch, tta, memory_budget=memory_budget)})
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
-    if is_colorizer_file(model):
+    from tfsky.models.bundle import ModelKind, kind_of
+
+    if kind_of(model) is ModelKind.COLORIZER:  # an unreadable model: the translator evaluation reports it
         return _evaluate_colorizer(model, cfg, out_dir, console, fit_gate)
     if fit_gate:
         raise ConfigError("--fit-gate", "is for a colorizer (model.kind colorize) only")
@@ -184,8 +186,9 @@ def translator(
 def _evaluate_colorizer(model: Path, cfg, out_dir: Path, console, fit_gate: bool) -> None:
     """`tfsky evaluate translator` on a colorizer (its gate fitted first with ``fit_gate``); exits 1 when an
     image had to be skipped."""
-    from tfsky.evaluate.colorize import evaluate_colorizer, fit_chroma_gate, summary_table
+    from tfsky.evaluate.colorize import evaluate_colorizer, summary_table
     from tfsky.evaluate.report import rich_table
+    from tfsky.train.chroma_gate import fit_chroma_gate
 
     if fit_gate:
         with console.status("fitting the chroma gate on the training split...") as status:

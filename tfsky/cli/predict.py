@@ -53,14 +53,15 @@ def predict_cli(
     With a weather classifier: a JSON sidecar per image with the class probabilities, and classification.csv
     for the job (the segmenter options are refused).
     """
-    from tfsky.predict.batch import PredictConfig, predict_many
     from tfsky.errors import InputError
-    from tfsky.predict.classify import classify_many, is_classifier
+    from tfsky.models.bundle import ModelKind, kind_of
+    from tfsky.predict.batch import PredictConfig, predict_many
+    from tfsky.predict.classify import classify_many
 
     flags = {"threshold": threshold, "prob_format": prob_format, "camera_mask": camera_mask, "cloud.sun": sun,
              **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget)}
     cfg = command_config(PredictConfig, "predict", config, set_, flags)
-    classifier = is_classifier(model)
+    classifier = kind_of(model) is ModelKind.CLASSIFIER  # anything else goes the segmenter's way, and its checks
     segmenter_flags = [f"--{key.split('.')[-1].replace('_', '-')}" for key, value in flags.items() if value is not None]
     if classifier and segmenter_flags:
         raise InputError(model, f"is a weather classifier: {', '.join(segmenter_flags)} apply to segmenters only")

@@ -320,3 +320,14 @@ def ab_bin_index(ab, bin_size: float):
     else:
         cell = tf.cast(tf.clip_by_value(tf.floor((ab + AB_SCALE) / bin_size), 0, bins - 1), tf.int32)
     return cell[..., 0] * bins + cell[..., 1]
+
+
+def read_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, Lab, sRGB in [0, 1])`` of a colour image as the evaluation (and the gate's fit) compare to it.
+
+    Raises:
+        InputError: unreadable or HDR.
+    """
+    image = read_image(path)
+    truth_lab = lab_of(image, path)
+    return image, truth_lab, lab_to_rgb(truth_lab).numpy()

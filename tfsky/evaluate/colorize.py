@@ -31,21 +31,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from tfsky.data.colour import colour_split, fit_gamut, lab_of, lab_to_rgb, load_frames
+from tfsky.data.colour import colour_split, fit_gamut, lab_of, lab_to_rgb, load_frames, read_truth
 from tfsky.errors import InputError
 from tfsky.evaluate.report import Table, markdown_document, write_report
-from tfsky.evaluate.translator import psnr
-from tfsky.io.atomic import atomic_path, write_json
-from tfsky.io.images import read_image
+from tfsky.io.atomic import atomic_path
 from tfsky.io.writers import write_png
-from tfsky.models.bundle import info_path, load_info
+from tfsky.models.bundle import ModelKind, load_info
+from tfsky.models.image_quality import psnr
 from tfsky.predict.colorize import TiledColorizer
 from tfsky.tiling import TilingConfig
 from tfsky.train.config import TranslatorConfig, trained_config
@@ -60,31 +58,12 @@ THUMB_WIDTH = 256
 _L_BINS = 101  # 1-unit lightness bins, 0..100
 
 
-def is_colorizer_file(model: Path) -> bool:
-    """True when ``model``'s sidecar says it is a colorizer; False when it is another model or unreadable."""
-    try:
-        return load_info(model).task == "colorize"
-    except InputError:
-        return False  # the translator evaluation reports the problem
-
-
 def colourfulness(rgb: np.ndarray) -> float:
     """Hasler and Suesstrunk's colourfulness of sRGB in [0, 1] (computed on the 0..255 scale)."""
     pixels = rgb.reshape(-1, 3).astype(np.float64) * 255
     rg = pixels[:, 0] - pixels[:, 1]
     yb = 0.5 * (pixels[:, 0] + pixels[:, 1]) - pixels[:, 2]
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
-
-
-def read_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(image, Lab, sRGB in [0, 1])`` of a colour image as the evaluation (and the gate's fit) compare to it.
-
-    Raises:
-        InputError: unreadable or HDR.
-    """
-    image = read_image(path)
-    truth_lab = lab_of(image, path)
-    return image, truth_lab, lab_to_rgb(truth_lab).numpy()
 
 
 @dataclasses.dataclass
@@ -180,7 +159,7 @@ def evaluate_colorizer(
 
     if split not in ("train", "val"):
         raise ConfigError("evaluate.split", f"must be train or val for a colorizer; got {split!r}")
-    info = load_info(model_path, kind="colorizer")
+    info = load_info(model_path, kind=ModelKind.COLORIZER)
     cfg = trained_config(info, TranslatorConfig, model_path)
     paths = colour_split(cfg.colour)
     if not paths[split]:
@@ -305,74 +284,3 @@ def _draw_psnr_distribution(report: ColorizeReport, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
-
-
-@dataclasses.dataclass
-class GateFit:
-    """The chroma gate fitted on the training split and what it did there (mean PSNR in dB)."""
-
-    threshold: Optional[float]  # None: no gate beats the ungated model
-    images: int
-    gated: int
-    gated_psnr: float
-    model_psnr: float
-    grey_psnr: float
-    seconds: float
-
-    def summary(self) -> str:
-        gate = "none (no threshold beats the ungated model)" if self.threshold is None else f"{self.threshold:.2f}"
-        return (f"chroma gate {gate}, fitted on {self.images} training images: {self.gated} grey; mean PSNR "
-                f"{self.gated_psnr:.2f} dB gated, {self.model_psnr:.2f} ungated, {self.grey_psnr:.2f} grey "
-                f"({self.seconds:.0f} s)")
-
-
-def best_gate_threshold(chroma, model_psnr, grey_psnr) -> Optional[float]:
-    """The gate maximising the mean PSNR of grey where ``chroma < gate`` and the model elsewhere, or None.
-
-    Candidates are the midpoints between consecutive observed statistics and one above the largest (all
-    grey); None (no gate) wins ties, so a gate is stored only where it strictly helps.
-    """
-    chroma, model_psnr, grey_psnr = (np.asarray(v, np.float64) for v in (chroma, model_psnr, grey_psnr))
-    values = np.unique(chroma)
-    candidates = np.concatenate([(values[:-1] + values[1:]) / 2, [values[-1] + 1]])
-    gated = chroma[None, :] < candidates[:, None]
-    means = np.where(gated, grey_psnr[None, :], model_psnr[None, :]).mean(axis=1)
-    best = int(np.argmax(means))
-    return float(candidates[best]) if means[best] > model_psnr.mean() else None
-
-
-def fit_chroma_gate(model_path: Path, tiling: TilingConfig | None = None,
-                    on_image: Optional[Callable[[Path], None]] = None) -> GateFit:
-    """Fit the chroma gate of the colorizer at ``model_path`` on its training split; store it in the sidecar.
-
-    Every training image is colorized at its native size with the gate off, as the evaluation reads it;
-    its gate statistic, model PSNR and grey PSNR (the gated output) go to `best_gate_threshold`.
-
-    Raises:
-        InputError: the model is not a colorizer, or none of its training images can be read.
-    """
-    start = time.monotonic()
-    info = load_info(model_path, kind="colorizer")
-    paths = colour_split(trained_config(info, TranslatorConfig, model_path).colour)["train"]
-    colorizer = TiledColorizer.load(model_path, tiling)
-    chroma, model_psnr, grey_psnr = [], [], []
-    for path in paths:
-        try:
-            image, _, truth = read_truth(path)
-        except InputError as err:
-            log.warning("chroma gate: skipped %s", err)
-            continue
-        colorized = colorizer.colorize_frame(image, path, gate=False)
-        chroma.append(colorized.chroma)
-        model_psnr.append(psnr(colorized.rgb / np.float32(255), truth))
-        grey_psnr.append(psnr(colorizer.grey(image) / np.float32(255), truth))
-        if on_image is not None:
-            on_image(path)
-    if not chroma:
-        raise InputError(model_path, "none of its training images could be read to fit the chroma gate on")
-    threshold = best_gate_threshold(chroma, model_psnr, grey_psnr)
-    info.chroma_gate = threshold
-    write_json(info_path(model_path), info.to_json())
-    gated = np.asarray(chroma) < (-np.inf if threshold is None else threshold)
-    return GateFit(threshold, len(chroma), int(gated.sum()), float(np.where(gated, grey_psnr, model_psnr).mean()),
-                   float(np.mean(model_psnr)), float(np.mean(grey_psnr)), time.monotonic() - start)

@@ -41,23 +41,14 @@ from tfsky.errors import InputError
 from tfsky.evaluate.config import EvaluateConfig
 from tfsky.evaluate.report import Table, markdown_document, write_report
 from tfsky.io.writers import write_png
+from tfsky.models.image_quality import PSNR_CAP, psnr
 from tfsky.predict.translate import CompositeConfig, TiledTranslator, composite, feathered_sky_weight, to_uint8
 from tfsky.tiling import TilingConfig
 
-PSNR_CAP = 100.0
 METRICS = ("psnr", "ssim", "l1", "nonsky_psnr", "sky_psnr")
 METHODS = ("model", "model (sky composite)", "identity", "mean target sky")
 REPORT_STEM = "translator_eval"
 THUMB_WIDTH = 320
-
-
-def psnr(a: np.ndarray, b: np.ndarray, where: Optional[np.ndarray] = None) -> Optional[float]:
-    """PSNR in dB of [0, 1] images over the pixels ``where`` (all by default); None if there are none."""
-    diff = (a - b) if where is None else (a - b)[where]
-    if diff.size == 0:
-        return None
-    mse = float(np.mean(np.square(diff, dtype=np.float64)))
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * np.log10(1.0 / mse))
 
 
 def image_metrics(output: np.ndarray, source: np.ndarray, target: np.ndarray,

@@ -2,14 +2,14 @@
 
 Signatures (float32 probabilities; every input and output has a leading batch
 dimension, for TF Serving's request batching, as for the segmenter in
-`tfsky.export.savedmodel`):
+`tfsky.export.segmenter`):
 
 * ``serving_default``: ``images`` float32 [batch, S, S, 3], already normalised
   (the model's `Preprocess`) -> ``probabilities`` float32 [batch, K].
 * ``classify_image``: ``image_bytes`` [n], encoded PNG/JPEG/BMP/GIF of any size
   -> ``probabilities`` [n, K], ``class_names`` [n, K] (the conditions, in the
   model's order) and ``condition`` [n] (the most probable one). Each image is
-  decoded as `tfsky.export.savedmodel.decode_normalised` does, squeezed to the
+  decoded as `tfsky.export.decode.decode_normalised` does, squeezed to the
   load size by area averaging, rounded to 8 bits and centre-cropped: what
   `tfsky.data.labelled.classifier_input` gives ``tfsky predict`` (TF's area
   resize is cv2's INTER_AREA to float rounding: probabilities agree to 1e-4,
@@ -21,10 +21,12 @@ them as text.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
 
-from tfsky.export.savedmodel import decode_normalised, pixel_limit
+from tfsky.export.decode import decode_normalised, pixel_limit
 from tfsky.export.warmup import WarmupInputs
 from tfsky.predict.classify import WeatherClassifier
 
@@ -32,6 +34,15 @@ from tfsky.predict.classify import WeatherClassifier
 # Peak resident memory per input pixel of classify_image (decode + area resize), measured on noise PNGs with a
 # tiny classifier: 18 at 4 megapixels, 12.5 at 16; `pixel_limit` divides the memory budget by it.
 CLASSIFIER_BYTES_PER_PIXEL = 20
+
+
+def load(model_path: str | Path, precision: str):
+    """The exporter of `tfsky.export.savedmodel.EXPORTERS` for weather classifiers: the loaded model, its sidecar
+    and a function of ``(tiling, cloud, max_pixels)`` building the `ClassifierModule` (``tiling`` gives only its
+    memory budget; ``cloud`` is ignored)."""
+    classifier = WeatherClassifier.load(model_path, precision)
+    return classifier.model, classifier.info, lambda tiling, cloud, max_pixels: ClassifierModule(
+        classifier, tiling.memory_budget if tiling else None, max_pixels)
 
 
 class ClassifierModule(tf.Module):

@@ -4,8 +4,8 @@ Signatures (``serving_default`` is ``colorize_image``):
 
 * ``colorize_image``: ``image_bytes`` [n], encoded PNG/JPEG/BMP/GIF (8 or 16 bits, grey or colour,
   any size) -> ``png_bytes`` [n]: the colour image as an 8-bit RGB PNG at the input's size.
-  The graph is `tfsky.predict.colorize.TiledColorizer` in TensorFlow ops: L of the decoded image
-  (`tfsky.export.savedmodel.decode_normalised`), the generator on L squeezed to its input size,
+  The graph is `tfsky.models.colorize_frames.FrameColorizer` in TensorFlow ops: L of the decoded image
+  (`tfsky.export.decode.decode_normalised`), the generator on L squeezed to its input size,
   the hints upsampled to full size (`upsample_hints`), the refinement through the in-graph tiling
   (`tfsky.tiling.sliding_window_graph`) and the input's L with the predicted ab converted to sRGB (desaturated onto the gamut, `fit_gamut`).
   With a chroma gate in the sidecar (`ModelInfo.chroma_gate`), an image whose coarse output is below
@@ -24,11 +24,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfsky.data.colour import AB_SCALE, fit_gamut, lab_to_rgb, rgb_to_lab
-from tfsky.export.savedmodel import decode_normalised, pixel_limit
+from tfsky.export.decode import decode_normalised, pixel_limit
 from tfsky.export.warmup import WarmupInputs
-from tfsky.models.bundle import ModelInfo
+from tfsky.models.bundle import ModelInfo, ModelKind, load_model
 from tfsky.models.colorize import coarse_chroma, split_inference_model, upsample_hints
-from tfsky.predict.colorize import DEFAULT_TILE
+from tfsky.models.colorize_frames import DEFAULT_TILE
 from tfsky.tiling import AUTO, TilingConfig, model_tiling, sliding_window_graph
 from tfsky.train.config import TranslatorConfig, trained_config
 
@@ -36,6 +36,13 @@ from tfsky.train.config import TranslatorConfig, trained_config
 # Peak resident memory per input pixel of colorize_image (Lab, hints, refinement, sRGB of the whole image),
 # measured on noise PNGs with the tiny colorizer: 118 at 1 megapixel, 108 at 4; `pixel_limit` divides the budget by it.
 COLORIZER_BYTES_PER_PIXEL = 120
+
+
+def load(model_path: str | Path, precision: str):
+    """The exporter of `tfsky.export.savedmodel.EXPORTERS` for colorizers: the loaded model, its sidecar and a
+    function of ``(tiling, cloud, max_pixels)`` building the `ColorizerModule` (``cloud`` is ignored)."""
+    model, info = load_model(model_path, precision=precision, kind=ModelKind.COLORIZER)
+    return model, info, lambda tiling, cloud, max_pixels: ColorizerModule(model, info, tiling, model_path, max_pixels)
 
 
 class ColorizerModule(tf.Module):

@@ -27,7 +27,7 @@ class ExportConfig:
             signature (``camera_masks: null`` = the model's training cameras' masks).
         max_pixels: Optional[int]. The image signatures refuse an image declaring more pixels, before
             decoding it (INVALID_ARGUMENT). Defaults to None: what ``tiling.memory_budget`` holds at the
-            signature's measured bytes per pixel (`tfsky.export.savedmodel.pixel_limit`).
+            signature's measured bytes per pixel (`tfsky.export.decode.pixel_limit`).
     """
 
     name: str = "sky_segmenter"

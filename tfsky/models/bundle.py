@@ -9,6 +9,7 @@ serving read the preprocessing from here, so it is never typed twice.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import io
 import json
 import zipfile
@@ -24,11 +25,47 @@ from tfsky.io.atomic import atomic_path, write_json
 if TYPE_CHECKING:
     from tfsky.models.precision import InferencePrecision
 
-MODEL_KINDS = {  # what a command needs -> (the sidecar tasks that provide it, how a user calls it)
-    "segmenter": (("segmenter",), "sky segmenter"),
-    "translator": (("pix2pix", "vae"), "weather translator (pix2pix or vae)"),
-    "classifier": (("classifier",), "weather classifier"),
-    "colorizer": (("colorize",), "colorizer (model.kind colorize)"),
+
+class ModelKind(str, enum.Enum):
+    """What a saved model is, and so which command, exporter and served signatures it takes.
+
+    Resolved from a sidecar by `model_kind` (the one place that decides it). The sidecar does not store
+    the kind: it stores the training ``task`` (`TASK_KINDS`), and a cloud model is a ``segmenter`` with two
+    classes trained on all-sky sources. The values are what users and ``tfsky client`` call the kinds.
+    """
+
+    SEGMENTER = "segmenter"
+    CLOUD = "cloud"
+    TRANSLATOR = "translator"
+    COLORIZER = "colorizer"
+    CLASSIFIER = "classifier"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def description(self) -> str:
+        """How a user calls this kind, in messages."""
+        return _DESCRIPTIONS[self]
+
+    def accepts(self, kind: Optional["ModelKind"]) -> bool:
+        """Whether a command that needs a model of this kind takes one of ``kind`` (a cloud model is a segmenter)."""
+        return kind is self or (self is ModelKind.SEGMENTER and kind is ModelKind.CLOUD)
+
+
+TASK_KINDS = {  # the sidecar's ``task`` (what training writes; saved model files hold these) -> kind
+    "segmenter": ModelKind.SEGMENTER,  # or CLOUD, see `model_kind`
+    "pix2pix": ModelKind.TRANSLATOR,
+    "vae": ModelKind.TRANSLATOR,
+    "colorize": ModelKind.COLORIZER,
+    "classifier": ModelKind.CLASSIFIER,
+}
+_DESCRIPTIONS = {
+    ModelKind.SEGMENTER: "sky segmenter",
+    ModelKind.CLOUD: "cloud model (two-class segmenter trained on all-sky frames)",
+    ModelKind.TRANSLATOR: "weather translator (pix2pix or vae)",
+    ModelKind.COLORIZER: "colorizer (model.kind colorize)",
+    ModelKind.CLASSIFIER: "weather classifier",
 }
 
 
@@ -37,7 +74,8 @@ class ModelInfo:
     """What a saved model needs beside its weights.
 
     Args:
-        task: str. ``segmenter``, ``pix2pix`` or ``vae``.
+        task: str. What training wrote it as: ``segmenter``, ``pix2pix``, ``vae``, ``colorize`` or
+            ``classifier`` (`TASK_KINDS`; the kind, with cloud models told apart, is `kind`).
         preprocess: Preprocess. Normalisation applied to input pixels.
         tile_size: int. Patch size the model was trained on; the default tile for prediction.
         in_channels: int. Input channels the model expects.
@@ -66,6 +104,11 @@ class ModelInfo:
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     tfsky_version: str = __version__
 
+    @property
+    def kind(self) -> Optional[ModelKind]:
+        """`model_kind` of this sidecar."""
+        return model_kind(self)
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -90,19 +133,48 @@ def save_model(model, path: str | Path, info: ModelInfo) -> None:
         model.save(tmp)
 
 
-def require_task(info: ModelInfo, path: str | Path, kind: str) -> None:
-    """Raise `InputError` unless the model at ``path`` is of ``kind`` (a key of `MODEL_KINDS`), saying what it is.
+def model_kind(info: ModelInfo) -> Optional[ModelKind]:
+    """The kind of the model whose sidecar is ``info``; None for a task this tfsky does not know.
+
+    A ``segmenter`` with two classes trained on all-sky sources (softmax: 0 clear sky, 1 cloud) is a
+    cloud model; any other segmenter a sky segmenter.
+    """
+    kind = TASK_KINDS.get(info.task)
+    if kind is ModelKind.SEGMENTER and info.classes == 2 and allsky_sources(info):
+        return ModelKind.CLOUD
+    return kind
+
+
+def allsky_sources(info: Optional[ModelInfo]) -> list[dict]:
+    """The ``allsky_folder`` source configs a model was trained on (from its sidecar)."""
+    sources = ((info.config or {}) if info else {}).get("data", {}).get("sources", [])
+    return [source for source in sources if source.get("kind") == "allsky_folder"]
+
+
+def kind_of(path: str | Path) -> Optional[ModelKind]:
+    """`model_kind` of the model file at ``path``; None when it or its sidecar is missing or unreadable.
+
+    For commands that dispatch on the kind: the command a None goes to reports the problem (`load_info`).
+    """
+    try:
+        return load_info(path).kind
+    except InputError:
+        return None
+
+
+def require_kind(info: ModelInfo, path: str | Path, kind: ModelKind | str) -> None:
+    """Raise `InputError` unless the model at ``path`` is of ``kind`` (`ModelKind.accepts`), saying what it is.
 
     Every command that loads a model checks this first: a translator run as a
     segmenter would otherwise "work" and write meaningless masks.
     """
-    tasks, description = MODEL_KINDS[kind]
-    if info.task not in tasks:
-        raise InputError(path, f"is a {info.task} model, not a {description}")
+    kind = ModelKind(kind)
+    if not kind.accepts(info.kind):
+        raise InputError(path, f"is a {info.task} model, not a {kind.description}")
 
 
-def load_info(path: str | Path, kind: str | None = None) -> ModelInfo:
-    """Read the sidecar of a model file (of ``kind``, see `require_task`, when given).
+def load_info(path: str | Path, kind: ModelKind | str | None = None) -> ModelInfo:
+    """Read the sidecar of a model file (of ``kind``, see `require_kind`, when given).
 
     A missing model file or sidecar, a broken sidecar, or a model of another kind, is an `InputError`.
     """
@@ -116,17 +188,17 @@ def load_info(path: str | Path, kind: str | None = None) -> ModelInfo:
     except (ValueError, TypeError) as err:
         raise InputError(sidecar, f"not a valid tfsky model sidecar ({err})") from None
     if kind is not None:
-        require_task(info, path, kind)
+        require_kind(info, path, kind)
     return info
 
 
-def load_model(path: str | Path, precision: InferencePrecision = "auto", kind: str | None = None):
+def load_model(path: str | Path, precision: InferencePrecision = "auto", kind: ModelKind | str | None = None):
     """Load a tfsky model file for inference: returns ``(keras_model, ModelInfo)``.
 
     ``precision``: a mixed-precision model is rebuilt in float32 on a machine
     without a GPU (``auto``), always (``float32``) or never (``as_trained``);
     see `tfsky.models.precision.for_inference`. ``kind``: the kind of model the
-    caller needs (`require_task`), checked before the weights are read.
+    caller needs (`require_kind`), checked before the weights are read.
     """
     import tensorflow as tf
 

@@ -73,9 +73,9 @@ def copy_segmenter_encoder(model: tf.keras.Model, backbone: tf.keras.Model, segm
     Raises:
         InputError: the segmenter lacks a backbone layer or its shapes differ (another backbone).
     """
-    from tfsky.models.bundle import load_model
+    from tfsky.models.bundle import ModelKind, load_model
 
-    segmenter, _ = load_model(segmenter_path, precision="float32", kind="segmenter")
+    segmenter, _ = load_model(segmenter_path, precision="float32", kind=ModelKind.SEGMENTER)
     copied = 0
     for layer in backbone.layers:
         if not layer.weights:

@@ -68,7 +68,7 @@ class ColorizeConfig:
         schedule: str. ``joint`` or ``staged`` (see the module docstring). Defaults to ``joint``.
         coarse_epochs: int. Generator-only epochs of ``staged``. Defaults to 5.
         chroma_gate: bool. After training, fit the chroma gate on the training split
-            (`tfsky.evaluate.colorize.fit_chroma_gate`): frames whose coarse output is nearly colourless
+            (`tfsky.train.chroma_gate.fit_chroma_gate`): frames whose coarse output is nearly colourless
             (`coarse_chroma`) come out grey, which beats any tint on PSNR there. Defaults to True.
     """
 

@@ -10,7 +10,7 @@ images at once; HDR images are held as float16, see `tfsky.predict.segment`).
 The outputs of one image are those of `tfsky.predict.outputs.OutputPaths`; they
 are encoded and written in the runner's writer thread while the model works
 on the next image (`tfsky.jobs.LocalEngine`), sidecar last as ever. A
-cloud model (`tfsky.predict.cloud.is_cloud_model`) adds the class mask and the
+cloud model (`tfsky.models.bundle.ModelKind.CLOUD`) adds the class mask and the
 cloud cover of each frame, and the job ends with the cloud-cover time series
 of every finished frame (`tfsky.predict.outputs.write_cloud_series`).
 """
@@ -29,7 +29,7 @@ from tfsky.data.masks import sky_probability
 from tfsky.errors import ConfigError, InputError
 from tfsky.io.stores import as_path
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
-from tfsky.models.bundle import load_info
+from tfsky.models.bundle import ModelKind, load_info
 from tfsky.predict.outputs import (
     Maps,
     OutputPaths,
@@ -42,7 +42,7 @@ from tfsky.predict.outputs import (
     write_sidecar,
 )
 from tfsky.predict.camera_mask import CameraPrior
-from tfsky.predict.cloud import CloudCoverConfig, FrameCover, is_cloud_model
+from tfsky.predict.cloud import CloudCoverConfig, FrameCover
 from tfsky.predict.segment import ModelInputs, TiledSegmenter, model_id
 from tfsky.tiling import TilingConfig
 
@@ -127,9 +127,9 @@ class PredictTask(Task):
     def check(self) -> None:
         if not self.model_path.is_file():  # before the sidecar: a mistyped path is reported as such
             raise InputError(self.model_path, "model file not found")
-        info = load_info(self.model_path, kind="segmenter")
+        info = load_info(self.model_path, kind=ModelKind.SEGMENTER)
         self.inputs_of_model = ModelInputs(info)
-        self.cloud = is_cloud_model(info)
+        self.cloud = info.kind is ModelKind.CLOUD
         if self.config.camera_mask is not None:
             if self.cloud:
                 raise ConfigError("predict.camera_mask", "is for sky segmenters; a cloud model takes "

@@ -63,7 +63,7 @@ from tfsky.io.atomic import atomic_path, remove_stale_temps, write_json
 from tfsky.io.images import read_image, read_mask
 from tfsky.io.writers import write_jpeg, write_mask_png, write_png
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_items
-from tfsky.models.bundle import load_info
+from tfsky.models.bundle import ModelKind, load_info
 from tfsky.predict.outputs import overlay
 from tfsky.predict.refine import refine
 from tfsky.predict.segment import TiledSegmenter, model_id
@@ -422,7 +422,7 @@ class SkymaskTask(Task):
             return
         if not Path(self.model).is_file():
             raise InputError(self.model, "model file not found")
-        load_info(self.model, kind="segmenter")
+        load_info(self.model, kind=ModelKind.SEGMENTER)
 
     def outputs(self, stem: Path) -> SkymaskPaths:
         return SkymaskPaths.beside(stem)

@@ -30,7 +30,7 @@ from tfsky.io.atomic import write_json, write_text
 from tfsky.io.images import read_image
 from tfsky.io.stores import as_path
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
-from tfsky.models.bundle import ModelInfo, load_info, load_model
+from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
 from tfsky.models.precision import InferencePrecision
 from tfsky.predict.camera_mask import CameraPrior
 from tfsky.predict.outputs import job_sidecars
@@ -61,7 +61,7 @@ class WeatherClassifier:
 
         ``precision`` as for `tfsky.models.bundle.load_model` (export passes its own).
         """
-        model, info = load_model(path, precision=precision, kind="classifier")
+        model, info = load_model(path, precision=precision, kind=ModelKind.CLASSIFIER)
         trained = trained_config(info, ClassifierConfig, path)
         data = trained.data
         return cls(model, info, trained, condition_names(data.classes), data.load_size, data.image_size, model_id(path))
@@ -183,14 +183,6 @@ def label_streams(manifests: Path, classifier_path: Path,
     return labelled, skipped
 
 
-def is_classifier(path: str | Path) -> bool:
-    """Whether ``path`` is a readable tfsky classifier (anything else goes the segmenter's way, and its checks)."""
-    try:
-        return load_info(path).task == "classifier"
-    except InputError:
-        return False
-
-
 def classify_many(model_path: str | Path, inputs: Sequence[Path], out_dir: str | Path, *, overwrite: bool = False,
                   listener: Optional[Listener] = None, engine: Optional[Engine] = None) -> Report:
     """Classify every image of ``inputs`` into ``out_dir`` (see the module docstring); returns the job's report."""
@@ -209,7 +201,7 @@ class ClassifyTask(Task):
         self.classifier: Optional[WeatherClassifier] = None
 
     def check(self) -> None:
-        info = load_info(self.model_path, kind="classifier")
+        info = load_info(self.model_path, kind=ModelKind.CLASSIFIER)
         data = trained_config(info, ClassifierConfig, self.model_path).data
         self.sizes = (data.load_size, data.image_size)
 

@@ -229,25 +229,16 @@ def timestamp_from_name(name: str) -> Optional[str]:
     return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
 
 
-def _allsky_sources(info: Optional["ModelInfo"]) -> list[dict]:
-    """The ``allsky_folder`` source configs a model was trained on (from its sidecar)."""
-    sources = ((info.config or {}) if info else {}).get("data", {}).get("sources", [])
-    return [source for source in sources if source.get("kind") == "allsky_folder"]
-
-
-def is_cloud_model(info: "ModelInfo") -> bool:
-    """A two-class segmenter trained on all-sky sources (softmax: 0 clear sky, 1 cloud)."""
-    return info.classes == 2 and bool(_allsky_sources(info))
-
-
 def training_camera_masks(info: Optional["ModelInfo"]) -> list[Path]:
     """The mask files of the all-sky cameras a model was trained on, in config order (the default candidates).
 
     Raises:
         InputError: one of them is not found here (a path of the training machine).
     """
+    from tfsky.models.bundle import allsky_sources  # TensorFlow: not at import (configs import this module)
+
     paths: list[Path] = []
-    for source in _allsky_sources(info):
+    for source in allsky_sources(info):
         for camera in (source.get("allsky") or {}).get("cameras", []):
             path = Path(camera["mask"]) if camera.get("mask") else None
             if path is None or path in paths:

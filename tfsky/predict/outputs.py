@@ -8,7 +8,7 @@ For an image with output stem ``out/sub/name``:
 * ``name.json``: the sidecar (sky fraction, size, tiles, timing, model id),
   written LAST: an image is complete when its sidecar and all other outputs exist.
 
-A cloud model (`tfsky.predict.cloud.is_cloud_model`) draws its cloud mask in
+A cloud model (`tfsky.models.bundle.ModelKind.CLOUD`) draws its cloud mask in
 ``name_mask.png`` and its cloud probability in ``name_prob.png``, adds
 ``name_classes.png`` (WSISEG's values: 255 cloud, 100 clear sky, 0 outside
 the valid sky) and the ``cloud_cover`` facts to the sidecar; a folder of

@@ -33,7 +33,7 @@ from tfsky.data.scale import resize_image, working_size
 from tfsky.data.transforms import is_hdr
 from tfsky.errors import InputError
 from tfsky.io.images import read_image
-from tfsky.models.bundle import ModelInfo, load_model
+from tfsky.models.bundle import ModelInfo, ModelKind, load_model
 from tfsky.predict.refine import refine
 from tfsky.tiling import (AUTO, TilingConfig, announce, available_memory, choose_tiling, compiled_forward,
                           count_tiles, model_tiling, sliding_window_inference)
@@ -143,7 +143,7 @@ class TiledSegmenter:
     @classmethod
     def load(cls, path: str | Path, tiling: TilingConfig | None = None) -> "TiledSegmenter":
         """Load a tfsky model file (``.keras`` + sidecar) for tiled prediction."""
-        model, info = load_model(path, kind="segmenter")
+        model, info = load_model(path, kind=ModelKind.SEGMENTER)
         return cls(model, info, tiling)
 
     def read(self, path: str | Path) -> np.ndarray:

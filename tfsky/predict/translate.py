@@ -49,7 +49,7 @@ from tfsky.errors import ConfigError, InputError
 from tfsky.io.images import read_image, read_mask
 from tfsky.io.writers import write_png
 from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
-from tfsky.models.bundle import ModelInfo, load_info, load_model
+from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
 from tfsky.models.vae import set_sampling
 from tfsky.predict.segment import TiledSegmenter
 from tfsky.tiling import (TilingConfig, announce, available_memory, choose_tiling, compiled_forward, model_tiling,
@@ -88,7 +88,7 @@ class TiledTranslator:
     def load(cls, path: str | Path, tiling: TilingConfig | None = None, sample: bool = False,
              native_scale: bool = False) -> "TiledTranslator":
         """Load a translator model file (``.keras`` + sidecar); a segmenter file is an `InputError`."""
-        model, info = load_model(path, kind="translator")
+        model, info = load_model(path, kind=ModelKind.TRANSLATOR)
         return cls(model, info, tiling, sample, native_scale, path)
 
     def predict_tiles(self, tiles) -> tf.Tensor:
@@ -259,7 +259,7 @@ class TranslateTask(Task):
 
     def check(self) -> None:
         self.config.validate()
-        load_info(self.model_path, kind="translator")
+        load_info(self.model_path, kind=ModelKind.TRANSLATOR)
 
     def outputs(self, stem: Path) -> list[Path]:
         return output_paths(stem, self.config.composite.enabled)

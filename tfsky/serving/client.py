@@ -42,6 +42,7 @@ from tensorflow_serving.apis import (
 from tfsky.data.config import SIZE_MULTIPLE
 from tfsky.data.transforms import Preprocess
 from tfsky.errors import TfskyError
+from tfsky.models.bundle import ModelKind
 from tfsky.serving.config import ClientConfig
 from tfsky.export.metadata import SignatureSummary, summarize_signatures
 from tfsky.serving import rest
@@ -56,8 +57,8 @@ CLASSIFY_SIGNATURE = "classify_image"  # what a served weather classifier has (`
 CLOUD_SIGNATURE = "predict_cloud"  # what a served cloud model has besides predict_image
 COLORIZE_SIGNATURE = "colorize_image"  # what a served colorizer has (`tfsky.export.colorize`)
 # The signature that tells each kind of export apart, most specific first (a cloud model has predict_image too).
-_KIND_SIGNATURES = (("classifier", CLASSIFY_SIGNATURE), ("colorizer", COLORIZE_SIGNATURE),
-                    ("cloud", CLOUD_SIGNATURE), ("segmenter", "predict_image"))
+_KIND_SIGNATURES = ((ModelKind.CLASSIFIER, CLASSIFY_SIGNATURE), (ModelKind.COLORIZER, COLORIZE_SIGNATURE),
+                    (ModelKind.CLOUD, CLOUD_SIGNATURE), (ModelKind.SEGMENTER, "predict_image"))
 _STATES = get_model_status_pb2.ModelVersionStatus.State
 
 
@@ -231,9 +232,9 @@ class Client:
         """The signatures the server serves for ``model`` (GetModelMetadata)."""
         return summarize_signatures(dict(self._metadata(model, version, label)[1].signature_def))
 
-    def served_kind(self, model: str, *, version: int | None = None, label: str | None = None) -> str:
-        """``segmenter``, ``cloud``, ``classifier`` or ``colorizer``: what the served ``model`` is, from its
-        signatures (one GetModelMetadata).
+    def served_kind(self, model: str, *, version: int | None = None, label: str | None = None) -> ModelKind:
+        """`ModelKind` ``segmenter``, ``cloud``, ``classifier`` or ``colorizer``: what the served ``model`` is,
+        from its signatures (one GetModelMetadata); translators are not exported.
 
         Raises:
             ServingRequestError: the model has none of the signatures tfsky exports (INVALID_ARGUMENT).

@@ -44,8 +44,8 @@ from tfsky.io.atomic import write_bytes, write_json
 from tfsky.io.images import read_image
 from tfsky.io.stores import as_path
 from tfsky.jobs import Decoded, Item, Listener, Report, Task, run_job
-from tfsky.models.bundle import ModelInfo, require_task
-from tfsky.predict.cloud import CloudCoverConfig, cloud_cover, is_cloud_model, timestamp_from_name
+from tfsky.models.bundle import ModelInfo, ModelKind, require_kind
+from tfsky.predict.cloud import CloudCoverConfig, cloud_cover, timestamp_from_name
 from tfsky.predict.outputs import CLASS_PNG_VALUES, write_cloud_series, write_probability_png
 from tfsky.serving.client import Client, ImagePrediction, ServingRequestError
 from tfsky.tiling import TilingConfig
@@ -161,8 +161,8 @@ def _cloud_prediction(prediction: ImagePrediction, classes_png: bytes, source: P
 def _client_tiling(version_dir: Path) -> tuple[ModelInfo, TilingConfig, float]:
     metadata = read_metadata(version_dir)
     info = ModelInfo.from_json(metadata["model"])
-    require_task(info, version_dir, "segmenter")
-    if is_cloud_model(info):
+    require_kind(info, version_dir, ModelKind.SEGMENTER)
+    if info.kind is ModelKind.CLOUD:
         raise InputError(version_dir, "is a cloud model: client-side tiling (--tiles) draws a 1-class sky mask; "
                          "omit --tiles")
     return info, TilingConfig(**metadata["tiling"]), metadata["mask_threshold"]

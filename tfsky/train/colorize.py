@@ -12,7 +12,7 @@ networks (chosen on ``val_ab_l1``, mean |ab error| of the refined crop in Lab un
 records task ``colorize``, the refinement's tile (``crop_size``), in_channels 1 and classes 2.
 
 Chroma gate (``model.colorize.chroma_gate``, on by default): after training,
-`tfsky.evaluate.colorize.fit_chroma_gate`
+`tfsky.train.chroma_gate.fit_chroma_gate`
 colorizes every TRAINING image at its native size (as the evaluation does) and stores in the sidecar
 the gate statistic below which grey beats the model on mean PSNR (`best_gate_threshold`); a frame
 below it is then output grey by ``tfsky colorize``, the evaluation and the export. The validation
@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from tfsky.config import to_dict
@@ -36,6 +35,7 @@ from tfsky.errors import InputError
 from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.models.colorize import ColorizerTrainer, StageSchedule, build_colorizer, inference_model
 from tfsky.models.precision import global_batch_size, make_strategy, precision_policy
+from tfsky.train.chroma_gate import fit_chroma_gate
 from tfsky.train.config import TranslatorConfig
 from tfsky.train.runner import RunResult, fit_run, is_chief, seed_everything, start_run
 
@@ -89,9 +89,7 @@ def train_colorizer(cfg: TranslatorConfig, *, resume: bool = False, verbose: int
         )
     best = run_dir / "best.keras"
     if model_cfg.chroma_gate and best.is_file() and is_chief():
-        # the gate is calibrated by the evaluator (colorize, PSNR vs grey) on the training split
-        from tfsky.evaluate.colorize import fit_chroma_gate
-
+        # the gate is calibrated on the training split (colorized at native size, PSNR vs grey)
         summary = fit_chroma_gate(best).summary()
         if verbose:  # shown like the budget line: the user sees what the gate does
             print(summary, flush=True)
@@ -129,10 +127,3 @@ def colour_panels(val_ds: tf.data.Dataset, count: int):
         return {"grey | prediction | truth": row}
 
     return panels
-
-
-def training_frames_lab(cfg: TranslatorConfig) -> list[np.ndarray]:
-    """The training split's Lab frames at the training scale (for the evaluation's baselines)."""
-    frames = load_frames(colour_split(cfg.colour)["train"], cfg.data.load_size, cfg.data.crop_size,
-                         cfg.model.colorize.generator_size)
-    return [frame.lab for frame in frames]

@@ -89,6 +89,23 @@ def test_serving_default_is_float32_for_a_mixed_precision_model(tmp_path):
         assert export_info(version_dir)[0]["compute_dtypes"] == dtypes  # float32 (the default) for CPU serving
 
 
+
+def test_bfloat16_export_computes_in_bfloat16_and_answers_float32_within_its_precision(tmp_path):
+    save_tiny(tmp_path / "m.keras", seed=4)
+    tiles = np.random.default_rng(4).random((2, TILE, TILE, 3), dtype=np.float32)
+    outputs = {}
+    for precision in ("float32", "bfloat16"):
+        version_dir = export_model(tmp_path / "m.keras", tmp_path / "models", precision, precision=precision)
+        out = tf.saved_model.load(str(version_dir)).signatures["serving_default"](tiles=tf.constant(tiles))
+        assert out["probabilities"].dtype == tf.float32
+        outputs[precision] = out["probabilities"].numpy()
+        expected_dtypes = ["float32"] if precision == "float32" else ["bfloat16", "float32"]
+        assert export_info(version_dir)[0]["compute_dtypes"] == expected_dtypes  # the head stays float32
+    difference = np.abs(outputs["bfloat16"] - outputs["float32"])
+    # bfloat16 keeps 8 mantissa bits: a step of 2**-8 = 0.0039 relative; two layers and a sigmoid (slope <= 1/4)
+    assert difference.max() < 0.02
+    assert difference.max() > 1e-6  # it really computed in bfloat16, not float32
+
 def assert_within_float16_steps(actual: np.ndarray, expected_float16: np.ndarray, steps: int) -> None:
     """``actual`` is at most ``steps`` float16 rounding steps (ulps at the expected value) from a float16 result.
 

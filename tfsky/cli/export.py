@@ -26,8 +26,9 @@ def export_cli(
         "--version", help="Version number (config: export.version; default: the next free one).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing version folder.")] = False,
     precision: Annotated[Optional[str], typer.Option(
-        "--precision", help="float32 (CPU serving, the shipped image) or as_trained (keep a mixed-precision model's "
-        "float16 layers, for a GPU server) (config: export.precision).")] = None,
+        "--precision", help="float32 (CPU serving, the shipped image), as_trained (keep a mixed-precision model's "
+        "float16 layers, for a GPU server) or bfloat16 (a CPU server with AMX-BF16/AVX512-BF16) "
+        "(config: export.precision).")] = None,
     max_pixels: Annotated[Optional[int], typer.Option(
         "--max-pixels", help="The served image signatures refuse larger images before decoding them (config: "
         "export.max_pixels; default: what --memory-budget holds).")] = None,

@@ -11,6 +11,9 @@ from tfsky.predict.cloud import CloudCoverConfig
 from tfsky.tiling import TilingConfig
 
 
+ExportPrecision = Literal["float32", "as_trained", "bfloat16"]
+
+
 @dataclasses.dataclass
 class ExportConfig:
     """One exported version of a model in a TF Serving repository (CLI flags override it).
@@ -19,8 +22,10 @@ class ExportConfig:
         name: str. Model name in the repository (a folder name). Defaults to ``sky_segmenter``.
         repo: Path. Repository root (what TF Serving mounts as /models). Defaults to ``models``.
         version: Optional[int]. Version number. Defaults to None (the next free one).
-        precision: str. ``float32`` (CPU serving, the shipped image) or ``as_trained`` (keep a
-            mixed-precision model's float16 layers, for a GPU server). Defaults to ``float32``.
+        precision: str. ``float32`` (CPU serving, the shipped image), ``as_trained`` (keep a
+            mixed-precision model's float16 layers, for a GPU server) or ``bfloat16`` (bfloat16 maths
+            with float32 weights and outputs, for a CPU server with AMX-BF16 / AVX512-BF16: measure
+            its masks first, `tfsky.models.precision.for_inference`). Defaults to ``float32``.
         tiling: TilingConfig. In-graph tiling of the ``predict_image`` signature
             (``tile: null`` = the model's training tile).
         cloud: CloudCoverConfig. Cloud models: the camera masks embedded in the ``predict_cloud``
@@ -33,7 +38,7 @@ class ExportConfig:
     name: str = "sky_segmenter"
     repo: Path = Path("models")
     version: Optional[int] = None
-    precision: Literal["float32", "as_trained"] = "float32"
+    precision: ExportPrecision = "float32"
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
     cloud: CloudCoverConfig = dataclasses.field(default_factory=CloudCoverConfig)
     max_pixels: Optional[int] = None

@@ -31,13 +31,12 @@ import datetime
 import re
 import shutil
 from pathlib import Path
-from typing import Literal
 
 import tensorflow as tf
 
 from tfsky.errors import InputError
 from tfsky.export import classifier, colorize, metadata, segmenter, warmup
-from tfsky.export.config import ExportConfig
+from tfsky.export.config import ExportConfig, ExportPrecision
 from tfsky.io.atomic import atomic_dir, prepare_out_dir, write_json
 from tfsky.models.bundle import ModelInfo, ModelKind, load_info
 from tfsky.predict.cloud import CloudCoverConfig
@@ -72,7 +71,7 @@ def export_model(
     version: int | None = None,
     overwrite: bool = False,
     tiling: TilingConfig | None = None,
-    precision: Literal["float32", "as_trained"] = ExportConfig.precision,
+    precision: ExportPrecision = ExportConfig.precision,
     cloud: CloudCoverConfig | None = None,
     max_pixels: int | None = None,
 ) -> Path:
@@ -89,7 +88,8 @@ def export_model(
             (`TilingConfig` defaults with the model's tile size, as ``tfsky predict``).
         precision: str. ``float32`` rebuilds a mixed-precision model in float32
             (the shipped TF Serving image runs on CPU, where float16 is ~13x
-            slower); ``as_trained`` keeps float16 layers, for a GPU server.
+            slower); ``as_trained`` keeps float16 layers, for a GPU server;
+            ``bfloat16`` computes in bfloat16 (a CPU server with a bfloat16 unit).
             Defaults to ``float32``.
         cloud: CloudCoverConfig. Cloud models: the camera masks embedded in ``predict_cloud``.
             Defaults to None (the masks of the model's training cameras).

@@ -298,7 +298,7 @@ def test_shipped_sky_ldr_config_prepares_the_shared_data_into_model_batches(shar
     assert result.exit_code == 0, result.stderr
     cfg = load_config(DataConfig, config, [f"data.cache={cache}"], section="data")
     manifest = read_manifest(cache)
-    assert manifest["totals"]["written"] == 100 + 100 + 20 + 40 + 358  # ADE20K, Cityscapes, GoPro, SkyFinder, WSISEG
+    assert manifest["totals"]["written"] == 100 + 100 + 20 + 40 + 468 + 358  # ADE20K, Cityscapes, GoPro, SkyFinder, CamVid, WSISEG
     written = [entry for entry in manifest["items"] if entry["status"] == "written"]
     for entry in written:  # the short side at the working scale, never enlarged
         short = min(entry["source_height"], entry["source_width"])

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
-from tfsky.cli.jobs import JobProgress, OutOption, WorkersOption, finish, make_engine
+from tfsky.cli.batch_options import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
+from tfsky.cli.batch_options import JobProgress, OutOption, WorkersOption, finish, make_engine
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 from tfsky.cli.options import MemoryBudgetOption, ResolutionOption

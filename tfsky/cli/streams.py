@@ -141,7 +141,7 @@ def skymask(
     quiet: QuietOption = False,
 ) -> None:
     """Learn one sky mask per camera from its usable frames; write it beside each manifest. Exit 1 if any failed."""
-    from tfsky.cli.jobs import JobProgress, finish
+    from tfsky.cli.batch_options import JobProgress, finish
     from tfsky.predict.camera_mask import SkymaskConfig, skymask_streams
     from tfsky.train.config import TranslatorConfig
 

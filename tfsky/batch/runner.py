@@ -13,7 +13,7 @@ work that writes them. `run_job` does the rest, the same way for all of them:
    items whose outputs all exist (unless ``overwrite``), so a re-run finishes a
    job;
 4. runs the other items on an engine (`LocalEngine` here, or
-   `tfsky.ray_engine.RayEngine` on a Ray cluster); an item that raises a
+   `tfsky.batch.ray_engine.RayEngine` on a Ray cluster); an item that raises a
    `TfskyError` or `OSError` is recorded with its reason and the job goes on.
    A task may hand back the writing of an item's outputs (`Task.process`): the
    local engine runs it in a writer thread while the next item is computed;
@@ -28,7 +28,7 @@ manifest's folder writes by file name only). Two inputs that would write the
 same outputs are a failure of the second, found before any work.
 
 Progress is reported through one `Listener` protocol; the CLI draws its bars
-with it (`tfsky.cli.jobs`).
+with it (`tfsky.cli.batch_options`).
 """
 
 from __future__ import annotations

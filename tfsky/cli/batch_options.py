@@ -2,7 +2,7 @@
 
 Failures are printed to stderr as ``failed <file>: <reason>`` when they
 happen; the last line, on stdout, is ``done N, skipped N, failed N -> OUT``;
-the exit code is 1 if any item failed (`tfsky.jobs.Report`).
+the exit code is 1 if any item failed (`tfsky.batch.Report`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tfsky.io.stores import as_path
-from tfsky.jobs import Engine, Report, Status
+from tfsky.batch import Engine, Report, Status
 
 BIG_ITEM_STEPS = 64  # items with more steps (tiles) than this get a second, step-level progress bar
 
@@ -42,17 +42,17 @@ CpusPerWorkerOption = Annotated[int, typer.Option(
 
 def make_engine(engine: EngineName, address: Optional[str], workers: Optional[int],
                 gpus_per_worker: Optional[float], cpus_per_worker: int) -> Optional[Engine]:
-    """The engine named by ``--engine``: None for the local one, else a `tfsky.ray_engine.RayEngine`."""
+    """The engine named by ``--engine``: None for the local one, else a `tfsky.batch.RayEngine`."""
     if engine is EngineName.local:
         return None
-    from tfsky.ray_engine import RayEngine
+    from tfsky.batch.ray_engine import RayEngine
 
     return RayEngine(address=address, workers=workers, gpus_per_worker=gpus_per_worker,
                      cpus_per_worker=cpus_per_worker)
 
 
 class JobProgress:
-    """A `tfsky.jobs.Listener` that draws a bar over items (and over the tiles of big items) on stderr.
+    """A `tfsky.batch.Listener` that draws a bar over items (and over the tiles of big items) on stderr.
 
     Failures are printed as one line each as they happen; ``quiet`` hides the bars only.
     """

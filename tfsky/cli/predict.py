@@ -7,13 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from tfsky.cli.batch_options import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
-from tfsky.cli.batch_options import JobProgress, OutOption, WorkersOption, finish, make_engine
+from tfsky.cli.batch_options import EngineFlags, JobProgress, OutOption, engine_flags, finish
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 from tfsky.cli.options import MemoryBudgetOption, ResolutionOption
 
 
+@engine_flags
 def predict_cli(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Segmenter or weather classifier .keras file (with "
@@ -37,11 +37,7 @@ def predict_cli(
         "--sun/--no-sun", help="Cloud models: leave the sun disc out of the cloud fraction, as WSISEG leaves it "
         "undefined (config: predict.cloud.sun; default: on).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
-    engine: EngineOption = EngineName.local,
-    address: AddressOption = None,
-    workers: WorkersOption = None,
-    gpus_per_worker: GpusPerWorkerOption = None,
-    cpus_per_worker: CpusPerWorkerOption = 1,
+    engine: EngineFlags = EngineFlags(),  # --engine, --address, --workers, ... (engine_flags)
     config: ConfigOption = None,
     set_: SetOption = None,
     quiet: QuietOption = False,
@@ -65,7 +61,7 @@ def predict_cli(
     segmenter_flags = [f"--{key.split('.')[-1].replace('_', '-')}" for key, value in flags.items() if value is not None]
     if classifier and segmenter_flags:
         raise InputError(model, f"is a weather classifier: {', '.join(segmenter_flags)} apply to segmenters only")
-    runner = make_engine(engine, address, workers, gpus_per_worker, cpus_per_worker)
+    runner = engine.make()
     with JobProgress(quiet) as listener:
         if classifier:
             report = classify_many(model, inputs, out, overwrite=overwrite, listener=listener, engine=runner)

@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tfsky.io.stores import as_path
 from tfsky.batch import Engine, Report, Status
+from tfsky.io.stores import as_path
 
 T = TypeVar("T")
 BIG_ITEM_STEPS = 64  # items with more steps (tiles) than this get a second, step-level progress bar
@@ -74,6 +74,7 @@ def engine_flags(command: Callable[..., T]) -> Callable[..., T]:
     `EngineFlags`; the flags' defaults are the dataclass's.
     """
     signature = inspect.signature(command, eval_str=True)  # Typer reads the annotations of the new signature as such
+    assert "engine" in signature.parameters, f"{command.__name__} has no engine parameter"
     defaults = EngineFlags()
     flags = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation,
                                default=getattr(defaults, name)) for name, annotation in ENGINE_OPTIONS.items()]

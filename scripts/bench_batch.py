@@ -131,7 +131,7 @@ def run_all(workdir: Path, images: Path, threads: int, rounds: int) -> dict:
 
 def run_once(workdir: Path, images: Path, name: str, threads: int) -> dict:
     """One whole ``tfsky predict --overwrite`` process of engine ``name``: wall time, model times, load."""
-    from tfsky.ray_engine import thread_limits
+    from tfsky.batch.ray_engine import thread_limits
 
     env = dict(os.environ, **thread_limits(threads))  # the local run; Ray workers get the same from the engine
     flags = ENGINES[name]

@@ -64,7 +64,7 @@ def learn(manifests: Path, architecture: str) -> dict:
     """The child process: build the segmenter, learn the camera mask, report time and memory."""
     import tfsky  # noqa: F401  (Keras 2 mode before TensorFlow)
     from tfsky.data.transforms import Preprocess
-    from tfsky.jobs import Listener
+    from tfsky.batch import Listener
     from tfsky.models.bundle import ModelInfo
     from tfsky.models.segmenter import SegmenterModelConfig, build_segmenter
     from tfsky.predict.camera_mask import SkyModel, SkymaskConfig, skymask_streams

@@ -590,16 +590,14 @@ def test_review_closes_stalled_connections_after_its_read_timeout(review):
 
 @pytest.mark.parametrize("port", ["-1", "70000", "99999", "http"])
 def test_a_bad_review_port_is_one_usage_line(cli, tmp_path, port):
-    result = cli("streams", "review", "--manifests", tmp_path, "--port", port)
+    result = cli("streams", "review", tmp_path, "--port", port)
     assert result.exit_code == 2 and "Traceback" not in result.output + result.stderr
     assert "Invalid value for '--port'" in result.stderr
 
 
-@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("192.168.1.20", True), ("127.0.0.1", False),
-                                          ("localhost", False), ("::1", False)])
-def test_review_on_a_non_loopback_host_warns_that_the_edit_api_is_exposed(cli, manifests,  # noqa: F811
-                                                                          monkeypatch, host, warned):
-    """The warning is checked without binding anything but loopback: the server is a stub here."""
+@pytest.fixture
+def stub_review_server(monkeypatch):
+    """``tfsky streams review`` serves a stub that stops at once: nothing is bound."""
     import tfsky.review.app
 
     class Stub:
@@ -612,12 +610,30 @@ def test_review_on_a_non_loopback_host_warns_that_the_edit_api_is_exposed(cli, m
             pass
 
     monkeypatch.setattr(tfsky.review.app, "review_server", lambda *args, **kwargs: Stub())
-    result = cli("streams", "review", "--manifests", manifests, "--host", host)
+
+
+@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("192.168.1.20", True), ("127.0.0.1", False),
+                                          ("localhost", False), ("::1", False)])
+def test_review_on_a_non_loopback_host_warns_that_the_edit_api_is_exposed(cli, manifests,  # noqa: F811
+                                                                          stub_review_server, host, warned):
+    """The warning is checked without binding anything but loopback: the server is a stub here."""
+    result = cli("streams", "review", manifests, "--host", host)
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
     assert len(warnings) == warned
     if warned:
         assert f"serving on {host}" in warnings[0] and "unauthenticated edit API" in warnings[0]
+
+
+def test_review_still_takes_the_old_manifests_option_with_a_warning(cli, manifests,  # noqa: F811
+                                                                    stub_review_server):
+    """Every streams command takes the manifests as its argument; review's old --manifests option still works."""
+    result = cli("streams", "review", "--manifests", manifests)
+    assert result.exit_code == 0, result.output
+    assert f"reviewing {manifests} at" in result.stdout
+    assert result.stderr.startswith("Warning: --manifests is deprecated: give the manifests as the argument")
+    both = cli("streams", "review", manifests, "--manifests", manifests)
+    assert both.exit_code == 2 and "give the manifests once" in both.stderr
 
 
 # ----------------------------------------------------------------- a hostile labels CSV

@@ -134,6 +134,18 @@ def test_predict_with_a_classifier_refuses_segmenter_flags_in_one_line(served, c
     assert not (tmp_path / "out").exists()
 
 
+def test_predict_with_a_classifier_refuses_segmenter_settings_from_config_and_set_in_one_line(served, cli, tmp_path):
+    """-c and --set predict.* values are refused like the flags, not ignored silently; unchanged defaults pass."""
+    config = tmp_path / "predict.yaml"
+    config.write_text("predict:\n  tiling:\n    tta: flip2\n  prob_format: png16\n")
+    result = cli("predict", "-m", served["model"], served["photos"], "-o", tmp_path / "out", "-c", config,
+                 "--set", "predict.threshold=0.4", "--threshold", "0.5")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (f"Error: {served['model']}: is a weather classifier: --threshold, "
+                                     "predict.tiling.tta (--config/--set) apply to segmenters only")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("rest", [False, True])
 def test_client_predict_with_a_served_classifier_matches_local_prediction(served, cli, tmp_path, rest):
     photos, out = served["photos"], tmp_path / "out"

@@ -1,4 +1,4 @@
-"""The job runner (`tfsky.jobs`): skip-complete, stale temporaries, failure capture, the summary and exit code,
+"""The job runner (`tfsky.batch`): skip-complete, stale temporaries, failure capture, the summary and exit code,
 the output folder checked once, broken links reported, and resume after a real kill -9 of ``tfsky predict``."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tfsky.errors import InputError, TfskyError
 from tfsky.io.atomic import temp_name, write_bytes, write_json
 from tfsky.io.images import read_image
 from tfsky.io.writers import write_png
-from tfsky.jobs import Decoded, Item, Listener, Report, Task, collect_items, run_job
+from tfsky.batch import Decoded, Item, Listener, Report, Task, collect_items, run_job
 
 
 class CopyTask(Task):

@@ -1,13 +1,13 @@
 """The packages of tfsky are layers: a package imports only from its own layer's package and the layers below.
 
-    io -> data -> models -> train -> predict -> evaluate | export -> serving | review -> cli
+    io -> data | batch -> models -> train -> predict -> evaluate | export -> serving | review -> cli
 
-(``evaluate`` and ``export`` are siblings after ``predict``, as are ``serving`` and ``review``: siblings do not
-import each other.) The modules at the top of the package (``tfsky.config``, ``tfsky.tiling``, ``tfsky.jobs``,
-...) are shared by every layer and import none of the layered packages but ``io``; ``tfsky.__main__`` is the
-entry point. Every import counts, including those inside functions (a lazy import is still a dependency) and
-under ``TYPE_CHECKING``. No two modules of tfsky may import each other, directly or through others.
-"""
+(``data`` and ``batch`` (the job runner and its engines) are siblings after ``io``, as are ``evaluate`` and
+``export`` after ``predict`` and ``serving`` and ``review`` after them: siblings do not import each other.)
+The modules at the top of the package (``tfsky.config``, ``tfsky.errors``, ``tfsky.tiling``) are shared by
+every layer and import none of the layered packages but ``io``; ``tfsky.__main__`` is the entry point. Every
+import counts, including those inside functions (a lazy import is still a dependency) and under
+``TYPE_CHECKING``. No two modules of tfsky may import each other, directly or through others."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tfsky"
-LAYERS = {"io": 0, "data": 1, "models": 2, "train": 3, "predict": 4, "evaluate": 5, "export": 5,
+LAYERS = {"io": 0, "data": 1, "batch": 1, "models": 2, "train": 3, "predict": 4, "evaluate": 5, "export": 5,
           "serving": 6, "review": 6, "cli": 7}
 SHARED_MAY_IMPORT = {"io"}  # layered packages the top-level modules may use
 ENTRY_POINTS = {"tfsky.__main__"}

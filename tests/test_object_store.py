@@ -37,7 +37,7 @@ from tfsky.predict.colorize import colorize_images
 from tfsky.predict.outputs import SERIES_CSV, SERIES_PLOT
 from tfsky.predict.translate import translate_images
 from tfsky.serving import Client
-from tfsky.serving.jobs import segment_files
+from tfsky.serving.segment_jobs import segment_files
 
 S3_REGION = "us-east-1"
 WEBCAMS = ("684", "9730")

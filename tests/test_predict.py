@@ -13,7 +13,7 @@ from tfsky.data.transforms import Preprocess
 from tfsky.errors import InputError
 from tfsky.io.images import read_image
 from tfsky.io.writers import write_jpeg, write_png, write_tif
-from tfsky.jobs import collect_items
+from tfsky.batch import collect_items
 from tfsky.models.bundle import ModelInfo, save_model
 from tfsky.predict.batch import PredictConfig, predict_many
 from tfsky.predict.outputs import display_rgb, hdr_exposure

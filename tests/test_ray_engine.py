@@ -36,7 +36,7 @@ from test_translate import translator_file  # noqa: F401  (the tiny pix2pix tran
 from tfsky.io.images import read_image
 from tfsky.predict.batch import PredictConfig, predict_many
 from tfsky.predict.translate import translate_images
-from tfsky.ray_engine import ITEM_ATTEMPTS, WORKER_DIED
+from tfsky.batch.ray_engine import ITEM_ATTEMPTS, WORKER_DIED
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -256,8 +256,8 @@ POISON_JOB = """
 import json, os, sys
 from pathlib import Path
 from tfsky.io.atomic import write_bytes
-from tfsky.jobs import Task, run_job
-from tfsky.ray_engine import RayEngine
+from tfsky.batch import Task, run_job
+from tfsky.batch.ray_engine import RayEngine
 
 class DiesOnPoison(Task):  # defined in __main__, so Ray ships the class itself to the workers
     def outputs(self, stem):

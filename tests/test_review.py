@@ -310,7 +310,7 @@ def test_the_review_command_serves_the_manifests_on_loopback(manifests):
     import sys
     import urllib.request
 
-    command = [sys.executable, "-m", "tfsky.cli.main", "streams", "review", "--manifests", str(manifests), "--port", "0"]
+    command = [sys.executable, "-m", "tfsky.cli.main", "streams", "review", str(manifests), "--port", "0"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=os.environ | {"PYTHONUNBUFFERED": "1"})
     try:

@@ -26,7 +26,7 @@ from tfsky.io.atomic import temp_name
 from tfsky.io.writers import write_png
 from tfsky.predict.segment import TiledSegmenter
 from tfsky.serving import Client, DevServer
-from tfsky.serving.jobs import segment_files
+from tfsky.serving.segment_jobs import segment_files
 from tfsky.serving.repository import ModelRepository, ServingError
 
 

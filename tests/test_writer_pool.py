@@ -1,4 +1,4 @@
-"""Issue 17: outputs are written off the model's critical path (`tfsky.jobs.LocalEngine`'s bounded writer
+"""Issue 17: outputs are written off the model's critical path (`tfsky.batch.LocalEngine`'s bounded writer
 thread), failures of a background write are reported per item, and a kill -9 during a background write
 leaves no half file: the re-run redoes that image."""
 
@@ -18,7 +18,7 @@ from tfsky.errors import InputError
 from tfsky.io.atomic import write_bytes, write_json
 from tfsky.io.images import read_image
 from tfsky.io.writers import write_png
-from tfsky.jobs import Decoded, Item, Listener, attempt, run_job
+from tfsky.batch import Decoded, Item, Listener, attempt, run_job
 
 
 class SlowWriteTask(CopyTask):

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from tfsky.cli.jobs import JobProgress, OutOption, finish
+from tfsky.cli.batch_options import JobProgress, OutOption, finish
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config
 
 app = typer.Typer(help="Query a TF Serving server (gRPC 8500, or REST 8501 with --rest).", no_args_is_help=True)
@@ -72,7 +72,7 @@ def predict(
     from tfsky.models.bundle import ModelKind
     from tfsky.serving.classify_jobs import classify_files
     from tfsky.serving.colorize_jobs import colorize_files
-    from tfsky.serving.jobs import segment_files
+    from tfsky.serving.segment_jobs import segment_files
 
     jobs = {  # what each served kind writes (its local command's files)
         ModelKind.SEGMENTER: lambda **job: segment_files(**job, tiles_from=tiles, cloud=False),

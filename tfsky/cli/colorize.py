@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
-from tfsky.cli.jobs import JobProgress, OutOption, WorkersOption, finish, make_engine
+from tfsky.cli.batch_options import EngineFlags, JobProgress, OutOption, engine_flags, finish
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import MemoryBudgetOption, OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 
 
+@engine_flags
 def colorize_cli(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Colorizer .keras file (model.kind colorize).")],
@@ -24,11 +24,7 @@ def colorize_cli(
     tta: TtaOption = None,
     memory_budget: MemoryBudgetOption = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs exist.")] = False,
-    engine: EngineOption = EngineName.local,
-    address: AddressOption = None,
-    workers: WorkersOption = None,
-    gpus_per_worker: GpusPerWorkerOption = None,
-    cpus_per_worker: CpusPerWorkerOption = 1,
+    engine: EngineFlags = EngineFlags(),  # --engine, --address, --workers, ... (engine_flags)
     config: ConfigOption = None,
     set_: SetOption = None,
     quiet: QuietOption = False,
@@ -41,7 +37,7 @@ def colorize_cli(
 
     flags = tiling_flags(tile, overlap, window, tile_batch, tta, memory_budget=memory_budget)
     cfg = command_config(ColorizeOptions, "colorize", config, set_, flags)
-    runner = make_engine(engine, address, workers, gpus_per_worker, cpus_per_worker)
+    runner = engine.make()
     with JobProgress(quiet) as listener:
         report = colorize_images(model, inputs, out, cfg, overwrite=overwrite, listener=listener, engine=runner)
     finish(report, out, quiet)

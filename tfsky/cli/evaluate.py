@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional, Sequence
 
 import typer
 
@@ -69,11 +69,10 @@ def segmenter(
     cfg = command_config(EvaluateConfig, "evaluate", config, set_, flags)
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
-    from tfsky.cli.cloud import evaluate_cloud_command
     from tfsky.models.bundle import ModelKind, kind_of
 
     if kind_of(model) is ModelKind.CLOUD:  # cloud metrics and cloud baselines (an unreadable model: reported below)
-        return evaluate_cloud_command(model, data, cfg, out_dir, console)
+        return _evaluate_cloud(model, data, cfg, out_dir, console)
     with console.status("loading the model, fitting the baselines...") as status:
         done = itertools.count(1)
         report = evaluate_segmenter(
@@ -84,13 +83,8 @@ def segmenter(
     summary = report.to_json()
     console.print(rich_table(overall_table(summary)))
     console.print(verdict(summary))
-    for skipped in report.skipped:
-        typer.echo(f"skipped {skipped['id']}: {skipped['reason']}", err=True)
-    typer.echo(
-        f"evaluated {len(report.images)} images, skipped {len(report.skipped)}; wrote {out_dir}/eval.json, eval.md"
-    )
-    if report.skipped:
-        raise typer.Exit(1)
+    finish_evaluation(report.skipped, lambda skipped: skipped["id"], f"{len(report.images)} images",
+                      f"{out_dir}/eval.json, eval.md")
 
 
 @app.command()
@@ -175,12 +169,8 @@ def translator(
             on_pair=lambda pair: status.update(f"evaluated {Path(pair.source).name} -> {Path(pair.target).name}"),
         )
     console.print(rich_table(summary_table(report)))
-    for skipped in report.skipped:
-        typer.echo(f"skipped {skipped['source']} -> {skipped['target']}: {skipped['reason']}", err=True)
-    files = ", ".join(str(p) for p in report.files)
-    typer.echo(f"evaluated {len(report.per_pair)} pairs, skipped {len(report.skipped)}; wrote {files}")
-    if report.skipped:
-        raise typer.Exit(1)
+    finish_evaluation(report.skipped, lambda skipped: f"{skipped['source']} -> {skipped['target']}",
+                      f"{len(report.per_pair)} pairs", ", ".join(str(p) for p in report.files))
 
 
 def _evaluate_colorizer(model: Path, cfg, out_dir: Path, console, fit_gate: bool) -> None:
@@ -202,9 +192,36 @@ def _evaluate_colorizer(model: Path, cfg, out_dir: Path, console, fit_gate: bool
         report = evaluate_colorizer(model, out_dir, split=cfg.split, tiling=cfg.tiling,
                                     on_image=lambda path: status.update(f"evaluated {next(done)} ({path.name})"))
     console.print(rich_table(summary_table(report)))
-    for skipped in report.skipped:
-        typer.echo(f"skipped {skipped['image']}: {skipped['reason']}", err=True)
-    typer.echo(f"evaluated {len(report.per_image)} images, skipped {len(report.skipped)}; "
-               f"wrote {', '.join(str(p) for p in report.files)}")
-    if report.skipped:
+    finish_evaluation(report.skipped, lambda skipped: skipped["image"], f"{len(report.per_image)} images",
+                      ", ".join(str(p) for p in report.files))
+
+
+def _evaluate_cloud(model: Path, data: Path, cfg, out_dir: Path, console) -> None:
+    """The cloud branch of `tfsky evaluate segmenter`: `tfsky.evaluate.cloud.evaluate_cloud` with the evaluate
+    config ``cfg``; prints the tables; exits 1 when a frame had to be skipped."""
+    from tfsky.evaluate.cloud import condition_table, evaluate_cloud, results_table
+    from tfsky.evaluate.report import rich_table
+
+    with console.status("loading the model, fitting the baselines (CloudNet trains for a minute)...") as status:
+        done = itertools.count(1)
+        report = evaluate_cloud(
+            model, data, split=cfg.split, threshold=cfg.threshold, out_dir=out_dir, tiling=cfg.tiling,
+            cover=cfg.cloud,
+            on_image=lambda frame: status.update(f"evaluated {next(done)} frames (last: {frame})"),
+        )
+    summary = report.to_json()
+    for group in summary["results"]:
+        console.print(rich_table(results_table(summary, group)))
+    console.print(rich_table(condition_table(summary)))
+    finish_evaluation(report.skipped, lambda skipped: skipped["id"], f"{len(report.frames)} frames",
+                      f"{out_dir}/eval.json, eval.md")
+
+
+def finish_evaluation(skipped: Sequence[dict], name: Callable[[dict], str], evaluated: str, wrote: str) -> None:
+    """The ending of every evaluation: ``skipped <name>: <reason>`` per skipped item (stderr), then
+    ``evaluated <evaluated>, skipped N; wrote <wrote>``; exit 1 when anything was skipped."""
+    for item in skipped:
+        typer.echo(f"skipped {name(item)}: {item['reason']}", err=True)
+    typer.echo(f"evaluated {evaluated}, skipped {len(skipped)}; wrote {wrote}")
+    if skipped:
         raise typer.Exit(1)

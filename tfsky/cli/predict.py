@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from tfsky.cli.jobs import AddressOption, CpusPerWorkerOption, EngineName, EngineOption, GpusPerWorkerOption
-from tfsky.cli.jobs import JobProgress, OutOption, WorkersOption, finish, make_engine
+from tfsky.cli.batch_options import EngineFlags, JobProgress, OutOption, engine_flags, finish
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 from tfsky.cli.options import MemoryBudgetOption, ResolutionOption
 
 
+@engine_flags
 def predict_cli(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Segmenter or weather classifier .keras file (with "
@@ -37,11 +38,7 @@ def predict_cli(
         "--sun/--no-sun", help="Cloud models: leave the sun disc out of the cloud fraction, as WSISEG leaves it "
         "undefined (config: predict.cloud.sun; default: on).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
-    engine: EngineOption = EngineName.local,
-    address: AddressOption = None,
-    workers: WorkersOption = None,
-    gpus_per_worker: GpusPerWorkerOption = None,
-    cpus_per_worker: CpusPerWorkerOption = 1,
+    engine: EngineFlags = EngineFlags(),  # --engine, --address, --workers, ... (engine_flags)
     config: ConfigOption = None,
     set_: SetOption = None,
     quiet: QuietOption = False,
@@ -51,7 +48,7 @@ def predict_cli(
     Options come from the ``predict:`` section of --config, then --set, then the flags above.
     ``--engine ray`` spreads the images over the workers of a Ray cluster (same outputs).
     With a weather classifier: a JSON sidecar per image with the class probabilities, and classification.csv
-    for the job (the segmenter options are refused).
+    for the job (the segmenter options, as flags or from --config/--set, are refused).
     """
     from tfsky.errors import InputError
     from tfsky.models.bundle import ModelKind, kind_of
@@ -62,13 +59,36 @@ def predict_cli(
              **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget)}
     cfg = command_config(PredictConfig, "predict", config, set_, flags)
     classifier = kind_of(model) is ModelKind.CLASSIFIER  # anything else goes the segmenter's way, and its checks
-    segmenter_flags = [f"--{key.split('.')[-1].replace('_', '-')}" for key, value in flags.items() if value is not None]
-    if classifier and segmenter_flags:
-        raise InputError(model, f"is a weather classifier: {', '.join(segmenter_flags)} apply to segmenters only")
-    runner = make_engine(engine, address, workers, gpus_per_worker, cpus_per_worker)
+    segmenter_settings = _segmenter_settings(flags, config, set_) if classifier else []
+    if segmenter_settings:
+        raise InputError(model, f"is a weather classifier: {', '.join(segmenter_settings)} apply to segmenters only")
+    runner = engine.make()
     with JobProgress(quiet) as listener:
         if classifier:
             report = classify_many(model, inputs, out, overwrite=overwrite, listener=listener, engine=runner)
         else:
             report = predict_many(model, inputs, out, cfg, overwrite=overwrite, listener=listener, engine=runner)
     finish(report, out, quiet)
+
+
+def _segmenter_settings(flags: dict[str, Any], config: Optional[Path], set_: Optional[list[str]]) -> list[str]:
+    """What a classifier is given of the segmenter settings: the flags (``--threshold``), then the ``predict.*``
+    keys that --config and --set change from their defaults (``predict.tiling.tta (--config/--set)``)."""
+    from tfsky.predict.batch import PredictConfig
+
+    given = [key for key, value in flags.items() if value is not None]
+    from_files = _changed_keys(dataclasses.asdict(command_config(PredictConfig, "predict", config, set_, {})),
+                               dataclasses.asdict(PredictConfig()))
+    return ([f"--{key.split('.')[-1].replace('_', '-')}" for key in given]
+            + [f"predict.{key} (--config/--set)" for key in from_files if key not in given])
+
+
+def _changed_keys(values: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of ``values`` (nested dicts) that differ from ``defaults``."""
+    changed = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            changed += _changed_keys(value, defaults[key], f"{prefix}{key}.")
+        elif value != defaults[key]:
+            changed.append(f"{prefix}{key}")
+    return changed

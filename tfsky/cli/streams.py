@@ -141,7 +141,7 @@ def skymask(
     quiet: QuietOption = False,
 ) -> None:
     """Learn one sky mask per camera from its usable frames; write it beside each manifest. Exit 1 if any failed."""
-    from tfsky.cli.jobs import JobProgress, finish
+    from tfsky.cli.batch_options import JobProgress, finish
     from tfsky.predict.camera_mask import SkymaskConfig, skymask_streams
     from tfsky.train.config import TranslatorConfig
 
@@ -154,7 +154,7 @@ def skymask(
 
 @app.command()
 def review(
-    manifests: Annotated[Optional[Path], typer.Option(
+    manifests: Annotated[Optional[Path], typer.Argument(
         help="A stream.json or a folder of manifests (default: streams.manifests).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only.")] = "127.0.0.1",
     port: PortOption = 8765,
@@ -164,12 +164,20 @@ def review(
         help="Weather translator: a frame's page shows it translated (and, with --segmenter, sky-composited).")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
+    old_manifests: Annotated[Optional[Path], typer.Option(
+        "--manifests", hidden=True, help="Deprecated: give the manifests as the argument.")] = None,
 ) -> None:
     """Review streams in a browser: accept/reject frames, fix labels, mark a camera move (Ctrl-C stops)."""
     from tfsky.review.app import is_loopback, review_server
     from tfsky.train.config import TranslatorConfig
     from tfsky.review.demo import FrameDemo
 
+    if old_manifests is not None:  # every streams command takes the manifests as its argument
+        if manifests is not None:
+            raise typer.BadParameter("give the manifests once, as the argument", param_hint="--manifests")
+        typer.echo("Warning: --manifests is deprecated: give the manifests as the argument "
+                   "(tfsky streams review MANIFESTS)", err=True)
+        manifests = old_manifests
     folder = manifests or training_section(TranslatorConfig, "streams", config, overrides).manifests
     demo = FrameDemo(segmenter, translator) if segmenter or translator else None
     server = review_server(folder, host, port, demo=demo)

@@ -1,15 +1,15 @@
 """Batch sky masks: `tfsky predict` over files, folders and manifests, resumably.
 
-`predict_many` runs a `PredictTask` with the job runner (`tfsky.jobs`), which
+`predict_many` runs a `PredictTask` with the job runner (`tfsky.batch`), which
 expands the inputs, skips images whose outputs are complete, records a bad
 file with its reason and goes on, and returns the done / skipped / failed
-`tfsky.jobs.Report`. On the local engine the next image is decoded in a
+`tfsky.batch.Report`. On the local engine the next image is decoded in a
 background thread while the model works on the current one, so an 8K EXR
 decode does not leave the model idle (at the price of holding two decoded
 images at once; HDR images are held as float16, see `tfsky.predict.segment`).
 The outputs of one image are those of `tfsky.predict.outputs.OutputPaths`; they
 are encoded and written in the runner's writer thread while the model works
-on the next image (`tfsky.jobs.LocalEngine`), sidecar last as ever. A
+on the next image (`tfsky.batch.LocalEngine`), sidecar last as ever. A
 cloud model (`tfsky.models.bundle.ModelKind.CLOUD`) adds the class mask and the
 cloud cover of each frame, and the job ends with the cloud-cover time series
 of every finished frame (`tfsky.predict.outputs.write_cloud_series`).
@@ -28,7 +28,7 @@ from tfsky import __version__
 from tfsky.data.masks import sky_probability
 from tfsky.errors import ConfigError, InputError
 from tfsky.io.stores import as_path
-from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
+from tfsky.batch import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelKind, load_info
 from tfsky.predict.outputs import (
     Maps,

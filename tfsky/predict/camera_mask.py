@@ -62,7 +62,7 @@ from tfsky.errors import ConfigError, InputError
 from tfsky.io.atomic import atomic_path, remove_stale_temps, write_json
 from tfsky.io.images import read_image, read_mask
 from tfsky.io.writers import write_jpeg, write_mask_png, write_png
-from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_items
+from tfsky.batch import Decoded, Engine, Item, Listener, Report, Task, run_items
 from tfsky.models.bundle import ModelKind, load_info
 from tfsky.predict.outputs import overlay
 from tfsky.predict.refine import refine

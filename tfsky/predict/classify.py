@@ -1,7 +1,7 @@
 """Weather-condition probabilities of whole frames from a trained tfsky classifier: files and stream labelling.
 
 ``tfsky predict`` with a classifier (`classify_many`) runs a `ClassifyTask` on
-the job runner (`tfsky.jobs`, same inputs, stems, skip-complete and failure
+the job runner (`tfsky.batch`, same inputs, stems, skip-complete and failure
 reports as for a segmenter): per image ``<out>/<stem>.json`` with the most
 probable condition, its probability and every class probability; at the end
 ``<out>/classification.csv`` with one row per finished image (a re-run's
@@ -29,7 +29,7 @@ from tfsky.errors import InputError, TfskyError
 from tfsky.io.atomic import write_json, write_text
 from tfsky.io.images import read_image
 from tfsky.io.stores import as_path
-from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
+from tfsky.batch import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
 from tfsky.models.precision import InferencePrecision
 from tfsky.predict.camera_mask import CameraPrior

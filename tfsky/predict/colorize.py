@@ -4,7 +4,7 @@
 (generator on the squeezed frame, refinement tiled at full size, chroma gate; see there) with the
 model config its sidecar records.
 
-`colorize_images` runs a `ColorizeTask` with the job runner (`tfsky.jobs`): inputs, resuming,
+`colorize_images` runs a `ColorizeTask` with the job runner (`tfsky.batch`): inputs, resuming,
 failures and the report are those of ``tfsky predict``. Output: ``<stem>_colour.png``.
 """
 
@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfsky.io.images import read_image
 from tfsky.io.writers import write_png
-from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
+from tfsky.batch import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
 from tfsky.models.colorize_frames import DEFAULT_TILE, Colorized, FrameColorizer
 from tfsky.tiling import TilingConfig

@@ -24,7 +24,7 @@ sky: every non-sky pixel of the composite is the source pixel, bit for bit.
 Outputs per image (stem as in ``tfsky predict``): ``<stem>_translated.png``
 and, with a composite, ``<stem>_composite.png``; each written atomically.
 `translate_images` runs a `TranslateTask` with the job runner
-(`tfsky.jobs`), so inputs, resuming, failures and the report are those of
+(`tfsky.batch`), so inputs, resuming, failures and the report are those of
 ``tfsky predict``.
 
 Settings: `TranslateConfig`, the ``translate:`` section of a config file
@@ -48,7 +48,7 @@ from tfsky.data.transforms import from_model_range, to_model_range
 from tfsky.errors import ConfigError, InputError
 from tfsky.io.images import read_image, read_mask
 from tfsky.io.writers import write_png
-from tfsky.jobs import Decoded, Engine, Item, Listener, Report, Task, run_job
+from tfsky.batch import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
 from tfsky.models.vae import set_sampling
 from tfsky.predict.segment import TiledSegmenter

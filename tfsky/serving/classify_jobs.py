@@ -1,6 +1,6 @@
 """Classify image files through a server, resumably: ``tfsky client predict`` with a served weather classifier.
 
-`classify_files` runs a `ServerClassifyTask` with the job runner (`tfsky.jobs`),
+`classify_files` runs a `ServerClassifyTask` with the job runner (`tfsky.batch`),
 so inputs, stems, skip-complete and failure reports are those of ``tfsky
 client predict`` for a segmenter. Per image ``<out>/<stem>.json`` (condition,
 probability, class probabilities, size, server, model, version), and at the end
@@ -19,10 +19,10 @@ import tensorflow as tf
 from tfsky.io.atomic import write_json
 from tfsky.io.images import image_size
 from tfsky.io.stores import as_path
-from tfsky.jobs import Decoded, Item, Listener, Report, Task, run_job
+from tfsky.batch import Decoded, Item, Listener, Report, Task, run_job
 from tfsky.predict.classify import classification, read_ldr, sidecar_path, write_classification_table
 from tfsky.serving.client import Client
-from tfsky.serving.jobs import ENCODED_SUFFIXES, ServerSegmentTask
+from tfsky.serving.segment_jobs import ENCODED_SUFFIXES, ServerSegmentTask
 
 
 def classify_files(client: Client, model: str, inputs: Sequence[Path], out: str | Path, *, version: int | None = None,
@@ -30,7 +30,7 @@ def classify_files(client: Client, model: str, inputs: Sequence[Path], out: str 
                    listener: Optional[Listener] = None) -> Report:
     """Classify every image of ``inputs`` through ``client`` into ``out``; see the module docstring.
 
-    As for segmentation (`tfsky.serving.jobs.segment_files`), a bad file or an image the server refuses is
+    As for segmentation (`tfsky.serving.segment_jobs.segment_files`), a bad file or an image the server refuses is
     recorded in the report and the job goes on; other server failures stop it. ``out`` may be
     ``s3://bucket/prefix`` (`tfsky.io.stores`): the table is then built from the sidecars in the store.
     """

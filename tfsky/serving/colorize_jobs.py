@@ -1,6 +1,6 @@
 """Colorize image files through a server, resumably: ``tfsky client predict`` with a served colorizer.
 
-`colorize_files` runs a `ServerColorizeTask` with the job runner (`tfsky.jobs`), so inputs, stems,
+`colorize_files` runs a `ServerColorizeTask` with the job runner (`tfsky.batch`), so inputs, stems,
 skip-complete and failure reports are those of ``tfsky client predict`` for a segmenter, and the output
 is the one ``tfsky colorize`` writes: ``<out>/<stem>_colour.png``, the server's 8-bit RGB PNG as it
 came (``colorize_image``). Encoded files are sent as they are; other 8/16-bit files are re-encoded as
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tfsky.io.atomic import write_bytes
-from tfsky.jobs import Decoded, Item, Listener, Report, Task, run_job
+from tfsky.batch import Decoded, Item, Listener, Report, Task, run_job
 from tfsky.predict.colorize import ColorizeTask
 from tfsky.serving.client import Client
-from tfsky.serving.jobs import ServerSegmentTask, encoded_ldr
+from tfsky.serving.segment_jobs import ServerSegmentTask, encoded_ldr
 
 
 def colorize_files(client: Client, model: str, inputs: Sequence[Path], out: str | Path, *, version: int | None = None,
@@ -24,7 +24,7 @@ def colorize_files(client: Client, model: str, inputs: Sequence[Path], out: str 
                    listener: Optional[Listener] = None) -> Report:
     """Colorize every image of ``inputs`` through ``client`` into ``out``; see the module docstring.
 
-    As for segmentation (`tfsky.serving.jobs.segment_files`), a bad file or an image the server refuses is
+    As for segmentation (`tfsky.serving.segment_jobs.segment_files`), a bad file or an image the server refuses is
     recorded in the report and the job goes on; other server failures stop it.
     """
     return run_job(ServerColorizeTask(client, model, version, label), inputs, out, overwrite=overwrite,

@@ -1,6 +1,6 @@
 """Segment image files through a server, resumably: what ``tfsky client predict`` runs.
 
-`segment_files` runs a `ServerSegmentTask` with the job runner (`tfsky.jobs`), so
+`segment_files` runs a `ServerSegmentTask` with the job runner (`tfsky.batch`), so
 inputs and output stems are those of ``tfsky predict``: files, folders
 (recursive) and ``.txt`` manifests; two inputs that would write the same
 outputs are a failure of the second, found before any request.
@@ -43,7 +43,7 @@ from tfsky.export.metadata import read_metadata
 from tfsky.io.atomic import write_bytes, write_json
 from tfsky.io.images import read_image
 from tfsky.io.stores import as_path
-from tfsky.jobs import Decoded, Item, Listener, Report, Task, run_job
+from tfsky.batch import Decoded, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, ModelKind, require_kind
 from tfsky.predict.cloud import CloudCoverConfig, cloud_cover, timestamp_from_name
 from tfsky.predict.outputs import CLASS_PNG_VALUES, write_cloud_series, write_probability_png

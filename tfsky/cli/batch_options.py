@@ -1,23 +1,27 @@
-"""What every batch command shares on the command line: engine flags, one progress bar, the summary line.
+"""What every batch command shares on the command line: the engine flags, one progress bar, the summary line.
 
 Failures are printed to stderr as ``failed <file>: <reason>`` when they
 happen; the last line, on stdout, is ``done N, skipped N, failed N -> OUT``;
-the exit code is 1 if any item failed (`tfsky.jobs.Report`).
+the exit code is 1 if any item failed (`tfsky.batch.Report`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
+import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from tfsky.batch import Engine, Report, Status
 from tfsky.io.stores import as_path
-from tfsky.jobs import Engine, Report, Status
 
+T = TypeVar("T")
 BIG_ITEM_STEPS = 64  # items with more steps (tiles) than this get a second, step-level progress bar
 
 OutOption = Annotated[Path, typer.Option(
@@ -40,19 +44,55 @@ CpusPerWorkerOption = Annotated[int, typer.Option(
     min=1, help="--engine ray: CPUs reserved per worker, also its TensorFlow thread count.")]
 
 
-def make_engine(engine: EngineName, address: Optional[str], workers: Optional[int],
-                gpus_per_worker: Optional[float], cpus_per_worker: int) -> Optional[Engine]:
-    """The engine named by ``--engine``: None for the local one, else a `tfsky.ray_engine.RayEngine`."""
-    if engine is EngineName.local:
-        return None
-    from tfsky.ray_engine import RayEngine
+@dataclasses.dataclass(frozen=True)
+class EngineFlags:
+    """The engine flags of a batch command, handed to it as one argument (`engine_flags`)."""
 
-    return RayEngine(address=address, workers=workers, gpus_per_worker=gpus_per_worker,
-                     cpus_per_worker=cpus_per_worker)
+    engine: EngineName = EngineName.local
+    address: Optional[str] = None
+    workers: Optional[int] = None
+    gpus_per_worker: Optional[float] = None
+    cpus_per_worker: int = 1
+
+    def make(self) -> Optional[Engine]:
+        """The engine named by ``--engine``: None for the local one, else a `tfsky.batch.RayEngine`."""
+        if self.engine is EngineName.local:
+            return None
+        from tfsky.batch.ray_engine import RayEngine
+
+        return RayEngine(address=self.address, workers=self.workers, gpus_per_worker=self.gpus_per_worker,
+                         cpus_per_worker=self.cpus_per_worker)
+
+
+ENGINE_OPTIONS = {"engine": EngineOption, "address": AddressOption, "workers": WorkersOption,
+                  "gpus_per_worker": GpusPerWorkerOption, "cpus_per_worker": CpusPerWorkerOption}
+
+
+def engine_flags(command: Callable[..., T]) -> Callable[..., T]:
+    """Give a command the engine flags (``--engine``, ``--address``, ``--workers``, ``--gpus-per-worker``,
+    ``--cpus-per-worker``) in place of its ``engine: EngineFlags`` parameter, which receives them as one
+    `EngineFlags`; the flags' defaults are the dataclass's.
+    """
+    signature = inspect.signature(command, eval_str=True)  # Typer reads the annotations of the new signature as such
+    assert "engine" in signature.parameters, f"{command.__name__} has no engine parameter"
+    defaults = EngineFlags()
+    flags = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation,
+                               default=getattr(defaults, name)) for name, annotation in ENGINE_OPTIONS.items()]
+    parameters = [flag for parameter in signature.parameters.values()
+                  for flag in (flags if parameter.name == "engine" else [parameter])]
+
+    @functools.wraps(command)
+    def with_engine_flags(**kwargs: Any) -> T:
+        given = EngineFlags(**{name: kwargs.pop(name) for name in ENGINE_OPTIONS})
+        return command(**kwargs, engine=given)
+
+    with_engine_flags.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    with_engine_flags.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return with_engine_flags
 
 
 class JobProgress:
-    """A `tfsky.jobs.Listener` that draws a bar over items (and over the tiles of big items) on stderr.
+    """A `tfsky.batch.Listener` that draws a bar over items (and over the tiles of big items) on stderr.
 
     Failures are printed as one line each as they happen; ``quiet`` hides the bars only.
     """

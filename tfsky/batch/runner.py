@@ -13,7 +13,7 @@ work that writes them. `run_job` does the rest, the same way for all of them:
    items whose outputs all exist (unless ``overwrite``), so a re-run finishes a
    job;
 4. runs the other items on an engine (`LocalEngine` here, or
-   `tfsky.ray_engine.RayEngine` on a Ray cluster); an item that raises a
+   `tfsky.batch.ray_engine.RayEngine` on a Ray cluster); an item that raises a
    `TfskyError` or `OSError` is recorded with its reason and the job goes on.
    A task may hand back the writing of an item's outputs (`Task.process`): the
    local engine runs it in a writer thread while the next item is computed;
@@ -28,7 +28,7 @@ manifest's folder writes by file name only). Two inputs that would write the
 same outputs are a failure of the second, found before any work.
 
 Progress is reported through one `Listener` protocol; the CLI draws its bars
-with it (`tfsky.cli.jobs`).
+with it (`tfsky.cli.batch_options`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional, Protocol, Sequence
 
@@ -277,38 +278,58 @@ class LocalEngine:
         self.writers = writers
 
     def run(self, task: Task, pending: Pending, report: Report, listener: Listener) -> None:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfsky-read") as pool, \
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfsky-read") as reader, \
                 concurrent.futures.ThreadPoolExecutor(self.writers, thread_name_prefix="tfsky-write") as writer:
-            def read(index: int, after: Sequence[concurrent.futures.Future] = ()):
-                def decode(source: Path) -> Decoded:
-                    concurrent.futures.wait(after)
-                    return Decoded(task.read(source))
+            _LocalRun(task, pending, report, listener, reader, writer, self.writers).run()
 
-                return pool.submit(decode, pending[index][0].source)
 
-            writing: collections.deque = collections.deque()  # (source, future of its writing's failure reason)
+class _LocalRun:
+    """One `LocalEngine.run`: its reader and writer threads, and the items whose writing is pending."""
 
-            def settle_oldest() -> None:
-                source, future = writing.popleft()
-                record(report, listener, source, future.result())
+    def __init__(self, task: Task, pending: Pending, report: Report, listener: Listener,
+                 reader: concurrent.futures.Executor, writer: concurrent.futures.Executor, writers: int):
+        self.task, self.pending, self.report, self.listener = task, pending, report, listener
+        self.reader, self.writer, self.writers = reader, writer, writers
+        self.writing: collections.deque = collections.deque()  # (source, future of its writing's failure reason)
+        self.handed_back: Optional[Callable[[], None]] = None  # the writing `Task.process` returned last
 
-            upcoming = read(0)
-            concurrent.futures.wait([upcoming])
-            task.load()
-            for index, (item, outputs) in enumerate(pending):
-                current = upcoming
-                upcoming = read(index + 1, [future for _, future in writing]) if index + 1 < len(pending) else None
-                handed_back: list = []
-                reason = attempt(task, item.source, lambda: handed_back.append(
-                    task.process(item, current.result(), outputs, listener)))
-                if reason is not None or handed_back[0] is None:
-                    record(report, listener, item.source, reason)
-                    continue
-                while len(writing) >= self.writers:
-                    settle_oldest()
-                writing.append((item.source, writer.submit(attempt, task, item.source, handed_back[0])))
-            while writing:
-                settle_oldest()
+    def run(self) -> None:
+        upcoming = self.read(0)
+        concurrent.futures.wait([upcoming])
+        self.task.load()
+        for index, (item, outputs) in enumerate(self.pending):
+            current = upcoming
+            upcoming = self.read(index + 1) if index + 1 < len(self.pending) else None
+            self.compute(item, outputs, current)
+        while self.writing:
+            self.settle_oldest()
+
+    def read(self, index: int) -> concurrent.futures.Future:
+        """Read item ``index`` in the reader thread, once the writing pending now is finished."""
+        return self.reader.submit(self.decode, self.pending[index][0].source, [future for _, future in self.writing])
+
+    def decode(self, source: Path, after: Sequence[concurrent.futures.Future]) -> Decoded:
+        concurrent.futures.wait(after)
+        return Decoded(self.task.read(source))
+
+    def compute(self, item: Item, outputs: Sequence[Path], decoded: concurrent.futures.Future) -> None:
+        """Process ``item``; record it, or hand the writing it returns to a writer thread (waiting for a free one)."""
+        self.handed_back = None
+        reason = attempt(self.task, item.source, functools.partial(self.process, item, outputs, decoded))
+        if reason is not None or self.handed_back is None:
+            record(self.report, self.listener, item.source, reason)
+            return
+        while len(self.writing) >= self.writers:
+            self.settle_oldest()
+        self.writing.append((item.source, self.writer.submit(attempt, self.task, item.source, self.handed_back)))
+
+    def process(self, item: Item, outputs: Sequence[Path], decoded: concurrent.futures.Future) -> None:
+        """`Task.process` of ``item``; the writing it returns is kept in ``handed_back`` (not run, as `attempt` would)."""
+        self.handed_back = self.task.process(item, decoded.result(), outputs, self.listener)
+
+    def settle_oldest(self) -> None:
+        source, future = self.writing.popleft()
+        record(self.report, self.listener, source, future.result())
 
 
 def collect_items(inputs: Sequence[Path], out_dir: Path) -> tuple[list[Item], list[Failure]]:

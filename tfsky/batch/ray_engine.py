@@ -1,4 +1,4 @@
-"""Run a `tfsky.jobs` job on a Ray cluster with Ray Data (``--engine ray``).
+"""Run a `tfsky.batch` job on a Ray cluster with Ray Data (``--engine ray``).
 
 The pending items become a dataset of item numbers; ``Dataset.map`` sends
 them to an actor pool of `_Worker` s (each given the task and the list of
@@ -41,9 +41,9 @@ import traceback
 import warnings
 from typing import Iterator, Optional
 
+from tfsky.batch.runner import Decoded, Listener, Pending, Report, Task, attempt, record
 from tfsky.errors import TfskyError, first_line
 from tfsky.io.atomic import remove_stale_temps
-from tfsky.jobs import Decoded, Listener, Pending, Report, Task, attempt, record
 
 try:
     import ray
@@ -58,7 +58,7 @@ INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[data]==2.60.0')"
 
 
 class RayEngine:
-    """A `tfsky.jobs.Engine` that spreads the items over the workers of a Ray cluster.
+    """A `tfsky.batch.Engine` that spreads the items over the workers of a Ray cluster.
 
     Args:
         address: str. ``auto``, ``HOST:PORT`` of a running cluster, or None to start Ray on this machine.

@@ -5,7 +5,8 @@
 (``evaluate`` and ``export`` are siblings after ``predict``, as are ``serving`` and ``review``: siblings do not
 import each other.) The modules at the top of the package (``tfsky.config``, ``tfsky.tiling``, ``tfsky.jobs``,
 ...) are shared by every layer and import none of the layered packages but ``io``; ``tfsky.__main__`` is the
-entry point. Every import counts, including those inside functions (a lazy import is still a dependency) and
+entry point. Below them all, ``tfsky.errors`` and ``tfsky.progress`` (how the library reports progress and
+messages) import nothing of tfsky, so every module can use them. Every import counts, including those inside functions (a lazy import is still a dependency) and
 under ``TYPE_CHECKING``. No two modules of tfsky may import each other, directly or through others.
 """
 
@@ -21,6 +22,7 @@ LAYERS = {"io": 0, "data": 1, "models": 2, "train": 3, "predict": 4, "evaluate":
           "serving": 6, "review": 6, "cli": 7}
 SHARED_MAY_IMPORT = {"io"}  # layered packages the top-level modules may use
 ENTRY_POINTS = {"tfsky.__main__"}
+BOTTOM = ("tfsky.errors", "tfsky.progress")  # import nothing of tfsky: every layer, even io, uses them
 
 
 def module_names(root: Path) -> dict[str, Path]:
@@ -125,6 +127,11 @@ def test_no_package_imports_a_higher_layer():
 
 def test_no_modules_import_each_other():
     assert import_cycles(import_graph(PACKAGE)) == []
+
+
+def test_the_bottom_modules_import_nothing_of_tfsky():
+    graph = import_graph(PACKAGE)
+    assert {name: graph[name] for name in BOTTOM} == {name: [] for name in BOTTOM}
 
 
 def test_every_package_has_a_layer():

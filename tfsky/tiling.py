@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from typing import Callable, Iterator, Literal, Optional, Union
 
 import numpy as np
@@ -234,22 +233,18 @@ def _gpu_free_bytes() -> Optional[float]:
         return None
 
 
-_announced: set[str] = set()
-
-
-def announce(tiling: TilingConfig, size: tuple[int, int], requested: TilingConfig, multiple: int) -> None:
-    """Print on stderr, once per distinct choice, what ``tile: auto`` chose for a ``size`` image cut into
-    several tiles (nothing for explicit tiles, nor for an image that is one tile)."""
+def auto_tiling_message(tiling: TilingConfig, size: tuple[int, int], requested: TilingConfig,
+                        multiple: int) -> Optional[str]:
+    """The line that tells what ``tile: auto`` chose for a ``size`` image cut into several tiles; None for
+    explicit tiles, or for an image that is one tile. The object that chose the tiling logs it once
+    (`tfsky.progress.Once`)."""
     if requested.tile != AUTO or count_tiles(*size, tiling.tile, tiling.overlap, multiple) < 2:
-        return
+        return None
     where = f"{size[1]}x{size[0]} images"
     pixels = tiling.tile * tiling.tile * tiling.tile_batch
-    message = (f"tiling auto: tile {tiling.tile}, overlap {tiling.tile - tile_stride(tiling.tile, tiling.overlap)} px, "
-               f"tile batch {tiling.tile_batch} for {where} ({pixels * FORWARD_BYTES_PER_PIXEL / 1e9:.2f} GB per call; "
-               f"memory budget {requested.memory_budget or CPU_MEMORY_BUDGET_GB} GB)")
-    if message not in _announced:
-        _announced.add(message)
-        print(message, file=sys.stderr, flush=True)
+    return (f"tiling auto: tile {tiling.tile}, overlap {tiling.tile - tile_stride(tiling.tile, tiling.overlap)} px, "
+            f"tile batch {tiling.tile_batch} for {where} ({pixels * FORWARD_BYTES_PER_PIXEL / 1e9:.2f} GB per call; "
+            f"memory budget {requested.memory_budget or CPU_MEMORY_BUDGET_GB} GB)")
 
 
 def compiled_forward(model, channels: int, size: Optional[int] = None) -> PredictBatch:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import typer
 from rich.console import Console
+
+from tfsky.cli.messages import ProgressBar
 
 
 def evaluate_cloud_command(model: Path, data: Path, cfg, out_dir: Path, console: Console) -> None:
@@ -14,12 +15,11 @@ def evaluate_cloud_command(model: Path, data: Path, cfg, out_dir: Path, console:
     from tfsky.evaluate.cloud import condition_table, evaluate_cloud, results_table
     from tfsky.evaluate.report import rich_table
 
-    with console.status("loading the model, fitting the baselines (CloudNet trains for a minute)...") as status:
-        done = itertools.count(1)
+    with ProgressBar("loading the model, fitting the baselines (CloudNet trains for a minute)...",
+                     console.quiet) as progress:
         report = evaluate_cloud(
             model, data, split=cfg.split, threshold=cfg.threshold, out_dir=out_dir, tiling=cfg.tiling,
-            cover=cfg.cloud,
-            on_image=lambda frame: status.update(f"evaluated {next(done)} frames (last: {frame})"),
+            cover=cfg.cloud, progress=progress,
         )
     summary = report.to_json()
     for group in summary["results"]:

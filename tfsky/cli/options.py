@@ -8,6 +8,8 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
+from tfsky.cli.messages import silence
+
 T = TypeVar("T")
 
 ConfigOption = Annotated[
@@ -17,7 +19,8 @@ SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", "-s", help="Override a config key, e.g. --set train.epochs=3 (repeatable)."),
 ]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+QuietOption = Annotated[bool, typer.Option(
+    "--quiet", "-q", callback=silence, help="No progress bars, tables or messages (warnings still show).")]
 PortOption = Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")]
 
 # Tiling flags of the commands that run a model over tiles; each overrides ``<section>.tiling.<key>``.

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tfsky.cli.messages import ProgressBar
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, training_config
 
 app = typer.Typer(help="Train segmenters and weather translators.", no_args_is_help=True)
@@ -30,7 +31,8 @@ def segmenter(
 
     cfg = training_config(SegmenterConfig, config, overrides)
     announce_precision(cfg.model.precision, quiet)
-    result = train_segmenter(cfg, resume=resume, verbose=0 if quiet else 2)
+    with ProgressBar(quiet=quiet) as progress:  # preparing data.cache when it is missing
+        result = train_segmenter(cfg, resume=resume, verbose=0 if quiet else 2, progress=progress)
     print_result(result)
 
 

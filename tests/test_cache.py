@@ -222,6 +222,29 @@ def write_config(path: Path, data: dict) -> Path:
     return path
 
 
+def test_cli_shows_library_messages_on_stderr_and_quiet_silences_them(tmp_path, cli, monkeypatch):
+    """The library logs (``tfsky`` logger) and reports progress; the CLI shows both, ``--quiet`` neither."""
+    import tfsky.data.cache as cache_module
+    from tfsky.progress import logger
+
+    def fake_prepare(cfg, strict, progress):
+        progress.started(1, "prepare")
+        logger("data").info("an info line")
+        logger().warning("a warning line")
+        progress.advanced("item")
+        progress.finished()
+        return cache_module.PrepareReport(Path(cfg.cache), {"train": 1}, [], 0, 0.0)
+
+    monkeypatch.setattr(cache_module, "prepare_cache", fake_prepare)
+    images, masks = ldr_folder(tmp_path / "ok", count=1)
+    config = write_config(tmp_path / "c.yaml", {"sources": [mask_source(images, masks)], "cache": str(tmp_path / "c")})
+    shown = ["an info line", "a warning line"]
+    assert cli("data", "prepare", "-c", config).stderr.splitlines() == shown
+    assert cli("data", "prepare", "-c", config, "-q").stderr.splitlines() == shown[1:]
+    assert cli("--quiet", "data", "prepare", "-c", config).stderr.splitlines() == shown[1:]
+    assert cli("data", "prepare", "-c", config).stderr.splitlines() == shown  # quiet was for that command only
+
+
 def test_cli_prepare_summary_and_exit_codes(tmp_path, cli, bad_inputs):
     images, masks = ldr_folder(tmp_path / "ok", count=2)
     config = write_config(tmp_path / "c.yaml", {"sources": [mask_source(images, masks)], "cache": str(tmp_path / "c")})

@@ -39,7 +39,7 @@ def _tile_value(value: str) -> int | str:
 
 TileOption = Annotated[Optional[str], typer.Option(
     parser=_tile_value, metavar="auto|PIXELS",
-    help="Tile size: auto (the one that computes the fewest pixels within --memory-budget, printed) or a multiple "
+    help="Tile size: auto (the one that computes the fewest pixels within --memory-budget, shown on stderr) or a multiple "
          "of the model's (32 for segmenters) (config: tiling.tile; default: auto).")]
 MemoryBudgetOption = Annotated[Optional[float], typer.Option(
     help="GB the process may use when --tile is auto (config: tiling.memory_budget; default: 1.5 on a CPU, the "

@@ -158,7 +158,7 @@ def test_prepared_cache_and_pipeline_carry_ignore_as_empty_one_hot_rows(shared_d
     aug = AugmentConfig(rotation=180, shift=0, shear=0, zoom=0, mask_fill=IGNORE, brightness=0.3, white_balance=0.1)
     cfg = DataConfig(sources=[wsiseg_source(root)], cache=tmp_path / "cache", patch_size=128, patches_per_image=2,
                      preprocess=Preprocess(mode="ldr"), augment=aug)
-    report = prepare_cache(cfg, progress=False)
+    report = prepare_cache(cfg)
     assert sum(report.written.values()) == 6 and not report.skipped
     cached = {c.id: c for c in iter_cached(cfg.cache)}
     assert set(np.unique(cached["wsiseg/ASC100-1006_001.png"].mask)) == {0, 1, IGNORE}
@@ -192,7 +192,7 @@ def test_prepare_skips_and_reports_unusable_frames(tmp_path):
     cv2.imwrite(str(annotations / "f_004.png"), np.full((30, 40), 255, np.uint8))  # wrong size
     allsky = AllSkyConfig(cameras=[AllSkyCamera("cam", 1, 4)])  # frame 5 belongs to no camera
     source = SourceConfig(kind="allsky_folder", name="sky", images=images, masks=annotations, allsky=allsky)
-    report = prepare_cache(DataConfig(sources=[source], cache=tmp_path / "cache", patch_size=32), progress=False)
+    report = prepare_cache(DataConfig(sources=[source], cache=tmp_path / "cache", patch_size=32))
     reasons = dict(report.skipped)
     assert sum(report.written.values()) == 3
     assert "mask is 40x30 but image f_004.png is 40x32" in reasons["sky/f_004.png"]
@@ -216,13 +216,13 @@ def test_test_frames_are_held_out_of_train_and_val_into_a_test_split(tmp_path):
         cv2.imwrite(str(annotations / f"f_{number:03d}.png"), np.full((32, 40), 100, np.uint8))
     allsky = AllSkyConfig(cameras=[AllSkyCamera("cam", 1, 12)], test_frames=[[3, 5], [11, 11]])
     source = SourceConfig(kind="allsky_folder", name="sky", images=images, masks=annotations, allsky=allsky)
-    report = prepare_cache(DataConfig(sources=[source], cache=tmp_path / "cache", patch_size=32), progress=False)
+    report = prepare_cache(DataConfig(sources=[source], cache=tmp_path / "cache", patch_size=32))
     assert report.written["test"] == 4 and report.written["train"] + report.written["val"] == 8
     split_of = {cached.id: cached.split for cached in iter_cached(tmp_path / "cache")}
     assert set(split_of) == {f"sky/f_{n:03d}.png" for n in (1, 2, 6, 7, 8, 9, 10, 12)}  # train and val only
     assert {c.id for c in iter_cached(tmp_path / "cache", "test")} == {f"sky/f_{n:03d}.png" for n in (3, 4, 5, 11)}
     plain = prepare_cache(DataConfig(sources=[dataclasses.replace(source, allsky=AllSkyConfig(
-        cameras=allsky.cameras))], cache=tmp_path / "plain", patch_size=32), progress=False)
+        cameras=allsky.cameras))], cache=tmp_path / "plain", patch_size=32))
     assert "test" not in plain.written  # no test split unless frames are held out
     with pytest.raises(ConfigError, match=r"'test_frames\[0\]': must be \[first, last\] with first <= last"):
         AllSkyConfig(test_frames=[[5, 3]]).validate()

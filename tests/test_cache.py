@@ -48,7 +48,7 @@ def mask_source(images: Path, masks: Path, name: str = "photos") -> dict:
 def test_prepare_writes_manifest_and_round_trips_ldr_exactly(tmp_path):
     images, masks = ldr_folder(tmp_path / "ldr", count=5)
     cfg = data_config(tmp_path, [mask_source(images, masks)])
-    report = prepare_cache(cfg, progress=False)
+    report = prepare_cache(cfg)
     manifest = read_manifest(cfg.cache)
     assert sum(report.written.values()) == manifest["totals"]["written"] == 5 and report.skipped == []
     assert report.written["val"] == 1 and manifest["splits"]["val"]["shards"] == ["val-00000.tfrecord"]
@@ -75,7 +75,7 @@ def test_prepare_round_trips_hdr_float32_exactly(tmp_path):
     write_mask_png(tmp_path / "hdr_masks" / "pano.png", rng.random((48, 64)) > 0.3)
     source = mask_source(tmp_path / "hdr", tmp_path / "hdr_masks", "hdr")
     cfg = data_config(tmp_path, [source], preprocess={"mode": "log"})
-    prepare_cache(cfg, progress=False)
+    prepare_cache(cfg)
     (item,) = iter_cached(cfg.cache)
     assert item.image.dtype == np.float32 and read_manifest(cfg.cache)["dtype"] == "float32"
     np.testing.assert_array_equal(item.image, radiance)
@@ -85,7 +85,7 @@ def test_hdr_image_in_an_ldr_cache_is_skipped(tmp_path):
     images, masks = ldr_folder(tmp_path / "ldr", count=2)
     write_tif(images / "pano.tif", np.ones((40, 56, 3), np.float32))
     write_mask_png(masks / "pano.png", np.ones((40, 56), bool))
-    report = prepare_cache(data_config(tmp_path, [mask_source(images, masks)]), progress=False)
+    report = prepare_cache(data_config(tmp_path, [mask_source(images, masks)]))
     assert report.skipped == [("photos/pano.tif", "HDR image (float32) but data.preprocess.mode is ldr")]
 
 
@@ -115,7 +115,7 @@ def bad_inputs(tmp_path) -> DataConfig:
 
 
 def test_each_bad_input_is_skipped_with_its_reason_and_the_run_continues(bad_inputs):
-    report = prepare_cache(bad_inputs, progress=False)
+    report = prepare_cache(bad_inputs)
     reasons = dict(report.skipped)
     assert reasons.pop("photos/empty.png") == "file is empty (0 bytes)"
     assert reasons.pop("photos/truncated.jpg").startswith("truncated or corrupt image")
@@ -133,13 +133,13 @@ def test_each_bad_input_is_skipped_with_its_reason_and_the_run_continues(bad_inp
 
 
 def test_strict_stops_at_the_first_bad_item_and_keeps_the_old_cache(bad_inputs):
-    prepare_cache(bad_inputs, progress=False)
+    prepare_cache(bad_inputs)
     before = read_manifest(bad_inputs.cache)
     with pytest.raises(TfskyError, match=r"^escaping: .*escape.json: .*image path escapes .* \(stopped by --strict\)$"):
-        prepare_cache(bad_inputs, strict=True, progress=False)
+        prepare_cache(bad_inputs, strict=True)
     bad_inputs.sources.pop()  # without the escaping COCO file, the first bad photo stops the run
     with pytest.raises(TfskyError, match=r"^photos/empty.png: file is empty \(0 bytes\) \(stopped by --strict\)$"):
-        prepare_cache(bad_inputs, strict=True, progress=False)
+        prepare_cache(bad_inputs, strict=True)
     assert read_manifest(bad_inputs.cache) == before  # the previous cache is untouched
 
 
@@ -149,14 +149,14 @@ def test_nothing_usable_is_an_error(tmp_path):
     (images / "a.png").write_bytes(b"")
     cfg = data_config(tmp_path, [mask_source(images, tmp_path)])
     with pytest.raises(TfskyError, match=r"no usable image in data.sources: 1 item\(s\) skipped \(first: photos/a.png"):
-        prepare_cache(cfg, progress=False)
+        prepare_cache(cfg)
 
 
 def test_missing_source_folder_is_a_config_error_naming_the_key(tmp_path):
     images, masks = ldr_folder(tmp_path / "ldr", count=1)
     cfg = data_config(tmp_path, [mask_source(images, masks), mask_source(tmp_path / "nope", masks, "other")])
     with pytest.raises(ConfigError, match=r"config key 'data.sources\[1\].images': folder not found: .*nope"):
-        prepare_cache(cfg, progress=False)
+        prepare_cache(cfg)
 
 
 def test_rerun_after_a_killed_run_finishes_cleanly(tmp_path):
@@ -167,13 +167,13 @@ def test_rerun_after_a_killed_run_finishes_cleanly(tmp_path):
     (stale / "train-00000.tfrecord").write_bytes(b"\x00partial")
     Path(cfg.cache).mkdir()
     (Path(cfg.cache) / "train-00000.tfrecord").write_bytes(b"old junk")  # an old cache without manifest
-    prepare_cache(cfg, progress=False)
+    prepare_cache(cfg)
     assert not stale.exists()
     files = sorted(p.name for p in Path(cfg.cache).iterdir())
     assert files == ["manifest.json", "train-00000.tfrecord", "val-00000.tfrecord"]
     first = [entry["sha256"] for entry in read_manifest(cfg.cache)["items"]]
     assert len(list(iter_cached(cfg.cache))) == 3
-    prepare_cache(cfg, progress=False)  # a plain re-run rebuilds the same content
+    prepare_cache(cfg)  # a plain re-run rebuilds the same content
     assert [entry["sha256"] for entry in read_manifest(cfg.cache)["items"]] == first
 
 
@@ -184,7 +184,7 @@ def test_shards_roll_over_at_the_size_limit(tmp_path):
     for name in ("img0", "img1", "img2", "img3"):
         write_png(images / f"{name}.png", big)
         write_mask_png(masks / f"{name}.png", np.zeros((700, 600)))
-    prepare_cache(cfg, progress=False)
+    prepare_cache(cfg)
     manifest = read_manifest(cfg.cache)
     shards = [e["shard"] for e in manifest["items"] if e["split"] == "train"]
     assert len(set(shards)) >= 3 and manifest["splits"]["train"]["shards"][1] == "train-00001.tfrecord"
@@ -220,6 +220,29 @@ def test_split_is_by_group_deterministic_and_never_empty():
 def write_config(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump({"name": "t", "data": data}))
     return path
+
+
+def test_cli_shows_library_messages_on_stderr_and_quiet_silences_them(tmp_path, cli, monkeypatch):
+    """The library logs (``tfsky`` logger) and reports progress; the CLI shows both, ``--quiet`` neither."""
+    import tfsky.data.cache as cache_module
+    from tfsky.progress import logger
+
+    def fake_prepare(cfg, strict, progress):
+        progress.started(1, "prepare")
+        logger("data").info("an info line")
+        logger().warning("a warning line")
+        progress.advanced("item")
+        progress.finished()
+        return cache_module.PrepareReport(Path(cfg.cache), {"train": 1}, [], 0, 0.0)
+
+    monkeypatch.setattr(cache_module, "prepare_cache", fake_prepare)
+    images, masks = ldr_folder(tmp_path / "ok", count=1)
+    config = write_config(tmp_path / "c.yaml", {"sources": [mask_source(images, masks)], "cache": str(tmp_path / "c")})
+    shown = ["an info line", "a warning line"]
+    assert cli("data", "prepare", "-c", config).stderr.splitlines() == shown
+    assert cli("data", "prepare", "-c", config, "-q").stderr.splitlines() == shown[1:]
+    assert cli("--quiet", "data", "prepare", "-c", config).stderr.splitlines() == shown[1:]
+    assert cli("data", "prepare", "-c", config).stderr.splitlines() == shown  # quiet was for that command only
 
 
 def test_cli_prepare_summary_and_exit_codes(tmp_path, cli, bad_inputs):
@@ -272,7 +295,7 @@ def test_prepare_real_photos_and_webcams_into_batches(shared_data, tmp_path):
         },
     ]
     cfg = data_config(tmp_path, sources, patches_per_image=1, shuffle_buffer=16, compression="NONE")
-    report = prepare_cache(cfg, progress=False)
+    report = prepare_cache(cfg)
     assert sum(report.written.values()) == 140 and report.skipped == []
     manifest = read_manifest(cfg.cache)
     cam623 = [e["condition"] for e in manifest["items"] if e["group"] == "skyfinder/623"]

@@ -185,7 +185,7 @@ def test_prepared_cache_evaluates_val_and_fits_baselines_on_train(cli, model, ma
     source = SourceConfig(kind="mask_folder", images=mask_folder / "images", masks=mask_folder / "masks")
     cache = tmp_path / "cache"
     config = DataConfig(sources=[source], cache=cache, val_fraction=0.34, patch_size=32)
-    prepared = prepare_cache(config, progress=False)
+    prepared = prepare_cache(config)
     assert prepared.written == {"train": 2, "val": 1}
     out = tmp_path / "report"
     result = cli("evaluate", "segmenter", "--model", model, "--data", cache, "--out", out)

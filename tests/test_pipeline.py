@@ -37,7 +37,7 @@ def ldr(tmp_path_factory) -> DataConfig:
         write_mask_png(root / "masks" / f"p{index}.png", rng.random((height, width)) > 0.5)
     source = {"kind": "mask_folder", "name": "p", "images": str(root / "images"), "masks": str(root / "masks")}
     cfg = config(root / "cache", [source], val_fraction=0.34, patches_per_image=3)
-    prepare_cache(cfg, progress=False)
+    prepare_cache(cfg)
     return cfg
 
 
@@ -139,7 +139,7 @@ def test_decoded_train_images_are_kept_in_memory_only_when_they_fit(tmp_path, mo
         write_mask_png(tmp_path / "masks" / f"{name}.png", rng.random((40, 40)) > 0.5)
     source = {"kind": "mask_folder", "name": "m", "images": str(tmp_path / "images"), "masks": str(tmp_path / "masks")}
     cfg = config(tmp_path / "cache", [source], val_fraction=0.34)
-    prepare_cache(cfg, progress=False)
+    prepare_cache(cfg)
     in_memory = segmentation_dataset(cfg, "train", 2, seed=0)
     monkeypatch.setattr(pipeline, "MEMORY_CACHE_BYTES", 2 * 40 * 40 * 4 - 1)  # one byte short of the 2 train images
     streaming = segmentation_dataset(cfg, "train", 2, seed=0)
@@ -175,7 +175,7 @@ def test_camera_frames_never_straddle_the_split(tmp_path):
         for frame in range(3):
             write_png(tmp_path / "cams" / camera / f"f{frame}.png", rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
     cfg = config(tmp_path / "cache", [{"kind": "camera_folder", "name": "cams", "images": str(tmp_path / "cams")}])
-    prepare_cache(cfg, progress=False)
+    prepare_cache(cfg)
     groups = {split: {item.group for item in iter_cached(cfg.cache, split)} for split in ("train", "val")}
     assert groups["val"] and groups["train"] and not groups["train"] & groups["val"]
     assert sum(len(item_groups) for item_groups in groups.values()) == 5
@@ -192,7 +192,7 @@ def test_hdr_exposure_is_applied_to_radiance_before_the_log_transform(tmp_path):
     geometric_off = {"rotation": 0, "shift": 0, "shear": 0, "zoom": 0, "horizontal_flip": False, "exposure_ev": 2.0}
     preprocess = {"mode": "log", "output_scale": 0.25, "output_bias": 1.0}
     cfg = config(tmp_path / "cache", [source], preprocess=preprocess, augment=geometric_off, patches_per_image=8)
-    prepare_cache(cfg, progress=False)
+    prepare_cache(cfg)
     image, _ = next(iter(segmentation_dataset(cfg, "train", 8, seed=0)))
     stops = np.log2(cfg.preprocess.invert(image).numpy() / radiance)
     assert np.allclose(stops, stops[:, :1, :1, :1], atol=1e-4)  # radiance * 2**e, one e per patch

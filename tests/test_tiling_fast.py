@@ -1,13 +1,16 @@
 """Issue 17: the shrunk last row/column of tiles (exact blending, no redundant tile, graph == numpy) and
-``tile: auto`` (the tile that computes the fewest pixels within the memory budget, printed once)."""
+``tile: auto`` (the tile that computes the fewest pixels within the memory budget, logged once)."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from test_tiling import double, first_channel, random_image
+from tfsky.progress import Once
 from tfsky.tiling import (
     AUTO_OVERLAP_PX,
     CPU_MEMORY_BUDGET_GB,
@@ -17,7 +20,7 @@ from tfsky.tiling import (
     MAX_AUTO_TILE,
     WINDOWS,
     TilingConfig,
-    announce,
+    auto_tiling_message,
     available_memory,
     choose_tiling,
     computed_pixels,
@@ -167,19 +170,24 @@ def test_explicit_tile_and_overlap_win_over_auto():
     assert out.shape == (300, 300, 1)
 
 
-def test_the_choice_is_printed_once_when_the_image_takes_several_tiles(capsys):
+def test_the_choice_is_logged_once_per_owner_when_the_image_takes_several_tiles(caplog):
+    caplog.set_level(logging.INFO, logger="tfsky")
     requested = TilingConfig(memory_budget=1.25)
     chosen = choose_tiling(requested, 32, (480, 640), budget_for(384))
+    announce = Once()  # owned by the object that chose the tiling (a TiledSegmenter, a TiledTranslator)
     for _ in range(3):
-        announce(chosen, (480, 640), requested, 32)
-    announce(choose_tiling(requested, 32, (60, 60), budget_for(384)), (60, 60), requested, 32)  # one tile
+        announce(auto_tiling_message(chosen, (480, 640), requested, 32))
+    one_tile = choose_tiling(requested, 32, (60, 60), budget_for(384))
+    announce(auto_tiling_message(one_tile, (60, 60), requested, 32))
     explicit = TilingConfig(tile=64)
-    announce(model_tiling(explicit, 64, 32, "x"), (480, 640), explicit, 32)
-    printed = capsys.readouterr().err.splitlines()
+    announce(auto_tiling_message(model_tiling(explicit, 64, 32, "x"), (480, 640), explicit, 32))
+    printed = [record.getMessage() for record in caplog.records]
     assert count_tiles(480, 640, chosen.tile, chosen.overlap, 32) > 1
     assert printed == [f"tiling auto: tile {chosen.tile}, overlap {AUTO_OVERLAP_PX} px, tile batch {chosen.tile_batch} "
                        f"for 640x480 images ({chosen.tile ** 2 * chosen.tile_batch * FORWARD_BYTES_PER_PIXEL / 1e9:.2f}"
                        " GB per call; memory budget 1.25 GB)"]
+    Once()(auto_tiling_message(chosen, (480, 640), requested, 32))  # another owner says it again: no global record
+    assert [record.getMessage() for record in caplog.records] == printed * 2
 
 
 def test_tile_and_memory_budget_flags_reach_the_predict_config(cli, tmp_path):

@@ -68,7 +68,7 @@ def test_prepare_at_a_working_scale_stores_resized_pairs_and_sky_fractions(tmp_p
         write_png(images / f"s{index}.png", image)
         write_mask_png(masks / f"s{index}.png", mask.astype(bool))
     cfg = data_config(tmp_path, [mask_source(images, masks)], working_scale=96)
-    prepare_cache(cfg, progress=False)
+    prepare_cache(cfg)
     entries = {e["id"]: e for e in read_manifest(cfg.cache)["items"]}
     assert (entries["photos/s0.png"]["height"], entries["photos/s0.png"]["width"]) == (96, 154)
     assert (entries["photos/s0.png"]["source_height"], entries["photos/s0.png"]["source_width"]) == (400, 640)
@@ -109,7 +109,7 @@ def test_weighted_crops_reach_the_training_batches(tmp_path):
     cfg = data_config(tmp_path, [mask_source(images, masks)], patches_per_image=4, no_sky_weight=1 / 3,
                       val_fraction=0.25)
     cfg.augment.enabled = False
-    prepare_cache(cfg, progress=False)
+    prepare_cache(cfg)
     train = [e for e in read_manifest(cfg.cache)["items"] if e["split"] == "train"]
     expected = sum(crop_counts(cfg, train))
     assert steps_per_epoch(cfg, "train", 1) == expected == 12
@@ -222,7 +222,7 @@ def test_a_cache_of_another_working_scale_or_an_older_tfsky_is_one_clear_error(t
         write_png(images / f"s{index}.png", image)
         write_mask_png(masks / f"s{index}.png", mask.astype(bool))
     cfg = data_config(tmp_path, [mask_source(images, masks)], working_scale=64)
-    prepare_cache(cfg, progress=False)
+    prepare_cache(cfg)
     cfg.working_scale = 96
     with pytest.raises(InputError, match="prepared at working_scale 64 but the config wants 96"):
         steps_per_epoch(cfg, "train", 1)

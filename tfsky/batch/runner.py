@@ -44,6 +44,7 @@ from tfsky.errors import InputError, TfskyError
 from tfsky.io.atomic import prepare_out_dir, remove_stale_temps
 from tfsky.io.images import is_image_file, link_problem
 from tfsky.io.stores import as_path
+from tfsky.progress import Progress
 
 MANIFEST_SUFFIX = ".txt"
 Status = Literal["done", "skipped", "failed"]
@@ -76,11 +77,17 @@ class Report:
         return 1 if self.failed else 0
 
 
-class Listener:
-    """Progress hooks of a job; every method is optional (this base class ignores them all)."""
+class Listener(Progress):
+    """Progress hooks of a job: a `tfsky.progress.Progress` with per-item detail; every method is optional.
+
+    By default `begin` is `Progress.started` and `item_finished` is `Progress.advanced` (with the file
+    name), so a subclass that only overrides the `Progress` methods follows a job too; the rest is ignored. `Progress.finished` is the
+    caller's to call when the job returns (the CLI's `tfsky.cli.batch_options.JobProgress` ends with its block).
+    """
 
     def begin(self, items: int) -> None:
         """The job has ``items`` items in total (including those that will be skipped or fail)."""
+        self.started(items, "images")
 
     def item_started(self, source: Path, steps: int) -> None:
         """Work on ``source`` starts; it takes ``steps`` steps (e.g. tiles). Local engine only."""
@@ -90,6 +97,7 @@ class Listener:
 
     def item_finished(self, source: Path, status: Status, reason: str = "") -> None:
         """``source`` is ``done``, ``skipped`` or ``failed`` (with ``reason``)."""
+        self.advanced(source.name)
 
 
 class Decoded:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tfsky.batch import Engine, Report, Status
+from tfsky.cli.messages import is_quiet
 from tfsky.io.stores import as_path
 
 T = TypeVar("T")
@@ -101,7 +102,7 @@ class JobProgress:
         self.errors = Console(stderr=True, highlight=False)
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=self.errors, disable=quiet, transient=True,
+            console=self.errors, disable=is_quiet(quiet), transient=True,
         )
         self.items = self.progress.add_task("images", total=None)
         self.steps = self.progress.add_task("tiles", total=None, visible=False)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from tfsky.cli.messages import ProgressBar
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, training_section
 from tfsky.errors import TfskyError
 
@@ -77,7 +78,8 @@ def prepare(
     from tfsky.train.config import SegmenterConfig
 
     cfg = training_section(SegmenterConfig, "data", config, overrides)
-    report = prepare_cache(cfg, strict=strict, progress=not quiet)
+    with ProgressBar("reading the sources...", quiet) as progress:
+        report = prepare_cache(cfg, strict=strict, progress=progress)
     for item_id, reason in report.skipped:
         typer.echo(f"skipped {item_id}: {reason}", err=True)
     written = ", ".join(f"{count} {split}" for split, count in report.written.items())

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Annotated, Callable, Optional, Sequence
 
 import typer
 
+from tfsky.cli.messages import ProgressBar
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
 from tfsky.cli.options import MemoryBudgetOption, OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 from tfsky.cli.options import ResolutionOption
@@ -73,12 +73,10 @@ def segmenter(
 
     if kind_of(model) is ModelKind.CLOUD:  # cloud metrics and cloud baselines (an unreadable model: reported below)
         return _evaluate_cloud(model, data, cfg, out_dir, console)
-    with console.status("loading the model, fitting the baselines...") as status:
-        done = itertools.count(1)
+    with ProgressBar("loading the model, fitting the baselines...", quiet) as progress:
         report = evaluate_segmenter(
             model, data, split=cfg.split, threshold=cfg.threshold, band=cfg.band, labels_csv=labels, out_dir=out_dir,
-            tiling=cfg.tiling,
-            on_image=lambda image_id: status.update(f"evaluated {next(done)} images (last: {image_id})"),
+            tiling=cfg.tiling, progress=progress,
         )
     summary = report.to_json()
     console.print(rich_table(overall_table(summary)))
@@ -163,11 +161,8 @@ def translator(
         raise ConfigError("--fit-gate", "is for a colorizer (model.kind colorize) only")
     if pairs is None:
         raise ConfigError("--pairs", "is required for a pix2pix or vae translator (a pairs file of tfsky streams pairs)")
-    with console.status("translating the pairs...") as status:
-        report = evaluate_translator(
-            model, pairs, out_dir, split=cfg.split, tiling=cfg.tiling,
-            on_pair=lambda pair: status.update(f"evaluated {Path(pair.source).name} -> {Path(pair.target).name}"),
-        )
+    with ProgressBar("loading the model...", quiet) as progress:
+        report = evaluate_translator(model, pairs, out_dir, split=cfg.split, tiling=cfg.tiling, progress=progress)
     console.print(rich_table(summary_table(report)))
     finish_evaluation(report.skipped, lambda skipped: f"{skipped['source']} -> {skipped['target']}",
                       f"{len(report.per_pair)} pairs", ", ".join(str(p) for p in report.files))
@@ -181,16 +176,12 @@ def _evaluate_colorizer(model: Path, cfg, out_dir: Path, console, fit_gate: bool
     from tfsky.train.chroma_gate import fit_chroma_gate
 
     if fit_gate:
-        with console.status("fitting the chroma gate on the training split...") as status:
-            done = itertools.count(1)
-            fit = fit_chroma_gate(model, cfg.tiling,
-                                  on_image=lambda path: status.update(f"gate: colorized {next(done)} ({path.name})"))
+        with ProgressBar("fitting the chroma gate on the training split...", console.quiet) as progress:
+            fit = fit_chroma_gate(model, cfg.tiling, progress=progress)
         typer.echo(fit.summary())
 
-    with console.status("colorizing the held-out images...") as status:
-        done = itertools.count(1)
-        report = evaluate_colorizer(model, out_dir, split=cfg.split, tiling=cfg.tiling,
-                                    on_image=lambda path: status.update(f"evaluated {next(done)} ({path.name})"))
+    with ProgressBar("loading the model, fitting the baselines...", console.quiet) as progress:
+        report = evaluate_colorizer(model, out_dir, split=cfg.split, tiling=cfg.tiling, progress=progress)
     console.print(rich_table(summary_table(report)))
     finish_evaluation(report.skipped, lambda skipped: skipped["image"], f"{len(report.per_image)} images",
                       ", ".join(str(p) for p in report.files))
@@ -202,12 +193,11 @@ def _evaluate_cloud(model: Path, data: Path, cfg, out_dir: Path, console) -> Non
     from tfsky.evaluate.cloud import condition_table, evaluate_cloud, results_table
     from tfsky.evaluate.report import rich_table
 
-    with console.status("loading the model, fitting the baselines (CloudNet trains for a minute)...") as status:
-        done = itertools.count(1)
+    with ProgressBar("loading the model, fitting the baselines (CloudNet trains for a minute)...",
+                     console.quiet) as progress:
         report = evaluate_cloud(
             model, data, split=cfg.split, threshold=cfg.threshold, out_dir=out_dir, tiling=cfg.tiling,
-            cover=cfg.cloud,
-            on_image=lambda frame: status.update(f"evaluated {next(done)} frames (last: {frame})"),
+            cover=cfg.cloud, progress=progress,
         )
     summary = report.to_json()
     for group in summary["results"]:

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
+from tfsky.cli.messages import silence
+
 T = TypeVar("T")
 
 ConfigOption = Annotated[
@@ -17,7 +19,8 @@ SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", "-s", help="Override a config key, e.g. --set train.epochs=3 (repeatable)."),
 ]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+QuietOption = Annotated[bool, typer.Option(
+    "--quiet", "-q", callback=silence, help="No progress bars, tables or messages (warnings still show).")]
 PortOption = Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")]
 
 # Tiling flags of the commands that run a model over tiles; each overrides ``<section>.tiling.<key>``.
@@ -36,7 +39,7 @@ def _tile_value(value: str) -> int | str:
 
 TileOption = Annotated[Optional[str], typer.Option(
     parser=_tile_value, metavar="auto|PIXELS",
-    help="Tile size: auto (the one that computes the fewest pixels within --memory-budget, printed) or a multiple "
+    help="Tile size: auto (the one that computes the fewest pixels within --memory-budget, shown on stderr) or a multiple "
          "of the model's (32 for segmenters) (config: tiling.tile; default: auto).")]
 MemoryBudgetOption = Annotated[Optional[float], typer.Option(
     help="GB the process may use when --tile is auto (config: tiling.memory_budget; default: 1.5 on a CPU, the "

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tfsky.cli.messages import ProgressBar, is_quiet
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, training_config
 
 app = typer.Typer(help="Train segmenters and weather translators.", no_args_is_help=True)
@@ -28,9 +29,11 @@ def segmenter(
     from tfsky.train.config import SegmenterConfig
     from tfsky.train.segmenter import train_segmenter
 
+    quiet = is_quiet(quiet)  # tfsky --quiet train ...: no Keras bars either
     cfg = training_config(SegmenterConfig, config, overrides)
     announce_precision(cfg.model.precision, quiet)
-    result = train_segmenter(cfg, resume=resume, verbose=0 if quiet else 2)
+    with ProgressBar(quiet=quiet) as progress:  # preparing data.cache when it is missing
+        result = train_segmenter(cfg, resume=resume, verbose=0 if quiet else 2, progress=progress)
     print_result(result)
 
 
@@ -45,6 +48,7 @@ def translator(
     from tfsky.train.config import TranslatorConfig
     from tfsky.train.translator import train_translator
 
+    quiet = is_quiet(quiet)
     cfg = training_config(TranslatorConfig, config, overrides)
     announce_precision(cfg.model.precision, quiet)
     print_result(train_translator(cfg, resume=resume, verbose=0 if quiet else 2))
@@ -61,6 +65,7 @@ def classifier(
     from tfsky.train.classifier import train_classifier
     from tfsky.train.config import ClassifierConfig
 
+    quiet = is_quiet(quiet)
     cfg = training_config(ClassifierConfig, config, overrides)
     print_result(train_classifier(cfg, resume=resume, verbose=0 if quiet else 2))
 

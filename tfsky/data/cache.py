@@ -27,7 +27,6 @@ from the sources; temporary folders left by a killed run are deleted first
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -35,11 +34,10 @@ import json
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tfsky import __version__
 from tfsky.config import to_dict
@@ -50,6 +48,7 @@ from tfsky.data.sources import LabelledImage, iter_source
 from tfsky.errors import ConfigError, InputError, TfskyError
 from tfsky.io.atomic import atomic_dir, remove_stale_temps, write_json
 from tfsky.io.images import read_image
+from tfsky.progress import Progress, tracked
 
 MANIFEST = "manifest.json"
 FORMAT = "tfsky-cache/1"
@@ -89,7 +88,7 @@ class CachedImage:
     mask: np.ndarray
 
 
-def prepare_cache(cfg: DataConfig, *, strict: bool = False, progress: bool = True) -> PrepareReport:
+def prepare_cache(cfg: DataConfig, *, strict: bool = False, progress: Optional[Progress] = None) -> PrepareReport:
     """Read every source once and write the cache folder ``cfg.cache`` (replacing an existing one).
 
     Bad items (unreadable or missing image or mask, mask size != image size,
@@ -99,7 +98,8 @@ def prepare_cache(cfg: DataConfig, *, strict: bool = False, progress: bool = Tru
     Args:
         cfg: DataConfig. The ``data:`` section.
         strict: bool. Stop at the first bad item instead of skipping it. Defaults to False.
-        progress: bool. Show a rich progress bar. Defaults to True.
+        progress: Progress. Advanced with each item's id once it is written or skipped (`tfsky.progress`).
+            Defaults to None (no progress).
 
     Raises:
         ConfigError: a source path does not exist (key ``data.sources[i].<field>``).
@@ -117,11 +117,11 @@ def prepare_cache(cfg: DataConfig, *, strict: bool = False, progress: bool = Tru
     with atomic_dir(cfg.cache) as folder:
         names = SPLITS + ((TEST,) if TEST in splits.values() else ())
         writers = {split: ShardWriter(folder, split, cfg.shard_size_mb * 2**20, cfg.compression) for split in names}
-        with _progress_bar(progress, len(items)) as advance:
+        with tracked(progress, len(items), "prepare") as progress:
             for item in items:
                 entries.append(_write_item(item, splits.get(item.group), cfg, writers))
                 _stop_if_strict(entries, strict)
-                advance(item.id)
+                progress.advanced(item.id)
         for writer in writers.values():
             writer.close()
         if not any(entry["status"] == "written" for entry in entries):
@@ -304,15 +304,6 @@ def _report(cfg: DataConfig, manifest: dict) -> PrepareReport:
         bytes=manifest["totals"]["bytes"],
         seconds=manifest["totals"]["seconds"],
     )
-
-
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
-    """A rich progress bar over the items; yields ``advance(item_id)``. Disabled: no output."""
-    columns = (TextColumn("prepare"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, TextColumn("{task.description}"), disable=not enabled) as progress:
-        task = progress.add_task("", total=total)
-        yield lambda item_id: progress.update(task, advance=1, description=item_id)
 
 
 def read_manifest(cache_dir: str | Path) -> dict:

@@ -45,6 +45,7 @@ from tfsky.evaluate.cloud_baselines import CLOUD, CloudBaselines, fit_cloud_base
 from tfsky.evaluate.report import Table, markdown_document, write_report
 from tfsky.predict.cloud import CONDITIONS, CloudCoverConfig, FrameCover, okta, sky_condition
 from tfsky.predict.segment import TiledSegmenter
+from tfsky.progress import Progress, tracked
 from tfsky.tiling import TilingConfig
 
 PREDICTORS = ("model", "red_blue_ratio", "red_minus_blue", "cloudnet")
@@ -205,9 +206,11 @@ def evaluate_cloud(
     cover: CloudCoverConfig | None = None,
     cloudnet_stride: int = 16,
     with_cloudnet: bool = True,
-    on_image: Optional[Callable[[str], None]] = None,
+    progress: Optional[Progress] = None,
 ) -> CloudEvalReport:
     """Evaluate a cloud segmenter and the baselines on an all-sky cache; write ``eval.json`` and ``eval.md``.
+
+    ``progress`` is advanced with each frame's id once it is scored (`tfsky.progress`).
 
     Raises:
         InputError: ``data`` is not a prepared cache, holds frames at a working scale (its labels would be
@@ -234,22 +237,23 @@ def evaluate_cloud(
         raise InputError(data, "no training frames to fit the baselines on")
     predictors = PREDICTORS if with_cloudnet else PREDICTORS[:3]
     frames, skipped = [], []
-    for cached in iter_cached(data, split):
-        try:
-            segmenter.check(cached.image, cached.id)
-        except InputError as err:
-            skipped.append({"id": cached.id, "reason": str(err)})
-            continue
-        truth = cached.mask
-        cloud = sky_mask(sky_probability(segmenter.probabilities(cached.image)), threshold)
-        scores = {"model": frame_score(cloud, truth)}
-        scores.update({n: frame_score(m, truth) for n, m in baselines.threshold_masks(cached.image).items()})
-        if with_cloudnet:
-            scores["cloudnet"] = _cloudnet_score(baselines, cached.image, truth, cloudnet_stride)
-        sun = sun_score(frame_cover, cached.image, truth, cloud, cached.id) if frame_cover else None
-        frames.append(FrameResult(cached.id, camera_of(cached.id), cached.condition, scores, sun))
-        if on_image:
-            on_image(cached.id)
+    with tracked(progress, manifest["splits"][split]["images"], "evaluate") as progress:
+        for cached in iter_cached(data, split):
+            try:
+                segmenter.check(cached.image, cached.id)
+            except InputError as err:
+                skipped.append({"id": cached.id, "reason": str(err)})
+                progress.advanced(cached.id)
+                continue
+            truth = cached.mask
+            cloud = sky_mask(sky_probability(segmenter.probabilities(cached.image)), threshold)
+            scores = {"model": frame_score(cloud, truth)}
+            scores.update({n: frame_score(m, truth) for n, m in baselines.threshold_masks(cached.image).items()})
+            if with_cloudnet:
+                scores["cloudnet"] = _cloudnet_score(baselines, cached.image, truth, cloudnet_stride)
+            sun = sun_score(frame_cover, cached.image, truth, cloud, cached.id) if frame_cover else None
+            frames.append(FrameResult(cached.id, camera_of(cached.id), cached.condition, scores, sun))
+            progress.advanced(cached.id)
     if not frames:
         first = f": {skipped[0]['reason']}" if skipped else ""
         raise InputError(data, f"no frame could be evaluated ({len(skipped)} skipped{first})")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -44,6 +44,7 @@ from tfsky.io.atomic import atomic_path
 from tfsky.io.writers import write_png
 from tfsky.models.bundle import ModelKind, load_info
 from tfsky.models.image_quality import psnr
+from tfsky.progress import Progress, tracked
 from tfsky.predict.colorize import TiledColorizer
 from tfsky.tiling import TilingConfig
 from tfsky.train.config import TranslatorConfig, trained_config
@@ -145,11 +146,12 @@ def evaluate_colorizer(
     split: str = "val",
     tiling: TilingConfig | None = None,
     contact_rows: int = 6,
-    on_image: Optional[Callable[[Path], None]] = None,
+    progress: Optional[Progress] = None,
 ) -> ColorizeReport:
     """Evaluate the colorizer ``model_path`` on the ``split`` images of its sources; write the report.
 
-    The contact sheet shows ``contact_rows`` images spread evenly over the split.
+    The contact sheet shows ``contact_rows`` images spread evenly over the split. ``progress`` is advanced with
+    each image's file name once it is evaluated or skipped (`tfsky.progress`).
 
     Raises:
         InputError: the model is not a colorizer, the split is empty, or no image could be evaluated.
@@ -169,23 +171,24 @@ def evaluate_colorizer(
     colorizer = TiledColorizer.load(model_path, tiling)
     per_image, skipped, sheet = [], [], []
     shown = set(np.linspace(0, len(paths[split]) - 1, contact_rows).round().astype(int).tolist())  # spread out
-    for index, path in enumerate(paths[split]):
-        try:
-            image, truth_lab, truth = read_truth(path)
-        except InputError as err:
-            skipped.append({"image": str(path), "reason": str(err)})
-            continue
-        colorized = colorizer.colorize_frame(image, path)
-        ungated = colorizer.colorize_frame(image, path, gate=False).rgb if colorized.gated else colorized.rgb
-        outputs = {"model": colorized.rgb / np.float32(255), "model (no gate)": ungated / np.float32(255)}
-        for name, ab in training.baselines(truth_lab[..., 0]).items():
-            outputs[name] = lab_to_rgb(fit_gamut(np.concatenate([truth_lab[..., :1], ab], axis=-1))).numpy()
-        per_image.append({"image": str(path), "chroma": colorized.chroma, "gated": colorized.gated,
-                          "metrics": {name: _metrics(out, truth, truth_lab) for name, out in outputs.items()}})
-        if index in shown:
-            sheet.append(_sheet_row([outputs["grey"], outputs["model"], truth]))
-        if on_image is not None:
-            on_image(path)
+    with tracked(progress, len(paths[split]), "evaluate") as progress:
+        for index, path in enumerate(paths[split]):
+            try:
+                image, truth_lab, truth = read_truth(path)
+            except InputError as err:
+                skipped.append({"image": str(path), "reason": str(err)})
+                progress.advanced(path.name)
+                continue
+            colorized = colorizer.colorize_frame(image, path)
+            ungated = colorizer.colorize_frame(image, path, gate=False).rgb if colorized.gated else colorized.rgb
+            outputs = {"model": colorized.rgb / np.float32(255), "model (no gate)": ungated / np.float32(255)}
+            for name, ab in training.baselines(truth_lab[..., 0]).items():
+                outputs[name] = lab_to_rgb(fit_gamut(np.concatenate([truth_lab[..., :1], ab], axis=-1))).numpy()
+            per_image.append({"image": str(path), "chroma": colorized.chroma, "gated": colorized.gated,
+                              "metrics": {name: _metrics(out, truth, truth_lab) for name, out in outputs.items()}})
+            if index in shown:
+                sheet.append(_sheet_row([outputs["grey"], outputs["model"], truth]))
+            progress.advanced(path.name)
     if not per_image:
         raise InputError(model_path, f"no {split!r} image could be evaluated ({skipped[0]['reason']})")
     means = {method: {m: float(np.mean([p["metrics"][method][m] for p in per_image])) for m in METRICS}

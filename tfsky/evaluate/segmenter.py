@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sized
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from tfsky.evaluate.metrics import BOUNDARY_BAND
 from tfsky.evaluate.baselines import Baselines, fit_baselines
 from tfsky.evaluate.report import Table, markdown_document, signed, write_report
 from tfsky.predict.segment import TiledSegmenter
+from tfsky.progress import Progress, tracked
 from tfsky.tiling import TilingConfig
 
 PREDICTORS = ("model", "horizon", "color_threshold")
@@ -152,7 +153,7 @@ def score_items(
     predict: Callable[[np.ndarray], np.ndarray],
     baselines: Baselines,
     band: float = BOUNDARY_BAND,
-    on_image: Optional[Callable[[str], None]] = None,
+    progress: Optional[Progress] = None,
 ) -> tuple[list[ImageResult], list[dict[str, str]]]:
     """Score the model's and the baselines' masks on each item; items that fail to load are skipped.
 
@@ -161,20 +162,21 @@ def score_items(
         predict: image -> boolean sky mask of the same height and width.
         baselines: the fitted baselines.
         band: float. Boundary F1 tolerance in pixels. Defaults to 3.
-        on_image: called with each item's id once it is scored (progress display).
+        progress: Progress. Advanced with each item's id once it is scored or skipped (`tfsky.progress`).
     """
     results, skipped = [], []
-    for item in items:
-        try:
-            image, truth = item.load()
-        except InputError as err:
-            skipped.append({"id": item.id, "reason": str(err)})
-            continue
-        masks = {"model": predict(image), **baselines.predict(image)}
-        scores = {name: metrics.score(mask, truth, band) for name, mask in masks.items()}
-        results.append(ImageResult(item.id, item.condition, truth.shape, scores))
-        if on_image:
-            on_image(item.id)
+    with tracked(progress, len(items) if isinstance(items, Sized) else None, "evaluate") as progress:
+        for item in items:
+            try:
+                image, truth = item.load()
+            except InputError as err:
+                skipped.append({"id": item.id, "reason": str(err)})
+                progress.advanced(item.id)
+                continue
+            masks = {"model": predict(image), **baselines.predict(image)}
+            scores = {name: metrics.score(mask, truth, band) for name, mask in masks.items()}
+            results.append(ImageResult(item.id, item.condition, truth.shape, scores))
+            progress.advanced(item.id)
     return results, skipped
 
 
@@ -188,7 +190,7 @@ def evaluate_segmenter(
     labels_csv: Optional[str | Path] = None,
     out_dir: Optional[str | Path] = None,
     tiling: TilingConfig | None = None,
-    on_image: Optional[Callable[[str], None]] = None,
+    progress: Optional[Progress] = None,
 ) -> EvalReport:
     """Evaluate a saved segmenter and both baselines; write ``eval.json`` and ``eval.md``.
 
@@ -204,7 +206,7 @@ def evaluate_segmenter(
         out_dir: where the reports go. Defaults to ``eval/`` beside the model.
         tiling: TilingConfig. Tiles, blending and flip TTA, as ``tfsky predict`` takes them (the model's
             training tile by default). Defaults to None (the `TilingConfig` defaults).
-        on_image: called with each image id once it is scored (progress display).
+        progress: Progress. Advanced with each image id once it is scored (`tfsky.progress`).
 
     Raises:
         InputError: missing model or data folder, unknown layout or cache split, unusable labels CSV,
@@ -216,7 +218,7 @@ def evaluate_segmenter(
     source = open_data(data, split, labels_csv, segmenter)
     baselines = _fit(source, data)
     results, skipped = score_items(
-        source.items(), lambda image: sky_mask(segmenter.probabilities(image), threshold), baselines, band, on_image
+        source.items(), lambda image: sky_mask(segmenter.probabilities(image), threshold), baselines, band, progress
     )
     if not results:
         first = f": {skipped[0]['reason']}" if skipped else ""

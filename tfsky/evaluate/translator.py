@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -43,6 +43,7 @@ from tfsky.evaluate.report import Table, markdown_document, write_report
 from tfsky.io.writers import write_png
 from tfsky.models.image_quality import PSNR_CAP, psnr
 from tfsky.predict.translate import CompositeConfig, TiledTranslator, composite, feathered_sky_weight, to_uint8
+from tfsky.progress import Progress, tracked
 from tfsky.tiling import TilingConfig
 
 METRICS = ("psnr", "ssim", "l1", "nonsky_psnr", "sky_psnr")
@@ -112,7 +113,7 @@ def evaluate_translator(
     tiling: TilingConfig | None = None,
     feather: float = CompositeConfig.feather,
     contact_rows: int = 6,
-    on_pair: Optional[Callable[[Pair], None]] = None,
+    progress: Optional[Progress] = None,
 ) -> TranslatorReport:
     """Evaluate ``model_path`` on the ``split`` pairs of ``pairs_path``; write the report into ``out_dir``.
 
@@ -124,7 +125,8 @@ def evaluate_translator(
         tiling: TilingConfig. Tiles and blending of the translation. Defaults to None (the `TilingConfig` defaults).
         feather: float. Sky edge of the composite method, Gaussian sigma in pixels. Defaults to 5.
         contact_rows: int. Pairs shown in the contact sheet. Defaults to 6.
-        on_pair: callable. Called with each pair once it is evaluated (progress display). Defaults to None.
+        progress: Progress. Advanced with each pair's source file name once it is evaluated or skipped
+            (`tfsky.progress`). Defaults to None.
 
     Raises:
         InputError: missing or invalid pairs file or model, no pair in ``split``, or no pair that could be
@@ -139,24 +141,25 @@ def evaluate_translator(
         sky_colour = mean_sky_colour(pairs)
     per_pair, skipped, sheet_rows = [], [], []
     translated: dict[str, np.ndarray] = {}  # one translation per distinct source frame
-    for pair in pairs:
-        try:
-            source_u8, target_u8, mask = _load_and_translate(pair, translator, translated)
-        except InputError as err:
-            skipped.append({"source": pair.source, "target": pair.target, "reason": str(err)})
-            continue
-        source, target = source_u8 / np.float32(255), target_u8 / np.float32(255)
-        outputs = _method_outputs(source_u8, source, translated[pair.source], mask if pair.mask else None,
-                                  sky_colour, feather)
-        sky = mask[..., 0] > 0 if pair.mask else None
-        per_pair.append({
-            "camera": pair.camera, "source": pair.source, "target": pair.target,
-            "metrics": {name: image_metrics(output, source, target, sky) for name, output in outputs.items()},
-        })
-        if len(sheet_rows) < contact_rows:
-            sheet_rows.append(_sheet_row(source_u8, outputs["model"], target_u8))
-        if on_pair is not None:
-            on_pair(pair)
+    with tracked(progress, len(pairs), "evaluate") as progress:
+        for pair in pairs:
+            try:
+                source_u8, target_u8, mask = _load_and_translate(pair, translator, translated)
+            except InputError as err:
+                skipped.append({"source": pair.source, "target": pair.target, "reason": str(err)})
+                progress.advanced(Path(pair.source).name)
+                continue
+            source, target = source_u8 / np.float32(255), target_u8 / np.float32(255)
+            outputs = _method_outputs(source_u8, source, translated[pair.source], mask if pair.mask else None,
+                                      sky_colour, feather)
+            sky = mask[..., 0] > 0 if pair.mask else None
+            per_pair.append({
+                "camera": pair.camera, "source": pair.source, "target": pair.target,
+                "metrics": {name: image_metrics(output, source, target, sky) for name, output in outputs.items()},
+            })
+            if len(sheet_rows) < contact_rows:
+                sheet_rows.append(_sheet_row(source_u8, outputs["model"], target_u8))
+            progress.advanced(Path(pair.source).name)
     if not per_pair:
         raise InputError(pairs_path, f"no {split!r} pair could be evaluated ({len(skipped)} skipped: "
                          f"{skipped[0]['reason']})")

@@ -35,7 +35,8 @@ from tfsky.errors import InputError
 from tfsky.io.images import read_image
 from tfsky.models.bundle import ModelInfo, ModelKind, load_model
 from tfsky.predict.refine import refine
-from tfsky.tiling import (AUTO, TilingConfig, announce, available_memory, choose_tiling, compiled_forward,
+from tfsky.progress import Once
+from tfsky.tiling import (AUTO, TilingConfig, auto_tiling_message, available_memory, choose_tiling, compiled_forward,
                           count_tiles, model_tiling, sliding_window_inference)
 
 _READ_CHANNELS = (1, 3, 4)  # channel counts read_image converts to; others are read as stored
@@ -137,6 +138,7 @@ class TiledSegmenter:
         self.info = info
         self.inputs = ModelInputs(info)
         self.requested = segmenter_tiling(tiling, info)
+        self.announce = Once()  # what ``tile: auto`` chose, once per image size
         self.tiling = choose_tiling(self.requested, SIZE_MULTIPLE, None, available_memory(self.requested.memory_budget))
         self._forward = compiled_forward(model, info.in_channels)
 
@@ -177,7 +179,7 @@ class TiledSegmenter:
         as the exported signature's), capped at the image's size (the same grid, a fuller batch)."""
         size = self.model_size(height, width)
         chosen = choose_tiling(self.requested, SIZE_MULTIPLE, size, available_memory(self.requested.memory_budget))
-        announce(chosen, size, self.requested, SIZE_MULTIPLE)
+        self.announce(auto_tiling_message(chosen, size, self.requested, SIZE_MULTIPLE))
         return chosen
 
     def mask_threshold(self, requested: float | None = None) -> float:

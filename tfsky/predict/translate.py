@@ -52,7 +52,8 @@ from tfsky.batch import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
 from tfsky.models.vae import set_sampling
 from tfsky.predict.segment import TiledSegmenter
-from tfsky.tiling import (TilingConfig, announce, available_memory, choose_tiling, compiled_forward, model_tiling,
+from tfsky.progress import Once
+from tfsky.tiling import (TilingConfig, auto_tiling_message, available_memory, choose_tiling, compiled_forward, model_tiling,
                           sliding_window_inference)
 from tfsky.train.config import TranslatorConfig, trained_config
 
@@ -79,6 +80,7 @@ class TiledTranslator:
         self.working_side = None if native_scale else trained.data.load_size
         self.multiple = trained.model.size_multiple
         self.requested = model_tiling(tiling, info.tile_size, self.multiple, info.task)
+        self.announce = Once()  # what ``tile: auto`` chose, once per image size
         self.tiling = choose_tiling(self.requested, self.multiple, None, available_memory(self.requested.memory_budget))
         if info.task == "vae":
             set_sampling(model, sample)
@@ -112,7 +114,7 @@ class TiledTranslator:
         working = resize_shorter_side(image, self.working_side) if self.working_side else image
         tiling = choose_tiling(self.requested, self.multiple, working.shape[:2],  # `tile: auto`, as tfsky predict
                                available_memory(self.requested.memory_budget))
-        announce(tiling, working.shape[:2], self.requested, self.multiple)
+        self.announce(auto_tiling_message(tiling, working.shape[:2], self.requested, self.multiple))
         out = sliding_window_inference(working, self.predict_tiles, tiling, progress=progress, multiple=self.multiple)
         if out.shape[:2] != (height, width):
             out = np.clip(cv2.resize(out, (width, height), interpolation=cv2.INTER_LINEAR), 0, 1)

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from tfsky.io.atomic import write_json
 from tfsky.models.bundle import ModelKind, info_path, load_model
 from tfsky.models.colorize_frames import FrameColorizer
 from tfsky.models.image_quality import psnr
+from tfsky.progress import Progress, tracked
 from tfsky.tiling import TilingConfig
 from tfsky.train.config import TranslatorConfig, trained_config
 
@@ -66,11 +67,12 @@ def best_gate_threshold(chroma, model_psnr, grey_psnr) -> Optional[float]:
 
 
 def fit_chroma_gate(model_path: Path, tiling: TilingConfig | None = None,
-                    on_image: Optional[Callable[[Path], None]] = None) -> GateFit:
+                    progress: Optional[Progress] = None) -> GateFit:
     """Fit the chroma gate of the colorizer at ``model_path`` on its training split; store it in the sidecar.
 
     Every training image is colorized at its native size with the gate off, as the evaluation reads it;
-    its gate statistic, model PSNR and grey PSNR (the gated output) go to `best_gate_threshold`.
+    its gate statistic, model PSNR and grey PSNR (the gated output) go to `best_gate_threshold`. ``progress`` is
+    advanced with each image's file name (`tfsky.progress`).
 
     Raises:
         InputError: the model is not a colorizer, or none of its training images can be read.
@@ -81,18 +83,19 @@ def fit_chroma_gate(model_path: Path, tiling: TilingConfig | None = None,
     paths = colour_split(trained.colour)["train"]
     colorizer = FrameColorizer(model, info, trained.model.colorize, tiling)
     chroma, model_psnr, grey_psnr = [], [], []
-    for path in paths:
-        try:
-            image, _, truth = read_truth(path)
-        except InputError as err:
-            log.warning("chroma gate: skipped %s", err)
-            continue
-        colorized = colorizer.colorize_frame(image, path, gate=False)
-        chroma.append(colorized.chroma)
-        model_psnr.append(psnr(colorized.rgb / np.float32(255), truth))
-        grey_psnr.append(psnr(colorizer.grey(image) / np.float32(255), truth))
-        if on_image is not None:
-            on_image(path)
+    with tracked(progress, len(paths), "chroma gate") as progress:
+        for path in paths:
+            try:
+                image, _, truth = read_truth(path)
+            except InputError as err:
+                log.warning("chroma gate: skipped %s", err)
+                progress.advanced(path.name)
+                continue
+            colorized = colorizer.colorize_frame(image, path, gate=False)
+            chroma.append(colorized.chroma)
+            model_psnr.append(psnr(colorized.rgb / np.float32(255), truth))
+            grey_psnr.append(psnr(colorizer.grey(image) / np.float32(255), truth))
+            progress.advanced(path.name)
     if not chroma:
         raise InputError(model_path, "none of its training images could be read to fit the chroma gate on")
     threshold = best_gate_threshold(chroma, model_psnr, grey_psnr)

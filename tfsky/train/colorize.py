@@ -91,9 +91,7 @@ def train_colorizer(cfg: TranslatorConfig, *, resume: bool = False, verbose: int
     if model_cfg.chroma_gate and best.is_file() and is_chief():
         # the gate is calibrated on the training split (colorized at native size, PSNR vs grey)
         summary = fit_chroma_gate(best).summary()
-        if verbose:  # shown like the budget line: the user sees what the gate does
-            print(summary, flush=True)
-        log.info("colorize: %s", summary)
+        log.info("colorize: %s", summary)  # the CLI shows it, like the budget line: what the gate does
     return result
 
 

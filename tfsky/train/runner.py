@@ -60,9 +60,12 @@ from tensorflow.core.framework import summary_pb2
 from tfsky.config import dump_config
 from tfsky.errors import TfskyError
 from tfsky.io.atomic import atomic_path, prepare_out_dir, remove_stale_temps, write_json, write_text
+from tfsky.progress import logger
 
 if TYPE_CHECKING:
     from tfsky.train.config import TrainConfig
+
+log = logger("train")
 
 RUN_FILES = ("config.yaml", "best.keras", "best.json", "state.json", "history.csv", "learning_curves.png")
 
@@ -345,7 +348,7 @@ class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
 
 class Budget(tf.keras.callbacks.Callback):
     """Measures each epoch's wall time (``epoch_seconds`` in the logs, so in ``history.csv``) and, from
-    the second epoch of a fit on (the first one also traces the graphs), prints the measured seconds per
+    the second epoch of a fit on (the first one also traces the graphs), logs the measured seconds per
     training step and the projected end time, so a stated budget can be checked against this machine.
     """
 
@@ -367,7 +370,7 @@ class Budget(tf.keras.callbacks.Callback):
             self.steady.append(seconds)
         due = len(self.steady) == 1 or (self.steady and epoch % self.report_every == 0)
         if self.report and due and is_chief():
-            print(self.projection(epoch + 1), flush=True)
+            log.info("%s", self.projection(epoch + 1))
 
     def projection(self, epochs_completed: int) -> str:
         """One line: measured seconds per step and epoch, and when the run will end at that pace."""

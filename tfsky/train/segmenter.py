@@ -14,6 +14,7 @@ threshold with the best IoU on the validation batches (chosen after training).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +29,7 @@ from tfsky.models.losses import make_loss
 from tfsky.models.metrics import segmentation_metrics
 from tfsky.models.precision import global_batch_size, make_strategy, precision_policy
 from tfsky.models.segmenter import build_segmenter
+from tfsky.progress import Progress
 from tfsky.train.config import SegmenterConfig, SegmenterTrainConfig
 from tfsky.train.runner import RunResult, fit_run, is_chief, seed_everything, start_run
 
@@ -35,7 +37,8 @@ MONITOR = "val_iou"
 THRESHOLD_BINS = 50  # candidate sky thresholds every 0.02
 
 
-def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, verbose: int = 2) -> RunResult:
+def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, verbose: int = 2,
+                    progress: Optional[Progress] = None) -> RunResult:
     """Train (or, with ``resume``, continue the newest run of) ``cfg.name``.
 
     Args:
@@ -43,12 +46,13 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, verbose: int 
         resume: bool. Continue the newest run folder of ``cfg.name`` from its
             last completed epoch (a fresh run if there is none). Defaults to False.
         verbose: int. Keras progress output (0 silent, 2 one line per epoch). Defaults to 2.
+        progress: Progress. Preparing the cache when it is missing (`tfsky.progress`). Defaults to None.
 
     Returns:
         RunResult with the run folder and the best epoch's metrics.
     """
     seed_everything(cfg.train)
-    ensure_cache(cfg, progress=verbose > 0)
+    ensure_cache(cfg, progress)
     strategy = make_strategy(cfg.train.strategy)
     batch_size = global_batch_size(cfg.train.batch_size, strategy)
     train_ds, val_ds = make_datasets(cfg, batch_size)
@@ -108,7 +112,7 @@ def compiled_segmenter(cfg: SegmenterConfig, steps_per_epoch: int) -> tf.keras.M
     return model
 
 
-def ensure_cache(cfg: SegmenterConfig, progress: bool) -> None:
+def ensure_cache(cfg: SegmenterConfig, progress: Optional[Progress] = None) -> None:
     """Prepare ``data.cache`` unless a complete cache (with its manifest) is already there.
 
     Raises:

@@ -135,6 +135,7 @@ def main() -> None:
     from tfsky.config import load_config
     from tfsky.errors import TfskyError
     from tfsky.evaluate.cloud import evaluate_cloud
+    from tfsky.models.precision import cpu_record
     from tfsky.tiling import TilingConfig
     from tfsky.train.config import SegmenterConfig
     from tfsky.train.segmenter import train_segmenter
@@ -167,7 +168,8 @@ def main() -> None:
             entry["folds"][str(fold)] = {
                 "model": str(model), "test_frames": ranges[fold], "frames": summary["counts"]["evaluated"],
                 "seconds_per_frame": round(seconds / max(summary["counts"]["evaluated"], 1), 3),
-                "load_average": os.getloadavg(), "sun": summary["sun"], "scores": fold_scores(summary),
+                "load_average": os.getloadavg(), "cpu": cpu_record(), "sun": summary["sun"],
+                "scores": fold_scores(summary),
             }
             entry["mean"] = mean_over_folds(entry["folds"])
             entry["folds_done"] = len(entry["folds"])

@@ -34,6 +34,7 @@ from tfsky.data.streams import Stream, StreamsConfig, import_tree, validate_stre
 from tfsky.errors import InputError
 from tfsky.io.atomic import write_json
 from tfsky.io.images import read_image, read_mask
+from tfsky.models.precision import cpu_record
 from tfsky.predict.camera_mask import CameraPrior, SkymaskConfig, SkyModel, learn_camera_mask
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "skyfinder_webcams"
@@ -116,7 +117,7 @@ def main() -> None:
         cameras[stream.camera] = evaluate_camera(stream, truth, model, cfg, threshold)
         print(stream.camera, json.dumps({k: v for k, v in cameras[stream.camera].items() if k != "frames"}))
     write_json(args.out, {"model": {"path": str(args.model), "id": model.id}, "threshold": threshold,
-                          "min_confidence": args.min_confidence, "cameras": cameras})
+                          "min_confidence": args.min_confidence, "cpu": cpu_record(), "cameras": cameras})
     print(f"-> {args.out}")
 
 

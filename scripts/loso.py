@@ -49,6 +49,7 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0) -> dict:
     evaluate it on the left-out source's full-resolution images."""
     from tfsky.evaluate.segmenter import evaluate_segmenter
     from tfsky.models.bundle import load_info
+    from tfsky.models.precision import cpu_record
     from tfsky.tiling import TilingConfig
     from tfsky.train.runner import read_history
     from tfsky.train.segmenter import make_datasets, store_threshold
@@ -71,6 +72,7 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0) -> dict:
         "images": len(report.images),
         "skipped": len(report.skipped),
         "seconds_per_image": round(seconds / max(len(report.images), 1), 2),
+        "cpu": cpu_record(),  # the time above compares only with a run on the same CPU
         "epochs": len(read_history(model.parent / "history.csv")),
         "overall": report.to_json()["overall"],
         "images_with_sky": len(with_sky),

@@ -90,14 +90,19 @@ def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = N
             raise ApiError(404, f"unknown stream {stream_id!r} (streams: {', '.join(sorted(index))})")
         return index[stream_id]
 
-    def frame_path(stream_id: str, file: str) -> tuple[Path, Path]:
+    def stream_frame(stream_id: str, file: str) -> tuple[Path, Stream, Path]:
+        """The manifest path, the stream (read once) and the path of its frame ``file``."""
         path = manifest(stream_id)
         stream = read_manifest(path)
         checked_frame_name(file)
         try:
-            return path, stream.path(stream.frame(file))
+            return path, stream, stream.path(stream.frame(file))
         except KeyError:
             raise ApiError(404, f"stream {stream_id!r} has no frame {file!r}") from None
+
+    def frame_path(stream_id: str, file: str) -> tuple[Path, Path]:
+        path, _, frame = stream_frame(stream_id, file)
+        return path, frame
 
     def respond(stream_id: str, stream: Stream):
         return jsonify(stream_json(stream_id, stream) | {"demo": panels})
@@ -188,8 +193,8 @@ def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = N
 
     @app.get("/skymask/<stream_id>/<path:file>")
     def skymask_thumb(stream_id: str, file: str):
-        path, frame = frame_path(stream_id, file)
-        camera_mask = camera_mask_of(read_manifest(path))
+        path, stream, frame = stream_frame(stream_id, file)
+        camera_mask = camera_mask_of(stream)
         if camera_mask is None:
             raise ApiError(404, f"stream {stream_id!r} has no camera sky mask: run tfsky streams skymask on it")
         thumbnail = ensure_thumbnail(path, frame, camera_mask[0])

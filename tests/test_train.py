@@ -27,7 +27,7 @@ from tfsky.models.losses import make_loss
 from tfsky.models.metrics import segmentation_metrics
 from tfsky.train.config import SegmenterTrainConfig
 from tfsky.train.runner import fit_run, read_history, run_directory
-from tfsky.train.segmenter import learning_rate, make_optimizer, schedule_callbacks
+from tfsky.train.segmenter import learning_rate, schedule_callbacks
 
 TINY_MODEL = {"backbone": "resnet18", "decoder_filters": [16, 8, 8, 4, 4], "precision": "float32"}
 HISTORY_COLUMNS = ["epoch", "loss", "iou", "f1", "val_loss", "val_iou", "val_f1", "epoch_seconds", "lr"]
@@ -198,7 +198,6 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     rate = learning_rate(train, steps_per_epoch=10)
     assert [float(rate(step)) for step in (0, 5, 10, 30)] == pytest.approx([0.0, 0.05, 0.1, 0.0], abs=1e-7)
     assert float(rate(20)) == pytest.approx(0.05, abs=1e-7)  # half-way through the cosine
-    assert isinstance(make_optimizer(SegmenterTrainConfig(optimizer="adamw"), 10), tf.keras.optimizers.AdamW)
 
 
 def test_plateau_and_early_stopping_callbacks_follow_the_config():

@@ -147,9 +147,20 @@ def freeze_encoder_batchnorm(model: tf.keras.Model, backbone: str) -> None:
     A non-trainable `BatchNormalization` runs in inference mode in Keras 2, and
     the flag is saved with the model, so a resumed run keeps it.
     """
-    for layer in _bare_backbone(backbone, model.input_shape[-1]).layers:
+    for layer in encoder_layers(model, backbone):
         if isinstance(layer, tf.keras.layers.BatchNormalization):
-            model.get_layer(layer.name).trainable = False
+            layer.trainable = False
+
+
+def encoder_layers(model: tf.keras.Model, backbone: str) -> list[tf.keras.layers.Layer]:
+    """The layers of a segmenter (or classifier) ``model`` that belong to its ``backbone``."""
+    names = _backbone_layer_names(backbone, model.input_shape[-1])
+    return [layer for layer in model.layers if layer.name in names]
+
+
+@functools.cache
+def _backbone_layer_names(backbone: str, in_channels: int) -> frozenset[str]:
+    return frozenset(layer.name for layer in _bare_backbone(backbone, in_channels).layers)
 
 
 _KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications/"

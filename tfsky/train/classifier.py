@@ -24,7 +24,7 @@ from tfsky.models.classifier import build_classifier
 from tfsky.models.precision import precision_policy
 from tfsky.train.config import ClassifierConfig, SegmenterTrainConfig
 from tfsky.train.runner import RunResult, fit_run, seed_everything, start_run
-from tfsky.train.segmenter import make_optimizer
+from tfsky.train.segmenter import make_optimizer, pace_callbacks
 
 MONITOR = "val_accuracy"
 PREPROCESS = Preprocess(mode="ldr")
@@ -37,13 +37,14 @@ def train_classifier(cfg: ClassifierConfig, *, resume: bool = False, verbose: in
     train_ds, val_ds, steps = make_datasets(cfg, data)
     with precision_policy(cfg.model.precision):
         model = build_classifier(cfg.model, len(data.conditions))
-        model.compile(optimizer=make_optimizer(cfg.train, steps), loss="sparse_categorical_crossentropy",
+        model.compile(optimizer=make_optimizer(cfg.train, steps, model, cfg.model.backbone),
+                      loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         run_dir, _ = start_run(cfg.train.runs_root, cfg.name, cfg, resume)
         return fit_run(
             model, train_ds, val_ds, run_dir=run_dir, epochs=cfg.train.epochs, monitor=MONITOR, mode="max",
             save_best=lambda model, path, logs: save_classifier(model, path, cfg, logs),
-            extra_callbacks=stopping_callbacks(cfg.train), steps_per_epoch=steps, verbose=verbose,
+            extra_callbacks=pace_callbacks(cfg.train) + stopping_callbacks(cfg.train), steps_per_epoch=steps, verbose=verbose,
         )
 
 

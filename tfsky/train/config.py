@@ -99,6 +99,11 @@ class SegmenterTrainConfig(TrainConfig):
         warmup_epochs: int. Linear warm-up for ``cosine``. Defaults to 0.
         plateau_factor: float. LR multiplier for ``plateau``. Defaults to 0.5.
         plateau_patience: int. Epochs without improvement for ``plateau``. Defaults to 3.
+        encoder_lr_factor: float. The encoder learns at this fraction of the
+            learning rate (a pretrained encoder under a fresh decoder; see
+            `tfsky.train.encoder_rate`). Defaults to 1.0.
+        decoder_first_epochs: int. Epochs at the start in which only the
+            decoder learns (the encoder is paused). Defaults to 0.
     """
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -108,9 +113,16 @@ class SegmenterTrainConfig(TrainConfig):
     warmup_epochs: int = 0
     plateau_factor: float = 0.5
     plateau_patience: int = 3
+    encoder_lr_factor: float = 1.0
+    decoder_first_epochs: int = 0
 
     def validate(self) -> None:
         super().validate()
+        _at_least("decoder_first_epochs", self.decoder_first_epochs, 0)
+        if not 0 < self.encoder_lr_factor <= 1:
+            raise ConfigError("encoder_lr_factor", f"must be in (0, 1]; got {self.encoder_lr_factor}")
+        if self.decoder_first_epochs >= self.epochs:
+            raise ConfigError("decoder_first_epochs", f"must be less than epochs ({self.epochs})")
         _at_least("plateau_patience", self.plateau_patience, 1)
         _at_least("warmup_epochs", self.warmup_epochs, 0)
         if not 0 < self.plateau_factor < 1:

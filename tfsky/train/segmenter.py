@@ -28,9 +28,10 @@ from tfsky.models.bundle import ModelInfo, info_path, load_model, save_model
 from tfsky.models.losses import make_loss
 from tfsky.models.metrics import segmentation_metrics
 from tfsky.models.precision import global_batch_size, make_strategy, precision_policy
-from tfsky.models.segmenter import build_segmenter
+from tfsky.models.segmenter import build_segmenter, encoder_layers
 from tfsky.progress import Progress
 from tfsky.train.config import SegmenterConfig, SegmenterTrainConfig
+from tfsky.train.encoder_rate import EncoderRate, encoder_scaled
 from tfsky.train.runner import RunResult, fit_run, is_chief, seed_everything, start_run
 
 MONITOR = "val_iou"
@@ -104,7 +105,7 @@ def compiled_segmenter(cfg: SegmenterConfig, steps_per_epoch: int) -> tf.keras.M
     """Build and compile under the current policy and strategy scope (loss, IoU/F1, optimizer, XLA flag)."""
     model = build_segmenter(cfg.model, cfg.data.channels)
     model.compile(
-        optimizer=make_optimizer(cfg.train, steps_per_epoch),
+        optimizer=make_optimizer(cfg.train, steps_per_epoch, model, cfg.model.backbone),
         loss=make_loss(cfg.train.loss, cfg.model.classes),
         metrics=segmentation_metrics(cfg.model.classes),
         jit_compile=cfg.model.jit_compile,
@@ -161,19 +162,39 @@ def learning_rate(train: SegmenterTrainConfig, steps_per_epoch: int):
     )
 
 
-def make_optimizer(train: SegmenterTrainConfig, steps_per_epoch: int) -> tf.keras.optimizers.Optimizer:
-    """The optimizer of ``train.optimizer`` with the learning rate (or schedule) of ``train``."""
+def make_optimizer(train: SegmenterTrainConfig, steps_per_epoch: int, model: tf.keras.Model,
+                   backbone: str) -> tf.keras.optimizers.Optimizer:
+    """The optimizer of ``train.optimizer`` with the learning rate (or schedule) of ``train``; with
+    `paces_encoder`, the updates of ``model``'s ``backbone`` layers are scaled (`tfsky.train.encoder_rate`,
+    driven by `pace_callbacks`). Call inside the strategy scope."""
     rate = learning_rate(train, steps_per_epoch)
-    if train.optimizer == "adamw":
-        return tf.keras.optimizers.AdamW(rate, weight_decay=train.weight_decay)
-    if train.optimizer == "sgd":
-        return tf.keras.optimizers.SGD(rate, momentum=0.9)
-    return tf.keras.optimizers.Adam(rate)
+    optimizer_class, options = {
+        "adamw": (tf.keras.optimizers.AdamW, {"weight_decay": train.weight_decay}),
+        "sgd": (tf.keras.optimizers.SGD, {"momentum": 0.9}),
+        "adam": (tf.keras.optimizers.Adam, {}),
+    }[train.optimizer]
+    if not paces_encoder(train):
+        return optimizer_class(rate, **options)
+    optimizer = encoder_scaled(optimizer_class)(rate, **options)
+    optimizer.scale_encoder(
+        variable for layer in encoder_layers(model, backbone) for variable in layer.trainable_weights
+    )
+    return optimizer
+
+
+def paces_encoder(train: SegmenterTrainConfig) -> bool:
+    """Whether the encoder learns at another pace than the decoder (`tfsky.train.encoder_rate`)."""
+    return train.encoder_lr_factor != 1.0 or train.decoder_first_epochs > 0
+
+
+def pace_callbacks(train: SegmenterTrainConfig) -> list[tf.keras.callbacks.Callback]:
+    """`EncoderRate` when the encoder learns at another pace (`paces_encoder`), else none."""
+    return [EncoderRate(train.encoder_lr_factor, train.decoder_first_epochs)] if paces_encoder(train) else []
 
 
 def schedule_callbacks(train: SegmenterTrainConfig) -> list[tf.keras.callbacks.Callback]:
-    """ReduceLROnPlateau and EarlyStopping as configured."""
-    callbacks = []
+    """The encoder's pace, ReduceLROnPlateau and EarlyStopping as configured."""
+    callbacks = pace_callbacks(train)
     if train.lr_schedule == "plateau":
         callbacks.append(
             tf.keras.callbacks.ReduceLROnPlateau(

@@ -11,7 +11,9 @@ masks, so any other model has seen the answer. Per camera:
   prediction fused with the camera prior of all usable frames (``fused``,
   `tfsky.predict.camera_mask.CameraPrior`), night frames (``streams validate``
   with no mask, so SkyFinder's mask does not pick the frames) reported apart;
-* camera 10917 sees no sky: its false-sky pixels, of the mask and of every frame.
+* camera 10917 sees no sky: its false-sky pixels, of the mask and of every frame;
+* ``regions_dropped``: the sky regions the region rules removed from each mask
+  (`tfsky.predict.camera_mask.sky_regions`), and each frame's ``evidence`` terms.
 
 Frames are validated without SkyFinder's mask. Results: ``scripts/results/eval_skymask.json``.
 
@@ -23,6 +25,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import time
 from pathlib import Path
 
 import cv2
@@ -72,7 +76,8 @@ def evaluate_camera(stream: Stream, truth: np.ndarray, model: SkyModel, cfg: Sky
         truth_here = at_size(truth, learnt.mask.shape)
         result["mask_iou_by_frames"][count] = {"frames_used": len(learnt.used),
                                                "iou": round(iou(learnt.mask, truth_here), 4),
-                                               "false_sky_pixels": int((learnt.mask & ~truth_here).sum())}
+                                               "false_sky_pixels": int((learnt.mask & ~truth_here).sum()),
+                                               "regions_dropped": learnt.regions_dropped}
     if learnt is None:
         return result
     prior = CameraPrior(learnt.mask, Path(f"{stream.camera} (learnt from {len(learnt.used)} frames)"))
@@ -86,7 +91,7 @@ def evaluate_camera(stream: Stream, truth: np.ndarray, model: SkyModel, cfg: Sky
         fused, facts = prior.fuse(image, own, threshold, frame.file)
         truth_here = at_size(truth, own.shape)
         own_mask, fused_mask = sky_mask(own, threshold), sky_mask(fused, threshold)
-        frames.append({"file": frame.file, "night": frame.reason == "night", "weight": facts["evidence"]["weight"],
+        frames.append({"file": frame.file, "night": frame.reason == "night", "evidence": facts["evidence"],
                        "own_iou": round(iou(own_mask, truth_here), 4), "fused_iou": round(iou(fused_mask, truth_here), 4),
                        "own_false_sky": int((own_mask & ~truth_here).sum()),
                        "fused_false_sky": int((fused_mask & ~truth_here).sum()),
@@ -108,6 +113,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--min-confidence", type=float, default=SkymaskConfig.min_confidence)
     args = parser.parse_args()
+    load_before, start = os.getloadavg(), time.perf_counter()
     model = SkyModel.load(args.model)
     threshold = model.segmenter.mask_threshold()
     cfg = SkymaskConfig(min_confidence=args.min_confidence)
@@ -117,7 +123,9 @@ def main() -> None:
         cameras[stream.camera] = evaluate_camera(stream, truth, model, cfg, threshold)
         print(stream.camera, json.dumps({k: v for k, v in cameras[stream.camera].items() if k != "frames"}))
     write_json(args.out, {"model": {"path": str(args.model), "id": model.id}, "threshold": threshold,
-                          "min_confidence": args.min_confidence, "cpu": cpu_record(), "cameras": cameras})
+                          "skymask": dataclasses.asdict(cfg), "cpu": cpu_record(),
+                          "seconds": round(time.perf_counter() - start, 1),
+                          "load_average": {"before": load_before, "after": os.getloadavg()}, "cameras": cameras})
     print(f"-> {args.out}")
 
 

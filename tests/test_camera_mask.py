@@ -2,8 +2,9 @@
 
 A synthetic webcam: a fixed scene (blue sky above an irregular skyline, a
 textured brown-green ground) under changing light, with night, fog, blank,
-obstructed and shifted frames; a stand-in segmenter whose probabilities are a
-known function of the pixels (sky where blue exceeds red, nothing at night).
+obstructed and shifted frames, and a pale wall the model calls sky in every
+frame; a stand-in segmenter whose probabilities are a known function of the
+pixels (sky where blue exceeds red, nothing in a dark frame or a dark pixel).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tfsky.data.streams import StreamsConfig, import_tree, read_manifest, valida
 from tfsky.errors import InputError
 from tfsky.io.images import read_image, read_mask
 from tfsky.io.writers import write_mask_png, write_png
-from tfsky.predict.camera_mask import (CameraPrior, Consensus, SkymaskConfig, SkyModel, SkymaskPaths,
+from tfsky.predict.camera_mask import (CameraPrior, Consensus, SkymaskConfig, SkyModel, SkymaskPaths, sky_regions,
                                        skymask_streams)
 from test_predict import tiny_segmenter
 
@@ -29,6 +30,7 @@ FRAME = (72, 128)
 CANVAS_MARGIN = 8  # the scene is drawn larger, so a shifted camera still sees real pixels
 SKY_RGB = np.array([150, 200, 255], np.float32)
 GROUND_RGB = np.array([110, 100, 40], np.float32)
+WALL_RGB = np.array([200, 215, 240], np.float32)  # a pale facade: blue exceeds red, so the stand-in calls it sky
 TEST_CFG = SkymaskConfig(analysis_width=128, checkpoint_every=2)
 
 
@@ -65,7 +67,8 @@ def fog(image: np.ndarray) -> np.ndarray:
 
 
 class StandInSegmenter:
-    """P(sky) = sigmoid((blue - red) / 40) in daylight, 0 everywhere in a dark frame (a real model's night failure).
+    """P(sky) = sigmoid((blue - red) / 40) in daylight; 0 everywhere in a dark frame and on a dark pixel (a real
+    model's night failure, also under a sky lit by the town).
 
     ``fail_after`` frames it raises, as a killed run would stop; ``calls`` counts the frames it saw.
     """
@@ -80,7 +83,8 @@ class StandInSegmenter:
         pixels = image.astype(np.float32)
         if pixels.mean() < 50:
             return np.zeros(image.shape[:2], np.float32)
-        return (1 / (1 + np.exp(-(pixels[..., 2] - pixels[..., 0]) / 40))).astype(np.float32)
+        lit = pixels.mean(axis=-1) >= 100
+        return (lit / (1 + np.exp(-(pixels[..., 2] - pixels[..., 0]) / 40))).astype(np.float32)
 
     def model_size(self, height: int, width: int) -> tuple[int, int]:
         return height, width
@@ -98,6 +102,24 @@ def obstructed(light: float) -> np.ndarray:
     sky = canvas_sky()
     sky[:, CANVAS_MARGIN + 10:CANVAS_MARGIN + 90] = False
     return crop(canvas(light, sky))
+
+
+WALL = (slice(50, 62), slice(20, 36))  # 192 pixels (2 % of the frame), inside the ground: enclosed by the scene
+SPECK = (slice(55, 59), slice(123, 128))  # 20 pixels (0.2 %) at the right border
+
+
+def with_wall_and_speck(image: np.ndarray, light: float) -> np.ndarray:
+    """``image`` with a pale wall and a pale speck in its ground, lit by ``light`` (the stand-in says sky)."""
+    image = image.copy()
+    image[WALL] = image[SPECK] = np.clip(WALL_RGB * light, 0, 255)
+    return image
+
+
+def region(*where: tuple[slice, slice]) -> np.ndarray:
+    mask = np.zeros(FRAME, bool)
+    for rows_cols in where:
+        mask[rows_cols] = True
+    return mask
 
 
 def write_stream(root: Path, camera: str, frames: dict[str, np.ndarray]) -> None:
@@ -150,6 +172,23 @@ def test_pixels_no_frame_saw_are_not_sky():
     assert consensus.probability()[0, 1] == 0 and consensus.agreement(0.5)[0, 1] == 0
 
 
+def test_sky_regions_drop_small_ones_and_the_ones_the_scene_encloses():
+    mask = np.zeros((100, 100), bool)
+    mask[:30, 10:90] = True  # the sky: reaches the top
+    mask[50:70, 40:60] = True  # 4 %, enclosed: a facade
+    mask[80:84, 97:] = True  # 0.12 %, at the border: a speck
+    kept, dropped = sky_regions(mask, 0.01)
+    np.testing.assert_array_equal(kept, np.pad(np.ones((30, 80), bool), ((0, 70), (10, 10))))
+    assert dropped == {"small": {"regions": 1, "pixels": 12}, "enclosed": {"regions": 1, "pixels": 400}}
+    kept, dropped = sky_regions(mask, 0.0, keep_enclosed=True)  # an all-sky fisheye keeps everything
+    np.testing.assert_array_equal(kept, mask)
+    assert dropped == {}
+    fisheye = np.zeros((100, 100), bool)
+    fisheye[10:90, 10:90] = True
+    np.testing.assert_array_equal(sky_regions(fisheye, 0.01, keep_enclosed=True)[0], fisheye)
+    assert not sky_regions(fisheye, 0.01)[0].any()
+
+
 # --- tfsky streams skymask -----------------------------------------------------------------------
 
 
@@ -173,6 +212,32 @@ def test_fused_mask_is_the_true_sky_and_bad_frames_are_rejected_with_their_reaso
     assert read_manifest(manifest).mask is None  # the imported mask field is left alone
     assert read_image(paths.overlay).shape == FRAME + (3,)
     assert not paths.checkpoint.exists() and not list(stream_root.rglob(".*.part*"))
+
+
+def test_a_wall_the_model_calls_sky_in_every_frame_is_dropped_by_the_region_rules(tmp_path):
+    """The per-pixel consensus keeps the wall and the speck (every frame says sky); the region rules drop them."""
+    lights = (1.0, 1.05, 1.1, 1.15, 1.2)  # a scene without sky is darker: dimmer frames would be night
+    write_stream(tmp_path / "frames", "cam", {f"day{i}": with_wall_and_speck(crop(canvas(light)), light)
+                                              for i, light in enumerate(lights)})
+    no_sky = np.zeros_like(canvas_sky())
+    write_stream(tmp_path / "frames", "no_sky", {f"day{i}": with_wall_and_speck(crop(canvas(light, no_sky)), light)
+                                                 for i, light in enumerate(lights)})
+    streams = validated(tmp_path / "frames", tmp_path / "streams")
+    skymask_streams([streams], stand_in(), TEST_CFG)
+    facts = {camera: json.loads(SkymaskPaths.beside(streams / camera / "stream.json").report.read_text())
+             for camera in ("cam", "no_sky")}
+    mask = {camera: read_mask(streams / camera / "camera_mask.png").astype(bool) for camera in ("cam", "no_sky")}
+    np.testing.assert_array_equal(mask["cam"], TRUE_SKY)
+    assert not mask["no_sky"].any() and facts["no_sky"]["sky_share"] == 0
+    wall_and_speck = {"small": {"regions": 1, "pixels": 20}, "enclosed": {"regions": 1, "pixels": 192}}
+    assert facts["cam"]["regions_dropped"] == facts["no_sky"]["regions_dropped"] == wall_and_speck
+    assert facts["cam"]["sky_disagrees"] == []  # a frame's own wall does not make it disagree with the sky
+    assert len(facts["no_sky"]["sky_disagrees"]) == len(lights)  # each frame calls the wall sky: to review
+    skymask_streams([streams], stand_in(), SkymaskConfig(analysis_width=128, min_region=0, keep_enclosed=True),
+                    overwrite=True)
+    np.testing.assert_array_equal(read_mask(streams / "cam" / "camera_mask.png").astype(bool),
+                                  TRUE_SKY | region(WALL, SPECK))
+    np.testing.assert_array_equal(read_mask(streams / "no_sky" / "camera_mask.png").astype(bool), region(WALL, SPECK))
 
 
 def test_a_moved_camera_is_aligned_by_its_offset_and_a_turned_one_rejected(tmp_path):
@@ -238,6 +303,8 @@ def test_skymask_cli_with_a_real_model_and_its_one_line_errors(cli, stream_root,
     assert read_mask(stream_root / "cam" / "camera_mask.png").shape == FRAME
     missing = cli("streams", "skymask", stream_root, "--model", tmp_path / "nope.keras")
     assert (missing.exit_code, missing.stderr.strip()) == (1, f"Error: {tmp_path / 'nope.keras'}: model file not found")
+    too_big = cli("streams", "skymask", stream_root, "--model", model, "--min-region", "2")
+    assert (too_big.exit_code, too_big.stderr.strip()) == (1, "Error: config key 'min_region': must be in [0, 1]; got 2.0")
     unsure = cli("streams", "skymask", stream_root, "--model", model, "--overwrite", "--quiet")
     assert unsure.exit_code == 1 and "Traceback" not in unsure.stderr
     assert unsure.stderr.startswith(f"failed {stream_root / 'cam' / 'stream.json'}: no frame survived the "
@@ -253,12 +320,21 @@ def fused_mask(prior: CameraPrior, image: np.ndarray) -> tuple[np.ndarray, dict]
     return fused >= 0.5, facts
 
 
+def lit_night() -> np.ndarray:
+    """A night under street lights: the sky glows at luminance 0.30 (night for `tfsky streams validate`, below
+    0.35), the ground is lit brighter than by day, so the frame is neither dark nor flat."""
+    return np.where(TRUE_SKY[..., None], crop(canvas(0.4)), crop(canvas(1.2)))
+
+
 def test_night_and_fog_frames_take_the_camera_sky_and_a_clear_frame_keeps_its_own():
     prior = CameraPrior(TRUE_SKY, Path("cam-mask.png"))
-    for image, weight in ((crop(canvas(0.15)), 0), (crop(fog(canvas(1.0))), 0.2)):
+    for image, weight in ((crop(canvas(0.15)), 0), (lit_night(), 0), (crop(fog(canvas(1.0))), 0.2)):
         mask, facts = fused_mask(prior, image.astype(np.uint8))
         assert facts["evidence"]["weight"] == pytest.approx(weight, abs=0.05) and not facts["sky_disagrees"]
         np.testing.assert_array_equal(mask, TRUE_SKY)
+    _, lit = fused_mask(prior, lit_night().astype(np.uint8))
+    assert lit["own_sky_iou"] == 0 and lit["evidence"]["brightness"] == 0  # the model saw no sky; nor should it count
+    assert lit["evidence"]["contrast"] == lit["evidence"]["confidence"] == 1
     crane = daylight_frames()["crane"].astype(np.uint8)
     own = StandInSegmenter().sky_probability(crane) >= 0.5
     mask, facts = fused_mask(prior, crane)

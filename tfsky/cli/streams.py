@@ -135,6 +135,10 @@ def skymask(
     max_offset: Annotated[float, typer.Option(
         help="Largest camera shift that is aligned, as a fraction of the width.")] = 0.15,
     threshold: Annotated[Optional[float], typer.Option(help="Sky probability cut (default: the model's).")] = None,
+    min_region: Annotated[float, typer.Option(
+        help="Sky regions smaller than this share of the frame are dropped.")] = 0.01,
+    keep_enclosed: Annotated[bool, typer.Option(
+        help="Keep sky regions that touch no border of the frame (an all-sky fisheye's disc).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo streams whose camera mask is complete.")] = False,
     config: ConfigOption = None,
     overrides: SetOption = None,
@@ -146,7 +150,8 @@ def skymask(
     from tfsky.train.config import TranslatorConfig
 
     folders = manifests or [training_section(TranslatorConfig, "streams", config, overrides).manifests]
-    cfg = SkymaskConfig(min_confidence=min_confidence, max_offset=max_offset, threshold=threshold)
+    cfg = SkymaskConfig(min_confidence=min_confidence, max_offset=max_offset, threshold=threshold,
+                        min_region=min_region, keep_enclosed=keep_enclosed)
     with JobProgress(quiet) as listener:
         report = skymask_streams(folders, model, cfg, overwrite=overwrite, listener=listener)
     finish(report, Path(" ".join(map(str, folders))), quiet)  # the outputs are beside each manifest

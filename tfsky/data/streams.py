@@ -97,6 +97,7 @@ from tfsky.io.images import REC709_LUMA, image_size, is_image_file, read_image, 
 
 FORMAT = "tfsky-stream/1"
 MANIFEST_NAME = "stream.json"
+NIGHT_LUMINANCE = 0.35  # mean Rec.709 sky luminance below which a frame is night (validation, camera prior)
 REASONS = ("corrupt", "size", "blank", "saturated", "night", "moved", "low_confidence")
 CONDITIONS = ("clear", "partly_cloudy", "overcast", "rain", "snow", "fog", "sunrise", "night")
 REVIEWS = ("accepted", "rejected")
@@ -140,7 +141,7 @@ class StreamsConfig:
     confidence_column: Optional[str] = None
     mask_pattern: str = "{camera}-mask.png"
     manifests: Path = Path("streams")
-    night_luminance: float = 0.35
+    night_luminance: float = NIGHT_LUMINANCE
     blank_std: float = 0.02
     max_saturated: float = 0.5
     min_edge_correlation: float = 0.45

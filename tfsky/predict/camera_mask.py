@@ -26,6 +26,14 @@ sky probabilities of a stream's usable frames into one camera mask:
 * **Full resolution**: the working-scale consensus is brought to the frames'
   size by the guided filter of `tfsky.predict.refine` with the median of up to
   `MEDIAN_FRAMES` usable frames as guide (the sky line follows its edges).
+* **Sky regions** (`sky_regions`): a model that calls a white wall sky does so
+  in most frames, so no per-pixel consensus removes it; the shape of the mask
+  does. A connected sky region smaller than ``min_region`` of the frame (a
+  wall, a reflection, specks along the sky line) is dropped, and so is one
+  that does not reach the frame's border (the sky lies beyond the scene; a
+  region the scene encloses is a facade under its roof, a window); an all-sky
+  fisheye, whose sky is a disc inside the frame, keeps it with
+  ``keep_enclosed``. A camera that sees no sky gets an empty mask.
 * **Resumable**: the running state is checkpointed every ``checkpoint_every``
   frames beside the outputs; an interrupted stream continues from it (same
   model and frames), a finished one is skipped by the job runner.
@@ -56,8 +64,8 @@ import numpy as np
 
 from tfsky.data.masks import iou as mask_iou, sky_mask
 from tfsky.data.scale import resize_image, working_size
-from tfsky.data.streams import (Frame, Stream, analysis_luminance, analysis_size, correlation, edge_map, edge_offset,
-                                manifest_files, read_manifest, update_manifest)
+from tfsky.data.streams import (NIGHT_LUMINANCE, Frame, Stream, analysis_luminance, analysis_size, correlation,
+                                edge_map, edge_offset, manifest_files, read_manifest, update_manifest)
 from tfsky.errors import ConfigError, InputError
 from tfsky.io.atomic import atomic_path, remove_stale_temps, write_json
 from tfsky.io.images import read_image, read_mask
@@ -85,6 +93,9 @@ class SkymaskConfig:
         min_frame_iou: float. A used frame's own sky with a lower IoU with the mask is listed in
             ``sky_disagrees``. Defaults to 0.7.
         threshold: Optional[float]. Sky probability cut; None: the model's own. Defaults to None.
+        min_region: float. Sky regions smaller than this share of the frame are dropped. Defaults to 0.01.
+        keep_enclosed: bool. Keep sky regions that do not reach the frame's border (an all-sky fisheye's
+            disc). Defaults to False.
         analysis_width: int. Width at which frames are aligned. Defaults to 320.
         checkpoint_every: int. Frames between checkpoints of the running consensus. Defaults to 25.
     """
@@ -94,11 +105,13 @@ class SkymaskConfig:
     min_edge_correlation: float = 0.45
     min_frame_iou: float = 0.7
     threshold: Optional[float] = None
+    min_region: float = 0.01
+    keep_enclosed: bool = False
     analysis_width: int = 320
     checkpoint_every: int = 25
 
     def validate(self) -> None:
-        for key in ("min_confidence", "max_offset", "min_frame_iou"):
+        for key in ("min_confidence", "max_offset", "min_frame_iou", "min_region"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(key, f"must be in [0, 1]; got {getattr(self, key)}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
@@ -174,7 +187,10 @@ class Consensus:
 
 @dataclasses.dataclass
 class CameraMask:
-    """A learnt camera mask at the frames' size, its agreement, the median frame, and what went into it."""
+    """A learnt camera mask at the frames' size, its agreement, the median frame, and what went into it.
+
+    ``probability`` is the fused consensus with the dropped regions (``regions_dropped``, `sky_regions`) at 0.
+    """
 
     probability: np.ndarray
     mask: np.ndarray
@@ -184,6 +200,7 @@ class CameraMask:
     rejected: list[dict]
     sky_disagrees: list[str]
     grid: tuple[int, int]
+    regions_dropped: dict
 
 
 def learn_camera_mask(
@@ -239,10 +256,31 @@ def learn_camera_mask(
     small = state.consensus.probability()
     full = (height, width)
     probability = small if grid == full else refine(small[..., None], resize_image(median, grid), median)[..., 0]
+    said_sky = sky_mask(probability, threshold)
+    mask, dropped = sky_regions(said_sky, cfg.min_region, cfg.keep_enclosed)
+    probability = np.where(said_sky & ~mask, np.float32(0), probability)
     agreement = cv2.resize(state.consensus.agreement(threshold), (width, height), interpolation=cv2.INTER_LINEAR)
-    disagrees = _disagreeing(state, sky_mask(small, threshold), cfg.min_frame_iou)
-    return CameraMask(probability, sky_mask(probability, threshold), agreement, median, state.used,
-                      rejected + state.rejected, disagrees, grid)
+    disagrees = _disagreeing(state, _on_grid(mask, grid), cfg.min_frame_iou)
+    return CameraMask(probability, mask, agreement, median, state.used, rejected + state.rejected, disagrees, grid,
+                      dropped)
+
+
+def sky_regions(mask: np.ndarray, min_region: float, keep_enclosed: bool = False) -> tuple[np.ndarray, dict]:
+    """``mask`` without the regions that cannot be a camera's sky, and what was dropped per reason.
+
+    A connected (8-neighbour) region is dropped as ``small`` when it covers less than ``min_region`` of
+    the frame, else as ``enclosed`` when it touches no border of the frame (unless ``keep_enclosed``).
+    The facts: ``{reason: {"regions": n, "pixels": n}}``.
+    """
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    left, top, width, height, area = stats[1:].T  # row 0 is the background
+    small = area < min_region * mask.size
+    inside = (left > 0) & (top > 0) & (left + width < mask.shape[1]) & (top + height < mask.shape[0])
+    enclosed = ~small & inside & (not keep_enclosed)
+    keep = np.concatenate([[False], ~(small | enclosed)])
+    dropped = {reason: {"regions": int(chosen.sum()), "pixels": int(area[chosen].sum())}
+               for reason, chosen in (("small", small), ("enclosed", enclosed)) if chosen.any()}
+    return keep[labels], dropped
 
 
 def candidate_frames(stream: Stream) -> tuple[list[Frame], list[dict]]:
@@ -320,6 +358,13 @@ def _disagreeing(state: "_State", consensus_sky: np.ndarray, min_iou: float) -> 
         if mask_iou(own[valid], consensus_sky[valid]) < min_iou:
             files.append(record["file"])
     return files
+
+
+def _on_grid(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """The final mask at the consensus grid (area-averaged, cut at half), to compare each frame's own sky with."""
+    if mask.shape == grid:
+        return mask
+    return cv2.resize(mask.astype(np.float32), grid[::-1], interpolation=cv2.INTER_AREA) >= 0.5
 
 
 def _evenly_spaced(frames: list[Frame], count: int) -> list[Frame]:
@@ -466,6 +511,7 @@ def skymask_report(stream: Stream, learnt: CameraMask, model: SkyModel, threshol
         "frames": {"total": len(stream.frames), "used": len(learnt.used), "rejected": len(learnt.rejected),
                    "rejected_by_reason": dict(Counter(r["reason"] for r in learnt.rejected))},
         "sky_share": round(float(learnt.mask.mean()), 4),
+        "regions_dropped": learnt.regions_dropped,
         "agreement": {"mean": round(float(learnt.agreement.mean()), 4),
                       "share_below_0.8": round(float((learnt.agreement < 0.8).mean()), 4)},
         "alignment": "frames shifted by their edge offset against the median frame before fusing",
@@ -504,9 +550,11 @@ def skymask_streams(
 
 # --- the camera prior in prediction ----------------------------------------------------------------
 
-# Evidence ramps: (no evidence, full evidence). Sky luminance: `tfsky streams validate` calls a frame
-# night below 0.35; contrast: the luminance std of a foggy frame; confidence: the model's mean |2p - 1|.
-BRIGHTNESS_RAMP = (0.15, 0.35)
+# Evidence ramps: (no evidence, full evidence). Sky luminance: a frame `tfsky streams validate` calls night
+# has none (it is not used to learn the mask either; a lit night sky still measured 0.31 on SkyFinder's camera
+# 623), the day skies of the SkyFinder cameras measured 0.61-0.89; contrast: the luminance std of a foggy
+# frame; confidence: the model's mean |2p - 1|.
+BRIGHTNESS_RAMP = (NIGHT_LUMINANCE, NIGHT_LUMINANCE + 0.2)
 CONTRAST_RAMP = (0.03, 0.08)
 CONFIDENCE_RAMP = (0.2, 0.5)
 MIN_SKY_AGREEMENT = 0.7  # a frame with evidence whose own sky has a lower IoU with the camera's: sky_disagrees

@@ -148,7 +148,7 @@ def bfloat16_ok(verdict: Optional[dict]) -> bool:
 def describe_verdict(verdict: Optional[dict]) -> str:
     """A stored bfloat16 verdict in words, for the ``auto`` note and ``tfsky evaluate precision``."""
     if not isinstance(verdict, dict) or not {"agreement", "iou_float32", "iou_bfloat16"} <= set(verdict):
-        return "the model has no bfloat16 verdict: tfsky evaluate precision measures it"
+        return "the model has no bfloat16 verdict (tfsky evaluate precision measures a segmenter's)"
     change = verdict["iou_bfloat16"] - verdict["iou_float32"]
     figures = (f"mask agreement {verdict['agreement']:.5f}, IoU {verdict['iou_float32']:.4f} -> "
                f"{verdict['iou_bfloat16']:.4f} ({change:+.4f})")

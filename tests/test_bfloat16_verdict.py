@@ -205,10 +205,16 @@ def test_evaluate_precision_measures_and_stores_the_verdict(prepared, cli):
     (("-m", "{tmp}/loose.keras"), "config key '--config': not given, and there is no config.yaml beside"),
     (("-m", "{model}", "--set", "model.classes=2"), "config key 'model.classes': is 2 but"),
     (("-m", "{model}", "--set", "data.cache={tmp}/nothing"), "nothing"),
+    (("-m", "{run}/translator.keras"), "is a pix2pix model, not a sky segmenter"),
+    (("-m", "{run}/truncated.keras"), "truncated.keras: cannot load model"),
 ])
 def test_evaluate_precision_bad_input_is_one_line(prepared, cli, tmp_path, args, message):
     _, model = prepared
     saved(tmp_path, None, "loose")
+    save_model(tiny_segmenter(), model.parent / "translator.keras", ModelInfo("pix2pix", Preprocess(), tile_size=32))
+    truncated = saved(model.parent, None, "truncated")
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    args = [arg.replace("{run}", str(model.parent)) for arg in args]
     args = [arg.format(tmp=tmp_path, model=model) for arg in args]
     result = cli("evaluate", "precision", *args, "--quiet")
     assert result.exit_code == 1

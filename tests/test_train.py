@@ -129,6 +129,7 @@ def test_train_segmenter_writes_a_complete_run_folder(tmp_path, cli):
     _, info = load_model(run_dir / "best.keras")
     best = max(rows, key=lambda row: float(row["val_iou"]))
     assert info.metrics["val_iou"] == pytest.approx(float(best["val_iou"]))
+    assert info.bfloat16["pixels"] == 2 * 2 * 64 * 64 and isinstance(info.bfloat16["ok"], bool)  # validation batches
     assert info.config["model"]["backbone"] == "resnet18"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 2
     assert (run_dir / "last" / "chief" / "checkpoint").is_file()

@@ -8,7 +8,7 @@ from typing import Annotated, Callable, Optional, Sequence
 import typer
 
 from tfsky.cli.messages import ProgressBar
-from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
+from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags, training_config
 from tfsky.cli.options import MemoryBudgetOption, OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
 from tfsky.cli.options import ResolutionOption
 
@@ -166,6 +166,39 @@ def translator(
     console.print(rich_table(summary_table(report)))
     finish_evaluation(report.skipped, lambda skipped: f"{skipped['source']} -> {skipped['target']}",
                       f"{len(report.per_pair)} pairs", ", ".join(str(p) for p in report.files))
+
+
+@app.command()
+def precision(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Segmenter .keras file written by tfsky train.")],
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", dir_okay=False,
+        help="The model's training config. Default: config.yaml beside the model (its run folder's).")] = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """bfloat16 against float32 on the model's validation batches; stores the verdict in its sidecar.
+
+    Mask agreement (the sky cut at the stored threshold, the arg-max class of a cloud model) and the IoU in
+    each precision; ok when agreement >= 0.999 and the IoU moves by < 0.002. ``precision: auto`` then
+    predicts in bfloat16 with this model on a CPU with a bfloat16 unit (AMX-BF16 / AVX512-BF16). Training
+    stores the verdict itself; this command measures it for a model trained before. Rewrites the .json
+    beside the model; the cache of --config (data.cache, relative to where training ran) must be prepared.
+    """
+    from tfsky.errors import ConfigError
+    from tfsky.models.bundle import ModelKind, load_info
+    from tfsky.models.precision import describe_verdict
+    from tfsky.train.bfloat16 import check_bfloat16
+    from tfsky.train.config import SegmenterConfig
+
+    load_info(model, ModelKind.SEGMENTER)  # a mistyped model is reported as such, before its config
+    if config is None and not (model.parent / "config.yaml").is_file():
+        raise ConfigError("--config", f"not given, and there is no config.yaml beside {model}")
+    cfg = training_config(SegmenterConfig, config or model.parent / "config.yaml", set_)
+    with ProgressBar("float32 and bfloat16 on the validation batches...", quiet) as progress:
+        verdict = check_bfloat16(model, cfg, progress)
+    typer.echo(f"{model}: {verdict['pixels']} validation pixels on {verdict['cpu']}: {describe_verdict(verdict)}; "
+               f"stored in {model.with_suffix('.json')}")
 
 
 def _evaluate_colorizer(model: Path, cfg, out_dir: Path, console, fit_gate: bool) -> None:

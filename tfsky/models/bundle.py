@@ -87,6 +87,10 @@ class ModelInfo:
         chroma_gate: Optional[float]. Colorizers: a frame whose coarse output's mean chroma
             (`tfsky.models.colorize.coarse_chroma`, Lab units) is below this comes out grey (L kept, ab = 0);
             fitted on the training split after training. None (or absent): no gate. Defaults to None.
+        bfloat16: Optional[dict]. Whether the model keeps its masks computing in bfloat16, measured on the
+            validation split after training (`tfsky.models.precision.bfloat16_verdict`: agreement with
+            float32, IoU in each, ``ok``, the CPU): ``precision: auto`` uses bfloat16 only where it is ok.
+            None (or absent): not measured, so float32. Defaults to None.
         config: dict. The resolved training config.
         metrics: dict. Best validation metrics.
         tfsky_version: str. Version that wrote the model.
@@ -100,6 +104,7 @@ class ModelInfo:
     working_scale: Optional[int] = None
     threshold: float = SKY_THRESHOLD
     chroma_gate: Optional[float] = None
+    bfloat16: Optional[dict[str, Any]] = None
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     tfsky_version: str = __version__
@@ -196,8 +201,9 @@ def load_model(path: str | Path, precision: InferencePrecision = "auto", kind: M
     """Load a tfsky model file for inference: returns ``(keras_model, ModelInfo)``.
 
     ``precision``: a mixed-precision model is rebuilt in float32 on a machine
-    without a GPU (``auto``), always (``float32``) or never (``as_trained``);
-    see `tfsky.models.precision.for_inference`. ``kind``: the kind of model the
+    without a GPU (``auto``; bfloat16 on a CPU with a bfloat16 unit when the
+    sidecar's ``bfloat16`` verdict is ok), always (``float32``) or never
+    (``as_trained``); see `tfsky.models.precision.for_inference`. ``kind``: the kind of model the
     caller needs (`require_kind`), checked before the weights are read.
     """
     import tensorflow as tf
@@ -211,7 +217,7 @@ def load_model(path: str | Path, precision: InferencePrecision = "auto", kind: M
             path, compile=False, custom_objects=custom_objects())
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise InputError(path, f"cannot load model ({str(err).splitlines()[0]})") from None
-    return for_inference(model, precision), info
+    return for_inference(model, precision, info.bfloat16), info
 
 
 def _load_archive(path: Path):

@@ -7,9 +7,11 @@ bfloat16 matrix unit (AMX-BF16 or AVX512-BF16, which oneDNN uses: 2-4x faster
 than float32 there; bfloat16 needs no loss scaling and Keras adds none), and
 float32 on any other CPU, where bfloat16 ran ~3.5x *slower* than float32
 (MobileNetV2 U-Net forward on a 544-px tile, AVX-512F without BF16) and
-float16 ~13x slower. `resolve_precision` is the one place that decides. The
-policy is read when layers are *constructed*, so models must be built inside
-`precision_policy`.
+float16 ~13x slower. `resolve_precision` is the one place that decides, for
+training and (through `for_inference`) for inference, where bfloat16 is used
+only for a model whose stored verdict (`bfloat16_verdict`: its masks agree
+with float32's on its validation batches) is ok. The policy is read when
+layers are *constructed*, so models must be built inside `precision_policy`.
 
 Batch size convention: ``train.batch_size`` is PER REPLICA. The global batch
 fed to ``fit`` is ``batch_size * strategy.num_replicas_in_sync`` (see
@@ -23,11 +25,15 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Collection, Iterable, Iterator, Literal, Optional
 
+import numpy as np
 import tensorflow as tf
 
+from tfsky.data.masks import SKY_THRESHOLD, sky_mask
 from tfsky.errors import ConfigError
+from tfsky.models.metrics import IoU
+from tfsky.progress import Progress, logger, tracked
 
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 InferencePrecision = Literal["auto", "float32", "bfloat16", "as_trained"]
@@ -36,6 +42,8 @@ StrategyName = Literal["default", "mirrored", "multi_worker"]
 
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # /proc/cpuinfo flags of a bfloat16 matrix unit
 BF16_OVERRIDE = "TFSKY_CPU_BF16"  # 1 / 0: take the CPU's bfloat16 support as given (tests, odd platforms)
+BF16_MIN_AGREEMENT = 0.999  # share of mask pixels bfloat16 must leave unchanged for `auto` to use it (issue 25)
+BF16_MAX_IOU_CHANGE = 0.002  # and the validation IoU must move by less than this
 
 
 def resolve_precision(name: Precision) -> str:
@@ -94,51 +102,134 @@ def cpu_record() -> dict:
     }
 
 
-def for_inference(model: tf.keras.Model, precision: InferencePrecision = "auto") -> tf.keras.Model:
+def for_inference(model: tf.keras.Model, precision: InferencePrecision = "auto",
+                  verdict: Optional[dict] = None) -> tf.keras.Model:
     """``model`` computing in the dtype inference on this machine should use.
 
     A model trained with mixed precision keeps its float16 (or bfloat16)
     layers when it is loaded: right on a GPU, ~13x slower than float32 on a
-    CPU. ``auto`` keeps them when there is a GPU and rebuilds the model in
-    float32 without one; ``float32`` always rebuilds, ``as_trained`` never.
-    ``bfloat16`` rebuilds every layer in mixed_bfloat16 (float32 weights,
-    bfloat16 maths; layers pinned to float32, like the probability head, stay
-    float32): for a CPU with a bfloat16 unit, asked for explicitly, since its
-    effect on the masks is a property of each model that ``auto`` does not
-    assume. Rebuilding loses nothing: mixed-precision weights are stored in
-    float32 (the weights of a layer built in plain float16 are widened).
+    CPU. ``auto`` follows `resolve_precision`: it keeps them on a GPU; on a CPU
+    with a bfloat16 unit it computes in bfloat16 when the model's stored
+    ``verdict`` (`bfloat16_verdict`) is ok, else in float32, saying why on the
+    ``tfsky`` logger; on any other CPU in float32. ``float32`` always rebuilds,
+    ``as_trained`` never. ``bfloat16`` rebuilds every layer in mixed_bfloat16
+    (float32 weights, bfloat16 maths; layers pinned to float32, like the
+    probability head, stay float32), whatever the verdict. Rebuilding loses
+    nothing: mixed-precision weights are stored in float32 (the weights of a
+    layer built in plain float16 are widened).
     """
+    if precision == "auto":
+        precision = _auto_for_inference(verdict)
     layers = [module for module in model.submodules if isinstance(module, tf.keras.layers.Layer)]
     if precision == "bfloat16":
-        rebuilt = _clone_in(model, "mixed_bfloat16")
-    elif precision == "as_trained" or (precision == "auto" and tf.config.list_physical_devices("GPU")):
+        return _rebuilt(model, "mixed_bfloat16")
+    if precision == "as_trained" or not any(_computes_in_half(layer) for layer in layers):
         return model
-    elif any(_computes_in_half(layer) for layer in layers):
-        rebuilt = _clone_in(model, "float32")
-    else:
-        return model
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
+    return _rebuilt(model, "float32")
+
+
+def _auto_for_inference(verdict: Optional[dict]) -> InferencePrecision:
+    """What ``auto`` means for a model with the bfloat16 ``verdict`` on this machine (see `for_inference`)."""
+    machine = resolve_precision("auto")
+    if machine == "mixed_float16":
+        return "as_trained"
+    if machine == "float32":
+        return "float32"
+    chosen = "bfloat16" if bfloat16_ok(verdict) else "float32"
+    logger("precision").info("precision auto: %s (this CPU has a bfloat16 unit; %s)", chosen, describe_verdict(verdict))
+    return chosen
+
+
+def bfloat16_ok(verdict: Optional[dict]) -> bool:
+    """Whether a stored bfloat16 verdict (`bfloat16_verdict`; None: none was measured) lets ``auto`` use bfloat16."""
+    return isinstance(verdict, dict) and verdict.get("ok") is True
+
+
+def describe_verdict(verdict: Optional[dict]) -> str:
+    """A stored bfloat16 verdict in words, for the ``auto`` note and ``tfsky evaluate precision``."""
+    if not isinstance(verdict, dict) or not {"agreement", "iou_float32", "iou_bfloat16"} <= set(verdict):
+        return "the model has no bfloat16 verdict (tfsky evaluate precision measures a segmenter's)"
+    change = verdict["iou_bfloat16"] - verdict["iou_float32"]
+    figures = (f"mask agreement {verdict['agreement']:.5f}, IoU {verdict['iou_float32']:.4f} -> "
+               f"{verdict['iou_bfloat16']:.4f} ({change:+.4f})")
+    if bfloat16_ok(verdict):
+        return f"its bfloat16 verdict is ok: {figures}"
+    return (f"its bfloat16 verdict failed: {figures}; needs agreement >= {BF16_MIN_AGREEMENT} and an IoU change "
+            f"< {BF16_MAX_IOU_CHANGE}")
+
+
+def bfloat16_verdict(model: tf.keras.Model, batches: Iterable, threshold: float = SKY_THRESHOLD,
+                     progress: Optional[Progress] = None, float32_layers: Collection[str] = ()) -> dict:
+    """Whether ``model`` keeps its masks when it computes in bfloat16 (`for_inference`), measured on ``batches``.
+
+    bfloat16 keeps 8 mantissa bits, and a trained U-Net moved up to 2.5 % of an
+    image's mask pixels with it (issue 25), so ``auto`` trusts it per model, on
+    evidence. ``batches`` are ``(images, true masks)`` as the validation split
+    gives them. The float32 and bfloat16 masks (the sky cut at ``threshold`` of a
+    one-class model, the arg-max class of a softmax head) are compared pixel by
+    pixel (``agreement``), and each is scored against the truth with the IoU of
+    training (`tfsky.models.metrics.IoU`). ``ok`` when agreement >=
+    `BF16_MIN_AGREEMENT` and the IoU changes by less than `BF16_MAX_IOU_CHANGE`.
+    ``cpu`` is the CPU measured on: without a bfloat16 unit the same roundings
+    are emulated, and accumulation order may differ from a unit's.
+    ``float32_layers``: names of layers the bfloat16 build keeps in float32, to
+    find where the disagreement comes from (``scripts/bf16_verdict.py``).
+    """
+    reference, fast = for_inference(model, "float32"), _rebuilt(model, "mixed_bfloat16", float32_layers)
+    scores: dict[str, IoU] = {}
+    same = pixels = 0
+    with tracked(progress, None, "float32 and bfloat16") as progress:
+        for images, truth in batches:
+            outputs = {"float32": reference(images, training=False), "bfloat16": fast(images, training=False)}
+            for name, output in outputs.items():
+                scores.setdefault(name, IoU(int(output.shape[-1]), threshold)).update_state(truth, output)
+            labels = [_mask_labels(output.numpy(), threshold) for output in outputs.values()]
+            same += int(np.count_nonzero(labels[0] == labels[1]))
+            pixels += labels[0].size
+            progress.advanced()
+    if not pixels:
+        raise ValueError("no validation batches to measure the bfloat16 verdict on")
+    agreement = round(same / pixels, 6)
+    iou = {name: round(float(score.result()), 5) for name, score in scores.items()}
+    ok = agreement >= BF16_MIN_AGREEMENT and abs(iou["bfloat16"] - iou["float32"]) < BF16_MAX_IOU_CHANGE
+    return {"agreement": agreement, "iou_float32": iou["float32"], "iou_bfloat16": iou["bfloat16"], "ok": ok,
+            "pixels": pixels, "cpu": cpu_record()["model"] or "unknown"}
+
+
+def _mask_labels(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """Each pixel's predicted class: the sky cut of a one-class output, the arg-max of a softmax."""
+    if probabilities.shape[-1] == 1:
+        return sky_mask(probabilities[..., 0], threshold)
+    return np.argmax(probabilities, axis=-1)
 
 
 def _computes_in_half(layer: tf.keras.layers.Layer) -> bool:
     return layer.compute_dtype in ("float16", "bfloat16")
 
 
-def _clone_in(model: tf.keras.Model, policy: str) -> tf.keras.Model:
+def _rebuilt(model: tf.keras.Model, policy: str, float32_layers: Collection[str] = ()) -> tf.keras.Model:
+    """`_clone_in` with ``model``'s weights."""
+    rebuilt = _clone_in(model, policy, float32_layers)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def _clone_in(model: tf.keras.Model, policy: str, float32_layers: Collection[str] = ()) -> tf.keras.Model:
     """The same architecture (nested models included) with its computing layers in ``policy``.
 
     float32: every float16/bfloat16 layer becomes float32. mixed_bfloat16:
-    every layer but the inputs and the output layers (the probability head,
-    which the training builders pin to float32) computes in bfloat16.
+    every layer but the inputs, the output layers (the probability head,
+    which the training builders pin to float32) and those named in
+    ``float32_layers`` (float32: where bfloat16's rounding hurts the masks)
+    computes in bfloat16.
     """
     outputs = {id(layer) for layer in getattr(model, "_output_layers", [])}
 
     def clone_layer(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer:
         if isinstance(layer, tf.keras.Model):
-            return _clone_in(layer, policy)
+            return _clone_in(layer, policy, float32_layers)
         config = layer.get_config()
-        if policy == "float32" and _computes_in_half(layer):
+        if (policy == "float32" and _computes_in_half(layer)) or layer.name in float32_layers:
             config["dtype"] = "float32"
         elif policy != "float32" and not isinstance(layer, tf.keras.layers.InputLayer) and id(layer) not in outputs:
             config["dtype"] = policy

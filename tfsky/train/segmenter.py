@@ -7,8 +7,9 @@ augmentation and preprocessing are applied at read time and may change freely.
 
 ``best.keras`` is chosen on ``val_iou``; its sidecar ``best.json`` holds the
 preprocessing, tile size, working scale, channels, classes, resolved config,
-the best epoch's validation metrics and, for one-class models, the sky
-threshold with the best IoU on the validation batches (chosen after training).
+the best epoch's validation metrics, for one-class models the sky
+threshold with the best IoU on the validation batches (chosen after training),
+and the bfloat16 verdict measured on the same batches (`tfsky.train.bfloat16`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tfsky.progress import Progress
 from tfsky.train.config import SegmenterConfig, SegmenterTrainConfig
 from tfsky.train.encoder_rate import EncoderRate, encoder_scaled
 from tfsky.train.runner import RunResult, fit_run, is_chief, seed_everything, start_run
+from tfsky.train.bfloat16 import store_bfloat16_verdict
 
 MONITOR = "val_iou"
 THRESHOLD_BINS = 50  # candidate sky thresholds every 0.02
@@ -78,6 +80,8 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, verbose: int 
     best = run_dir / "best.keras"
     if cfg.model.classes == 1 and best.is_file() and is_chief():
         store_threshold(best, val_ds)
+    if best.is_file() and is_chief():  # at the stored threshold: whether `precision: auto` may infer in bfloat16
+        store_bfloat16_verdict(best, val_ds)
     return result
 
 

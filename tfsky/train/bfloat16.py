@@ -46,7 +46,9 @@ def check_bfloat16(model_path: str | Path, cfg: SegmenterConfig, progress: Optio
     return store_bfloat16_verdict(model_path, validation_batches(cfg), progress)
 
 
-def validation_batches(cfg: SegmenterConfig) -> tf.data.Dataset:
-    """The validation batches training measured the model on (one replica's batch, ``train.validation_steps``)."""
-    return pipeline.segmentation_dataset(cfg.data, "val", cfg.train.batch_size, classes=cfg.model.classes,
-                                         seed=cfg.train.seed, max_batches=cfg.train.validation_steps)
+def validation_batches(cfg: SegmenterConfig, batch_size: Optional[int] = None) -> tf.data.Dataset:
+    """The validation batches training measures the model on (``train.validation_steps`` batches of
+    ``batch_size``, default one replica's ``train.batch_size``)."""
+    return pipeline.segmentation_dataset(cfg.data, "val", batch_size or cfg.train.batch_size,
+                                         classes=cfg.model.classes, seed=cfg.train.seed,
+                                         max_batches=cfg.train.validation_steps)

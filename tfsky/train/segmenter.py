@@ -31,10 +31,10 @@ from tfsky.models.metrics import segmentation_metrics
 from tfsky.models.precision import global_batch_size, make_strategy, precision_policy
 from tfsky.models.segmenter import build_segmenter, encoder_layers
 from tfsky.progress import Progress
+from tfsky.train.bfloat16 import store_bfloat16_verdict, validation_batches
 from tfsky.train.config import SegmenterConfig, SegmenterTrainConfig
 from tfsky.train.encoder_rate import EncoderRate, encoder_scaled
 from tfsky.train.runner import RunResult, fit_run, is_chief, seed_everything, start_run
-from tfsky.train.bfloat16 import store_bfloat16_verdict
 
 MONITOR = "val_iou"
 THRESHOLD_BINS = 50  # candidate sky thresholds every 0.02
@@ -145,12 +145,9 @@ def training_steps(cfg: SegmenterConfig, batch_size: int) -> int:
 
 def make_datasets(cfg: SegmenterConfig, batch_size: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Training and validation batches of the global ``batch_size`` (validation cut to ``validation_steps``)."""
-    classes, seed = cfg.model.classes, cfg.train.seed
-    train_ds = pipeline.segmentation_dataset(cfg.data, "train", batch_size, classes=classes, seed=seed)
-    val_ds = pipeline.segmentation_dataset(
-        cfg.data, "val", batch_size, classes=classes, seed=seed, max_batches=cfg.train.validation_steps
-    )
-    return train_ds, val_ds
+    train_ds = pipeline.segmentation_dataset(cfg.data, "train", batch_size, classes=cfg.model.classes,
+                                             seed=cfg.train.seed)
+    return train_ds, validation_batches(cfg, batch_size)
 
 
 def learning_rate(train: SegmenterTrainConfig, steps_per_epoch: int):

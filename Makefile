@@ -21,6 +21,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy tfsky
 
 bench: install
 	for b in scripts/bench_*.py; do $(BIN)/python $$b || exit 1; done

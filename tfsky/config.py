@@ -157,7 +157,7 @@ def from_dict(schema: type[T], raw: dict[str, Any], prefix: str = "", recorded: 
     if not isinstance(raw, dict):
         raise ConfigError(prefix or "<root>", f"expected a section (mapping), got {type(raw).__name__}")
     hints = typing.get_type_hints(schema)
-    fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(schema) if f.init}  # type: ignore[arg-type]  # a dataclass
     if recorded:
         raw = {key: value for key, value in raw.items() if key in fields}
     unknown = sorted(set(raw) - set(fields))
@@ -257,7 +257,7 @@ def _coerce(hint: Any, value: Any, key: str, recorded: bool = False) -> Any:
         return {str(k): _coerce(vtype, v, f"{key}.{k}", recorded) for k, v in value.items()}
     if hint is Any:
         return value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_dict(hint, value if value is not None else {}, key, recorded)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         try:

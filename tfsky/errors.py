@@ -7,7 +7,7 @@ traceback.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import PurePath
 
 
 class TfskyError(Exception):
@@ -18,11 +18,11 @@ class InputError(TfskyError):
     """A file that cannot be used: missing, truncated, not an image, wrong size...
 
     Args:
-        path: the offending file.
+        path: the offending file (a `Path`, or a `tfsky.io.stores.StorePath` object).
         problem: what is wrong with it, phrased for the user.
     """
 
-    def __init__(self, path: str | Path, problem: str):
+    def __init__(self, path: str | PurePath, problem: str):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")

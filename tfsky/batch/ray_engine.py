@@ -49,7 +49,7 @@ try:
     import ray
     import ray.data
 except ImportError:  # the CLI turns this into one line saying how to install it
-    ray = None
+    ray = None  # type: ignore[assignment]  # RayEngine checks for it
 
 CONNECT_TIMEOUT = 10  # seconds to reach a cluster's head before giving up
 ITEM_ATTEMPTS = 3  # a worker that dies on an item is restarted and the item retried, this many tries in all
@@ -92,7 +92,9 @@ class RayEngine:
             with warnings.catch_warnings():  # Ray 2.60 names no parameter for these two yet ("deprecated" **kwargs)
                 warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
                 results = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
-                    _Worker, fn_constructor_args=(task, pending, os.getcwd()),
+                    # a callable class (an actor pool): Ray's hint allows it, mypy cannot match its protocol
+                    _Worker,  # type: ignore[arg-type]
+                    fn_constructor_args=(task, pending, os.getcwd()),
                     compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows)), max_tasks_in_flight_per_actor=1),
                     num_cpus=self.cpus_per_worker, num_gpus=gpus,
                     runtime_env={"env_vars": {**thread_limits(self.cpus_per_worker), "TF_CPP_MIN_LOG_LEVEL": "2"}},

@@ -38,17 +38,20 @@ import concurrent.futures
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional, Protocol, Sequence
+from typing import Any, Callable, Generic, Iterable, Iterator, Literal, Optional, Protocol, Sequence, TypeVar, cast
 
 from tfsky.errors import InputError, TfskyError
 from tfsky.io.atomic import prepare_out_dir, remove_stale_temps
 from tfsky.io.images import is_image_file, link_problem
-from tfsky.io.stores import as_path
+from tfsky.io.stores import StorePath, as_path
 from tfsky.progress import Progress
 
 MANIFEST_SUFFIX = ".txt"
 Status = Literal["done", "skipped", "failed"]
 Failure = tuple[Path, str]
+# what `Task.outputs` returns: the output files of one item, the completing one last (a tuple, or a
+# dataclass with ``__iter__`` such as `tfsky.predict.outputs.OutputPaths`)
+OutputsT = TypeVar("OutputsT", bound=Iterable[Path])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +116,7 @@ class Decoded:
         return self._value.pop()
 
 
-class Task:
+class Task(Generic[OutputsT]):
     """The per-item part of a job; subclasses override `outputs` and `process`, the rest is optional.
 
     A task must be picklable before `load` (the Ray engine ships it to each
@@ -123,7 +126,7 @@ class Task:
     def check(self) -> None:
         """Cheap checks before any item (model file, its kind); raise a `TfskyError` to stop the job."""
 
-    def outputs(self, stem: Path) -> Sequence[Path]:
+    def outputs(self, stem: Path) -> OutputsT:
         """The output files of output stem ``OUT/sub/name``, the one written last (it marks the item complete) last."""
         raise NotImplementedError
 
@@ -134,7 +137,7 @@ class Task:
     def load(self) -> None:
         """Heavy set-up (the model), once per process, after the first item is read."""
 
-    def process(self, item: Item, decoded: Decoded, outputs: Sequence[Path],
+    def process(self, item: Item, decoded: Decoded, outputs: OutputsT,
                 listener: Listener) -> Optional[Callable[[], None]]:
         """Work on one item (``decoded.take()`` is what `read` returned); write each of ``outputs`` atomically.
 
@@ -148,7 +151,7 @@ class Task:
         return False
 
 
-Pending = list[tuple[Item, Sequence[Path]]]
+Pending = list[tuple[Item, Iterable[Path]]]
 
 
 class Engine(Protocol):
@@ -160,7 +163,7 @@ class Engine(Protocol):
 def run_job(
     task: Task,
     inputs: Sequence[Path],
-    out_dir: str | Path,
+    out_dir: str | Path | StorePath,
     *,
     overwrite: bool = False,
     listener: Optional[Listener] = None,
@@ -184,14 +187,15 @@ def run_job(
     task.check()
     prepare_out_dir(out_dir)
     items, failures = collect_items(inputs, out_dir)
-    return run_items(task, items, lambda stem: task.outputs(out_dir / stem), failures,
+    # a `StorePath` prefix names outputs with the same arithmetic as a `Path` (`tfsky.io.stores`)
+    return run_items(task, items, lambda stem: task.outputs(cast(Path, out_dir / stem)), failures,
                      overwrite=overwrite, listener=listener, engine=engine)
 
 
 def run_items(
     task: Task,
     items: list[Item],
-    outputs_of: Callable[[Path], Sequence[Path]],
+    outputs_of: Callable[[Path], Iterable[Path]],
     failures: Sequence[Failure] = (),
     *,
     overwrite: bool = False,
@@ -217,7 +221,7 @@ def run_items(
     return report
 
 
-def unfinished(items: list[Item], outputs_of: Callable[[Path], Sequence[Path]], overwrite: bool,
+def unfinished(items: list[Item], outputs_of: Callable[[Path], Iterable[Path]], overwrite: bool,
                report: Report) -> Pending:
     """The items to run with their outputs; items whose outputs all exist go to ``report.skipped``.
 
@@ -262,8 +266,9 @@ def attempt(task: Task, source: Path, work: Callable[[], Optional[Callable[[], N
 
 def failure_reason(err: TfskyError | OSError, source: Path) -> str:
     """The reason reported for ``source``: an `InputError` about ``source`` itself without its path."""
-    about_source = isinstance(err, InputError) and Path(err.path) == source
-    return err.problem if about_source else str(err)
+    if isinstance(err, InputError) and Path(err.path) == source:
+        return err.problem
+    return str(err)
 
 
 class LocalEngine:
@@ -302,11 +307,13 @@ class _LocalRun:
         self.handed_back: Optional[Callable[[], None]] = None  # the writing `Task.process` returned last
 
     def run(self) -> None:
-        upcoming = self.read(0)
-        concurrent.futures.wait([upcoming])
+        first = self.read(0)
+        concurrent.futures.wait([first])
         self.task.load()
+        upcoming: Optional[concurrent.futures.Future] = first
         for index, (item, outputs) in enumerate(self.pending):
             current = upcoming
+            assert current is not None  # read at the previous step (or before the loop)
             upcoming = self.read(index + 1) if index + 1 < len(self.pending) else None
             self.compute(item, outputs, current)
         while self.writing:
@@ -320,7 +327,7 @@ class _LocalRun:
         concurrent.futures.wait(after)
         return Decoded(self.task.read(source))
 
-    def compute(self, item: Item, outputs: Sequence[Path], decoded: concurrent.futures.Future) -> None:
+    def compute(self, item: Item, outputs: Iterable[Path], decoded: concurrent.futures.Future) -> None:
         """Process ``item``; record it, or hand the writing it returns to a writer thread (waiting for a free one)."""
         self.handed_back = None
         reason = attempt(self.task, item.source, functools.partial(self.process, item, outputs, decoded))
@@ -331,7 +338,7 @@ class _LocalRun:
             self.settle_oldest()
         self.writing.append((item.source, self.writer.submit(attempt, self.task, item.source, self.handed_back)))
 
-    def process(self, item: Item, outputs: Sequence[Path], decoded: concurrent.futures.Future) -> None:
+    def process(self, item: Item, outputs: Iterable[Path], decoded: concurrent.futures.Future) -> None:
         """`Task.process` of ``item``; the writing it returns is kept in ``handed_back`` (not run, as `attempt` would)."""
         self.handed_back = self.task.process(item, decoded.result(), outputs, self.listener)
 
@@ -340,7 +347,7 @@ class _LocalRun:
         record(self.report, self.listener, source, future.result())
 
 
-def collect_items(inputs: Sequence[Path], out_dir: Path) -> tuple[list[Item], list[Failure]]:
+def collect_items(inputs: Sequence[Path], out_dir: Path | StorePath) -> tuple[list[Item], list[Failure]]:
     """Expand inputs into items; returns ``(items, failures)`` (unreadable manifests, broken links, name clashes)."""
     items: list[Item] = []
     failures: list[Failure] = []
@@ -355,7 +362,7 @@ def collect_items(inputs: Sequence[Path], out_dir: Path) -> tuple[list[Item], li
     return items, failures
 
 
-def _expand(inputs: Sequence[Path], out_dir: Path, failures: list[Failure]) -> Iterator[Item]:
+def _expand(inputs: Sequence[Path], out_dir: Path | StorePath, failures: list[Failure]) -> Iterator[Item]:
     for path in map(Path, inputs):
         if path.is_dir():
             yield from _folder_items(path, Path(), out_dir, failures)
@@ -374,7 +381,7 @@ def _file_item(path: Path, stem: Path, failures: list[Failure]) -> Iterator[Item
         yield Item(path, stem)
 
 
-def _folder_items(folder: Path, prefix: Path, out_dir: Path, failures: list[Failure]) -> Iterator[Item]:
+def _folder_items(folder: Path, prefix: Path, out_dir: Path | StorePath, failures: list[Failure]) -> Iterator[Item]:
     """Images under ``folder`` (recursive, sorted), skipping hidden names and the output folder.
 
     Symbolic links that lead nowhere are reported, not skipped silently.
@@ -391,7 +398,7 @@ def _folder_items(folder: Path, prefix: Path, out_dir: Path, failures: list[Fail
             yield Item(path, prefix / relative.with_suffix(""))
 
 
-def _manifest_items(manifest: Path, out_dir: Path, failures: list[Failure]) -> Iterator[Item]:
+def _manifest_items(manifest: Path, out_dir: Path | StorePath, failures: list[Failure]) -> Iterator[Item]:
     """The files and folders listed in ``manifest``; relative lines keep their sub-folders in the output."""
     try:
         lines = manifest.read_text(encoding="utf-8").splitlines()

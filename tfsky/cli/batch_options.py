@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tfsky.batch import Engine, Report, Status
+from tfsky.batch import Engine, Listener, Report, Status
 from tfsky.cli.messages import is_quiet
 from tfsky.io.stores import as_path
 
@@ -92,7 +92,7 @@ def engine_flags(command: Callable[..., T]) -> Callable[..., T]:
     return with_engine_flags
 
 
-class JobProgress:
+class JobProgress(Listener):
     """A `tfsky.batch.Listener` that draws a bar over items (and over the tiles of big items) on stderr.
 
     Failures are printed as one line each as they happen; ``quiet`` hides the bars only.

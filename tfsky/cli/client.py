@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
 
 from tfsky.cli.batch_options import JobProgress, OutOption, finish
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config
+
+if TYPE_CHECKING:
+    from tfsky.batch import Report
 
 app = typer.Typer(help="Query a TF Serving server (gRPC 8500, or REST 8501 with --rest).", no_args_is_help=True)
 
@@ -74,7 +77,7 @@ def predict(
     from tfsky.serving.colorize_jobs import colorize_files
     from tfsky.serving.segment_jobs import segment_files
 
-    jobs = {  # what each served kind writes (its local command's files)
+    jobs: dict[ModelKind, Callable[..., Report]] = {  # what each served kind writes (its local command's files)
         ModelKind.SEGMENTER: lambda **job: segment_files(**job, tiles_from=tiles, cloud=False),
         ModelKind.CLOUD: lambda **job: segment_files(**job, tiles_from=tiles, cloud=True),
         ModelKind.CLASSIFIER: classify_files,

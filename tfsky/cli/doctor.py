@@ -54,7 +54,10 @@ def requirement_names(extra: str | None = None) -> list[str]:
     names = []
     for text in requirements:
         name, _, marker = text.partition(";")
-        name = re.match(r"[A-Za-z0-9._-]+", name.strip()).group(0)
+        match = re.match(r"[A-Za-z0-9._-]+", name.strip())
+        if match is None:  # not a requirement (metadata.requires gives only requirements)
+            continue
+        name = match.group(0)
         belongs = f'extra == "{extra}"' in marker if extra else not marker
         if belongs and name not in names:
             names.append(name)

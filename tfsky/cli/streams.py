@@ -82,7 +82,7 @@ def label(
     manifests: Annotated[Optional[Path], typer.Argument(
         help="A stream.json or a folder of manifests (default: streams.manifests).")] = None,
     classifier: Annotated[Path, typer.Option(
-        "--classifier", help="Weather classifier written by tfsky train classifier (.keras).")] = ...,
+        "--classifier", help="Weather classifier written by tfsky train classifier (.keras).")] = ...,  # type: ignore[assignment]  # typer: required
     segmenter: Annotated[Optional[Path], typer.Option(
         "--segmenter", help="Sky segmenter: measure each frame's sky (share, colour statistics); frames "
         "without sky take no model label.")] = None,
@@ -129,7 +129,7 @@ def _label_table(labelled, segmenter: bool) -> Table:
 def skymask(
     manifests: Annotated[Optional[list[Path]], typer.Argument(
         help="stream.json files or folders of manifests (default: streams.manifests).")] = None,
-    model: Annotated[Path, typer.Option("--model", "-m", help="Sky segmenter (.keras with its sidecar).")] = ...,
+    model: Annotated[Path, typer.Option("--model", "-m", help="Sky segmenter (.keras with its sidecar).")] = ...,  # type: ignore[assignment]  # typer: required
     min_confidence: Annotated[float, typer.Option(
         help="Frames the model is less sure of (mean |2p-1|) are not used.")] = 0.4,
     max_offset: Annotated[float, typer.Option(

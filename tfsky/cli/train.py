@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -10,6 +10,9 @@ from rich.table import Table
 
 from tfsky.cli.messages import ProgressBar, is_quiet
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, training_config
+
+if TYPE_CHECKING:
+    from tfsky.models.precision import Precision
 
 app = typer.Typer(help="Train segmenters and weather translators.", no_args_is_help=True)
 
@@ -70,7 +73,7 @@ def classifier(
     print_result(train_classifier(cfg, resume=resume, verbose=0 if quiet else 2))
 
 
-def announce_precision(precision: str, quiet: bool) -> None:
+def announce_precision(precision: Precision, quiet: bool) -> None:
     """Say which Keras dtype policy the run uses (``auto`` depends on the GPU and the CPU's bfloat16 unit)."""
     from tfsky.models.precision import resolve_precision
 

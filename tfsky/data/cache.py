@@ -34,7 +34,7 @@ import json
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, cast
 
 import numpy as np
 import tensorflow as tf
@@ -47,7 +47,7 @@ from tfsky.data.scale import resize_image, resize_mask, working_size
 from tfsky.data.sources import LabelledImage, iter_source
 from tfsky.errors import ConfigError, InputError, TfskyError
 from tfsky.io.atomic import atomic_dir, remove_stale_temps, write_json
-from tfsky.io.images import read_image
+from tfsky.io.images import Channels, read_image
 from tfsky.progress import Progress, tracked
 
 MANIFEST = "manifest.json"
@@ -141,6 +141,7 @@ def list_items(cfg: DataConfig) -> tuple[list[LabelledImage], list[tuple[str, st
     items: list[LabelledImage] = []
     skipped: list[tuple[str, str]] = []
     for index, source in enumerate(cfg.sources):
+        assert source.name is not None  # SourceConfig.__post_init__ sets it
         try:
             items.extend(iter_source(source))
         except ConfigError as err:
@@ -208,17 +209,18 @@ def _write_item(item: LabelledImage, split: Optional[str], cfg: DataConfig, writ
     entry = {"id": item.id, "source": item.source, "group": item.group, "split": split, "condition": item.condition}
     if item.problem is not None:
         return {**entry, "status": "skipped", "reason": item.problem}
+    assert split is not None  # every usable item has one
     try:
         image, mask = _load_pair(item, cfg)
     except InputError as err:
         reason = err.problem if err.path == str(item.image_path) else str(err)
         return {**entry, "status": "skipped", "reason": reason}
     source_size = image.shape[:2]
-    size = working_size(*source_size, cfg.working_scale)
+    size = working_size(source_size[0], source_size[1], cfg.working_scale)
     image, mask = np.ascontiguousarray(resize_image(image, size)), resize_mask(mask, size)
     height, width, channels = image.shape
     sky_fraction = float(np.count_nonzero(mask)) / mask.size
-    sha256 = hashlib.sha256(memoryview(image).cast("B")).hexdigest()
+    sha256 = hashlib.sha256(image.data.cast("B")).hexdigest()
     record = encode_example({
         "id": item.id, "source": item.source, "group": item.group, "condition": item.condition or "",
         "dtype": image.dtype.name, "height": height, "width": width, "channels": channels,
@@ -235,14 +237,14 @@ def _write_item(item: LabelledImage, split: Optional[str], cfg: DataConfig, writ
 
 def _load_pair(item: LabelledImage, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """The item's image in the cache dtype (C-contiguous) and its mask; `InputError` on any problem."""
-    image = read_image(item.image_path, channels=cfg.channels, max_pixels=cfg.max_pixels)
+    image = read_image(item.image_path, channels=cast(Channels, cfg.channels), max_pixels=cfg.max_pixels)
     image = np.ascontiguousarray(to_cache_dtype(image, cfg, item.image_path))
     try:
         mask = item.load_mask(cfg.max_pixels)
     except InputError as err:
         raise InputError(err.path, f"mask: {err.problem}") from None
     if mask.shape != image.shape[:2]:
-        where = item.mask_path or item.coco.annotations
+        where = item.mask_path or (item.coco.annotations if item.coco else item.image_path)
         raise InputError(
             where,
             f"mask is {mask.shape[1]}x{mask.shape[0]} but image {item.image_path.name} is "

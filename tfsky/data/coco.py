@@ -177,7 +177,8 @@ def write_masks(
         InputError: the annotation file itself is unusable (see `CocoDataset`).
     """
     dataset = CocoDataset(annotations, images_dir, positive, negative)
-    report, used_names = MaskReport(), set()
+    report = MaskReport()
+    used_names: set[Path] = set()
     for image in dataset.images():
         out_path = Path(out_dir) / (Path(image.file_name).stem + ".png")
         problem = _skip_reason(image, out_path, used_names)

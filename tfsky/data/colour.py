@@ -175,7 +175,7 @@ def colour_split(cfg: ColourSourcesConfig) -> dict[str, list[Path]]:
     """
     if not cfg.sources and not cfg.class_folders:
         raise ConfigError("colour.sources", "no image source: add colour.sources or colour.class_folders")
-    names = [s.name for s in cfg.sources] + [source_name(f) for f in cfg.class_folders]
+    names = [s.name for s in cfg.sources if s.name is not None] + [source_name(f) for f in cfg.class_folders]
     unknown = sorted(set(cfg.val_sources) - set(names))
     if unknown:
         raise ConfigError("colour.val_sources", f"no source named {unknown[0]!r} (sources: {', '.join(names)})")

@@ -130,7 +130,8 @@ def condition_names(classes: dict[str, str]) -> list[str]:
 
 def labelled_set(cfg: ClassifierDataConfig) -> LabelledSet:
     """Every labelled image of ``cfg.sources``, mapped to conditions and split by source."""
-    images, skipped = [], []
+    images: list[LabelledImage] = []
+    skipped: list[str] = []
     for index, source in enumerate(cfg.sources):
         rows = _class_folder_rows(source) if source.kind == "class_folders" else _csv_rows(source, skipped)
         found = []

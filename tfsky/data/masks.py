@@ -66,7 +66,7 @@ def iou_f1(tp, fp, fn):
     return tuple(np.where(np.greater(den, 0), np.divide(num, np.maximum(den, 1)), 1.0) for num, den in terms)
 
 
-def ratio(numerator: int, denominator: int, empty: float) -> float:
+def ratio(numerator: float, denominator: float, empty: float) -> float:
     """``numerator / denominator``, or ``empty`` when the denominator is 0."""
     return numerator / denominator if denominator else empty
 

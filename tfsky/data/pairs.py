@@ -264,7 +264,7 @@ def load_pair_arrays(source: str, target: str, mask: Optional[str]) -> tuple[np.
     if src.shape != tgt.shape:
         raise InputError(target, f"size {tgt.shape[:2]} differs from its source {source} {src.shape[:2]}")
     sky = read_mask(mask) if mask else np.zeros(src.shape[:2], np.uint8)
-    if sky.shape != src.shape[:2]:
+    if mask and sky.shape != src.shape[:2]:  # (without a mask the zeros have the frames' size)
         raise InputError(mask, f"mask size {sky.shape} differs from the frames' {src.shape[:2]}")
     return src, tgt, sky[..., None]
 

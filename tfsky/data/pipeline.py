@@ -34,7 +34,7 @@ of function instantiation, a sixth of a small epoch.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Sequence, TypeVar
+from typing import Any, Callable, Literal, Optional, Sequence, TypeVar
 
 import tensorflow as tf
 
@@ -87,6 +87,7 @@ def segmentation_dataset(
     _check_compatible(cfg, manifest, split)
     augment = (split == "train" and cfg.augment.enabled) if augment is None else augment
     dtype = tf.as_dtype(manifest["dtype"])
+    finish: Callable[[Any, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]  # (picks or a batch, seed) -> the batch
     if split == "train" and _decoded_bytes(manifest, dtype) <= MEMORY_CACHE_BYTES:
         memory = _MemoryImages.load(cfg, manifest, dtype)
         picks = tf.repeat(tf.range(memory.count, dtype=tf.int64), crop_counts(cfg, _written(manifest, "train")))
@@ -129,7 +130,7 @@ def _grid_batches(
     if keep < total:
         kept = tf.scatter_nd(tf.constant(evenly_spaced(range(total), keep))[:, None], tf.ones([keep], tf.bool), [total])
         corners = corners.enumerate().filter(lambda i, _: kept[i]).map(lambda _, corner: corner)
-    return corners.map(lambda *corner: _cut_patch(*corner, cfg)).batch(batch_size)
+    return corners.map(lambda image, mask, row, col: _cut_patch(image, mask, row, col, cfg)).batch(batch_size)
 
 
 def crop_counts(cfg: DataConfig, entries: list[dict]) -> list[int]:
@@ -189,7 +190,7 @@ def _streamed_batches(
     patches = tf.data.Dataset.zip(images, crop_seeds).flat_map(  # cut before the shuffle: it holds patches, not images
         lambda item, crop_seed: _corners(
             item[0], item[1], *_random_origins(item[0], cfg, counts.lookup(item[2]), crop_seed)
-        ).map(lambda *corner: _cut_patch(*corner, cfg))
+        ).map(lambda image, mask, row, col: _cut_patch(image, mask, row, col, cfg))
     )
     return patches.shuffle(cfg.shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
 

@@ -64,11 +64,12 @@ def _map_entry(key: str, value: Value) -> list:
     """One ``Features.feature`` map entry: header parts followed by the payload."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, str, bytes, np.ndarray)):
         raise TypeError(f"feature {key!r}: unsupported value type {type(value).__name__}")
+    payload: bytes | memoryview
     if isinstance(value, (int, np.integer)):
         number, payload = _INT64_LIST, _varint(int(value) & 0xFFFFFFFFFFFFFFFF)  # int64: two's-complement varint
     else:
         data = value.encode("utf-8") if isinstance(value, str) else value
-        payload = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data
+        payload = np.ascontiguousarray(data).data.cast("B") if isinstance(data, np.ndarray) else data
         number = _BYTES_LIST
     inner = [_field_header(1, len(payload)), payload]  # the list's single (packed) value
     inner.insert(0, _field_header(number, _size(inner)))

@@ -70,9 +70,11 @@ class LabelledImage:
             InputError: the mask file cannot be read.
         """
         if self.coco is not None:
+            assert self.coco_id is not None  # set with coco
             return self.coco.mask(self.coco_id)
         if self.mask_loader is not None:
             return self.mask_loader(max_pixels)
+        assert self.mask_path is not None  # an item has a mask path, a COCO id or a mask loader
         return read_mask(self.mask_path, threshold=self.mask_threshold, max_pixels=max_pixels)
 
 
@@ -108,6 +110,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _mask_folder(cfg: SourceConfig) -> Iterator[LabelledImage]:
+    assert cfg.masks is not None and cfg.name is not None  # validate() requires masks; __post_init__ sets name
     group_pattern = re.compile(cfg.group_pattern) if cfg.group_pattern else None
     for path in _image_files(cfg.images):
         relative = path.relative_to(cfg.images)
@@ -126,6 +129,7 @@ def _mask_folder(cfg: SourceConfig) -> Iterator[LabelledImage]:
 
 
 def _camera_folder(cfg: SourceConfig) -> Iterator[LabelledImage]:
+    assert cfg.name is not None  # __post_init__ sets it
     conditions = read_conditions(cfg.labels_csv) if cfg.labels_csv else {}
     found = sorted(p.name for p in cfg.images.iterdir() if p.is_dir())
     unknown = sorted(set(cfg.cameras or ()) - set(found))
@@ -165,6 +169,7 @@ def read_conditions(path: Path) -> dict[str, str]:
 
 
 def _coco(cfg: SourceConfig) -> Iterator[LabelledImage]:
+    assert cfg.annotations is not None and cfg.name is not None  # validate() requires annotations
     dataset = CocoDataset(cfg.annotations, cfg.images, cfg.positive, cfg.negative)
     for image in dataset.images():
         item_id = f"{cfg.name}/{Path(image.file_name).as_posix()}"
@@ -175,6 +180,7 @@ def _coco(cfg: SourceConfig) -> Iterator[LabelledImage]:
 
 def _allsky_folder(cfg: SourceConfig) -> Iterator[LabelledImage]:
     """Frames split one by one, stratified by camera and sky type; masks through the class map (`tfsky.data.allsky`)."""
+    assert cfg.masks is not None and cfg.name is not None  # validate() requires masks; __post_init__ sets name
     settings = cfg.allsky
     sky_types = (
         allsky.read_sky_types(cfg.labels_csv, settings.image_column, settings.label_column) if cfg.labels_csv else {}
@@ -197,6 +203,7 @@ def _allsky_folder(cfg: SourceConfig) -> Iterator[LabelledImage]:
             mask_path=annotation,
             problem=problem,
             stratum=f"{cfg.name}/{camera.name if camera else '-'}/{sky_type or '-'}",
-            mask_loader=functools.partial(allsky.load_class_mask, annotation, camera and camera.mask, settings),
+            mask_loader=functools.partial(allsky.load_class_mask, annotation, camera.mask if camera else None,
+                                          settings),
             test=settings.is_test_frame(path),
         )

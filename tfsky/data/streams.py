@@ -332,6 +332,7 @@ def read_labels(cfg: StreamsConfig, root: Path) -> tuple[dict[Path, tuple[str, O
     no condition or one that is not a condition name (`CONDITION_NAME`: the page shows labels, so
     markup never gets in), or labels a frame an earlier row labelled. Excel's byte-order mark is read.
     """
+    assert cfg.labels_csv is not None  # the caller reads labels only when there is a CSV
     path = Path(cfg.labels_csv)
     if not path.is_file():
         raise InputError(path, "labels CSV not found")
@@ -342,7 +343,9 @@ def read_labels(cfg: StreamsConfig, root: Path) -> tuple[dict[Path, tuple[str, O
             missing = [c for c in columns if c not in (reader.fieldnames or [])]
             if missing:
                 raise InputError(path, f"no column '{missing[0]}' (columns: {', '.join(reader.fieldnames or [])})")
-            labels, skipped, labelled_on = {}, [], {}
+            labels: dict[Path, tuple[str, Optional[float]]] = {}
+            skipped: list[str] = []
+            labelled_on: dict[Path, int] = {}
             for row in reader:
                 line = reader.line_num
                 name, condition = row[cfg.image_column], row[cfg.condition_column]
@@ -391,7 +394,8 @@ def frame_timestamp(path: Path) -> dt.datetime:
     match = _STAMP.search(path.stem)
     if match:
         try:
-            return dt.datetime(*map(int, match.groups()))
+            year, month, day, hour, minute, second = map(int, match.groups())
+            return dt.datetime(year, month, day, hour, minute, second)
         except ValueError:
             pass  # digits that are not a date: fall through to EXIF
     try:
@@ -493,7 +497,7 @@ def mark_moved_from(frames: list[Frame], moved_from: Optional[str]) -> list[Fram
 
 def _reference_size(stream: Stream) -> Optional[tuple[int, int]]:
     """The most common ``(height, width)`` among the readable frames."""
-    sizes = Counter()
+    sizes: Counter[tuple[int, int]] = Counter()
     for frame in stream.frames:
         try:
             sizes[image_size(stream.path(frame))] += 1
@@ -562,7 +566,7 @@ class EditError(TfskyError):
     """An edit that names an unknown frame or field, or a value the field cannot take."""
 
 
-def apply_edit(stream: Stream, frame_file: Optional[str], field: str, value) -> Stream:
+def apply_edit(stream: Stream, frame_file: Optional[str], field: Optional[str], value) -> Stream:
     """A copy of ``stream`` with one reviewer edit applied and pushed on its undo stack.
 
     Fields: ``review`` (``accepted`` / ``rejected`` / None) and ``condition`` (a

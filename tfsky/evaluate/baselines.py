@@ -167,6 +167,7 @@ def fit_baselines(
     for image, truth in samples:
         horizon.add(truth)
         color.add(image, truth)
-    if not horizon.images:
+    horizon_best, color_best = horizon.best(), color.best()
+    if horizon_best is None or color_best is None:  # no samples
         return None
-    return Baselines(horizon.best(), color.best(), fitted_on, horizon.images)
+    return Baselines(horizon_best, color_best, fitted_on, horizon.images)

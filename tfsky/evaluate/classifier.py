@@ -118,8 +118,9 @@ def calibration(truth: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BI
         row = {"low": float(edges[b]), "high": float(edges[b + 1]), "count": count, "confidence": None,
                "accuracy": None}
         if count:
-            row["confidence"], row["accuracy"] = float(confidence[members].mean()), float(correct[members].mean())
-            ece += count / len(truth) * abs(row["confidence"] - row["accuracy"])
+            mean_confidence, accuracy = float(confidence[members].mean()), float(correct[members].mean())
+            row["confidence"], row["accuracy"] = mean_confidence, accuracy
+            ece += count / len(truth) * abs(mean_confidence - accuracy)
         rows.append(row)
     return float(ece), rows
 

@@ -96,6 +96,8 @@ def sun_score(frame_cover: FrameCover, image: np.ndarray, truth: np.ndarray, clo
     cloud."""
     lens, _ = frame_cover.masks.valid_sky(image, source)
     excluded, facts = frame_cover.sun(image, lens)
+    if facts is None:  # sun exclusion is off
+        return None
     return {**facts, "undefined_pixels": int(np.count_nonzero(excluded & (truth == IGNORE))),
             "model_cloud_pixels": int(np.count_nonzero(excluded & cloud))}
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -169,7 +169,9 @@ def evaluate_colorizer(
     training = TrainingColour.fit([frame.lab for frame in load_frames(
         paths["train"], cfg.data.load_size, cfg.data.crop_size, cfg.model.colorize.generator_size)])
     colorizer = TiledColorizer.load(model_path, tiling)
-    per_image, skipped, sheet = [], [], []
+    per_image: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    sheet: list[np.ndarray] = []
     shown = set(np.linspace(0, len(paths[split]) - 1, contact_rows).round().astype(int).tolist())  # spread out
     with tracked(progress, len(paths[split]), "evaluate") as progress:
         for index, path in enumerate(paths[split]):
@@ -198,7 +200,7 @@ def evaluate_colorizer(
     return report
 
 
-def _metrics(output: np.ndarray, truth: np.ndarray, truth_lab: np.ndarray) -> dict[str, float]:
+def _metrics(output: np.ndarray, truth: np.ndarray, truth_lab: np.ndarray) -> dict[str, Optional[float]]:
     ssim = tf.image.ssim(tf.constant(output[None]), tf.constant(truth[None]), max_val=1.0)
     shown_ab = lab_of(np.round(output * 255).astype(np.uint8))[..., 1:]
     colour = colourfulness(output)
@@ -278,7 +280,7 @@ def _draw_psnr_distribution(report: ColorizeReport, path: Path) -> None:
     values = {m: [p["metrics"][m]["psnr"] for p in report.per_image] for m in METHODS}
     bins = np.linspace(min(min(v) for v in values.values()), max(max(v) for v in values.values()), 30)
     for method in METHODS:
-        ax.hist(values[method], bins=bins, histtype="step", linewidth=1.5,
+        ax.hist(values[method], bins=bins.tolist(), histtype="step", linewidth=1.5,
                 label=f"{method} (mean {np.mean(values[method]):.2f} dB)")
     ax.set_xlabel("PSNR (dB, sRGB)")
     ax.set_ylabel("images")

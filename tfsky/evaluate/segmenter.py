@@ -277,7 +277,7 @@ def open_data(data: Path, split: str, labels_csv: Optional[str | Path], segmente
     config = _folder_source(data)
     conditions = read_conditions(Path(labels_csv)) if labels_csv is not None else {}
     items = functools.partial(_folder_items, config, conditions, segmenter)
-    if conditions and all(item.condition is None for item in items()):
+    if labels_csv is not None and conditions and all(item.condition is None for item in items()):
         raise InputError(labels_csv, f"names none of the images in {data} (paths are relative to {config.images})")
     return EvalData(config.kind, items, None)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -139,7 +139,9 @@ def evaluate_translator(
     sky_colour = mean_sky_colour(read_pairs(pairs_path, "train"))
     if sky_colour is None:  # no usable training sky: the evaluated pairs' own (a best case for the baseline)
         sky_colour = mean_sky_colour(pairs)
-    per_pair, skipped, sheet_rows = [], [], []
+    per_pair: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    sheet_rows: list[np.ndarray] = []
     translated: dict[str, np.ndarray] = {}  # one translation per distinct source frame
     with tracked(progress, len(pairs), "evaluate") as progress:
         for pair in pairs:

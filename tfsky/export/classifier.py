@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from tfsky.export.decode import decode_normalised, pixel_limit
 from tfsky.export.warmup import WarmupInputs
+from tfsky.models.precision import InferencePrecision
 from tfsky.predict.classify import WeatherClassifier
 
 
@@ -36,7 +37,7 @@ from tfsky.predict.classify import WeatherClassifier
 CLASSIFIER_BYTES_PER_PIXEL = 20
 
 
-def load(model_path: str | Path, precision: str):
+def load(model_path: str | Path, precision: InferencePrecision):
     """The exporter of `tfsky.export.savedmodel.EXPORTERS` for weather classifiers: the loaded model, its sidecar
     and a function of ``(tiling, cloud, max_pixels)`` building the `ClassifierModule` (``tiling`` gives only its
     memory budget; ``cloud`` is ignored)."""

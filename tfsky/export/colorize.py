@@ -29,6 +29,7 @@ from tfsky.export.warmup import WarmupInputs
 from tfsky.models.bundle import ModelInfo, ModelKind, load_model
 from tfsky.models.colorize import coarse_chroma, split_inference_model, upsample_hints
 from tfsky.models.colorize_frames import DEFAULT_TILE
+from tfsky.models.precision import InferencePrecision
 from tfsky.tiling import AUTO, TilingConfig, model_tiling, sliding_window_graph
 from tfsky.train.config import TranslatorConfig, trained_config
 
@@ -38,7 +39,7 @@ from tfsky.train.config import TranslatorConfig, trained_config
 COLORIZER_BYTES_PER_PIXEL = 120
 
 
-def load(model_path: str | Path, precision: str):
+def load(model_path: str | Path, precision: InferencePrecision):
     """The exporter of `tfsky.export.savedmodel.EXPORTERS` for colorizers: the loaded model, its sidecar and a
     function of ``(tiling, cloud, max_pixels)`` building the `ColorizerModule` (``cloud`` is ignored)."""
     model, info = load_model(model_path, precision=precision, kind=ModelKind.COLORIZER)

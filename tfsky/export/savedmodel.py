@@ -31,6 +31,7 @@ import datetime
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import tensorflow as tf
 
@@ -46,8 +47,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VERSION_TEMP = re.compile(r"^\.\d+\..+\.part$")  # `atomic_dir`'s temporary of a version folder: .N.<random>.part
 # The exporter of each kind: ``load(model_path, precision)`` -> the Keras model, its sidecar and a function of
 # ``(tiling, cloud, max_pixels)`` that builds the exported `tf.Module` (which checks the tiling). Any other
-# kind goes to the segmenter's, which says what the model is.
-EXPORTERS = {
+# kind (or none: an old sidecar) goes to the segmenter's, which says what the model is.
+EXPORTERS: dict[ModelKind | None, Callable[[Path | str, ExportPrecision], tuple]] = {
     ModelKind.SEGMENTER: segmenter.load,
     ModelKind.CLOUD: segmenter.load,
     ModelKind.CLASSIFIER: classifier.load,

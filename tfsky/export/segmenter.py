@@ -43,11 +43,12 @@ from tfsky.errors import InputError
 from tfsky.export import warmup
 from tfsky.export.decode import decode_normalised, decode_raw_image, pixel_limit
 from tfsky.models.bundle import ModelInfo, ModelKind, load_model
+from tfsky.models.precision import InferencePrecision
 from tfsky.predict.cloud import CameraMasks, CloudCoverConfig
 from tfsky.predict.outputs import CLASS_PNG_VALUES
 from tfsky.predict.refine import refine_graph
 from tfsky.predict.segment import predicted_scale, segmenter_tiling
-from tfsky.tiling import TilingConfig, available_memory, choose_tiling, sliding_window_graph
+from tfsky.tiling import TilingConfig, available_memory, choose_tiling, resolved_tile, sliding_window_graph
 
 # Peak resident memory per input pixel of the image signatures (the whole image is held, not streamed),
 # measured on noise PNGs of 4 and 16 megapixels with tiny models, rounded up; `pixel_limit` divides the budget by it.
@@ -55,7 +56,7 @@ SEGMENTER_BYTES_PER_PIXEL = 32  # predict_image: 35 at 4 MP, 28 at 16 MP
 CLOUD_BYTES_PER_PIXEL = 48  # predict_cloud 45 / 37, predict_image 49 at 4 MP
 
 
-def load(model_path: str | Path, precision: str):
+def load(model_path: str | Path, precision: InferencePrecision):
     """The exporter of `tfsky.export.savedmodel.EXPORTERS` for segmenters and cloud models: the loaded model,
     its sidecar and a function of ``(tiling, cloud, max_pixels)`` building the `SegmenterModule`.
 
@@ -123,7 +124,7 @@ class SegmenterModule(tf.Module):
 
     def warmup_inputs(self) -> warmup.WarmupInputs:
         """The warmup requests of this export's signatures (`tfsky.export.warmup`)."""
-        return warmup.warmup_inputs(tile=self.tiling.tile, channels=self.channels, tile_batch=self.tiling.tile_batch,
+        return warmup.warmup_inputs(tile=resolved_tile(self.tiling), channels=self.channels, tile_batch=self.tiling.tile_batch,
                                     hdr=self.predict_hdr is not None)
 
     def metadata(self) -> dict:
@@ -148,7 +149,7 @@ class SegmenterModule(tf.Module):
         return self._per_image(segment, image_bytes)
 
     def _predict_hdr(self, image_raw: tf.Tensor, shape: tf.Tensor) -> dict[str, tf.Tensor]:
-        def segment(raw_and_shape):
+        def segment(raw_and_shape: tuple[tf.Tensor, tf.Tensor]):
             return self._segment(self.preprocess.apply(decode_raw_image(*raw_and_shape, self.channels)))
 
         return self._per_image(segment, (image_raw, shape))

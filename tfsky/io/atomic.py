@@ -46,7 +46,7 @@ def _publish(tmp: Path, mode: int) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path | StorePath) -> Iterator[Path]:
     """Yield a temporary path to write to; rename it to ``path`` on success, delete it on failure.
 
     For an object ``path`` the temporary file is local and is stored as ``path`` on success. Running out
@@ -137,7 +137,7 @@ def _as_path_errors(folder: Path) -> Iterator[None]:
         raise InputError(folder, f"cannot write to the output folder ({err.strerror}{where})") from None
 
 
-def stale_temps(path: str | Path) -> list[Path]:
+def stale_temps(path: str | Path | StorePath) -> list[Path]:
     """Temporaries that interrupted atomic writes of ``path`` left beside it (files and folders).
 
     None for an object: its temporaries are local, and an unfinished upload shows no object.
@@ -149,7 +149,7 @@ def stale_temps(path: str | Path) -> list[Path]:
     return sorted({stale for pattern in patterns for stale in path.parent.glob(pattern)})
 
 
-def remove_stale_temps(path: str | Path) -> None:
+def remove_stale_temps(path: str | Path | StorePath) -> None:
     """Delete what `stale_temps` finds; a re-run calls this before it writes ``path`` again."""
     for stale in stale_temps(path):
         if stale.is_dir():
@@ -158,13 +158,13 @@ def remove_stale_temps(path: str | Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
+def write_bytes(path: str | Path | StorePath, data: bytes) -> None:
     """Atomically write ``data`` to ``path``."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
-def write_text(path: str | Path, text: str) -> None:
+def write_text(path: str | Path | StorePath, text: str) -> None:
     """Atomically write ``text`` (UTF-8) to ``path``."""
     write_bytes(path, text.encode("utf-8"))
 

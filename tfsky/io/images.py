@@ -83,7 +83,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
                 return im.height, im.width
         if suffix in _TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
+                page = tif.pages.first
                 return int(page.imagelength), int(page.imagewidth)
         if suffix == ".exr":
             (x0, y0), (x1, y1) = OpenEXR.File(str(path), header_only=True).header()["dataWindow"]
@@ -216,9 +216,7 @@ def _decode_jpeg(path: Path) -> Decoded:
     """JPEG via Pillow: ``load()`` raises on truncated data instead of padding it."""
     with _decoder_errors(path, "decode"), Image.open(path) as im:
         im.load()
-        if im.mode not in ("L", "RGB"):
-            im = im.convert("RGB")
-        pixels = np.asarray(im)
+        pixels = np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"))
     return _split_alpha(pixels, bgr=False)
 
 

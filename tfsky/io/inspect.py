@@ -70,7 +70,7 @@ def describe_format(path: Path) -> str:
         return "Radiance HDR"
     if suffix in (".tif", ".tiff"):
         with tifffile.TiffFile(path) as tif:
-            return f"TIFF ({tif.pages[0].compression.name.lower()})"
+            return f"TIFF ({tif.pages.first.compression.name.lower()})"  # type: ignore[attr-defined]  # an enum
     with Image.open(path) as im:
         return str(im.format)
 

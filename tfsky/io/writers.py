@@ -121,7 +121,7 @@ def _imwrite(path: str | Path, array: np.ndarray, params: list[int], consume: bo
         encoded, data = cv2.imencode(tmp.suffix, bgr, params)
         if not encoded:
             raise InputError(path, "could not write the image (OpenCV could not encode it)")
-        tmp.write_bytes(data)
+        tmp.write_bytes(data.data)  # (the encoded bytes' buffer)
 
 
 def _photometric(array: np.ndarray) -> str:

@@ -322,6 +322,7 @@ class ColorizerTrainer(tf.keras.Model):
         variables = self.generator.trainable_variables + self.refiner.trainable_variables
         self.optimizer.minimize(share, variables, tape=tape)
         if self.discriminator is not None:
+            assert self.d_optimizer is not None  # build_colorizer compiles one with the discriminator
             self.d_optimizer.minimize(d_share, self.discriminator.trainable_variables, tape=tape)
         del tape
         return self._track(losses)
@@ -351,12 +352,12 @@ def build_colorizer(cfg: ColorizeConfig, learning_rate: float, bin_prior: Option
     if cfg.perceptual_weight > 0:
         from tfsky.models.vgg_perceptual import VGGPerceptualLoss
 
+        assert cfg.vgg_weights is not None  # ColorizeConfig.validate
         perceptual = VGGPerceptualLoss(cfg.vgg_weights)
     discriminator = None
     if cfg.gan_weight > 0:
         discriminator = build_patchgan(Pix2PixConfig(disc_filters=cfg.disc_filters, norm="batch"), channels=3)
-    use = cfg.rebalance > 0 and bin_prior is not None
-    weights = rebalance_weights(bin_prior, 1 - cfg.rebalance) if use else None
+    weights = rebalance_weights(bin_prior, 1 - cfg.rebalance) if cfg.rebalance > 0 and bin_prior is not None else None
     model = ColorizerTrainer(build_coarse_generator(cfg), build_refiner(cfg), cfg, discriminator, weights, perceptual)
     model.compile(tf.keras.optimizers.Adam(learning_rate),
                   tf.keras.optimizers.Adam(learning_rate, beta_1=0.5) if discriminator is not None else None)

@@ -313,6 +313,7 @@ def build_pix2pix(cfg: Pix2PixConfig, learning_rate: float = 2e-4, channels: int
     if cfg.perceptual_weight > 0:
         from tfsky.models.vgg_perceptual import VGGPerceptualLoss
 
+        assert cfg.vgg_weights is not None  # Pix2PixConfig.validate
         perceptual = VGGPerceptualLoss(cfg.vgg_weights)
     model = Pix2Pix(
         build_unet_generator(cfg, channels), build_patchgan(cfg, channels),

@@ -140,6 +140,7 @@ class PredictTask(Task):
         return OutputPaths.for_stem(stem, self.config.prob_format, cloud=self.cloud)
 
     def read(self, source: Path) -> np.ndarray:
+        assert self.inputs_of_model is not None  # check() ran
         return self.inputs_of_model.read(source)
 
     def load(self) -> None:
@@ -157,6 +158,7 @@ class PredictTask(Task):
         """
         image = decoded.take()
         segmenter, threshold = self.segmenter, self.threshold
+        assert segmenter is not None  # load() ran
         height, width = image.shape[:2]
         tiles = segmenter.tile_count(height, width)
         listener.item_started(item.source, tiles)

@@ -320,7 +320,7 @@ def _fuse_frame(frame: Frame, image: np.ndarray, size: tuple[int, int], model: S
     if score < cfg.min_edge_correlation:
         state.rejected.append(_rejection(frame, "moved", f"edge correlation {score:.2f} after alignment"))
         return
-    probability = model.segmenter.sky_probability(resize_image(image, model_size)).astype(np.float32)
+    probability: np.ndarray = model.segmenter.sky_probability(resize_image(image, model_size)).astype(np.float32)
     if probability.shape != grid:
         probability = cv2.resize(probability, grid[::-1], interpolation=cv2.INTER_AREA)
     confidence = float(np.abs(2 * probability - 1).mean())
@@ -341,7 +341,7 @@ def _shifted(values: np.ndarray, dx: float, dy: float) -> tuple[np.ndarray, np.n
     """``values`` translated by ``(dx, dy)`` pixels (bilinear), and where it has pixels from inside the frame."""
     if abs(dx) < 0.5 and abs(dy) < 0.5:  # sub-pixel noise of the phase correlation: keep the frame as it is
         return values, np.ones(values.shape, bool)
-    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+    matrix = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
     size = values.shape[::-1]
     moved = cv2.warpAffine(values.astype(np.float32), matrix, size, flags=cv2.INTER_LINEAR)
     inside = cv2.warpAffine(np.ones(values.shape, np.float32), matrix, size, flags=cv2.INTER_LINEAR) > 0.999
@@ -422,7 +422,8 @@ class _State:
         facts = {"key": self.key, "seen": self.seen, "used": self.used, "rejected": self.rejected}
         arrays = {f"mask{i}": m for i, m in enumerate(self.masks)} | {f"valid{i}": v for i, v in enumerate(self.valid)}
         with atomic_path(checkpoint) as tmp:
-            np.savez(tmp, weights=self.consensus.weights, facts=np.array(json.dumps(facts)), **arrays)
+            # (numpy's stub matches **arrays against its allow_pickle flag too)
+            np.savez(tmp, weights=self.consensus.weights, facts=np.array(json.dumps(facts)), **arrays)  # type: ignore[arg-type]
 
 
 # --- the batch job over streams --------------------------------------------------------------------
@@ -482,6 +483,7 @@ class SkymaskTask(Task):
 
     def process(self, item: Item, decoded: Decoded, outputs: SkymaskPaths, listener: Listener) -> None:
         """Learn the mask and write it, the ``stream.json`` record before the report (the report marks it done)."""
+        assert isinstance(self.model, SkyModel)  # load() ran
         stream = decoded.take()
         listener.item_started(item.source, len(stream.frames))
         learnt = learn_camera_mask(stream, self.model, self.cfg, self.threshold, checkpoint=outputs.checkpoint,
@@ -538,7 +540,8 @@ def skymask_streams(
     """
     task = SkymaskTask(model, cfg or SkymaskConfig())
     task.check()
-    manifests, failures = {}, []
+    manifests: dict[Path, None] = {}
+    failures: list[tuple[Path, str]] = []
     for path in map(Path, inputs):
         try:
             manifests |= dict.fromkeys(manifest_files(path))

@@ -15,7 +15,7 @@ import csv
 import dataclasses
 import io
 from pathlib import Path
-from typing import Collection, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -28,7 +28,7 @@ from tfsky import __version__
 from tfsky.errors import InputError, TfskyError
 from tfsky.io.atomic import write_json, write_text
 from tfsky.io.images import read_image
-from tfsky.io.stores import as_path
+from tfsky.io.stores import StorePath, as_path
 from tfsky.batch import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
 from tfsky.models.precision import InferencePrecision
@@ -151,7 +151,7 @@ def label_stream(stream: Stream, classifier: WeatherClassifier, sky_region: Opti
                       "model": classifier.id}
         if sky is not None:
             prediction["sky"] = sky
-        changes = {"prediction": prediction}
+        changes: dict[str, Any] = {"prediction": prediction}
         if not frames[index].human_labelled:
             if sky is not None and sky["fraction"] < MIN_SKY_FRACTION:
                 changes |= {"condition": None, "confidence": None, "label_source": None}
@@ -217,6 +217,7 @@ class ClassifyTask(Task):
         self.classifier = WeatherClassifier.load(self.model_path)
 
     def process(self, item: Item, decoded: Decoded, outputs: tuple[Path], listener: Listener) -> None:
+        assert self.classifier is not None  # load() ran
         inputs, (height, width) = decoded.take()
         probabilities = self.classifier.probabilities(inputs[None])[0]
         write_json(outputs[0], {
@@ -241,12 +242,12 @@ def sidecar_path(stem: Path) -> Path:
 
 def classification(probabilities: dict[str, float]) -> dict:
     """The sidecar entries of one image's class probabilities: the most probable condition first."""
-    condition = max(probabilities, key=probabilities.get)
+    condition = max(probabilities, key=probabilities.__getitem__)
     return {"condition": condition, "probability": round(probabilities[condition], 6),
             "probabilities": {name: round(value, 6) for name, value in probabilities.items()}}
 
 
-def write_classification_table(out_dir: Path, sources: Collection[str]) -> Optional[Path]:
+def write_classification_table(out_dir: Path | StorePath, sources: Collection[str]) -> Optional[Path | StorePath]:
     """``classification.csv`` in ``out_dir`` from the sidecars there of the images ``sources``, by file name.
 
     Columns: ``file``, ``condition``, ``probability`` and ``p_<class>`` per class. Returns the path,

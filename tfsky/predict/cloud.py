@@ -285,7 +285,7 @@ class CameraMasks:
     def __init__(self, cfg: CloudCoverConfig, info: Optional["ModelInfo"] = None):
         self.cfg = cfg
         self.forced = cfg.camera_mask is not None
-        if self.forced:
+        if cfg.camera_mask is not None:  # (forced)
             paths = [cfg.camera_mask]
         else:
             paths = cfg.camera_masks if cfg.camera_masks is not None else training_camera_masks(info)
@@ -329,7 +329,7 @@ class CameraMasks:
             if bright.shape.is_fully_defined() and tuple(bright.shape) != mask.sky.shape:
                 continue  # traced for one frame size (not a serving signature): this mask cannot fit
             sky = tf.constant(mask.sky)
-            sky_pixels = float(max(np.count_nonzero(mask.sky), 1))
+            sky_pixels = float(max(int(np.count_nonzero(mask.sky)), 1))
 
             def fits(sky=sky, sky_pixels=sky_pixels) -> tf.Tensor:
                 dark = tf.reduce_sum(tf.cast(tf.logical_and(sky, tf.logical_not(bright)), tf.float32))

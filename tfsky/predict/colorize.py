@@ -110,5 +110,6 @@ class ColorizeTask(Task):
         self.colorizer = TiledColorizer.load(self.model_path, self.config.tiling)
 
     def process(self, item: Item, decoded: Decoded, outputs: list[Path], listener: Listener) -> None:
+        assert self.colorizer is not None  # load() ran
         image = decoded.take()
         write_png(outputs[0], self.colorizer.colorize(image, item.source, progress=listener.steps_done))

@@ -157,7 +157,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, restore: Restore = None, in_pla
     for row in range(0, image.shape[0], _BAND):
         band, band_mask = image[row : row + _BAND], mask[row : row + _BAND]
         tinted = band_mask == 255 if by_lookup else None
-        if by_lookup and np.count_nonzero(band_mask) == np.count_nonzero(tinted):  # a 0/255 band of a photo
+        if tinted is not None and np.count_nonzero(band_mask) == np.count_nonzero(tinted):  # (by_lookup)  # a 0/255 band of a photo
             if out is not image:
                 out[row : row + _BAND] = band
             np.copyto(out[row : row + _BAND], cv2.LUT(band, _TINT), where=tinted[..., None])
@@ -215,6 +215,7 @@ def write_class_mask(paths: OutputPaths, cloud: np.ndarray, valid: np.ndarray) -
     """``name_classes.png``: 255 cloud, 100 clear sky, 0 outside the valid sky (as WSISEG annotations)."""
     classes = np.where(valid, np.where(cloud, CLASS_PNG_VALUES["cloud"], CLASS_PNG_VALUES["clear"]),
                        CLASS_PNG_VALUES["outside"]).astype(np.uint8)
+    assert paths.classes is not None  # a cloud model's outputs
     write_png(paths.classes, classes)
 
 
@@ -225,7 +226,8 @@ def job_sidecars(out_dir: Path | StorePath, sources: Collection[str]) -> Iterato
     a re-run's skipped images and the images of Ray workers are listed too. Other JSON files there
     are passed over. ``out_dir`` may be an object-store prefix (read back from the store).
     """
-    for path in sorted(out_dir.rglob("*.json")):
+    paths: Iterator[Path | StorePath] = out_dir.rglob("*.json")
+    for path in sorted(paths):
         if path.name.startswith("."):
             continue
         try:
@@ -236,7 +238,8 @@ def job_sidecars(out_dir: Path | StorePath, sources: Collection[str]) -> Iterato
             yield facts
 
 
-def write_cloud_series(out_dir: Path | StorePath, sources: Collection[str]) -> Optional[tuple[Path, Path]]:
+def write_cloud_series(out_dir: Path | StorePath,
+                       sources: Collection[str]) -> Optional[tuple[Path | StorePath, Path | StorePath]]:
     """``cloud_cover.csv`` and ``cloud_cover.png`` in ``out_dir`` from the sidecars there of the frames ``sources``.
 
     Rows are in time order when every name carries a timestamp, else in file-name order.
@@ -261,7 +264,7 @@ def write_cloud_series(out_dir: Path | StorePath, sources: Collection[str]) -> O
     return csv_path, plot_path
 
 
-def _plot_series(rows: list[dict], path: Path) -> None:
+def _plot_series(rows: list[dict], path: Path | StorePath) -> None:
     """Cloud fraction (pixels and solid angle) per frame, in time order when the names carry timestamps."""
     import matplotlib
 

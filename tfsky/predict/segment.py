@@ -22,7 +22,7 @@ import dataclasses
 
 import hashlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, cast
 
 import numpy as np
 import tensorflow as tf
@@ -32,12 +32,12 @@ from tfsky.data.masks import sky_probability
 from tfsky.data.scale import resize_image, working_size
 from tfsky.data.transforms import is_hdr
 from tfsky.errors import InputError
-from tfsky.io.images import read_image
+from tfsky.io.images import Channels, read_image
 from tfsky.models.bundle import ModelInfo, ModelKind, load_model
 from tfsky.predict.refine import refine
 from tfsky.progress import Once
 from tfsky.tiling import (AUTO, TilingConfig, auto_tiling_message, available_memory, choose_tiling, compiled_forward,
-                          count_tiles, model_tiling, sliding_window_inference)
+                          count_tiles, model_tiling, overlap_of, resolved_tile, sliding_window_inference)
 
 _READ_CHANNELS = (1, 3, 4)  # channel counts read_image converts to; others are read as stored
 _BAND = 256  # rows normalised at a time by `prepare`
@@ -79,7 +79,7 @@ class ModelInputs:
     def read(self, path: str | Path) -> np.ndarray:
         """Read an image with the model's channel count, `check` it and `prepare` it."""
         channels = self.info.in_channels if self.info.in_channels in _READ_CHANNELS else None
-        image = read_image(path, channels=channels)
+        image = read_image(path, channels=cast(Channels, channels))
         self.check(image, path)
         return self.prepare(image)
 
@@ -199,7 +199,7 @@ class TiledSegmenter:
     def tile_count(self, height: int, width: int) -> int:
         """Tiles (model inputs before TTA) needed for a ``height x width`` image."""
         tiling = self.tiling_for(height, width)
-        return count_tiles(*self.model_size(height, width), tiling.tile, tiling.overlap, SIZE_MULTIPLE)
+        return count_tiles(*self.model_size(height, width), resolved_tile(tiling), overlap_of(tiling), SIZE_MULTIPLE)
 
 
 def model_id(path: str | Path) -> str:

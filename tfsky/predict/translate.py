@@ -275,6 +275,7 @@ class TranslateTask(Task):
         self.sky = _sky_source(config.composite)
 
     def process(self, item: Item, decoded: Decoded, outputs: list[Path], listener: Listener) -> None:
+        assert self.translator is not None  # load() ran
         image = decoded.take()
         self.translator.check(image, item.source)
         sky = self.sky(image) if self.sky is not None else None  # a mask that does not fit fails before any write
@@ -295,13 +296,15 @@ def _sky_source(options: CompositeConfig):
     if not options.enabled:
         return None
     if options.mask is not None:
-        camera = read_mask(options.mask).astype(np.float32)
+        mask_path = options.mask
+        camera = read_mask(mask_path).astype(np.float32)
 
         def from_mask(image: np.ndarray) -> np.ndarray:
             if camera.shape != image.shape[:2]:
-                raise InputError(options.mask, f"mask size {camera.shape} differs from the image's {image.shape[:2]}")
+                raise InputError(mask_path, f"mask size {camera.shape} differs from the image's {image.shape[:2]}")
             return camera
 
         return lambda image: feathered_sky_weight(from_mask(image), options.feather)
+    assert options.segmenter is not None  # TranslateConfig.validate: a mask or a segmenter
     segmenter = TiledSegmenter.load(options.segmenter)
     return lambda image: feathered_sky_weight(segmenter.sky_probability(image), options.feather)

@@ -78,7 +78,7 @@ def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = N
     index = stream_ids(Path(manifests))
     panels = demo.panels if demo else []
     app = Flask(__name__, static_folder=None)
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's DefaultJSONProvider has it
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["REVIEW_HOSTS"] = set(hosts)
     if warm:
@@ -209,6 +209,7 @@ def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = N
             given = f"this server makes {', '.join(panels)}" if panels else "start the server with --segmenter " \
                 "and/or --translator"
             raise ApiError(404, f"no {panel!r} panel: {given}")
+        assert demo is not None  # (without one there are no panels)
         return send_file(demo.panel(path, frame, panel), mimetype="image/jpeg", max_age=3600)
 
     @app.get("/frames/<stream_id>/<path:file>")

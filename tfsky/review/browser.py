@@ -28,8 +28,11 @@ def headless_chromium(profile: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    binary = shutil.which("chromium")
+    if binary is None:  # (selenium's binary_location refuses None with a bare TypeError)
+        raise FileNotFoundError("chromium is not on PATH (Debian: apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
+    options.binary_location = binary
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)

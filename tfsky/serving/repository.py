@@ -155,7 +155,8 @@ class ModelRepository:
                     loaded = set(self._servables.get(name, {}))
                 keep = wanted & loaded
                 if newest not in loaded:  # the newest failed (or is retried later): serve the newest that loads
-                    keep |= {self._load_newest_below(name, newest, on_disk, loaded)} - {None}
+                    fallback = self._load_newest_below(name, newest, on_disk, loaded)
+                    keep |= {fallback} if fallback is not None else set()
                 for version in loaded - keep:
                     self._set(name, version, None, VersionStatus(version, END))
 

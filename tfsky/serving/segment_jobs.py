@@ -124,7 +124,7 @@ class ServerSegmentTask(Task):
         return isinstance(err, ServingRequestError) and err.code != grpc.StatusCode.INVALID_ARGUMENT
 
 
-def output_paths(stem: Path) -> tuple[Path, Path, Path]:
+def output_paths(stem: Path) -> tuple[Path, ...]:
     """Mask, probability map and sidecar of output stem ``out/sub/name``, in the order they are written."""
     return tuple(stem.parent / f"{stem.name}{suffix}" for suffix in ("_mask.png", "_prob.png", ".json"))
 

@@ -161,9 +161,11 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     body_unread = False  # a refused body was left unread: drain it before closing
+    server: _RestServer
 
     def setup(self):
-        self.timeout = self.server.read_timeout  # socket timeout of every read and write on this connection
+        # socket timeout of every read and write on this connection (`StreamRequestHandler.setup` applies it)
+        self.timeout = self.server.read_timeout  # type: ignore[misc]  # typeshed: a ClassVar
         super().setup()
 
     def do_GET(self):  # noqa: N802
@@ -336,7 +338,8 @@ class DevServer:
         self.workers = workers
         self.read_timeout = read_timeout
         self._stopped = threading.Event()
-        self._grpc = self._http = None
+        self._grpc: grpc.Server | None = None
+        self._http: _RestServer | None = None
         self._threads: list[threading.Thread] = []
 
     def start(self) -> "DevServer":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from tfsky.tiling.auto import CPU_MEMORY_BUDGET_GB, FORWARD_BYTES_PER_PIXEL
-from tfsky.tiling.config import AUTO, TilingConfig
+from tfsky.tiling.config import AUTO, TilingConfig, overlap_of, resolved_tile
 from tfsky.tiling.grid import count_tiles, tile_stride
 
 
@@ -14,10 +14,13 @@ def auto_tiling_message(tiling: TilingConfig, size: tuple[int, int], requested: 
     """The line that tells what ``tile: auto`` chose for a ``size`` image cut into several tiles; None for
     explicit tiles, or for an image that is one tile. The object that chose the tiling logs it once
     (`tfsky.progress.Once`)."""
-    if requested.tile != AUTO or count_tiles(*size, tiling.tile, tiling.overlap, multiple) < 2:
+    if requested.tile != AUTO:
+        return None
+    tile, overlap = resolved_tile(tiling), overlap_of(tiling)
+    if count_tiles(*size, tile, overlap, multiple) < 2:
         return None
     where = f"{size[1]}x{size[0]} images"
-    pixels = tiling.tile * tiling.tile * tiling.tile_batch
-    return (f"tiling auto: tile {tiling.tile}, overlap {tiling.tile - tile_stride(tiling.tile, tiling.overlap)} px, "
+    pixels = tile * tile * tiling.tile_batch
+    return (f"tiling auto: tile {tile}, overlap {tile - tile_stride(tile, overlap)} px, "
             f"tile batch {tiling.tile_batch} for {where} ({pixels * FORWARD_BYTES_PER_PIXEL / 1e9:.2f} GB per call; "
             f"memory budget {requested.memory_budget or CPU_MEMORY_BUDGET_GB} GB)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional, Union
+from typing import Final, Literal, Optional, Union
 
 from tfsky.errors import ConfigError
 from tfsky.tiling.grid import tile_stride
@@ -12,7 +12,7 @@ from tfsky.tiling.windows import Window
 Tta = Literal["none", "flip2", "flip4", "rot4", "rot8"]
 Resolution = Literal["working", "full"]
 
-AUTO = "auto"
+AUTO: Final = "auto"
 AUTO_OVERLAP_PX = 16  # the margin (px) a ResNet34 U-Net needs between tiles with the ``ramp`` window: the
 #                       smallest overlap of 0..128 px with mask agreement >= 99.9 % and seam score <= 1.05 on
 #                       the whole 8K image (bench_predict's ``overlaps`` part: 8 px scores 1.5), where a grid
@@ -103,7 +103,7 @@ def model_tiling(tiling: Optional[TilingConfig], model_tile: int, multiple: int,
         resolved.validate()
     except ConfigError as err:
         raise ConfigError(f"tiling.{err.key}", err.problem) from None
-    if resolved.tile != AUTO and resolved.tile % multiple:
+    if isinstance(resolved.tile, int) and resolved.tile % multiple:  # (None became the model's tile)
         raise ConfigError("tiling.tile",
                           f"must be a multiple of {multiple} for this {model} model; got {resolved.tile}")
     return resolved

@@ -3,7 +3,7 @@ and `sliding_window_graph` (TensorFlow ops only); test-time augmentation (`with_
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -12,7 +12,7 @@ from tfsky.tiling.config import TilingConfig, overlap_of, resolved_tile
 from tfsky.tiling.grid import overlap_pixels, reflect_indices, tile_axis
 from tfsky.tiling.windows import blend_window, weight_profile, window_tensor
 
-PredictBatch = Callable[[object], object]  # [B, t, t, C] tiles -> [B, t, t, K] predictions
+PredictBatch = Callable[[Any], Any]  # [B, t, t, C] tiles -> [B, t, t, K] predictions
 
 # Each TTA variant's transforms of a [B, H, W, C] batch, identity first: (axes flipped, then quarter turns).
 _TRANSFORMS: dict[str, tuple[tuple[tuple[int, ...], int], ...]] = {
@@ -96,7 +96,7 @@ def sliding_window_inference(
     ramp = overlap_pixels(tile, overlap)
     windows = {length: blend_window(length, tiling.window, ramp=ramp) for length in {tile, int(last_y), int(last_x)}}
     predict = with_tta(predict_batch, tiling.tta)
-    total = None
+    total: Optional[np.ndarray] = None
     done, count = 0, len(rows) * len(cols)
     for (h, w), origins in shapes.items():
         window_2d = np.outer(windows[h], windows[w])[..., None]
@@ -111,6 +111,7 @@ def sliding_window_inference(
                 progress(done, count)
     profiles = [weight_profile(starts, length, windows[tile], windows[last]).numpy()
                 for starts, length, last in ((starts_y, padded_h, int(last_y)), (starts_x, padded_w, int(last_x)))]
+    assert total is not None  # an image has at least one tile
     _divide_by_weights(total, *profiles)
     if total.shape[:2] != (height, width):
         total = np.ascontiguousarray(total[:height, :width])
@@ -161,7 +162,7 @@ def sliding_window_graph(image: tf.Tensor, predict_batch: PredictBatch, tiling: 
     window, window_y, window_x = (window_tensor(size, tiling.window, ramp=ramp) for size in (tile, last_y, last_x))
     predict = with_tta(predict_batch, tiling.tta)
 
-    def group(ys, xs, h, w, window_h, window_w):
+    def group(ys, xs, h, w, window_h, window_w) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         grid_y, grid_x = tf.meshgrid(ys, xs, indexing="ij")
         origins = tf.stack([tf.reshape(grid_y, [-1]), tf.reshape(grid_x, [-1])], axis=1)
         offsets = tf.stack(tf.meshgrid(tf.range(h), tf.range(w), indexing="ij"), axis=-1)

@@ -21,7 +21,7 @@ def seam_score(prob: np.ndarray, tile: int, overlap: float, multiple: Optional[i
     border_steps, inner_steps = [], []
     for axis in (0, 1):
         steps = np.abs(np.diff(prob, axis=axis))  # steps[i] is between pixels i and i + 1
-        length = prob.shape[axis]
+        length: int = prob.shape[axis]
         starts, last, _ = (np.asarray(value) for value in tile_axis(length, tile, overlap, multiple))
         ends = [s + tile for s in starts[:-1]] + [starts[-1] + int(last)]
         edges = {s - 1 for s in starts if s > 0} | {e - 1 for e in ends if e < length}

@@ -93,8 +93,11 @@ def fit_chroma_gate(model_path: Path, tiling: TilingConfig | None = None,
                 continue
             colorized = colorizer.colorize_frame(image, path, gate=False)
             chroma.append(colorized.chroma)
-            model_psnr.append(psnr(colorized.rgb / np.float32(255), truth))
-            grey_psnr.append(psnr(colorizer.grey(image) / np.float32(255), truth))
+            model_value = psnr(colorized.rgb / np.float32(255), truth)
+            grey_value = psnr(colorizer.grey(image) / np.float32(255), truth)
+            assert model_value is not None and grey_value is not None  # (None only for no pixels)
+            model_psnr.append(model_value)
+            grey_psnr.append(grey_value)
             progress.advanced(path.name)
     if not chroma:
         raise InputError(model_path, "none of its training images could be read to fit the chroma gate on")

@@ -405,6 +405,7 @@ class HistoryCSV(tf.keras.callbacks.Callback):
         learning_rate = current_learning_rate(self.model)
         if learning_rate is not None:
             row["lr"] = learning_rate
+        assert self.rows is not None  # on_epoch_begin read them
         self.rows.append(row)
         write_text(self.path, history_text(self.rows))
 
@@ -517,7 +518,7 @@ def draw_learning_curves(rows: list[dict], path: Path) -> None:
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             if key in rows[0]:
                 ax.plot(epochs, [row.get(key) for row in rows], style, marker="o", markersize=3, label=key)
-        values = [row.get(key) for row in rows for key in (metric, f"val_{metric}") if row.get(key) is not None]
+        values = [value for row in rows for key in (metric, f"val_{metric}") if (value := row.get(key)) is not None]
         if "loss" in metric and min(values) > 0:  # (a log-likelihood loss such as log_l2 goes negative)
             ax.set_yscale("log")  # the first validation loss of a fresh BatchNorm model can be 1000x the rest
         ax.set_xlabel("epoch")

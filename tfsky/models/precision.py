@@ -135,7 +135,7 @@ def _auto_for_inference(verdict: Optional[dict]) -> InferencePrecision:
         return "as_trained"
     if machine == "float32":
         return "float32"
-    chosen = "bfloat16" if bfloat16_ok(verdict) else "float32"
+    chosen: InferencePrecision = "bfloat16" if bfloat16_ok(verdict) else "float32"
     logger("precision").info("precision auto: %s (this CPU has a bfloat16 unit; %s)", chosen, describe_verdict(verdict))
     return chosen
 

@@ -17,7 +17,7 @@ update step; at 1e-4 it is a 1e-7 shrink per step).
 from __future__ import annotations
 
 import functools
-from typing import Iterable
+from typing import Any, Iterable
 
 import tensorflow as tf
 
@@ -29,7 +29,7 @@ def encoder_scaled(optimizer_class: type) -> type:
 
 
 @functools.cache
-def _encoder_scaled(base: type) -> type:
+def _encoder_scaled(base: Any) -> type:
     def scale_encoder(self, encoder_variables: Iterable[tf.Variable]) -> None:
         """Mark the encoder's variables; call inside the strategy scope, before the first step."""
         self.encoder_keys = frozenset(self._var_key(variable) for variable in encoder_variables)

@@ -39,8 +39,11 @@ def main() -> None:
 
     from tfsky.models.precision import cpu_record
 
-    results = {"transparent_hugepage": _thp_settings(), "load_average_before": os.getloadavg(),
-               "fresh_array_seconds": {"hint": [], "no_hint": []}}
+    results = {
+        "transparent_hugepage": _thp_settings(),
+        "load_average_before": os.getloadavg(),
+        "fresh_array_seconds": {"hint": [], "no_hint": []},
+    }
     for _ in range(args.repeat):
         for name, hint in (("hint", True), ("no_hint", False)):
             np._core.multiarray._set_madvise_hugepage(hint)
@@ -86,9 +89,14 @@ def _prediction(model: Path, image_path: Path, repeat: int) -> dict:
             segmenter.sky_probability(image)
             wall = time.perf_counter() - start
             rows[name].append({"wall": round(wall, 2), "outside_model": round(wall - in_model[0], 2)})
-    return {"image": f"{image.shape[1]}x{image.shape[0]}", "tile": segmenter.tiling_for(*image.shape[:2]).tile,
-            "runs": rows, "outside_model_median": {name: statistics.median(r["outside_model"] for r in runs)
-                                                   for name, runs in rows.items()}}
+    return {
+        "image": f"{image.shape[1]}x{image.shape[0]}",
+        "tile": segmenter.tiling_for(*image.shape[:2]).tile,
+        "runs": rows,
+        "outside_model_median": {
+            name: statistics.median(r["outside_model"] for r in runs) for name, runs in rows.items()
+        },
+    }
 
 
 def _thp_settings() -> dict:

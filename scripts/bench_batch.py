@@ -43,8 +43,11 @@ SHARED = HERE.parents[2] / "shared" / "data"
 WEBCAMS = [SHARED / "skyfinder_webcams" / camera for camera in ("684", "9730")]
 PANORAMAS = ["quarry_01_1k.hdr", "blouberg_sunrise_2_1k.hdr", "royal_esplanade_1k.hdr", "venice_sunset_1k.hdr"]
 TILE = 256
-ENGINES = {"local": [], "ray_1_worker": ["--engine", "ray", "--workers", "1"],
-           "ray_2_workers": ["--engine", "ray", "--workers", "2"]}
+ENGINES = {
+    "local": [],
+    "ray_1_worker": ["--engine", "ray", "--workers", "1"],
+    "ray_2_workers": ["--engine", "ray", "--workers", "2"],
+}
 
 
 def main() -> None:
@@ -123,8 +126,9 @@ def run_all(workdir: Path, images: Path, threads: int, rounds: int) -> dict:
         "ray_1_worker_over_local_wall": ratio(summary, "ray_1_worker", "local", "median_seconds"),
         "ray_1_worker_over_local_model_time": ratio(summary, "ray_1_worker", "local", "median_model_seconds_per_run"),
         "ray_2_workers_speed_up_over_1": ratio(summary, "ray_1_worker", "ray_2_workers", "median_seconds"),
-        "masks_equal_to_local": {name: masks_equal(workdir / "local", workdir / name) for name in names
-                                 if name != "local"},
+        "masks_equal_to_local": {
+            name: masks_equal(workdir / "local", workdir / name) for name in names if name != "local"
+        },
         "runs": runs,
     }
 
@@ -135,8 +139,20 @@ def run_once(workdir: Path, images: Path, name: str, threads: int) -> dict:
 
     env = dict(os.environ, **thread_limits(threads))  # the local run; Ray workers get the same from the engine
     flags = ENGINES[name]
-    command = [sys.executable, "-m", "tfsky.cli.main", "predict", "-m", str(workdir / "model.keras"), str(images),
-               "-o", str(workdir / name), "--overwrite", "--quiet", *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "tfsky.cli.main",
+        "predict",
+        "-m",
+        str(workdir / "model.keras"),
+        str(images),
+        "-o",
+        str(workdir / name),
+        "--overwrite",
+        "--quiet",
+        *flags,
+    ]
     if flags:
         command += ["--cpus-per-worker", str(threads)]
     load = os.getloadavg()[0]
@@ -145,20 +161,34 @@ def run_once(workdir: Path, images: Path, name: str, threads: int) -> dict:
     seconds = time.perf_counter() - start
     sidecars = [json.loads(path.read_text()) for path in (workdir / name).glob("*.json")]
     model_seconds = sorted(sidecar["seconds"] for sidecar in sidecars)
-    tiles = sorted({f"{s['width']}x{s['height']}: tile {s['tile']}, overlap {round(s['overlap'] * s['tile'])} px, "
-                    f"{s['tile_batch']} per call" for s in sidecars})
-    return {"seconds": round(seconds, 1), "model_seconds": model_seconds, "tiling": tiles,
-            "load_average_before": round(load, 2), "load_average_after": round(os.getloadavg()[0], 2)}
+    tiles = sorted(
+        {
+            f"{s['width']}x{s['height']}: tile {s['tile']}, overlap {round(s['overlap'] * s['tile'])} px, "
+            f"{s['tile_batch']} per call"
+            for s in sidecars
+        }
+    )
+    return {
+        "seconds": round(seconds, 1),
+        "model_seconds": model_seconds,
+        "tiling": tiles,
+        "load_average_before": round(load, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
+    }
 
 
 def summarise(runs: list[dict], count: int) -> dict:
     """Medians over the rounds: wall time (and images/s from it), and the per-image model time of all runs."""
     median_seconds = statistics.median(run["seconds"] for run in runs)
-    return {"median_seconds": round(median_seconds, 1), "images_per_second": round(count / median_seconds, 4),
-            "median_model_seconds_per_image": round(statistics.median(
-                value for run in runs for value in run["model_seconds"]), 3),
-            "median_model_seconds_per_run": round(statistics.median(sum(run["model_seconds"]) for run in runs), 1),
-            "seconds_per_round": [run["seconds"] for run in runs]}
+    return {
+        "median_seconds": round(median_seconds, 1),
+        "images_per_second": round(count / median_seconds, 4),
+        "median_model_seconds_per_image": round(
+            statistics.median(value for run in runs for value in run["model_seconds"]), 3
+        ),
+        "median_model_seconds_per_run": round(statistics.median(sum(run["model_seconds"]) for run in runs), 1),
+        "seconds_per_round": [run["seconds"] for run in runs],
+    }
 
 
 def ratio(summary: dict, top: str, bottom: str, key: str) -> float:

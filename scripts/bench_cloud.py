@@ -57,9 +57,17 @@ def fcn_segmenter(model_path: Path | None, tmp: Path, tile: int | None, height: 
     if model_path is None:
         cfg = load_config(SegmenterConfig, REPO / "configs" / "cloud_wsiseg.yaml")
         model_path = tmp / "cloud.keras"
-        save_model(build_segmenter(cfg.model, 3), model_path, ModelInfo(
-            task="segmenter", preprocess=cfg.data.preprocess, tile_size=cfg.data.patch_size, classes=2,
-            working_scale=cfg.data.working_scale))
+        save_model(
+            build_segmenter(cfg.model, 3),
+            model_path,
+            ModelInfo(
+                task="segmenter",
+                preprocess=cfg.data.preprocess,
+                tile_size=cfg.data.patch_size,
+                classes=2,
+                working_scale=cfg.data.working_scale,
+            ),
+        )
     scale = load_info(model_path).working_scale
     tile = tile or -(-max(working_size(height, width, scale)) // SIZE_MULTIPLE) * SIZE_MULTIPLE
     return TiledSegmenter.load(model_path, TilingConfig(tile=tile))
@@ -125,10 +133,12 @@ def main() -> None:
         "speedup_cpu_time": cloudnet_cpu_frame / fcn_cpu_frame, "load_average": os.getloadavg(),
     }  # fmt: skip
     write_json(args.out, {**result, "cpu": cpu_record()})
-    print(f"FCN {fcn_frame:.4f} s/frame (tile {segmenter.tiling.tile}, working scale {scale}), CloudNet "
-          f"{cloudnet_frame:.1f} s/frame ({per_pixel * 1e6:.1f} us/pixel at batch {best_batch}) -> "
-          f"{cloudnet_frame / fcn_frame:.0f}x wall; CPU time {fcn_cpu_frame:.4f} vs {cloudnet_cpu_frame:.1f} s/frame -> "
-          f"{cloudnet_cpu_frame / fcn_cpu_frame:.0f}x; load {os.getloadavg()[0]:.1f}; wrote {args.out}")
+    print(
+        f"FCN {fcn_frame:.4f} s/frame (tile {segmenter.tiling.tile}, working scale {scale}), CloudNet "
+        f"{cloudnet_frame:.1f} s/frame ({per_pixel * 1e6:.1f} us/pixel at batch {best_batch}) -> "
+        f"{cloudnet_frame / fcn_frame:.0f}x wall; CPU time {fcn_cpu_frame:.4f} vs {cloudnet_cpu_frame:.1f} s/frame -> "
+        f"{cloudnet_cpu_frame / fcn_cpu_frame:.0f}x; load {os.getloadavg()[0]:.1f}; wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,11 @@ def main() -> None:
     if args.prob:
         prob = read_image(args.prob, channels=None)[..., 0]
         prob = prob.astype(np.float32) / 65535 if prob.dtype == np.uint16 else prob
-        photo = cv2.resize(display_rgb(read_image(PHOTO), hdr_exposure(read_image(PHOTO))),
-                           prob.shape[::-1], interpolation=cv2.INTER_LINEAR)
+        photo = cv2.resize(
+            display_rgb(read_image(PHOTO), hdr_exposure(read_image(PHOTO))),
+            prob.shape[::-1],
+            interpolation=cv2.INTER_LINEAR,
+        )
     else:  # a smooth, real-looking map: the photo's brightness through a steep sigmoid
         small = read_image(PHOTO)
         rgb = display_rgb(small, hdr_exposure(small))
@@ -59,28 +62,43 @@ def main() -> None:
     maps = Maps.of(OutputPaths.for_stem(Path("x"), "png16"), prob, 0.5)
     shown = overlay(image, maps.mask)
     arrays = {"prob16": maps.prob, "mask": maps.mask, "overlay": shown}
-    results = {"image": f"{prob.shape[1]}x{prob.shape[0]}", "source": str(args.prob or PHOTO.name),
-               "load_average": os.getloadavg(), "png": {}, "jpeg_overlay_q92": {}}
+    results = {
+        "image": f"{prob.shape[1]}x{prob.shape[0]}",
+        "source": str(args.prob or PHOTO.name),
+        "load_average": os.getloadavg(),
+        "png": {},
+        "jpeg_overlay_q92": {},
+    }
     for name, array in arrays.items():
         rows = results["png"][name] = {}
         for level in (1, 3, 6):
             rows[f"opencv_level{level}"] = _opencv_png(array, level, args.repeat)
         for name in ("sub", "up"):  # one fixed row filter instead of libpng's per-row choice; run-length zlib
-            rows[f"opencv_level1_{name}_rle"] = _opencv_png(array, 1, args.repeat, [
-                cv2.IMWRITE_PNG_FILTER, getattr(cv2, f"IMWRITE_PNG_FILTER_{name.upper()}"),
-                cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+            rows[f"opencv_level1_{name}_rle"] = _opencv_png(
+                array,
+                1,
+                args.repeat,
+                [
+                    cv2.IMWRITE_PNG_FILTER,
+                    getattr(cv2, f"IMWRITE_PNG_FILTER_{name.upper()}"),
+                    cv2.IMWRITE_PNG_STRATEGY,
+                    cv2.IMWRITE_PNG_STRATEGY_RLE,
+                ],
+            )
         for level in (1, 3, 6):
             rows[f"pillow_level{level}"] = _pillow_png(array, level, args.repeat)
-    results["jpeg_overlay_q92"] = {"opencv": _timed(lambda: cv2.imencode(".jpg", shown[..., ::-1],
-                                                                         [cv2.IMWRITE_JPEG_QUALITY, 92])[1],
-                                                    args.repeat, None),
-                                   "pillow": _timed(lambda: _pillow_bytes(shown, "JPEG", quality=92),
-                                                    args.repeat, None)}
+    results["jpeg_overlay_q92"] = {
+        "opencv": _timed(
+            lambda: cv2.imencode(".jpg", shown[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])[1], args.repeat, None
+        ),
+        "pillow": _timed(lambda: _pillow_bytes(shown, "JPEG", quality=92), args.repeat, None),
+    }
     mask = maps.mask
     results["overlay_draw"] = {
         "lookup": _timed(lambda: overlay(image, mask), args.repeat, None),
         "float_blend": _timed(lambda: _float_overlay(image, mask), args.repeat, None),
-        "bit_identical": bool(np.array_equal(overlay(image, mask), _float_overlay(image, mask)))}
+        "bit_identical": bool(np.array_equal(overlay(image, mask), _float_overlay(image, mask))),
+    }
     if args.model:
         import tensorflow as tf
 
@@ -88,8 +106,10 @@ def main() -> None:
 
         results["model_load_seconds"] = {
             "tfsky_load_model": _seconds(lambda: load_model(args.model)),
-            "tf_keras_load_model": _seconds(lambda: tf.keras.models.load_model(
-                args.model, compile=False, custom_objects=custom_objects()))}
+            "tf_keras_load_model": _seconds(
+                lambda: tf.keras.models.load_model(args.model, compile=False, custom_objects=custom_objects())
+            ),
+        }
     write_json(args.out, {**results, "cpu": cpu_record()})
     print(json.dumps(results, indent=1))
 
@@ -113,15 +133,24 @@ def _opencv_png(array, level, repeat, options=()):
 
     bgr = array[..., ::-1].copy() if array.ndim == 3 else array
     params = [cv2.IMWRITE_PNG_COMPRESSION, level, *options]
-    return _timed(lambda: cv2.imencode(".png", bgr, params)[1].tobytes(), repeat,
-                  lambda data: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), array, bgr=True)
+    return _timed(
+        lambda: cv2.imencode(".png", bgr, params)[1].tobytes(),
+        repeat,
+        lambda data: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED),
+        array,
+        bgr=True,
+    )
 
 
 def _pillow_png(array, level, repeat):
     from PIL import Image
 
-    return _timed(lambda: _pillow_bytes(array, "PNG", compress_level=level), repeat,
-                  lambda data: np.asarray(Image.open(io.BytesIO(data))), array)
+    return _timed(
+        lambda: _pillow_bytes(array, "PNG", compress_level=level),
+        repeat,
+        lambda data: np.asarray(Image.open(io.BytesIO(data))),
+        array,
+    )
 
 
 def _pillow_bytes(array, fmt, **options) -> bytes:

@@ -79,8 +79,9 @@ def main() -> None:
     parser.add_argument("--crop", default="2048x1024", help="WIDTHxHEIGHT of the sweep's crop (around the sky line).")
     parser.add_argument("--tiles", default="256,384,512,768,1024", help="Tiles of the sweep.")
     parser.add_argument("--windows", default="ramp,gaussian", help="Blend windows of the sweep.")
-    parser.add_argument("--overlaps", default="0,8,16,24,32,64,128",
-                        help="Overlaps (px) of the sweep and of the overlaps part.")
+    parser.add_argument(
+        "--overlaps", default="0,8,16,24,32,64,128", help="Overlaps (px) of the sweep and of the overlaps part."
+    )
     parser.add_argument("--overlap-tile", type=int, help="Tile of the overlaps part (default: auto's).")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"Parts to run, of {','.join(PARTS)}.")
     parser.add_argument("--workdir", type=Path)
@@ -113,8 +114,12 @@ def main() -> None:
 
 def run_all(workdir: Path, model: Path, batch_full: int, batch_working: int, parts: list[str]) -> dict:
     setup(workdir)
-    results = {"model": str(model), "image": f"{PHOTO.name} upscaled to {SIZE[1]}x{SIZE[0]} (PNG)",
-               "cpu_count": os.cpu_count(), "parts": parts}
+    results = {
+        "model": str(model),
+        "image": f"{PHOTO.name} upscaled to {SIZE[1]}x{SIZE[0]} (PNG)",
+        "cpu_count": os.cpu_count(),
+        "parts": parts,
+    }
     for phase in ("sweep", "reference", "overlaps", "auto", "working", "baselines"):
         if phase in parts:
             results[phase] = run_phase(phase, workdir, model)
@@ -131,26 +136,50 @@ def run_all(workdir: Path, model: Path, batch_full: int, batch_working: int, par
             if not link.exists():
                 link.symlink_to(workdir / "image.png")
         load = os.getloadavg()
-        wall, rss = measure([sys.executable, "-m", "tfsky.cli.main", "predict", "-m", str(model), str(inputs),
-                             "-o", str(workdir / f"out_{mode}"), "--resolution", mode, "--overwrite", "-q"])
+        wall, rss = measure(
+            [
+                sys.executable,
+                "-m",
+                "tfsky.cli.main",
+                "predict",
+                "-m",
+                str(model),
+                str(inputs),
+                "-o",
+                str(workdir / f"out_{mode}"),
+                "--resolution",
+                mode,
+                "--overwrite",
+                "-q",
+            ]
+        )
         sidecars = [json.loads(p.read_text()) for p in sorted((workdir / f"out_{mode}").glob("pano*.json"))]
         if mode == "full":  # the warm in-process prediction just before and just after the job
             results["after_batch"] = run_phase("after_batch", workdir, model)
-            in_process = (results["auto"]["full"]["steady"]["warm_seconds_median"]
-                          + results["after_batch"]["steady"]["warm_seconds_median"]) / 2
+            in_process = (
+                results["auto"]["full"]["steady"]["warm_seconds_median"]
+                + results["after_batch"]["steady"]["warm_seconds_median"]
+            ) / 2
         else:
             in_process = results["working"]["seconds"]
         results[f"tfsky_predict_{mode}"] = {
-            "images": count, "wall_seconds": round(wall, 2), "wall_per_image": round(wall / count, 2),
+            "images": count,
+            "wall_seconds": round(wall, 2),
+            "wall_per_image": round(wall / count, 2),
             "in_process_seconds": round(in_process, 2),
-            "ratio_to_in_process": round(wall / count / in_process, 3), "peak_rss_gb": rss,
+            "ratio_to_in_process": round(wall / count / in_process, 3),
+            "peak_rss_gb": rss,
             "ratio_to_its_own_prediction_seconds": round(wall / sum(s["seconds"] for s in sidecars), 3)
-            if sidecars else None,  # the same run's model time: free of the machine's drift between parts
+            if sidecars
+            else None,  # the same run's model time: free of the machine's drift between parts
             "prediction_seconds_in_sidecars": [s["seconds"] for s in sidecars],
-            "tile": sidecars[0]["tile"] if sidecars else None, "images_per_hour": round(3600 * count / wall, 1),
-            "load_average_before": load}
-        results[f"batch_overhead_ratio{'' if mode == 'full' else '_working_scale'}"] = results[
-            f"tfsky_predict_{mode}"]["ratio_to_in_process"]
+            "tile": sidecars[0]["tile"] if sidecars else None,
+            "images_per_hour": round(3600 * count / wall, 1),
+            "load_average_before": load,
+        }
+        results[f"batch_overhead_ratio{'' if mode == 'full' else '_working_scale'}"] = results[f"tfsky_predict_{mode}"][
+            "ratio_to_in_process"
+        ]
     return results
 
 
@@ -169,11 +198,29 @@ def run_phase(phase: str, workdir: Path, model: Path) -> dict:
     result = workdir / f"{phase}.json"
     result.unlink(missing_ok=True)
     load = os.getloadavg()
-    _, rss = measure([sys.executable, str(HERE), "--phase", phase, "--workdir", str(workdir), "--model", str(model),
-                      "--size", f"{SIZE[1]}x{SIZE[0]}", "--crop", f"{CROP[1]}x{CROP[0]}",
-                      "--tiles", ",".join(map(str, TILES)), "--windows", ",".join(WINDOWS),
-                      "--overlaps", ",".join(map(str, OVERLAPS))]
-                     + (["--overlap-tile", str(OVERLAP_TILE)] if OVERLAP_TILE else []))
+    _, rss = measure(
+        [
+            sys.executable,
+            str(HERE),
+            "--phase",
+            phase,
+            "--workdir",
+            str(workdir),
+            "--model",
+            str(model),
+            "--size",
+            f"{SIZE[1]}x{SIZE[0]}",
+            "--crop",
+            f"{CROP[1]}x{CROP[0]}",
+            "--tiles",
+            ",".join(map(str, TILES)),
+            "--windows",
+            ",".join(WINDOWS),
+            "--overlaps",
+            ",".join(map(str, OVERLAPS)),
+        ]
+        + (["--overlap-tile", str(OVERLAP_TILE)] if OVERLAP_TILE else [])
+    )
     return dict(json.loads(result.read_text()), peak_rss_gb=rss, load_average_before=load)
 
 
@@ -245,31 +292,50 @@ def sweep(workdir: Path, model: Path) -> None:
     image = read_image(workdir / "image.png")[top : top + CROP[0], left : left + CROP[1]]
     reference_seg = _segmenter(model, tile=REFERENCE[0], overlap=REFERENCE[1] / REFERENCE[0], tile_batch=1)
     threshold = reference_seg.mask_threshold()
-    cost = {"tile_1024_batch_1": _per_pixel_seconds(reference_seg, 1024, 1),
-            "tile_512_batch_2": _per_pixel_seconds(reference_seg, 512, 2),
-            "tile_256_batch_8": _per_pixel_seconds(reference_seg, 256, 8)}
+    cost = {
+        "tile_1024_batch_1": _per_pixel_seconds(reference_seg, 1024, 1),
+        "tile_512_batch_2": _per_pixel_seconds(reference_seg, 512, 2),
+        "tile_256_batch_8": _per_pixel_seconds(reference_seg, 256, 8),
+    }
     _, reference = _timed_probability(reference_seg, image)
     reference_mask = sky_mask(reference, threshold)
     rows = []
     for window, tile, overlap_px in itertools.product(WINDOWS, TILES, OVERLAPS):
         overlap = overlap_px / tile
-        segmenter = _segmenter(model, tile=tile, overlap=overlap, window=window,
-                               tile_batch=max(1, 8 * 256**2 // tile**2))
+        segmenter = _segmenter(
+            model, tile=tile, overlap=overlap, window=window, tile_batch=max(1, 8 * 256**2 // tile**2)
+        )
         seconds, probability = _timed_probability(segmenter, image)
-        rows.append({"window": window, "tile": tile, "overlap_px": overlap_px, "seconds": round(seconds, 2),
-                     "pixel_ratio": round(computed_pixels(*image.shape[:2], tile, overlap, 32) / image.shape[0]
-                                          / image.shape[1], 3),
-                     "seam_score": round(seam_score(probability, tile, overlap, 32), 3),
-                     "reference_seam_score": round(seam_score(reference, tile, overlap, 32), 3),
-                     "mask_agreement": round(_agreement(sky_mask(probability, threshold), reference_mask), 5),
-                     "max_probability_difference": round(float(abs(probability - reference).max()), 4)})
+        rows.append(
+            {
+                "window": window,
+                "tile": tile,
+                "overlap_px": overlap_px,
+                "seconds": round(seconds, 2),
+                "pixel_ratio": round(
+                    computed_pixels(*image.shape[:2], tile, overlap, 32) / image.shape[0] / image.shape[1], 3
+                ),
+                "seam_score": round(seam_score(probability, tile, overlap, 32), 3),
+                "reference_seam_score": round(seam_score(reference, tile, overlap, 32), 3),
+                "mask_agreement": round(_agreement(sky_mask(probability, threshold), reference_mask), 5),
+                "max_probability_difference": round(float(abs(probability - reference).max()), 4),
+            }
+        )
         if overlap_px == 0 and window == WINDOWS[0]:  # (every window is `constant` without overlap)
             rows[-1]["edge_error"] = edge_error_profile(probability, reference, tile)
         print(rows[-1], flush=True)
-    _write(workdir, "sweep", {"crop": f"{image.shape[1]}x{image.shape[0]}", "threshold": threshold,
-                              "reference": {"tile": REFERENCE[0], "overlap_px": REFERENCE[1]},
-                              "seconds_per_pixel": {k: round(v * 1e6, 4) for k, v in cost.items()},
-                              "seconds_per_pixel_unit": "microseconds", "settings": rows})
+    _write(
+        workdir,
+        "sweep",
+        {
+            "crop": f"{image.shape[1]}x{image.shape[0]}",
+            "threshold": threshold,
+            "reference": {"tile": REFERENCE[0], "overlap_px": REFERENCE[1]},
+            "seconds_per_pixel": {k: round(v * 1e6, 4) for k, v in cost.items()},
+            "seconds_per_pixel_unit": "microseconds",
+            "settings": rows,
+        },
+    )
 
 
 def edge_error_profile(probability, reference, tile: int) -> dict:
@@ -291,14 +357,21 @@ def edge_error_profile(probability, reference, tile: int) -> dict:
         index = np.arange(length)
         tile_of = np.searchsorted(starts, index, side="right") - 1
         start, end = starts[tile_of], np.minimum(ends[tile_of], length)
-        distances.append(np.minimum(np.where(start > 0, index - start, length), np.where(end < length, end - 1 - index, length)))
+        distances.append(
+            np.minimum(np.where(start > 0, index - start, length), np.where(end < length, end - 1 - index, length))
+        )
     distance = np.minimum.outer(*distances).clip(max=129).ravel()
-    error = np.abs(probability.astype(np.float32) - reference.astype(np.float32)).reshape(distance.size, -1).mean(axis=1)
+    error = (
+        np.abs(probability.astype(np.float32) - reference.astype(np.float32)).reshape(distance.size, -1).mean(axis=1)
+    )
     mean = np.bincount(distance, error, minlength=130) / np.maximum(np.bincount(distance, minlength=130), 1)
     beyond = np.maximum.accumulate(mean[:129][::-1])[::-1]  # the worst error at this distance or farther
     margin = int(np.argmax(beyond <= mean[0] / 10))
-    return {"by_distance_px": {str(d): round(float(mean[d]), 5) for d in EDGE_DISTANCES},
-            "interior": round(float(mean[129]), 5), "margin_px": margin}
+    return {
+        "by_distance_px": {str(d): round(float(mean[d]), 5) for d in EDGE_DISTANCES},
+        "interior": round(float(mean[129]), 5),
+        "margin_px": margin,
+    }
 
 
 def reference(workdir: Path, model: Path) -> None:
@@ -310,8 +383,16 @@ def reference(workdir: Path, model: Path) -> None:
     seconds, probability = _timed_probability(segmenter, read_image(workdir / "image.png"))
     np.save(workdir / "reference_mask.npy", probability >= segmenter.mask_threshold())
     np.save(workdir / "reference_probability.npy", probability.astype(np.float16))  # its seam score on auto's grid
-    _write(workdir, "reference", {"seconds": round(seconds, 2), "tile": REFERENCE[0], "overlap_px": REFERENCE[1],
-                                  "tiles": segmenter.tile_count(*SIZE)})
+    _write(
+        workdir,
+        "reference",
+        {
+            "seconds": round(seconds, 2),
+            "tile": REFERENCE[0],
+            "overlap_px": REFERENCE[1],
+            "tiles": segmenter.tile_count(*SIZE),
+        },
+    )
 
 
 def auto(workdir: Path, model: Path) -> None:
@@ -328,11 +409,17 @@ def auto(workdir: Path, model: Path) -> None:
     seconds, probability = _timed_probability(segmenter, image)  # the process's first: with the tracing
     prediction_rss = _peak_rss_gb()
     tiling = segmenter.tiling_for(*SIZE)
-    full = {"first_prediction_seconds": round(seconds, 2), "peak_rss_gb_of_the_prediction": prediction_rss, "tiling": dataclasses.asdict(tiling), "tiles": segmenter.tile_count(*SIZE),
-            "pixel_ratio": round(computed_pixels(*SIZE, tiling.tile, tiling.overlap, 32) / (SIZE[0] * SIZE[1]), 3),
-            "mask_agreement": round(_agreement(probability >= segmenter.mask_threshold(), np.load(reference)), 5)
-            if reference.exists() else None,
-            "seam_score": round(seam_score(probability, tiling.tile, tiling.overlap, 32), 3)}
+    full = {
+        "first_prediction_seconds": round(seconds, 2),
+        "peak_rss_gb_of_the_prediction": prediction_rss,
+        "tiling": dataclasses.asdict(tiling),
+        "tiles": segmenter.tile_count(*SIZE),
+        "pixel_ratio": round(computed_pixels(*SIZE, tiling.tile, tiling.overlap, 32) / (SIZE[0] * SIZE[1]), 3),
+        "mask_agreement": round(_agreement(probability >= segmenter.mask_threshold(), np.load(reference)), 5)
+        if reference.exists()
+        else None,
+        "seam_score": round(seam_score(probability, tiling.tile, tiling.overlap, 32), 3),
+    }
     if (workdir / "reference_probability.npy").exists():  # what the content alone scores on the same borders
         reference_seam = seam_score(np.load(workdir / "reference_probability.npy"), tiling.tile, tiling.overlap, 32)
         full["reference_seam_score"] = round(reference_seam, 3)
@@ -361,11 +448,15 @@ def overlaps(workdir: Path, model: Path) -> None:
         overlap = overlap_px / tile
         segmenter = _segmenter(model, tile=tile, overlap=overlap, tile_batch=1)
         seconds, probability = _timed_probability(segmenter, image)
-        row = {"tile": tile, "overlap_px": overlap_px, "seconds": round(seconds, 2),
-               "pixel_ratio": round(computed_pixels(*SIZE, tile, overlap, 32) / (SIZE[0] * SIZE[1]), 3),
-               "mask_agreement": round(_agreement(probability >= segmenter.mask_threshold(), reference_mask), 5),
-               "seam_score": round(seam_score(probability, tile, overlap, 32), 3),
-               "reference_seam_score": round(seam_score(reference, tile, overlap, 32), 3)}
+        row = {
+            "tile": tile,
+            "overlap_px": overlap_px,
+            "seconds": round(seconds, 2),
+            "pixel_ratio": round(computed_pixels(*SIZE, tile, overlap, 32) / (SIZE[0] * SIZE[1]), 3),
+            "mask_agreement": round(_agreement(probability >= segmenter.mask_threshold(), reference_mask), 5),
+            "seam_score": round(seam_score(probability, tile, overlap, 32), 3),
+            "reference_seam_score": round(seam_score(reference, tile, overlap, 32), 3),
+        }
         if overlap_px == 0:
             row["edge_error"] = edge_error_profile(probability, reference, tile)
         rows.append(row)
@@ -374,8 +465,10 @@ def overlaps(workdir: Path, model: Path) -> None:
     _write(workdir, "overlaps", {"settings": rows})
 
 
-BASELINES = {"old_default": dict(tile=256, overlap=0.25, window="gaussian", tile_batch=8),
-             "monai_style": dict(tile=608, overlap=0.25, window="constant", tile_batch=1)}
+BASELINES = {
+    "old_default": dict(tile=256, overlap=0.25, window="gaussian", tile_batch=8),
+    "monai_style": dict(tile=608, overlap=0.25, window="constant", tile_batch=1),
+}
 
 
 def baselines(workdir: Path, model: Path) -> None:
@@ -391,11 +484,16 @@ def baselines(workdir: Path, model: Path) -> None:
     for name, tiling in BASELINES.items():
         segmenter = _segmenter(model, **tiling)
         seconds, probability = _timed_probability(segmenter, image)
-        rows[name] = {"tiling": tiling, "seconds": round(seconds, 2), "tiles": segmenter.tile_count(*SIZE),
-                      "pixel_ratio": round(computed_pixels(*SIZE, tiling["tile"], tiling["overlap"], 32)
-                                           / (SIZE[0] * SIZE[1]), 3),
-                      "mask_agreement": round(_agreement(probability >= segmenter.mask_threshold(), reference), 5),
-                      "seam_score": round(seam_score(probability, tiling["tile"], tiling["overlap"], 32), 3)}
+        rows[name] = {
+            "tiling": tiling,
+            "seconds": round(seconds, 2),
+            "tiles": segmenter.tile_count(*SIZE),
+            "pixel_ratio": round(
+                computed_pixels(*SIZE, tiling["tile"], tiling["overlap"], 32) / (SIZE[0] * SIZE[1]), 3
+            ),
+            "mask_agreement": round(_agreement(probability >= segmenter.mask_threshold(), reference), 5),
+            "seam_score": round(seam_score(probability, tiling["tile"], tiling["overlap"], 32), 3),
+        }
         print(name, rows[name], flush=True)
         del probability
     _write(workdir, "baselines", rows)
@@ -408,8 +506,11 @@ def after_batch(workdir: Path, model: Path) -> None:
     image = read_image(workdir / "image.png")
     segmenter = _segmenter(model)
     first, _ = _timed_probability(segmenter, image)
-    _write(workdir, "after_batch", {"first_prediction_seconds": round(first, 2),
-                                    "steady": _steady_state(segmenter, image, 1)})
+    _write(
+        workdir,
+        "after_batch",
+        {"first_prediction_seconds": round(first, 2), "steady": _steady_state(segmenter, image, 1)},
+    )
 
 
 def _steady_state(segmenter, image, rounds: int) -> dict:
@@ -424,11 +525,13 @@ def _steady_state(segmenter, image, rounds: int) -> dict:
         probes.append(_per_pixel_seconds(segmenter, 1024, 1, sustained=PROBE_SECONDS))
     pixels = image.shape[0] * image.shape[1]
     ratios = [wall / (pixels * (before + after) / 2) for wall, before, after in zip(walls, probes, probes[1:])]
-    return {"warm_seconds": [round(wall, 2) for wall in walls],
-            "seconds_per_pixel_1024_tile_us": [round(probe * 1e6, 4) for probe in probes],
-            "pixel_limit_ratios": [round(ratio, 3) for ratio in ratios],
-            "warm_seconds_median": round(statistics.median(walls), 2),
-            "pixel_limit_ratio": round(statistics.median(ratios), 3)}
+    return {
+        "warm_seconds": [round(wall, 2) for wall in walls],
+        "seconds_per_pixel_1024_tile_us": [round(probe * 1e6, 4) for probe in probes],
+        "pixel_limit_ratios": [round(ratio, 3) for ratio in ratios],
+        "warm_seconds_median": round(statistics.median(walls), 2),
+        "pixel_limit_ratio": round(statistics.median(ratios), 3),
+    }
 
 
 def working(workdir: Path, model: Path) -> None:
@@ -444,11 +547,21 @@ def working(workdir: Path, model: Path) -> None:
     seconds, probability = _timed_probability(segmenter, image)
     prediction_rss = _peak_rss_gb()
     reference = workdir / "reference_mask.npy"
-    _write(workdir, "working", {
-        "seconds": round(seconds, 2), "peak_rss_gb_of_the_prediction": prediction_rss, "tiles": segmenter.tile_count(*SIZE),
-        "tiling": dataclasses.asdict(segmenter.tiling_for(*SIZE)),
-        "mask_agreement_with_full_reference": round(_agreement(probability >= segmenter.mask_threshold(),
-                                                               np.load(reference)), 5) if reference.exists() else None})
+    _write(
+        workdir,
+        "working",
+        {
+            "seconds": round(seconds, 2),
+            "peak_rss_gb_of_the_prediction": prediction_rss,
+            "tiles": segmenter.tile_count(*SIZE),
+            "tiling": dataclasses.asdict(segmenter.tiling_for(*SIZE)),
+            "mask_agreement_with_full_reference": round(
+                _agreement(probability >= segmenter.mask_threshold(), np.load(reference)), 5
+            )
+            if reference.exists()
+            else None,
+        },
+    )
 
 
 def _write(workdir: Path, phase: str, data: dict) -> None:
@@ -457,8 +570,15 @@ def _write(workdir: Path, phase: str, data: dict) -> None:
     write_json(workdir / f"{phase}.json", data)
 
 
-PHASES = {"sweep": sweep, "reference": reference, "overlaps": overlaps, "auto": auto, "after_batch": after_batch, "working": working,
-          "baselines": baselines}
+PHASES = {
+    "sweep": sweep,
+    "reference": reference,
+    "overlaps": overlaps,
+    "auto": auto,
+    "after_batch": after_batch,
+    "working": working,
+    "baselines": baselines,
+}
 PARTS = ("sweep", "reference", "overlaps", "auto", "working", "baselines", "batch_full", "batch_working")
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def make_stream(root: Path, frames: int) -> Path:
     for index in range(frames):
         day, minute = divmod(index, 60)
         (folder / f"2020{1 + day // 28:02d}{1 + day % 28:02d}_12{minute:02d}00.jpg").symlink_to(
-            sources[index % len(sources)])
+            sources[index % len(sources)]
+        )
     validate_streams(StreamsConfig(root=root / "frames"), out=root / "m")
     return root / "m"
 
@@ -71,9 +72,13 @@ def measure(url: str, profile: Path) -> dict:
             return {fcp: paint ? paint.startTime : null, grid: window.tfskyPainted,
                     cards: document.querySelectorAll('.card').length};""")
         visible = browser.execute_script(FIRST_SCREEN_LOADED)
-        return {"first_contentful_paint_ms": timing["fcp"], "grid_drawn_ms": timing["grid"],
-                "first_screen_thumbnails_loaded_s": round(loaded_wall, 3), "cards": timing["cards"],
-                "thumbnails_in_first_screen": visible}
+        return {
+            "first_contentful_paint_ms": timing["fcp"],
+            "grid_drawn_ms": timing["grid"],
+            "first_screen_thumbnails_loaded_s": round(loaded_wall, 3),
+            "cards": timing["cards"],
+            "thumbnails_in_first_screen": visible,
+        }
     finally:
         browser.quit()
 

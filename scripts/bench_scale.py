@@ -62,22 +62,29 @@ def main() -> None:
     model, info = load_model(args.model)
     modes = {mode: TiledSegmenter(model, info, TilingConfig(resolution=mode)) for mode in ("working", "full")}
     flip = TiledSegmenter(model, info, TilingConfig(tta="flip2"))
-    scales = [TiledSegmenter(model, dataclasses.replace(info, working_scale=round(info.working_scale * factor)))
-              for factor in MULTI_SCALE]
+    scales = [
+        TiledSegmenter(model, dataclasses.replace(info, working_scale=round(info.working_scale * factor)))
+        for factor in MULTI_SCALE
+    ]
     variants = {
         "working": modes["working"].probabilities,
         "working_flip2": flip.probabilities,
         "working_multiscale": lambda image: sum(s.probabilities(image) for s in scales) / len(scales),
-        "working_x1.5": TiledSegmenter(model, dataclasses.replace(
-            info, working_scale=round(info.working_scale * 1.5))).probabilities,
+        "working_x1.5": TiledSegmenter(
+            model, dataclasses.replace(info, working_scale=round(info.working_scale * 1.5))
+        ).probabilities,
         "full": modes["full"].probabilities,
     }
-    upsamplers = {"bilinear": lambda small_probs, small, image: cv2.resize(
-        small_probs, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)[..., None]}
+    upsamplers = {
+        "bilinear": lambda small_probs, small, image: cv2.resize(
+            small_probs, image.shape[1::-1], interpolation=cv2.INTER_LINEAR
+        )[..., None]
+    }
     for radius in REFINE_RADII:
         for eps in REFINE_EPS:
-            upsamplers[f"guided_r{radius}_eps{eps:g}"] = (
-                lambda small_probs, small, image, r=radius, e=eps: refine(small_probs, small, image, r, e))
+            upsamplers[f"guided_r{radius}_eps{eps:g}"] = lambda small_probs, small, image, r=radius, e=eps: refine(
+                small_probs, small, image, r, e
+            )
     images = sorted((args.data / "images").iterdir())[: args.limit or None]
     counts = {name: np.zeros(4, np.int64) for name in [*variants, *upsamplers]}
     seconds = {name: 0.0 for name in counts}
@@ -100,8 +107,13 @@ def main() -> None:
             counts[name] += np.array(confusion(sky, truth))
             boundaries[name].append(boundary_f1(sky, truth))
     accuracy = {name: _scores(counts[name], seconds[name], len(images)) for name in variants}
-    refinement = {name: {**_scores(counts[name], seconds[name], len(images)),
-                         "boundary_f1": round(float(np.mean(boundaries[name])), 4)} for name in upsamplers}
+    refinement = {
+        name: {
+            **_scores(counts[name], seconds[name], len(images)),
+            "boundary_f1": round(float(np.mean(boundaries[name])), 4),
+        }
+        for name in upsamplers
+    }
 
     width, height = map(int, args.size.lower().split("x"))
     big = cv2.resize(read_image(images[0], channels=3), (width, height), interpolation=cv2.INTER_CUBIC)
@@ -141,7 +153,9 @@ def _scores(counts, seconds: float, images: int) -> dict:
 
     matrix = Confusion(*map(int, counts))
     return {
-        "images": images, "iou": round(matrix.iou, 4), "mcr": round(matrix.mcr, 4),
+        "images": images,
+        "iou": round(matrix.iou, 4),
+        "mcr": round(matrix.mcr, 4),
         "seconds_per_image": round(seconds / max(images, 1), 3),
     }
 

@@ -47,8 +47,9 @@ def main() -> None:
 
     tiles = np.random.default_rng(0).random((1, SIZE, SIZE, 3), dtype=np.float32)
     model = build_segmenter(SegmenterModelConfig(backbone="resnet34", precision="float32"), 3)
-    keras_call = tf.function(lambda x: model(x, training=False),
-                             input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    keras_call = tf.function(
+        lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / "resnet34_unet.keras"
         save_model(model, model_path, ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=SIZE))
@@ -67,7 +68,7 @@ def main() -> None:
     result = {
         "what": "median latency of one [1, 512, 512, 3] float32 request, ResNet34 U-Net (random init, float32), warm",
         "machine": "shared 2-core CPU, no GPU, other engineers' jobs running concurrently: absolute times are noisy, "
-                   "ratios are measured with interleaved runs",
+        "ratios are measured with interleaved runs",
         "runs": args.runs,
         "keras_ms": medians["keras"],
         "savedmodel_ms": medians["savedmodel"],

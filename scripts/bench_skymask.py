@@ -50,7 +50,7 @@ def make_stream(root: Path, frames: int) -> None:
         if index % 40 == 1:
             image = 0.25 * image + 0.75 * 200
         shift = 12 if index % 30 == 2 else 0
-        view = image[32:32 + SIZE[0], 32 + shift:32 + shift + SIZE[1]].astype(np.uint8)
+        view = image[32 : 32 + SIZE[0], 32 + shift : 32 + shift + SIZE[1]].astype(np.uint8)
         stamp = f"2020{1 + index // 28 % 12:02d}{1 + index % 28:02d}_{8 + index % 10:02d}0000"
         cv2.imwrite(str(folder / f"{stamp}_{index:03d}.jpg"), view[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
 
@@ -83,14 +83,25 @@ def learn(manifests: Path, architecture: str) -> dict:
 
     before = rss_mb()
     start = time.perf_counter()
-    report = skymask_streams([manifests], SkyModel(segmenter, f"random {architecture}", architecture),
-                             SkymaskConfig(min_confidence=0.0), listener=Sampler())
+    report = skymask_streams(
+        [manifests],
+        SkyModel(segmenter, f"random {architecture}", architecture),
+        SkymaskConfig(min_confidence=0.0),
+        listener=Sampler(),
+    )
     seconds = time.perf_counter() - start
     facts = json.loads((manifests / "cam" / "camera_mask.json").read_text())
-    return {"summary": report.summary(), "failed": [str(f) for f in report.failed], "seconds": round(seconds, 1),
-            "frames_used": facts["frames"]["used"], "frames_rejected": facts["frames"]["rejected_by_reason"],
-            "consensus_grid": facts["consensus_grid"], "rss_before_job_mb": round(before, 1),
-            "rss_by_frame_mb": samples, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, 1)}
+    return {
+        "summary": report.summary(),
+        "failed": [str(f) for f in report.failed],
+        "seconds": round(seconds, 1),
+        "frames_used": facts["frames"]["used"],
+        "frames_rejected": facts["frames"]["rejected_by_reason"],
+        "consensus_grid": facts["consensus_grid"],
+        "rss_before_job_mb": round(before, 1),
+        "rss_by_frame_mb": samples,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, 1),
+    }
 
 
 def main() -> None:
@@ -113,13 +124,23 @@ def main() -> None:
         start = time.perf_counter()
         validate_streams(StreamsConfig(root=root, manifests=manifests))
         validate_seconds = time.perf_counter() - start
-        child = subprocess.run([sys.executable, __file__, "--learn", str(manifests), "--architecture",
-                                args.architecture], capture_output=True, text=True, check=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--learn", str(manifests), "--architecture", args.architecture],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         job = json.loads(child.stdout.strip().splitlines()[-1])
-    result = {"frames": args.frames, "size": f"{SIZE[1]}x{SIZE[0]}", "architecture": args.architecture,
-              "validate_seconds": round(validate_seconds, 1), **job,
-              "frames_per_second": round(args.frames / job["seconds"], 2),
-              "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
+    result = {
+        "frames": args.frames,
+        "size": f"{SIZE[1]}x{SIZE[0]}",
+        "architecture": args.architecture,
+        "validate_seconds": round(validate_seconds, 1),
+        **job,
+        "frames_per_second": round(args.frames / job["seconds"], 2),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+    }
     write_json(args.out, {**result, "cpu": cpu_record()})
     print(json.dumps(result, indent=2))
 

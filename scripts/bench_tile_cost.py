@@ -26,8 +26,12 @@ SHAPES = ((1024, 1024), (608, 608), (64, 608), (608, 128), (64, 128), (576, 576)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=MODEL[0] if MODEL else None,
-                        help="A tfsky segmenter (default: the newest leave-SkyFinder-out fold, as bench_predict).")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=MODEL[0] if MODEL else None,
+        help="A tfsky segmenter (default: the newest leave-SkyFinder-out fold, as bench_predict).",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "bench_tile_cost.json")
@@ -51,14 +55,18 @@ def main() -> None:
         resident[f"after_first_{shape[0]}x{shape[1]}_call"] = _resident_gb()
     per_pixel = {f"{h}x{w}": [] for h, w in SHAPES}
     for _ in range(args.rounds):
-        for (h, w) in SHAPES:
+        for h, w in SHAPES:
             calls, start = 0, time.perf_counter()
             while time.perf_counter() - start < args.seconds:
                 segmenter.predict_tiles(tiles[(h, w)]).numpy()
                 calls += 1
             per_pixel[f"{h}x{w}"].append(round((time.perf_counter() - start) / calls / (h * w) * 1e6, 3))
-    results = {"model": str(args.model), "load_average_before": os.getloadavg(), "resident_gb": resident,
-               "microseconds_per_pixel": per_pixel}
+    results = {
+        "model": str(args.model),
+        "load_average_before": os.getloadavg(),
+        "resident_gb": resident,
+        "microseconds_per_pixel": per_pixel,
+    }
     write_json(args.out, {**results, "cpu": cpu_record()})
     print(results)
 

@@ -44,9 +44,9 @@ def kept_layers(model: tf.keras.Model, group: str) -> list[str]:
     if not decoder:
         raise SystemExit(f"{model.name}: no decoder_* layers (not a U-Net of segmentation-models)")
     if group == "encoder":
-        return names[1:decoder[0]]
+        return names[1 : decoder[0]]
     if group == "decoder":
-        return names[decoder[0]:]
+        return names[decoder[0] :]
     stage = names[decoder[-1]].split("_")[1].rstrip("ab")  # decoder_stage4b_relu -> stage4
     return [name for i, name in enumerate(names) if i > decoder[-1] or name.startswith(f"decoder_{stage}")]
 
@@ -55,8 +55,10 @@ def macs_share(model: tf.keras.Model, layers: list[str], size: int) -> float:
     """Share of the convolutions' multiply-accumulates (one ``size`` px patch) in ``layers``."""
     convs = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Conv2D)]  # depthwise too
     outputs = tf.keras.Model(model.inputs, [layer.output for layer in convs])(np.zeros((1, size, size, 3), np.float32))
-    macs = {layer.name: int(np.prod(out.shape[1:3])) * int(np.prod(layer.kernel.shape))
-            for layer, out in zip(convs, outputs)}
+    macs = {
+        layer.name: int(np.prod(out.shape[1:3])) * int(np.prod(layer.kernel.shape))
+        for layer, out in zip(convs, outputs)
+    }
     return sum(macs[name] for name in layers if name in macs) / sum(macs.values())
 
 
@@ -85,8 +87,14 @@ def main() -> None:
     results["cpu"] = cpu_record()
     key = "/".join(args.model.resolve().parts[-4:])  # runs/<name>/<stamp>/best.keras
     entry = results.setdefault("models", {}).setdefault(key, {})
-    entry.update({"name": cfg.name, "backbone": cfg.model.backbone, "threshold": info.threshold,
-                  "validation": {"patches": sum(len(images) for images, _ in batches), "size": cfg.data.patch_size}})
+    entry.update(
+        {
+            "name": cfg.name,
+            "backbone": cfg.model.backbone,
+            "threshold": info.threshold,
+            "validation": {"patches": sum(len(images) for images, _ in batches), "size": cfg.data.patch_size},
+        }
+    )
     entry.setdefault("float32_kept", {})[args.keep] = verdict
     write_json(args.out, results)
     print(args.keep, json.dumps(verdict))

@@ -72,7 +72,8 @@ def fold_config(recipe, ranges: dict[str, list[list[int]]], name: str):
     """The recipe with fold ``ranges`` held out as ``test_frames``, named ``name`` (its own runs and cache)."""
     sources = [
         dataclasses.replace(source, allsky=dataclasses.replace(source.allsky, test_frames=ranges.get(source.name, [])))
-        if source.kind == "allsky_folder" else source
+        if source.kind == "allsky_folder"
+        else source
         for source in recipe.data.sources
     ]
     data = dataclasses.replace(recipe.data, sources=sources, cache=Path(recipe.data.cache).parent / name)
@@ -91,13 +92,20 @@ def native_data(cfg, name: str):
 
 def fold_scores(summary: dict) -> dict:
     """``{group: {predictor: {metric: value}}}`` of an ``eval.json`` summary (`METRICS`)."""
-    def pick(values: dict) -> dict:
-        return {"pixel_accuracy": values["pixel_accuracy"], "cloud_fraction_mae_pp": values["cloud_fraction_mae_pp"],
-                "iou_cloud": values["iou_per_class"]["cloud"], "okta_exact": values["okta_exact"],
-                "frames": values["frames"]}
 
-    return {group: {name: pick(values) for name, values in predictors.items()}
-            for group, predictors in summary["results"].items()}
+    def pick(values: dict) -> dict:
+        return {
+            "pixel_accuracy": values["pixel_accuracy"],
+            "cloud_fraction_mae_pp": values["cloud_fraction_mae_pp"],
+            "iou_cloud": values["iou_per_class"]["cloud"],
+            "okta_exact": values["okta_exact"],
+            "frames": values["frames"],
+        }
+
+    return {
+        group: {name: pick(values) for name, values in predictors.items()}
+        for group, predictors in summary["results"].items()
+    }
 
 
 def mean_over_folds(folds: dict[str, dict]) -> dict:
@@ -107,10 +115,12 @@ def mean_over_folds(folds: dict[str, dict]) -> dict:
     for group, predictors in first.items():
         for name in predictors:
             for metric in METRICS:
-                values = [fold["scores"][group][name][metric] for fold in folds.values()
-                          if group in fold["scores"] and fold["scores"][group][name][metric] is not None]
-                mean.setdefault(group, {}).setdefault(name, {})[metric] = (
-                    sum(values) / len(values) if values else None)
+                values = [
+                    fold["scores"][group][name][metric]
+                    for fold in folds.values()
+                    if group in fold["scores"] and fold["scores"][group][name][metric] is not None
+                ]
+                mean.setdefault(group, {}).setdefault(name, {})[metric] = sum(values) / len(values) if values else None
     return mean
 
 
@@ -159,16 +169,25 @@ def main() -> None:
             model = newest_best(cfg)
             data = native_data(cfg, f"{recipe.name}-cv{args.folds}-{fold}-native")
             start = time.perf_counter()
-            report = evaluate_cloud(model, data.cache, split="test", out_dir=model.parent / f"eval-cv-{args.tta}",
-                                    tiling=TilingConfig(tta=args.tta))
+            report = evaluate_cloud(
+                model,
+                data.cache,
+                split="test",
+                out_dir=model.parent / f"eval-cv-{args.tta}",
+                tiling=TilingConfig(tta=args.tta),
+            )
             seconds = time.perf_counter() - start
             summary = report.to_json()
             results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
             entry = results.get(key, {"config": args.config, "set": args.set, "folds_total": args.folds, "folds": {}})
             entry["folds"][str(fold)] = {
-                "model": str(model), "test_frames": ranges[fold], "frames": summary["counts"]["evaluated"],
+                "model": str(model),
+                "test_frames": ranges[fold],
+                "frames": summary["counts"]["evaluated"],
                 "seconds_per_frame": round(seconds / max(summary["counts"]["evaluated"], 1), 3),
-                "load_average": os.getloadavg(), "cpu": cpu_record(), "sun": summary["sun"],
+                "load_average": os.getloadavg(),
+                "cpu": cpu_record(),
+                "sun": summary["sun"],
                 "scores": fold_scores(summary),
             }
             entry["mean"] = mean_over_folds(entry["folds"])

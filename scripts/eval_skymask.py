@@ -64,8 +64,11 @@ def at_size(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def evaluate_camera(stream: Stream, truth: np.ndarray, model: SkyModel, cfg: SkymaskConfig, threshold: float) -> dict:
     checked = validate_stream(dataclasses.replace(stream, mask=None), StreamsConfig())
-    result: dict = {"frames_total": len(checked.frames), "usable": sum(f.usable for f in checked.frames),
-                    "mask_iou_by_frames": {}}
+    result: dict = {
+        "frames_total": len(checked.frames),
+        "usable": sum(f.usable for f in checked.frames),
+        "mask_iou_by_frames": {},
+    }
     learnt = None
     for count in FRAME_COUNTS:
         try:
@@ -74,10 +77,12 @@ def evaluate_camera(stream: Stream, truth: np.ndarray, model: SkyModel, cfg: Sky
             result["mask_iou_by_frames"][count] = {"error": str(err)}
             continue
         truth_here = at_size(truth, learnt.mask.shape)
-        result["mask_iou_by_frames"][count] = {"frames_used": len(learnt.used),
-                                               "iou": round(iou(learnt.mask, truth_here), 4),
-                                               "false_sky_pixels": int((learnt.mask & ~truth_here).sum()),
-                                               "regions_dropped": learnt.regions_dropped}
+        result["mask_iou_by_frames"][count] = {
+            "frames_used": len(learnt.used),
+            "iou": round(iou(learnt.mask, truth_here), 4),
+            "false_sky_pixels": int((learnt.mask & ~truth_here).sum()),
+            "regions_dropped": learnt.regions_dropped,
+        }
     if learnt is None:
         return result
     prior = CameraPrior(learnt.mask, Path(f"{stream.camera} (learnt from {len(learnt.used)} frames)"))
@@ -91,18 +96,27 @@ def evaluate_camera(stream: Stream, truth: np.ndarray, model: SkyModel, cfg: Sky
         fused, facts = prior.fuse(image, own, threshold, frame.file)
         truth_here = at_size(truth, own.shape)
         own_mask, fused_mask = sky_mask(own, threshold), sky_mask(fused, threshold)
-        frames.append({"file": frame.file, "night": frame.reason == "night", "evidence": facts["evidence"],
-                       "own_iou": round(iou(own_mask, truth_here), 4), "fused_iou": round(iou(fused_mask, truth_here), 4),
-                       "own_false_sky": int((own_mask & ~truth_here).sum()),
-                       "fused_false_sky": int((fused_mask & ~truth_here).sum()),
-                       "sky_disagrees": facts["sky_disagrees"]})
+        frames.append(
+            {
+                "file": frame.file,
+                "night": frame.reason == "night",
+                "evidence": facts["evidence"],
+                "own_iou": round(iou(own_mask, truth_here), 4),
+                "fused_iou": round(iou(fused_mask, truth_here), 4),
+                "own_false_sky": int((own_mask & ~truth_here).sum()),
+                "fused_false_sky": int((fused_mask & ~truth_here).sum()),
+                "sky_disagrees": facts["sky_disagrees"],
+            }
+        )
     result["frames"] = frames
     for name, night in (("day", False), ("night", True)):
         chosen = [f for f in frames if f["night"] == night]
         if chosen:
-            result[name] = {"frames": len(chosen),
-                            "own_iou_mean": round(float(np.mean([f["own_iou"] for f in chosen])), 4),
-                            "fused_iou_mean": round(float(np.mean([f["fused_iou"] for f in chosen])), 4)}
+            result[name] = {
+                "frames": len(chosen),
+                "own_iou_mean": round(float(np.mean([f["own_iou"] for f in chosen])), 4),
+                "fused_iou_mean": round(float(np.mean([f["fused_iou"] for f in chosen])), 4),
+            }
     return result
 
 
@@ -122,10 +136,18 @@ def main() -> None:
         truth = read_mask(stream.mask) > 0
         cameras[stream.camera] = evaluate_camera(stream, truth, model, cfg, threshold)
         print(stream.camera, json.dumps({k: v for k, v in cameras[stream.camera].items() if k != "frames"}))
-    write_json(args.out, {"model": {"path": str(args.model), "id": model.id}, "threshold": threshold,
-                          "skymask": dataclasses.asdict(cfg), "cpu": cpu_record(),
-                          "seconds": round(time.perf_counter() - start, 1),
-                          "load_average": {"before": load_before, "after": os.getloadavg()}, "cameras": cameras})
+    write_json(
+        args.out,
+        {
+            "model": {"path": str(args.model), "id": model.id},
+            "threshold": threshold,
+            "skymask": dataclasses.asdict(cfg),
+            "cpu": cpu_record(),
+            "seconds": round(time.perf_counter() - start, 1),
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+            "cameras": cameras,
+        },
+    )
     print(f"-> {args.out}")
 
 

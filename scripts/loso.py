@@ -60,7 +60,9 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0) -> dict:
     data = source.images if source.kind == "camera_folder" else Path(source.images).parent
     start = time.perf_counter()
     out_dir = model.parent / f"eval-{source.name}-{variant(tta, working_factor)}"
-    report = evaluate_segmenter(model, data, out_dir=out_dir, tiling=TilingConfig(tta=tta, working_factor=working_factor))
+    report = evaluate_segmenter(
+        model, data, out_dir=out_dir, tiling=TilingConfig(tta=tta, working_factor=working_factor)
+    )
     seconds = time.perf_counter() - start
     with_sky = [image for image in report.images if image.scores["model"].metrics()["sky_fraction_truth"] > 0]
     return {
@@ -101,8 +103,12 @@ def main() -> None:
     parser.add_argument("--leave-out", action="append", required=True, help="source name (repeatable)")
     parser.add_argument("--stage", choices=("train", "evaluate", "all"), default="all")
     parser.add_argument("--tta", default="none", help="TTA of the evaluation: none | flip2 | flip4 | rot4 | rot8")
-    parser.add_argument("--working-factor", type=float, default=1.0,
-                        help="predict at this multiple of the working scale (predict.tiling.working_factor)")
+    parser.add_argument(
+        "--working-factor",
+        type=float,
+        default=1.0,
+        help="predict at this multiple of the working scale (predict.tiling.working_factor)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="TF intra-op threads per run (0 = all cores)")
     parser.add_argument("--set", action="append", default=[], help="recipe override key=value")
     args = parser.parse_args()

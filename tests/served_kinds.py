@@ -23,8 +23,13 @@ def save_cloud(path: Path) -> Path:
     inputs = tf.keras.Input((None, None, 3))
     x = tf.keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
     outputs = tf.keras.layers.Conv2D(2, 3, padding="same", activation="softmax")(x)
-    info = ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=TILE, classes=2,
-                     config={"data": {"sources": [ALLSKY_SOURCE]}})
+    info = ModelInfo(
+        task="segmenter",
+        preprocess=Preprocess(),
+        tile_size=TILE,
+        classes=2,
+        config={"data": {"sources": [ALLSKY_SOURCE]}},
+    )
     save_model(tf.keras.Model(inputs, outputs), path, info)
     return path
 
@@ -50,8 +55,11 @@ def save_colorizer(path: Path) -> Path:
     from tfsky.train.colorize import save_colorizer as save
     from tfsky.train.config import TranslatorConfig
 
-    cfg = load_config(TranslatorConfig, REPO / "configs" / "colorize_tiny.yaml",
-                      [f"colour.sources=[{{kind: camera_folder, images: {path.parent}, name: here}}]"])
+    cfg = load_config(
+        TranslatorConfig,
+        REPO / "configs" / "colorize_tiny.yaml",
+        [f"colour.sources=[{{kind: camera_folder, images: {path.parent}, name: here}}]"],
+    )
     tf.keras.utils.set_random_seed(0)
     save(build_colorizer(cfg.model.colorize, cfg.train.learning_rate), path, cfg, {})
     return path

@@ -30,8 +30,14 @@ def wsiseg_source(root: Path, **changes) -> SourceConfig:
     data = root / WSISEG
     cameras = [AllSkyCamera("camera1", 1, 400, data / "mask_cam.png"), AllSkyCamera("camera2", 401, 600)]
     allsky = AllSkyConfig(cameras=cameras)
-    fields = dict(kind="allsky_folder", name="wsiseg", images=data / "images", masks=data / "annotation",
-                  labels_csv=data / "sky_type.csv", allsky=allsky)
+    fields = dict(
+        kind="allsky_folder",
+        name="wsiseg",
+        images=data / "images",
+        masks=data / "annotation",
+        labels_csv=data / "sky_type.csv",
+        allsky=allsky,
+    )
     return SourceConfig(**{**fields, **changes})
 
 
@@ -93,7 +99,10 @@ def test_bad_annotations_are_one_line_input_errors(tmp_path):
 
 
 def test_config_class_map_and_cameras_are_checked(tmp_path):
-    base = {"name": "x", "data": {"sources": [{"kind": "allsky_folder", "images": str(tmp_path), "masks": str(tmp_path)}]}}
+    base = {
+        "name": "x",
+        "data": {"sources": [{"kind": "allsky_folder", "images": str(tmp_path), "masks": str(tmp_path)}]},
+    }
     path = tmp_path / "c.yaml"
 
     def error(allsky: dict) -> str:
@@ -121,16 +130,22 @@ def test_fisheye_augmentation_keeps_frame_annotation_and_ignore_aligned(shared_d
     """Any rotation about the centre + flips on a real frame: where the warped copy of the class ids is an
     exact class id, the warped mask equals it; pixels rotated in from outside are ignore (255), never clear sky."""
     name = "ASC100-1006_001.png"
-    mask = load_class_mask(shared_data / WSISEG / "annotation" / name, shared_data / WSISEG / "mask_cam.png",
-                           AllSkyConfig())[:448, 16:464]
+    mask = load_class_mask(
+        shared_data / WSISEG / "annotation" / name, shared_data / WSISEG / "mask_cam.png", AllSkyConfig()
+    )[:448, 16:464]
     labels = mask.astype(np.float32)  # 0, 1, 255 as image values: bilinear mixes give other values
     rgb = cv2.imread(str(shared_data / WSISEG / "images" / name))[:448, 16:464].astype(np.float32) / 255
     image = np.concatenate([labels[..., None], rgb], axis=-1)[None].repeat(8, 0)
     cfg = AugmentConfig(rotation=180, shift=0, shear=0, zoom=0, horizontal_flip=True, mask_fill=IGNORE)
     matrices = random_affine(tf.constant([3, 1]), 8, 448, 448, cfg)
     fill = -7.0  # no bilinear mix of the non-negative class ids gives it
-    warped, warped_mask = apply_affine(tf.constant(image), tf.constant(mask[None, ..., None].repeat(8, 0)),
-                                       matrices, fill=fill, mask_fill=cfg.mask_fill)
+    warped, warped_mask = apply_affine(
+        tf.constant(image),
+        tf.constant(mask[None, ..., None].repeat(8, 0)),
+        matrices,
+        fill=fill,
+        mask_fill=cfg.mask_fill,
+    )
     warped, warped_mask = warped.numpy()[..., 0], warped_mask.numpy()[..., 0]
     exact = np.isin(warped, (0.0, 1.0, 255.0))
     assert exact.mean() > 0.8
@@ -152,12 +167,24 @@ def test_colour_jitter_scales_brightness_and_channels_within_range():
 
 
 def test_prepared_cache_and_pipeline_carry_ignore_as_empty_one_hot_rows(shared_data, tmp_path):
-    frames = ["ASC100-1006_001.png", "ASC100-1006_002.png", "ASC100-1006_004.png", "ASC100-1006_451.png",
-              "ASC100-1006_480.png", "ASC100-1006_509.png"]
+    frames = [
+        "ASC100-1006_001.png",
+        "ASC100-1006_002.png",
+        "ASC100-1006_004.png",
+        "ASC100-1006_451.png",
+        "ASC100-1006_480.png",
+        "ASC100-1006_509.png",
+    ]
     root = small_wsiseg(shared_data, tmp_path, frames)
     aug = AugmentConfig(rotation=180, shift=0, shear=0, zoom=0, mask_fill=IGNORE, brightness=0.3, white_balance=0.1)
-    cfg = DataConfig(sources=[wsiseg_source(root)], cache=tmp_path / "cache", patch_size=128, patches_per_image=2,
-                     preprocess=Preprocess(mode="ldr"), augment=aug)
+    cfg = DataConfig(
+        sources=[wsiseg_source(root)],
+        cache=tmp_path / "cache",
+        patch_size=128,
+        patches_per_image=2,
+        preprocess=Preprocess(mode="ldr"),
+        augment=aug,
+    )
     report = prepare_cache(cfg)
     assert sum(report.written.values()) == 6 and not report.skipped
     cached = {c.id: c for c in iter_cached(cfg.cache)}
@@ -221,8 +248,13 @@ def test_test_frames_are_held_out_of_train_and_val_into_a_test_split(tmp_path):
     split_of = {cached.id: cached.split for cached in iter_cached(tmp_path / "cache")}
     assert set(split_of) == {f"sky/f_{n:03d}.png" for n in (1, 2, 6, 7, 8, 9, 10, 12)}  # train and val only
     assert {c.id for c in iter_cached(tmp_path / "cache", "test")} == {f"sky/f_{n:03d}.png" for n in (3, 4, 5, 11)}
-    plain = prepare_cache(DataConfig(sources=[dataclasses.replace(source, allsky=AllSkyConfig(
-        cameras=allsky.cameras))], cache=tmp_path / "plain", patch_size=32))
+    plain = prepare_cache(
+        DataConfig(
+            sources=[dataclasses.replace(source, allsky=AllSkyConfig(cameras=allsky.cameras))],
+            cache=tmp_path / "plain",
+            patch_size=32,
+        )
+    )
     assert "test" not in plain.written  # no test split unless frames are held out
     with pytest.raises(ConfigError, match=r"'test_frames\[0\]': must be \[first, last\] with first <= last"):
         AllSkyConfig(test_frames=[[5, 3]]).validate()

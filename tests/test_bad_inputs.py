@@ -65,9 +65,21 @@ def corpus(tmp_path_factory, translator_file) -> Corpus:  # noqa: F811
 
     images = root / "images"
     images.mkdir()
-    bad = {name: images / name for name in (
-        "truncated.png", "truncated.jpg", "empty.png", "text.png", "bomb.png", "bomb.hdr", "loop.png", "dangling.png",
-        "nan_inf.tif", "uint16.png")}
+    bad = {
+        name: images / name
+        for name in (
+            "truncated.png",
+            "truncated.jpg",
+            "empty.png",
+            "text.png",
+            "bomb.png",
+            "bomb.hdr",
+            "loop.png",
+            "dangling.png",
+            "nan_inf.tif",
+            "uint16.png",
+        )
+    }
     bad["truncated.png"].write_bytes(good.read_bytes()[:60])
     cv2.imwrite(str(root / "full.jpg"), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     bad["truncated.jpg"].write_bytes((root / "full.jpg").read_bytes()[:300])
@@ -101,18 +113,23 @@ def corpus(tmp_path_factory, translator_file) -> Corpus:  # noqa: F811
         "unknown_key.yaml": "name: x\nbogus: 1\n",
     }
     texts["alias_bomb.yaml"] = "".join(  # 9 ** 8 "lol"s once expanded: the issue's 77 s and 2.45 GB
-        ["l0: &l0 lol\n"] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)])
-    bad_configs = {name: configs / name for name in (*texts, "binary.yaml", "negative_epochs.yaml", "nan_rate.yaml",
-                                                     "missing.yaml", "loop.yaml")}
+        ["l0: &l0 lol\n"] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)]
+    )
+    bad_configs = {
+        name: configs / name
+        for name in (*texts, "binary.yaml", "negative_epochs.yaml", "nan_rate.yaml", "missing.yaml", "loop.yaml")
+    }
     bad_configs["loop.yaml"].symlink_to("loop.yaml")
     for name, text in texts.items():
         bad_configs[name].write_text(text)
     bad_configs["binary.yaml"].write_bytes(b"\xff\xfe\x00\x81 garbage")
     bad_configs["negative_epochs.yaml"].write_text(  # valid but for train.epochs, which data prepare must check too
         f"name: x\ndata:\n  sources:\n    - kind: mask_folder\n      name: s\n      images: {images}\n"
-        f"      masks: {images}\n  cache: {root / 'cache'}\n  patch_size: 32\ntrain:\n  epochs: -3\n")
-    bad_configs["nan_rate.yaml"].write_text(bad_configs["negative_epochs.yaml"].read_text().replace(
-        "epochs: -3", "learning_rate: .nan"))
+        f"      masks: {images}\n  cache: {root / 'cache'}\n  patch_size: 32\ntrain:\n  epochs: -3\n"
+    )
+    bad_configs["nan_rate.yaml"].write_text(
+        bad_configs["negative_epochs.yaml"].read_text().replace("epochs: -3", "learning_rate: .nan")
+    )
     return Corpus(root, bad, bad_models, bad_configs, segmenter, translator, good)
 
 
@@ -128,8 +145,11 @@ def leftovers(folder: Path, complete: set[str] = frozenset()) -> list[str]:
     """Files under ``folder`` other than the ``complete`` outputs expected there (temporaries included)."""
     if not folder.exists():
         return []
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if not p.is_dir() and str(p.relative_to(folder)) not in complete)
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if not p.is_dir() and str(p.relative_to(folder)) not in complete
+    )
 
 
 def assert_one_clear_failure(result, name: str | Path, out: Path | None = None) -> None:
@@ -137,8 +157,11 @@ def assert_one_clear_failure(result, name: str | Path, out: Path | None = None) 
     text = result.stdout + result.stderr
     assert result.exit_code != 0, text
     assert "Traceback" not in text
-    lines = [line for line in result.stderr.splitlines()
-             if line.startswith(("Error:", "failed ", "skipped ")) or str(name) in line]
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith(("Error:", "failed ", "skipped ")) or str(name) in line
+    ]
     assert len(lines) == 1, result.stderr
     assert str(name) in lines[0], lines[0]
     if out is not None:
@@ -147,16 +170,33 @@ def assert_one_clear_failure(result, name: str | Path, out: Path | None = None) 
 
 # ----------------------------------------------------------------- bad image files, through every command reading one
 
-IMAGE_CASES = ["truncated.png", "truncated.jpg", "empty.png", "text.png", "bomb.png", "bomb.hdr", "loop.png",
-               "dangling.png", "nan_inf.tif"]
+IMAGE_CASES = [
+    "truncated.png",
+    "truncated.jpg",
+    "empty.png",
+    "text.png",
+    "bomb.png",
+    "bomb.hdr",
+    "loop.png",
+    "dangling.png",
+    "nan_inf.tif",
+]
 
 IMAGE_COMMANDS: dict[str, Callable[[Corpus, dict, Path, Path], list]] = {
     "data inspect": lambda c, s, image, out: ["data", "inspect", image],
     "predict": lambda c, s, image, out: ["predict", "-m", c.segmenter, image, "-o", out, "--quiet"],
     "translate": lambda c, s, image, out: ["translate", "-m", c.translator, image, "-o", out, "--quiet"],
     "client predict": lambda c, s, image, out: ["client", "predict", image, "--server", s["grpc"], "-o", out],
-    "client predict --rest": lambda c, s, image, out: ["client", "predict", image, "--server", s["rest"], "--rest",
-                                                       "-o", out],
+    "client predict --rest": lambda c, s, image, out: [
+        "client",
+        "predict",
+        image,
+        "--server",
+        s["rest"],
+        "--rest",
+        "-o",
+        out,
+    ],
 }
 
 
@@ -207,9 +247,19 @@ def test_bad_images_in_a_folder_fail_one_by_one_and_the_good_one_completes(corpu
     failed = [line for line in result.stderr.splitlines() if line.startswith("failed ")]
     # uint16.png is a valid segmenter input; every other file of the corpus fails with its own line
     assert sorted(line.split(":")[0].removeprefix("failed ") for line in failed) == sorted(
-        str(folder / name) for name in IMAGE_CASES)
-    assert leftovers(out, {f"{stem}{suffix}" for stem in ("good", "uint16")
-                           for suffix in ("_mask.png", "_prob.png", "_overlay.jpg", ".json")}) == []
+        str(folder / name) for name in IMAGE_CASES
+    )
+    assert (
+        leftovers(
+            out,
+            {
+                f"{stem}{suffix}"
+                for stem in ("good", "uint16")
+                for suffix in ("_mask.png", "_prob.png", "_overlay.jpg", ".json")
+            },
+        )
+        == []
+    )
 
 
 # ----------------------------------------------------------------- bad model files and models of the wrong kind
@@ -217,8 +267,17 @@ def test_bad_images_in_a_folder_fail_one_by_one_and_the_good_one_completes(corpu
 MODEL_COMMANDS: dict[str, Callable[[Corpus, Path, Path], list]] = {
     "predict": lambda c, model, out: ["predict", "-m", model, c.good, "-o", out, "--quiet"],
     "translate": lambda c, model, out: ["translate", "-m", model, c.good, "-o", out, "--quiet"],
-    "evaluate segmenter": lambda c, model, out: ["evaluate", "segmenter", "-m", model, "--data", c.root / "images",
-                                                 "-o", out, "--quiet"],
+    "evaluate segmenter": lambda c, model, out: [
+        "evaluate",
+        "segmenter",
+        "-m",
+        model,
+        "--data",
+        c.root / "images",
+        "-o",
+        out,
+        "--quiet",
+    ],
     "evaluate classifier": lambda c, model, out: ["evaluate", "classifier", "-m", model, "-o", out, "--quiet"],
     "export": lambda c, model, out: ["export", "-m", model, "--repo", out],
 }
@@ -241,8 +300,14 @@ def test_a_bad_model_file_is_one_line_naming_it(corpus, cli, tmp_path, command, 
 
 def test_evaluate_translator_refuses_a_segmenter(corpus, cli, tmp_path):
     pairs = tmp_path / "pairs.json"
-    pair = {"camera": "1", "split": "val", "source": str(corpus.good), "target": str(corpus.good), "mask": None,
-            "hours": 1.0}
+    pair = {
+        "camera": "1",
+        "split": "val",
+        "source": str(corpus.good),
+        "target": str(corpus.good),
+        "mask": None,
+        "hours": 1.0,
+    }
     pairs.write_text(json.dumps({"format": "tfsky-pairs/1", "streams": {}, "pairs": [pair]}))
     result = cli("evaluate", "translator", "-m", corpus.segmenter, "--pairs", pairs, "-o", tmp_path / "out")
     assert_one_clear_failure(result, corpus.segmenter, tmp_path / "out")
@@ -253,8 +318,18 @@ def test_evaluate_translator_refuses_a_segmenter(corpus, cli, tmp_path):
 TILE_COMMANDS: dict[str, Callable[[Corpus, list, Path], list]] = {
     "predict": lambda c, flag, out: ["predict", "-m", c.segmenter, c.good, "-o", out, *flag, "--quiet"],
     "translate": lambda c, flag, out: ["translate", "-m", c.translator, c.good, "-o", out, *flag, "--quiet"],
-    "evaluate segmenter": lambda c, flag, out: ["evaluate", "segmenter", "-m", c.segmenter, "--data", c.root / "images",
-                                                "-o", out, *flag, "--quiet"],
+    "evaluate segmenter": lambda c, flag, out: [
+        "evaluate",
+        "segmenter",
+        "-m",
+        c.segmenter,
+        "--data",
+        c.root / "images",
+        "-o",
+        out,
+        *flag,
+        "--quiet",
+    ],
     "export": lambda c, flag, out: ["export", "-m", c.segmenter, "--repo", out, *flag],
 }
 
@@ -285,17 +360,34 @@ CONFIG_COMMANDS: dict[str, Callable[[Corpus, Path, Path], list]] = {
     "translate": lambda c, config, out: ["translate", "-m", c.translator, c.good, "-o", out, "-c", config, "--quiet"],
     "streams validate": lambda c, config, out: ["streams", "validate", "-c", config],
     "streams pairs": lambda c, config, out: ["streams", "pairs", "-c", config],
-    "evaluate segmenter": lambda c, config, out: ["evaluate", "segmenter", "-m", c.segmenter, "--data", c.root,
-                                                  "-o", out, "-c", config, "--quiet"],
+    "evaluate segmenter": lambda c, config, out: [
+        "evaluate",
+        "segmenter",
+        "-m",
+        c.segmenter,
+        "--data",
+        c.root,
+        "-o",
+        out,
+        "-c",
+        config,
+        "--quiet",
+    ],
     "export": lambda c, config, out: ["export", "-m", c.segmenter, "--repo", out, "-c", config],
     "serve": lambda c, config, out: ["serve", "--repo", c.root / "repo", "-c", config],
     "client predict": lambda c, config, out: ["client", "predict", c.good, "-o", out, "-c", config],
 }
 SECTION_ONLY = {"predict", "translate", "evaluate segmenter", "export", "serve", "client predict"}
 CONFIG_CASES = {  # case -> what the one line must name
-    "invalid.yaml": "{config}", "python_tag.yaml": "{config}", "a_list.yaml": "{config}", "binary.yaml": "{config}",
-    "missing.yaml": "{config}", "loop.yaml": "{config}: symbolic link loop", "unknown_key.yaml": "'bogus'",
-    "negative_epochs.yaml": "'train.epochs'", "nan_rate.yaml": "'train.learning_rate': must be a finite number",
+    "invalid.yaml": "{config}",
+    "python_tag.yaml": "{config}",
+    "a_list.yaml": "{config}",
+    "binary.yaml": "{config}",
+    "missing.yaml": "{config}",
+    "loop.yaml": "{config}: symbolic link loop",
+    "unknown_key.yaml": "'bogus'",
+    "negative_epochs.yaml": "'train.epochs'",
+    "nan_rate.yaml": "'train.learning_rate': must be a finite number",
     "alias_bomb.yaml": "{config}: YAML anchors and aliases (&, *) are not allowed (line 1)",
 }
 TRAIN_VALUE_CASES = ("negative_epochs.yaml", "nan_rate.yaml")  # valid but for one train value
@@ -323,32 +415,52 @@ def test_the_python_tag_is_refused_before_it_runs(corpus, cli, tmp_path, capfd):
 
 # ----------------------------------------------------------------- labels and data sources
 
+
 def _coco(file_name: str) -> dict:
-    return {"images": [{"id": 1, "file_name": file_name, "width": 16, "height": 16}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[0, 0, 8, 0, 8, 8]],
-                             "area": 32, "bbox": [0, 0, 8, 8], "iscrowd": 0}],
-            "categories": [{"id": 1, "name": "sky"}]}
+    return {
+        "images": [{"id": 1, "file_name": file_name, "width": 16, "height": 16}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": [[0, 0, 8, 0, 8, 8]],
+                "area": 32,
+                "bbox": [0, 0, 8, 8],
+                "iscrowd": 0,
+            }
+        ],
+        "categories": [{"id": 1, "name": "sky"}],
+    }
 
 
-@pytest.mark.parametrize("case, named", [
-    ("truncated_json", "{annotations}"),
-    ("not_coco", "{annotations}"),
-    ("traversal", "{annotations}"),
-    ("missing", "{annotations}"),
-    ("truncated_image", "truncated.png"),
-])
+@pytest.mark.parametrize(
+    "case, named",
+    [
+        ("truncated_json", "{annotations}"),
+        ("not_coco", "{annotations}"),
+        ("traversal", "{annotations}"),
+        ("missing", "{annotations}"),
+        ("truncated_image", "truncated.png"),
+    ],
+)
 def test_data_masks_bad_annotations_are_one_line(corpus, cli, tmp_path, case, named):
     annotations, out = tmp_path / "labels.json", tmp_path / "masks"
-    texts = {"truncated_json": '{"images": [', "not_coco": "[1, 2]",
-             "traversal": json.dumps(_coco("../../../etc/passwd")), "truncated_image": json.dumps(_coco("truncated.png"))}
+    texts = {
+        "truncated_json": '{"images": [',
+        "not_coco": "[1, 2]",
+        "traversal": json.dumps(_coco("../../../etc/passwd")),
+        "truncated_image": json.dumps(_coco("truncated.png")),
+    }
     if case in texts:
         annotations.write_text(texts[case])
     result = cli("data", "masks", annotations, "--images", corpus.root / "images", "--out", out)
     assert_one_clear_failure(result, named.format(annotations=annotations), out)
 
 
-def test_data_prepare_and_train_with_only_bad_images_are_one_line_and_write_no_cache(corpus, cli, tmp_path,
-                                                                                     monkeypatch):
+def test_data_prepare_and_train_with_only_bad_images_are_one_line_and_write_no_cache(
+    corpus, cli, tmp_path, monkeypatch
+):
     images, masks = tmp_path / "src" / "images", tmp_path / "src" / "masks"
     images.mkdir(parents=True)
     masks.mkdir()
@@ -357,8 +469,10 @@ def test_data_prepare_and_train_with_only_bad_images_are_one_line_and_write_no_c
     write_png(images / "b.png", np.zeros((20, 20, 3), np.uint8))
     write_png(masks / "b.png", np.zeros((21, 20, 1), np.uint8))  # mask size differs from the image's
     config = tmp_path / "c.yaml"
-    config.write_text(f"name: bad\ndata:\n  sources:\n    - kind: mask_folder\n      name: src\n"
-                      f"      images: {images}\n      masks: {masks}\n  cache: {tmp_path / 'cache'}\n  patch_size: 32\n")
+    config.write_text(
+        f"name: bad\ndata:\n  sources:\n    - kind: mask_folder\n      name: src\n"
+        f"      images: {images}\n      masks: {masks}\n  cache: {tmp_path / 'cache'}\n  patch_size: 32\n"
+    )
     monkeypatch.chdir(tmp_path)
     for command in (["data", "prepare"], ["train", "segmenter"]):
         result = cli(*command, "-c", config, "--quiet")
@@ -377,11 +491,15 @@ def test_reports_masks_and_caches_inside_a_file_are_one_line(corpus, cli, tmp_pa
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps(_coco("a.png")))
     config = tmp_path / "c.yaml"
-    config.write_text(f"name: x\ndata:\n  sources:\n    - kind: mask_folder\n      name: s\n"
-                      f"      images: {data / 'images'}\n      masks: {data / 'masks'}\n  cache: {out}\n  patch_size: 32\n")
-    args = {"evaluate segmenter": ["evaluate", "segmenter", "-m", corpus.segmenter, "--data", data, "-o", out, "--quiet"],
-            "data masks": ["data", "masks", labels, "--images", data / "images", "--out", out],
-            "data prepare": ["data", "prepare", "-c", config, "--quiet"]}[command]
+    config.write_text(
+        f"name: x\ndata:\n  sources:\n    - kind: mask_folder\n      name: s\n"
+        f"      images: {data / 'images'}\n      masks: {data / 'masks'}\n  cache: {out}\n  patch_size: 32\n"
+    )
+    args = {
+        "evaluate segmenter": ["evaluate", "segmenter", "-m", corpus.segmenter, "--data", data, "-o", out, "--quiet"],
+        "data masks": ["data", "masks", labels, "--images", data / "images", "--out", out],
+        "data prepare": ["data", "prepare", "-c", config, "--quiet"],
+    }[command]
     result = cli(*args)
     assert_one_clear_failure(result, "cannot write to the output folder")
     assert str(tmp_path / "plain") in result.stderr
@@ -400,7 +518,8 @@ def test_train_with_runs_root_inside_a_file_is_one_line(cli, tmp_path):
         f"      masks: {data / 'masks'}\n  cache: {tmp_path / 'cache'}\n  patch_size: 32\n  val_fraction: 0.34\n"
         f"model:\n  backbone: resnet18\n  decoder_filters: [8, 8, 8, 8, 4]\n"
         f"train:\n  runs_root: {tmp_path / 'plain' / 'runs'}\n  epochs: 1\n  steps_per_epoch: 1\n"
-        f"  validation_steps: 1\n  batch_size: 2\n  tensorboard_images: 1\n")
+        f"  validation_steps: 1\n  batch_size: 2\n  tensorboard_images: 1\n"
+    )
     assert cli("data", "prepare", "-c", config, "--quiet").exit_code == 0
     result = cli("train", "segmenter", "-c", config, "--quiet")
     assert_one_clear_failure(result, tmp_path / "plain" / "runs" / "x")
@@ -419,6 +538,7 @@ def test_export_to_a_repository_that_cannot_be_written_is_one_line(corpus, cli, 
 
 # ----------------------------------------------------------------- serve and client
 
+
 def test_serve_bad_repository_and_model_config_are_one_line(corpus, cli, tmp_path):
     for args, named in (
         (["--repo", tmp_path / "nowhere"], tmp_path / "nowhere"),
@@ -429,8 +549,16 @@ def test_serve_bad_repository_and_model_config_are_one_line(corpus, cli, tmp_pat
         assert_one_clear_failure(result, named)
 
 
-@pytest.mark.parametrize("case", ["traversal model name", "unknown version", "unknown version over REST",
-                                  "REST client on the gRPC port", "tiles from a translator export"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "traversal model name",
+        "unknown version",
+        "unknown version over REST",
+        "REST client on the gRPC port",
+        "tiles from a translator export",
+    ],
+)
 def test_client_bad_requests_are_one_line(corpus, server, cli, tmp_path, case):
     fake = tmp_path / "fake" / "1"
     if case == "tiles from a translator export":  # metadata of an export whose model is not a segmenter
@@ -443,8 +571,10 @@ def test_client_bad_requests_are_one_line(corpus, server, cli, tmp_path, case):
         "traversal model name": (grpc_server + ["--model", "../../etc/passwd"], "model '../../etc/passwd' not found"),
         "unknown version": (grpc_server + ["--version", "999"], "version 999 is not loaded"),
         "unknown version over REST": (rest_server + ["--version", "999"], "version 999 is not loaded"),
-        "REST client on the gRPC port": (["--server", server["grpc"], "--rest", "--retries", "0"],
-                                         "not a TF Serving REST answer"),
+        "REST client on the gRPC port": (
+            ["--server", server["grpc"], "--rest", "--retries", "0"],
+            "not a TF Serving REST answer",
+        ),
         "tiles from a translator export": (grpc_server + ["--tiles", fake], fake),
     }[case]
     out = tmp_path / "out"
@@ -459,6 +589,7 @@ def test_client_status_of_an_unknown_model_is_one_line(server, cli):
 
 # ----------------------------------------------------------------- output folders (helper A's runner checks them once)
 
+
 @pytest.mark.parametrize("command", ["predict", "translate", "client predict"])
 @pytest.mark.parametrize("case", ["a file", "inside a file", "unwritable"])
 def test_an_unusable_output_folder_is_one_line_before_any_image(corpus, server, cli, tmp_path, command, case):
@@ -470,8 +601,11 @@ def test_an_unusable_output_folder_is_one_line_before_any_image(corpus, server, 
         out = tmp_path / "plain" / "out"
     else:
         out = unwritable_folder(tmp_path)
-    args = {"predict": ["predict", "-m", corpus.segmenter], "translate": ["translate", "-m", corpus.translator],
-            "client predict": ["client", "predict", "--server", server["grpc"]]}[command]
+    args = {
+        "predict": ["predict", "-m", corpus.segmenter],
+        "translate": ["translate", "-m", corpus.translator],
+        "client predict": ["client", "predict", "--server", server["grpc"]],
+    }[command]
     result = cli(*args, corpus.good, "-o", out)
     assert_one_clear_failure(result, out)
 
@@ -520,8 +654,13 @@ HOST_CASES = {  # case -> (method, path, Host, Origin, status)
     "rebound name, a full frame": ("GET", f"/frames/cam/{FRAMES[0]}", "evil.example.com:{port}", None, 403),
     "another port": ("GET", "/api/streams", "127.0.0.1:{other}", None, 403),
     "cross-site edit": ("POST", "/api/streams/cam/edit", "evil.example.com:{port}", "http://evil.example.com", 403),
-    "edit from another site's page": ("POST", "/api/streams/cam/edit", "127.0.0.1:{port}", "http://evil.example.com",
-                                      403),
+    "edit from another site's page": (
+        "POST",
+        "/api/streams/cam/edit",
+        "127.0.0.1:{port}",
+        "http://evil.example.com",
+        403,
+    ),
     "edit without Origin": ("POST", "/api/streams/cam/edit", "127.0.0.1:{port}", None, 403),
     "edit from another port": ("POST", "/api/streams/cam/edit", "127.0.0.1:{port}", "http://127.0.0.1:{other}", 403),
     "localhost": ("GET", "/api/streams", "localhost:{port}", None, 200),
@@ -550,9 +689,11 @@ def test_review_refuses_a_300_mb_body_before_reading_it(review):
     port, manifest = review
     before = manifest.read_bytes()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"POST /api/streams/cam/edit HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                     f"Origin: http://127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {300 << 20}\r\n\r\n{{".encode())
+        sock.sendall(
+            f"POST /api/streams/cam/edit HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Origin: http://127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {300 << 20}\r\n\r\n{{".encode()
+        )
         start = time.monotonic()
         answer = read_to_close(sock)
     assert time.monotonic() - start < 5
@@ -570,9 +711,11 @@ def test_review_closes_stalled_connections_after_its_read_timeout(review):
     before, threads = manifest.read_bytes(), threading.active_count()
     stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(30)]
     for sock in stalled[::2]:  # every other one stops in the middle of its body
-        sock.sendall(f"POST /api/streams/cam/edit HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                     f"Origin: http://127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: 100\r\n\r\n{{".encode())
+        sock.sendall(
+            f"POST /api/streams/cam/edit HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Origin: http://127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: 100\r\n\r\n{{".encode()
+        )
     try:
         answers = [read_to_close(sock) for sock in stalled]
     finally:
@@ -612,10 +755,17 @@ def stub_review_server(monkeypatch):
     monkeypatch.setattr(tfsky.review.app, "review_server", lambda *args, **kwargs: Stub())
 
 
-@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("192.168.1.20", True), ("127.0.0.1", False),
-                                          ("localhost", False), ("::1", False)])
-def test_review_on_a_non_loopback_host_warns_that_the_edit_api_is_exposed(cli, manifests,  # noqa: F811
-                                                                          stub_review_server, host, warned):
+@pytest.mark.parametrize(
+    "host, warned",
+    [("0.0.0.0", True), ("192.168.1.20", True), ("127.0.0.1", False), ("localhost", False), ("::1", False)],
+)
+def test_review_on_a_non_loopback_host_warns_that_the_edit_api_is_exposed(
+    cli,
+    manifests,  # noqa: F811
+    stub_review_server,
+    host,
+    warned,
+):
     """The warning is checked without binding anything but loopback: the server is a stub here."""
     result = cli("streams", "review", manifests, "--host", host)
     assert result.exit_code == 0, result.output
@@ -625,8 +775,11 @@ def test_review_on_a_non_loopback_host_warns_that_the_edit_api_is_exposed(cli, m
         assert f"serving on {host}" in warnings[0] and "unauthenticated edit API" in warnings[0]
 
 
-def test_review_still_takes_the_old_manifests_option_with_a_warning(cli, manifests,  # noqa: F811
-                                                                    stub_review_server):
+def test_review_still_takes_the_old_manifests_option_with_a_warning(
+    cli,
+    manifests,  # noqa: F811
+    stub_review_server,
+):
     """Every streams command takes the manifests as its argument; review's old --manifests option still works."""
     result = cli("streams", "review", "--manifests", manifests)
     assert result.exit_code == 0, result.output
@@ -638,20 +791,24 @@ def test_review_still_takes_the_old_manifests_option_with_a_warning(cli, manifes
 
 # ----------------------------------------------------------------- a hostile labels CSV
 
+
 def test_a_hostile_labels_csv_is_skipped_row_by_row_and_the_rest_imported(cli, tmp_path):
     from test_streams import scene, write_jpeg
 
     for hour in (10, 11, 12):
         write_jpeg(tmp_path / "frames" / "cam" / f"20200101_{hour}0000.jpg", scene(hour))
     labels = tmp_path / "labels.csv"
-    labels.write_bytes("\ufeffimage,sky_condition\n"  # Excel's byte-order mark
-                       "cam/20200101_100000.jpg,clear\n"
-                       "cam/20200101_110000.jpg,\"<img src=x onerror=alert(document.domain)>\"\n"
-                       "cam/20200101_100000.jpg,overcast\n"
-                       "cam/20200101_120000.jpg\n"
-                       "../../etc/passwd,clear\n".encode())
-    result = cli("streams", "validate", "--root", tmp_path / "frames", "--labels", labels, "--out", tmp_path / "m",
-                 "-q")
+    labels.write_bytes(
+        "\ufeffimage,sky_condition\n"  # Excel's byte-order mark
+        "cam/20200101_100000.jpg,clear\n"
+        'cam/20200101_110000.jpg,"<img src=x onerror=alert(document.domain)>"\n'
+        "cam/20200101_100000.jpg,overcast\n"
+        "cam/20200101_120000.jpg\n"
+        "../../etc/passwd,clear\n".encode()
+    )
+    result = cli(
+        "streams", "validate", "--root", tmp_path / "frames", "--labels", labels, "--out", tmp_path / "m", "-q"
+    )
     assert result.exit_code == 0 and "Traceback" not in result.output + result.stderr
     skipped = [line for line in result.output.splitlines() if line.startswith("skipped label row")]
     assert [line.split(": ")[0].rpartition(":")[2] for line in skipped] == ["3", "4", "5", "6"]
@@ -663,6 +820,7 @@ def test_a_hostile_labels_csv_is_skipped_row_by_row_and_the_rest_imported(cli, t
 
 # ----------------------------------------------------------------- a full disk
 
+
 def test_predict_on_a_full_disk_names_the_file_and_leaves_no_half_file(corpus, tmp_path):
     """``tfsky predict`` under a 20 kB file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored: writes fail with EFBIG)."""
     import os
@@ -672,12 +830,18 @@ def test_predict_on_a_full_disk_names_the_file_and_leaves_no_half_file(corpus, t
     image = tmp_path / "big.png"
     write_png(image, np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8))
     out = tmp_path / "out"
-    limited = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-               "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); "
-               "from tfsky.cli.main import main; sys.argv = ['tfsky'] + sys.argv[1:]; main()")
-    result = subprocess.run([sys.executable, "-c", limited, "predict", "-m", str(corpus.segmenter), str(image),
-                             "-o", str(out), "--quiet"], capture_output=True, text=True, timeout=300,
-                            env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])})
+    limited = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); "
+        "from tfsky.cli.main import main; sys.argv = ['tfsky'] + sys.argv[1:]; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", limited, "predict", "-m", str(corpus.segmenter), str(image), "-o", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr and "libpng" not in result.stderr and "OpenCV" not in result.stderr
     failed = [line for line in result.stderr.splitlines() if line.startswith("failed ")]

@@ -31,21 +31,29 @@ from tfsky.export.savedmodel import export_model
 from tfsky.serving import Client
 
 BOMB_SIDE = 12_000
-IMAGE_SIGNATURES = [("segmenter", "predict_image"), ("cloud", "predict_image"), ("cloud", "predict_cloud"),
-                    ("classifier", "classify_image"), ("colorizer", "colorize_image")]
+IMAGE_SIGNATURES = [
+    ("segmenter", "predict_image"),
+    ("cloud", "predict_image"),
+    ("cloud", "predict_cloud"),
+    ("classifier", "classify_image"),
+    ("colorizer", "colorize_image"),
+]
 PEAK_RSS_LIMIT = 2 * 1024**3
 
 
 def zero_png(width: int, height: int) -> bytes:
     """An all-zero 8-bit grey PNG, compressed row block by row block (the pixels are never held whole)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     compressor = zlib.compressobj(9)
     block = 1000  # rows per compress call: 12 MB of zeros at 12000 px
     rows = b"\0" * ((width + 1) * block)  # each row: filter byte 0, then the pixels
-    data = b"".join(compressor.compress(rows[: (width + 1) * min(block, height - top)])
-                    for top in range(0, height, block)) + compressor.flush()
+    data = (
+        b"".join(compressor.compress(rows[: (width + 1) * min(block, height - top)]) for top in range(0, height, block))
+        + compressor.flush()
+    )
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, grey
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
@@ -58,12 +66,28 @@ def served(tmp_path_factory):
         export_model(model, root / "repo", kind)
     rest_port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tfsky.cli.main", "serve", "--repo", str(root / "repo"), "--host", "127.0.0.1",
-         "--grpc-port", "0", "--rest-port", str(rest_port), "--max-message-mb", "4"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tfsky.cli.main",
+            "serve",
+            "--repo",
+            str(root / "repo"),
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--rest-port",
+            str(rest_port),
+            "--max-message-mb",
+            "4",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         with Client(f"127.0.0.1:{rest_port}", rest=True, retries=0) as client:
+
             def all_available() -> bool:
                 try:
                     return all(client.status(kind)[-1].state == "AVAILABLE" for kind, _ in IMAGE_SIGNATURES)
@@ -79,8 +103,9 @@ def served(tmp_path_factory):
 
 def rest_predict(port: int, model: str, signature: str, image: bytes) -> tuple[int, dict]:
     """``(HTTP status, JSON answer)`` of one encoded image sent to ``signature``."""
-    body = json.dumps({"signature_name": signature,
-                       "inputs": {"image_bytes": [{"b64": base64.b64encode(image).decode()}]}}).encode()
+    body = json.dumps(
+        {"signature_name": signature, "inputs": {"image_bytes": [{"b64": base64.b64encode(image).decode()}]}}
+    ).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/{model}:predict", data=body, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=120) as answer:
@@ -107,8 +132,10 @@ def test_a_png_bomb_is_refused_from_its_header_by_every_image_signature(served, 
     assert limit < BOMB_SIDE**2  # the default, from the memory budget
     status, answer = rest_predict(served["port"], model, signature, zero_png(BOMB_SIDE, BOMB_SIDE))
     assert status == 400
-    assert answer["error"] == (f"image is {BOMB_SIDE}x{BOMB_SIDE} ({BOMB_SIDE**2} pixels), over the limit of "
-                               f"{limit} pixels set at export (export.max_pixels)")
+    assert answer["error"] == (
+        f"image is {BOMB_SIDE}x{BOMB_SIDE} ({BOMB_SIDE**2} pixels), over the limit of "
+        f"{limit} pixels set at export (export.max_pixels)"
+    )
     assert peak_rss(served["pid"]) < PEAK_RSS_LIMIT
 
     normal = tf.io.encode_png(np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)).numpy()
@@ -131,15 +158,20 @@ def test_a_header_of_the_largest_png_sides_is_refused_without_overflow(tmp_path)
 
 def test_max_pixels_is_set_at_export_and_recorded(tmp_path, cli):
     model = save_tiny(tmp_path / "segmenter.keras")
-    result = cli("export", "--model", model, "--repo", tmp_path / "repo", "--name", "m",
-                 "--set", "export.max_pixels=2000")
+    result = cli(
+        "export", "--model", model, "--repo", tmp_path / "repo", "--name", "m", "--set", "export.max_pixels=2000"
+    )
     assert result.exit_code == 0, result.stderr
     version = tmp_path / "repo" / "m" / "1"
     assert read_metadata(version)["max_pixels"] == 2000
     signature = tf.saved_model.load(str(version)).signatures["predict_image"]
     assert signature(image_bytes=tf.constant([zero_png(50, 40)]))["sky_fraction"].shape == (1,)  # 2000 pixels: taken
-    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
-            "image is 51x40 (2040 pixels), over the limit of 2000 pixels set at export (export.max_pixels)")):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=re.escape(
+            "image is 51x40 (2040 pixels), over the limit of 2000 pixels set at export (export.max_pixels)"
+        ),
+    ):
         signature(image_bytes=tf.constant([zero_png(51, 40)]))
 
     result = cli("export", "--model", model, "--repo", tmp_path / "repo", "--name", "m", "--max-pixels", "0")

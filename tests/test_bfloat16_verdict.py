@@ -116,15 +116,27 @@ OK = {"agreement": 0.9995, "iou_float32": 0.9, "iou_bfloat16": 0.9001, "ok": Tru
 FAILED = {**OK, "agreement": 0.99, "ok": False}
 
 
-@pytest.mark.parametrize(("verdict", "dtype", "note"), [
-    (OK, "bfloat16", "precision auto: bfloat16 (this CPU has a bfloat16 unit; its bfloat16 verdict is ok: mask "
-                     "agreement 0.99950"),
-    (FAILED, "float32", "precision auto: float32 (this CPU has a bfloat16 unit; its bfloat16 verdict failed: mask "
-                        "agreement 0.99000"),
-    (None, "float32", "precision auto: float32 (this CPU has a bfloat16 unit; the model has no bfloat16 verdict"),
-])
+@pytest.mark.parametrize(
+    ("verdict", "dtype", "note"),
+    [
+        (
+            OK,
+            "bfloat16",
+            "precision auto: bfloat16 (this CPU has a bfloat16 unit; its bfloat16 verdict is ok: mask "
+            "agreement 0.99950",
+        ),
+        (
+            FAILED,
+            "float32",
+            "precision auto: float32 (this CPU has a bfloat16 unit; its bfloat16 verdict failed: mask "
+            "agreement 0.99000",
+        ),
+        (None, "float32", "precision auto: float32 (this CPU has a bfloat16 unit; the model has no bfloat16 verdict"),
+    ],
+)
 def test_auto_uses_bfloat16_on_a_bf16_cpu_only_for_a_model_whose_verdict_is_ok(
-        tmp_path, monkeypatch, caplog, verdict, dtype, note):
+    tmp_path, monkeypatch, caplog, verdict, dtype, note
+):
     with_bf16_unit(monkeypatch, True)
     caplog.set_level(logging.INFO, logger="tfsky")
     model, info = load_model(saved(tmp_path, verdict))
@@ -158,7 +170,9 @@ def test_with_a_gpu_auto_keeps_the_model_as_trained_whatever_the_verdict(tmp_pat
 def test_an_explicit_precision_ignores_the_verdict(tmp_path, monkeypatch):
     with_bf16_unit(monkeypatch, True)
     assert load_model(saved(tmp_path, OK), precision="float32")[0].get_layer("features").compute_dtype == "float32"
-    assert load_model(saved(tmp_path, FAILED), precision="bfloat16")[0].get_layer("features").compute_dtype == "bfloat16"
+    assert (
+        load_model(saved(tmp_path, FAILED), precision="bfloat16")[0].get_layer("features").compute_dtype == "bfloat16"
+    )
 
 
 def test_the_verdict_is_stored_in_the_sidecar_and_survives_a_reload(tmp_path):
@@ -200,14 +214,17 @@ def test_evaluate_precision_measures_and_stores_the_verdict(prepared, cli):
     assert "agreement" in result.stdout and "stored in" in result.stdout
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("-m", "{tmp}/missing.keras"), "missing.keras: model file not found"),
-    (("-m", "{tmp}/loose.keras"), "config key '--config': not given, and there is no config.yaml beside"),
-    (("-m", "{model}", "--set", "model.classes=2"), "config key 'model.classes': is 2 but"),
-    (("-m", "{model}", "--set", "data.cache={tmp}/nothing"), "nothing"),
-    (("-m", "{run}/translator.keras"), "is a pix2pix model, not a sky segmenter"),
-    (("-m", "{run}/truncated.keras"), "truncated.keras: cannot load model"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("-m", "{tmp}/missing.keras"), "missing.keras: model file not found"),
+        (("-m", "{tmp}/loose.keras"), "config key '--config': not given, and there is no config.yaml beside"),
+        (("-m", "{model}", "--set", "model.classes=2"), "config key 'model.classes': is 2 but"),
+        (("-m", "{model}", "--set", "data.cache={tmp}/nothing"), "nothing"),
+        (("-m", "{run}/translator.keras"), "is a pix2pix model, not a sky segmenter"),
+        (("-m", "{run}/truncated.keras"), "truncated.keras: cannot load model"),
+    ],
+)
 def test_evaluate_precision_bad_input_is_one_line(prepared, cli, tmp_path, args, message):
     _, model = prepared
     saved(tmp_path, None, "loose")

@@ -24,8 +24,16 @@ def test_training_prints_measured_step_time_and_projected_end_and_records_epoch_
     caplog.set_level(logging.INFO, logger="tfsky")
     model = one_conv_segmenter()
     fit_run(
-        model, tiny_data(), tiny_data(), run_dir=tmp_path, epochs=3, monitor="val_iou", mode="max",
-        save_best=lambda m, path, logs: None, steps_per_epoch=2, verbose=2,
+        model,
+        tiny_data(),
+        tiny_data(),
+        run_dir=tmp_path,
+        epochs=3,
+        monitor="val_iou",
+        mode="max",
+        save_best=lambda m, path, logs: None,
+        steps_per_epoch=2,
+        verbose=2,
     )
     lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("budget:")]
     assert len(lines) == 1  # after epoch 2, the first epoch not slowed by tracing
@@ -45,7 +53,14 @@ def test_a_silent_run_prints_no_budget(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="tfsky")
     model = one_conv_segmenter()
     fit_run(
-        model, tiny_data(), tiny_data(), run_dir=tmp_path, epochs=2, monitor="val_iou", mode="max",
-        save_best=lambda m, path, logs: None, verbose=0,
+        model,
+        tiny_data(),
+        tiny_data(),
+        run_dir=tmp_path,
+        epochs=2,
+        monitor="val_iou",
+        mode="max",
+        save_best=lambda m, path, logs: None,
+        verbose=0,
     )
     assert "budget:" not in caplog.text

@@ -64,7 +64,9 @@ def test_prepare_writes_manifest_and_round_trips_ldr_exactly(tmp_path):
         entry = entries[item.id]
         assert entry["sha256"] == hashlib.sha256(item.image.tobytes()).hexdigest()
         assert (entry["split"], entry["height"], entry["width"], entry["status"]) == (
-            item.split, *item.image.shape[:2], "written"
+            item.split,
+            *item.image.shape[:2],
+            "written",
         )
 
 
@@ -321,7 +323,9 @@ def test_shipped_sky_ldr_config_prepares_the_shared_data_into_model_batches(shar
     assert result.exit_code == 0, result.stderr
     cfg = load_config(DataConfig, config, [f"data.cache={cache}"], section="data")
     manifest = read_manifest(cache)
-    assert manifest["totals"]["written"] == 100 + 100 + 20 + 40 + 468 + 358  # ADE20K, Cityscapes, GoPro, SkyFinder, CamVid, WSISEG
+    assert (
+        manifest["totals"]["written"] == 100 + 100 + 20 + 40 + 468 + 358
+    )  # ADE20K, Cityscapes, GoPro, SkyFinder, CamVid, WSISEG
     written = [entry for entry in manifest["items"] if entry["status"] == "written"]
     for entry in written:  # the short side at the working scale, never enlarged
         short = min(entry["source_height"], entry["source_width"])
@@ -329,7 +333,11 @@ def test_shipped_sky_ldr_config_prepares_the_shared_data_into_model_batches(shar
     for split in ("train", "val"):
         image, mask = next(iter(segmentation_dataset(cfg, split, 4, seed=0)))
         assert (image.shape, image.dtype.name, mask.shape, mask.dtype.name) == (
-            (4, 256, 256, 3), "float32", (4, 256, 256, 1), "float32")
+            (4, 256, 256, 3),
+            "float32",
+            (4, 256, 256, 1),
+            "float32",
+        )
 
 
 def test_shipped_configs_load_and_validate():

@@ -21,8 +21,15 @@ from tfsky.data.streams import StreamsConfig, import_tree, read_manifest, valida
 from tfsky.errors import InputError
 from tfsky.io.images import read_image, read_mask
 from tfsky.io.writers import write_mask_png, write_png
-from tfsky.predict.camera_mask import (CameraPrior, Consensus, SkymaskConfig, SkyModel, SkymaskPaths, sky_regions,
-                                       skymask_streams)
+from tfsky.predict.camera_mask import (
+    CameraPrior,
+    Consensus,
+    SkymaskConfig,
+    SkyModel,
+    SkymaskPaths,
+    sky_regions,
+    skymask_streams,
+)
 from test_predict import tiny_segmenter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +63,7 @@ def canvas(light: float = 1.0, sky: np.ndarray | None = None) -> np.ndarray:
 def crop(image: np.ndarray, dx: int = 0, dy: int = 0) -> np.ndarray:
     """The camera's view; ``(dx, dy)`` moves the view right/down by that many pixels."""
     top, left = CANVAS_MARGIN + dy, CANVAS_MARGIN + dx
-    return image[top:top + FRAME[0], left:left + FRAME[1]]
+    return image[top : top + FRAME[0], left : left + FRAME[1]]
 
 
 TRUE_SKY = crop(canvas_sky())
@@ -100,7 +107,7 @@ def stand_in(fail_after: int | None = None) -> SkyModel:
 def obstructed(light: float) -> np.ndarray:
     """A frame whose sky is mostly covered by something textured like the ground (a truck in front of the camera)."""
     sky = canvas_sky()
-    sky[:, CANVAS_MARGIN + 10:CANVAS_MARGIN + 90] = False
+    sky[:, CANVAS_MARGIN + 10 : CANVAS_MARGIN + 90] = False
     return crop(canvas(light, sky))
 
 
@@ -143,8 +150,12 @@ def validated(root: Path, out: Path) -> Path:
 
 @pytest.fixture
 def stream_root(tmp_path) -> Path:
-    frames = daylight_frames() | {"night": crop(canvas(0.15)), "fog": crop(fog(canvas(1.0))),
-                                  "blank": np.full(FRAME + (3,), 128.0), "truck": obstructed(1.0)}
+    frames = daylight_frames() | {
+        "night": crop(canvas(0.15)),
+        "fog": crop(fog(canvas(1.0))),
+        "blank": np.full(FRAME + (3,), 128.0),
+        "truck": obstructed(1.0),
+    }
     write_stream(tmp_path / "frames", "cam", frames)
     return validated(tmp_path / "frames", tmp_path / "streams")
 
@@ -200,8 +211,12 @@ def test_fused_mask_is_the_true_sky_and_bad_frames_are_rejected_with_their_reaso
     np.testing.assert_array_equal(read_mask(paths.mask).astype(bool), TRUE_SKY)
     facts = json.loads(paths.report.read_text())
     assert reasons(facts) == {"night": "night", "blank": "blank", "fog": "uncertain"}
-    assert facts["frames"] == {"total": 11, "used": 8, "rejected": 3,
-                               "rejected_by_reason": {"night": 1, "blank": 1, "uncertain": 1}}
+    assert facts["frames"] == {
+        "total": 11,
+        "used": 8,
+        "rejected": 3,
+        "rejected_by_reason": {"night": 1, "blank": 1, "uncertain": 1},
+    }
     assert facts["sky_disagrees"] == ["20200101_180000_truck.png"]  # the crane is too small to disagree
     assert facts["sky_share"] == pytest.approx(TRUE_SKY.mean(), abs=1e-4)
     agreement = read_image(paths.agreement, channels=1)[..., 0]
@@ -217,15 +232,23 @@ def test_fused_mask_is_the_true_sky_and_bad_frames_are_rejected_with_their_reaso
 def test_a_wall_the_model_calls_sky_in_every_frame_is_dropped_by_the_region_rules(tmp_path):
     """The per-pixel consensus keeps the wall and the speck (every frame says sky); the region rules drop them."""
     lights = (1.0, 1.05, 1.1, 1.15, 1.2)  # a scene without sky is darker: dimmer frames would be night
-    write_stream(tmp_path / "frames", "cam", {f"day{i}": with_wall_and_speck(crop(canvas(light)), light)
-                                              for i, light in enumerate(lights)})
+    write_stream(
+        tmp_path / "frames",
+        "cam",
+        {f"day{i}": with_wall_and_speck(crop(canvas(light)), light) for i, light in enumerate(lights)},
+    )
     no_sky = np.zeros_like(canvas_sky())
-    write_stream(tmp_path / "frames", "no_sky", {f"day{i}": with_wall_and_speck(crop(canvas(light, no_sky)), light)
-                                                 for i, light in enumerate(lights)})
+    write_stream(
+        tmp_path / "frames",
+        "no_sky",
+        {f"day{i}": with_wall_and_speck(crop(canvas(light, no_sky)), light) for i, light in enumerate(lights)},
+    )
     streams = validated(tmp_path / "frames", tmp_path / "streams")
     skymask_streams([streams], stand_in(), TEST_CFG)
-    facts = {camera: json.loads(SkymaskPaths.beside(streams / camera / "stream.json").report.read_text())
-             for camera in ("cam", "no_sky")}
+    facts = {
+        camera: json.loads(SkymaskPaths.beside(streams / camera / "stream.json").report.read_text())
+        for camera in ("cam", "no_sky")
+    }
     mask = {camera: read_mask(streams / camera / "camera_mask.png").astype(bool) for camera in ("cam", "no_sky")}
     np.testing.assert_array_equal(mask["cam"], TRUE_SKY)
     assert not mask["no_sky"].any() and facts["no_sky"]["sky_share"] == 0
@@ -233,10 +256,12 @@ def test_a_wall_the_model_calls_sky_in_every_frame_is_dropped_by_the_region_rule
     assert facts["cam"]["regions_dropped"] == facts["no_sky"]["regions_dropped"] == wall_and_speck
     assert facts["cam"]["sky_disagrees"] == []  # a frame's own wall does not make it disagree with the sky
     assert len(facts["no_sky"]["sky_disagrees"]) == len(lights)  # each frame calls the wall sky: to review
-    skymask_streams([streams], stand_in(), SkymaskConfig(analysis_width=128, min_region=0, keep_enclosed=True),
-                    overwrite=True)
-    np.testing.assert_array_equal(read_mask(streams / "cam" / "camera_mask.png").astype(bool),
-                                  TRUE_SKY | region(WALL, SPECK))
+    skymask_streams(
+        [streams], stand_in(), SkymaskConfig(analysis_width=128, min_region=0, keep_enclosed=True), overwrite=True
+    )
+    np.testing.assert_array_equal(
+        read_mask(streams / "cam" / "camera_mask.png").astype(bool), TRUE_SKY | region(WALL, SPECK)
+    )
     np.testing.assert_array_equal(read_mask(streams / "no_sky" / "camera_mask.png").astype(bool), region(WALL, SPECK))
 
 
@@ -248,7 +273,11 @@ def test_a_moved_camera_is_aligned_by_its_offset_and_a_turned_one_rejected(tmp_p
     streams = validated(tmp_path / "frames", tmp_path / "streams")
     validation = {f.file.split("_", 2)[2]: f.reason for f in read_manifest(streams / "cam" / "stream.json").frames}
     assert {name for name, reason in validation.items() if reason == "moved"} == {
-        "shifted0.png", "shifted1.png", "shifted2.png", "turned.png"}
+        "shifted0.png",
+        "shifted1.png",
+        "shifted2.png",
+        "turned.png",
+    }
     skymask_streams([streams], stand_in(), TEST_CFG)
     paths = SkymaskPaths.beside(streams / "cam" / "stream.json")
     facts = json.loads(paths.report.read_text())
@@ -292,7 +321,8 @@ def test_a_failing_stream_is_reported_and_the_others_go_on(stream_root, tmp_path
     assert failures[empty].startswith("no stream.json manifests found")
     assert failures[stream_root / "broken" / "stream.json"].startswith("not a valid stream manifest")
     assert failures[stream_root / "night_cam" / "stream.json"] == (
-        "no usable frames to learn the camera mask from (night 3); run tfsky streams validate first")
+        "no usable frames to learn the camera mask from (night 3); run tfsky streams validate first"
+    )
 
 
 def test_skymask_cli_with_a_real_model_and_its_one_line_errors(cli, stream_root, tmp_path):
@@ -304,11 +334,15 @@ def test_skymask_cli_with_a_real_model_and_its_one_line_errors(cli, stream_root,
     missing = cli("streams", "skymask", stream_root, "--model", tmp_path / "nope.keras")
     assert (missing.exit_code, missing.stderr.strip()) == (1, f"Error: {tmp_path / 'nope.keras'}: model file not found")
     too_big = cli("streams", "skymask", stream_root, "--model", model, "--min-region", "2")
-    assert (too_big.exit_code, too_big.stderr.strip()) == (1, "Error: config key 'min_region': must be in [0, 1]; got 2.0")
+    assert (too_big.exit_code, too_big.stderr.strip()) == (
+        1,
+        "Error: config key 'min_region': must be in [0, 1]; got 2.0",
+    )
     unsure = cli("streams", "skymask", stream_root, "--model", model, "--overwrite", "--quiet")
     assert unsure.exit_code == 1 and "Traceback" not in unsure.stderr
-    assert unsure.stderr.startswith(f"failed {stream_root / 'cam' / 'stream.json'}: no frame survived the "
-                                    "camera-mask checks (uncertain 9")
+    assert unsure.stderr.startswith(
+        f"failed {stream_root / 'cam' / 'stream.json'}: no frame survived the camera-mask checks (uncertain 9"
+    )
 
 
 # --- the camera prior (tfsky predict --camera-mask) ---------------------------------------------------
@@ -350,8 +384,17 @@ def test_predict_camera_mask_flag_and_config_key(cli, tmp_path):
     frame = tmp_path / "in" / "night.png"
     write_png(frame, crop(canvas(0.15)).astype(np.uint8))
     write_mask_png(tmp_path / "cam-mask.png", TRUE_SKY)
-    result = cli("predict", frame, "--model", model, "--out", tmp_path / "out", "--camera-mask",
-                 tmp_path / "cam-mask.png", "--quiet")
+    result = cli(
+        "predict",
+        frame,
+        "--model",
+        model,
+        "--out",
+        tmp_path / "out",
+        "--camera-mask",
+        tmp_path / "cam-mask.png",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.stderr
     sidecar = json.loads((tmp_path / "out" / "night.json").read_text())
     assert sidecar["camera_prior"]["evidence"]["brightness"] == 0
@@ -361,11 +404,19 @@ def test_predict_camera_mask_flag_and_config_key(cli, tmp_path):
     missing = cli("predict", frame, "--model", model, "--out", tmp_path / "out2", "--config", config, "--quiet")
     assert (missing.exit_code, missing.stderr) == (1, f"Error: {tmp_path / 'absent.png'}: camera mask not found\n")
     write_mask_png(tmp_path / "small-mask.png", TRUE_SKY[::2, ::2])
-    wrong = cli("predict", frame, "--model", model, "--out", tmp_path / "out3", "--camera-mask",
-                tmp_path / "small-mask.png", "--quiet")
+    wrong = cli(
+        "predict",
+        frame,
+        "--model",
+        model,
+        "--out",
+        tmp_path / "out3",
+        "--camera-mask",
+        tmp_path / "small-mask.png",
+        "--quiet",
+    )
     assert wrong.exit_code == 1
-    assert wrong.stderr == (f"failed {frame}: is 128x72 but the camera mask {tmp_path / 'small-mask.png'} "
-                            "is 64x36\n")
+    assert wrong.stderr == (f"failed {frame}: is 128x72 but the camera mask {tmp_path / 'small-mask.png'} is 64x36\n")
 
 
 class StandInClassifier:
@@ -400,9 +451,23 @@ def test_eval_script_runs_end_to_end_on_skyfinder(shared_data, tmp_path):
     """With an untrained tiny model the numbers mean nothing; the script's path through real data is the test."""
     model = tiny_segmenter(tmp_path / "tiny.keras")
     out = tmp_path / "eval.json"
-    run = subprocess.run([sys.executable, str(REPO / "scripts" / "eval_skymask.py"), "--model", str(model),
-                          "--data", str(shared_data / "skyfinder_webcams"), "--out", str(out),
-                          "--min-confidence", "0"], capture_output=True, text=True, cwd=REPO)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "eval_skymask.py"),
+            "--model",
+            str(model),
+            "--data",
+            str(shared_data / "skyfinder_webcams"),
+            "--out",
+            str(out),
+            "--min-confidence",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads(out.read_text())
     assert set(results["cameras"]) == {"623", "684", "9730", "10917"}

@@ -26,7 +26,7 @@ def sky_photo(seed: int, clear: bool, size: int = 64) -> np.ndarray:
     sky = np.array([90, 150, 235] if clear else [170, 170, 175], np.float32) + rng.normal(0, 12, 3)
     image[: size // 2] = sky
     ground = rng.uniform(0, 140, (2, 4, 3)).astype(np.float32)  # coarse blocks: every photo its own scene
-    image[size // 2:] = cv2.resize(ground, (size, size - size // 2), interpolation=cv2.INTER_NEAREST)
+    image[size // 2 :] = cv2.resize(ground, (size, size - size // 2), interpolation=cv2.INTER_NEAREST)
     return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
 
 
@@ -45,8 +45,9 @@ def photo_folders(tmp_path_factory) -> Path:
 
 
 def data_config(root: Path, **changes) -> ClassifierDataConfig:
-    return ClassifierDataConfig(sources=[LabelledSource("class_folders", root)], classes=CLASSES, image_size=32,
-                                val_fraction=0.25, **changes)
+    return ClassifierDataConfig(
+        sources=[LabelledSource("class_folders", root)], classes=CLASSES, image_size=32, val_fraction=0.25, **changes
+    )
 
 
 def test_class_folders_are_mapped_to_conditions_and_split_by_source(photo_folders):
@@ -63,8 +64,11 @@ def test_class_folders_are_mapped_to_conditions_and_split_by_source(photo_folder
 
 
 def test_real_weather_photos_keep_near_duplicates_on_one_side(shared_data):
-    cfg = load_config(ClassifierConfig, "configs/weather_mwd.yaml",
-                      [f"data.sources=[{{kind: class_folders, path: {shared_data / 'weather_mwd'}}}]"])
+    cfg = load_config(
+        ClassifierConfig,
+        "configs/weather_mwd.yaml",
+        [f"data.sources=[{{kind: class_folders, path: {shared_data / 'weather_mwd'}}}]"],
+    )
     data = labelled_set(cfg.data)
     counts = {split: len(items) for split, items in data.splits.items()}
     assert counts == {"train": 668, "val": 169}
@@ -80,10 +84,14 @@ def test_csv_source_groups_by_folder(tmp_path):
             Image.fromarray(sky_photo(index, camera in "ab")).save(tmp_path / camera / f"{index}.png")
     rows = [f"{cam}/{i}.png,{'Clear sky' if cam in 'ab' else 'Overcast sky'}" for cam in "abcd" for i in range(3)]
     (tmp_path / "labels.csv").write_text("image_name,sky_type\n" + "\n".join(rows + ["z/9.png,Clear sky"]) + "\n")
-    source = LabelledSource("csv", tmp_path / "labels.csv", image_column="image_name", label_column="sky_type",
-                            group="folder")
-    data = labelled_set(ClassifierDataConfig([source], {"Clear sky": "clear", "Overcast sky": "overcast"},
-                                             image_size=32, val_fraction=0.3))
+    source = LabelledSource(
+        "csv", tmp_path / "labels.csv", image_column="image_name", label_column="sky_type", group="folder"
+    )
+    data = labelled_set(
+        ClassifierDataConfig(
+            [source], {"Clear sky": "clear", "Overcast sky": "overcast"}, image_size=32, val_fraction=0.3
+        )
+    )
     val_cameras = {i.path.parent.name for i in data.splits["val"]}
     assert len(val_cameras) == 2 and {i.condition for i in data.splits["val"]} == {"clear", "overcast"}
     assert len(data.splits["val"]) == 6  # whole cameras
@@ -92,12 +100,15 @@ def test_csv_source_groups_by_folder(tmp_path):
         labelled_set(ClassifierDataConfig([LabelledSource("csv", tmp_path / "labels.csv")], CLASSES))
 
 
-@pytest.mark.parametrize("override, key", [
-    ("model.backbone=resnet7", "model.backbone"),
-    ("train.loss=dice", "train.loss"),
-    ("data.image_size=100", "data.image_size"),
-    ("data.classes={shine: clear}", "data.classes"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.backbone=resnet7", "model.backbone"),
+        ("train.loss=dice", "train.loss"),
+        ("data.image_size=100", "data.image_size"),
+        ("data.classes={shine: clear}", "data.classes"),
+    ],
+)
 def test_config_errors_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"^config key '{key}'"):
         load_config(ClassifierConfig, "configs/weather_tiny.yaml", [override])
@@ -126,9 +137,21 @@ def test_colour_baseline_separates_blue_from_grey_skies():
 @pytest.mark.slow
 def test_train_resume_and_evaluate_a_tiny_classifier(photo_folders, tmp_path, cli):
     sources = f"data.sources=[{{kind: class_folders, path: {photo_folders}}}]"
-    common = ["-c", "configs/weather_tiny.yaml", "--set", sources, "--set", "data.classes={shine: clear, cloudy: overcast}",
-              "--set", "data.val_fraction=0.25", "--set", f"train.runs_root={tmp_path / 'runs'}", "--set",
-              "train.batch_size=4", "-q"]
+    common = [
+        "-c",
+        "configs/weather_tiny.yaml",
+        "--set",
+        sources,
+        "--set",
+        "data.classes={shine: clear, cloudy: overcast}",
+        "--set",
+        "data.val_fraction=0.25",
+        "--set",
+        f"train.runs_root={tmp_path / 'runs'}",
+        "--set",
+        "train.batch_size=4",
+        "-q",
+    ]
     first = cli("train", "classifier", *common, "--set", "train.epochs=1")
     assert first.exit_code == 0, first.output
     run = next((tmp_path / "runs" / "weather_tiny").iterdir())
@@ -174,7 +197,9 @@ def test_streams_label_predicts_every_frame_and_human_labels_win(untrained_class
 
     (tmp_path / "frames" / "cam").mkdir(parents=True)
     for hour in range(10, 15):
-        Image.fromarray(sky_photo(hour, hour % 2 == 0, size=96)).save(tmp_path / "frames" / "cam" / f"20200101_{hour}0000.png")
+        Image.fromarray(sky_photo(hour, hour % 2 == 0, size=96)).save(
+            tmp_path / "frames" / "cam" / f"20200101_{hour}0000.png"
+        )
     (tmp_path / "frames" / "cam" / "20200101_150000.png").write_bytes(b"not a png")
     (tmp_path / "labels.csv").write_text("image,sky_condition\ncam/20200101_100000.png,overcast\n")
     validate_streams(StreamsConfig(root=tmp_path / "frames", labels_csv=tmp_path / "labels.csv"), out=tmp_path / "m")
@@ -190,8 +215,18 @@ def test_streams_label_predicts_every_frame_and_human_labels_win(untrained_class
         assert frame.confidence == frame.prediction["probability"] and 0.5 <= frame.confidence <= 1
     assert unreadable.prediction is None and unreadable.condition is None
 
-    validated = cli("streams", "validate", tmp_path / "m", "--set", "streams.min_confidence=1.0", "--set",
-                    "streams.min_edge_correlation=-1", "--set", "streams.max_offset=1", "-q")  # one scene per frame
+    validated = cli(
+        "streams",
+        "validate",
+        tmp_path / "m",
+        "--set",
+        "streams.min_confidence=1.0",
+        "--set",
+        "streams.min_edge_correlation=-1",
+        "--set",
+        "streams.max_offset=1",
+        "-q",
+    )  # one scene per frame
     assert validated.exit_code == 0, validated.output
     reasons = [f.reason for f in read_manifest(tmp_path / "m" / "cam" / "stream.json").frames]
     assert reasons == ["", "low_confidence", "low_confidence", "low_confidence", "low_confidence", "corrupt"]
@@ -214,8 +249,10 @@ def blue_sky_segmenter(path: Path) -> Path:
 
 
 def test_streams_label_with_a_segmenter_measures_the_sky_and_leaves_skyless_frames_unlabelled(
-        untrained_classifier, tmp_path, cli):
+    untrained_classifier, tmp_path, cli
+):
     from tfsky.data.streams import StreamsConfig, read_manifest, validate_streams
+
     frames = tmp_path / "frames" / "cam"
     frames.mkdir(parents=True)
     sky_over_ground = np.full((120, 160, 3), 40, np.uint8)
@@ -276,7 +313,9 @@ def test_backbone_starts_from_a_trained_segmenters_encoder(tmp_path):
     for name in ("bn_data", "conv0", "stage4_unit2_conv2"):
         for ours, theirs in zip(sky_aware.get_layer(name).get_weights(), segmenter.get_layer(name).get_weights()):
             np.testing.assert_array_equal(ours, theirs)
-    assert not np.array_equal(fresh.get_layer("bn_data").get_weights()[0], sky_aware.get_layer("bn_data").get_weights()[0])
+    assert not np.array_equal(
+        fresh.get_layer("bn_data").get_weights()[0], sky_aware.get_layer("bn_data").get_weights()[0]
+    )
     with pytest.raises(InputError, match="encoder layer .* has other shapes|segmenter has no encoder layer"):
         build_classifier(ClassifierModelConfig(backbone="resnet34", encoder_from=path), 4)
 

@@ -33,8 +33,9 @@ def served(tmp_path_factory):
     from tfsky.train.config import ClassifierConfig
 
     root = tmp_path_factory.mktemp("classifier_serving")
-    data = ClassifierDataConfig(sources=[LabelledSource("class_folders", root)], image_size=32,
-                                classes={"shine": "clear", "cloudy": "overcast"})
+    data = ClassifierDataConfig(
+        sources=[LabelledSource("class_folders", root)], image_size=32, classes={"shine": "clear", "cloudy": "overcast"}
+    )
     cfg = ClassifierConfig(name="tiny", data=data)
     model = root / "best.keras"
     tf.keras.utils.set_random_seed(0)
@@ -48,8 +49,16 @@ def served(tmp_path_factory):
     expected = {f: classifier.probabilities(classifier.inputs(read_image(f))[None])[0] for f in files}
     export_model(model, root / "models", "weather")
     server = DevServer(root / "models", grpc_port=0, rest_port=0, poll_seconds=0.3).start()
-    yield {"root": root, "model": model, "photos": photos, "files": files, "expected": expected, "id": classifier.id,
-           "grpc": f"127.0.0.1:{server.grpc_port}", "rest": f"127.0.0.1:{server.rest_port}"}
+    yield {
+        "root": root,
+        "model": model,
+        "photos": photos,
+        "files": files,
+        "expected": expected,
+        "id": classifier.id,
+        "grpc": f"127.0.0.1:{server.grpc_port}",
+        "rest": f"127.0.0.1:{server.rest_port}",
+    }
     server.stop()
 
 
@@ -126,11 +135,13 @@ def test_predict_with_a_classifier_reports_a_bad_file_and_an_hdr_image_and_goes_
 
 
 def test_predict_with_a_classifier_refuses_segmenter_flags_in_one_line(served, cli, tmp_path):
-    result = cli("predict", "-m", served["model"], served["photos"], "-o", tmp_path / "out", "--tile", "64",
-                 "--threshold", "0.4")
+    result = cli(
+        "predict", "-m", served["model"], served["photos"], "-o", tmp_path / "out", "--tile", "64", "--threshold", "0.4"
+    )
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"Error: {served['model']}: is a weather classifier: --threshold, --tile apply "
-                                     "to segmenters only")
+    assert result.stderr.strip() == (
+        f"Error: {served['model']}: is a weather classifier: --threshold, --tile apply to segmenters only"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -138,11 +149,25 @@ def test_predict_with_a_classifier_refuses_segmenter_settings_from_config_and_se
     """-c and --set predict.* values are refused like the flags, not ignored silently; unchanged defaults pass."""
     config = tmp_path / "predict.yaml"
     config.write_text("predict:\n  tiling:\n    tta: flip2\n  prob_format: png16\n")
-    result = cli("predict", "-m", served["model"], served["photos"], "-o", tmp_path / "out", "-c", config,
-                 "--set", "predict.threshold=0.4", "--threshold", "0.5")
+    result = cli(
+        "predict",
+        "-m",
+        served["model"],
+        served["photos"],
+        "-o",
+        tmp_path / "out",
+        "-c",
+        config,
+        "--set",
+        "predict.threshold=0.4",
+        "--threshold",
+        "0.5",
+    )
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"Error: {served['model']}: is a weather classifier: --threshold, "
-                                     "predict.tiling.tta (--config/--set) apply to segmenters only")
+    assert result.stderr.strip() == (
+        f"Error: {served['model']}: is a weather classifier: --threshold, "
+        "predict.tiling.tta (--config/--set) apply to segmenters only"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -179,8 +204,10 @@ def test_client_predict_with_a_classifier_reports_bad_files_and_goes_on(served, 
     result = cli("client", "predict", folder, "-o", tmp_path / "out", "--server", served["grpc"], "--model", "weather")
     assert result.exit_code == 1
     assert str(folder / "broken.png") in result.stderr and "done 2, skipped 0, failed 1" in result.stdout
-    assert [row["file"] for row in table(tmp_path / "out" / TABLE)] == [str(folder / "good.png"),
-                                                                        str(folder / "tiff.tif")]
+    assert [row["file"] for row in table(tmp_path / "out" / TABLE)] == [
+        str(folder / "good.png"),
+        str(folder / "tiff.tif"),
+    ]
 
 
 def test_client_classify_image_and_tiles_of_a_classifier_export(served, cli, tmp_path):
@@ -190,7 +217,18 @@ def test_client_classify_image_and_tiles_of_a_classifier_export(served, cli, tmp
     assert sum(answer.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
     version = served["root"] / "models" / "weather" / "1"
-    result = cli("client", "predict", served["photos"] / "blue.png", "-o", tmp_path / "out", "--server",
-                 served["grpc"], "--model", "weather", "--tiles", version)
+    result = cli(
+        "client",
+        "predict",
+        served["photos"] / "blue.png",
+        "-o",
+        tmp_path / "out",
+        "--server",
+        served["grpc"],
+        "--model",
+        "weather",
+        "--tiles",
+        version,
+    )
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: {version}: is a classifier model, not a sky segmenter"

@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_module(*args: str) -> subprocess.CompletedProcess:
     """``python -m tfsky ARGS`` in a fresh process, importing this source tree."""
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "tfsky", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "tfsky", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_version(cli):
@@ -39,10 +38,12 @@ def test_python_m_tfsky_is_the_tfsky_command():
 @pytest.mark.parametrize("args", [["--version"], ["predict", "--help"]])
 def test_version_and_help_answer_without_importing_tensorflow(args):
     """``--version``, ``--help`` and every Tab press of shell completion must not pay TensorFlow's seconds of import."""
-    code = (f"import sys; sys.argv = ['tfsky', *{args!r}]\n"
-            "from tfsky.cli.main import main\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print('tensorflow' in sys.modules)")
+    code = (
+        f"import sys; sys.argv = ['tfsky', *{args!r}]\n"
+        "from tfsky.cli.main import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('tensorflow' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.stdout.splitlines()[-1] == "False"
     expected = "Usage: tfsky predict" if "--help" in args else f"tfsky {tfsky.__version__}"

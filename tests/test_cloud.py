@@ -188,7 +188,9 @@ def test_each_frame_gets_the_camera_mask_that_fits_it_else_its_own_bright_pixels
     assert mask.path.name == "wide.png" and np.array_equal(valid, wide)  # the dim ring is outside the lens
     valid, mask = masks.valid_sky(second)  # black on a fifth of the wide mask: it does not fit
     assert mask is None and np.array_equal(valid, cropped)
-    both = CameraMasks(CloudCoverConfig(camera_masks=[tmp_path / "wide.png", write_mask(tmp_path / "crop.png", cropped)]))
+    both = CameraMasks(
+        CloudCoverConfig(camera_masks=[tmp_path / "wide.png", write_mask(tmp_path / "crop.png", cropped)])
+    )
     assert both.valid_sky(second)[1].path.name == "crop.png"
     assert CameraMasks(CloudCoverConfig(camera_masks=[])).valid_sky(first)[1] is None
     assert both.valid_sky(first[:40])[1] is None  # a frame of another size: no mask of its size
@@ -205,12 +207,13 @@ def test_serving_graph_chooses_the_same_valid_sky_as_tfsky_predict(tmp_path):
     cfg = CloudCoverConfig(camera_masks=[write_mask(tmp_path / "wide.png", wide)])
     masks = CameraMasks(cfg)
     graph = tf.function(masks.valid_sky_graph)
-    sixteen_bit = (second.astype(np.uint16) * 257)
+    sixteen_bit = second.astype(np.uint16) * 257
     sixteen_bit[0, :3] = [[2056] * 3, [2057] * 3, [2184] * 3]  # 8 * 257 is dark, one step above is bright
     for frame in (first, second, first[:40]):
         assert np.array_equal(graph(tf.constant(frame / 255.0, tf.float32)).numpy(), masks.valid_sky(frame)[0])
-    assert np.array_equal(graph(tf.constant(sixteen_bit / 65535.0, tf.float32)).numpy(),
-                          masks.valid_sky(sixteen_bit)[0])
+    assert np.array_equal(
+        graph(tf.constant(sixteen_bit / 65535.0, tf.float32)).numpy(), masks.valid_sky(sixteen_bit)[0]
+    )
     assert masks.valid_sky(sixteen_bit)[0][0, :3].tolist() == [False, True, True]
 
 
@@ -223,11 +226,14 @@ def test_default_masks_are_the_models_training_cameras_and_a_missing_one_is_one_
     mask = write_mask(tmp_path / "wide.png", wide)
 
     def model_info(mask_path):
-        cameras = [{"name": "c1", "first_frame": 1, "last_frame": 9, "mask": str(mask_path)},
-                   {"name": "c2", "first_frame": 10, "last_frame": 20, "mask": None}]
+        cameras = [
+            {"name": "c1", "first_frame": 1, "last_frame": 9, "mask": str(mask_path)},
+            {"name": "c2", "first_frame": 10, "last_frame": 20, "mask": None},
+        ]
         source = {"kind": "allsky_folder", "name": "wsiseg", "allsky": {"cameras": cameras}}
-        return ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=64, classes=2,
-                         config={"data": {"sources": [source]}})
+        return ModelInfo(
+            task="segmenter", preprocess=Preprocess(), tile_size=64, classes=2, config={"data": {"sources": [source]}}
+        )
 
     assert training_camera_masks(model_info(mask)) == [mask]
     cover = FrameCover(CloudCoverConfig(), 0.5, model_info(mask))
@@ -254,7 +260,8 @@ def test_a_relative_camera_mask_is_recorded_resolved_so_predict_finds_it_from_an
     (tmp_path / "run.yaml").write_text(
         "name: cloud\ndata:\n  sources:\n    - kind: allsky_folder\n      name: wsiseg\n"
         "      images: data/images\n      masks: data/annotation\n      allsky:\n        cameras:\n"
-        "          - {name: c1, first_frame: 0, last_frame: 9, mask: data/mask_cam.png}\nmodel:\n  classes: 2\n")
+        "          - {name: c1, first_frame: 0, last_frame: 9, mask: data/mask_cam.png}\nmodel:\n  classes: 2\n"
+    )
     monkeypatch.chdir(tmp_path)  # the training run's folder
     recorded = to_dict(load_config(SegmenterConfig, "run.yaml"))
     monkeypatch.chdir(tmp_path / "data" / "images")  # predict, from another folder
@@ -267,8 +274,9 @@ def test_cloud_cover_config_checks_its_masks_and_fit_share(tmp_path):
     from tfsky.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"camera_masks\[1\]"):
-        CloudCoverConfig(camera_masks=[write_mask(tmp_path / "m.png", np.ones((4, 4), bool)),
-                                       tmp_path / "none.png"]).validate()
+        CloudCoverConfig(
+            camera_masks=[write_mask(tmp_path / "m.png", np.ones((4, 4), bool)), tmp_path / "none.png"]
+        ).validate()
     with pytest.raises(ConfigError, match="mask_fit_dark_pct"):
         CloudCoverConfig(mask_fit_dark_pct=100).validate()
 

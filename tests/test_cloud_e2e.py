@@ -14,9 +14,18 @@ from tfsky.config import load_config
 from tfsky.train.config import SegmenterConfig
 
 REPO = Path(__file__).resolve().parents[1]
-FRAMES = ["ASC100-1006_001.png", "ASC100-1006_002.png", "ASC100-1006_004.png", "ASC100-1006_007.png",
-          "ASC100-1006_042.png", "ASC100-1006_076.png", "ASC100-1006_451.png", "ASC100-1006_480.png",
-          "ASC100-1006_509.png", "ASC100-1006_539.png"]
+FRAMES = [
+    "ASC100-1006_001.png",
+    "ASC100-1006_002.png",
+    "ASC100-1006_004.png",
+    "ASC100-1006_007.png",
+    "ASC100-1006_042.png",
+    "ASC100-1006_076.png",
+    "ASC100-1006_451.png",
+    "ASC100-1006_480.png",
+    "ASC100-1006_509.png",
+    "ASC100-1006_539.png",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +50,7 @@ def trained(shared_data, tmp_path_factory):
 
 def test_evaluate_segmenter_on_a_cloud_model_reports_cloud_metrics_per_camera(trained, cli):
     root, model, _ = trained
-    result = cli("evaluate", "segmenter", "--model", model, "--data", root / "cache", "--out", root / "eval",
-                 "--quiet")
+    result = cli("evaluate", "segmenter", "--model", model, "--data", root / "cache", "--out", root / "eval", "--quiet")
     assert result.exit_code == 0, result.output
     summary = json.loads((root / "eval" / "eval.json").read_text())
     assert summary["task"] == "cloud"
@@ -68,8 +76,18 @@ def test_predict_with_a_cloud_model_writes_cloud_cover_and_a_time_series(trained
     out = root / "predict"
     frames = data / "images"
     mask = shared_data / "allsky_wsiseg" / "mask_cam.png"
-    first = cli("predict", "--model", model, frames / FRAMES[0], frames / FRAMES[1], "--out", out, "--quiet",
-                "--set", f"predict.cloud.camera_mask={mask}")
+    first = cli(
+        "predict",
+        "--model",
+        model,
+        frames / FRAMES[0],
+        frames / FRAMES[1],
+        "--out",
+        out,
+        "--quiet",
+        "--set",
+        f"predict.cloud.camera_mask={mask}",
+    )
     assert first.exit_code == 0, first.output
     sidecar = json.loads((out / "ASC100-1006_001.json").read_text())
     cover = sidecar["cloud_cover"]

@@ -53,8 +53,10 @@ def test_sahi_box_polygons_rasterise_to_the_exact_box_union(shared_data):
             x, y, w, h = map(int, ann["bbox"])
             boxes[y : y + h, x : x + w] = 1
         mask = dataset.mask(image.id)
-        assert mask.shape == (image.height, image.width) == {"terrain1.jpg": (1365, 2048)}.get(
-            image.file_name, (682, 1024)
+        assert (
+            mask.shape
+            == (image.height, image.width)
+            == {"terrain1.jpg": (1365, 2048)}.get(image.file_name, (682, 1024))
         )
         # the files' "area" field is the whole image (a SAHI quirk), so compare with the boxes instead
         assert mask.sum() > 0 and np.array_equal(mask, boxes)

@@ -31,13 +31,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def real_photos(shared_data: Path) -> list[Path]:
     """Three real photos from three collections (weather, street, webcam)."""
-    return [sorted((shared_data / "weather_mwd" / "sunrise").iterdir())[0],
-            sorted((shared_data / "sky_cityscapes" / "images").iterdir())[0],
-            sorted((shared_data / "skyfinder_webcams" / "623").glob("*.jpg"))[0]]
+    return [
+        sorted((shared_data / "weather_mwd" / "sunrise").iterdir())[0],
+        sorted((shared_data / "sky_cityscapes" / "images").iterdir())[0],
+        sorted((shared_data / "skyfinder_webcams" / "623").glob("*.jpg"))[0],
+    ]
 
 
 def test_lab_matches_scikit_image_and_opencv_and_round_trips_on_real_photos(shared_data):
     from skimage import color as skimage_color  # a dev dependency: this test must run, never skip
+
     for path in real_photos(shared_data):
         rgb = read_image(path).astype(np.float32) / 255
         ours = rgb_to_lab(rgb).numpy()
@@ -80,7 +83,9 @@ def test_log_l2_loss_weighs_every_image_as_its_psnr_does():
 
     def gains(loss):  # what halving the error of a nearly grey image / of a badly wrong one gains
         base = float(pixel_loss(truth, output([4, 40]), loss))
-        return base - float(pixel_loss(truth, output([2, 40]), loss)), base - float(pixel_loss(truth, output([4, 20]), loss))
+        return base - float(pixel_loss(truth, output([2, 40]), loss)), base - float(
+            pixel_loss(truth, output([4, 20]), loss)
+        )
 
     near, far = gains("log_l2")
     assert near > 0.5 and far == pytest.approx(near, rel=0.2)  # about equal, as the mean PSNR sees them
@@ -123,9 +128,15 @@ def test_split_keeps_each_webcam_whole_and_holds_named_sources_out(shared_data):
 
 
 def tiny_config(shared_data: Path, tmp_path: Path, *extra: str) -> TranslatorConfig:
-    return load_config(TranslatorConfig, REPO / "configs" / "colorize_tiny.yaml", [
-        f"colour.sources=[{{kind: camera_folder, images: {shared_data / 'skyfinder_webcams'}, name: skyfinder}}]",
-        f"train.runs_root={tmp_path / 'runs'}", *extra])
+    return load_config(
+        TranslatorConfig,
+        REPO / "configs" / "colorize_tiny.yaml",
+        [
+            f"colour.sources=[{{kind: camera_folder, images: {shared_data / 'skyfinder_webcams'}, name: skyfinder}}]",
+            f"train.runs_root={tmp_path / 'runs'}",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +219,13 @@ def test_training_writes_the_run_folder_and_resumes(colorizer_file, shared_data)
     assert [row["epoch"] for row in read_history(run_dir / "history.csv")] == [1, 2]
     assert {"val_ab_l1", "val_coarse", "val_refined"} <= set(read_history(run_dir / "history.csv")[0])
     assert (run_dir / "learning_curves.png").is_file() and any((run_dir / "tensorboard" / "images").iterdir())
-    cfg = tiny_config(shared_data, run_dir.parents[1].parent, "train.epochs=3", "model.colorize.schedule=staged",
-                      "model.colorize.coarse_epochs=2")
+    cfg = tiny_config(
+        shared_data,
+        run_dir.parents[1].parent,
+        "train.epochs=3",
+        "model.colorize.schedule=staged",
+        "model.colorize.coarse_epochs=2",
+    )
     resumed = train_translator(cfg, resume=True, verbose=0)
     assert resumed.resumed and resumed.run_dir == run_dir
     assert [row["epoch"] for row in read_history(run_dir / "history.csv")] == [1, 2, 3]
@@ -327,16 +343,31 @@ def test_export_outputs_grey_below_the_gate(colorizer_file, shared_data, tmp_pat
 
 
 def test_colorize_config_errors_are_one_line(cli, tmp_path):
-    result = cli("train", "translator", "--config", REPO / "configs" / "colorize_tiny.yaml",
-                 "--set", "model.colorize.generator_size=30", "--set", f"train.runs_root={tmp_path}")
+    result = cli(
+        "train",
+        "translator",
+        "--config",
+        REPO / "configs" / "colorize_tiny.yaml",
+        "--set",
+        "model.colorize.generator_size=30",
+        "--set",
+        f"train.runs_root={tmp_path}",
+    )
     assert result.exit_code == 1
-    assert result.output.strip() == ("Error: config key 'model.colorize.generator_size': must be a multiple of 16, "
-                                     ">= 16; got 30")
+    assert result.output.strip() == (
+        "Error: config key 'model.colorize.generator_size': must be a multiple of 16, >= 16; got 30"
+    )
 
 
 def test_patchgan_term_trains_with_its_own_discriminator(shared_data, tmp_path):
-    cfg = tiny_config(shared_data, tmp_path, "train.epochs=1", "model.colorize.gan_weight=0.5",
-                      "model.colorize.loss=huber", "model.colorize.chroma_gate=false")
+    cfg = tiny_config(
+        shared_data,
+        tmp_path,
+        "train.epochs=1",
+        "model.colorize.gan_weight=0.5",
+        "model.colorize.loss=huber",
+        "model.colorize.chroma_gate=false",
+    )
     result = train_translator(cfg, verbose=0)
     row = read_history(result.run_dir / "history.csv")[0]
     assert row["gan"] > 0 and row["d_loss"] > 0 and row["val_gan"] > 0
@@ -345,7 +376,15 @@ def test_patchgan_term_trains_with_its_own_discriminator(shared_data, tmp_path):
 
 
 def test_perceptual_term_needs_local_vgg_weights(cli, tmp_path):
-    result = cli("train", "translator", "--config", REPO / "configs" / "colorize_tiny.yaml",
-                 "--set", "model.colorize.perceptual_weight=1", "--set", f"train.runs_root={tmp_path}")
+    result = cli(
+        "train",
+        "translator",
+        "--config",
+        REPO / "configs" / "colorize_tiny.yaml",
+        "--set",
+        "model.colorize.perceptual_weight=1",
+        "--set",
+        f"train.runs_root={tmp_path}",
+    )
     assert result.exit_code == 1
     assert "model.colorize.vgg_weights" in result.output and "local VGG19 weights file" in result.output

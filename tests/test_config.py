@@ -72,7 +72,7 @@ def test_section_reads_only_its_part(tmp_path):
         ("inner.scale=.nan", "config key 'inner.scale': must be a finite number; got nan"),
         ("inner.scale=.inf", "config key 'inner.scale': must be a finite number; got inf"),
         ("inner.scale=-.inf", "config key 'inner.scale': must be a finite number; got -inf"),
-        (f"inner.scale={10 ** 400}", "config key 'inner.scale': must be a finite number; got 1000"),
+        (f"inner.scale={10**400}", "config key 'inner.scale': must be a finite number; got 1000"),
         ("inner.size=*alias", "config key 'inner.size': expected an integer, got '*alias'"),
     ],
 )
@@ -104,13 +104,17 @@ def test_missing_required_keys_are_named_not_python_internals():  # issue 15 ite
         (None, "config file not found"),
         ("a: [1, 2\n", "not valid YAML (line 2)"),
         ("- 1\n- 2\n", "the file must hold a mapping of keys to values"),
-        ("a: !!python/object/apply:os.system [echo hi]\n",
-         "YAML tag '!!python/object/apply:os.system' is not allowed (line 1): config files hold plain data"),
+        (
+            "a: !!python/object/apply:os.system [echo hi]\n",
+            "YAML tag '!!python/object/apply:os.system' is not allowed (line 1): config files hold plain data",
+        ),
         ("a: !!python/name:os.system\n", "YAML tag '!!python/name:os.system' is not allowed"),
         ("a: &x 1\nb: *x\n", "YAML anchors and aliases (&, *) are not allowed (line 1): config files hold plain data"),
         ("a: 1\nb: 2\nc: *nowhere\n", "YAML anchors and aliases (&, *) are not allowed (line 3)"),
-        ("".join(["l0: &l0 lol\n"] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 12)]),
-         "YAML anchors and aliases (&, *) are not allowed (line 1)"),  # a "billion laughs": 9 ** 11 once expanded
+        (
+            "".join(["l0: &l0 lol\n"] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 12)]),
+            "YAML anchors and aliases (&, *) are not allowed (line 1)",
+        ),  # a "billion laughs": 9 ** 11 once expanded
     ],
 )
 def test_file_problems_are_reported_as_the_file(tmp_path, text, problem):
@@ -158,10 +162,22 @@ def _shipped_schemas():
     schemas = {"translate_cam623": (TranslateConfig, "translate")}
     translators = ("pix2pix_clear2cloudy", "vae_clear2cloudy", "translator_tiny", "colorize_cpu", "colorize_tiny")
     schemas |= {name: (TranslatorConfig, None) for name in translators}
-    schemas |= {name: (SegmenterConfig, None) for name in ("sky_ldr", "sky_hdr", "sky_tiny", "sky_ldr_cpu", "sky_ldr_cpu_mobilenetv2",
-                                                           "sky_ldr_mobilenetv2",
-                                                           "cloud_tiny", "cloud_wsiseg")}
-    schemas |= {name: (ClassifierConfig, None) for name in ("weather_allsky", "weather_mwd", "weather_mwd_r34", "weather_tiny")}
+    schemas |= {
+        name: (SegmenterConfig, None)
+        for name in (
+            "sky_ldr",
+            "sky_hdr",
+            "sky_tiny",
+            "sky_ldr_cpu",
+            "sky_ldr_cpu_mobilenetv2",
+            "sky_ldr_mobilenetv2",
+            "cloud_tiny",
+            "cloud_wsiseg",
+        )
+    }
+    schemas |= {
+        name: (ClassifierConfig, None) for name in ("weather_allsky", "weather_mwd", "weather_mwd_r34", "weather_tiny")
+    }
     return schemas
 
 
@@ -194,8 +210,14 @@ def segmenter_file(tmp_path: Path, **top) -> Path:
 
     write_png(images / "a.png", np.zeros((40, 40, 3), np.uint8))
     write_png(masks / "a.png", np.full((40, 40), 255, np.uint8))
-    raw = {"name": "t", "data": {"sources": [{"kind": "mask_folder", "images": str(images), "masks": str(masks)}],
-                                 "cache": str(tmp_path / "cache"), "patch_size": 32}}
+    raw = {
+        "name": "t",
+        "data": {
+            "sources": [{"kind": "mask_folder", "images": str(images), "masks": str(masks)}],
+            "cache": str(tmp_path / "cache"),
+            "patch_size": 32,
+        },
+    }
     raw.update(top)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -241,15 +263,25 @@ def test_empty_config_says_what_is_required(cli, tmp_path):  # issue 15 item 4
     assert_one_line(cli("data", "prepare", "-c", empty), "Error: config key 'name': is required")
 
 
-@pytest.mark.parametrize("command", [("train", "segmenter"), ("data", "prepare"), ("evaluate", "segmenter", "-m", "m",
-                                     "-d", "d"), ("export", "-m", "m"), ("serve",), ("client", "status")])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("train", "segmenter"),
+        ("data", "prepare"),
+        ("evaluate", "segmenter", "-m", "m", "-d", "d"),
+        ("export", "-m", "m"),
+        ("serve",),
+        ("client", "status"),
+    ],
+)
 def test_config_file_problems_name_the_file_in_every_command(cli, tmp_path, command):
     missing = tmp_path / "x.yaml"
     assert_one_line(cli(*command, "-c", missing), f"Error: {missing}: config file not found")
     tagged = tmp_path / "tag.yaml"
     tagged.write_text("name: !!python/object/apply:os.system [touch pwned]\n")
-    assert_one_line(cli(*command, "-c", tagged),
-                    f"Error: {tagged}: YAML tag '!!python/object/apply:os.system' is not allowed")
+    assert_one_line(
+        cli(*command, "-c", tagged), f"Error: {tagged}: YAML tag '!!python/object/apply:os.system' is not allowed"
+    )
     assert not (Path.cwd() / "pwned").exists()
 
 
@@ -263,10 +295,14 @@ def write_yaml(path: Path, data: dict) -> Path:
 
 @pytest.mark.parametrize(
     "command, section",
-    [(("serve",), "serve"), (("client", "status"), "client"), (("export", "-m", "m.keras"), "export"),
-     (("evaluate", "segmenter", "-m", "m", "-d", "d"), "evaluate"),
-     (("evaluate", "translator", "-m", "m", "-p", "p"), "evaluate"),
-     (("evaluate", "classifier", "-m", "m"), "evaluate")],
+    [
+        (("serve",), "serve"),
+        (("client", "status"), "client"),
+        (("export", "-m", "m.keras"), "export"),
+        (("evaluate", "segmenter", "-m", "m", "-d", "d"), "evaluate"),
+        (("evaluate", "translator", "-m", "m", "-p", "p"), "evaluate"),
+        (("evaluate", "classifier", "-m", "m"), "evaluate"),
+    ],
 )
 def test_each_command_checks_its_section(cli, tmp_path, command, section):
     config = write_yaml(tmp_path / "c.yaml", {section: {"no_such_key": 1}})
@@ -278,13 +314,28 @@ def test_client_takes_server_and_retries_from_the_file_and_flags_win(cli, tmp_pa
     config = write_yaml(tmp_path / "c.yaml", {"client": {"server": "127.0.0.1:9", "retries": 0, "timeout": 2}})
     from_file = cli("client", "status", "-c", config)
     assert_one_line(from_file, "Error: server 127.0.0.1:9: UNAVAILABLE: no answer after 1 attempts")  # retries: 0
-    assert_one_line(cli("client", "status", "-c", config, "--set", "client.server=127.0.0.1:7"),
-                    "Error: server 127.0.0.1:7: ")
-    assert_one_line(cli("client", "status", "-c", config, "--set", "client.server=127.0.0.1:7", "--server",
-                        "127.0.0.1:8", "--retries", "1"),
-                    "Error: server 127.0.0.1:8: UNAVAILABLE: no answer after 2 attempts")
-    assert_one_line(cli("client", "status", "-c", config, "--version", "2", "--label", "stable"),
-                    "Error: config key 'client.label': give a version or a version label, not both")
+    assert_one_line(
+        cli("client", "status", "-c", config, "--set", "client.server=127.0.0.1:7"), "Error: server 127.0.0.1:7: "
+    )
+    assert_one_line(
+        cli(
+            "client",
+            "status",
+            "-c",
+            config,
+            "--set",
+            "client.server=127.0.0.1:7",
+            "--server",
+            "127.0.0.1:8",
+            "--retries",
+            "1",
+        ),
+        "Error: server 127.0.0.1:8: UNAVAILABLE: no answer after 2 attempts",
+    )
+    assert_one_line(
+        cli("client", "status", "-c", config, "--version", "2", "--label", "stable"),
+        "Error: config key 'client.label': give a version or a version label, not both",
+    )
 
 
 def test_serve_section_values_are_checked(cli, tmp_path):
@@ -338,10 +389,14 @@ def tiny_models(tmp_path_factory):
     segmenter = tf.keras.Model(inputs, tf.keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
     save_model(segmenter, folder / "seg.keras", ModelInfo("segmenter", Preprocess(), tile_size=32))
     pix2pix = Pix2PixConfig(depth=3, base_filters=4, max_filters=8)
-    trained = TranslatorConfig("t", data=PairDataConfig(load_size=None, crop_size=64),
-                               model=TranslatorModelConfig(pix2pix=pix2pix))
-    save_model(build_unet_generator(pix2pix), folder / "tr.keras",
-               ModelInfo("pix2pix", Preprocess(), tile_size=64, classes=3, config=to_dict(trained)))
+    trained = TranslatorConfig(
+        "t", data=PairDataConfig(load_size=None, crop_size=64), model=TranslatorModelConfig(pix2pix=pix2pix)
+    )
+    save_model(
+        build_unet_generator(pix2pix),
+        folder / "tr.keras",
+        ModelInfo("pix2pix", Preprocess(), tile_size=64, classes=3, config=to_dict(trained)),
+    )
     from tfsky.io.writers import write_png
 
     images, masks = folder / "data" / "images", folder / "data" / "masks"
@@ -373,13 +428,22 @@ def test_a_tile_the_segmenter_cannot_take_is_one_line_everywhere(cli, tmp_path, 
 def test_a_tile_the_translator_cannot_take_is_one_line(cli, tmp_path, tiny_models):
     image = tiny_models / "data" / "images" / "a.png"
     expected = "Error: config key 'tiling.tile': must be a multiple of 8 for this pix2pix model; got 33"
-    assert_one_line(cli("translate", "-m", tiny_models / "tr.keras", image, "-o", tmp_path / "o", "--tile", "33"),
-                    expected)
+    assert_one_line(
+        cli("translate", "-m", tiny_models / "tr.keras", image, "-o", tmp_path / "o", "--tile", "33"), expected
+    )
 
 
 def test_export_takes_its_tiling_from_the_config(cli, tmp_path, tiny_models):
-    config = write_yaml(tmp_path / "c.yaml", {"export": {"name": "cfg_model", "repo": str(tmp_path / "repo"),
-                                                         "tiling": {"tile": 64, "overlap": 0.5, "tta": "flip2"}}})
+    config = write_yaml(
+        tmp_path / "c.yaml",
+        {
+            "export": {
+                "name": "cfg_model",
+                "repo": str(tmp_path / "repo"),
+                "tiling": {"tile": 64, "overlap": 0.5, "tta": "flip2"},
+            }
+        },
+    )
     result = cli("export", "-m", tiny_models / "seg.keras", "-c", config, "--set", "export.tiling.window=hann")
     assert result.exit_code == 0, result.stderr
     import json
@@ -391,13 +455,21 @@ def test_export_takes_its_tiling_from_the_config(cli, tmp_path, tiny_models):
 
 def test_a_misspelt_section_is_an_error_not_ignored(cli, tmp_path, tiny_models):
     config = write_yaml(tmp_path / "c.yaml", {"predcit": {"tiling": {"tile": 64}}})
-    command = ("predict", "-m", tiny_models / "seg.keras", tiny_models / "data" / "images" / "a.png", "-o",
-               tmp_path / "out")
+    command = (
+        "predict",
+        "-m",
+        tiny_models / "seg.keras",
+        tiny_models / "data" / "images" / "a.png",
+        "-o",
+        tmp_path / "out",
+    )
     assert_one_line(cli(*command, "-c", config), "Error: config key 'predcit': unknown key (known keys here: client, ")
     assert_one_line(cli(*command, "--set", "predcit.tiling.tile=64"), "Error: config key 'predcit': unknown key")
     assert not (tmp_path / "out").exists()
-    shared = write_yaml(tmp_path / "shared.yaml", {"name": "run", "train": {"epochs": 1}, "export": {"name": "x"},
-                                                   "predict": {"tiling": {"tile": 64}}})
+    shared = write_yaml(
+        tmp_path / "shared.yaml",
+        {"name": "run", "train": {"epochs": 1}, "export": {"name": "x"}, "predict": {"tiling": {"tile": 64}}},
+    )
     result = cli(*command, "-c", shared)  # other commands' sections and a training config may share the file
     assert result.exit_code == 0, result.stderr
     assert json.loads((tmp_path / "out" / "a.json").read_text())["tile"] == 64
@@ -418,8 +490,11 @@ def test_a_recorded_training_config_is_read_back_typed_without_its_files_or_reti
     assert (typed.model.size_multiple, typed.data.load_size) == (32, 286)
     assert typed.model.pix2pix.vgg_weights == Path("/gone/vgg19.h5")
     info.config["model"]["pix2pix"]["depth"] = "deep"
-    with pytest.raises(InputError, match=r"^m.json: the recorded training config does not load \(config key "
-                                         r"'model.pix2pix.depth': expected an integer"):
+    with pytest.raises(
+        InputError,
+        match=r"^m.json: the recorded training config does not load \(config key "
+        r"'model.pix2pix.depth': expected an integer",
+    ):
         trained_config(info, TranslatorConfig, "m.keras")
 
 
@@ -433,8 +508,12 @@ def test_streams_commands_check_the_whole_translator_file_as_train_does(cli, tmp
 
 def test_one_file_holds_a_training_config_and_command_sections_each_checked(cli, tmp_path):
     config = segmenter_file(tmp_path, export={"name": "sky", "tiling": {"tile": 64}}, serve={"grpc_port": 70000})
-    for command in (("data", "prepare", "-q"), ("train", "segmenter", "-q"), ("export", "-m", "m.keras"),
-                    ("client", "status")):  # every command checks every command section the file holds
+    for command in (
+        ("data", "prepare", "-q"),
+        ("train", "segmenter", "-q"),
+        ("export", "-m", "m.keras"),
+        ("client", "status"),
+    ):  # every command checks every command section the file holds
         assert_one_line(cli(*command, "-c", config), "Error: config key 'serve.grpc_port': must be a port number")
     good = segmenter_file(tmp_path, export={"name": "sky", "tiling": {"tile": 64}}, serve={"grpc_port": 0})
     result = cli("data", "prepare", "-q", "-c", good)

@@ -103,7 +103,9 @@ def test_a_missing_local_weights_file_is_still_a_config_error(tmp_path):
 
 def test_mobilenetv2_imagenet_is_the_keras_file_and_a_copy_in_the_cache_is_used_offline(tmp_path, monkeypatch):
     entry = imagenet_entry("mobilenetv2")
-    assert entry["name"] == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"  # ../shared/weights' name
+    assert (
+        entry["name"] == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    )  # ../shared/weights' name
     assert entry["url"].endswith("/keras-applications/mobilenet_v2/" + entry["name"])
     tiny = dict(backbone="mobilenetv2", decoder_filters=(32, 16, 8, 8, 4))
     source = build_segmenter(SegmenterModelConfig(**tiny), 3)

@@ -38,8 +38,10 @@ def fit_once(model: tf.keras.Model, train: SegmenterTrainConfig, epochs: int = 1
 
 
 def test_encoder_updates_are_the_plain_optimizers_scaled_by_the_factor():
-    plain_train, paced_train = SegmenterTrainConfig(learning_rate=1e-2), SegmenterTrainConfig(
-        learning_rate=1e-2, encoder_lr_factor=0.1)
+    plain_train, paced_train = (
+        SegmenterTrainConfig(learning_rate=1e-2),
+        SegmenterTrainConfig(learning_rate=1e-2, encoder_lr_factor=0.1),
+    )
     plain = compiled(plain_train)
     start = plain.get_weights()
     paced = compiled(paced_train, start)
@@ -75,19 +77,24 @@ def test_decoder_first_epochs_pause_the_encoder_then_it_learns():
 
 def test_plain_configs_keep_the_plain_optimizer_class():
     model = build_segmenter(TINY, 3)
-    assert type(make_optimizer(SegmenterTrainConfig(optimizer="adamw"), 10, model, "resnet18")) is \
-        tf.keras.optimizers.AdamW
+    assert (
+        type(make_optimizer(SegmenterTrainConfig(optimizer="adamw"), 10, model, "resnet18"))
+        is tf.keras.optimizers.AdamW
+    )
     assert pace_callbacks(SegmenterTrainConfig()) == []
     paced = make_optimizer(SegmenterTrainConfig(optimizer="sgd", decoder_first_epochs=2), 10, model, "resnet18")
     assert isinstance(paced, tf.keras.optimizers.SGD) and type(paced).__name__ == "EncoderScaledSGD"
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("train.encoder_lr_factor=0", "config key 'train.encoder_lr_factor': must be in (0, 1]; got 0.0"),
-    ("train.encoder_lr_factor=1.5", "config key 'train.encoder_lr_factor': must be in (0, 1]; got 1.5"),
-    ("train.decoder_first_epochs=50", "config key 'train.decoder_first_epochs': must be less than epochs (50)"),
-    ("train.decoder_first_epochs=-1", "config key 'train.decoder_first_epochs': must be >= 0; got -1"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("train.encoder_lr_factor=0", "config key 'train.encoder_lr_factor': must be in (0, 1]; got 0.0"),
+        ("train.encoder_lr_factor=1.5", "config key 'train.encoder_lr_factor': must be in (0, 1]; got 1.5"),
+        ("train.decoder_first_epochs=50", "config key 'train.decoder_first_epochs': must be less than epochs (50)"),
+        ("train.decoder_first_epochs=-1", "config key 'train.decoder_first_epochs': must be >= 0; got -1"),
+    ],
+)
 def test_bad_pace_settings_name_the_key(setting, message):
     with pytest.raises(ConfigError) as error:
         load_config(SegmenterTrainConfig, None, [setting], section="train")

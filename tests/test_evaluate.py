@@ -139,16 +139,44 @@ def test_mask_folder_metrics_are_exact(cli, model, mask_folder, tmp_path):
 def test_tiling_flags_reach_the_predictor_and_the_report(cli, model, mask_folder, tmp_path):
     default, tiled = tmp_path / "default", tmp_path / "tiled"
     assert cli("evaluate", "segmenter", "--model", model, "--data", mask_folder, "--out", default).exit_code == 0
-    result = cli("evaluate", "segmenter", "--model", model, "--data", mask_folder, "--out", tiled,
-                 "--tile", "64", "--overlap", "0.5", "--window", "constant", "--tta", "flip4")
+    result = cli(
+        "evaluate",
+        "segmenter",
+        "--model",
+        model,
+        "--data",
+        mask_folder,
+        "--out",
+        tiled,
+        "--tile",
+        "64",
+        "--overlap",
+        "0.5",
+        "--window",
+        "constant",
+        "--tta",
+        "flip4",
+    )
     assert result.exit_code == 0, result.stderr
     report = read_report(tiled)
     chosen = {key: report["tiling"][key] for key in ("tile", "overlap", "window", "tile_batch", "tta")}
     assert chosen == {"tile": 64, "overlap": 0.5, "window": "constant", "tile_batch": 8, "tta": "flip4"}
     config = tmp_path / "c.yaml"
     config.write_text("evaluate:\n  tiling: {tile: 96, tile_batch: 3}\n")
-    from_file = cli("evaluate", "segmenter", "--model", model, "--data", mask_folder, "--out", tmp_path / "cfg",
-                    "-c", config, "--set", "evaluate.tiling.tile_batch=2")
+    from_file = cli(
+        "evaluate",
+        "segmenter",
+        "--model",
+        model,
+        "--data",
+        mask_folder,
+        "--out",
+        tmp_path / "cfg",
+        "-c",
+        config,
+        "--set",
+        "evaluate.tiling.tile_batch=2",
+    )
     assert from_file.exit_code == 0, from_file.stderr
     assert [read_report(tmp_path / "cfg")["tiling"][key] for key in ("tile", "tile_batch")] == [96, 2]
     from tfsky.tiling import TilingConfig, available_memory, choose_tiling
@@ -261,8 +289,17 @@ def test_real_skyfinder_webcams_per_condition(cli, shared_data, tmp_path):
     model = blue_detector(tmp_path / "blue.keras", tile_size=256)
     out = tmp_path / "report"
     result = cli(
-        "evaluate", "segmenter", "--model", model, "--data", webcams,
-        "--labels", webcams / "weather_labels_cam623.csv", "--out", out, "--quiet",
+        "evaluate",
+        "segmenter",
+        "--model",
+        model,
+        "--data",
+        webcams,
+        "--labels",
+        webcams / "weather_labels_cam623.csv",
+        "--out",
+        out,
+        "--quiet",
     )
     assert result.exit_code == 0, result.stderr
     report = read_report(out)

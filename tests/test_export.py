@@ -89,7 +89,6 @@ def test_serving_default_is_float32_for_a_mixed_precision_model(tmp_path):
         assert export_info(version_dir)[0]["compute_dtypes"] == dtypes  # float32 (the default) for CPU serving
 
 
-
 def test_bfloat16_export_computes_in_bfloat16_and_answers_float32_within_its_precision(tmp_path):
     save_tiny(tmp_path / "m.keras", seed=4)
     tiles = np.random.default_rng(4).random((2, TILE, TILE, 3), dtype=np.float32)
@@ -105,6 +104,7 @@ def test_bfloat16_export_computes_in_bfloat16_and_answers_float32_within_its_pre
     # bfloat16 keeps 8 mantissa bits: a step of 2**-8 = 0.0039 relative; two layers and a sigmoid (slope <= 1/4)
     assert difference.max() < 0.02
     assert difference.max() > 1e-6  # it really computed in bfloat16, not float32
+
 
 def assert_within_float16_steps(actual: np.ndarray, expected_float16: np.ndarray, steps: int) -> None:
     """``actual`` is at most ``steps`` float16 rounding steps (ulps at the expected value) from a float16 result.
@@ -223,15 +223,26 @@ def test_metadata_and_signatures_read_back(exported):
     assert metadata["model"]["preprocess"]["mode"] == "ldr"
     tiling = metadata["tiling"]  # tile auto: the largest tile the memory budget fits, for images of any size
     assert tiling["tile"] % 32 == 0 and 256 <= tiling["tile"] <= MAX_AUTO_TILE and 1 <= tiling["tile_batch"] <= 8
-    assert tiling == {"tile": tiling["tile"], "overlap": AUTO_OVERLAP_PX / tiling["tile"], "window": "ramp",
-                      "tile_batch": tiling["tile_batch"], "tta": "none", "resolution": "working", "memory_budget": None,
-                      "working_factor": 1.0}
+    assert tiling == {
+        "tile": tiling["tile"],
+        "overlap": AUTO_OVERLAP_PX / tiling["tile"],
+        "window": "ramp",
+        "tile_batch": tiling["tile_batch"],
+        "tta": "none",
+        "resolution": "working",
+        "memory_budget": None,
+        "working_factor": 1.0,
+    }
     assert metadata["source_model"] == str(model_path.resolve())
     by_name = {s.name: s for s in signatures}
     assert list(by_name) == ["serving_default", "predict_image"]
     tiles = by_name["serving_default"].inputs[0]
     assert (tiles.name, tiles.dtype, tiles.shape) == ("tiles", "float32", (None, None, None, 3))
-    assert [o.name for o in by_name["predict_image"].outputs] == ["mask_png_bytes", "probability_png_bytes", "sky_fraction"]
+    assert [o.name for o in by_name["predict_image"].outputs] == [
+        "mask_png_bytes",
+        "probability_png_bytes",
+        "sky_fraction",
+    ]
 
 
 def test_cli_export_and_info(exported, cli, tmp_path):
@@ -242,7 +253,10 @@ def test_cli_export_and_info(exported, cli, tmp_path):
 
     again = cli("export", "--model", model_path, "--name", "sky", "--repo", tmp_path, "--version", 3)
     assert again.exit_code == 1
-    assert again.stderr.strip() == f"Error: {tmp_path / 'sky' / '3'}: version already exists (omit --version for the next one, or pass --overwrite)"
+    assert (
+        again.stderr.strip()
+        == f"Error: {tmp_path / 'sky' / '3'}: version already exists (omit --version for the next one, or pass --overwrite)"
+    )
 
     info = cli("export", "--info", tmp_path / "sky" / "3")
     assert info.exit_code == 0, info.stderr
@@ -320,8 +334,11 @@ def header_bombs() -> dict[str, bytes]:
 @pytest.mark.parametrize("kind", ["png", "jpeg", "gif", "bmp"])
 def test_predict_image_refuses_a_header_bomb_before_decoding_it(exported, kind):
     _, _, loaded = exported
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image is \d+x\d+ \(\d+ pixels\), over the limit of "
-                       r"\d+ pixels set at export \(export.max_pixels\)"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"image is \d+x\d+ \(\d+ pixels\), over the limit of "
+        r"\d+ pixels set at export \(export.max_pixels\)",
+    ):
         loaded.signatures["predict_image"](image_bytes=tf.constant([header_bombs()[kind]]))
 
 

@@ -86,8 +86,13 @@ def test_failures_are_captured_with_their_reason_and_the_job_goes_on(tmp_path):
     assert report.done == [good, later]
     assert report.failed == [(bad, "bad content"), (missing, f"[Errno 2] No such file or directory: '{missing}'")]
     assert report.summary() == "done 2, skipped 0, failed 2" and report.exit_code == 1
-    assert listener.calls == [("begin", 4), ("a.png", "done", ""), ("bad.png", "failed", "bad content"),
-                              ("missing.png", "failed", report.failed[1][1]), ("c.png", "done", "")]
+    assert listener.calls == [
+        ("begin", 4),
+        ("a.png", "done", ""),
+        ("bad.png", "failed", "bad content"),
+        ("missing.png", "failed", report.failed[1][1]),
+        ("c.png", "done", ""),
+    ]
     assert visible_files(tmp_path / "out") == {"a.out", "a.json", "c.out", "c.json"}
     assert Report(done=[good]).exit_code == 0
 
@@ -114,8 +119,7 @@ def test_complete_items_are_skipped_incomplete_ones_redone_and_stale_temps_remov
     assert nothing.events == []  # no model is loaded when nothing is left to do
 
 
-def test_the_next_item_is_read_before_the_current_one_is_processed_and_the_model_loads_after_the_first_read(
-        tmp_path):
+def test_the_next_item_is_read_before_the_current_one_is_processed_and_the_model_loads_after_the_first_read(tmp_path):
     inputs = files(tmp_path / "in", a_png=b"A", b_png=b"B")
 
     class Ordered(CopyTask):
@@ -138,8 +142,8 @@ def test_an_error_that_would_fail_every_item_stops_the_job(tmp_path):
 
 
 def test_same_outputs_from_two_inputs_fail_the_second_before_any_work(tmp_path):
-    first, = files(tmp_path / "a", same_png=b"A")
-    second, = files(tmp_path / "b", same_png=b"B")
+    (first,) = files(tmp_path / "a", same_png=b"A")
+    (second,) = files(tmp_path / "b", same_png=b"B")
     task = CopyTask()
     report = run_job(task, [first, second], tmp_path / "out")
     assert report.failed == [(second, f"writes the same outputs (same_*) as {first}")]
@@ -192,14 +196,19 @@ def test_broken_symbolic_links_are_reported_not_skipped(cli, tmp_path):
     top_loop.symlink_to(top_loop)
     items, failures = collect_items([folder, top_loop], tmp_path / "out")
     assert items == [Item(folder / "real.png", Path("real"))]
-    assert failures == [(folder / "dangling.png", f"broken symbolic link (its target {folder}/gone.png does not exist)"),
-                        (folder / "loop.png", "symbolic link loop"), (top_loop, "symbolic link loop")]
+    assert failures == [
+        (folder / "dangling.png", f"broken symbolic link (its target {folder}/gone.png does not exist)"),
+        (folder / "loop.png", "symbolic link loop"),
+        (top_loop, "symbolic link loop"),
+    ]
     model = tiny_segmenter(tmp_path / "m.keras")
     result = cli("predict", "-m", model, folder, top_loop, "-o", tmp_path / "out")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         f"failed {folder}/dangling.png: broken symbolic link (its target {folder}/gone.png does not exist)",
-        f"failed {folder}/loop.png: symbolic link loop", f"failed {top_loop}: symbolic link loop"]
+        f"failed {folder}/loop.png: symbolic link loop",
+        f"failed {top_loop}: symbolic link loop",
+    ]
     assert result.stdout.strip() == f"done 1, skipped 0, failed 3 -> {tmp_path}/out"
 
 
@@ -207,13 +216,17 @@ def test_engine_ray_without_ray_installed_is_one_line_error(tmp_path):
     image = tmp_path / "a.png"
     write_png(image, ldr_image(size=(40, 50)))
     model = tiny_segmenter(tmp_path / "m.keras")
-    code = ("import sys; sys.modules['ray'] = None; from tfsky.cli.main import main; "
-            f"sys.argv = ['tfsky', 'predict', '-m', {str(model)!r}, {str(image)!r}, '-o', {str(tmp_path / 'o')!r}, "
-            "'--engine', 'ray']; main()")
+    code = (
+        "import sys; sys.modules['ray'] = None; from tfsky.cli.main import main; "
+        f"sys.argv = ['tfsky', 'predict', '-m', {str(model)!r}, {str(image)!r}, '-o', {str(tmp_path / 'o')!r}, "
+        "'--engine', 'ray']; main()"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip() == ("Error: --engine ray: Ray Data is not installed; install it with "
-                                     "pip install -e '.[ray]' (or pip install 'ray[data]==2.60.0')")
+    assert result.stderr.strip() == (
+        "Error: --engine ray: Ray Data is not installed; install it with "
+        "pip install -e '.[ray]' (or pip install 'ray[data]==2.60.0')"
+    )
 
 
 def complete_sidecars(out: Path) -> list[str]:
@@ -238,8 +251,22 @@ def test_resume_after_kill_9_does_only_the_missing_images(tmp_path):
     for index in range(6):
         write_png(inputs / f"frame{index}.png", ldr_image(index, size=(480, 640)))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "tfsky.cli.main", "predict", "-m", str(model), str(inputs), "-o", str(out),
-               "--tta", "flip4", "--tile-batch", "2", "-q"]  # slow enough per image to be killed mid-job
+    command = [
+        sys.executable,
+        "-m",
+        "tfsky.cli.main",
+        "predict",
+        "-m",
+        str(model),
+        str(inputs),
+        "-o",
+        str(out),
+        "--tta",
+        "flip4",
+        "--tile-batch",
+        "2",
+        "-q",
+    ]  # slow enough per image to be killed mid-job
     kill_9_after_the_first_sidecar(command, out)
     finished = complete_sidecars(out)
     assert 1 <= len(finished) < 6

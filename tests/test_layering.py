@@ -20,8 +20,19 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tfsky"
-LAYERS = {"io": 0, "data": 1, "batch": 1, "models": 2, "train": 3, "predict": 4, "evaluate": 5, "export": 5,
-          "serving": 6, "review": 6, "cli": 7}
+LAYERS = {
+    "io": 0,
+    "data": 1,
+    "batch": 1,
+    "models": 2,
+    "train": 3,
+    "predict": 4,
+    "evaluate": 5,
+    "export": 5,
+    "serving": 6,
+    "review": 6,
+    "cli": 7,
+}
 SHARED_MAY_IMPORT = {"io"}  # layered packages the top-level modules may use
 SHARED_PACKAGES = {"tiling"}  # packages shared like the top-level modules (``tfsky.tiling`` split by concern)
 ENTRY_POINTS = {"tfsky.__main__"}

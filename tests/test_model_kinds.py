@@ -17,17 +17,20 @@ def info(task: str, classes: int = 1, config: dict | None = None) -> ModelInfo:
     return ModelInfo(task=task, preprocess=Preprocess(), tile_size=64, classes=classes, config=config or {})
 
 
-@pytest.mark.parametrize(("sidecar", "kind"), [
-    (info("segmenter"), ModelKind.SEGMENTER),
-    (info("segmenter", classes=2), ModelKind.SEGMENTER),  # two classes, not trained on all-sky frames
-    (info("segmenter", classes=1, config=ALLSKY), ModelKind.SEGMENTER),
-    (info("segmenter", classes=2, config=ALLSKY), ModelKind.CLOUD),
-    (info("pix2pix", classes=3), ModelKind.TRANSLATOR),
-    (info("vae", classes=3), ModelKind.TRANSLATOR),
-    (info("colorize", classes=2), ModelKind.COLORIZER),
-    (info("classifier", classes=4), ModelKind.CLASSIFIER),
-    (info("from_the_future"), None),
-])
+@pytest.mark.parametrize(
+    ("sidecar", "kind"),
+    [
+        (info("segmenter"), ModelKind.SEGMENTER),
+        (info("segmenter", classes=2), ModelKind.SEGMENTER),  # two classes, not trained on all-sky frames
+        (info("segmenter", classes=1, config=ALLSKY), ModelKind.SEGMENTER),
+        (info("segmenter", classes=2, config=ALLSKY), ModelKind.CLOUD),
+        (info("pix2pix", classes=3), ModelKind.TRANSLATOR),
+        (info("vae", classes=3), ModelKind.TRANSLATOR),
+        (info("colorize", classes=2), ModelKind.COLORIZER),
+        (info("classifier", classes=4), ModelKind.CLASSIFIER),
+        (info("from_the_future"), None),
+    ],
+)
 def test_the_kind_comes_from_the_saved_task_and_a_cloud_models_sources(sidecar, kind):
     assert model_kind(sidecar) is kind and sidecar.kind is kind
 

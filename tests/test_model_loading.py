@@ -43,8 +43,11 @@ def test_custom_layers_load_too(tmp_path):
     log_var = tf.keras.layers.Dense(4)(inputs)
     sample = LatentSample(name="z")([mean, log_var])
     path = tmp_path / "vae_part.keras"
-    save_model(tf.keras.Model(inputs, [mean, log_var, sample]), path,
-               ModelInfo(task="vae", preprocess=Preprocess(), tile_size=32))
+    save_model(
+        tf.keras.Model(inputs, [mean, log_var, sample]),
+        path,
+        ModelInfo(task="vae", preprocess=Preprocess(), tile_size=32),
+    )
     model, _ = load_model(path)
     theirs = tf_keras_load(path)
     assert isinstance(model.get_layer("z"), LatentSample)

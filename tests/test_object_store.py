@@ -52,8 +52,12 @@ def s3_server() -> dict[str, str]:
     server.start()
     host, port = server.get_host_and_port()
     try:
-        yield {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": S3_REGION,
-               "AWS_ACCESS_KEY_ID": "tfsky-test", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16)}
+        yield {
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_DEFAULT_REGION": S3_REGION,
+            "AWS_ACCESS_KEY_ID": "tfsky-test",
+            "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+        }
     finally:
         server.stop()
 
@@ -69,8 +73,13 @@ def s3(s3_server, monkeypatch) -> dict[str, str]:
 def s3_client(env: dict[str, str]):
     import boto3
 
-    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=S3_REGION,
-                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=S3_REGION,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 def new_bucket(env: dict[str, str]) -> str:
@@ -87,8 +96,11 @@ def objects(env: dict[str, str], bucket: str, prefix: str) -> dict[str, bytes]:
     client = s3_client(env)
     listing = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/").get("Contents", [])
     assert all(entry["Size"] == 0 for entry in listing if entry["Key"].endswith("/"))
-    return {entry["Key"][len(prefix) + 1:]: client.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read()
-            for entry in listing if not entry["Key"].endswith("/")}
+    return {
+        entry["Key"][len(prefix) + 1 :]: client.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read()
+        for entry in listing
+        if not entry["Key"].endswith("/")
+    }
 
 
 def same_outputs(stored: dict[str, bytes], folder: Path) -> None:
@@ -121,7 +133,8 @@ def webcam_frames(shared_data: Path, folder: Path, per_camera: int) -> list[Path
 
 
 def test_predict_into_an_object_store_equals_a_local_folder_and_a_rerun_finishes_it(
-        shared_data, s3, model, cli, tmp_path, monkeypatch):
+    shared_data, s3, model, cli, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # a store URI taken for a local path would show up here as ./s3:
     frames = webcam_frames(shared_data, tmp_path / "in", per_camera=1)
     local = predict_many(model, [tmp_path / "in"], tmp_path / "local")
@@ -177,7 +190,9 @@ def test_an_object_store_that_cannot_be_written_is_one_line_error(s3, model, cli
     missing = cli("predict", "-m", model, frame, "-o", "s3://no-such-bucket/run")
     assert missing.exit_code == 1
     lines = missing.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: s3://no-such-bucket/run: cannot write to the output folder (")
+    assert len(lines) == 1 and lines[0].startswith(
+        "Error: s3://no-such-bucket/run: cannot write to the output folder ("
+    )
     assert "bucket does not exist" in lines[0]
 
     bucket = new_bucket(s3)
@@ -202,7 +217,8 @@ def decoded_png(data: bytes) -> np.ndarray:
 
 
 def test_colorize_into_an_object_store_equals_a_local_folder_and_a_rerun_finishes_it(
-        shared_data, s3, colorizer_file, cli, tmp_path, monkeypatch):
+    shared_data, s3, colorizer_file, cli, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # a store URI taken for a local path would show up here as ./s3:
     frames = webcam_frames(shared_data, tmp_path / "in", per_camera=1)
     assert len(colorize_images(colorizer_file, [tmp_path / "in"], tmp_path / "local").done) == 2
@@ -226,7 +242,8 @@ def test_colorize_into_an_object_store_equals_a_local_folder_and_a_rerun_finishe
 
 
 def test_a_cloud_models_series_is_stored_and_a_rerun_rebuilds_it_from_the_stored_sidecars(
-        shared_data, s3, cloud_model, cli, tmp_path, monkeypatch):
+    shared_data, s3, cloud_model, cli, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     _, model, data = cloud_model
     frames = [data / "images" / name for name in WSISEG_FRAMES[:3]]
@@ -259,20 +276,33 @@ def test_a_cloud_models_series_is_stored_and_a_rerun_rebuilds_it_from_the_stored
 
 
 def test_client_predict_into_an_object_store_equals_a_local_folder_and_a_rerun_skips_it(
-        served_segmenter, s3, cli, tmp_path, monkeypatch):
+    served_segmenter, s3, cli, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     images = [small_png(tmp_path / "in" / "a.png", 0), small_png(tmp_path / "in" / "sub" / "b.png", 1)]
     with Client(served_segmenter["grpc"]) as client:
         assert len(segment_files(client, "sky_segmenter", [tmp_path / "in"], tmp_path / "local").done) == 2
     bucket = new_bucket(s3)
     out = f"s3://{bucket}/served"
-    args = ("client", "predict", "--server", served_segmenter["grpc"], "--model", "sky_segmenter", tmp_path / "in",
-            "-o", out)
+    args = (
+        "client",
+        "predict",
+        "--server",
+        served_segmenter["grpc"],
+        "--model",
+        "sky_segmenter",
+        tmp_path / "in",
+        "-o",
+        out,
+    )
     result = cli(*args, "-q")
     assert result.exit_code == 0, result.stderr
     stored = objects(s3, bucket, "served")
-    assert set(stored) == visible_files(tmp_path / "local") == {
-        f"{stem}{suffix}" for stem in ("a", "sub/b") for suffix in ("_mask.png", "_prob.png", ".json")}
+    assert (
+        set(stored)
+        == visible_files(tmp_path / "local")
+        == {f"{stem}{suffix}" for stem in ("a", "sub/b") for suffix in ("_mask.png", "_prob.png", ".json")}
+    )
     assert all(data == (tmp_path / "local" / name).read_bytes() for name, data in stored.items())
     assert decoded_png(stored["sub/b_prob.png"]).dtype == np.uint16
     assert json.loads(stored["a.json"])["source"] == str(images[0])
@@ -285,7 +315,8 @@ def test_client_predict_into_an_object_store_equals_a_local_folder_and_a_rerun_s
 
 
 def test_client_predict_with_a_classifier_stores_sidecars_and_the_table_built_from_them(
-        served_classifier, s3, cli, tmp_path, monkeypatch):
+    served_classifier, s3, cli, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     photos = served_classifier["photos"]
     bucket = new_bucket(s3)

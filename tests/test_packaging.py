@@ -42,7 +42,8 @@ def test_every_requirement_has_a_lower_bound_equal_to_its_tested_pin():
         assert lower, f"{requirement}: no lower bound"
         assert canonicalize_name(requirement.name) in pins, f"{requirement.name} is not pinned in constraints.txt"
         assert lower[0] == pins[canonicalize_name(requirement.name)], (
-            f"{requirement}: lower bound {lower[0]} but constraints.txt tests {pins[canonicalize_name(requirement.name)]}")
+            f"{requirement}: lower bound {lower[0]} but constraints.txt tests {pins[canonicalize_name(requirement.name)]}"
+        )
 
 
 def test_pins_satisfy_the_declared_ranges():

@@ -93,8 +93,9 @@ def test_val_max_batches_spreads_patches_over_every_val_image(ldr):
         index = [next(i for i, g in enumerate(grid) if np.array_equal(g, p)) for p in patches]
         assert index == sorted(set(index))  # distinct grid patches, in grid order
         assert set(owner[index]) == {0, 1}  # not only the first image's patches
-        np.testing.assert_array_equal(batches(segmentation_dataset(ldr, "val", 2, max_batches=max_batches))[0][0],
-                                      kept[0][0])  # the same patches every epoch
+        np.testing.assert_array_equal(
+            batches(segmentation_dataset(ldr, "val", 2, max_batches=max_batches))[0][0], kept[0][0]
+        )  # the same patches every epoch
 
 
 def test_grid_count_shifts_the_last_patch_inward():

@@ -58,5 +58,9 @@ def test_bfloat16_inference_keeps_a_float32_head_and_the_probabilities():
 def test_benchmarks_record_the_cpu_model_and_its_bf16_unit(monkeypatch):
     text = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx512f amx_bf16 sse2\n"
     monkeypatch.setattr(precision, "_cpuinfo", lambda: text)
-    assert precision.cpu_record() == {"model": "Intel(R) Xeon(R) Platinum 8480+", "cores": os.cpu_count(),
-                                      "bf16_unit": True, "simd_flags": ["amx_bf16", "avx512f"]}
+    assert precision.cpu_record() == {
+        "model": "Intel(R) Xeon(R) Platinum 8480+",
+        "cores": os.cpu_count(),
+        "bf16_unit": True,
+        "simd_flags": ["amx_bf16", "avx512f"],
+    }

@@ -56,8 +56,12 @@ def hdr_image(seed: int = 0) -> np.ndarray:
 
 
 def outputs_of(out: Path, stem: str, prob_suffix: str = ".png") -> list[Path]:
-    return [out / f"{stem}_mask.png", out / f"{stem}_prob{prob_suffix}", out / f"{stem}_overlay.jpg",
-            out / f"{stem}.json"]
+    return [
+        out / f"{stem}_mask.png",
+        out / f"{stem}_prob{prob_suffix}",
+        out / f"{stem}_overlay.jpg",
+        out / f"{stem}.json",
+    ]
 
 
 def visible_files(folder: Path) -> set[str]:
@@ -82,7 +86,12 @@ def test_ldr_outputs_have_the_input_size_and_match_the_tiled_prediction(cli, ldr
     facts = json.loads(sidecar.read_text())
     # tile auto: one 128-px tile (the image's longer side rounded up to 32) and the overlap it would have
     assert (facts["height"], facts["width"], facts["tile"], facts["overlap"], facts["window"]) == (
-        101, 77, 128, AUTO_OVERLAP_PX / 128, "ramp")
+        101,
+        77,
+        128,
+        AUTO_OVERLAP_PX / 128,
+        "ramp",
+    )
     assert facts["tiles"] == 1 and facts["sky_fraction"] == pytest.approx((expected >= 0.5).mean())
     assert 0 < facts["sky_fraction"] < 1 and facts["model"]["id"].startswith("sha256-1MiB:")
     assert all(p.is_file() for p in outputs_of(tmp_path / "out", "b"))
@@ -157,12 +166,22 @@ def test_a_corrupt_file_is_reported_in_one_line_and_the_job_goes_on(cli, ldr_mod
     write_png(tmp_path / "good.png", ldr_image())
     write_jpeg(tmp_path / "full.jpg", ldr_image())
     (tmp_path / "broken.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:600])
-    result = cli("predict", "-m", ldr_model, tmp_path / "broken.jpg", tmp_path / "missing.png", tmp_path / "good.png",
-                 "-o", tmp_path / "out")
+    result = cli(
+        "predict",
+        "-m",
+        ldr_model,
+        tmp_path / "broken.jpg",
+        tmp_path / "missing.png",
+        tmp_path / "good.png",
+        "-o",
+        tmp_path / "out",
+    )
     assert result.exit_code == 1
     failures = [line for line in result.stderr.splitlines() if line.startswith("failed")]
-    assert failures == [f"failed {tmp_path}/broken.jpg: truncated or corrupt image (header: Truncated File Read)",
-                        f"failed {tmp_path}/missing.png: file not found"]
+    assert failures == [
+        f"failed {tmp_path}/broken.jpg: truncated or corrupt image (header: Truncated File Read)",
+        f"failed {tmp_path}/missing.png: file not found",
+    ]
     assert "done 1, skipped 0, failed 2" in result.stdout
     assert all(p.is_file() for p in outputs_of(tmp_path / "out", "good"))
 
@@ -194,8 +213,9 @@ def test_config_section_is_read_and_flags_override_it(cli, ldr_model, tmp_path):
     assert (facts["tile"], facts["window"], facts["tta"], facts["threshold"]) == (64, "hann", "flip2", 0.9)
     bad = cli("predict", "-m", ldr_model, tmp_path / "a.png", "-o", tmp_path / "out", "--window", "box")
     assert bad.exit_code == 1
-    assert bad.stderr.strip() == ("Error: config key 'predict.tiling.window': must be one of ramp, constant, gaussian, hann, "
-                                  "spline; got 'box'")
+    assert bad.stderr.strip() == (
+        "Error: config key 'predict.tiling.window': must be one of ramp, constant, gaussian, hann, spline; got 'box'"
+    )
 
 
 def test_channel_and_dynamic_range_mismatches_are_one_line_errors(cli, ldr_model, hdr_model, tmp_path):
@@ -205,8 +225,9 @@ def test_channel_and_dynamic_range_mismatches_are_one_line_errors(cli, ldr_model
     assert result.exit_code == 1
     assert result.stderr.strip() == f"failed {tmp_path}/rgb.png: model expects 2 channels, image has 3"
     result = cli("predict", "-m", hdr_model, tmp_path / "rgb.png", "-o", tmp_path / "out", "-q")
-    assert result.stderr.strip() == (f"failed {tmp_path}/rgb.png: model was trained on HDR images (preprocess mode "
-                                     "log) but the image is LDR (uint8)")
+    assert result.stderr.strip() == (
+        f"failed {tmp_path}/rgb.png: model was trained on HDR images (preprocess mode log) but the image is LDR (uint8)"
+    )
     with pytest.raises(InputError, match="^image: model expects 3 channels, image has 1$"):
         TiledSegmenter.load(ldr_model).probabilities(np.zeros((40, 40, 1), np.uint8))
 

@@ -53,15 +53,34 @@ def cluster(s3_server) -> tuple[str, dict, int]:
 
     The environment also points at `s3_server` (the workers inherit it from the head), so jobs can write there.
     """
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN=secrets.token_hex(32), **s3_server)
+    env = dict(
+        os.environ,
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        **s3_server,
+    )
     temp = Path(tempfile.mkdtemp(prefix="tfray", dir="/tmp"))  # short: Ray's socket paths have a length limit
     port = free_port()
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--num-gpus=0", "--object-store-memory=80000000", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={temp}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--object-store-memory=80000000",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
     )
     address = f"127.0.0.1:{port}"
     try:
@@ -122,9 +141,28 @@ def test_ray_outputs_equal_the_local_engine_and_a_bad_file_is_reported(shared_da
     local = predict_many(model, [tmp_path / "in"], tmp_path / "local", PredictConfig(prob_format="tif"))
     assert len(local.done) == 4 and [source for source, _ in local.failed] == [broken]
     out = tmp_path / "ray"
-    result = subprocess.run(tfsky("predict", "-m", model, tmp_path / "in", "-o", out, "--prob-format", "tif",
-                                  "--engine", "ray", "--address", address, "--workers", "2"),
-                            capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        tfsky(
+            "predict",
+            "-m",
+            model,
+            tmp_path / "in",
+            "-o",
+            out,
+            "--prob-format",
+            "tif",
+            "--engine",
+            "ray",
+            "--address",
+            address,
+            "--workers",
+            "2",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines() == [f"failed {broken}: {local.failed[0][1]}"]  # no Ray logs
     assert result.stdout.strip() == f"done 4, skipped 0, failed 1 -> {out}"
@@ -133,11 +171,13 @@ def test_ray_outputs_equal_the_local_engine_and_a_bad_file_is_reported(shared_da
         stem = frame.stem
         for name in (f"{stem}_mask.png", f"{stem}_overlay.jpg"):
             assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
-        ray_prob, local_prob = (read_image(folder / f"{stem}_prob.tif", channels=None) for folder in
-                                (out, tmp_path / "local"))
+        ray_prob, local_prob = (
+            read_image(folder / f"{stem}_prob.tif", channels=None) for folder in (out, tmp_path / "local")
+        )
         np.testing.assert_allclose(ray_prob, local_prob, rtol=0, atol=1e-6)
-        ray_facts, local_facts = (json.loads((folder / f"{stem}.json").read_text()) for folder in
-                                  (out, tmp_path / "local"))
+        ray_facts, local_facts = (
+            json.loads((folder / f"{stem}.json").read_text()) for folder in (out, tmp_path / "local")
+        )
         assert ray_facts.pop("seconds") > 0 and local_facts.pop("seconds") > 0
         assert ray_facts == local_facts
 
@@ -146,8 +186,25 @@ def test_a_ray_run_killed_part_way_is_finished_by_a_rerun(shared_data, cluster, 
     address, env, _ = cluster
     frames = webcam_frames(shared_data, tmp_path / "in", per_camera=4)
     out = tmp_path / "out"
-    command = tfsky("predict", "-m", model, tmp_path / "in", "-o", out, "--tta", "flip4", "--tile-batch", "2",
-                    "--engine", "ray", "--address", address, "--workers", "2", "-q")
+    command = tfsky(
+        "predict",
+        "-m",
+        model,
+        tmp_path / "in",
+        "-o",
+        out,
+        "--tta",
+        "flip4",
+        "--tile-batch",
+        "2",
+        "--engine",
+        "ray",
+        "--address",
+        address,
+        "--workers",
+        "2",
+        "-q",
+    )
     kill_9_after_the_first_sidecar(command, out, env)
     time.sleep(5)  # the cluster ends the dead driver's workers; an image they were writing stays a hidden temp
     finished = complete_sidecars(out)
@@ -155,19 +212,39 @@ def test_a_ray_run_killed_part_way_is_finished_by_a_rerun(shared_data, cluster, 
     rerun = subprocess.run(command[:-1], capture_output=True, text=True, timeout=300, env=env)
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stdout.strip() == f"done {len(frames) - len(finished)}, skipped {len(finished)}, failed 0 -> {out}"
-    assert visible_files(out) == {f"{frame.stem}{suffix}" for frame in frames
-                                  for suffix in ("_mask.png", "_prob.png", "_overlay.jpg", ".json")}
+    assert visible_files(out) == {
+        f"{frame.stem}{suffix}" for frame in frames for suffix in ("_mask.png", "_prob.png", "_overlay.jpg", ".json")
+    }
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_ray_translation_equals_the_local_engine_and_a_model_error_stops_both_alike(shared_data, cluster,
-                                                                                  translator_file, cli, tmp_path):
+def test_ray_translation_equals_the_local_engine_and_a_model_error_stops_both_alike(
+    shared_data, cluster, translator_file, cli, tmp_path
+):
     address, env, _ = cluster
     frames = webcam_frames(shared_data, tmp_path / "in", per_camera=1)
     out = tmp_path / "ray"
-    result = subprocess.run(tfsky("translate", "-m", translator_file, tmp_path / "in", "-o", out, "--engine", "ray",
-                                  "--address", address, "--workers", "2", "-q"),
-                            capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        tfsky(
+            "translate",
+            "-m",
+            translator_file,
+            tmp_path / "in",
+            "-o",
+            out,
+            "--engine",
+            "ray",
+            "--address",
+            address,
+            "--workers",
+            "2",
+            "-q",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ""
     local = translate_images(translator_file, [tmp_path / "in"], tmp_path / "local")
@@ -179,8 +256,9 @@ def test_ray_translation_equals_the_local_engine_and_a_model_error_stops_both_al
     bad_tile = ("translate", "-m", translator_file, tmp_path / "in", "-o", tmp_path / "bad", "--tile", "52")
     local_error = cli(*bad_tile)  # the tile is checked when the model loads: in each Ray worker
     assert local_error.exit_code == 1 and "got 52" in local_error.stderr
-    on_ray = subprocess.run(tfsky(*bad_tile, "--engine", "ray", "--address", address), capture_output=True,
-                            text=True, timeout=300, env=env)
+    on_ray = subprocess.run(
+        tfsky(*bad_tile, "--engine", "ray", "--address", address), capture_output=True, text=True, timeout=300, env=env
+    )
     assert on_ray.returncode == 1 and on_ray.stderr.strip() == local_error.stderr.strip()
 
 
@@ -188,22 +266,32 @@ def test_an_address_where_no_cluster_answers_is_one_line_error(model, tmp_path):
     port = free_port()  # nobody listens there
     frame = tmp_path / "in.png"
     frame.write_bytes(b"never read")
-    result = subprocess.run(tfsky("predict", "-m", model, frame, "-o", tmp_path / "out", "--engine", "ray",
-                                  "--address", f"127.0.0.1:{port}"), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        tfsky(
+            "predict", "-m", model, frame, "-o", tmp_path / "out", "--engine", "ray", "--address", f"127.0.0.1:{port}"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
-    assert result.stderr.strip() == f"Error: --address 127.0.0.1:{port}: no Ray cluster answers there (Connection refused)"
+    assert (
+        result.stderr.strip() == f"Error: --address 127.0.0.1:{port}: no Ray cluster answers there (Connection refused)"
+    )
 
 
 def test_ray_workers_write_straight_into_an_object_store_and_a_rerun_skips_what_is_there(
-        shared_data, cluster, model, tmp_path):
+    shared_data, cluster, model, tmp_path
+):
     address, env, _ = cluster
     frames = webcam_frames(shared_data, tmp_path / "in", per_camera=1)
     local = predict_many(model, [tmp_path / "in"], tmp_path / "local")
     assert len(local.done) == len(frames)
     bucket = new_bucket(env)
     out = f"s3://{bucket}/ray"
-    command = tfsky("predict", "-m", model, tmp_path / "in", "-o", out, "--engine", "ray", "--address", address,
-                    "--workers", "2")
+    command = tfsky(
+        "predict", "-m", model, tmp_path / "in", "-o", out, "--engine", "ray", "--address", address, "--workers", "2"
+    )
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"done {len(frames)}, skipped 0, failed 0 -> {out}"
@@ -226,10 +314,31 @@ def test_a_worker_killed_mid_image_does_not_stop_the_job(shared_data, cluster, m
     address, env, session = cluster
     frames = webcam_frames(shared_data, tmp_path / "in", per_camera=6)
     out = tmp_path / "out"
-    driver = subprocess.Popen(tfsky("predict", "-m", model, tmp_path / "in", "-o", out, "--tta", "flip4",
-                                    "--tile-batch", "2", "--engine", "ray", "--address", address, "--workers", "2",
-                                    "-q"),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    driver = subprocess.Popen(
+        tfsky(
+            "predict",
+            "-m",
+            model,
+            tmp_path / "in",
+            "-o",
+            out,
+            "--tta",
+            "flip4",
+            "--tile-batch",
+            "2",
+            "--engine",
+            "ray",
+            "--address",
+            address,
+            "--workers",
+            "2",
+            "-q",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 240
         while True:  # kill as soon as both workers run and one image is finished (the job is well under way)
@@ -246,8 +355,9 @@ def test_a_worker_killed_mid_image_does_not_stop_the_job(shared_data, cluster, m
     assert victim not in _map_workers(session)
     assert driver.returncode == 0, stderr
     assert stderr.strip() == ""
-    assert visible_files(out) == {f"{frame.stem}{suffix}" for frame in frames
-                                  for suffix in ("_mask.png", "_prob.png", "_overlay.jpg", ".json")}
+    assert visible_files(out) == {
+        f"{frame.stem}{suffix}" for frame in frames for suffix in ("_mask.png", "_prob.png", "_overlay.jpg", ".json")
+    }
     assert len(list(out.glob("*.json"))) == len(frames)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
@@ -286,8 +396,13 @@ def test_an_item_whose_worker_dies_every_time_fails_alone(cluster, tmp_path):
     folder.mkdir()
     for name, data in (("a", b"1"), ("b", b"poison"), ("c", b"3"), ("d", b"4")):
         (folder / f"{name}.png").write_bytes(data)
-    result = subprocess.run([sys.executable, "-c", POISON_JOB, str(folder), str(tmp_path / "out"), address],
-                            capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", POISON_JOB, str(folder), str(tmp_path / "out"), address],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["failed"] == [[str(folder / "b.png"), WORKER_DIED]]

@@ -23,9 +23,18 @@ def reference_example(values: dict) -> tf.train.Example:
 
 
 def record(image: np.ndarray, mask: np.ndarray, **extra) -> dict:
-    return {"id": "cams/1/a.jpg", "source": "cams", "group": "cams/1", "dtype": str(image.dtype),
-            "height": image.shape[0], "width": image.shape[1], "channels": image.shape[2], "image": image,
-            "mask": mask, **extra}
+    return {
+        "id": "cams/1/a.jpg",
+        "source": "cams",
+        "group": "cams/1",
+        "dtype": str(image.dtype),
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "channels": image.shape[2],
+        "image": image,
+        "mask": mask,
+        **extra,
+    }
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])

@@ -6,11 +6,22 @@ import json
 
 from rich.console import Console
 
-from tfsky.evaluate.report import (Table, format_cell, markdown_document, markdown_table, rich_table, signed,
-                                   write_report)
+from tfsky.evaluate.report import (
+    Table,
+    format_cell,
+    markdown_document,
+    markdown_table,
+    rich_table,
+    signed,
+    write_report,
+)
 
-TABLE = Table("Headline", ["method", "IoU", "note"], [["model", 0.861234, None], ["horizon | row", 0.5, "fitted"]],
-              note="dataset-level")
+TABLE = Table(
+    "Headline",
+    ["method", "IoU", "note"],
+    [["model", 0.861234, None], ["horizon | row", 0.5, "fitted"]],
+    note="dataset-level",
+)
 
 
 def test_cells_show_four_decimals_a_dash_for_none_and_signed_deltas():
@@ -20,8 +31,12 @@ def test_cells_show_four_decimals_a_dash_for_none_and_signed_deltas():
 
 def test_markdown_table_has_title_note_header_and_escaped_pipes():
     assert markdown_table(TABLE).splitlines() == [
-        "## Headline", "", "dataset-level", "",
-        "| method | IoU | note |", "|---|---|---|",
+        "## Headline",
+        "",
+        "dataset-level",
+        "",
+        "| method | IoU | note |",
+        "|---|---|---|",
         "| model | 0.8612 | — |",
         "| horizon \\| row | 0.5000 | fitted |",
     ]

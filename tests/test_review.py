@@ -27,8 +27,10 @@ FRAMES = [f"20200101_{hour:02d}0000.jpg" for hour in range(8, 16)]
 def manifests(tmp_path) -> Path:
     """One validated stream ``cam`` of 8 daylight frames (300 x 400), its manifest in ``<tmp>/m/cam``."""
     for index, name in enumerate(FRAMES):
-        write_jpeg(tmp_path / "frames" / "cam" / name, np.clip(scene(5, (300, 400)).astype(int) + index, 0, 255)
-                   .astype(np.uint8))
+        write_jpeg(
+            tmp_path / "frames" / "cam" / name,
+            np.clip(scene(5, (300, 400)).astype(int) + index, 0, 255).astype(np.uint8),
+        )
     validate_streams(StreamsConfig(root=tmp_path / "frames"), out=tmp_path / "m")
     return tmp_path / "m"
 
@@ -53,23 +55,30 @@ def test_stream_json_lists_frames_flags_and_what_is_left(client):
     assert [f["file"] for f in stream["frames"]] == FRAMES
     assert stream["left"] == 8 and stream["version"] == 1 and stream["undo"] == 0
     assert "clear" in stream["conditions"]
-    assert client.get("/api/streams").get_json() == [{"id": "cam", "camera": "cam", "frames": 8, "left": 8,
-                                                      "version": 1}]
+    assert client.get("/api/streams").get_json() == [
+        {"id": "cam", "camera": "cam", "frames": 8, "left": 8, "version": 1}
+    ]
 
 
 def test_edits_are_written_to_the_manifest_with_the_previous_value_and_undo_restores_it(client, manifests):
-    reject = post(client, "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[2], "field": "review",
-                                                    "value": "rejected"})
+    reject = post(
+        client, "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[2], "field": "review", "value": "rejected"}
+    )
     assert reject.status_code == 200, reject.get_json()
-    relabel = post(client, "/api/streams/cam/edit", {"version": 2, "frame": FRAMES[3], "field": "condition",
-                                                     "value": "overcast"})
+    relabel = post(
+        client, "/api/streams/cam/edit", {"version": 2, "frame": FRAMES[3], "field": "condition", "value": "overcast"}
+    )
     assert relabel.get_json()["version"] == 3 and relabel.get_json()["left"] == 7
     stream = read_manifest(manifest_file(manifests))
     assert stream.version == 3
     assert (stream.frames[2].review, stream.frames[2].usable) == ("rejected", False)
     assert (stream.frames[3].condition, stream.frames[3].label_source) == ("overcast", "human")
-    assert stream.edits[-1] == {"frame": FRAMES[3], "field": "condition", "value": "overcast",
-                                "previous": {"condition": None, "confidence": None, "label_source": None}}
+    assert stream.edits[-1] == {
+        "frame": FRAMES[3],
+        "field": "condition",
+        "value": "overcast",
+        "previous": {"condition": None, "confidence": None, "label_source": None},
+    }
     undone = post(client, "/api/streams/cam/undo", {"version": 3}).get_json()
     assert undone["frames"][3]["condition"] is None and undone["undo"] == 1
     undone = post(client, "/api/streams/cam/undo", {"version": 4}).get_json()
@@ -79,24 +88,28 @@ def test_edits_are_written_to_the_manifest_with_the_previous_value_and_undo_rest
 
 
 def test_camera_moved_from_a_frame_marks_it_and_every_later_frame(client, manifests):
-    marked = post(client, "/api/streams/cam/edit", {"version": 1, "frame": None, "field": "moved_from",
-                                                    "value": FRAMES[5]}).get_json()
+    marked = post(
+        client, "/api/streams/cam/edit", {"version": 1, "frame": None, "field": "moved_from", "value": FRAMES[5]}
+    ).get_json()
     assert [f["reason"] for f in marked["frames"]] == [""] * 5 + ["moved"] * 3
     assert not any(f["usable"] for f in marked["frames"][5:])
     stream = validate_stream(read_manifest(manifest_file(manifests)), StreamsConfig())  # survives re-validation
     assert [f.reason for f in stream.frames] == [""] * 5 + ["moved"] * 3
-    cleared = post(client, "/api/streams/cam/edit", {"version": 2, "frame": None, "field": "moved_from",
-                                                     "value": None}).get_json()
+    cleared = post(
+        client, "/api/streams/cam/edit", {"version": 2, "frame": None, "field": "moved_from", "value": None}
+    ).get_json()
     assert all(f["usable"] and not f["reason"] for f in cleared["frames"])
 
 
 def test_a_stale_version_is_a_409_and_keeps_the_other_tabs_change(client, manifests):
-    first = post(client, "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[0], "field": "review",
-                                                   "value": "accepted"})
+    first = post(
+        client, "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[0], "field": "review", "value": "accepted"}
+    )
     assert first.status_code == 200
     before = manifest_file(manifests).read_bytes()
-    second = post(client, "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[1], "field": "review",
-                                                    "value": "rejected"})
+    second = post(
+        client, "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[1], "field": "review", "value": "rejected"}
+    )
     assert second.status_code == 409
     assert "changed since you loaded it (your version 1, now 2); reload" in second.get_json()["error"]
     assert manifest_file(manifests).read_bytes() == before
@@ -104,24 +117,64 @@ def test_a_stale_version_is_a_409_and_keeps_the_other_tabs_change(client, manife
 
 
 BAD_REQUESTS = [
-    ("post", "/api/streams/nope/edit", {"version": 1, "frame": FRAMES[0], "field": "review", "value": "accepted"},
-     404, "unknown stream 'nope'"),
-    ("post", "/api/streams/cam/edit", {"version": 1, "frame": "../../etc/passwd", "field": "review",
-                                       "value": "rejected"}, 400, "is not a plain file name"),
-    ("post", "/api/streams/cam/edit", {"version": 1, "frame": None, "field": "moved_from", "value": "../x.jpg"},
-     400, "is not a plain file name"),
+    (
+        "post",
+        "/api/streams/nope/edit",
+        {"version": 1, "frame": FRAMES[0], "field": "review", "value": "accepted"},
+        404,
+        "unknown stream 'nope'",
+    ),
+    (
+        "post",
+        "/api/streams/cam/edit",
+        {"version": 1, "frame": "../../etc/passwd", "field": "review", "value": "rejected"},
+        400,
+        "is not a plain file name",
+    ),
+    (
+        "post",
+        "/api/streams/cam/edit",
+        {"version": 1, "frame": None, "field": "moved_from", "value": "../x.jpg"},
+        400,
+        "is not a plain file name",
+    ),
     ("post", "/api/streams/cam/edit", "{not json", 400, "must be a JSON object"),
     ("post", "/api/streams/cam/edit", [1, 2], 400, "must be a JSON object"),
-    ("post", "/api/streams/cam/edit", {"frame": FRAMES[0], "field": "review", "value": "accepted"}, 400,
-     "integer 'version'"),
-    ("post", "/api/streams/cam/edit", {"version": 1, "frame": "missing.jpg", "field": "review", "value": "accepted"},
-     400, "has no frame 'missing.jpg'"),
-    ("post", "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[0], "field": "usable", "value": True}, 400,
-     "unknown field 'usable'"),
-    ("post", "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[0], "field": "review", "value": "maybe"}, 400,
-     "review must be one of accepted, rejected"),
-    ("post", "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[0], "field": "condition", "value": "<b>"},
-     400, "condition must be a lower-case name"),
+    (
+        "post",
+        "/api/streams/cam/edit",
+        {"frame": FRAMES[0], "field": "review", "value": "accepted"},
+        400,
+        "integer 'version'",
+    ),
+    (
+        "post",
+        "/api/streams/cam/edit",
+        {"version": 1, "frame": "missing.jpg", "field": "review", "value": "accepted"},
+        400,
+        "has no frame 'missing.jpg'",
+    ),
+    (
+        "post",
+        "/api/streams/cam/edit",
+        {"version": 1, "frame": FRAMES[0], "field": "usable", "value": True},
+        400,
+        "unknown field 'usable'",
+    ),
+    (
+        "post",
+        "/api/streams/cam/edit",
+        {"version": 1, "frame": FRAMES[0], "field": "review", "value": "maybe"},
+        400,
+        "review must be one of accepted, rejected",
+    ),
+    (
+        "post",
+        "/api/streams/cam/edit",
+        {"version": 1, "frame": FRAMES[0], "field": "condition", "value": "<b>"},
+        400,
+        "condition must be a lower-case name",
+    ),
     ("post", "/api/streams/cam/edit", {"version": 1, "frame": FRAMES[0], "field": "review"}, 400, "needs a 'value'"),
     ("post", "/api/streams/cam/undo", {"version": 1}, 400, "nothing to undo"),
     ("get", "/thumbs/cam/..%2F..%2Fstream.json", None, 400, "is not a plain file name"),
@@ -130,10 +183,12 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("method, path, body, status, message", BAD_REQUESTS,
-                         ids=[f"{b[0]} {b[1]} {b[4]}" for b in BAD_REQUESTS])
-def test_bad_requests_are_a_clear_4xx_and_leave_the_manifest_untouched(client, manifests, method, path, body,
-                                                                      status, message):
+@pytest.mark.parametrize(
+    "method, path, body, status, message", BAD_REQUESTS, ids=[f"{b[0]} {b[1]} {b[4]}" for b in BAD_REQUESTS]
+)
+def test_bad_requests_are_a_clear_4xx_and_leave_the_manifest_untouched(
+    client, manifests, method, path, body, status, message
+):
     before = manifest_file(manifests).read_bytes()
     response = post(client, path, body) if method == "post" else client.get(path)
     assert response.status_code == status
@@ -151,7 +206,6 @@ def test_thumbnails_are_made_once_small_and_cached_beside_the_manifest(client, m
     time.sleep(0.01)
     assert client.get(f"/thumbs/cam/{FRAMES[0]}").data == cached.read_bytes()
     assert cached.stat().st_mtime_ns == made
-
 
 
 def with_camera_mask(manifests: Path) -> Path:
@@ -188,6 +242,7 @@ def test_the_camera_sky_mask_is_tinted_over_the_thumbnail_only_where_it_says_sky
 
 
 # --- the page in a real browser -----------------------------------------------------------------
+
 
 @pytest.fixture
 def browser(tmp_path):
@@ -244,11 +299,18 @@ def test_page_rejects_with_a_key_changes_a_label_and_both_survive_a_reload(brows
     assert cards[2].find_element(By.CSS_SELECTOR, ".label").text == "overcast"
     stream = read_manifest(manifest_file(manifests))
     assert (stream.frames[1].review, stream.frames[2].condition, stream.frames[2].label_source) == (
-        "rejected", "overcast", "human")
+        "rejected",
+        "overcast",
+        "human",
+    )
     assert browser.find_element(By.ID, "message").get_attribute("hidden")  # no error shown
 
-    wait_for(lambda: all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
-                         for img in browser.find_elements(By.CSS_SELECTOR, ".card img")))
+    wait_for(
+        lambda: all(
+            browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+            for img in browser.find_elements(By.CSS_SELECTOR, ".card img")
+        )
+    )
     shot = tmp_path / "review.png"
     assert browser.save_screenshot(str(shot))
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
@@ -294,7 +356,9 @@ def test_frame_panels_show_the_sky_overlay_translation_and_composite(manifests, 
     assert np.abs(shown["overlay"] - frame).mean() > 5  # the sky is tinted
     assert np.abs(shown["translated"] - frame).mean() > 5
     missing = client.get(f"/demo/cam/depth/{FRAMES[0]}")
-    assert missing.status_code == 404 and "this server makes overlay, translated, composite" in missing.get_json()["error"]
+    assert (
+        missing.status_code == 404 and "this server makes overlay, translated, composite" in missing.get_json()["error"]
+    )
 
 
 def test_without_models_a_panel_request_says_how_to_get_one(client):
@@ -311,8 +375,9 @@ def test_the_review_command_serves_the_manifests_on_loopback(manifests):
     import urllib.request
 
     command = [sys.executable, "-m", "tfsky.cli.main", "streams", "review", str(manifests), "--port", "0"]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    server = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"}
+    )
     try:
         line = server.stdout.readline()
         assert line.startswith(f"reviewing {manifests} at http://127.0.0.1:"), line + server.stderr.read()
@@ -373,8 +438,12 @@ def test_hostile_labels_names_and_details_render_as_text_and_run_nothing(browser
         wait_for(lambda: browser.execute_script("return window.tfskyPainted"))
         card = browser.find_elements(By.CSS_SELECTOR, ".card")[0]
         assert card.find_element(By.CSS_SELECTOR, ".label").text == HOSTILE
-        assert browser.execute_script("return Array.from(document.getElementById('label').options, o => o.value)"
-                                      ).count(HOSTILE) == 1
+        assert (
+            browser.execute_script("return Array.from(document.getElementById('label').options, o => o.value)").count(
+                HOSTILE
+            )
+            == 1
+        )
         browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ENTER)  # the frame dialog shows reason and detail
         assert HOSTILE in wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "dialog p").text)
         time.sleep(0.5)  # a broken image's onerror would have fired by now
@@ -400,8 +469,9 @@ def full_disk(monkeypatch) -> None:
     monkeypatch.setattr(atomic, "write_bytes", write_half)
 
 
-def test_an_edit_on_a_full_disk_is_a_json_error_and_the_page_stays_on_the_frame(browser, server_url, manifests,
-                                                                                 monkeypatch):
+def test_an_edit_on_a_full_disk_is_a_json_error_and_the_page_stays_on_the_frame(
+    browser, server_url, manifests, monkeypatch
+):
     from selenium.webdriver.common.by import By
 
     before = manifest_file(manifests).read_bytes()
@@ -413,8 +483,7 @@ def test_an_edit_on_a_full_disk_is_a_json_error_and_the_page_stays_on_the_frame(
     assert message == f"Not saved: {manifest_file(manifests)}: no space left on device", message
     assert "selected" in browser.find_elements(By.CSS_SELECTOR, ".card")[0].get_attribute("class")
     assert manifest_file(manifests).read_bytes() == before
-    assert sorted(p.name for p in (manifests / "cam").iterdir() if p.is_file()) == [".stream.json.lock",
-                                                                                    "stream.json"]
+    assert sorted(p.name for p in (manifests / "cam").iterdir() if p.is_file()) == [".stream.json.lock", "stream.json"]
 
 
 def test_the_sky_mask_toggle_swaps_every_card_and_flags_frames_that_disagree(browser, manifests):
@@ -428,13 +497,18 @@ def test_the_sky_mask_toggle_swaps_every_card_and_flags_frames_that_disagree(bro
         wait_for(lambda: browser.execute_script("return window.tfskyPainted"))
         button = browser.find_element(By.ID, "skymask")
         assert button.is_displayed() and "learnt from 8 frames" in button.get_attribute("title")
-        badges = [card.find_element(By.CSS_SELECTOR, ".badges").text for card in browser.find_elements(By.CSS_SELECTOR, ".card")]
+        badges = [
+            card.find_element(By.CSS_SELECTOR, ".badges").text
+            for card in browser.find_elements(By.CSS_SELECTOR, ".card")
+        ]
         assert [i for i, text in enumerate(badges) if "sky disagrees" in text] == [3]
 
         def pictures():
             images = browser.find_elements(By.CSS_SELECTOR, ".card img")
-            loaded = all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
-                         for img in images)
+            loaded = all(
+                browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+                for img in images
+            )
             return loaded and [img.get_attribute("src").split("/")[3] for img in images]
 
         browser.find_element(By.TAG_NAME, "body").send_keys("s")

@@ -305,8 +305,10 @@ def segmenter_features(model, photo: np.ndarray, layer: str) -> np.ndarray:
     return tf.keras.Model(model.input, model.get_layer(layer).output)(photo).numpy()
 
 
-@pytest.mark.parametrize(("backbone", "layer"), [("mobilenetv2", "block_6_expand_relu"), ("resnet18", "stage3_unit1_relu1"),
-                                                 ("vgg16", "block3_conv3")])
+@pytest.mark.parametrize(
+    ("backbone", "layer"),
+    [("mobilenetv2", "block_6_expand_relu"), ("resnet18", "stage3_unit1_relu1"), ("vgg16", "block3_conv3")],
+)
 def test_encoder_inside_the_segmenter_sees_what_the_bare_backbone_sees(tmp_path, backbone, layer):
     weights = tmp_path / "encoder.h5"
     save_encoder_weights(build_segmenter(tiny(backbone=backbone), 3), weights, backbone)  # random "published" weights
@@ -314,7 +316,9 @@ def test_encoder_inside_the_segmenter_sees_what_the_bare_backbone_sees(tmp_path,
     photo = tf.random.stateless_uniform([1, 64, 64, 3], seed=[5, 6]).numpy()  # [0, 1] pixels, as tfsky feeds
     expected = bare_backbone_features(backbone, weights, photo, layer)
     assert model.get_layer("encoder_input").trainable is False
-    np.testing.assert_allclose(segmenter_features(model, photo, layer), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        segmenter_features(model, photo, layer), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()
+    )
 
 
 def test_shared_imagenet_mobilenetv2_gives_the_bare_backbone_features(shared_data):
@@ -325,7 +329,9 @@ def test_shared_imagenet_mobilenetv2_gives_the_bare_backbone_features(shared_dat
     photo = read_image(shared_data / "sky_ade20k" / "images" / "ADE_train_00000004.jpg")
     photo = tf.image.resize(photo[None].astype(np.float32) / 255.0, (224, 224)).numpy()
     expected = bare_backbone_features("mobilenetv2", weights, photo, "out_relu")
-    np.testing.assert_allclose(segmenter_features(model, photo, "out_relu"), expected, atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        segmenter_features(model, photo, "out_relu"), expected, atol=1e-3 * np.abs(expected).max()
+    )
     assert np.abs(expected).max() > 1  # real ImageNet features, not a dead network
 
 
@@ -345,4 +351,3 @@ def test_frozen_encoder_batchnorm_keeps_its_statistics_through_training_and_savi
     reloaded, _ = load_model(tmp_path / "m.keras")
     assert not reloaded.get_layer("block_1_expand_BN").trainable
     assert reloaded.get_layer("decoder_stage0a_bn").trainable
-

@@ -42,8 +42,14 @@ def setup(tmp_path_factory):
     server = DevServer(root / "models", grpc_port=0, rest_port=0, poll_seconds=0.3).start()
     segmenter = TiledSegmenter.load(model_path)
     expected = segmenter.probabilities(segmenter.read(root / "scene.png"))[..., 0]
-    yield {"root": root, "model": model_path, "server": server, "expected": expected,
-           "grpc": f"127.0.0.1:{server.grpc_port}", "rest": f"127.0.0.1:{server.rest_port}"}
+    yield {
+        "root": root,
+        "model": model_path,
+        "server": server,
+        "expected": expected,
+        "grpc": f"127.0.0.1:{server.grpc_port}",
+        "rest": f"127.0.0.1:{server.rest_port}",
+    }
     server.stop()
 
 
@@ -66,8 +72,18 @@ def wait_for(condition, timeout: float = 30.0):
 def test_cli_client_predict_matches_in_process_prediction(setup, cli, tmp_path, transport):
     server = setup["rest"] if transport == "rest" else setup["grpc"]
     extra = {"grpc": [], "rest": ["--rest"], "tiles": ["--tiles", setup["root"] / "models" / "sky_segmenter" / "1"]}
-    result = cli("client", "predict", "--server", server, "--model", "sky_segmenter",
-                 setup["root"] / "scene.png", "--out", tmp_path, *extra[transport])
+    result = cli(
+        "client",
+        "predict",
+        "--server",
+        server,
+        "--model",
+        "sky_segmenter",
+        setup["root"] / "scene.png",
+        "--out",
+        tmp_path,
+        *extra[transport],
+    )
     assert result.exit_code == 0, result.stderr
     assert "done 1, skipped 0, failed 0" in result.stdout
 
@@ -95,10 +111,13 @@ def test_client_probability_matches_in_process_prediction(setup, rest):
 
 
 def test_rest_row_format_with_b64_instances(setup):
-    body = {"signature_name": "predict_image",
-            "instances": [{"b64": base64.b64encode((setup["root"] / "scene.png").read_bytes()).decode()}]}
-    request = urllib.request.Request(f"http://{setup['rest']}/v1/models/sky_segmenter:predict",
-                                     data=json.dumps(body).encode(), method="POST")
+    body = {
+        "signature_name": "predict_image",
+        "instances": [{"b64": base64.b64encode((setup["root"] / "scene.png").read_bytes()).decode()}],
+    }
+    request = urllib.request.Request(
+        f"http://{setup['rest']}/v1/models/sky_segmenter:predict", data=json.dumps(body).encode(), method="POST"
+    )
     with urllib.request.urlopen(request, timeout=30) as answer:
         (prediction,) = json.loads(answer.read())["predictions"]
     assert set(prediction) == {"mask_png_bytes", "probability_png_bytes", "sky_fraction"}
@@ -108,8 +127,15 @@ def test_rest_row_format_with_b64_instances(setup):
 
 @pytest.mark.parametrize("rest", [False, True])
 def test_cli_client_status(setup, cli, rest):
-    result = cli("client", "status", "--server", setup["rest"] if rest else setup["grpc"], "--model", "sky_segmenter",
-                 *(["--rest"] if rest else []))
+    result = cli(
+        "client",
+        "status",
+        "--server",
+        setup["rest"] if rest else setup["grpc"],
+        "--model",
+        "sky_segmenter",
+        *(["--rest"] if rest else []),
+    )
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == "sky_segmenter version 1: AVAILABLE"
 
@@ -167,16 +193,30 @@ def test_200_concurrent_requests_without_errors(setup):
     with Client(setup["grpc"]) as client, ThreadPoolExecutor(max_workers=16) as pool:
         latencies = sorted(pool.map(one, range(200)))  # any failed request raises here
     p50, p99 = statistics.median(latencies), latencies[int(0.99 * len(latencies)) - 1]
-    print(f"\n200 concurrent 4-tile requests (16 threads, loopback gRPC): 0 errors, "
-          f"p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms")
+    print(
+        f"\n200 concurrent 4-tile requests (16 threads, loopback gRPC): 0 errors, "
+        f"p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms"
+    )
     assert len(latencies) == 200
 
 
 def test_serve_cli_stops_cleanly_on_sigterm(setup):
     process = subprocess.Popen(
-        [sys.executable, "-m", "tfsky.cli.main", "serve", "--repo", str(setup["root"] / "models"),
-         "--grpc-port", "0", "--rest-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tfsky.cli.main",
+            "serve",
+            "--repo",
+            str(setup["root"] / "models"),
+            "--grpc-port",
+            "0",
+            "--rest-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         banner = process.stdout.readline()
@@ -204,12 +244,29 @@ GOOD_TILES = np.zeros((1, TILE, TILE, 3), np.float32)
 @pytest.mark.parametrize(
     "model, signature, inputs, code, message",
     [
-        ("sky_segmenter", "", {"tiles": GOOD_TILES.astype(np.float64)}, "INVALID_ARGUMENT", "must be float32, got float64"),
-        ("sky_segmenter", "", {"tiles": GOOD_TILES[0]}, "INVALID_ARGUMENT", "must have shape [?, ?, ?, 3], got [32, 32, 3]"),
+        (
+            "sky_segmenter",
+            "",
+            {"tiles": GOOD_TILES.astype(np.float64)},
+            "INVALID_ARGUMENT",
+            "must be float32, got float64",
+        ),
+        (
+            "sky_segmenter",
+            "",
+            {"tiles": GOOD_TILES[0]},
+            "INVALID_ARGUMENT",
+            "must have shape [?, ?, ?, 3], got [32, 32, 3]",
+        ),
         ("sky_segmenter", "", {"images": GOOD_TILES}, "INVALID_ARGUMENT", "missing ['tiles'], unknown ['images']"),
         ("sky_segmenter", "nope", {"tiles": GOOD_TILES}, "INVALID_ARGUMENT", "has no signature 'nope'"),
-        ("sky_segmenter", "predict_image", {"image_bytes": np.array([b"not an image"], object)}, "INVALID_ARGUMENT",
-         "Unknown image file format"),
+        (
+            "sky_segmenter",
+            "predict_image",
+            {"image_bytes": np.array([b"not an image"], object)},
+            "INVALID_ARGUMENT",
+            "Unknown image file format",
+        ),
         ("unknown", "", {"tiles": GOOD_TILES}, "NOT_FOUND", "model 'unknown' not found"),
     ],
 )
@@ -247,10 +304,21 @@ def test_unavailable_server_is_retried_then_one_line_error(cli):
 
 
 def test_cli_client_predict_unknown_model_is_one_line_error(setup, cli, tmp_path):
-    result = cli("client", "predict", "--server", setup["grpc"], "--model", "nope", setup["root"] / "scene.png",
-                 "--out", tmp_path)
+    result = cli(
+        "client",
+        "predict",
+        "--server",
+        setup["grpc"],
+        "--model",
+        "nope",
+        setup["root"] / "scene.png",
+        "--out",
+        tmp_path,
+    )
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"Error: server {setup['grpc']}: NOT_FOUND: model 'nope' not found (no loaded version)"
+    assert (
+        result.stderr.strip() == f"Error: server {setup['grpc']}: NOT_FOUND: model 'nope' not found (no loaded version)"
+    )
     assert not list(tmp_path.iterdir())
 
 
@@ -320,8 +388,9 @@ def test_client_folder_and_manifest_inputs_keep_sub_folders(setup, cli, tmp_path
     result = client_predict(cli, setup, folder, manifest, "--out", out)
     assert result.exit_code == 0, result.stderr
     assert "done 3, skipped 0, failed 0" in result.stdout
-    assert visible_files(out) == {f"{stem}{suffix}" for stem in ("x", "sub/y", "frames/m")
-                                  for suffix in ("_mask.png", "_prob.png", ".json")}
+    assert visible_files(out) == {
+        f"{stem}{suffix}" for stem in ("x", "sub/y", "frames/m") for suffix in ("_mask.png", "_prob.png", ".json")
+    }
     assert json.loads((out / "sub" / "y.json").read_text())["source"] == str(folder / "sub" / "y.png")
     assert len(requests) == 3
 

@@ -39,11 +39,19 @@ def served(tmp_path_factory):
     image = small_png(root / "scene.png")
     segmenter = TiledSegmenter.load(model_path)
     expected = segmenter.probabilities(segmenter.read(image))[..., 0]
-    server = DevServer(root / "models", grpc_port=0, rest_port=0, poll_seconds=0.3, max_message_mb=1,
-                       read_timeout=READ_TIMEOUT).start()
-    yield {"root": root, "model": model_path, "server": server, "image": image, "expected": expected,
-           "grpc": f"127.0.0.1:{server.grpc_port}", "rest": f"127.0.0.1:{server.rest_port}",
-           "port": server.rest_port}
+    server = DevServer(
+        root / "models", grpc_port=0, rest_port=0, poll_seconds=0.3, max_message_mb=1, read_timeout=READ_TIMEOUT
+    ).start()
+    yield {
+        "root": root,
+        "model": model_path,
+        "server": server,
+        "image": image,
+        "expected": expected,
+        "grpc": f"127.0.0.1:{server.grpc_port}",
+        "rest": f"127.0.0.1:{server.rest_port}",
+        "port": server.rest_port,
+    }
     server.stop()
 
 
@@ -80,23 +88,29 @@ PREDICT = "/v1/models/sky_segmenter:predict"
 def test_rest_unknown_version_is_404_on_predict_status_and_metadata(served):
     port = served["port"]
     assert http_request(port, post("/v1/models/sky_segmenter/versions/999:predict", TILES_BODY)) == (
-        404, {"error": "model 'sky_segmenter' version 999 is not loaded"})
+        404,
+        {"error": "model 'sky_segmenter' version 999 is not loaded"},
+    )
     assert http_request(port, get("/v1/models/sky_segmenter/versions/999")) == (
-        404, {"error": "model 'sky_segmenter' version 999 not found"})
+        404,
+        {"error": "model 'sky_segmenter' version 999 not found"},
+    )
     assert http_request(port, get("/v1/models/sky_segmenter/versions/999/metadata"))[0] == 404
     assert http_request(port, get("/v1/models/sky_segmenter/versions/1")) == (
-        200, {"model_version_status": [{"version": "1", "state": "AVAILABLE"}]})
+        200,
+        {"model_version_status": [{"version": "1", "state": "AVAILABLE"}]},
+    )
     status, answer = http_request(port, post("/v1/models/sky_segmenter/versions/1:predict", TILES_BODY))
     assert status == 200 and np.asarray(answer["outputs"]).shape == (1, 32, 32, 1)
 
 
-def test_cli_client_predict_rest_unknown_version_fails_and_sidecars_record_the_answering_version(served, cli,
-                                                                                                tmp_path):
+def test_cli_client_predict_rest_unknown_version_fails_and_sidecars_record_the_answering_version(served, cli, tmp_path):
     common = ["client", "predict", served["image"], "--model", "sky_segmenter"]
     refused = cli(*common, "--server", served["rest"], "--rest", "--version", "999", "--out", tmp_path / "no")
     assert refused.exit_code == 1
-    assert refused.stderr.strip() == (f"Error: server {served['rest']}: NOT_FOUND: "
-                                      "model 'sky_segmenter' version 999 is not loaded")
+    assert refused.stderr.strip() == (
+        f"Error: server {served['rest']}: NOT_FOUND: model 'sky_segmenter' version 999 is not loaded"
+    )
     assert not (tmp_path / "no").exists() or not list((tmp_path / "no").iterdir())
     tiles = ["--tiles", served["root"] / "models" / "sky_segmenter" / "1"]
     for transport, extra in (("rest", ["--rest"]), ("grpc", []), ("tiles", tiles), ("rest tiles", ["--rest", *tiles])):
@@ -110,14 +124,17 @@ def test_cli_client_predict_rest_unknown_version_fails_and_sidecars_record_the_a
 # ----------------------------------------------------------------- Content-Length, body limit, timeouts
 
 
-@pytest.mark.parametrize("length, extra, status, message", [
-    (None, "", 400, "invalid Content-Length (missing)"),
-    ("-1", "", 400, "invalid Content-Length -1"),
-    ("abc", "", 400, "invalid Content-Length abc"),
-    ("\u00b2", "", 400, "invalid Content-Length"),  # str.isdigit() says yes, int() says no
-    ("auto", "Content-Length: 5\r\n", 400, "invalid Content-Length"),  # two of them
-    ("99999999999", "", 413, "request body of 99999999999 bytes is over the limit of 1048576 bytes"),
-])
+@pytest.mark.parametrize(
+    "length, extra, status, message",
+    [
+        (None, "", 400, "invalid Content-Length (missing)"),
+        ("-1", "", 400, "invalid Content-Length -1"),
+        ("abc", "", 400, "invalid Content-Length abc"),
+        ("\u00b2", "", 400, "invalid Content-Length"),  # str.isdigit() says yes, int() says no
+        ("auto", "Content-Length: 5\r\n", 400, "invalid Content-Length"),  # two of them
+        ("99999999999", "", 413, "request body of 99999999999 bytes is over the limit of 1048576 bytes"),
+    ],
+)
 def test_bad_content_length_is_refused_at_once(served, length, extra, status, message):
     start = time.monotonic()
     raw = post(PREDICT, b"", length, extra).replace("\u00b2".encode(), "\u00b2".encode("latin-1"))
@@ -152,13 +169,16 @@ def test_a_refused_request_does_not_leave_its_body_for_the_next_one_on_the_conne
         connection.close()
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"{not json", "JSON Parse error"),
-    (b"[" * 100_000, "JSON Parse error"),  # nesting deeper than the parser's recursion limit
-    (b"\xff\xfe{}", "JSON Parse error"),
-    (b'{"instances": [[1, 2], [3]]}', "inhomogeneous"),
-    (b'{"inputs": {"tiles": "text"}}', "expected float32 numbers"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"{not json", "JSON Parse error"),
+        (b"[" * 100_000, "JSON Parse error"),  # nesting deeper than the parser's recursion limit
+        (b"\xff\xfe{}", "JSON Parse error"),
+        (b'{"instances": [[1, 2], [3]]}', "inhomogeneous"),
+        (b'{"inputs": {"tiles": "text"}}', "expected float32 numbers"),
+    ],
+)
 def test_malformed_bodies_are_400(served, body, message):
     status, answer = http_request(served["port"], post(PREDICT, body))
     assert status == 400 and message in answer["error"]
@@ -170,8 +190,10 @@ def test_slow_and_silent_clients_do_not_hold_the_server(served):
     try:
         slow.sendall(post(PREDICT, b"", "1000") + b'{"inputs":')  # promises 1000 bytes, sends 10, then nothing
         start = time.monotonic()
-        with Client(served["rest"], rest=True, timeout=5, retries=0) as rest, \
-                Client(served["grpc"], timeout=5, retries=0) as grpc_client:
+        with (
+            Client(served["rest"], rest=True, timeout=5, retries=0) as rest,
+            Client(served["grpc"], timeout=5, retries=0) as grpc_client,
+        ):
             for client in (rest, grpc_client):
                 prediction = client.predict_image("sky_segmenter", served["image"].read_bytes())
                 np.testing.assert_allclose(prediction.probability, served["expected"], atol=1e-4)
@@ -216,7 +238,6 @@ def test_broken_version_keeps_the_last_good_one_serving_and_is_retried_when_fixe
     assert [(s.version, s.state, s.error) for s in repository.status("flaky")] == [(1, "END", ""), (7, "AVAILABLE", "")]
 
 
-
 def test_a_corrupt_newest_version_at_server_start_serves_the_newest_that_loads(served, tmp_path):
     """The issue's reproduction: ``cp -r R/m/1 R/m/3; head -c 100 R/m/1/saved_model.pb > R/m/3/saved_model.pb``."""
     repo = tmp_path / "repo"
@@ -225,8 +246,10 @@ def test_a_corrupt_newest_version_at_server_start_serves_the_newest_that_loads(s
     shutil.copytree(good, repo / "m" / "3")
     for broken in (2, 3):
         (repo / "m" / str(broken) / "saved_model.pb").write_bytes((good / "saved_model.pb").read_bytes()[:100])
-    with DevServer(repo, grpc_port=0, rest_port=0, poll_seconds=0.3) as server, \
-            Client(f"127.0.0.1:{server.rest_port}", rest=True) as client:
+    with (
+        DevServer(repo, grpc_port=0, rest_port=0, poll_seconds=0.3) as server,
+        Client(f"127.0.0.1:{server.rest_port}", rest=True) as client,
+    ):
         states = client.status("m")
         assert [(s.version, s.state) for s in states] == [(1, "AVAILABLE"), (2, "END"), (3, "END")]
         assert all("saved_model.pb" in s.error for s in states[1:])  # each broken one says why
@@ -270,8 +293,18 @@ def abusive_requests(model: str) -> list[tuple[bytes, int]]:
         (post("/v1/models/../sky_segmenter:predict", TILES_BODY), 404),
         (get("/nothing/here"), 404),
         (b"DELETE /v1/models/x HTTP/1.1\r\nHost: x\r\n\r\n", 501),
-        *((post(predict, json.dumps({"signature_name": "predict_image", "instances": [
-            {"b64": base64.b64encode(bomb).decode()}]}).encode()), 400) for bomb in header_bombs().values()),
+        *(
+            (
+                post(
+                    predict,
+                    json.dumps(
+                        {"signature_name": "predict_image", "instances": [{"b64": base64.b64encode(bomb).decode()}]}
+                    ).encode(),
+                ),
+                400,
+            )
+            for bomb in header_bombs().values()
+        ),
     ]
 
 
@@ -281,8 +314,9 @@ def test_bounded_abuse_while_valid_requests_keep_getting_correct_answers(served,
     image = served["image"].read_bytes()
     failures, answered = [], []  # answered: (REST?, after the corrupt folder appeared?)
     stop, corrupted = threading.Event(), threading.Event()
-    with DevServer(repo, grpc_port=0, rest_port=0, poll_seconds=0.2, max_message_mb=1,
-                   read_timeout=READ_TIMEOUT) as server:
+    with DevServer(
+        repo, grpc_port=0, rest_port=0, poll_seconds=0.2, max_message_mb=1, read_timeout=READ_TIMEOUT
+    ) as server:
         rest_address, grpc_address = f"127.0.0.1:{server.rest_port}", f"127.0.0.1:{server.grpc_port}"
 
         def valid_requests(rest: bool) -> None:
@@ -328,9 +362,11 @@ def test_bounded_abuse_while_valid_requests_keep_getting_correct_answers(served,
             for worker in workers:
                 worker.join(timeout=60)
         assert failures == []
-        print(f"\nabuse: {round_number} rounds of {len(abusive_requests('sky_segmenter'))} bad REST + 3 bad gRPC "
-              f"requests; valid answers: {answered.count((True, False)) + answered.count((True, True))} REST, "
-              f"{answered.count((False, False)) + answered.count((False, True))} gRPC, 0 wrong")
+        print(
+            f"\nabuse: {round_number} rounds of {len(abusive_requests('sky_segmenter'))} bad REST + 3 bad gRPC "
+            f"requests; valid answers: {answered.count((True, False)) + answered.count((True, True))} REST, "
+            f"{answered.count((False, False)) + answered.count((False, True))} gRPC, 0 wrong"
+        )
         with Client(grpc_address) as client:  # still up, still on the version that loaded
             states = {s.version: (s.state, bool(s.error)) for s in client.status("sky_segmenter")}
             assert states == {1: ("AVAILABLE", False), 9: ("END", True)}

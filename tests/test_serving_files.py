@@ -38,6 +38,7 @@ def text_proto_values(text: str) -> dict[str, list[str]]:
 
 # ------------------------------------------------------------------ the files
 
+
 def test_models_config_parses_with_tf_serving_proto():
     config = text_format.Parse((SERVING / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
     models = {model.name: model for model in config.model_config_list.config}
@@ -71,9 +72,10 @@ def test_batching_fits_every_batch_tfsky_sends():
 
 
 def test_text_proto_reader_reads_wrapped_plain_and_repeated_values():
-    assert text_proto_values("max_batch_size { value: 8 }  # c\nallowed_batch_sizes: 4\nallowed_batch_sizes: 8\n"
-                             "prometheus_config {\n  enable: true\n}\n") == {
-        "max_batch_size": ["8"], "allowed_batch_sizes": ["4", "8"], "enable": ["true"]}
+    assert text_proto_values(
+        "max_batch_size { value: 8 }  # c\nallowed_batch_sizes: 4\nallowed_batch_sizes: 8\n"
+        "prometheus_config {\n  enable: true\n}\n"
+    ) == {"max_batch_size": ["8"], "allowed_batch_sizes": ["4", "8"], "enable": ["true"]}
 
 
 def test_monitoring_enables_prometheus_at_the_path_the_serving_guide_uses():
@@ -107,8 +109,11 @@ def test_compose_ports_volumes_and_flags():
     flags = _flags(service["command"])
     assert flags["port"] == "8500" and flags["rest_api_port"] == "8501"
     assert flags["enable_batching"] == "true"
-    for flag, file in [("model_config_file", "models.config"), ("batching_parameters_file", "batching.config"),
-                       ("monitoring_config_file", "monitoring.config")]:
+    for flag, file in [
+        ("model_config_file", "models.config"),
+        ("batching_parameters_file", "batching.config"),
+        ("monitoring_config_file", "monitoring.config"),
+    ]:
         assert flags[flag] == f"{CONTAINER_CONFIG_DIR}/{file}"
         assert (config_dir / file).is_file(), flag
     channel_args = dict(item.split("=") for item in flags["grpc_channel_arguments"].split(","))

@@ -41,8 +41,13 @@ def served(tmp_path_factory):
         write_png(frames / name, all_sky_frame(index))
     write_png(frames / "20240101_122000.png", np.zeros((60, 80, 3), np.uint8))  # no valid sky: fails in both
     with DevServer(root / "repo", grpc_port=0, rest_port=0, poll_seconds=0.3) as server:
-        yield {"root": root, "models": models, "frames": frames,
-               "grpc": f"127.0.0.1:{server.grpc_port}", "rest": f"127.0.0.1:{server.rest_port}"}
+        yield {
+            "root": root,
+            "models": models,
+            "frames": frames,
+            "grpc": f"127.0.0.1:{server.grpc_port}",
+            "rest": f"127.0.0.1:{server.rest_port}",
+        }
 
 
 def client_predict(cli, served, inputs, model: str, out, *extra, rest: bool = False):
@@ -68,14 +73,18 @@ def test_client_predict_with_a_cloud_model_writes_what_tfsky_predict_writes(serv
     assert (remote / "cloud_cover.png").is_file()
     for stem in ("20240101_120000", "20240101_121000"):
         for suffix in ("_classes.png", "_mask.png"):
-            np.testing.assert_array_equal(read_image(remote / f"{stem}{suffix}", channels=None),
-                                          read_image(local / f"{stem}{suffix}", channels=None))
+            np.testing.assert_array_equal(
+                read_image(remote / f"{stem}{suffix}", channels=None),
+                read_image(local / f"{stem}{suffix}", channels=None),
+            )
         probability = [read_image(folder / f"{stem}_prob.png", channels=None) / 65535 for folder in (remote, local)]
         np.testing.assert_allclose(*probability, atol=1e-4)
         facts = [json.loads((folder / f"{stem}.json").read_text()) for folder in (remote, local)]
         assert facts[0]["sky_fraction"] == facts[1]["sky_fraction"]
         assert facts[1]["cloud_cover"]["sun"] == {"found": False}  # so the served cover (no sun search) is the same
-        local_cover = {key: value for key, value in facts[1]["cloud_cover"].items() if key not in ("camera_mask", "sun")}
+        local_cover = {
+            key: value for key, value in facts[1]["cloud_cover"].items() if key not in ("camera_mask", "sun")
+        }
         assert facts[0]["cloud_cover"] == local_cover
         assert 0 < local_cover["cloud_fraction_pct"] < 100
     assert not (remote / "20240101_122000.json").exists()
@@ -91,8 +100,11 @@ def test_client_predict_with_a_colorizer_writes_what_tfsky_colorize_writes(serve
     assert result.exit_code == 0, result.stderr
     result = client_predict(cli, served, grey, "colorizer", remote)
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in remote.iterdir()) == sorted(p.name for p in local.iterdir()) == [
-        "frame0_colour.png", "frame1_colour.png"]
+    assert (
+        sorted(p.name for p in remote.iterdir())
+        == sorted(p.name for p in local.iterdir())
+        == ["frame0_colour.png", "frame1_colour.png"]
+    )
     for name in ("frame0_colour.png", "frame1_colour.png"):
         served_rgb, local_rgb = (read_image(folder / name).astype(int) for folder in (remote, local))
         assert served_rgb.shape == local_rgb.shape == (60, 80, 3)
@@ -104,5 +116,6 @@ def test_client_tiles_of_a_cloud_export_is_refused_in_one_line(served, cli, tmp_
     version = served["root"] / "repo" / "cloud" / "1"
     result = client_predict(cli, served, served["frames"], "cloud", tmp_path / "out", "--tiles", version)
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"Error: {version}: is a cloud model: client-side tiling (--tiles) draws a "
-                                     "1-class sky mask; omit --tiles")
+    assert result.stderr.strip() == (
+        f"Error: {version}: is a cloud model: client-side tiling (--tiles) draws a 1-class sky mask; omit --tiles"
+    )

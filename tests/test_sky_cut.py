@@ -43,8 +43,9 @@ def test_keras_metrics_give_the_evaluators_numbers_on_the_same_pixels(threshold)
         assert np.any(probabilities == np.float32(threshold))  # where `>` and `>=` differ
         for metric in (iou, f1):
             metric.update_state(tf.constant(truth), tf.constant(probabilities))
-    expected = evaluator_scores(np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]),
-                                threshold)
+    expected = evaluator_scores(
+        np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]), threshold
+    )
     assert iou.result().numpy() == pytest.approx(expected["iou"], rel=1e-6)
     assert f1.result().numpy() == pytest.approx(expected["f1"], rel=1e-6)
     strictly_above = evaluator_scores(*[np.concatenate(part) for part in zip(*batches)], threshold + 1e-6)

@@ -102,8 +102,11 @@ def test_group_pattern_keeps_each_camvid_sequence_on_one_side_of_the_split(share
     source = SourceConfig(kind="mask_folder", images=root / "images", masks=root / "masks", group_pattern="^[^_]+")
     source.validate()
     items = list(iter_source(source))
-    assert Counter(item.group for item in items) == {"sky_camvid/0001TP": 62, "sky_camvid/0006R0": 101,
-                                                     "sky_camvid/0016E5": 305}
+    assert Counter(item.group for item in items) == {
+        "sky_camvid/0001TP": 62,
+        "sky_camvid/0006R0": 101,
+        "sky_camvid/0016E5": 305,
+    }
 
 
 def test_group_pattern_errors_name_the_key(tmp_path):

@@ -14,10 +14,27 @@ import pytest
 from PIL import Image
 
 from tfsky.config import load_config
-from tfsky.data.pairs import (PairDataConfig, PairsConfig, build_pairs, make_pair_dataset, read_pairs,
-                              split_cameras, write_pairs)
-from tfsky.data.streams import (Frame, Stream, StreamsConfig, frame_timestamp, import_tree, load_streams,
-                                read_manifest, validate_stream, validate_streams, write_manifest)
+from tfsky.data.pairs import (
+    PairDataConfig,
+    PairsConfig,
+    build_pairs,
+    make_pair_dataset,
+    read_pairs,
+    split_cameras,
+    write_pairs,
+)
+from tfsky.data.streams import (
+    Frame,
+    Stream,
+    StreamsConfig,
+    frame_timestamp,
+    import_tree,
+    load_streams,
+    read_manifest,
+    validate_stream,
+    validate_streams,
+    write_manifest,
+)
 from tfsky.errors import ConfigError, InputError
 from tfsky.io.writers import write_tif
 
@@ -78,8 +95,11 @@ def test_manifest_round_trip(cam623, tmp_path):
 
 def test_hand_written_manifest_resolves_relative_to_its_folder(tmp_path):
     write_jpeg(tmp_path / "cam" / "a.jpg", scene(0))
-    (tmp_path / "cam" / "stream.json").write_text(json.dumps(
-        {"camera": "cam", "frames": [{"file": "a.jpg", "timestamp": "2020-01-01T10:00:00", "condition": "clear"}]}))
+    (tmp_path / "cam" / "stream.json").write_text(
+        json.dumps(
+            {"camera": "cam", "frames": [{"file": "a.jpg", "timestamp": "2020-01-01T10:00:00", "condition": "clear"}]}
+        )
+    )
     stream = load_streams(tmp_path / "cam")[0]
     assert stream.path(stream.frames[0]) == tmp_path / "cam" / "a.jpg"
     assert stream.frames[0].usable and stream.mask is None
@@ -95,14 +115,16 @@ def test_malformed_manifest_is_one_input_error(tmp_path, content):
 
 def test_validate_cli_writes_manifests_and_prints_counts(cli, shared_data, tmp_path):
     root = shared_data / "skyfinder_webcams"
-    result = cli("streams", "validate", "--root", root, "--labels", root / "weather_labels_cam623.csv",
-                 "--out", tmp_path / "m")
+    result = cli(
+        "streams", "validate", "--root", root, "--labels", root / "weather_labels_cam623.csv", "--out", tmp_path / "m"
+    )
     assert result.exit_code == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if "│ 623 " in line)
     assert [cell.strip() for cell in row.strip("│ ").split("│")][:8] == ["623", "10", "7", "0", "0", "0", "0", "3"]
     assert {s.camera for s in load_streams(tmp_path / "m")} == {"623", "684", "9730", "10917"}
-    assert sorted(p.name for p in root.glob("623/*")) == sorted(f.file for f in read_manifest(
-        tmp_path / "m" / "623" / "stream.json").frames)  # images untouched, none added
+    assert sorted(p.name for p in root.glob("623/*")) == sorted(
+        f.file for f in read_manifest(tmp_path / "m" / "623" / "stream.json").frames
+    )  # images untouched, none added
 
 
 # --- synthetic defects --------------------------------------------------------------------------
@@ -128,9 +150,15 @@ def test_each_defect_gets_its_reason(tmp_path):
     stream = import_tree(StreamsConfig(root=tmp_path)).streams[0]
     checked = {f.file: f for f in validate_stream(stream, StreamsConfig()).frames}
     assert {name: frame.reason for name, frame in checked.items()} == {
-        "20200101_100000.jpg": "", "20200101_110000.jpg": "", "20200101_120000.jpg": "",
-        "20200101_130000.jpg": "moved", "20200101_140000.jpg": "blank", "20200101_150000.jpg": "saturated",
-        "20200101_160000.jpg": "night", "20200101_170000.jpg": "size", "20200101_180000.jpg": "corrupt",
+        "20200101_100000.jpg": "",
+        "20200101_110000.jpg": "",
+        "20200101_120000.jpg": "",
+        "20200101_130000.jpg": "moved",
+        "20200101_140000.jpg": "blank",
+        "20200101_150000.jpg": "saturated",
+        "20200101_160000.jpg": "night",
+        "20200101_170000.jpg": "size",
+        "20200101_180000.jpg": "corrupt",
         "20200101_190000.tif": "corrupt",
     }
     assert "HDR" in checked["20200101_190000.tif"].detail
@@ -163,8 +191,10 @@ def test_low_confidence_labels_and_labels_naming_missing_frames(tmp_path):
     for hour in (10, 11):
         write_jpeg(tmp_path / "cam" / f"20200101_{hour}0000.jpg", scene(hour))
     labels = tmp_path / "labels.csv"
-    labels.write_text("image,sky_condition,confidence\ncam/20200101_100000.jpg,clear,0.3\n"
-                      "cam/20200101_110000.jpg,overcast,0.9\ncam/20200101_120000.jpg,clear,1\n")
+    labels.write_text(
+        "image,sky_condition,confidence\ncam/20200101_100000.jpg,clear,0.3\n"
+        "cam/20200101_110000.jpg,overcast,0.9\ncam/20200101_120000.jpg,clear,1\n"
+    )
     cfg = StreamsConfig(root=tmp_path, labels_csv=labels, confidence_column="confidence", manifests=tmp_path / "m")
     report = validate_streams(cfg)
     assert report.skipped == [f"{labels}:4: frame cam/20200101_120000.jpg not found under {tmp_path}"]
@@ -213,16 +243,21 @@ def test_unknown_condition_names_key_and_known_conditions(cli, shared_data, tmp_
     cli("streams", "validate", "--root", root, "--labels", root / "weather_labels_cam623.csv", "--out", tmp_path / "m")
     result = cli("streams", "pairs", tmp_path / "m", "--out", tmp_path / "p.json", "--set", "pairs.source=sunny")
     assert result.exit_code == 1
-    assert result.stderr.strip() == ("Error: config key 'pairs.source': unknown condition 'sunny' "
-                                     "(known conditions: clear, overcast, unlabelled(night))")
+    assert result.stderr.strip() == (
+        "Error: config key 'pairs.source': unknown condition 'sunny' "
+        "(known conditions: clear, overcast, unlabelled(night))"
+    )
     ok = cli("streams", "pairs", tmp_path / "m", "--out", tmp_path / "p.json")
     assert ok.exit_code == 0 and "12 pairs written" in ok.stdout
     assert len(read_pairs(tmp_path / "p.json")) == 12
 
 
 def test_zero_pairs_is_a_config_error(cam623):
-    with pytest.raises(ConfigError, match=r"no pairs after filtering: 4 usable 'clear' and 3 usable 'overcast'.*"
-                                          r"but no stream has both within 1 h of each other"):
+    with pytest.raises(
+        ConfigError,
+        match=r"no pairs after filtering: 4 usable 'clear' and 3 usable 'overcast'.*"
+        r"but no stream has both within 1 h of each other",
+    ):
         build_pairs([cam623], PairsConfig(max_hours=1))
 
 
@@ -275,8 +310,14 @@ def test_pipeline_applies_the_same_crop_and_flip_to_source_target_and_mask(tmp_p
 
 def test_a_shifted_frame_is_moved_with_the_offset_found_against_the_median(shared_data, tmp_path):
     """Camera 623's daytime frames, one of them shifted 64 px right and 16 px down: no segmenter needed."""
-    daytime = ["20121024_124151.jpg", "20121119_134153.jpg", "20121202_161153.jpg", "20130401_164153.jpg",
-               "20140318_164143.jpg", "20140624_164149.jpg"]
+    daytime = [
+        "20121024_124151.jpg",
+        "20121119_134153.jpg",
+        "20121202_161153.jpg",
+        "20130401_164153.jpg",
+        "20140318_164143.jpg",
+        "20140624_164149.jpg",
+    ]
     (tmp_path / "623").mkdir()
     for name in daytime:
         image = cv2.imread(str(shared_data / "skyfinder_webcams" / "623" / name))
@@ -298,13 +339,16 @@ def test_labels_csv_with_a_bom_duplicates_short_rows_and_markup_skips_each_bad_r
     for hour in (10, 11, 12, 13):
         write_jpeg(tmp_path / "cam" / f"20200101_{hour}0000.jpg", scene(hour))
     labels = tmp_path / "labels.csv"
-    labels.write_text("\ufeffimage,sky_condition\n"  # Excel writes UTF-8 with a byte-order mark
-                      "cam/20200101_100000.jpg,clear\n"
-                      "cam/20200101_110000.jpg,\"<img src=x onerror=alert(1)>\"\n"
-                      "cam/20200101_100000.jpg,overcast\n"
-                      "cam/20200101_120000.jpg,\n"
-                      "cam/20200101_130000.jpg\n"
-                      ",clear\n", encoding="utf-8")
+    labels.write_text(
+        "\ufeffimage,sky_condition\n"  # Excel writes UTF-8 with a byte-order mark
+        "cam/20200101_100000.jpg,clear\n"
+        'cam/20200101_110000.jpg,"<img src=x onerror=alert(1)>"\n'
+        "cam/20200101_100000.jpg,overcast\n"
+        "cam/20200101_120000.jpg,\n"
+        "cam/20200101_130000.jpg\n"
+        ",clear\n",
+        encoding="utf-8",
+    )
     result = import_tree(StreamsConfig(root=tmp_path, labels_csv=labels))
     assert result.skipped == [
         f"{labels}:3: condition '<img src=x onerror=alert(1)>' of frame cam/20200101_110000.jpg is not a condition "

@@ -73,7 +73,9 @@ def test_frame_cover_leaves_the_sun_out_unless_switched_off():
     cloud, valid, facts = FrameCover(cfg, 0.5)(frame, cloud_prob, "frame.png")
     assert facts["sun"]["found"] and facts["cloud_fraction_pct"] == 0 and not cloud.any()
     assert facts["sun"]["excluded_pixels"] == int((frame.max(axis=-1) > 8).sum() - valid.sum()) > 300
-    assert facts["sun"]["centre_row"] == pytest.approx(100, abs=1) and facts["sun"]["radius"] == pytest.approx(10, abs=1)
+    assert facts["sun"]["centre_row"] == pytest.approx(100, abs=1) and facts["sun"]["radius"] == pytest.approx(
+        10, abs=1
+    )
     _, valid_off, off = FrameCover(CloudCoverConfig(camera_masks=[], sun=False), 0.5)(frame, cloud_prob, "frame.png")
     assert off["sun"] is None and off["cloud_fraction_pct"] > 1 and valid_off.sum() > valid.sum()
     _, _, clear = FrameCover(cfg, 0.5)(sky_frame(), np.zeros(frame.shape[:2], np.float32), "clear.png")

@@ -153,8 +153,9 @@ def test_numpy_driver_feeds_full_batches_except_the_last():
 
     progress = []
     image = random_image(100, 90)  # 4 x 4 = 16 tiles of 32 at 25 % overlap: rows of 4 carried across bands
-    sliding_window_inference(image, record, TilingConfig(32, 0.25, tile_batch=6),
-                             progress=lambda *a: progress.append(a))
+    sliding_window_inference(
+        image, record, TilingConfig(32, 0.25, tile_batch=6), progress=lambda *a: progress.append(a)
+    )
     assert batch_sizes == [6, 6, 4]
     assert progress == [(6, 16), (12, 16), (16, 16)]
 
@@ -177,8 +178,9 @@ def test_flip_tta_is_neutral_for_a_flip_equivariant_model():
     squares = lambda tiles: tf.reduce_sum(tf.square(tiles), axis=-1, keepdims=True)  # noqa: E731
     plain = sliding_window_inference(image, squares, TilingConfig(32, window="hann"))
     for tta in ("flip2", "flip4"):
-        np.testing.assert_allclose(sliding_window_inference(image, squares, TilingConfig(32, window="hann", tta=tta)),
-                                   plain, atol=1e-6)
+        np.testing.assert_allclose(
+            sliding_window_inference(image, squares, TilingConfig(32, window="hann", tta=tta)), plain, atol=1e-6
+        )
 
 
 def test_flip_tta_undoes_flips_before_averaging():
@@ -192,8 +194,9 @@ def test_flip_tta_undoes_flips_before_averaging():
     flip_h = skewed(tiles[:, ::-1])[:, ::-1]
     flip_hw = skewed(tiles[:, ::-1, ::-1])[:, ::-1, ::-1]
     np.testing.assert_allclose(with_tta(skewed, "flip2")(tiles).numpy(), (skewed(tiles) + flip_w) / 2, rtol=1e-6)
-    np.testing.assert_allclose(with_tta(skewed, "flip4")(tiles).numpy(),
-                               (skewed(tiles) + flip_w + flip_h + flip_hw) / 4, rtol=1e-6)
+    np.testing.assert_allclose(
+        with_tta(skewed, "flip4")(tiles).numpy(), (skewed(tiles) + flip_w + flip_h + flip_hw) / 4, rtol=1e-6
+    )
     assert with_tta(skewed, "none") is skewed
 
 
@@ -213,11 +216,12 @@ def test_rotation_tta_averages_the_back_rotated_predictions(tta, flips):
 
     def skewed(tiles):  # depends on position and orientation: each rotation answers differently
         tiles = np.asarray(tiles)
-        return tiles * ramp[None, :, None, None] + tiles ** 2 * 10 * ramp[None, None, :, None]
+        return tiles * ramp[None, :, None, None] + tiles**2 * 10 * ramp[None, None, :, None]
 
     tiles = np.random.default_rng(4).random((2, 8, 8, 1), dtype=np.float32)
-    expected = np.mean([undo(skewed(dihedral(tiles, flip, turns)), flip, turns)
-                        for flip in flips for turns in range(4)], axis=0)
+    expected = np.mean(
+        [undo(skewed(dihedral(tiles, flip, turns)), flip, turns) for flip in flips for turns in range(4)], axis=0
+    )
     got = with_tta(skewed, tta)(tiles).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert not np.allclose(got, skewed(tiles), rtol=1e-3)  # the transforms did change the answer
@@ -234,8 +238,10 @@ def test_rotation_tta_is_exact_for_a_rotation_equivariant_model(tta):
         return tf.nn.conv2d(tf.cast(tiles, tf.float32), kernel, 1, "SAME")
 
     tiles = np.random.default_rng(5).random((3, 16, 24, 3), dtype=np.float32)
-    transformed = np.mean([undo(conv(dihedral(tiles, flip, turns)).numpy(), flip, turns)
-                           for flip in (False, True) for turns in range(4)], axis=0)
+    transformed = np.mean(
+        [undo(conv(dihedral(tiles, flip, turns)).numpy(), flip, turns) for flip in (False, True) for turns in range(4)],
+        axis=0,
+    )
     np.testing.assert_allclose(with_tta(conv, tta)(tiles).numpy(), transformed, atol=1e-5)
     np.testing.assert_allclose(transformed, conv(tiles).numpy(), atol=1e-5)
     image = random_image(70, 90)

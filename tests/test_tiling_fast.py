@@ -84,8 +84,9 @@ def test_both_drivers_blend_shrunk_last_tiles_exactly(window, tile, overlap):
 
     for height, width in SIZES:
         image = random_image(height, width)
-        np.testing.assert_allclose(sliding_window_inference(image, record, tiling, multiple=32), image[..., :1],
-                                   atol=1e-6, rtol=0)
+        np.testing.assert_allclose(
+            sliding_window_inference(image, record, tiling, multiple=32), image[..., :1], atol=1e-6, rtol=0
+        )
         np.testing.assert_allclose(graph(image).numpy(), 2 * image, atol=1e-6, rtol=0)
     assert all(h % 32 == 0 and w % 32 == 0 and h <= tile and w <= tile for h, w in shapes)
     assert any(h != w for h, w in shapes)  # some tiles really were shrunk
@@ -135,8 +136,11 @@ def test_auto_takes_the_largest_multiple_of_32_whose_call_fits_the_budget():
     assert choose_tiling(auto, 32, (4096, 8192), budget_for(4000)).tile == MAX_AUTO_TILE
     assert choose_tiling(auto, 32, (4096, 8192), 0).tile == 256  # nothing fits: the smallest useful tile
     # far fewer pixels through the network than the old 256-px default (1.76x the image)
-    assert computed_pixels(4096, 8192, 672, chosen.overlap, 32) < 1.25 * 4096 * 8192 < computed_pixels(
-        4096, 8192, 256, 0.25)
+    assert (
+        computed_pixels(4096, 8192, 672, chosen.overlap, 32)
+        < 1.25 * 4096 * 8192
+        < computed_pixels(4096, 8192, 256, 0.25)
+    )
 
 
 def test_auto_is_the_same_for_every_image_and_the_serving_signature():
@@ -148,8 +152,12 @@ def test_auto_is_the_same_for_every_image_and_the_serving_signature():
     small = choose_tiling(auto, 32, (100, 90), budget)  # capped at the image: the same single tile, fuller batch
     assert small.tile == 128 and small.tile_batch == 8
     image = random_image(100, 90)
-    np.testing.assert_allclose(sliding_window_inference(image, double, small, multiple=32),  # one tile either way:
-                               sliding_window_inference(image, double, anywhere, multiple=32), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        sliding_window_inference(image, double, small, multiple=32),  # one tile either way:
+        sliding_window_inference(image, double, anywhere, multiple=32),
+        atol=1e-6,
+        rtol=0,
+    )
     assert count_tiles(100, 90, small.tile, small.overlap, 32) == 1
 
 
@@ -166,7 +174,9 @@ def test_explicit_tile_and_overlap_win_over_auto():
     assert given_overlap.overlap == 0.5 and given_overlap.tile % 32 == 0
     unset = model_tiling(TilingConfig(tile=512), 192, 32, "segmenter")  # overlap not given: 64 px
     assert unset.overlap is None and choose_tiling(unset, 32, (100, 100), 0).overlap == AUTO_OVERLAP_PX / 512
-    out = sliding_window_inference(random_image(300, 300), first_channel, model_tiling(TilingConfig(tile=64), 64, 32, "x"))
+    out = sliding_window_inference(
+        random_image(300, 300), first_channel, model_tiling(TilingConfig(tile=64), 64, 32, "x")
+    )
     assert out.shape == (300, 300, 1)
 
 
@@ -183,9 +193,11 @@ def test_the_choice_is_logged_once_per_owner_when_the_image_takes_several_tiles(
     announce(auto_tiling_message(model_tiling(explicit, 64, 32, "x"), (480, 640), explicit, 32))
     printed = [record.getMessage() for record in caplog.records]
     assert count_tiles(480, 640, chosen.tile, chosen.overlap, 32) > 1
-    assert printed == [f"tiling auto: tile {chosen.tile}, overlap {AUTO_OVERLAP_PX} px, tile batch {chosen.tile_batch} "
-                       f"for 640x480 images ({chosen.tile ** 2 * chosen.tile_batch * FORWARD_BYTES_PER_PIXEL / 1e9:.2f}"
-                       " GB per call; memory budget 1.25 GB)"]
+    assert printed == [
+        f"tiling auto: tile {chosen.tile}, overlap {AUTO_OVERLAP_PX} px, tile batch {chosen.tile_batch} "
+        f"for 640x480 images ({chosen.tile**2 * chosen.tile_batch * FORWARD_BYTES_PER_PIXEL / 1e9:.2f}"
+        " GB per call; memory budget 1.25 GB)"
+    ]
     Once()(auto_tiling_message(chosen, (480, 640), requested, 32))  # another owner says it again: no global record
     assert [record.getMessage() for record in caplog.records] == printed * 2
 
@@ -197,7 +209,10 @@ def test_tile_and_memory_budget_flags_reach_the_predict_config(cli, tmp_path):
 
     flags = tiling_flags("auto", None, None, None, None, memory_budget=2.0)
     assert command_config(PredictConfig, "predict", None, None, flags).tiling == TilingConfig(memory_budget=2.0)
-    assert command_config(PredictConfig, "predict", None, None, tiling_flags(256, None, None, None, None)).tiling.tile == 256
+    assert (
+        command_config(PredictConfig, "predict", None, None, tiling_flags(256, None, None, None, None)).tiling.tile
+        == 256
+    )
     with pytest.raises(ConfigError, match="'predict.tiling.memory_budget': must be > 0"):
         command_config(PredictConfig, "predict", None, ["predict.tiling.memory_budget=0"], {})
     bad = cli("predict", "-m", tmp_path / "m.keras", tmp_path, "-o", tmp_path / "o", "--tile", "big")
@@ -205,15 +220,21 @@ def test_tile_and_memory_budget_flags_reach_the_predict_config(cli, tmp_path):
     assert bad.stderr.strip() == "Error: config key 'tiling.tile': must be auto or a whole number of pixels; got 'big'"
 
 
-@pytest.mark.parametrize("command,section", [
-    (["translate", "-m", "m.keras", "in", "-o", "out"], "translate"),
-    (["colorize", "-m", "m.keras", "in", "-o", "out"], "colorize"),
-    (["export", "-m", "m.keras", "--name", "sky", "--repo", "repo"], "export"),
-    (["evaluate", "segmenter", "-m", "m.keras", "--data", "d"], "evaluate"),
-    (["evaluate", "translator", "-m", "m.keras"], "evaluate"),
-])
+@pytest.mark.parametrize(
+    "command,section",
+    [
+        (["translate", "-m", "m.keras", "in", "-o", "out"], "translate"),
+        (["colorize", "-m", "m.keras", "in", "-o", "out"], "colorize"),
+        (["export", "-m", "m.keras", "--name", "sky", "--repo", "repo"], "export"),
+        (["evaluate", "segmenter", "-m", "m.keras", "--data", "d"], "evaluate"),
+        (["evaluate", "translator", "-m", "m.keras"], "evaluate"),
+    ],
+)
 def test_every_tiling_command_takes_the_memory_budget_into_its_config(cli, tmp_path, command, section):
-    result = cli(*[tmp_path / arg if arg in ("m.keras", "in", "out", "repo", "d") else arg for arg in command],
-                 "--memory-budget", "0")
+    result = cli(
+        *[tmp_path / arg if arg in ("m.keras", "in", "out", "repo", "d") else arg for arg in command],
+        "--memory-budget",
+        "0",
+    )
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: config key '{section}.tiling.memory_budget': must be > 0 (GB); got 0.0"

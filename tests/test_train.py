@@ -134,7 +134,9 @@ def test_train_segmenter_writes_a_complete_run_folder(tmp_path, cli):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 2
     assert (run_dir / "last" / "chief" / "checkpoint").is_file()
     assert event_tags(run_dir / "tensorboard" / "validation") == {
-        "epoch_loss": "scalars", "epoch_iou": "scalars", "epoch_f1": "scalars"
+        "epoch_loss": "scalars",
+        "epoch_iou": "scalars",
+        "epoch_f1": "scalars",
     }
     assert event_tags(run_dir / "tensorboard" / "images") == {"validation image | true mask | predicted mask": "images"}
 
@@ -188,8 +190,16 @@ def test_config_errors_are_one_line_naming_the_key(tmp_path, cli, override, mess
 
 def test_missing_data_folder_is_one_line_naming_the_key(tmp_path, cli):
     config = write_config(tmp_path)
-    result = cli("train", "segmenter", "-c", config, "--set", f"data.cache={tmp_path}/new_cache", "--set",
-                 "data.sources=[{kind: mask_folder, images: nowhere, masks: nowhere}]")
+    result = cli(
+        "train",
+        "segmenter",
+        "-c",
+        config,
+        "--set",
+        f"data.cache={tmp_path}/new_cache",
+        "--set",
+        "data.sources=[{kind: mask_folder, images: nowhere, masks: nowhere}]",
+    )
     assert_one_line_error(result, "config key 'data.sources[0].images': folder not found: nowhere")
     assert not (tmp_path / "runs").exists()
 
@@ -254,9 +264,16 @@ def test_runner_resumes_a_custom_train_step_model_with_its_optimizer_state(tmp_p
         model.compile()
         stop = [StopAt(interrupt_at)] if interrupt_at else []
         result = fit_run(
-            model, tiny_data(), tiny_data(), run_dir=tmp_path, epochs=epochs, monitor="val_l1", mode="min",
+            model,
+            tiny_data(),
+            tiny_data(),
+            run_dir=tmp_path,
+            epochs=epochs,
+            monitor="val_l1",
+            mode="min",
             save_best=lambda m, path, logs: m.save_weights(str(path.with_suffix(".weights.h5"))),
-            extra_callbacks=stop, verbose=0,
+            extra_callbacks=stop,
+            verbose=0,
         )
         return model, result
 
@@ -289,7 +306,13 @@ def test_runner_keeps_the_best_value_across_resumes_and_honours_early_stopping(t
         model.compile(tf.keras.optimizers.Adam(0.0), make_loss("bce"), segmentation_metrics())  # lr 0: flat val_iou
         saved = []
         result = fit_run(
-            model, tiny_data(), tiny_data(), run_dir=tmp_path, epochs=epochs, monitor="val_iou", mode="max",
+            model,
+            tiny_data(),
+            tiny_data(),
+            run_dir=tmp_path,
+            epochs=epochs,
+            monitor="val_iou",
+            mode="max",
             save_best=lambda m, path, logs: saved.append(logs["val_iou"]),
             extra_callbacks=[tf.keras.callbacks.EarlyStopping(monitor="val_iou", mode="max", patience=2)],
             verbose=0,
@@ -365,7 +388,17 @@ def test_a_loss_that_becomes_nan_stops_the_run_with_one_line_and_saves_no_model_
     model.compile(tf.keras.optimizers.Adam(1e-3), make_loss("bce"), segmentation_metrics())
     saved = []
     with pytest.raises(NonFiniteLoss, match=r"^training stopped: loss became nan at epoch 2, batch 1 "):
-        fit_run(model, tiny_data(), tiny_data(), run_dir=tmp_path, epochs=3, monitor="val_iou", mode="max",
-                save_best=lambda m, path, logs: saved.append(logs["val_iou"]), extra_callbacks=[Poison()], verbose=0)
+        fit_run(
+            model,
+            tiny_data(),
+            tiny_data(),
+            run_dir=tmp_path,
+            epochs=3,
+            monitor="val_iou",
+            mode="max",
+            save_best=lambda m, path, logs: saved.append(logs["val_iou"]),
+            extra_callbacks=[Poison()],
+            verbose=0,
+        )
     assert len(saved) == 1 and np.isfinite(saved[0])  # the model of epoch 1 only
     assert [row["epoch"] for row in read_history(tmp_path / "history.csv")] == [1]

@@ -28,8 +28,10 @@ def tiny_overrides(shared_data: Path, tmp_path: Path) -> list[str]:
     """The tiny config with every path pointed at the real data and at ``tmp_path``."""
     root = shared_data / "skyfinder_webcams"
     return [
-        f"streams.root={root}", f"streams.labels_csv={root / 'weather_labels_cam623.csv'}",
-        f"streams.manifests={tmp_path / 'streams'}", f"pairs.file={tmp_path / 'pairs.json'}",
+        f"streams.root={root}",
+        f"streams.labels_csv={root / 'weather_labels_cam623.csv'}",
+        f"streams.manifests={tmp_path / 'streams'}",
+        f"pairs.file={tmp_path / 'pairs.json'}",
         f"train.runs_root={tmp_path / 'runs'}",
     ]
 
@@ -67,9 +69,20 @@ def test_tiny_translator_trains_two_epochs_into_a_run_folder(kind, shared_data, 
 
 
 def test_resume_after_kill_continues_at_the_unfinished_epoch(shared_data, tmp_path):
-    args = [sys.executable, "-m", "tfsky.cli.main", "train", "translator", "--config", str(TINY_CONFIG),
-            *(item for o in tiny_overrides(shared_data, tmp_path) for item in ("--set", o)),
-            "--set", "train.epochs=2", "--set", "train.steps_per_epoch=80"]
+    args = [
+        sys.executable,
+        "-m",
+        "tfsky.cli.main",
+        "train",
+        "translator",
+        "--config",
+        str(TINY_CONFIG),
+        *(item for o in tiny_overrides(shared_data, tmp_path) for item in ("--set", o)),
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.steps_per_epoch=80",
+    ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     first = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = tmp_path / "runs" / "translator_tiny"

@@ -34,8 +34,11 @@ def translator_file(tmp_path_factory) -> Path:
     tf.keras.utils.set_random_seed(0)
     generator = build_unet_generator(Pix2PixConfig(depth=DEPTH, base_filters=4, max_filters=8))
     path = tmp_path_factory.mktemp("model") / "best.keras"
-    trained = TranslatorConfig("tiny", data=PairDataConfig(load_size=None, crop_size=64),  # native scale
-                               model=TranslatorModelConfig(pix2pix=Pix2PixConfig(depth=DEPTH)))
+    trained = TranslatorConfig(
+        "tiny",
+        data=PairDataConfig(load_size=None, crop_size=64),  # native scale
+        model=TranslatorModelConfig(pix2pix=Pix2PixConfig(depth=DEPTH)),
+    )
     info = ModelInfo(task="pix2pix", preprocess=Preprocess(), tile_size=64, classes=3, config=to_dict(trained))
     save_model(generator, path, info)
     return path
@@ -71,7 +74,8 @@ def test_full_resolution_frame_is_translated_through_tiles(translator_file, cam6
     image = read_image(cam623 / CLEAR)  # 1280 x 720: 27 x 15 tiles of the training tile (64)
     done = []
     out = TiledTranslator.load(translator_file, TilingConfig(tile=None)).translate(
-        image, progress=lambda d, t: done.append((d, t)))
+        image, progress=lambda d, t: done.append((d, t))
+    )
     assert out.shape == (720, 1280, 3) and out.dtype == np.float32
     assert 0 <= out.min() and out.max() <= 1
     assert done[-1][0] == done[-1][1] > 100
@@ -89,8 +93,9 @@ def test_a_model_trained_downscaled_runs_at_its_training_scale(translator_file, 
     info.config["data"] = {"load_size": 64, "crop_size": 64}
     image = np.random.default_rng(1).integers(0, 256, (128, 256, 3), dtype=np.uint8)
     small = cv2.resize(image, (128, 64), interpolation=cv2.INTER_AREA)
-    expected = cv2.resize(TiledTranslator(model, info, native_scale=True).translate(small), (256, 128),
-                          interpolation=cv2.INTER_LINEAR)
+    expected = cv2.resize(
+        TiledTranslator(model, info, native_scale=True).translate(small), (256, 128), interpolation=cv2.INTER_LINEAR
+    )
     np.testing.assert_allclose(TiledTranslator(model, info).translate(image), np.clip(expected, 0, 1), atol=1e-6)
     native = TiledTranslator(model, info, native_scale=True).translate(image)
     assert native.shape == (128, 256, 3) and not np.allclose(native, expected, atol=1e-2)
@@ -132,8 +137,18 @@ def test_translate_cli_with_segmenter_composite_skips_done_and_reports_bad_files
     from tfsky.predict.segment import TiledSegmenter
 
     missing = tmp_path / "missing.jpg"
-    result = cli("translate", "--model", translator_file, cam623 / CLEAR, missing, "--out", tmp_path / "out",
-                 "--composite", "--segmenter", segmenter_file)
+    result = cli(
+        "translate",
+        "--model",
+        translator_file,
+        cam623 / CLEAR,
+        missing,
+        "--out",
+        tmp_path / "out",
+        "--composite",
+        "--segmenter",
+        segmenter_file,
+    )
     assert result.exit_code == 1
     assert f"failed {missing}: file not found" in result.stderr
     stem = Path(CLEAR).stem
@@ -144,25 +159,47 @@ def test_translate_cli_with_segmenter_composite_skips_done_and_reports_bad_files
     ground = TiledSegmenter.load(segmenter_file).probabilities(source)[..., 0] < 0.5
     assert 0.1 < ground.mean() < 0.9
     np.testing.assert_array_equal(out[ground], source[ground])
-    again = cli("translate", "--model", translator_file, cam623 / CLEAR, "--out", tmp_path / "out",
-                "--composite", "--segmenter", segmenter_file)
+    again = cli(
+        "translate",
+        "--model",
+        translator_file,
+        cam623 / CLEAR,
+        "--out",
+        tmp_path / "out",
+        "--composite",
+        "--segmenter",
+        segmenter_file,
+    )
     assert again.exit_code == 0 and "done 0, skipped 1, failed 0" in again.stdout
 
 
 def test_translate_refuses_a_segmenter_model(cli, segmenter_file, cam623, tmp_path):
     result = cli("translate", "--model", segmenter_file, cam623 / CLEAR, "--out", tmp_path)
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"Error: {segmenter_file}: is a segmenter model, not a weather translator "
-                                     "(pix2pix or vae)")
+    assert result.stderr.strip() == (
+        f"Error: {segmenter_file}: is a segmenter model, not a weather translator (pix2pix or vae)"
+    )
 
 
 def test_evaluate_translator_report_baselines_and_contact_sheet(cli, translator_file, cam623, shared_data, tmp_path):
     mask = str(shared_data / "skyfinder_webcams" / "623-mask.png")
-    pairs = [Pair("623", "val", str(cam623 / CLEAR), str(cam623 / OVERCAST), mask, 1.0),
-             Pair("623", "train", str(cam623 / "20121119_134153.jpg"), str(cam623 / OVERCAST), mask, 1.0)]
+    pairs = [
+        Pair("623", "val", str(cam623 / CLEAR), str(cam623 / OVERCAST), mask, 1.0),
+        Pair("623", "train", str(cam623 / "20121119_134153.jpg"), str(cam623 / OVERCAST), mask, 1.0),
+    ]
     write_pairs(PairSet(pairs, {}), PairsConfig(), tmp_path / "pairs.json")
-    result = cli("evaluate", "translator", "--model", translator_file, "--pairs", tmp_path / "pairs.json",
-                 "--out", tmp_path / "eval", "--tta", "flip2")
+    result = cli(
+        "evaluate",
+        "translator",
+        "--model",
+        translator_file,
+        "--pairs",
+        tmp_path / "pairs.json",
+        "--out",
+        tmp_path / "eval",
+        "--tta",
+        "flip2",
+    )
     assert result.exit_code == 0, result.stderr
     report = json.loads((tmp_path / "eval" / "translator_eval.json").read_text())
     assert report["split"] == "val" and report["counts"] == {"evaluated": 1, "skipped": 0} and report["skipped"] == []
@@ -177,8 +214,18 @@ def test_evaluate_translator_report_baselines_and_contact_sheet(cli, translator_
     sheet = read_image(tmp_path / "eval" / "contact_sheet.png")
     assert sheet.shape == (180 + 4, 3 * 320 + 8, 3)
     assert "| identity |" in (tmp_path / "eval" / "translator_eval.md").read_text()
-    empty = cli("evaluate", "translator", "--model", translator_file, "--pairs", tmp_path / "pairs.json",
-                "--split", "test", "--out", tmp_path / "eval2")
+    empty = cli(
+        "evaluate",
+        "translator",
+        "--model",
+        translator_file,
+        "--pairs",
+        tmp_path / "pairs.json",
+        "--split",
+        "test",
+        "--out",
+        tmp_path / "eval2",
+    )
     assert empty.exit_code == 1 and "no 'test' pairs" in empty.stderr
 
 
@@ -198,9 +245,7 @@ def mean_sky_psnr(cam623: Path, mask: str) -> float:
     return psnr(baseline, target)
 
 
-def test_composite_from_a_softmax_segmenter_uses_its_sky_channel_and_stale_temps_are_removed(
-    translator_file, tmp_path
-):
+def test_composite_from_a_softmax_segmenter_uses_its_sky_channel_and_stale_temps_are_removed(translator_file, tmp_path):
     from tfsky.predict.translate import CompositeConfig, TranslateConfig, translate_images
 
     inputs = tf.keras.Input((None, None, 3))  # softmax over [not sky, sky]; sky = blue-ish pixels
@@ -253,13 +298,16 @@ def test_translate_reads_its_config_section_then_set_then_flags(cli, translator_
     sky[:56] = 255
     write_png(tmp_path / "mask.png", sky)
     config = tmp_path / "translate.yaml"
-    config.write_text("translate:\n  tiling: {tile: 60, overlap: 0.5, tta: flip4}\n"
-                      f"  composite: {{enabled: true, mask: {tmp_path / 'mask.png'}, feather: 0}}\n")
+    config.write_text(
+        "translate:\n  tiling: {tile: 60, overlap: 0.5, tta: flip4}\n"
+        f"  composite: {{enabled: true, mask: {tmp_path / 'mask.png'}, feather: 0}}\n"
+    )
     run = ("translate", "-m", translator_file, tmp_path / "frame.png", "-o", tmp_path / "out", "-c", config, "-q")
     from_file = cli(*run)
     assert from_file.exit_code == 1
     assert from_file.stderr.strip() == (
-        "Error: config key 'tiling.tile': must be a multiple of 8 for this pix2pix model; got 60")
+        "Error: config key 'tiling.tile': must be a multiple of 8 for this pix2pix model; got 60"
+    )
     assert "got 52" in cli(*run, "--set", "translate.tiling.tile=52").stderr  # --set beats the file
     result = cli(*run, "--set", "translate.tiling.tile=52", "--set", "translate.tiling.tta=flip2", "--tile", "64")
     assert result.exit_code == 0, result.stderr  # the flag beats --set
@@ -283,15 +331,20 @@ def test_translate_config_errors_name_the_dotted_key(cli, translator_file, tmp_p
     run = ("translate", "-m", translator_file, tmp_path / "frame.png", "-o", tmp_path / "out")
     unknown = cli(*run, "-c", config)
     assert unknown.exit_code == 1
-    assert unknown.stderr.strip() == ("Error: config key 'translate.tiling.tile_size': unknown key "
-                                      "(known keys here: memory_budget, overlap, resolution, tile, tile_batch, tta, window, working_factor)")
+    assert unknown.stderr.strip() == (
+        "Error: config key 'translate.tiling.tile_size': unknown key "
+        "(known keys here: memory_budget, overlap, resolution, tile, tile_batch, tta, window, working_factor)"
+    )
     bad_tta = cli(*run, "--tta", "flip3")
-    assert bad_tta.stderr.strip() == ("Error: config key 'translate.tiling.tta': must be one of none, flip2, flip4, rot4, rot8; "
-                                      "got 'flip3'")
+    assert bad_tta.stderr.strip() == (
+        "Error: config key 'translate.tiling.tta': must be one of none, flip2, flip4, rot4, rot8; got 'flip3'"
+    )
     no_sky = cli(*run, "--composite")
     assert no_sky.exit_code == 1
-    assert no_sky.stderr.strip() == ("Error: config key 'translate.composite': needs a sky source: composite.mask or "
-                                     "composite.segmenter (--mask CAMERA_MASK or --segmenter MODEL)")
+    assert no_sky.stderr.strip() == (
+        "Error: config key 'translate.composite': needs a sky source: composite.mask or "
+        "composite.segmenter (--mask CAMERA_MASK or --segmenter MODEL)"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -302,11 +355,24 @@ def test_evaluate_translator_skips_and_reports_bad_frames(cli, translator_file, 
     whole = (cam623 / CLEAR).read_bytes()
     truncated.write_bytes(whole[: len(whole) // 2])
     good = Pair("623", "val", str(cam623 / CLEAR), str(cam623 / OVERCAST), mask, 1.0)
-    pairs = [good, dataclasses.replace(good, target=str(empty)), dataclasses.replace(good, source=str(truncated)),
-             dataclasses.replace(good, split="train", target=str(empty))]  # a bad train pair: no baseline colour
+    pairs = [
+        good,
+        dataclasses.replace(good, target=str(empty)),
+        dataclasses.replace(good, source=str(truncated)),
+        dataclasses.replace(good, split="train", target=str(empty)),
+    ]  # a bad train pair: no baseline colour
     write_pairs(PairSet(pairs, {}), PairsConfig(), tmp_path / "pairs.json")
-    result = cli("evaluate", "translator", "--model", translator_file, "--pairs", tmp_path / "pairs.json",
-                 "--out", tmp_path / "eval", "-q")
+    result = cli(
+        "evaluate",
+        "translator",
+        "--model",
+        translator_file,
+        "--pairs",
+        tmp_path / "pairs.json",
+        "--out",
+        tmp_path / "eval",
+        "-q",
+    )
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert lines[0] == f"skipped {cam623 / CLEAR} -> {empty}: {empty}: file is empty (0 bytes)"
@@ -315,8 +381,10 @@ def test_evaluate_translator_skips_and_reports_bad_frames(cli, translator_file, 
     assert result.stdout.strip().startswith("evaluated 1 pairs, skipped 2; wrote ")
     report = json.loads((tmp_path / "eval" / "translator_eval.json").read_text())
     assert report["counts"] == {"evaluated": 1, "skipped": 2}
-    assert [(s["source"], s["target"]) for s in report["skipped"]] == [(good.source, str(empty)),
-                                                                        (str(truncated), good.target)]
+    assert [(s["source"], s["target"]) for s in report["skipped"]] == [
+        (good.source, str(empty)),
+        (str(truncated), good.target),
+    ]
     assert report["skipped"][0]["reason"] == f"{empty}: file is empty (0 bytes)"
     assert [p["target"] for p in report["per_pair"]] == [good.target]
     source, target = read_image(cam623 / CLEAR) / 255.0, read_image(cam623 / OVERCAST) / 255.0
@@ -331,11 +399,25 @@ def test_evaluate_translator_skips_and_reports_bad_frames(cli, translator_file, 
 def test_evaluate_translator_with_no_readable_pair_is_one_line_error(cli, translator_file, cam623, tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.touch()
-    write_pairs(PairSet([Pair("623", "val", str(cam623 / CLEAR), str(empty), None, 1.0)], {}), PairsConfig(),
-                tmp_path / "pairs.json")
-    result = cli("evaluate", "translator", "--model", translator_file, "--pairs", tmp_path / "pairs.json",
-                 "--out", tmp_path / "eval", "-q")
+    write_pairs(
+        PairSet([Pair("623", "val", str(cam623 / CLEAR), str(empty), None, 1.0)], {}),
+        PairsConfig(),
+        tmp_path / "pairs.json",
+    )
+    result = cli(
+        "evaluate",
+        "translator",
+        "--model",
+        translator_file,
+        "--pairs",
+        tmp_path / "pairs.json",
+        "--out",
+        tmp_path / "eval",
+        "-q",
+    )
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"Error: {tmp_path / 'pairs.json'}: no 'val' pair could be evaluated "
-                                     f"(1 skipped: {empty}: file is empty (0 bytes))")
+    assert result.stderr.strip() == (
+        f"Error: {tmp_path / 'pairs.json'}: no 'val' pair could be evaluated "
+        f"(1 skipped: {empty}: file is empty (0 bytes))"
+    )
     assert not (tmp_path / "eval").exists()

@@ -9,8 +9,15 @@ import tensorflow as tf
 from tfsky.data.transforms import Preprocess
 from tfsky.errors import ConfigError
 from tfsky.models.bundle import ModelInfo, load_model, save_model
-from tfsky.models.pix2pix import (Pix2PixConfig, build_patchgan, build_pix2pix, build_unet_generator,
-                                  norm_layer, receptive_field, weighted_l1)
+from tfsky.models.pix2pix import (
+    Pix2PixConfig,
+    build_patchgan,
+    build_pix2pix,
+    build_unet_generator,
+    norm_layer,
+    receptive_field,
+    weighted_l1,
+)
 from tfsky.models.precision import precision_policy
 from tfsky.models.vae import KLWarmup, LatentSample, VAEConfig, build_vae, kl_beta, set_sampling
 
@@ -159,8 +166,11 @@ def test_vgg_perceptual_loss_from_a_local_weights_file(tmp_path):
     a, b = tf.random.uniform((1, 32, 32, 3), -1, 1), tf.random.uniform((1, 32, 32, 3), -1, 1)
     assert float(loss(a, a)) == 0.0
     assert float(loss(a, b)) > 0.0
-    with pytest.raises(ConfigError, match=r"config key 'model.vgg_weights': file not found: .*missing.h5 "
-                                          r"\(VGG19 weights are never downloaded\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config key 'model.vgg_weights': file not found: .*missing.h5 "
+        r"\(VGG19 weights are never downloaded\)",
+    ):
         VGGPerceptualLoss(tmp_path / "missing.h5")
 
 

@@ -90,9 +90,17 @@ def test_crop_counts_share_the_epoch_by_source_weight_and_sky(tmp_path):
     counts = crop_counts(cfg, entries)
     assert sum(counts) == 6 * 4
     assert sum(counts[:2]) == 16 and sum(counts[2:]) == 8  # 2 : 1 by weight, whatever the image counts
-    equal = data_config(tmp_path, [mask_source(tmp_path, tmp_path, "a"), mask_source(tmp_path, tmp_path, "b")],
-                        patches_per_image=3)
-    assert crop_counts(equal, entries) == [5, 5, 2, 2, 2, 2]  # 9 : 9 exactly, the two spare crops to the largest remainders
+    equal = data_config(
+        tmp_path, [mask_source(tmp_path, tmp_path, "a"), mask_source(tmp_path, tmp_path, "b")], patches_per_image=3
+    )
+    assert crop_counts(equal, entries) == [
+        5,
+        5,
+        2,
+        2,
+        2,
+        2,
+    ]  # 9 : 9 exactly, the two spare crops to the largest remainders
     one_source = data_config(tmp_path, [mask_source(tmp_path, tmp_path, "b")], patches_per_image=3)
     assert crop_counts(one_source, entries[2:]) == [3] * 4
     no_sky = data_config(tmp_path, [mask_source(tmp_path, tmp_path, "a")], patches_per_image=5, no_sky_weight=0.25)
@@ -106,8 +114,9 @@ def test_weighted_crops_reach_the_training_batches(tmp_path):
         image, mask = horizon_scene(64, 64, 100 if index < 2 else -10, seed=index)  # all sky or none
         write_png(images / f"s{index}.png", image)
         write_mask_png(masks / f"s{index}.png", mask.astype(bool))
-    cfg = data_config(tmp_path, [mask_source(images, masks)], patches_per_image=4, no_sky_weight=1 / 3,
-                      val_fraction=0.25)
+    cfg = data_config(
+        tmp_path, [mask_source(images, masks)], patches_per_image=4, no_sky_weight=1 / 3, val_fraction=0.25
+    )
     cfg.augment.enabled = False
     prepare_cache(cfg)
     train = [e for e in read_manifest(cfg.cache)["items"] if e["split"] == "train"]
@@ -174,7 +183,9 @@ def test_refine_graph_agrees_with_refine():
     small = resize_image(image, (60, 90))
     coarse = cv2.GaussianBlur(resize_mask(truth, (60, 90)).astype(np.float32), (5, 5), 1.5)[..., None]
     expected = refine(coarse, small, image)
-    graph = refine_graph(tf.constant(coarse), tf.constant(small / 255.0, tf.float32), tf.constant(image / 255.0, tf.float32))
+    graph = refine_graph(
+        tf.constant(coarse), tf.constant(small / 255.0, tf.float32), tf.constant(image / 255.0, tf.float32)
+    )
     np.testing.assert_allclose(graph.numpy(), expected, atol=1e-4)
 
 
@@ -182,8 +193,9 @@ def test_exported_working_scale_model_predicts_like_tfsky_predict_at_its_thresho
     ramp = np.linspace(0, 255, 500)[None, :, None] + np.random.default_rng(0).normal(0, 4, (300, 500, 3))
     image = np.clip(ramp, 0, 255).astype(np.uint8)  # P(sky) = brightness rises from left to right
     path = tmp_path / "scaled.keras"
-    save_model(_brightness_model(), path,
-               ModelInfo("segmenter", Preprocess(), tile_size=64, working_scale=96, threshold=0.42))
+    save_model(
+        _brightness_model(), path, ModelInfo("segmenter", Preprocess(), tile_size=64, working_scale=96, threshold=0.42)
+    )
     loaded = tf.saved_model.load(str(export_model(path, tmp_path / "models", "scaled")))
     png = cv2.imencode(".png", image[..., ::-1])[1].tobytes()
     out = loaded.signatures["predict_image"](image_bytes=tf.constant([png]))
@@ -254,7 +266,8 @@ def test_working_factor_predicts_at_a_multiple_of_the_working_scale_in_predict_a
     tiling = TilingConfig(tile=64, working_factor=1.5)
     assert TiledSegmenter(_brightness_model(), info, tiling).model_size(300, 500) == (144, 240)
     assert SegmenterModule(_brightness_model(), info, tiling).working_scale == 144
-    assert TiledSegmenter(_brightness_model(), info, TilingConfig(resolution="full", working_factor=1.5)
-                          ).model_size(300, 500) == (300, 500)
+    assert TiledSegmenter(_brightness_model(), info, TilingConfig(resolution="full", working_factor=1.5)).model_size(
+        300, 500
+    ) == (300, 500)
     with pytest.raises(ConfigError, match="'tiling.working_factor': must be > 0"):
         TiledSegmenter(_brightness_model(), info, TilingConfig(working_factor=0))

@@ -83,10 +83,15 @@ def test_a_failed_background_write_fails_its_item_only(tmp_path):
     report = run_job(task, inputs, tmp_path / "out", listener=listener)
     assert report.summary() == "done 2, skipped 0, failed 2"
     assert sorted((p.name, r) for p, r in report.failed) == [
-        ("b.bin", f"{tmp_path / 'out' / 'b.out'}: disk full"), ("d.bin", "bad content")]
+        ("b.bin", f"{tmp_path / 'out' / 'b.out'}: disk full"),
+        ("d.bin", "bad content"),
+    ]
     assert sorted(c for c in listener.calls if c[0] != "begin") == [
-        ("a.bin", "done", ""), ("b.bin", "failed", f"{tmp_path / 'out' / 'b.out'}: disk full"),
-        ("c.bin", "done", ""), ("d.bin", "failed", "bad content")]
+        ("a.bin", "done", ""),
+        ("b.bin", "failed", f"{tmp_path / 'out' / 'b.out'}: disk full"),
+        ("c.bin", "done", ""),
+        ("d.bin", "failed", "bad content"),
+    ]
     assert not (tmp_path / "out" / "b.json").exists()
 
 
@@ -94,7 +99,9 @@ def test_other_engines_write_right_away_through_attempt(tmp_path):
     task = SlowWriteTask(0)
     [source] = files(tmp_path / "in", a_bin=b"1")
     outputs = task.outputs(tmp_path / "out" / "a")
-    assert attempt(task, source, lambda: task.process(Item(source, Path("a")), Decoded(b"1"), outputs, Listener())) is None
+    assert (
+        attempt(task, source, lambda: task.process(Item(source, Path("a")), Decoded(b"1"), outputs, Listener())) is None
+    )
     assert [event for event, _ in task.log] == ["process", "write start", "write end"] and outputs[1].is_file()
 
 
@@ -104,12 +111,26 @@ def test_kill_9_during_a_background_write_leaves_no_half_file_and_the_rerun_redo
     for index in range(8):
         write_png(inputs / f"frame{index}.png", ldr_image(index, size=(960, 1280)))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "tfsky.cli.main", "predict", "-m", str(model), str(inputs), "-o", str(out),
-               "--tile", "128", "--tta", "flip4", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "tfsky.cli.main",
+        "predict",
+        "-m",
+        str(model),
+        str(inputs),
+        "-o",
+        str(out),
+        "--tile",
+        "128",
+        "--tta",
+        "flip4",
+        "-q",
+    ]
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline, writing = time.monotonic() + 240, []
     while job.poll() is None and time.monotonic() < deadline:  # the pipeline runs: one image is complete and
-        if complete_sidecars(out):                              # a later one is being written in the background
+        if complete_sidecars(out):  # a later one is being written in the background
             writing = [p.name for p in out.glob(".*.part*")]
             if writing:
                 break

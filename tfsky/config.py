@@ -86,8 +86,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=PlainDataLoader)
     except AliasRefused as err:
-        raise InputError(path, f"YAML anchors and aliases (&, *) are not allowed (line {err.line}): config files "
-                               "hold plain data") from None
+        raise InputError(
+            path, f"YAML anchors and aliases (&, *) are not allowed (line {err.line}): config files hold plain data"
+        ) from None
     except yaml.constructor.ConstructorError as err:  # safe_load refuses !!python/... tags: say so
         tag = (err.problem or "").rpartition("tag:yaml.org,2002:")[2].rstrip("'")
         where = f" (line {err.problem_mark.line + 1})" if err.problem_mark else ""
@@ -215,7 +216,7 @@ _SHORT.maxlevel = 2
 def quoted(value: Any) -> str:
     """``repr(value)`` cut to `QUOTED_LENGTH` characters: an error line quotes a value, never a whole tree of it."""
     text = _SHORT.repr(value)
-    return text if len(text) <= QUOTED_LENGTH else text[:QUOTED_LENGTH - 3] + "..."
+    return text if len(text) <= QUOTED_LENGTH else text[: QUOTED_LENGTH - 3] + "..."
 
 
 def _join(prefix: str, key: str) -> str:
@@ -263,8 +264,9 @@ def _coerce(hint: Any, value: Any, key: str, recorded: bool = False) -> Any:
         try:
             return hint(value)
         except ValueError:
-            raise ConfigError(key, f"must be one of {', '.join(str(m.value) for m in hint)}; "
-                                   f"got {quoted(value)}") from None
+            raise ConfigError(
+                key, f"must be one of {', '.join(str(m.value) for m in hint)}; got {quoted(value)}"
+            ) from None
     if hint is Path:
         if not isinstance(value, (str, Path)):
             raise ConfigError(key, f"expected a path, got {quoted(value)}")

@@ -28,8 +28,24 @@ from tfsky.batch.runner import (
     run_job,
 )
 
-__all__ = ["Decoded", "Engine", "Failure", "Item", "Listener", "LocalEngine", "Pending", "RayEngine", "Report",
-           "Status", "Task", "attempt", "collect_items", "record", "run_items", "run_job"]
+__all__ = [
+    "Decoded",
+    "Engine",
+    "Failure",
+    "Item",
+    "Listener",
+    "LocalEngine",
+    "Pending",
+    "RayEngine",
+    "Report",
+    "Status",
+    "Task",
+    "attempt",
+    "collect_items",
+    "record",
+    "run_items",
+    "run_job",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -71,8 +71,13 @@ class RayEngine:
         TfskyError: Ray Data is not installed.
     """
 
-    def __init__(self, address: Optional[str] = None, workers: Optional[int] = None,
-                 gpus_per_worker: Optional[float] = None, cpus_per_worker: int = 1):
+    def __init__(
+        self,
+        address: Optional[str] = None,
+        workers: Optional[int] = None,
+        gpus_per_worker: Optional[float] = None,
+        cpus_per_worker: int = 1,
+    ):
         if ray is None:
             raise TfskyError(f"--engine ray: Ray Data is not installed; install it with {INSTALL_HINT}")
         self.address = address
@@ -96,9 +101,11 @@ class RayEngine:
                     _Worker,  # type: ignore[arg-type]
                     fn_constructor_args=(task, pending, os.getcwd()),
                     compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows)), max_tasks_in_flight_per_actor=1),
-                    num_cpus=self.cpus_per_worker, num_gpus=gpus,
+                    num_cpus=self.cpus_per_worker,
+                    num_gpus=gpus,
                     runtime_env={"env_vars": {**thread_limits(self.cpus_per_worker), "TF_CPP_MIN_LOG_LEVEL": "2"}},
-                    max_restarts=-1, max_task_retries=ITEM_ATTEMPTS - 1,
+                    max_restarts=-1,
+                    max_task_retries=ITEM_ATTEMPTS - 1,
                 )
             unanswered = set(range(len(pending)))
             for row in results.iter_rows():
@@ -121,8 +128,13 @@ class RayEngine:
         if self.address and self.address != "auto":
             _check_reachable(self.address)
         try:
-            ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False,
-                     include_dashboard=False, configure_logging=True)
+            ray.init(
+                address=self.address,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                include_dashboard=False,
+                configure_logging=True,
+            )
         except (ConnectionError, ValueError, RuntimeError) as err:
             raise TfskyError(f"--address {self.address}: cannot join a Ray cluster ({first_line(err)})") from None
         context = ray.data.DataContext.get_current()
@@ -170,8 +182,9 @@ class _Worker:
         for path in outputs:  # what a worker that died on this item (a retry) left
             remove_stale_temps(path)
         try:
-            reason = attempt(task, item.source,
-                             lambda: task.process(item, Decoded(task.read(item.source)), outputs, Listener()))
+            reason = attempt(
+                task, item.source, lambda: task.process(item, Decoded(task.read(item.source)), outputs, Listener())
+            )
         except (TfskyError, OSError) as err:
             return {**answer, "reason": str(err), "stops": True}
         except Exception:
@@ -218,4 +231,3 @@ def _check_reachable(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
     except OSError as err:
         raise TfskyError(f"--address {address}: no Ray cluster answers there ({err.strerror or err})") from None
-

@@ -137,8 +137,9 @@ class Task(Generic[OutputsT]):
     def load(self) -> None:
         """Heavy set-up (the model), once per process, after the first item is read."""
 
-    def process(self, item: Item, decoded: Decoded, outputs: OutputsT,
-                listener: Listener) -> Optional[Callable[[], None]]:
+    def process(
+        self, item: Item, decoded: Decoded, outputs: OutputsT, listener: Listener
+    ) -> Optional[Callable[[], None]]:
         """Work on one item (``decoded.take()`` is what `read` returned); write each of ``outputs`` atomically.
 
         May return the writing instead (encoding and writing the outputs, the completing one last), as a
@@ -188,8 +189,15 @@ def run_job(
     prepare_out_dir(out_dir)
     items, failures = collect_items(inputs, out_dir)
     # a `StorePath` prefix names outputs with the same arithmetic as a `Path` (`tfsky.io.stores`)
-    return run_items(task, items, lambda stem: task.outputs(cast(Path, out_dir / stem)), failures,
-                     overwrite=overwrite, listener=listener, engine=engine)
+    return run_items(
+        task,
+        items,
+        lambda stem: task.outputs(cast(Path, out_dir / stem)),
+        failures,
+        overwrite=overwrite,
+        listener=listener,
+        engine=engine,
+    )
 
 
 def run_items(
@@ -221,8 +229,9 @@ def run_items(
     return report
 
 
-def unfinished(items: list[Item], outputs_of: Callable[[Path], Iterable[Path]], overwrite: bool,
-               report: Report) -> Pending:
+def unfinished(
+    items: list[Item], outputs_of: Callable[[Path], Iterable[Path]], overwrite: bool, report: Report
+) -> Pending:
     """The items to run with their outputs; items whose outputs all exist go to ``report.skipped``.
 
     Temporaries a killed run left beside the outputs are removed first.
@@ -291,16 +300,26 @@ class LocalEngine:
         self.writers = writers
 
     def run(self, task: Task, pending: Pending, report: Report, listener: Listener) -> None:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfsky-read") as reader, \
-                concurrent.futures.ThreadPoolExecutor(self.writers, thread_name_prefix="tfsky-write") as writer:
+        with (
+            concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfsky-read") as reader,
+            concurrent.futures.ThreadPoolExecutor(self.writers, thread_name_prefix="tfsky-write") as writer,
+        ):
             _LocalRun(task, pending, report, listener, reader, writer, self.writers).run()
 
 
 class _LocalRun:
     """One `LocalEngine.run`: its reader and writer threads, and the items whose writing is pending."""
 
-    def __init__(self, task: Task, pending: Pending, report: Report, listener: Listener,
-                 reader: concurrent.futures.Executor, writer: concurrent.futures.Executor, writers: int):
+    def __init__(
+        self,
+        task: Task,
+        pending: Pending,
+        report: Report,
+        listener: Listener,
+        reader: concurrent.futures.Executor,
+        writer: concurrent.futures.Executor,
+        writers: int,
+    ):
         self.task, self.pending, self.report, self.listener = task, pending, report, listener
         self.reader, self.writer, self.writers = reader, writer, writers
         self.writing: collections.deque = collections.deque()  # (source, future of its writing's failure reason)

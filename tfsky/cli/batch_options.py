@@ -25,8 +25,12 @@ from tfsky.io.stores import as_path
 T = TypeVar("T")
 BIG_ITEM_STEPS = 64  # items with more steps (tiles) than this get a second, step-level progress bar
 
-OutOption = Annotated[Path, typer.Option(
-    "--out", "-o", parser=as_path, help="Output folder, or s3://bucket/prefix (an object store: see the README).")]
+OutOption = Annotated[
+    Path,
+    typer.Option(
+        "--out", "-o", parser=as_path, help="Output folder, or s3://bucket/prefix (an object store: see the README)."
+    ),
+]
 
 
 class EngineName(str, enum.Enum):
@@ -35,14 +39,23 @@ class EngineName(str, enum.Enum):
 
 
 EngineOption = Annotated[EngineName, typer.Option(help="local (this process) or ray (a Ray cluster: see --address).")]
-AddressOption = Annotated[Optional[str], typer.Option(
-    help="--engine ray: 'auto' or HOST:PORT of a running cluster (default: start Ray on this machine).")]
-WorkersOption = Annotated[Optional[int], typer.Option(
-    min=1, help="--engine ray: worker processes, each loads the model once (default: one per GPU, else per CPU).")]
-GpusPerWorkerOption = Annotated[Optional[float], typer.Option(
-    min=0, help="--engine ray: GPUs per worker (default: 1 if the cluster has GPUs, else 0).")]
-CpusPerWorkerOption = Annotated[int, typer.Option(
-    min=1, help="--engine ray: CPUs reserved per worker, also its TensorFlow thread count.")]
+AddressOption = Annotated[
+    Optional[str],
+    typer.Option(help="--engine ray: 'auto' or HOST:PORT of a running cluster (default: start Ray on this machine)."),
+]
+WorkersOption = Annotated[
+    Optional[int],
+    typer.Option(
+        min=1, help="--engine ray: worker processes, each loads the model once (default: one per GPU, else per CPU)."
+    ),
+]
+GpusPerWorkerOption = Annotated[
+    Optional[float],
+    typer.Option(min=0, help="--engine ray: GPUs per worker (default: 1 if the cluster has GPUs, else 0)."),
+]
+CpusPerWorkerOption = Annotated[
+    int, typer.Option(min=1, help="--engine ray: CPUs reserved per worker, also its TensorFlow thread count.")
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +74,21 @@ class EngineFlags:
             return None
         from tfsky.batch.ray_engine import RayEngine
 
-        return RayEngine(address=self.address, workers=self.workers, gpus_per_worker=self.gpus_per_worker,
-                         cpus_per_worker=self.cpus_per_worker)
+        return RayEngine(
+            address=self.address,
+            workers=self.workers,
+            gpus_per_worker=self.gpus_per_worker,
+            cpus_per_worker=self.cpus_per_worker,
+        )
 
 
-ENGINE_OPTIONS = {"engine": EngineOption, "address": AddressOption, "workers": WorkersOption,
-                  "gpus_per_worker": GpusPerWorkerOption, "cpus_per_worker": CpusPerWorkerOption}
+ENGINE_OPTIONS = {
+    "engine": EngineOption,
+    "address": AddressOption,
+    "workers": WorkersOption,
+    "gpus_per_worker": GpusPerWorkerOption,
+    "cpus_per_worker": CpusPerWorkerOption,
+}
 
 
 def engine_flags(command: Callable[..., T]) -> Callable[..., T]:
@@ -77,10 +99,17 @@ def engine_flags(command: Callable[..., T]) -> Callable[..., T]:
     signature = inspect.signature(command, eval_str=True)  # Typer reads the annotations of the new signature as such
     assert "engine" in signature.parameters, f"{command.__name__} has no engine parameter"
     defaults = EngineFlags()
-    flags = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation,
-                               default=getattr(defaults, name)) for name, annotation in ENGINE_OPTIONS.items()]
-    parameters = [flag for parameter in signature.parameters.values()
-                  for flag in (flags if parameter.name == "engine" else [parameter])]
+    flags = [
+        inspect.Parameter(
+            name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation, default=getattr(defaults, name)
+        )
+        for name, annotation in ENGINE_OPTIONS.items()
+    ]
+    parameters = [
+        flag
+        for parameter in signature.parameters.values()
+        for flag in (flags if parameter.name == "engine" else [parameter])
+    ]
 
     @functools.wraps(command)
     def with_engine_flags(**kwargs: Any) -> T:
@@ -101,8 +130,13 @@ class JobProgress(Listener):
     def __init__(self, quiet: bool = False):
         self.errors = Console(stderr=True, highlight=False)
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=self.errors, disable=is_quiet(quiet), transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.errors,
+            disable=is_quiet(quiet),
+            transient=True,
         )
         self.items = self.progress.add_task("images", total=None)
         self.steps = self.progress.add_task("tiles", total=None, visible=False)

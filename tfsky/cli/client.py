@@ -18,19 +18,29 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Query a TF Serving server (gRPC 8500, or REST 8501 with --rest).", no_args_is_help=True)
 
 # Each flag overrides ``client.<key>`` (None = not given; the defaults live in `tfsky.serving.config.ClientConfig`).
-ServerOption = Annotated[Optional[str], typer.Option(
-    "--server", help="host:port of the gRPC (or, with --rest, REST) API (config: client.server).")]
+ServerOption = Annotated[
+    Optional[str],
+    typer.Option("--server", help="host:port of the gRPC (or, with --rest, REST) API (config: client.server)."),
+]
 ModelOption = Annotated[Optional[str], typer.Option("--model", help="Model name (config: client.model).")]
-VersionOption = Annotated[Optional[int], typer.Option(
-    "--version", help="Model version (config: client.version; default: the newest).")]
-LabelOption = Annotated[Optional[str], typer.Option(
-    "--label", help="Version label, e.g. stable or canary (config: client.label).")]
-RestOption = Annotated[Optional[bool], typer.Option(
-    "--rest/--grpc", help="Use the REST API instead of gRPC (config: client.rest).", show_default=False)]
-TimeoutOption = Annotated[Optional[float], typer.Option(
-    "--timeout", help="Deadline per request attempt, in seconds (config: client.timeout).")]
-RetriesOption = Annotated[Optional[int], typer.Option(
-    "--retries", help="Retries (with backoff) while the server is unavailable (config: client.retries).")]
+VersionOption = Annotated[
+    Optional[int], typer.Option("--version", help="Model version (config: client.version; default: the newest).")
+]
+LabelOption = Annotated[
+    Optional[str], typer.Option("--label", help="Version label, e.g. stable or canary (config: client.label).")
+]
+RestOption = Annotated[
+    Optional[bool],
+    typer.Option("--rest/--grpc", help="Use the REST API instead of gRPC (config: client.rest).", show_default=False),
+]
+TimeoutOption = Annotated[
+    Optional[float],
+    typer.Option("--timeout", help="Deadline per request attempt, in seconds (config: client.timeout)."),
+]
+RetriesOption = Annotated[
+    Optional[int],
+    typer.Option("--retries", help="Retries (with backoff) while the server is unavailable (config: client.retries)."),
+]
 
 
 def connect(config, set_, **flags):
@@ -53,8 +63,12 @@ def predict(
     rest: RestOption = None,
     tiles: Annotated[
         Optional[Path],
-        typer.Option("--tiles", help="Tile on the client with serving_default, using the preprocessing and tiling "
-                     "of this exported version folder (e.g. models/sky_segmenter/1).", file_okay=False),
+        typer.Option(
+            "--tiles",
+            help="Tile on the client with serving_default, using the preprocessing and tiling "
+            "of this exported version folder (e.g. models/sky_segmenter/1).",
+            file_okay=False,
+        ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
     timeout: TimeoutOption = None,
@@ -83,15 +97,35 @@ def predict(
         ModelKind.CLASSIFIER: classify_files,
         ModelKind.COLORIZER: colorize_files,
     }
-    cfg, client = connect(config, set_, server=server, model=model, version=version, label=label, rest=rest,
-                          timeout=timeout, retries=retries)
+    cfg, client = connect(
+        config,
+        set_,
+        server=server,
+        model=model,
+        version=version,
+        label=label,
+        rest=rest,
+        timeout=timeout,
+        retries=retries,
+    )
     with client:
         # --tiles: the export folder says what the model is (a sky segmenter, or a one-line error)
-        kind = (ModelKind.SEGMENTER if tiles is not None
-                else client.served_kind(cfg.model, version=cfg.version, label=cfg.label))
+        kind = (
+            ModelKind.SEGMENTER
+            if tiles is not None
+            else client.served_kind(cfg.model, version=cfg.version, label=cfg.label)
+        )
         with JobProgress(quiet) as listener:
-            report = jobs[kind](client=client, model=cfg.model, inputs=inputs, out=out, listener=listener,
-                                version=cfg.version, label=cfg.label, overwrite=overwrite)
+            report = jobs[kind](
+                client=client,
+                model=cfg.model,
+                inputs=inputs,
+                out=out,
+                listener=listener,
+                version=cfg.version,
+                label=cfg.label,
+                overwrite=overwrite,
+            )
     finish(report, out, quiet)
 
 
@@ -111,13 +145,24 @@ def status(
 
     Server and model come from the ``client:`` section of --config, then --set, then the flags above.
     """
-    cfg, client = connect(config, set_, server=server, model=model, version=version, label=label, rest=rest,
-                          timeout=timeout, retries=retries)
+    cfg, client = connect(
+        config,
+        set_,
+        server=server,
+        model=model,
+        version=version,
+        label=label,
+        rest=rest,
+        timeout=timeout,
+        retries=retries,
+    )
     with client:
         versions = client.status(cfg.model, version=cfg.version, label=cfg.label)
     out = Console(highlight=False, soft_wrap=True)
     for entry in versions:
-        out.print(f"{cfg.model} version {entry.version}: {entry.state}" + (f" ({entry.error})" if entry.error else ""),
-                  markup=False)
+        out.print(
+            f"{cfg.model} version {entry.version}: {entry.state}" + (f" ({entry.error})" if entry.error else ""),
+            markup=False,
+        )
     if not any(entry.state == "AVAILABLE" for entry in versions):
         raise typer.Exit(1)

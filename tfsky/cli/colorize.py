@@ -9,7 +9,14 @@ import typer
 
 from tfsky.cli.batch_options import EngineFlags, JobProgress, OutOption, engine_flags, finish
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags
-from tfsky.cli.options import MemoryBudgetOption, OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
+from tfsky.cli.options import (
+    MemoryBudgetOption,
+    OverlapOption,
+    TileBatchOption,
+    TileOption,
+    TtaOption,
+    WindowOption,
+)  # tiling flags
 
 
 @engine_flags

@@ -84,6 +84,10 @@ def device_names(tf) -> list[str]:
     names = []
     for device in tf.config.list_physical_devices():
         short = device.name.removeprefix("/physical_device:")
-        detail = tf.config.experimental.get_device_details(device).get("device_name") if device.device_type == "GPU" else None
+        detail = (
+            tf.config.experimental.get_device_details(device).get("device_name")
+            if device.device_type == "GPU"
+            else None
+        )
         names.append(f"{short} ({detail})" if detail else short)
     return names

@@ -9,15 +9,27 @@ import typer
 
 from tfsky.cli.messages import ProgressBar
 from tfsky.cli.options import ConfigOption, QuietOption, SetOption, command_config, tiling_flags, training_config
-from tfsky.cli.options import MemoryBudgetOption, OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
+from tfsky.cli.options import (
+    MemoryBudgetOption,
+    OverlapOption,
+    TileBatchOption,
+    TileOption,
+    TtaOption,
+    WindowOption,
+)  # tiling flags
 from tfsky.cli.options import ResolutionOption
 
 app = typer.Typer(help="Evaluate trained models against labelled data and naive baselines.", no_args_is_help=True)
 
-SplitOption = Annotated[Optional[str], typer.Option(
-    "--split", help="Cache split, or pairs split val | train (folders have none) (config: evaluate.split).")]
-OutOption = Annotated[Optional[Path], typer.Option(
-    "--out", "-o", help="Report folder. Default: eval/ beside the model.")]
+SplitOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--split", help="Cache split, or pairs split val | train (folders have none) (config: evaluate.split)."
+    ),
+]
+OutOption = Annotated[
+    Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: eval/ beside the model.")
+]
 
 
 @app.command()
@@ -25,9 +37,7 @@ def segmenter(
     model: Annotated[Path, typer.Option("--model", "-m", help="Model file written by tfsky train (.keras).")],
     data: Annotated[
         Path,
-        typer.Option(
-            "--data", "-d", help="Prepared cache (manifest.json), images/ + masks/ folder, or camera folder."
-        ),
+        typer.Option("--data", "-d", help="Prepared cache (manifest.json), images/ + masks/ folder, or camera folder."),
     ],
     split: SplitOption = None,
     out: OutOption = None,
@@ -35,10 +45,12 @@ def segmenter(
         Optional[Path],
         typer.Option("--labels", help="CSV with image,sky_condition columns: per-condition breakdown for folders."),
     ] = None,
-    threshold: Annotated[Optional[float], typer.Option(
-        "--threshold", help="Sky probability threshold (config: evaluate.threshold).")] = None,
-    band: Annotated[Optional[float], typer.Option(
-        "--band", help="Boundary F1 tolerance in pixels (config: evaluate.band).")] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option("--threshold", help="Sky probability threshold (config: evaluate.threshold).")
+    ] = None,
+    band: Annotated[
+        Optional[float], typer.Option("--band", help="Boundary F1 tolerance in pixels (config: evaluate.band).")
+    ] = None,
     tile: TileOption = None,
     overlap: OverlapOption = None,
     window: WindowOption = None,
@@ -64,8 +76,12 @@ def segmenter(
     from tfsky.evaluate.report import rich_table
     from tfsky.evaluate.segmenter import evaluate_segmenter, overall_table, verdict
 
-    flags = {"split": split, "threshold": threshold, "band": band,
-             **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget)}
+    flags = {
+        "split": split,
+        "threshold": threshold,
+        "band": band,
+        **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget),
+    }
     cfg = command_config(EvaluateConfig, "evaluate", config, set_, flags)
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
@@ -75,14 +91,22 @@ def segmenter(
         return _evaluate_cloud(model, data, cfg, out_dir, console)
     with ProgressBar("loading the model, fitting the baselines...", quiet) as progress:
         report = evaluate_segmenter(
-            model, data, split=cfg.split, threshold=cfg.threshold, band=cfg.band, labels_csv=labels, out_dir=out_dir,
-            tiling=cfg.tiling, progress=progress,
+            model,
+            data,
+            split=cfg.split,
+            threshold=cfg.threshold,
+            band=cfg.band,
+            labels_csv=labels,
+            out_dir=out_dir,
+            tiling=cfg.tiling,
+            progress=progress,
         )
     summary = report.to_json()
     console.print(rich_table(overall_table(summary)))
     console.print(verdict(summary))
-    finish_evaluation(report.skipped, lambda skipped: skipped["id"], f"{len(report.images)} images",
-                      f"{out_dir}/eval.json, eval.md")
+    finish_evaluation(
+        report.skipped, lambda skipped: skipped["id"], f"{len(report.images)} images", f"{out_dir}/eval.json, eval.md"
+    )
 
 
 @app.command()
@@ -117,8 +141,10 @@ def classifier(
 @app.command()
 def translator(
     model: Annotated[Path, typer.Option("--model", "-m", help="Translator .keras file (pix2pix, vae or colorize).")],
-    pairs: Annotated[Optional[Path], typer.Option(
-        "--pairs", "-p", help="Pairs file written by tfsky streams pairs (not for a colorizer).")] = None,
+    pairs: Annotated[
+        Optional[Path],
+        typer.Option("--pairs", "-p", help="Pairs file written by tfsky streams pairs (not for a colorizer)."),
+    ] = None,
     split: SplitOption = None,
     out: OutOption = None,
     tile: TileOption = None,
@@ -127,9 +153,14 @@ def translator(
     tile_batch: TileBatchOption = None,
     tta: TtaOption = None,
     memory_budget: MemoryBudgetOption = None,
-    fit_gate: Annotated[bool, typer.Option(
-        "--fit-gate", help="Colorizer only: first fit its chroma gate on its TRAINING split and store it in the "
-        "model's sidecar (rewrites the .json beside it), then evaluate.")] = False,
+    fit_gate: Annotated[
+        bool,
+        typer.Option(
+            "--fit-gate",
+            help="Colorizer only: first fit its chroma gate on its TRAINING split and store it in the "
+            "model's sidecar (rewrites the .json beside it), then evaluate.",
+        ),
+    ] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
     quiet: QuietOption = False,
@@ -149,8 +180,13 @@ def translator(
     from tfsky.evaluate.report import rich_table
     from tfsky.evaluate.translator import evaluate_translator, summary_table
 
-    cfg = command_config(EvaluateConfig, "evaluate", config, set_,
-                         {"split": split, **tiling_flags(tile, overlap, window, tile_batch, tta, memory_budget=memory_budget)})
+    cfg = command_config(
+        EvaluateConfig,
+        "evaluate",
+        config,
+        set_,
+        {"split": split, **tiling_flags(tile, overlap, window, tile_batch, tta, memory_budget=memory_budget)},
+    )
     console = Console(quiet=quiet)
     out_dir = out or model.parent / "eval"
     from tfsky.models.bundle import ModelKind, kind_of
@@ -160,20 +196,32 @@ def translator(
     if fit_gate:
         raise ConfigError("--fit-gate", "is for a colorizer (model.kind colorize) only")
     if pairs is None:
-        raise ConfigError("--pairs", "is required for a pix2pix or vae translator (a pairs file of tfsky streams pairs)")
+        raise ConfigError(
+            "--pairs", "is required for a pix2pix or vae translator (a pairs file of tfsky streams pairs)"
+        )
     with ProgressBar("loading the model...", quiet) as progress:
         report = evaluate_translator(model, pairs, out_dir, split=cfg.split, tiling=cfg.tiling, progress=progress)
     console.print(rich_table(summary_table(report)))
-    finish_evaluation(report.skipped, lambda skipped: f"{skipped['source']} -> {skipped['target']}",
-                      f"{len(report.per_pair)} pairs", ", ".join(str(p) for p in report.files))
+    finish_evaluation(
+        report.skipped,
+        lambda skipped: f"{skipped['source']} -> {skipped['target']}",
+        f"{len(report.per_pair)} pairs",
+        ", ".join(str(p) for p in report.files),
+    )
 
 
 @app.command()
 def precision(
     model: Annotated[Path, typer.Option("--model", "-m", help="Segmenter .keras file written by tfsky train.")],
-    config: Annotated[Optional[Path], typer.Option(
-        "--config", "-c", dir_okay=False,
-        help="The model's training config. Default: config.yaml beside the model (its run folder's).")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--config",
+            "-c",
+            dir_okay=False,
+            help="The model's training config. Default: config.yaml beside the model (its run folder's).",
+        ),
+    ] = None,
     set_: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -197,8 +245,10 @@ def precision(
     cfg = training_config(SegmenterConfig, config or model.parent / "config.yaml", set_)
     with ProgressBar("float32 and bfloat16 on the validation batches...", quiet) as progress:
         verdict = check_bfloat16(model, cfg, progress)
-    typer.echo(f"{model}: {verdict['pixels']} validation pixels on {verdict['cpu']}: {describe_verdict(verdict)}; "
-               f"stored in {model.with_suffix('.json')}")
+    typer.echo(
+        f"{model}: {verdict['pixels']} validation pixels on {verdict['cpu']}: {describe_verdict(verdict)}; "
+        f"stored in {model.with_suffix('.json')}"
+    )
 
 
 def _evaluate_colorizer(model: Path, cfg, out_dir: Path, console, fit_gate: bool) -> None:
@@ -216,8 +266,12 @@ def _evaluate_colorizer(model: Path, cfg, out_dir: Path, console, fit_gate: bool
     with ProgressBar("loading the model, fitting the baselines...", console.quiet) as progress:
         report = evaluate_colorizer(model, out_dir, split=cfg.split, tiling=cfg.tiling, progress=progress)
     console.print(rich_table(summary_table(report)))
-    finish_evaluation(report.skipped, lambda skipped: skipped["image"], f"{len(report.per_image)} images",
-                      ", ".join(str(p) for p in report.files))
+    finish_evaluation(
+        report.skipped,
+        lambda skipped: skipped["image"],
+        f"{len(report.per_image)} images",
+        ", ".join(str(p) for p in report.files),
+    )
 
 
 def _evaluate_cloud(model: Path, data: Path, cfg, out_dir: Path, console) -> None:
@@ -226,18 +280,26 @@ def _evaluate_cloud(model: Path, data: Path, cfg, out_dir: Path, console) -> Non
     from tfsky.evaluate.cloud import condition_table, evaluate_cloud, results_table
     from tfsky.evaluate.report import rich_table
 
-    with ProgressBar("loading the model, fitting the baselines (CloudNet trains for a minute)...",
-                     console.quiet) as progress:
+    with ProgressBar(
+        "loading the model, fitting the baselines (CloudNet trains for a minute)...", console.quiet
+    ) as progress:
         report = evaluate_cloud(
-            model, data, split=cfg.split, threshold=cfg.threshold, out_dir=out_dir, tiling=cfg.tiling,
-            cover=cfg.cloud, progress=progress,
+            model,
+            data,
+            split=cfg.split,
+            threshold=cfg.threshold,
+            out_dir=out_dir,
+            tiling=cfg.tiling,
+            cover=cfg.cloud,
+            progress=progress,
         )
     summary = report.to_json()
     for group in summary["results"]:
         console.print(rich_table(results_table(summary, group)))
     console.print(rich_table(condition_table(summary)))
-    finish_evaluation(report.skipped, lambda skipped: skipped["id"], f"{len(report.frames)} frames",
-                      f"{out_dir}/eval.json, eval.md")
+    finish_evaluation(
+        report.skipped, lambda skipped: skipped["id"], f"{len(report.frames)} frames", f"{out_dir}/eval.json, eval.md"
+    )
 
 
 def finish_evaluation(skipped: Sequence[dict], name: Callable[[dict], str], evaluated: str, wrote: str) -> None:

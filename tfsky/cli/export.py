@@ -10,28 +10,55 @@ import typer
 from rich.console import Console
 
 from tfsky.cli.options import ConfigOption, SetOption, command_config, tiling_flags
-from tfsky.cli.options import MemoryBudgetOption, OverlapOption, TileBatchOption, TileOption, TtaOption, WindowOption  # tiling flags
+from tfsky.cli.options import (
+    MemoryBudgetOption,
+    OverlapOption,
+    TileBatchOption,
+    TileOption,
+    TtaOption,
+    WindowOption,
+)  # tiling flags
 
 
 def export_cli(
     model: Annotated[
         Optional[Path],
-        typer.Option("--model", "-m", help="Segmenter or weather classifier .keras file (with its .json sidecar).", dir_okay=False),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Segmenter or weather classifier .keras file (with its .json sidecar).",
+            dir_okay=False,
+        ),
     ] = None,
-    name: Annotated[Optional[str], typer.Option(
-        "--name", help="Model name in the repository (config: export.name).")] = None,
-    repo: Annotated[Optional[Path], typer.Option(
-        "--repo", help="Model repository root, mounted as /models by TF Serving (config: export.repo).")] = None,
-    version: Annotated[Optional[int], typer.Option(
-        "--version", help="Version number (config: export.version; default: the next free one).")] = None,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Model name in the repository (config: export.name).")
+    ] = None,
+    repo: Annotated[
+        Optional[Path],
+        typer.Option("--repo", help="Model repository root, mounted as /models by TF Serving (config: export.repo)."),
+    ] = None,
+    version: Annotated[
+        Optional[int],
+        typer.Option("--version", help="Version number (config: export.version; default: the next free one)."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing version folder.")] = False,
-    precision: Annotated[Optional[str], typer.Option(
-        "--precision", help="float32 (CPU serving, the shipped image), as_trained (keep a mixed-precision model's "
-        "float16 layers, for a GPU server) or bfloat16 (a CPU server with AMX-BF16/AVX512-BF16) "
-        "(config: export.precision).")] = None,
-    max_pixels: Annotated[Optional[int], typer.Option(
-        "--max-pixels", help="The served image signatures refuse larger images before decoding them (config: "
-        "export.max_pixels; default: what --memory-budget holds).")] = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(
+            "--precision",
+            help="float32 (CPU serving, the shipped image), as_trained (keep a mixed-precision model's "
+            "float16 layers, for a GPU server) or bfloat16 (a CPU server with AMX-BF16/AVX512-BF16) "
+            "(config: export.precision).",
+        ),
+    ] = None,
+    max_pixels: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-pixels",
+            help="The served image signatures refuse larger images before decoding them (config: "
+            "export.max_pixels; default: what --memory-budget holds).",
+        ),
+    ] = None,
     tile: TileOption = None,
     overlap: OverlapOption = None,
     window: WindowOption = None,
@@ -42,8 +69,9 @@ def export_cli(
     set_: SetOption = None,
     info: Annotated[
         Optional[Path],
-        typer.Option("--info", help="Show the metadata and signatures of an exported version folder instead.",
-                     file_okay=False),
+        typer.Option(
+            "--info", help="Show the metadata and signatures of an exported version folder instead.", file_okay=False
+        ),
     ] = None,
 ) -> None:
     """Export --model to REPO/NAME/VERSION as a SavedModel (written atomically), or show --info DIR.
@@ -59,11 +87,26 @@ def export_cli(
     from tfsky.export.config import ExportConfig
     from tfsky.export.savedmodel import export_model
 
-    flags = {"name": name, "repo": repo, "version": version, "precision": precision, "max_pixels": max_pixels,
-             **tiling_flags(tile, overlap, window, tile_batch, tta, memory_budget=memory_budget)}
+    flags = {
+        "name": name,
+        "repo": repo,
+        "version": version,
+        "precision": precision,
+        "max_pixels": max_pixels,
+        **tiling_flags(tile, overlap, window, tile_batch, tta, memory_budget=memory_budget),
+    }
     cfg = command_config(ExportConfig, "export", config, set_, flags)
-    target = export_model(model, cfg.repo, cfg.name, version=cfg.version, overwrite=overwrite, tiling=cfg.tiling,
-                          precision=cfg.precision, cloud=cfg.cloud, max_pixels=cfg.max_pixels)
+    target = export_model(
+        model,
+        cfg.repo,
+        cfg.name,
+        version=cfg.version,
+        overwrite=overwrite,
+        tiling=cfg.tiling,
+        precision=cfg.precision,
+        cloud=cfg.cloud,
+        max_pixels=cfg.max_pixels,
+    )
     Console(highlight=False, soft_wrap=True).print(f"exported {model} -> {target}")
 
 

@@ -44,10 +44,13 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option(
-        "--version", callback=_print_version, is_eager=True, help="Print the tfsky version and exit.")] = False,
-    quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="No progress bars or messages of any command (warnings still show).")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the tfsky version and exit."),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or messages of any command (warnings still show).")
+    ] = False,
 ) -> None:
     """tfsky: prepare sky imagery, train segmenters and weather translators, predict on 8K tiles, serve."""
     from tfsky.cli.messages import show_messages

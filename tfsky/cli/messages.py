@@ -16,8 +16,14 @@ import sys
 from typing import Optional
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress as RichProgress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from tfsky.progress import LOGGER, Progress
 
@@ -81,8 +87,15 @@ class ProgressBar(Progress):
         console = Console(stderr=True)
         self.drawn = not is_quiet(quiet) and console.is_terminal  # a log file gets no bar (nor its blank lines)
         self.bar = RichProgress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[item]}"), console=console, disable=not self.drawn, transient=True,
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[item]}"),
+            console=console,
+            disable=not self.drawn,
+            transient=True,
         )
         self.task = self.bar.add_task(status, total=None, item="")
         self.live = False

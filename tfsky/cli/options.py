@@ -19,9 +19,12 @@ SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", "-s", help="Override a config key, e.g. --set train.epochs=3 (repeatable)."),
 ]
-QuietOption = Annotated[bool, typer.Option(
-    "--quiet", "-q", callback=silence, help="No progress bars, tables or messages (warnings still show).")]
+QuietOption = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", callback=silence, help="No progress bars, tables or messages (warnings still show)."),
+]
 PortOption = Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")]
+
 
 # Tiling flags of the commands that run a model over tiles; each overrides ``<section>.tiling.<key>``.
 # Flags default to None ("not given"): the defaults live in the config dataclasses (`tfsky.tiling.TilingConfig`).
@@ -37,23 +40,46 @@ def _tile_value(value: str) -> int | str:
         raise ConfigError("tiling.tile", f"must be auto or a whole number of pixels; got {value!r}") from None
 
 
-TileOption = Annotated[Optional[str], typer.Option(
-    parser=_tile_value, metavar="auto|PIXELS",
-    help="Tile size: auto (the one that computes the fewest pixels within --memory-budget, shown on stderr) or a multiple "
-         "of the model's (32 for segmenters) (config: tiling.tile; default: auto).")]
-MemoryBudgetOption = Annotated[Optional[float], typer.Option(
-    help="GB the process may use when --tile is auto (config: tiling.memory_budget; default: 1.5 on a CPU, the "
-         "GPU's free memory on a GPU).")]
-OverlapOption = Annotated[Optional[float], typer.Option(
-    help="Tile overlap fraction in [0, 1) (config: tiling.overlap; default: 16 px, at most a quarter tile).")]
-WindowOption = Annotated[Optional[str], typer.Option(
-    help="Blend window: ramp | constant | gaussian | hann | spline (config: tiling.window).")]
+TileOption = Annotated[
+    Optional[str],
+    typer.Option(
+        parser=_tile_value,
+        metavar="auto|PIXELS",
+        help="Tile size: auto (the one that computes the fewest pixels within --memory-budget, shown on stderr) or a multiple "
+        "of the model's (32 for segmenters) (config: tiling.tile; default: auto).",
+    ),
+]
+MemoryBudgetOption = Annotated[
+    Optional[float],
+    typer.Option(
+        help="GB the process may use when --tile is auto (config: tiling.memory_budget; default: 1.5 on a CPU, the "
+        "GPU's free memory on a GPU)."
+    ),
+]
+OverlapOption = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Tile overlap fraction in [0, 1) (config: tiling.overlap; default: 16 px, at most a quarter tile)."
+    ),
+]
+WindowOption = Annotated[
+    Optional[str],
+    typer.Option(help="Blend window: ramp | constant | gaussian | hann | spline (config: tiling.window)."),
+]
 TileBatchOption = Annotated[Optional[int], typer.Option(help="Tiles per model call (config: tiling.tile_batch).")]
-TtaOption = Annotated[Optional[str], typer.Option(
-    help="Test-time augmentation: none | flip2 | flip4 | rot4 | rot8 (rotations, for fisheye frames; config: tiling.tta).")]
-ResolutionOption = Annotated[Optional[str], typer.Option(
-    help="working: at the model's working scale, refined to full size | full: tiles of the full image "
-         "(config: tiling.resolution).")]
+TtaOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Test-time augmentation: none | flip2 | flip4 | rot4 | rot8 (rotations, for fisheye frames; config: tiling.tta)."
+    ),
+]
+ResolutionOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="working: at the model's working scale, refined to full size | full: tiles of the full image "
+        "(config: tiling.resolution)."
+    ),
+]
 
 
 def flag_overrides(section: str, flags: dict[str, Any], set_: Optional[list[str]]) -> list[str]:
@@ -67,12 +93,25 @@ def flag_overrides(section: str, flags: dict[str, Any], set_: Optional[list[str]
     return list(set_ or []) + given
 
 
-def tiling_flags(tile: Optional[int | str], overlap: Optional[float], window: Optional[str],
-                 tile_batch: Optional[int], tta: Optional[str], resolution: Optional[str] = None,
-                 memory_budget: Optional[float] = None) -> dict[str, Any]:
+def tiling_flags(
+    tile: Optional[int | str],
+    overlap: Optional[float],
+    window: Optional[str],
+    tile_batch: Optional[int],
+    tta: Optional[str],
+    resolution: Optional[str] = None,
+    memory_budget: Optional[float] = None,
+) -> dict[str, Any]:
     """The tiling flags of a command as ``tiling.<key>`` flags for `flag_overrides` (None = not given)."""
-    return {"tiling.tile": tile, "tiling.overlap": overlap, "tiling.window": window, "tiling.tile_batch": tile_batch,
-            "tiling.tta": tta, "tiling.resolution": resolution, "tiling.memory_budget": memory_budget}
+    return {
+        "tiling.tile": tile,
+        "tiling.overlap": overlap,
+        "tiling.window": window,
+        "tiling.tile_batch": tile_batch,
+        "tiling.tta": tta,
+        "tiling.resolution": resolution,
+        "tiling.memory_budget": memory_budget,
+    }
 
 
 def training_section(schema: type, section: str, config: Optional[Path], overrides: Optional[list[str]]) -> Any:
@@ -97,8 +136,9 @@ def training_config(schema: type[T], config: Optional[Path], overrides: Optional
     return load_config(schema, config, overrides, other_sections=command_schemas())
 
 
-def command_config(schema: type[T], section: str, config: Optional[Path], set_: Optional[list[str]],
-                   flags: dict[str, Any]) -> T:
+def command_config(
+    schema: type[T], section: str, config: Optional[Path], set_: Optional[list[str]], flags: dict[str, Any]
+) -> T:
     """A command's settings: the ``section`` of --config, then --set, then the flags given (None = not given).
 
     One loader for every command, so a key has one default (in ``schema``) and one error message. The
@@ -109,8 +149,14 @@ def command_config(schema: type[T], section: str, config: Optional[Path], set_: 
 
     schemas = command_schemas()
     assert schemas[section] is schema, f"register {section!r} in command_schemas()"  # so other commands accept it
-    return load_config(schema, config, flag_overrides(section, flags, set_), section=section,
-                       file_keys=config_file_keys(), other_sections=schemas)
+    return load_config(
+        schema,
+        config,
+        flag_overrides(section, flags, set_),
+        section=section,
+        file_keys=config_file_keys(),
+        other_sections=schemas,
+    )
 
 
 def command_schemas() -> dict[str, type]:
@@ -122,8 +168,15 @@ def command_schemas() -> dict[str, type]:
     from tfsky.predict.translate import TranslateConfig
     from tfsky.serving.config import ClientConfig, ServeConfig
 
-    return {"predict": PredictConfig, "translate": TranslateConfig, "evaluate": EvaluateConfig,
-            "export": ExportConfig, "serve": ServeConfig, "client": ClientConfig, "colorize": ColorizeOptions}
+    return {
+        "predict": PredictConfig,
+        "translate": TranslateConfig,
+        "evaluate": EvaluateConfig,
+        "export": ExportConfig,
+        "serve": ServeConfig,
+        "client": ClientConfig,
+        "colorize": ColorizeOptions,
+    }
 
 
 def config_file_keys() -> set[str]:
@@ -132,6 +185,9 @@ def config_file_keys() -> set[str]:
 
     from tfsky.train.config import ClassifierConfig, SegmenterConfig, TranslatorConfig
 
-    training = {field.name for schema in (SegmenterConfig, TranslatorConfig, ClassifierConfig)
-                for field in dataclasses.fields(schema)}
+    training = {
+        field.name
+        for schema in (SegmenterConfig, TranslatorConfig, ClassifierConfig)
+        for field in dataclasses.fields(schema)
+    }
     return training | set(command_schemas())

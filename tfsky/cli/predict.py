@@ -17,8 +17,10 @@ from tfsky.cli.options import MemoryBudgetOption, ResolutionOption
 @engine_flags
 def predict_cli(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Segmenter or weather classifier .keras file (with "
-                                        "its .json sidecar).")],
+    model: Annotated[
+        Path,
+        typer.Option("--model", "-m", help="Segmenter or weather classifier .keras file (with its .json sidecar)."),
+    ],
     out: OutOption,
     tile: TileOption = None,
     overlap: OverlapOption = None,
@@ -27,16 +29,27 @@ def predict_cli(
     tta: TtaOption = None,
     resolution: ResolutionOption = None,
     memory_budget: MemoryBudgetOption = None,
-    threshold: Annotated[Optional[float], typer.Option(
-        help="Sky probability cut for the mask (config: predict.threshold).")] = None,
-    prob_format: Annotated[Optional[str], typer.Option(
-        help="Probability map format: png16 | tif (config: predict.prob_format).")] = None,
-    camera_mask: Annotated[Optional[Path], typer.Option(
-        help="Camera sky mask (tfsky streams skymask): frames without evidence (night, fog) take its sky "
-        "(config: predict.camera_mask).")] = None,
-    sun: Annotated[Optional[bool], typer.Option(
-        "--sun/--no-sun", help="Cloud models: leave the sun disc out of the cloud fraction, as WSISEG leaves it "
-        "undefined (config: predict.cloud.sun; default: on).")] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option(help="Sky probability cut for the mask (config: predict.threshold).")
+    ] = None,
+    prob_format: Annotated[
+        Optional[str], typer.Option(help="Probability map format: png16 | tif (config: predict.prob_format).")
+    ] = None,
+    camera_mask: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Camera sky mask (tfsky streams skymask): frames without evidence (night, fog) take its sky "
+            "(config: predict.camera_mask)."
+        ),
+    ] = None,
+    sun: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--sun/--no-sun",
+            help="Cloud models: leave the sun disc out of the cloud fraction, as WSISEG leaves it "
+            "undefined (config: predict.cloud.sun; default: on).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
     engine: EngineFlags = EngineFlags(),  # --engine, --address, --workers, ... (engine_flags)
     config: ConfigOption = None,
@@ -55,8 +68,13 @@ def predict_cli(
     from tfsky.predict.batch import PredictConfig, predict_many
     from tfsky.predict.classify import classify_many
 
-    flags = {"threshold": threshold, "prob_format": prob_format, "camera_mask": camera_mask, "cloud.sun": sun,
-             **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget)}
+    flags = {
+        "threshold": threshold,
+        "prob_format": prob_format,
+        "camera_mask": camera_mask,
+        "cloud.sun": sun,
+        **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget),
+    }
     cfg = command_config(PredictConfig, "predict", config, set_, flags)
     classifier = kind_of(model) is ModelKind.CLASSIFIER  # anything else goes the segmenter's way, and its checks
     segmenter_settings = _segmenter_settings(flags, config, set_) if classifier else []
@@ -77,10 +95,13 @@ def _segmenter_settings(flags: dict[str, Any], config: Optional[Path], set_: Opt
     from tfsky.predict.batch import PredictConfig
 
     given = [key for key, value in flags.items() if value is not None]
-    from_files = _changed_keys(dataclasses.asdict(command_config(PredictConfig, "predict", config, set_, {})),
-                               dataclasses.asdict(PredictConfig()))
-    return ([f"--{key.split('.')[-1].replace('_', '-')}" for key in given]
-            + [f"predict.{key} (--config/--set)" for key in from_files if key not in given])
+    from_files = _changed_keys(
+        dataclasses.asdict(command_config(PredictConfig, "predict", config, set_, {})),
+        dataclasses.asdict(PredictConfig()),
+    )
+    return [f"--{key.split('.')[-1].replace('_', '-')}" for key in given] + [
+        f"predict.{key} (--config/--set)" for key in from_files if key not in given
+    ]
 
 
 def _changed_keys(values: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> list[str]:

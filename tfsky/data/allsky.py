@@ -83,9 +83,7 @@ class AllSkyConfig:
     """
 
     class_map: dict[str, int] = dataclasses.field(default_factory=lambda: dict(WSISEG_CLASS_MAP))
-    cameras: list[AllSkyCamera] = dataclasses.field(
-        default_factory=lambda: [AllSkyCamera("camera", 0, 10**12)]
-    )
+    cameras: list[AllSkyCamera] = dataclasses.field(default_factory=lambda: [AllSkyCamera("camera", 0, 10**12)])
     image_column: str = "image_name"
     label_column: str = "sky_type"
     test_frames: list[list[int]] = dataclasses.field(default_factory=list)
@@ -117,7 +115,6 @@ class AllSkyConfig:
         if number is None:
             return None
         return next((c for c in self.cameras if c.first_frame <= number <= c.last_frame), None)
-
 
     def is_test_frame(self, path: Path) -> bool:
         """Whether ``path``'s frame number lies in a ``test_frames`` range."""
@@ -170,8 +167,9 @@ def load_class_mask(
         seen = read_camera_mask(camera_mask, max_pixels)
         if seen.shape != classes.shape:
             raise InputError(
-                camera_mask, f"camera mask is {seen.shape[1]}x{seen.shape[0]} but annotation {annotation.name} is "
-                f"{classes.shape[1]}x{classes.shape[0]}"
+                camera_mask,
+                f"camera mask is {seen.shape[1]}x{seen.shape[0]} but annotation {annotation.name} is "
+                f"{classes.shape[1]}x{classes.shape[0]}",
             )
         classes[~seen] = IGNORE
     return classes

@@ -284,10 +284,7 @@ def _manifest(cfg: DataConfig, entries: list[dict], writers: dict[str, ShardWrit
         "dtype": cfg.cache_dtype,
         "channels": cfg.channels,
         "compression": cfg.compression,
-        "splits": {
-            split: {"images": writer.count, "shards": writer.shards}
-            for split, writer in writers.items()
-        },
+        "splits": {split: {"images": writer.count, "shards": writer.shards} for split, writer in writers.items()},
         "totals": {
             "written": len(written),
             "skipped": len(entries) - len(written),

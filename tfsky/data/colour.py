@@ -38,9 +38,9 @@ from tfsky.io.images import read_image
 
 AB_SCALE = 110.0
 # sRGB (D65) -> XYZ, and the D65 white, as OpenCV's float RGB2Lab.
-_RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
-                        [0.212671, 0.715160, 0.072169],
-                        [0.019334, 0.119193, 0.950227]], np.float64)
+_RGB_TO_XYZ = np.array(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]], np.float64
+)
 _WHITE = np.array([0.950456, 1.0, 1.088754], np.float64)
 _XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
 _EPSILON, _KAPPA = 0.008856, 903.3  # CIE constants as OpenCV writes them
@@ -122,8 +122,11 @@ def unit_rgb(image: np.ndarray, source: str | Path = "image") -> np.ndarray:
         return image.astype(np.float32) / 255
     if image.dtype == np.uint16:
         return image.astype(np.float32) / 65535
-    raise InputError(source, f"is an HDR ({image.dtype}) image: tone-map it to 8 or 16 bits first "
-                     "(colorization works on display-referred sRGB)")
+    raise InputError(
+        source,
+        f"is an HDR ({image.dtype}) image: tone-map it to 8 or 16 bits first "
+        "(colorization works on display-referred sRGB)",
+    )
 
 
 def lab_of(image: np.ndarray, source: str | Path = "image") -> np.ndarray:
@@ -189,11 +192,19 @@ def colour_split(cfg: ColourSourcesConfig) -> dict[str, list[Path]]:
         for item in items:
             split[groups[item.group]].append(item.image_path)
     for folder in cfg.class_folders:
-        classes = {d.name: d.name for d in sorted(Path(folder).iterdir()) if d.is_dir()} if Path(folder).is_dir() else {}
+        classes = (
+            {d.name: d.name for d in sorted(Path(folder).iterdir()) if d.is_dir()} if Path(folder).is_dir() else {}
+        )
         fraction = 0.0 if source_name(folder) in cfg.val_sources else cfg.val_fraction
-        labelled = labelled_set(ClassifierDataConfig(
-            sources=[LabelledSource(kind="class_folders", path=Path(folder))], classes=classes or {"-": "-"},
-            val_fraction=fraction, duplicate_threshold=cfg.duplicate_threshold, seed=cfg.seed))
+        labelled = labelled_set(
+            ClassifierDataConfig(
+                sources=[LabelledSource(kind="class_folders", path=Path(folder))],
+                classes=classes or {"-": "-"},
+                val_fraction=fraction,
+                duplicate_threshold=cfg.duplicate_threshold,
+                seed=cfg.seed,
+            )
+        )
         if source_name(folder) in cfg.val_sources:
             split["val"] += [image.path for image in labelled.splits["train"]]
         else:
@@ -225,8 +236,13 @@ def coarse_target(lab: np.ndarray, size: int) -> np.ndarray:
     return (cv2.resize(lab[..., 1:], (size, size), interpolation=cv2.INTER_AREA) / AB_SCALE).astype(np.float32)
 
 
-def load_frames(paths: list[Path], load_size: Optional[int], crop_size: int, generator_size: int,
-                skipped: Optional[list[str]] = None) -> list[ColourFrame]:
+def load_frames(
+    paths: list[Path],
+    load_size: Optional[int],
+    crop_size: int,
+    generator_size: int,
+    skipped: Optional[list[str]] = None,
+) -> list[ColourFrame]:
     """The frames of ``paths`` at the training scale (shorter side ``load_size``, at least ``crop_size``).
 
     Unreadable or HDR files are left out and listed in ``skipped`` (with the reason).
@@ -242,7 +258,9 @@ def load_frames(paths: list[Path], load_size: Optional[int], crop_size: int, gen
             continue
         height, width = image.shape[:2]
         factor = max(crop_size, load_size or min(height, width)) / min(height, width)
-        lab = lab_of(resize_image(image, (max(crop_size, round(height * factor)), max(crop_size, round(width * factor)))), path)
+        lab = lab_of(
+            resize_image(image, (max(crop_size, round(height * factor)), max(crop_size, round(width * factor)))), path
+        )
         frames.append(ColourFrame(lab, generator_view(lab, generator_size), coarse_target(lab, generator_size // 4)))
     return frames
 
@@ -258,7 +276,7 @@ def crop_example(frame: ColourFrame, crop: int, rng: np.random.Generator, flip: 
         y, x = (height - crop) // 2, (width - crop) // 2
     else:
         y, x = int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
-    lab = frame.lab[y:y + crop, x:x + crop]
+    lab = frame.lab[y : y + crop, x : x + crop]
     small_l, coarse = frame.small_l, frame.coarse_ab
     box = np.array([y / height, x / width, (y + crop) / height, (x + crop) / width], np.float32)
     if flip and rng.random() < 0.5:  # the whole frame mirrored: crop, generator view and box alike
@@ -272,12 +290,15 @@ def crop_example(frame: ColourFrame, crop: int, rng: np.random.Generator, flip: 
 def example_signature(generator_size: int, crop: int):
     """The ``tf.data`` signature of `crop_example`'s output."""
     spec = lambda *shape: tf.TensorSpec(shape, tf.float32)  # noqa: E731
-    return ((spec(generator_size, generator_size, 1), spec(crop, crop, 1), spec(4)),
-            (spec(generator_size // 4, generator_size // 4, 2), spec(crop, crop, 2)))
+    return (
+        (spec(generator_size, generator_size, 1), spec(crop, crop, 1), spec(4)),
+        (spec(generator_size // 4, generator_size // 4, 2), spec(crop, crop, 2)),
+    )
 
 
-def training_dataset(frames: list[ColourFrame], crop: int, generator_size: int, batch_size: int,
-                     flip: bool, seed: Optional[int]) -> tf.data.Dataset:
+def training_dataset(
+    frames: list[ColourFrame], crop: int, generator_size: int, batch_size: int, flip: bool, seed: Optional[int]
+) -> tf.data.Dataset:
     """Endless random crops (a new crop of a random frame each time), batched."""
 
     def examples() -> Iterator:

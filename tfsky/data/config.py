@@ -25,7 +25,10 @@ Compression = Literal["ZLIB", "GZIP", "NONE"]
 
 # The fields each source kind needs besides ``images``.
 _REQUIRED_BY_KIND = {
-    "mask_folder": ("masks",), "camera_folder": (), "coco": ("annotations",), "allsky_folder": ("masks",)
+    "mask_folder": ("masks",),
+    "camera_folder": (),
+    "coco": ("annotations",),
+    "allsky_folder": ("masks",),
 }
 
 

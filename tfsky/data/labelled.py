@@ -142,8 +142,11 @@ def labelled_set(cfg: ClassifierDataConfig) -> LabelledSet:
                 skipped.append(f"{path}: label {label!r} is not in data.classes")
             else:
                 found.append((path, cfg.classes[label], folder))
-        groups = (_folder_groups(found) if source.group == "folder"
-                  else _duplicate_groups([p for p, _, _ in found], cfg.duplicate_threshold))
+        groups = (
+            _folder_groups(found)
+            if source.group == "folder"
+            else _duplicate_groups([p for p, _, _ in found], cfg.duplicate_threshold)
+        )
         images += [LabelledImage(p, c, f"{index}:{g}") for (p, c, _), g in zip(found, groups)]
     if not images:
         raise InputError(cfg.sources[0].path, "no labelled images found (check data.classes)")
@@ -154,8 +157,13 @@ def _class_folder_rows(source: LabelledSource) -> list[tuple[Path, str, str]]:
     root = Path(source.path)
     if not root.is_dir():
         raise InputError(root, "class folders root not found")
-    rows = [(p, folder.name, folder.name) for folder in sorted(root.iterdir()) if folder.is_dir()
-            for p in sorted(folder.iterdir()) if p.is_file() and is_image_file(p)]
+    rows = [
+        (p, folder.name, folder.name)
+        for folder in sorted(root.iterdir())
+        if folder.is_dir()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and is_image_file(p)
+    ]
     if not rows:
         raise InputError(root, "no <class>/<image> files found")
     return rows
@@ -199,7 +207,7 @@ def _duplicate_groups(paths: list[Path], threshold: float) -> list[str]:
         return i
 
     for i in range(len(paths)):
-        close = np.nonzero(np.abs(thumbs[i + 1:] - thumbs[i]).mean(axis=1) <= threshold)[0] + i + 1
+        close = np.nonzero(np.abs(thumbs[i + 1 :] - thumbs[i]).mean(axis=1) <= threshold)[0] + i + 1
         for j in close:
             parent[root(int(j))] = root(i)
     return [paths[root(i)].name for i in range(len(paths))]
@@ -250,7 +258,7 @@ def classifier_input(image: np.ndarray, load_size: int, image_size: int) -> np.n
     """What the classifier sees of a frame: squeezed to ``load_size`` square, the centre ``image_size`` crop."""
     square = square_rgb8(image, load_size)
     start = (load_size - image_size) // 2
-    return square[start:start + image_size, start:start + image_size]
+    return square[start : start + image_size, start : start + image_size]
 
 
 def square_rgb8(image: np.ndarray, size: int) -> np.ndarray:
@@ -264,8 +272,16 @@ def resized_rgb8(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return (small // 257).astype(np.uint8) if small.dtype == np.uint16 else small
 
 
-COLOUR_STATISTICS = ("brightness", "brightness_std", "saturation", "saturation_std", "blueness", "bright_share",
-                     "dark_share", "texture")
+COLOUR_STATISTICS = (
+    "brightness",
+    "brightness_std",
+    "saturation",
+    "saturation_std",
+    "blueness",
+    "bright_share",
+    "dark_share",
+    "texture",
+)
 
 
 def colour_statistics(rgb: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -280,5 +296,16 @@ def colour_statistics(rgb: np.ndarray, region: np.ndarray) -> np.ndarray:
     gradient = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
     value, saturation = grey[region], hsv[..., 1][region]
     blue = unit[..., 2][region] - unit[..., 0][region]
-    return np.array([value.mean(), value.std(), saturation.mean(), saturation.std(), blue.mean(),
-                     (value > 0.9).mean(), (value < 0.1).mean(), gradient[region].mean()], np.float64)
+    return np.array(
+        [
+            value.mean(),
+            value.std(),
+            saturation.mean(),
+            saturation.std(),
+            blue.mean(),
+            (value > 0.9).mean(),
+            (value < 0.1).mean(),
+            gradient[region].mean(),
+        ],
+        np.float64,
+    )

@@ -126,7 +126,8 @@ def build_pairs(streams: list[Stream], cfg: PairsConfig) -> PairSet:
     splits = split_cameras(sorted(by_camera), cfg.val_fraction, cfg.seed)
     pairs = [
         Pair(camera, splits[camera], str(src), str(tgt), str(mask) if mask else None, round(hours, 3))
-        for camera, items in by_camera.items() for src, tgt, mask, hours in items
+        for camera, items in by_camera.items()
+        for src, tgt, mask, hours in items
     ]
     streams_info = {
         camera: {"split": splits[camera], "pairs": len(items), "size": list(sizes[camera])}
@@ -162,10 +163,7 @@ def _check_conditions(streams: list[Stream], cfg: PairsConfig) -> None:
 
 
 def _eligible(stream: Stream, condition: str, min_confidence: float) -> list[Frame]:
-    return [
-        f for f in stream.frames
-        if f.usable and f.condition == condition and f.label_confidence >= min_confidence
-    ]
+    return [f for f in stream.frames if f.usable and f.condition == condition and f.label_confidence >= min_confidence]
 
 
 def _hours(a: Frame, b: Frame) -> float:
@@ -203,12 +201,15 @@ def _no_pairs_message(streams: list[Stream], cfg: PairsConfig) -> str:
 
 def write_pairs(pair_set: PairSet, cfg: PairsConfig, path: str | Path) -> None:
     """Write the pairs file atomically (format in the module docstring)."""
-    write_json(path, {
-        "format": FORMAT,
-        "rule": to_dict(cfg),
-        "streams": pair_set.streams,
-        "pairs": [dataclasses.asdict(pair) for pair in pair_set.pairs],
-    })
+    write_json(
+        path,
+        {
+            "format": FORMAT,
+            "rule": to_dict(cfg),
+            "streams": pair_set.streams,
+            "pairs": [dataclasses.asdict(pair) for pair in pair_set.pairs],
+        },
+    )
 
 
 def read_pairs(path: str | Path, split: Optional[str] = None) -> list[Pair]:
@@ -269,9 +270,7 @@ def load_pair_arrays(source: str, target: str, mask: Optional[str]) -> tuple[np.
     return src, tgt, sky[..., None]
 
 
-def make_pair_dataset(
-    pairs: list[Pair], cfg: PairDataConfig, *, batch_size: int, training: bool
-) -> tf.data.Dataset:
+def make_pair_dataset(pairs: list[Pair], cfg: PairDataConfig, *, batch_size: int, training: bool) -> tf.data.Dataset:
     """Batches of ``((source, mask), target)``: [B, c, c, 3] in [-1, 1], [B, c, c, 1] in [0, 1], [B, c, c, 3].
 
     Source, target and mask are stacked into one 7-channel image before any
@@ -293,8 +292,11 @@ def make_pair_dataset(
     ds = ds.cache()
     if training:
         ds = ds.shuffle(len(paths), reshuffle_each_iteration=True)
-    crop = (lambda x: _random_crop_flip(x, cfg.crop_size, cfg.flip)) if training else (
-        lambda x: _centre_crop(x, cfg.crop_size))
+    crop = (
+        (lambda x: _random_crop_flip(x, cfg.crop_size, cfg.flip))
+        if training
+        else (lambda x: _centre_crop(x, cfg.crop_size))
+    )
     ds = ds.map(lambda x: _split(crop(x)), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 

@@ -146,9 +146,7 @@ def crop_counts(cfg: DataConfig, entries: list[dict]) -> list[int]:
     per_source: dict[str, float] = {}
     for entry in entries:
         per_source[entry["source"]] = per_source.get(entry["source"], 0.0) + _sky_weight(cfg, entry)
-    shares = [
-        source_weight.get(e["source"], 1.0) * _sky_weight(cfg, e) / per_source[e["source"]] for e in entries
-    ]
+    shares = [source_weight.get(e["source"], 1.0) * _sky_weight(cfg, e) / per_source[e["source"]] for e in entries]
     total = len(entries) * cfg.patches_per_image
     exact = [total * share / sum(shares) for share in shares]
     counts = [math.floor(value) for value in exact]
@@ -160,8 +158,10 @@ def crop_counts(cfg: DataConfig, entries: list[dict]) -> list[int]:
 
 def _sky_weight(cfg: DataConfig, entry: dict) -> float:
     if "sky_fraction" not in entry:
-        raise InputError(cfg.cache, f"{entry['id']} has no sky_fraction: the cache was prepared by an older "
-                         "tfsky; re-run `tfsky data prepare`")
+        raise InputError(
+            cfg.cache,
+            f"{entry['id']} has no sky_fraction: the cache was prepared by an older tfsky; re-run `tfsky data prepare`",
+        )
     return cfg.no_sky_weight if entry["sky_fraction"] == 0 else 1.0
 
 
@@ -233,7 +233,8 @@ def _check_compatible(cfg: DataConfig, manifest: dict, split: str) -> None:
     prepared_scale = manifest["config"].get("working_scale")
     if prepared_scale != cfg.working_scale:
         raise InputError(
-            cfg.cache, f"cache was prepared at working_scale {prepared_scale} but the config wants "
+            cfg.cache,
+            f"cache was prepared at working_scale {prepared_scale} but the config wants "
             f"{cfg.working_scale}; re-run `tfsky data prepare`",
         )
 

@@ -203,7 +203,8 @@ def _allsky_folder(cfg: SourceConfig) -> Iterator[LabelledImage]:
             mask_path=annotation,
             problem=problem,
             stratum=f"{cfg.name}/{camera.name if camera else '-'}/{sky_type or '-'}",
-            mask_loader=functools.partial(allsky.load_class_mask, annotation, camera.mask if camera else None,
-                                          settings),
+            mask_loader=functools.partial(
+                allsky.load_class_mask, annotation, camera.mask if camera else None, settings
+            ),
             test=settings.is_test_frame(path),
         )

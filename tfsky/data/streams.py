@@ -238,17 +238,20 @@ def manifest_path(folder: str | Path, camera: str) -> Path:
 
 def write_manifest(stream: Stream, path: str | Path) -> None:
     """Write ``stream`` as a manifest, atomically, with absolute image and mask paths and the next version."""
-    write_json(path, {
-        "format": FORMAT,
-        "camera": stream.camera,
-        "image_dir": str(stream.image_dir.resolve()),
-        "mask": str(stream.mask.resolve()) if stream.mask else None,
-        "version": stream.version + 1,
-        "moved_from": stream.moved_from,
-        "frames": [dataclasses.asdict(frame) for frame in stream.frames],
-        "edits": stream.edits,
-        "skymask": stream.skymask,
-    })
+    write_json(
+        path,
+        {
+            "format": FORMAT,
+            "camera": stream.camera,
+            "image_dir": str(stream.image_dir.resolve()),
+            "mask": str(stream.mask.resolve()) if stream.mask else None,
+            "version": stream.version + 1,
+            "moved_from": stream.moved_from,
+            "frames": [dataclasses.asdict(frame) for frame in stream.frames],
+            "edits": stream.edits,
+            "skymask": stream.skymask,
+        },
+    )
 
 
 def read_manifest(path: str | Path) -> Stream:
@@ -355,8 +358,10 @@ def read_labels(cfg: StreamsConfig, root: Path) -> tuple[dict[Path, tuple[str, O
                 elif not condition:
                     problem = f"frame {name} has no condition (a short row)"
                 elif not is_condition_name(condition):
-                    problem = f"condition {quoted(condition)} of frame {name} is not a condition name " \
-                              "(lower-case letters, digits, _ and ())"
+                    problem = (
+                        f"condition {quoted(condition)} of frame {name} is not a condition name "
+                        "(lower-case letters, digits, _ and ())"
+                    )
                 elif frame.resolve() in labelled_on:
                     problem = f"frame {name} is already labelled on line {labelled_on[frame.resolve()]}"
                 else:
@@ -462,8 +467,10 @@ def validate_stream(stream: Stream, cfg: StreamsConfig, segmenter: Optional[SkyP
             dx, dy = edge_offset(edges, median_edges)
             shift = float(np.hypot(dx, dy)) / cfg.analysis_width
             if score < cfg.min_edge_correlation or shift > cfg.max_offset:
-                detail = (f"edge correlation {score:.2f} with the median frame, "
-                          f"offset ({dx * to_frame:+.0f}, {dy * to_frame:+.0f}) px")
+                detail = (
+                    f"edge correlation {score:.2f} with the median frame, "
+                    f"offset ({dx * to_frame:+.0f}, {dy * to_frame:+.0f}) px"
+                )
                 frames[index] = _judged(frames[index], "moved", detail)
     frames = mark_moved_from(frames, stream.moved_from)
     for index, frame in enumerate(frames):
@@ -525,7 +532,11 @@ class _FrameChecks:
         if is_hdr(image):
             return "corrupt", "a float (HDR) frame: a webcam stream holds 8/16-bit frames", None
         if image.shape[:2] != self.size:
-            return "size", f"{image.shape[1]}x{image.shape[0]} differs from the stream's {self.size[1]}x{self.size[0]}", None
+            return (
+                "size",
+                f"{image.shape[1]}x{image.shape[0]} differs from the stream's {self.size[1]}x{self.size[0]}",
+                None,
+            )
         luma = analysis_luminance(image, self.cfg.analysis_width)
         reason, detail = self._pixel_checks(image, luma)
         if not reason and self.segmenter is not None and self.camera_mask is not None:
@@ -558,8 +569,10 @@ class StaleVersion(TfskyError):
 
     def __init__(self, path: Path, expected: int, found: int):
         self.path, self.expected, self.found = path, expected, found
-        super().__init__(f"{path}: the stream changed since you loaded it (your version {expected}, now {found}); "
-                         "reload to see the other changes, then redo yours")
+        super().__init__(
+            f"{path}: the stream changed since you loaded it (your version {expected}, now {found}); "
+            "reload to see the other changes, then redo yours"
+        )
 
 
 class EditError(TfskyError):
@@ -672,8 +685,13 @@ class ValidateReport:
 
 def summarize(stream: Stream, manifest: Path) -> StreamSummary:
     counts = Counter(frame.reason for frame in stream.frames if not frame.usable)
-    return StreamSummary(stream.camera, len(stream.frames), sum(f.usable for f in stream.frames),
-                         {reason: counts.get(reason, 0) for reason in REASONS}, manifest)
+    return StreamSummary(
+        stream.camera,
+        len(stream.frames),
+        sum(f.usable for f in stream.frames),
+        {reason: counts.get(reason, 0) for reason in REASONS},
+        manifest,
+    )
 
 
 def validate_streams(

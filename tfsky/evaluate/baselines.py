@@ -93,9 +93,7 @@ def color_threshold_confusions(image: np.ndarray, truth: np.ndarray, thresholds:
     sky_sorted, other_sorted = np.sort(brightness[truth]), np.sort(brightness[~truth])
     tps = len(sky_sorted) - np.searchsorted(sky_sorted, thresholds, side="left")
     fps = len(other_sorted) - np.searchsorted(other_sorted, thresholds, side="left")
-    return [
-        _counts(int(tp), predicted=int(tp + fp), sky=len(sky_sorted), size=truth.size) for tp, fp in zip(tps, fps)
-    ]
+    return [_counts(int(tp), predicted=int(tp + fp), sky=len(sky_sorted), size=truth.size) for tp, fp in zip(tps, fps)]
 
 
 @dataclasses.dataclass

@@ -58,8 +58,13 @@ class ClassifierReport:
     files: list[Path]  # everything written
 
     def to_json(self) -> dict:
-        return {"conditions": self.conditions, "split": self.split, "images": self.counts, "sources": self.sources,
-                "scores": [dataclasses.asdict(s) | {"macro_f1": s.macro_f1} for s in self.scores]}
+        return {
+            "conditions": self.conditions,
+            "split": self.split,
+            "images": self.counts,
+            "sources": self.sources,
+            "scores": [dataclasses.asdict(s) | {"macro_f1": s.macro_f1} for s in self.scores],
+        }
 
 
 def evaluate_classifier(model_path: Path, out_dir: Path, split: str = "val") -> ClassifierReport:
@@ -79,10 +84,18 @@ def evaluate_classifier(model_path: Path, out_dir: Path, split: str = "val") -> 
     }
     scores = [score(name, truth[split], probs, conditions) for name, probs in predictions.items()]
     out_dir = Path(out_dir)
-    files = [draw_confusion(scores[0], conditions, out_dir / "confusion.png"),
-             draw_reliability(scores, out_dir / "reliability.png")]
-    report = ClassifierReport(conditions, split, {k: len(v) for k, v in data.splits.items()},
-                              {k: len({i.source for i in v}) for k, v in data.splits.items()}, scores, files)
+    files = [
+        draw_confusion(scores[0], conditions, out_dir / "confusion.png"),
+        draw_reliability(scores, out_dir / "reliability.png"),
+    ]
+    report = ClassifierReport(
+        conditions,
+        split,
+        {k: len(v) for k, v in data.splits.items()},
+        {k: len({i.source for i in v}) for k, v in data.splits.items()},
+        scores,
+        files,
+    )
     report.files = [*write_report(out_dir, "classifier_eval", report.to_json(), markdown(report)), *files]
     return report
 
@@ -99,8 +112,12 @@ def score(name: str, truth: np.ndarray, probabilities: np.ndarray, conditions: l
         precision = hits / max(confusion[:, index].sum(), 1)
         recall = hits / max(confusion[index].sum(), 1)
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[condition] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-                                "support": int(confusion[index].sum())}
+        per_class[condition] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(confusion[index].sum()),
+        }
     ece, bins = calibration(truth, probabilities)
     return ClassifierScores(name, float((predicted == truth).mean()), per_class, confusion.tolist(), ece, bins)
 
@@ -115,8 +132,13 @@ def calibration(truth: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BI
     for b in range(bins):
         members = which == b
         count = int(members.sum())
-        row = {"low": float(edges[b]), "high": float(edges[b + 1]), "count": count, "confidence": None,
-               "accuracy": None}
+        row = {
+            "low": float(edges[b]),
+            "high": float(edges[b + 1]),
+            "count": count,
+            "confidence": None,
+            "accuracy": None,
+        }
         if count:
             mean_confidence, accuracy = float(confidence[members].mean()), float(correct[members].mean())
             row["confidence"], row["accuracy"] = mean_confidence, accuracy
@@ -150,8 +172,9 @@ class ColourBaseline:
     weights: np.ndarray  # [features + 1, classes], the last row is the bias
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-3, steps: int = 3000,
-            rate: float = 0.5) -> "ColourBaseline":
+    def fit(
+        cls, x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-3, steps: int = 3000, rate: float = 0.5
+    ) -> "ColourBaseline":
         mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
         design = _with_bias((x - mean) / scale)
         onehot = np.eye(classes)[y]
@@ -179,8 +202,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def summary_table(report: ClassifierReport) -> Table:
     rows = [[s.name, s.accuracy, s.macro_f1, s.ece] for s in report.scores]
-    note = (f"{report.split} split: {report.counts[report.split]} images from {report.sources[report.split]} "
-            f"sources (train: {report.counts['train']} images, {report.sources['train']} sources)")
+    note = (
+        f"{report.split} split: {report.counts[report.split]} images from {report.sources[report.split]} "
+        f"sources (train: {report.counts['train']} images, {report.sources['train']} sources)"
+    )
     return Table("Weather classifier vs baselines", ["predictor", "accuracy", "macro F1", "ECE"], rows, note)
 
 
@@ -195,12 +220,20 @@ def confusion_table(scores: ClassifierScores, conditions: list[str]) -> Table:
 
 
 def markdown(report: ClassifierReport) -> str:
-    tables = [summary_table(report), *(per_class_table(s) for s in report.scores),
-              confusion_table(report.scores[0], report.conditions)]
-    return markdown_document("Weather classifier evaluation", [
-        "Validation split by source (near-duplicate photos count as one source); baselines fitted on the "
-        "training split. ECE: expected calibration error over 15 confidence bins. Plots: confusion.png, "
-        "reliability.png."], tables)
+    tables = [
+        summary_table(report),
+        *(per_class_table(s) for s in report.scores),
+        confusion_table(report.scores[0], report.conditions),
+    ]
+    return markdown_document(
+        "Weather classifier evaluation",
+        [
+            "Validation split by source (near-duplicate photos count as one source); baselines fitted on the "
+            "training split. ECE: expected calibration error over 15 confidence bins. Plots: confusion.png, "
+            "reliability.png."
+        ],
+        tables,
+    )
 
 
 def _pyplot():
@@ -218,8 +251,7 @@ def draw_confusion(scores: ClassifierScores, conditions: list[str], path: Path) 
     fig, ax = plt.subplots(figsize=(1.2 * len(conditions) + 2, 1.2 * len(conditions) + 1.5))
     ax.imshow(matrix, cmap="Blues")
     for (row, col), count in np.ndenumerate(matrix):
-        ax.text(col, row, str(count), ha="center", va="center",
-                color="white" if count > matrix.max() / 2 else "black")
+        ax.text(col, row, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
     ax.set_xticks(range(len(conditions)), conditions, rotation=30)
     ax.set_yticks(range(len(conditions)), conditions)
     ax.set_xlabel("predicted")
@@ -234,8 +266,12 @@ def draw_reliability(scores: list[ClassifierScores], path: Path) -> Path:
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
     for s in scores:
         used = [b for b in s.reliability if b["count"]]
-        ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], marker="o",
-                label=f"{s.name} (ECE {s.ece:.3f})")
+        ax.plot(
+            [b["confidence"] for b in used],
+            [b["accuracy"] for b in used],
+            marker="o",
+            label=f"{s.name} (ECE {s.ece:.3f})",
+        )
     ax.set_xlabel("confidence (top class probability)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)

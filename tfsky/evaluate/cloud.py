@@ -49,8 +49,12 @@ from tfsky.progress import Progress, tracked
 from tfsky.tiling import TilingConfig
 
 PREDICTORS = ("model", "red_blue_ratio", "red_minus_blue", "cloudnet")
-LABELS = {"model": "U-Net (FCN)", "red_blue_ratio": "red/blue ratio", "red_minus_blue": "red - blue",
-          "cloudnet": "CloudNet patch classifier"}
+LABELS = {
+    "model": "U-Net (FCN)",
+    "red_blue_ratio": "red/blue ratio",
+    "red_minus_blue": "red - blue",
+    "cloudnet": "CloudNet patch classifier",
+}
 CLASSES = ("clear sky", "cloud")
 # sky_type.csv labels -> derived conditions
 SKY_TYPES = {"clear sky": "clear", "partial cloud": "partial", "overcast sky": "overcast"}
@@ -90,16 +94,20 @@ def frame_score(cloud_pred: np.ndarray, truth: np.ndarray) -> FrameScore:
     return FrameScore(confusion, 100.0 * truth_cloud.sum() / count, 100.0 * pred_cloud.sum() / count)
 
 
-def sun_score(frame_cover: FrameCover, image: np.ndarray, truth: np.ndarray, cloud: np.ndarray,
-              source: str) -> Optional[dict]:
+def sun_score(
+    frame_cover: FrameCover, image: np.ndarray, truth: np.ndarray, cloud: np.ndarray, source: str
+) -> Optional[dict]:
     """The frame's sun facts with the excluded pixels the annotation leaves undefined and those the model called
     cloud."""
     lens, _ = frame_cover.masks.valid_sky(image, source)
     excluded, facts = frame_cover.sun(image, lens)
     if facts is None:  # sun exclusion is off
         return None
-    return {**facts, "undefined_pixels": int(np.count_nonzero(excluded & (truth == IGNORE))),
-            "model_cloud_pixels": int(np.count_nonzero(excluded & cloud))}
+    return {
+        **facts,
+        "undefined_pixels": int(np.count_nonzero(excluded & (truth == IGNORE))),
+        "model_cloud_pixels": int(np.count_nonzero(excluded & cloud)),
+    }
 
 
 def summarise_sun(frames: list[FrameResult]) -> Optional[dict]:
@@ -114,7 +122,8 @@ def summarise_sun(frames: list[FrameResult]) -> Optional[dict]:
         by_type.setdefault(frame.sky_type or "-", [0, 0])[0] += sun["found"]
         by_type[frame.sky_type or "-"][1] += 1
     return {
-        "frames": len(suns), "found": len(found),
+        "frames": len(suns),
+        "found": len(found),
         "found_by_sky_type": {sky_type: f"{hit}/{total}" for sky_type, (hit, total) in sorted(by_type.items())},
         "excluded_pixels": excluded,
         "undefined_share": sum(sun["undefined_pixels"] for _, sun in found) / excluded if excluded else None,
@@ -223,9 +232,12 @@ def evaluate_cloud(
     manifest = read_manifest(data)
     scale = manifest["config"].get("working_scale")
     if scale is not None:
-        raise InputError(data, f"the cache holds the frames at a {scale}-px working scale: evaluate on a "
-                         "native-resolution cache of the same frames (prepared with data.working_scale unset), so "
-                         "every predictor is scored on the full-size labels")
+        raise InputError(
+            data,
+            f"the cache holds the frames at a {scale}-px working scale: evaluate on a "
+            "native-resolution cache of the same frames (prepared with data.working_scale unset), so "
+            "every predictor is scored on the full-size labels",
+        )
     segmenter = TiledSegmenter.load(model_path, tiling)
     threshold = segmenter.info.threshold if threshold is None else threshold  # None: the model's own
     if split not in manifest["splits"]:
@@ -260,17 +272,24 @@ def evaluate_cloud(
         first = f": {skipped[0]['reason']}" if skipped else ""
         raise InputError(data, f"no frame could be evaluated ({len(skipped)} skipped{first})")
     report = CloudEvalReport(
-        str(model_path), str(data), split, threshold, cloudnet_stride, segmenter.tiling, cover, baselines,
-        frames, skipped, predictors,
+        str(model_path),
+        str(data),
+        split,
+        threshold,
+        cloudnet_stride,
+        segmenter.tiling,
+        cover,
+        baselines,
+        frames,
+        skipped,
+        predictors,
     )
     summary = report.to_json()
     write_report(Path(out_dir) if out_dir else model_path.parent / "eval", "eval", summary, report_markdown(summary))
     return report
 
 
-def _cloudnet_score(
-    baselines: CloudBaselines, image: np.ndarray, truth: np.ndarray, stride: int
-) -> FrameScore:
+def _cloudnet_score(baselines: CloudBaselines, image: np.ndarray, truth: np.ndarray, stride: int) -> FrameScore:
     """CloudNet (its arg-max class) on the labelled pixels of a ``stride`` grid (module docstring)."""
     sample = np.zeros(truth.shape, bool)
     sample[stride // 2 :: stride, stride // 2 :: stride] = True
@@ -296,6 +315,7 @@ def _camera_lookup(manifest: dict) -> Callable[[str], str]:
 
 # --- report --------------------------------------------------------------------------------------
 
+
 def results_table(summary: dict, group: str = OVERALL) -> Table:
     """Model vs baselines on one group (overall or one camera)."""
     rows = []
@@ -305,10 +325,23 @@ def results_table(summary: dict, group: str = OVERALL) -> Table:
             values["pixel_accuracy"], values["cloud_f1"], values["cloud_fraction_mae_pp"], values["okta_exact"],
             values["okta_within_1"], values["condition_accuracy"],
         ])  # fmt: skip
-    columns = ["", "frames", "IoU clear", "IoU cloud", "mIoU", "pixel acc.", "cloud F1", "CF MAE (pp)",
-               "okta exact", "okta ±1", "condition acc."]
-    note = ("Confusion counts summed over every labelled pixel (ignore excluded); CF MAE = mean absolute error of "
-            "the per-frame cloud fraction in percentage points.")
+    columns = [
+        "",
+        "frames",
+        "IoU clear",
+        "IoU cloud",
+        "mIoU",
+        "pixel acc.",
+        "cloud F1",
+        "CF MAE (pp)",
+        "okta exact",
+        "okta ±1",
+        "condition acc.",
+    ]
+    note = (
+        "Confusion counts summed over every labelled pixel (ignore excluded); CF MAE = mean absolute error of "
+        "the per-frame cloud fraction in percentage points."
+    )
     return Table(f"Cloud segmentation: {group}", columns, rows, note)
 
 
@@ -316,8 +349,11 @@ def condition_table(summary: dict, name: str = "model", group: str = OVERALL) ->
     """Derived sky condition (columns) vs the frames' sky-type label (rows)."""
     confusion = summary["results"][group][name]["condition_confusion"]
     rows = [[truth, *counts.values()] for truth, counts in confusion.items()]
-    return Table(f"Sky condition of {LABELS[name]} ({group}): label (rows) vs derived (columns)",
-                 ["label \\ derived", *CONDITIONS], rows)
+    return Table(
+        f"Sky condition of {LABELS[name]} ({group}): label (rows) vs derived (columns)",
+        ["label \\ derived", *CONDITIONS],
+        rows,
+    )
 
 
 def report_markdown(summary: dict) -> str:
@@ -333,14 +369,19 @@ def report_markdown(summary: dict) -> str:
     ]
     sun = summary["sun"][OVERALL]
     if sun:
-        shares = (f"{sun['undefined_share']:.0%} of its {sun['excluded_pixels']} excluded pixels undefined in the "
-                  f"annotation, {sun['model_cloud_share']:.0%} called cloud by the model" if sun["excluded_pixels"]
-                  else "nothing excluded")
-        paragraphs.append(f"Sun found on {sun['found']} of {sun['frames']} frames ({shares}); by sky type: "
-                          + ", ".join(f"{t} {n}" for t, n in sun["found_by_sky_type"].items()) + ".")
+        shares = (
+            f"{sun['undefined_share']:.0%} of its {sun['excluded_pixels']} excluded pixels undefined in the "
+            f"annotation, {sun['model_cloud_share']:.0%} called cloud by the model"
+            if sun["excluded_pixels"]
+            else "nothing excluded"
+        )
+        paragraphs.append(
+            f"Sun found on {sun['found']} of {sun['frames']} frames ({shares}); by sky type: "
+            + ", ".join(f"{t} {n}" for t, n in sun["found_by_sky_type"].items())
+            + "."
+        )
     tables = [results_table(summary, group) for group in summary["results"]]
     tables.append(condition_table(summary))
     if summary["skipped"]:
         tables.append(Table("Skipped", ["frame", "reason"], [[s["id"], s["reason"]] for s in summary["skipped"]]))
     return markdown_document("Cloud segmenter evaluation", paragraphs, tables)
-

@@ -87,8 +87,11 @@ class CloudBaselines:
 
     def to_json(self) -> dict:
         return {
-            "thresholds": self.thresholds, "train_accuracy": self.train_accuracy, "fit_frames": self.fit_frames,
-            "cloudnet_patches": self.cloudnet_patches, "cloudnet_epochs": CLOUDNET_EPOCHS if self.cloudnet else 0,
+            "thresholds": self.thresholds,
+            "train_accuracy": self.train_accuracy,
+            "fit_frames": self.fit_frames,
+            "cloudnet_patches": self.cloudnet_patches,
+            "cloudnet_epochs": CLOUDNET_EPOCHS if self.cloudnet else 0,
         }
 
 

@@ -127,16 +127,23 @@ class ColorizeReport:
     @property
     def beats_baselines(self) -> bool:
         model = self.means["model"]
-        return all(model["psnr"] > self.means[b]["psnr"] and
-                   model["colourfulness_error"] < self.means[b]["colourfulness_error"] for b in BASELINES)
+        return all(
+            model["psnr"] > self.means[b]["psnr"]
+            and model["colourfulness_error"] < self.means[b]["colourfulness_error"]
+            for b in BASELINES
+        )
 
     def to_json(self) -> dict:
         gated = sum(entry["gated"] for entry in self.per_image)
-        return {"split": self.split,
-                "counts": {"evaluated": len(self.per_image), "skipped": len(self.skipped), "gated": gated},
-                "chroma_gate": {"threshold": self.chroma_gate, "by_folder": self.gated_by_folder},
-                "means": self.means, "beats_baselines": self.beats_baselines,
-                "per_image": self.per_image, "skipped": self.skipped}
+        return {
+            "split": self.split,
+            "counts": {"evaluated": len(self.per_image), "skipped": len(self.skipped), "gated": gated},
+            "chroma_gate": {"threshold": self.chroma_gate, "by_folder": self.gated_by_folder},
+            "means": self.means,
+            "beats_baselines": self.beats_baselines,
+            "per_image": self.per_image,
+            "skipped": self.skipped,
+        }
 
 
 def evaluate_colorizer(
@@ -166,8 +173,14 @@ def evaluate_colorizer(
     paths = colour_split(cfg.colour)
     if not paths[split]:
         raise InputError(model_path, f"its sources have no {split!r} images (the split is by source)")
-    training = TrainingColour.fit([frame.lab for frame in load_frames(
-        paths["train"], cfg.data.load_size, cfg.data.crop_size, cfg.model.colorize.generator_size)])
+    training = TrainingColour.fit(
+        [
+            frame.lab
+            for frame in load_frames(
+                paths["train"], cfg.data.load_size, cfg.data.crop_size, cfg.model.colorize.generator_size
+            )
+        ]
+    )
     colorizer = TiledColorizer.load(model_path, tiling)
     per_image: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -186,15 +199,22 @@ def evaluate_colorizer(
             outputs = {"model": colorized.rgb / np.float32(255), "model (no gate)": ungated / np.float32(255)}
             for name, ab in training.baselines(truth_lab[..., 0]).items():
                 outputs[name] = lab_to_rgb(fit_gamut(np.concatenate([truth_lab[..., :1], ab], axis=-1))).numpy()
-            per_image.append({"image": str(path), "chroma": colorized.chroma, "gated": colorized.gated,
-                              "metrics": {name: _metrics(out, truth, truth_lab) for name, out in outputs.items()}})
+            per_image.append(
+                {
+                    "image": str(path),
+                    "chroma": colorized.chroma,
+                    "gated": colorized.gated,
+                    "metrics": {name: _metrics(out, truth, truth_lab) for name, out in outputs.items()},
+                }
+            )
             if index in shown:
                 sheet.append(_sheet_row([outputs["grey"], outputs["model"], truth]))
             progress.advanced(path.name)
     if not per_image:
         raise InputError(model_path, f"no {split!r} image could be evaluated ({skipped[0]['reason']})")
-    means = {method: {m: float(np.mean([p["metrics"][method][m] for p in per_image])) for m in METRICS}
-             for method in METHODS}
+    means = {
+        method: {m: float(np.mean([p["metrics"][method][m] for p in per_image])) for m in METRICS} for method in METHODS
+    }
     report = ColorizeReport(split, per_image, skipped, means, [], info.chroma_gate)
     report.files = _write(report, Path(model_path), Path(out_dir), sheet)
     return report
@@ -218,8 +238,10 @@ def _sheet_row(images: list[np.ndarray]) -> np.ndarray:
     import cv2
 
     height = max(1, round(images[0].shape[0] * THUMB_WIDTH / images[0].shape[1]))
-    thumbs = [cv2.resize(np.round(image * 255).astype(np.uint8), (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA)
-              for image in images]
+    thumbs = [
+        cv2.resize(np.round(image * 255).astype(np.uint8), (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA)
+        for image in images
+    ]
     gap = np.full((height, 4, 3), 255, np.uint8)
     row = np.concatenate([thumbs[0], gap, thumbs[1], gap, thumbs[2]], axis=1)
     return np.concatenate([row, np.full((4, row.shape[1], 3), 255, np.uint8)], axis=0)
@@ -229,8 +251,10 @@ def summary_table(report: ColorizeReport) -> Table:
     """Mean metrics per method (printed and written to Markdown)."""
     rows = [[method, *(report.means[method][m] for m in METRICS)] for method in METHODS]
     verdict = "beats" if report.beats_baselines else "does NOT beat"
-    note = (f"Mean over {len(report.per_image)} '{report.split}' images (split by source). The model {verdict} "
-            f"all three baselines on PSNR and colourfulness error. ab_l1 in Lab units. {gate_sentence(report)}")
+    note = (
+        f"Mean over {len(report.per_image)} '{report.split}' images (split by source). The model {verdict} "
+        f"all three baselines on PSNR and colourfulness error. ab_l1 in Lab units. {gate_sentence(report)}"
+    )
     return Table("Colorization", ["method", *METRICS], rows, note)
 
 
@@ -239,8 +263,10 @@ def gate_sentence(report: ColorizeReport) -> str:
     if report.chroma_gate is None:
         return "No chroma gate stored: 'model' and 'model (no gate)' are the same."
     gated = sum(entry["gated"] for entry in report.per_image)
-    return (f"Chroma gate {report.chroma_gate:.2f} (fitted on the training split): {gated} of "
-            f"{len(report.per_image)} images came out grey.")
+    return (
+        f"Chroma gate {report.chroma_gate:.2f} (fitted on the training split): {gated} of "
+        f"{len(report.per_image)} images came out grey."
+    )
 
 
 def gate_table(report: ColorizeReport) -> Table:
@@ -251,15 +277,18 @@ def gate_table(report: ColorizeReport) -> Table:
 
 def _write(report: ColorizeReport, model_path: Path, out_dir: Path, sheet: list[np.ndarray]) -> list[Path]:
     summary = {"model": str(model_path), **report.to_json()}
-    paragraphs = [f"Model: `{model_path}`: {len(report.per_image)} '{report.split}' images evaluated, "
-                  f"{len(report.skipped)} skipped.",
-                  "Contact sheet: `contact_sheet.png` (rows: grey | prediction | truth); "
-                  "`psnr_distribution.png`: per-image PSNR of every method."]
+    paragraphs = [
+        f"Model: `{model_path}`: {len(report.per_image)} '{report.split}' images evaluated, "
+        f"{len(report.skipped)} skipped.",
+        "Contact sheet: `contact_sheet.png` (rows: grey | prediction | truth); "
+        "`psnr_distribution.png`: per-image PSNR of every method.",
+    ]
     tables = [summary_table(report), gate_table(report)]
     if report.skipped:
         tables.append(Table("Skipped", ["image", "reason"], [[s["image"], s["reason"]] for s in report.skipped]))
-    json_path, md_path = write_report(out_dir, REPORT_STEM, summary,
-                                      markdown_document("Colorizer evaluation", paragraphs, tables))
+    json_path, md_path = write_report(
+        out_dir, REPORT_STEM, summary, markdown_document("Colorizer evaluation", paragraphs, tables)
+    )
     files = [json_path, md_path, out_dir / "contact_sheet.png", out_dir / "psnr_distribution.png"]
     write_png(files[2], np.concatenate(sheet, axis=0))
     _draw_psnr_distribution(report, files[3])
@@ -280,8 +309,13 @@ def _draw_psnr_distribution(report: ColorizeReport, path: Path) -> None:
     values = {m: [p["metrics"][m]["psnr"] for p in report.per_image] for m in METHODS}
     bins = np.linspace(min(min(v) for v in values.values()), max(max(v) for v in values.values()), 30)
     for method in METHODS:
-        ax.hist(values[method], bins=bins.tolist(), histtype="step", linewidth=1.5,
-                label=f"{method} (mean {np.mean(values[method]):.2f} dB)")
+        ax.hist(
+            values[method],
+            bins=bins.tolist(),
+            histtype="step",
+            linewidth=1.5,
+            label=f"{method} (mean {np.mean(values[method]):.2f} dB)",
+        )
     ax.set_xlabel("PSNR (dB, sRGB)")
     ax.set_ylabel("images")
     ax.legend(fontsize=8)

@@ -51,6 +51,7 @@ def signed(value: float) -> str:
 
 def markdown_table(table: Table) -> str:
     """``## title``, the note, then a GitHub-flavoured Markdown table."""
+
     def line(cells: Sequence[Any]) -> str:
         return "| " + " | ".join(format_cell(cell).replace("|", "\\|") for cell in cells) + " |"
 

@@ -224,8 +224,16 @@ def evaluate_segmenter(
         first = f": {skipped[0]['reason']}" if skipped else ""
         raise InputError(data, f"no image could be evaluated ({len(skipped)} skipped{first})")
     report = EvalReport(
-        str(model_path), str(data), source.kind, split if source.kind == "cache" else None,
-        threshold, band, segmenter.tiling, baselines, results, skipped,
+        str(model_path),
+        str(data),
+        source.kind,
+        split if source.kind == "cache" else None,
+        threshold,
+        band,
+        segmenter.tiling,
+        baselines,
+        results,
+        skipped,
     )
     summary = report.to_json()
     write_report(Path(out_dir) if out_dir else model_path.parent / "eval", "eval", summary, report_markdown(summary))
@@ -234,6 +242,7 @@ def evaluate_segmenter(
 
 def _fit(source: EvalData, data: Path) -> Baselines:
     """Fit the baselines on the training split, else on the evaluated images (the best case for them)."""
+
     def pairs(items: Iterator[Item]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for item in items:
             try:
@@ -267,8 +276,9 @@ def open_data(data: Path, split: str, labels_csv: Optional[str | Path], segmente
         if split not in splits:
             raise InputError(data, f"the cache has no split {split!r} (it has: {', '.join(splits)})")
         if labels_csv is not None:
-            raise InputError(labels_csv, "--labels is for image folders; a prepared cache keeps the conditions "
-                             "it was prepared with")
+            raise InputError(
+                labels_csv, "--labels is for image folders; a prepared cache keeps the conditions it was prepared with"
+            )
         return EvalData(
             "cache",
             functools.partial(_cached_items, data, split, segmenter),
@@ -289,8 +299,9 @@ def _folder_source(data: Path) -> SourceConfig:
     if any(data.glob(f"*{CAMERA_MASK_SUFFIX}")):
         return SourceConfig(kind="camera_folder", images=data)
     raise InputError(
-        data, f"no labelled images found: expected a prepared cache (manifest.json), images/ + masks/ folders, "
-        f"or camera folders with <camera>{CAMERA_MASK_SUFFIX} masks"
+        data,
+        f"no labelled images found: expected a prepared cache (manifest.json), images/ + masks/ folders, "
+        f"or camera folders with <camera>{CAMERA_MASK_SUFFIX} masks",
     )
 
 
@@ -357,7 +368,9 @@ def conditions_table(summary: dict) -> Table:
     for condition, group in summary["conditions"].items():
         for name in PREDICTORS:
             values = group[name][HEADLINE]
-            rows.append([condition, group["images"], PREDICTOR_LABELS[name], *(values[k] for k in metrics.METRIC_NAMES)])
+            rows.append(
+                [condition, group["images"], PREDICTOR_LABELS[name], *(values[k] for k in metrics.METRIC_NAMES)]
+            )
     return Table("Per condition (dataset-level)", ["condition", "images", "", *METRIC_LABELS.values()], rows)
 
 
@@ -365,15 +378,27 @@ def images_table(summary: dict) -> Table:
     """One row per image: the model's metrics and both baselines' IoU."""
     rows = [
         [
-            image["id"], image["condition"], f"{image['width']}x{image['height']}",
-            image["model"]["sky_fraction_truth"], image["model"]["sky_fraction_pred"],
+            image["id"],
+            image["condition"],
+            f"{image['width']}x{image['height']}",
+            image["model"]["sky_fraction_truth"],
+            image["model"]["sky_fraction_pred"],
             *(image["model"][key] for key in metrics.METRIC_NAMES),
-            image["horizon"]["iou"], image["color_threshold"]["iou"],
+            image["horizon"]["iou"],
+            image["color_threshold"]["iou"],
         ]
         for image in summary["images"]
     ]
-    columns = ["image", "condition", "size", "sky (truth)", "sky (model)", *METRIC_LABELS.values(), "horizon IoU",
-               "color IoU"]
+    columns = [
+        "image",
+        "condition",
+        "size",
+        "sky (truth)",
+        "sky (model)",
+        *METRIC_LABELS.values(),
+        "horizon IoU",
+        "color IoU",
+    ]
     return Table("Per image (model)", columns, rows)
 
 

@@ -52,8 +52,9 @@ REPORT_STEM = "translator_eval"
 THUMB_WIDTH = 320
 
 
-def image_metrics(output: np.ndarray, source: np.ndarray, target: np.ndarray,
-                  sky: Optional[np.ndarray]) -> dict[str, Optional[float]]:
+def image_metrics(
+    output: np.ndarray, source: np.ndarray, target: np.ndarray, sky: Optional[np.ndarray]
+) -> dict[str, Optional[float]]:
     """All `METRICS` of one output (float [H, W, 3] in [0, 1]); ``sky`` is a boolean [H, W] mask or None."""
     ssim = tf.image.ssim(tf.constant(output[None]), tf.constant(target[None]), max_val=1.0)
     return {
@@ -152,19 +153,25 @@ def evaluate_translator(
                 progress.advanced(Path(pair.source).name)
                 continue
             source, target = source_u8 / np.float32(255), target_u8 / np.float32(255)
-            outputs = _method_outputs(source_u8, source, translated[pair.source], mask if pair.mask else None,
-                                      sky_colour, feather)
+            outputs = _method_outputs(
+                source_u8, source, translated[pair.source], mask if pair.mask else None, sky_colour, feather
+            )
             sky = mask[..., 0] > 0 if pair.mask else None
-            per_pair.append({
-                "camera": pair.camera, "source": pair.source, "target": pair.target,
-                "metrics": {name: image_metrics(output, source, target, sky) for name, output in outputs.items()},
-            })
+            per_pair.append(
+                {
+                    "camera": pair.camera,
+                    "source": pair.source,
+                    "target": pair.target,
+                    "metrics": {name: image_metrics(output, source, target, sky) for name, output in outputs.items()},
+                }
+            )
             if len(sheet_rows) < contact_rows:
                 sheet_rows.append(_sheet_row(source_u8, outputs["model"], target_u8))
             progress.advanced(Path(pair.source).name)
     if not per_pair:
-        raise InputError(pairs_path, f"no {split!r} pair could be evaluated ({len(skipped)} skipped: "
-                         f"{skipped[0]['reason']})")
+        raise InputError(
+            pairs_path, f"no {split!r} pair could be evaluated ({len(skipped)} skipped: {skipped[0]['reason']})"
+        )
     report = TranslatorReport(split, translator.tiling, per_pair, skipped, _means(per_pair), [])
     report.files = _write(report, model_path, pairs_path, Path(out_dir), sheet_rows)
     return report
@@ -219,8 +226,10 @@ def _mean(values: list[float]) -> Optional[float]:
 def summary_table(report: TranslatorReport) -> Table:
     """Mean metrics per method (the table printed and written to Markdown)."""
     rows = [[method, *(report.means[method][m] for m in METRICS)] for method in report.means]
-    note = (f"Mean over {len(report.per_pair)} '{report.split}' pairs. psnr/ssim/l1 and sky_psnr against the target; "
-            f"nonsky_psnr against the SOURCE (unchanged ground = high; identical = {PSNR_CAP:.0f} dB).")
+    note = (
+        f"Mean over {len(report.per_pair)} '{report.split}' pairs. psnr/ssim/l1 and sky_psnr against the target; "
+        f"nonsky_psnr against the SOURCE (unchanged ground = high; identical = {PSNR_CAP:.0f} dB)."
+    )
     return Table("Weather translation", ["method", *METRICS], rows, note)
 
 

@@ -42,8 +42,13 @@ def load(model_path: str | Path, precision: InferencePrecision):
     and a function of ``(tiling, cloud, max_pixels)`` building the `ClassifierModule` (``tiling`` gives only its
     memory budget; ``cloud`` is ignored)."""
     classifier = WeatherClassifier.load(model_path, precision)
-    return classifier.model, classifier.info, lambda tiling, cloud, max_pixels: ClassifierModule(
-        classifier, tiling.memory_budget if tiling else None, max_pixels)
+    return (
+        classifier.model,
+        classifier.info,
+        lambda tiling, cloud, max_pixels: ClassifierModule(
+            classifier, tiling.memory_budget if tiling else None, max_pixels
+        ),
+    )
 
 
 class ClassifierModule(tf.Module):
@@ -55,8 +60,9 @@ class ClassifierModule(tf.Module):
         max_pixels: int. ``classify_image`` refuses larger images before decoding. Defaults to None.
     """
 
-    def __init__(self, classifier: WeatherClassifier, memory_budget: float | None = None,
-                 max_pixels: int | None = None):
+    def __init__(
+        self, classifier: WeatherClassifier, memory_budget: float | None = None, max_pixels: int | None = None
+    ):
         super().__init__(name="tfsky_classifier")
         self.max_pixels = pixel_limit(max_pixels, memory_budget, CLASSIFIER_BYTES_PER_PIXEL)
         self.model = classifier.model
@@ -65,13 +71,16 @@ class ClassifierModule(tf.Module):
         self.load_size, self.image_size = classifier.load_size, classifier.image_size
         size = self.image_size
         self.predict_images = tf.function(
-            self._predict_images, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+            self._predict_images, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)]
+        )
         self.classify_image = tf.function(self._classify_image, input_signature=[tf.TensorSpec([None], tf.string)])
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """Signature name -> concrete function, for `tf.saved_model.save`."""
-        return {"serving_default": self.predict_images.get_concrete_function(),
-                "classify_image": self.classify_image.get_concrete_function()}
+        return {
+            "serving_default": self.predict_images.get_concrete_function(),
+            "classify_image": self.classify_image.get_concrete_function(),
+        }
 
     def warmup_inputs(self) -> WarmupInputs:
         """One normalised input for ``serving_default``, one PNG larger than the load size for ``classify_image``."""
@@ -97,15 +106,21 @@ class ClassifierModule(tf.Module):
         square = tf.image.resize(unit, (self.load_size, self.load_size), method="area")
         pixels = tf.cast(tf.round(tf.clip_by_value(square, 0.0, 1.0) * 255.0), tf.uint8)
         start = (self.load_size - self.image_size) // 2
-        return self.preprocess.apply(pixels[start:start + self.image_size, start:start + self.image_size])
+        return self.preprocess.apply(pixels[start : start + self.image_size, start : start + self.image_size])
 
     def _classify_image(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         size = self.image_size
-        inputs = tf.map_fn(self._model_input, image_bytes, parallel_iterations=1,
-                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        inputs = tf.map_fn(
+            self._model_input,
+            image_bytes,
+            parallel_iterations=1,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
         probabilities = self._probabilities(inputs)
         names = tf.constant(self.class_names)
         count = tf.shape(image_bytes)[0]
-        return {"probabilities": probabilities,
-                "class_names": tf.tile(names[None], tf.stack([count, 1])),
-                "condition": tf.gather(names, tf.argmax(probabilities, axis=-1))}
+        return {
+            "probabilities": probabilities,
+            "class_names": tf.tile(names[None], tf.stack([count, 1])),
+            "condition": tf.gather(names, tf.argmax(probabilities, axis=-1)),
+        }

@@ -58,8 +58,14 @@ class ColorizerModule(tf.Module):
         max_pixels: int. ``colorize_image`` refuses larger images before decoding. Defaults to None (`pixel_limit`).
     """
 
-    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None, path: str | Path,
-                 max_pixels: int | None = None):
+    def __init__(
+        self,
+        model: tf.keras.Model,
+        info: ModelInfo,
+        tiling: TilingConfig | None,
+        path: str | Path,
+        max_pixels: int | None = None,
+    ):
         super().__init__(name="tfsky_colorizer")
         trained = trained_config(info, TranslatorConfig, path)
         self.generator, self.refiner = split_inference_model(model)
@@ -80,15 +86,19 @@ class ColorizerModule(tf.Module):
 
     def warmup_inputs(self) -> WarmupInputs:
         """One small grey PNG per signature."""
-        image = np.random.default_rng(0).integers(0, 256, (self.generator_size + 8, 2 * self.generator_size, 1),
-                                                  np.uint8)
+        image = np.random.default_rng(0).integers(
+            0, 256, (self.generator_size + 8, 2 * self.generator_size, 1), np.uint8
+        )
         request = [{"image_bytes": np.array([tf.io.encode_png(image).numpy()], dtype=object)}]
         return {"serving_default": request, "colorize_image": request}
 
     def metadata(self) -> dict:
         """What a client needs beside the signature: the in-graph tiling, the generator's input size and the gate."""
-        return {"tiling": dataclasses.asdict(self.tiling), "generator_size": self.generator_size,
-                "chroma_gate": self.chroma_gate}
+        return {
+            "tiling": dataclasses.asdict(self.tiling),
+            "generator_size": self.generator_size,
+            "chroma_gate": self.chroma_gate,
+        }
 
     def _colour_png(self, encoded: tf.Tensor) -> tf.Tensor:
         unit = decode_normalised(encoded, self.preprocess, 3, self.max_pixels)
@@ -98,9 +108,11 @@ class ColorizerModule(tf.Module):
         if self.chroma_gate is None:
             ab = self._refined_ab(lightness, coarse)
         else:
-            ab = tf.cond(coarse_chroma(coarse)[0] < self.chroma_gate,
-                         lambda: tf.zeros(tf.concat([tf.shape(lightness)[:2], [2]], axis=0)),
-                         lambda: self._refined_ab(lightness, coarse))
+            ab = tf.cond(
+                coarse_chroma(coarse)[0] < self.chroma_gate,
+                lambda: tf.zeros(tf.concat([tf.shape(lightness)[:2], [2]], axis=0)),
+                lambda: self._refined_ab(lightness, coarse),
+            )
         rgb = lab_to_rgb(fit_gamut(tf.concat([lightness, ab * AB_SCALE], axis=-1)))
         return tf.io.encode_png(tf.cast(tf.round(rgb * 255), tf.uint8))
 
@@ -111,6 +123,7 @@ class ColorizerModule(tf.Module):
         return sliding_window_graph(refine_in, lambda tiles: self.refiner(tiles, training=False), self.tiling)
 
     def _colorize_image(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        pngs = tf.map_fn(self._colour_png, image_bytes, parallel_iterations=1,
-                         fn_output_signature=tf.TensorSpec([], tf.string))
+        pngs = tf.map_fn(
+            self._colour_png, image_bytes, parallel_iterations=1, fn_output_signature=tf.TensorSpec([], tf.string)
+        )
         return {"png_bytes": pngs}

@@ -50,9 +50,16 @@ def decode_normalised(image_bytes: tf.Tensor, preprocess, channels: int, max_pix
     is_jpeg = _starts_with(header, _JPEG_SIGNATURE)
     size = _declared_size(image_bytes, header, is_png, is_jpeg)
     pixels = tf.cast(size[0], tf.uint64) * tf.cast(size[1], tf.uint64)  # exact: each side is below 2**32
-    size_check = tf.debugging.Assert(pixels <= tf.constant(max_pixels, tf.uint64), [tf.strings.format(
-        "image is {}x{} ({} pixels), over the limit of " f"{max_pixels} pixels set at export (export.max_pixels)",
-        (size[1], size[0], pixels))])
+    size_check = tf.debugging.Assert(
+        pixels <= tf.constant(max_pixels, tf.uint64),
+        [
+            tf.strings.format(
+                "image is {}x{} ({} pixels), over the limit of "
+                f"{max_pixels} pixels set at export (export.max_pixels)",
+                (size[1], size[0], pixels),
+            )
+        ],
+    )
 
     def normalised(image):  # per branch: uint16 and uint8 normalise differently
         return preprocess.apply(tf.ensure_shape(image, [None, None, channels]))
@@ -95,12 +102,16 @@ def _declared_size(image_bytes: tf.Tensor, header: tf.Tensor, is_png: tf.Tensor,
         value = unsigned(offset, 4, big_endian=False)
         return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
 
-    return tf.case([
-        (is_png, lambda: tf.stack([unsigned(20, 4, True), unsigned(16, 4, True)])),
-        (is_jpeg, lambda: tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64)),
-        (_starts_with(header, b"GIF"), lambda: tf.stack([unsigned(8, 2, False), unsigned(6, 2, False)])),
-        (_starts_with(header, b"BM"), lambda: tf.stack([bmp_side(22), bmp_side(18)])),
-    ], default=lambda: tf.zeros([2], tf.int64), exclusive=False)
+    return tf.case(
+        [
+            (is_png, lambda: tf.stack([unsigned(20, 4, True), unsigned(16, 4, True)])),
+            (is_jpeg, lambda: tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64)),
+            (_starts_with(header, b"GIF"), lambda: tf.stack([unsigned(8, 2, False), unsigned(6, 2, False)])),
+            (_starts_with(header, b"BM"), lambda: tf.stack([bmp_side(22), bmp_side(18)])),
+        ],
+        default=lambda: tf.zeros([2], tf.int64),
+        exclusive=False,
+    )
 
 
 def decode_raw_image(image_raw: tf.Tensor, shape: tf.Tensor, channels: int) -> tf.Tensor:

@@ -84,9 +84,9 @@ def _tensor_summaries(tensor_infos) -> tuple[TensorSummary, ...]:
         TensorSummary(
             name=alias,
             dtype=tf.dtypes.as_dtype(info.dtype).name,
-            shape=() if info.tensor_shape.unknown_rank else tuple(
-                None if dim.size < 0 else dim.size for dim in info.tensor_shape.dim
-            ),
+            shape=()
+            if info.tensor_shape.unknown_rank
+            else tuple(None if dim.size < 0 else dim.size for dim in info.tensor_shape.dim),
         )
         for alias, info in sorted(tensor_infos.items())
     )

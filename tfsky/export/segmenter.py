@@ -65,8 +65,9 @@ def load(model_path: str | Path, precision: InferencePrecision):
     """
     model, info = load_model(model_path, precision=precision, kind=ModelKind.SEGMENTER)
     if info.classes != 1 and info.kind is not ModelKind.CLOUD:
-        raise InputError(model_path, f"only 1-class segmenters and cloud models can be exported; this one has "
-                         f"{info.classes} classes")
+        raise InputError(
+            model_path, f"only 1-class segmenters and cloud models can be exported; this one has {info.classes} classes"
+        )
     return model, info, lambda tiling, cloud, max_pixels: SegmenterModule(model, info, tiling, cloud, max_pixels)
 
 
@@ -82,8 +83,14 @@ class SegmenterModule(tf.Module):
         max_pixels: int. Larger images are refused before decoding. Defaults to None (`pixel_limit`).
     """
 
-    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None,
-                 cloud: CloudCoverConfig | None = None, max_pixels: int | None = None):
+    def __init__(
+        self,
+        model: tf.keras.Model,
+        info: ModelInfo,
+        tiling: TilingConfig | None,
+        cloud: CloudCoverConfig | None = None,
+        max_pixels: int | None = None,
+    ):
         super().__init__(name="tfsky_segmenter")
         self.model = model
         self.preprocess = info.preprocess
@@ -124,16 +131,22 @@ class SegmenterModule(tf.Module):
 
     def warmup_inputs(self) -> warmup.WarmupInputs:
         """The warmup requests of this export's signatures (`tfsky.export.warmup`)."""
-        return warmup.warmup_inputs(tile=resolved_tile(self.tiling), channels=self.channels, tile_batch=self.tiling.tile_batch,
-                                    hdr=self.predict_hdr is not None)
+        return warmup.warmup_inputs(
+            tile=resolved_tile(self.tiling),
+            channels=self.channels,
+            tile_batch=self.tiling.tile_batch,
+            hdr=self.predict_hdr is not None,
+        )
 
     def metadata(self) -> dict:
         """This export's entries of ``assets/tfsky_model.json``: the mask threshold, the in-graph tiling and,
         for a cloud model, the camera masks embedded in ``predict_cloud``."""
         entries = {"mask_threshold": self.threshold, "tiling": dataclasses.asdict(self.tiling)}
         if self.predict_cloud is not None:
-            entries["cloud_camera_masks"] = {"files": [str(mask.path) for mask in self.camera_masks.masks],
-                                             "forced": self.camera_masks.forced}
+            entries["cloud_camera_masks"] = {
+                "files": [str(mask.path) for mask in self.camera_masks.masks],
+                "forced": self.camera_masks.forced,
+            }
         return entries
 
     def _model_probabilities(self, tiles: tf.Tensor) -> tf.Tensor:
@@ -171,8 +184,9 @@ class SegmenterModule(tf.Module):
 
         def at_working_scale() -> tf.Tensor:
             small = tf.image.resize(image, size, method="area")
-            return refine_graph(sliding_window_graph(small, self._model_probabilities, self.tiling, SIZE_MULTIPLE),
-                                small, image)
+            return refine_graph(
+                sliding_window_graph(small, self._model_probabilities, self.tiling, SIZE_MULTIPLE), small, image
+            )
 
         return tf.cond(
             tf.reduce_all(size == tf.stack([height, width])),
@@ -198,11 +212,17 @@ class SegmenterModule(tf.Module):
             cloud_probability = self._probabilities(image)[..., SKY_CLASS]
             valid = self.camera_masks.valid_sky_graph(image)
             cloud = tf.logical_and(sky_mask_graph(cloud_probability, self.threshold), valid)
-            classes = tf.where(valid, tf.where(cloud, CLASS_PNG_VALUES["cloud"], CLASS_PNG_VALUES["clear"]),
-                               CLASS_PNG_VALUES["outside"])
+            classes = tf.where(
+                valid,
+                tf.where(cloud, CLASS_PNG_VALUES["cloud"], CLASS_PNG_VALUES["clear"]),
+                CLASS_PNG_VALUES["outside"],
+            )
             count = tf.reduce_sum(tf.cast(valid, tf.int32))
-            fraction = tf.where(count > 0, 100.0 * tf.reduce_sum(tf.cast(cloud, tf.float32))
-                                / tf.cast(tf.maximum(count, 1), tf.float32), float("nan"))
+            fraction = tf.where(
+                count > 0,
+                100.0 * tf.reduce_sum(tf.cast(cloud, tf.float32)) / tf.cast(tf.maximum(count, 1), tf.float32),
+                float("nan"),
+            )
             return tf.io.encode_png(tf.cast(classes, tf.uint8)[..., None]), fraction, count
 
         per_image = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32))

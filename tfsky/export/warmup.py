@@ -75,6 +75,5 @@ def read_warmup(version_dir: str | Path) -> list[prediction_log_pb2.PredictionLo
     """Parse the warmup records of a version folder."""
     path = Path(version_dir) / WARMUP_FILE
     return [
-        prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        for record in tf.data.TFRecordDataset(str(path))
+        prediction_log_pb2.PredictionLog.FromString(record.numpy()) for record in tf.data.TFRecordDataset(str(path))
     ]

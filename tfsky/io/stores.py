@@ -173,4 +173,3 @@ def _filesystem(bucket: str, endpoint: str):
     except OSError as err:
         raise InputError(f"s3://{bucket}", f"cannot reach the object store ({first_line(err)})") from None
     return store
-

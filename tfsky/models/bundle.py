@@ -213,8 +213,11 @@ def load_model(path: str | Path, precision: InferencePrecision = "auto", kind: M
     path = Path(path)
     info = load_info(path, kind)
     try:
-        model = _load_archive(path) if zipfile.is_zipfile(path) else tf.keras.models.load_model(
-            path, compile=False, custom_objects=custom_objects())
+        model = (
+            _load_archive(path)
+            if zipfile.is_zipfile(path)
+            else tf.keras.models.load_model(path, compile=False, custom_objects=custom_objects())
+        )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise InputError(path, f"cannot load model ({str(err).splitlines()[0]})") from None
     return for_inference(model, precision, info.bfloat16), info
@@ -245,8 +248,9 @@ def _load_archive(path: Path):
             model = deserialize_keras_object(config, custom_objects(), safe_mode=True)
         store = saving_lib.H5IOStore(weights, mode="r")
         try:
-            saving_lib._load_state(model, weights_store=store, assets_store=None, inner_path="",
-                                   visited_trackables=set())
+            saving_lib._load_state(
+                model, weights_store=store, assets_store=None, inner_path="", visited_trackables=set()
+            )
         finally:
             store.close()
     finally:

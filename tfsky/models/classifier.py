@@ -83,8 +83,9 @@ def copy_segmenter_encoder(model: tf.keras.Model, backbone: tf.keras.Model, segm
         try:
             source = segmenter.get_layer(layer.name)
         except ValueError:
-            raise InputError(segmenter_path, f"segmenter has no encoder layer '{layer.name}' "
-                             "(built with another backbone?)") from None
+            raise InputError(
+                segmenter_path, f"segmenter has no encoder layer '{layer.name}' (built with another backbone?)"
+            ) from None
         weights = source.get_weights()
         if [w.shape for w in weights] != [tuple(w.shape) for w in layer.weights]:
             raise InputError(segmenter_path, f"encoder layer '{layer.name}' has other shapes (another backbone?)")

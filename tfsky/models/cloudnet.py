@@ -66,7 +66,12 @@ def sample_patches(
 
 
 def train_cloudnet(
-    patches: np.ndarray, labels: np.ndarray, *, classes: int = 2, epochs: int = 3, batch_size: int = 256,
+    patches: np.ndarray,
+    labels: np.ndarray,
+    *,
+    classes: int = 2,
+    epochs: int = 3,
+    batch_size: int = 256,
     seed: int = 0,
 ) -> tf.keras.Model:
     """Fit CloudNet on sampled patches (Adam 1e-3, sparse cross-entropy)."""
@@ -83,7 +88,11 @@ def compiled_forward(model: tf.keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
 
 
 def classify_pixels(
-    model: tf.keras.Model, image: np.ndarray, rows: np.ndarray, cols: np.ndarray, batch: int = 4096,
+    model: tf.keras.Model,
+    image: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    batch: int = 4096,
     forward: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
 ) -> np.ndarray:
     """P(class) ``[N, classes]`` of pixels ``(rows, cols)``: one CloudNet call per pixel, in batches."""

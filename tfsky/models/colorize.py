@@ -173,8 +173,11 @@ def build_refiner(cfg: ColorizeConfig) -> tf.keras.Model:
     x = _residual(x, cfg.refine_filters * 2**cfg.refine_depth, "r_mid")
     for level in reversed(range(cfg.refine_depth)):
         x = tf.keras.layers.UpSampling2D(interpolation="bilinear", name=f"r_up{level}")(x)
-        x = _conv_bn_relu(tf.keras.layers.Concatenate(name=f"r_skip{level}")([x, skips[level]]),
-                          cfg.refine_filters * 2**level, f"r_fuse{level}")
+        x = _conv_bn_relu(
+            tf.keras.layers.Concatenate(name=f"r_skip{level}")([x, skips[level]]),
+            cfg.refine_filters * 2**level,
+            f"r_fuse{level}",
+        )
     delta = tf.keras.layers.Conv2D(2, 3, padding="same", name="r_delta")(x)
     refined = tf.keras.layers.Add(name="r_sum")([hints, delta])
     outputs = tf.keras.layers.Activation("linear", dtype="float32", name="refined_ab")(refined)
@@ -256,8 +259,9 @@ class ColorizerTrainer(tf.keras.Model):
         perceptual: Optional callable ``(a, b) -> scalar`` on RGB in [-1, 1].
     """
 
-    def __init__(self, generator, refiner, cfg: ColorizeConfig, discriminator=None, bin_weights=None,
-                 perceptual=None, **kwargs):
+    def __init__(
+        self, generator, refiner, cfg: ColorizeConfig, discriminator=None, bin_weights=None, perceptual=None, **kwargs
+    ):
         super().__init__(**kwargs)
         self.generator, self.refiner, self.discriminator = generator, refiner, discriminator
         self.cfg, self.perceptual = cfg, perceptual
@@ -345,8 +349,9 @@ class StageSchedule(tf.keras.callbacks.Callback):
         self.model.stage.assign(0 if epoch < self.coarse_epochs else 1)
 
 
-def build_colorizer(cfg: ColorizeConfig, learning_rate: float, bin_prior: Optional[np.ndarray] = None
-                    ) -> ColorizerTrainer:
+def build_colorizer(
+    cfg: ColorizeConfig, learning_rate: float, bin_prior: Optional[np.ndarray] = None
+) -> ColorizerTrainer:
     """A compiled `ColorizerTrainer` (Adam; the discriminator's own Adam when ``gan_weight > 0``)."""
     perceptual = None
     if cfg.perceptual_weight > 0:
@@ -359,6 +364,8 @@ def build_colorizer(cfg: ColorizeConfig, learning_rate: float, bin_prior: Option
         discriminator = build_patchgan(Pix2PixConfig(disc_filters=cfg.disc_filters, norm="batch"), channels=3)
     weights = rebalance_weights(bin_prior, 1 - cfg.rebalance) if cfg.rebalance > 0 and bin_prior is not None else None
     model = ColorizerTrainer(build_coarse_generator(cfg), build_refiner(cfg), cfg, discriminator, weights, perceptual)
-    model.compile(tf.keras.optimizers.Adam(learning_rate),
-                  tf.keras.optimizers.Adam(learning_rate, beta_1=0.5) if discriminator is not None else None)
+    model.compile(
+        tf.keras.optimizers.Adam(learning_rate),
+        tf.keras.optimizers.Adam(learning_rate, beta_1=0.5) if discriminator is not None else None,
+    )
     return model

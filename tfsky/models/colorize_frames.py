@@ -36,8 +36,14 @@ import tensorflow as tf
 from tfsky.data.colour import AB_SCALE, fit_gamut, lab_to_rgb, rgb_to_lab, unit_rgb
 from tfsky.models.bundle import ModelInfo
 from tfsky.models.colorize import ColorizeConfig, coarse_chroma, split_inference_model, upsample_hints
-from tfsky.tiling import (TilingConfig, available_memory, choose_tiling, compiled_forward, model_tiling,
-                          sliding_window_inference)
+from tfsky.tiling import (
+    TilingConfig,
+    available_memory,
+    choose_tiling,
+    compiled_forward,
+    model_tiling,
+    sliding_window_inference,
+)
 
 DEFAULT_TILE = 256  # the refinement is fully convolutional: bigger tiles than its training crops, fewer calls
 _BAND = 32  # rows converted at a time: TF temporaries of a band stay small (8K: 3 MB each)
@@ -70,8 +76,9 @@ class FrameColorizer:
             is chosen per image within the memory budget (`tfsky.tiling.choose_tiling`). Defaults to None.
     """
 
-    def __init__(self, model: tf.keras.Model, info: ModelInfo, colorize: ColorizeConfig,
-                 tiling: TilingConfig | None = None):
+    def __init__(
+        self, model: tf.keras.Model, info: ModelInfo, colorize: ColorizeConfig, tiling: TilingConfig | None = None
+    ):
         self.info = info
         self.chroma_gate = info.chroma_gate
         self.generator_size = colorize.generator_size
@@ -87,8 +94,9 @@ class FrameColorizer:
         lightness, hints = tiles[..., :1] / _L_STEPS, tiles[..., 1:] - 128
         return self._refine(tf.concat([lightness / 50 - 1, hints / AB_SCALE], axis=-1))
 
-    def colorize(self, image: np.ndarray, source: str | Path = "image",
-                 progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+    def colorize(
+        self, image: np.ndarray, source: str | Path = "image", progress: Optional[Callable[[int, int], None]] = None
+    ) -> np.ndarray:
         """uint8 sRGB [H, W, 3] of an 8/16-bit grey [H, W, 1] or colour [H, W, 3] image (its L kept, ab predicted,
         or ab = 0 when the chroma gate says so).
 
@@ -97,8 +105,13 @@ class FrameColorizer:
         """
         return self.colorize_frame(image, source, progress).rgb
 
-    def colorize_frame(self, image: np.ndarray, source: str | Path = "image",
-                       progress: Optional[Callable[[int, int], None]] = None, gate: bool = True) -> Colorized:
+    def colorize_frame(
+        self,
+        image: np.ndarray,
+        source: str | Path = "image",
+        progress: Optional[Callable[[int, int], None]] = None,
+        gate: bool = True,
+    ) -> Colorized:
         """`colorize` with the gate statistic and decision; ``gate=False`` ignores the model's gate.
 
         The refinement's input is held as uint8 (L in steps of 1/2.55, hints in whole ab units: far below
@@ -112,8 +125,14 @@ class FrameColorizer:
         refine_in = np.empty((height, width, 3), np.uint8)
         for rows in _bands(height):
             refine_in[rows, :, 0] = np.round(_lightness(image[rows]) * _L_STEPS)
-        small = cv2.resize(np.ascontiguousarray(refine_in[..., 0]), (self.generator_size, self.generator_size),
-                           interpolation=cv2.INTER_AREA) / _L_STEPS
+        small = (
+            cv2.resize(
+                np.ascontiguousarray(refine_in[..., 0]),
+                (self.generator_size, self.generator_size),
+                interpolation=cv2.INTER_AREA,
+            )
+            / _L_STEPS
+        )
         coarse = self._generate(tf.constant((small / 50 - 1)[None, ..., None], tf.float32))
         chroma = float(coarse_chroma(coarse)[0])
         if gate and self.chroma_gate is not None and chroma < self.chroma_gate:
@@ -126,8 +145,9 @@ class FrameColorizer:
         # still to come: the float32 ab accumulator and the uint8 output (TF keeps the memory the tiles
         # took, so the output adds to that peak)
         held = height * width * (2 * 4 + 3)
-        tiling = choose_tiling(self.tiling, self.multiple, (height, width),
-                               available_memory(self.tiling.memory_budget, held_bytes=held))
+        tiling = choose_tiling(
+            self.tiling, self.multiple, (height, width), available_memory(self.tiling.memory_budget, held_bytes=held)
+        )
         ab = sliding_window_inference(refine_in, self.predict_tiles, tiling, progress=progress)
         del refine_in
         return Colorized(_with_lightness(image, ab), chroma, False)

@@ -89,8 +89,9 @@ def norm_layer(kind: Norm, name: str) -> tf.keras.layers.Layer:
 
 def down_block(x, filters: int, norm: Optional[Norm], name: str):
     """Conv 4x4 stride 2 -> norm (optional) -> LeakyReLU(0.2): halves the resolution."""
-    x = tf.keras.layers.Conv2D(filters, 4, strides=2, padding="same", use_bias=norm is None,
-                               kernel_initializer=_init(), name=f"{name}_conv")(x)
+    x = tf.keras.layers.Conv2D(
+        filters, 4, strides=2, padding="same", use_bias=norm is None, kernel_initializer=_init(), name=f"{name}_conv"
+    )(x)
     if norm is not None:
         x = norm_layer(norm, f"{name}_norm")(x)
     return tf.keras.layers.LeakyReLU(0.2, name=f"{name}_act")(x)
@@ -98,8 +99,9 @@ def down_block(x, filters: int, norm: Optional[Norm], name: str):
 
 def up_block(x, filters: int, norm: Norm, dropout: float, name: str):
     """Transposed conv 4x4 stride 2 -> norm -> dropout (optional) -> ReLU: doubles the resolution."""
-    x = tf.keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="same", use_bias=False,
-                                        kernel_initializer=_init(), name=f"{name}_conv")(x)
+    x = tf.keras.layers.Conv2DTranspose(
+        filters, 4, strides=2, padding="same", use_bias=False, kernel_initializer=_init(), name=f"{name}_conv"
+    )(x)
     x = norm_layer(norm, f"{name}_norm")(x)
     if dropout > 0:
         x = tf.keras.layers.Dropout(dropout, name=f"{name}_drop")(x)
@@ -108,8 +110,9 @@ def up_block(x, filters: int, norm: Norm, dropout: float, name: str):
 
 def tanh_head(x, channels: int, name: str):
     """Last transposed conv to ``channels`` and a float32 tanh (safe under mixed precision)."""
-    x = tf.keras.layers.Conv2DTranspose(channels, 4, strides=2, padding="same",
-                                        kernel_initializer=_init(), name=f"{name}_conv")(x)
+    x = tf.keras.layers.Conv2DTranspose(
+        channels, 4, strides=2, padding="same", kernel_initializer=_init(), name=f"{name}_conv"
+    )(x)
     return tf.keras.layers.Activation("tanh", dtype="float32", name=name)(x)
 
 
@@ -157,8 +160,9 @@ def build_patchgan(cfg: Pix2PixConfig, channels: int = 3) -> tf.keras.Model:
         width = cfg.disc_filters * min(2**level, 8)
         x = down_block(x, width, None if level == 0 else cfg.norm, f"disc{level}")
     width = cfg.disc_filters * min(2**cfg.disc_layers, 8)
-    x = tf.keras.layers.Conv2D(width, 4, padding="same", use_bias=False, kernel_initializer=_init(),
-                               name="disc_last_conv")(x)
+    x = tf.keras.layers.Conv2D(
+        width, 4, padding="same", use_bias=False, kernel_initializer=_init(), name="disc_last_conv"
+    )(x)
     x = tf.keras.layers.LeakyReLU(0.2, name="disc_last_act")(norm_layer(cfg.norm, "disc_last_norm")(x))
     x = tf.keras.layers.Conv2D(1, 4, padding="same", kernel_initializer=_init(), name="logits_conv")(x)
     logits = tf.keras.layers.Activation("linear", dtype="float32", name="logits")(x)
@@ -254,8 +258,18 @@ class Pix2Pix(PairTrainer):
         perceptual_weight: float. Its weight. Defaults to 0.
     """
 
-    def __init__(self, generator, discriminator, *, l1_weight=100.0, gan_weight=1.0, sky_weight=1.0,
-                 perceptual=None, perceptual_weight=0.0, **kwargs):
+    def __init__(
+        self,
+        generator,
+        discriminator,
+        *,
+        l1_weight=100.0,
+        gan_weight=1.0,
+        sky_weight=1.0,
+        perceptual=None,
+        perceptual_weight=0.0,
+        **kwargs,
+    ):
         names = ["g_loss", "d_loss", "gan", "l1"] + (["perceptual"] if perceptual is not None else [])
         super().__init__(names, **kwargs)
         self.generator = generator
@@ -316,9 +330,13 @@ def build_pix2pix(cfg: Pix2PixConfig, learning_rate: float = 2e-4, channels: int
         assert cfg.vgg_weights is not None  # Pix2PixConfig.validate
         perceptual = VGGPerceptualLoss(cfg.vgg_weights)
     model = Pix2Pix(
-        build_unet_generator(cfg, channels), build_patchgan(cfg, channels),
-        l1_weight=cfg.l1_weight, gan_weight=cfg.gan_weight, sky_weight=cfg.sky_weight,
-        perceptual=perceptual, perceptual_weight=cfg.perceptual_weight,
+        build_unet_generator(cfg, channels),
+        build_patchgan(cfg, channels),
+        l1_weight=cfg.l1_weight,
+        gan_weight=cfg.gan_weight,
+        sky_weight=cfg.sky_weight,
+        perceptual=perceptual,
+        perceptual_weight=cfg.perceptual_weight,
     )
     model.compile(
         g_optimizer=tf.keras.optimizers.Adam(learning_rate, beta_1=cfg.beta_1),

@@ -102,8 +102,9 @@ def cpu_record() -> dict:
     }
 
 
-def for_inference(model: tf.keras.Model, precision: InferencePrecision = "auto",
-                  verdict: Optional[dict] = None) -> tf.keras.Model:
+def for_inference(
+    model: tf.keras.Model, precision: InferencePrecision = "auto", verdict: Optional[dict] = None
+) -> tf.keras.Model:
     """``model`` computing in the dtype inference on this machine should use.
 
     A model trained with mixed precision keeps its float16 (or bfloat16)
@@ -150,16 +151,25 @@ def describe_verdict(verdict: Optional[dict]) -> str:
     if not isinstance(verdict, dict) or not {"agreement", "iou_float32", "iou_bfloat16"} <= set(verdict):
         return "the model has no bfloat16 verdict (tfsky evaluate precision measures a segmenter's)"
     change = verdict["iou_bfloat16"] - verdict["iou_float32"]
-    figures = (f"mask agreement {verdict['agreement']:.5f}, IoU {verdict['iou_float32']:.4f} -> "
-               f"{verdict['iou_bfloat16']:.4f} ({change:+.4f})")
+    figures = (
+        f"mask agreement {verdict['agreement']:.5f}, IoU {verdict['iou_float32']:.4f} -> "
+        f"{verdict['iou_bfloat16']:.4f} ({change:+.4f})"
+    )
     if bfloat16_ok(verdict):
         return f"its bfloat16 verdict is ok: {figures}"
-    return (f"its bfloat16 verdict failed: {figures}; needs agreement >= {BF16_MIN_AGREEMENT} and an IoU change "
-            f"< {BF16_MAX_IOU_CHANGE}")
+    return (
+        f"its bfloat16 verdict failed: {figures}; needs agreement >= {BF16_MIN_AGREEMENT} and an IoU change "
+        f"< {BF16_MAX_IOU_CHANGE}"
+    )
 
 
-def bfloat16_verdict(model: tf.keras.Model, batches: Iterable, threshold: float = SKY_THRESHOLD,
-                     progress: Optional[Progress] = None, float32_layers: Collection[str] = ()) -> dict:
+def bfloat16_verdict(
+    model: tf.keras.Model,
+    batches: Iterable,
+    threshold: float = SKY_THRESHOLD,
+    progress: Optional[Progress] = None,
+    float32_layers: Collection[str] = (),
+) -> dict:
     """Whether ``model`` keeps its masks when it computes in bfloat16 (`for_inference`), measured on ``batches``.
 
     bfloat16 keeps 8 mantissa bits, and a trained U-Net moved up to 2.5 % of an
@@ -192,8 +202,14 @@ def bfloat16_verdict(model: tf.keras.Model, batches: Iterable, threshold: float 
     agreement = round(same / pixels, 6)
     iou = {name: round(float(score.result()), 5) for name, score in scores.items()}
     ok = agreement >= BF16_MIN_AGREEMENT and abs(iou["bfloat16"] - iou["float32"]) < BF16_MAX_IOU_CHANGE
-    return {"agreement": agreement, "iou_float32": iou["float32"], "iou_bfloat16": iou["bfloat16"], "ok": ok,
-            "pixels": pixels, "cpu": cpu_record()["model"] or "unknown"}
+    return {
+        "agreement": agreement,
+        "iou_float32": iou["float32"],
+        "iou_bfloat16": iou["bfloat16"],
+        "ok": ok,
+        "pixels": pixels,
+        "cpu": cpu_record()["model"] or "unknown",
+    }
 
 
 def _mask_labels(probabilities: np.ndarray, threshold: float) -> np.ndarray:

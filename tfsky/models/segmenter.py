@@ -208,8 +208,11 @@ def download_imagenet_encoder(backbone: str) -> Path:
     try:
         cache = keras_cache_dir()
         os.makedirs(cache, exist_ok=True)  # get_file falls back to /tmp/.keras when the folder is missing
-        return Path(tf.keras.utils.get_file(entry["name"], url, cache_dir=str(cache), cache_subdir="models",
-                                            md5_hash=entry["md5"]))
+        return Path(
+            tf.keras.utils.get_file(
+                entry["name"], url, cache_dir=str(cache), cache_subdir="models", md5_hash=entry["md5"]
+            )
+        )
     except Exception as err:  # get_file raises bare Exceptions wrapping URL, HTTP and checksum errors
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(
@@ -268,8 +271,15 @@ def _with_encoder_input(base: tf.keras.Model, backbone: str, in_channels: int) -
     for layer in config["layers"]:
         layer["inbound_nodes"] = _renamed_inbound(layer["inbound_nodes"], input_name, ENCODER_INPUT)
     conv = tf.keras.layers.Conv2D(in_channels, 1, name=ENCODER_INPUT, trainable=False, dtype="float32")
-    config["layers"].insert(1, {"class_name": "Conv2D", "config": conv.get_config(), "name": ENCODER_INPUT,
-                                "inbound_nodes": [[[input_name, 0, 0, {}]]]})
+    config["layers"].insert(
+        1,
+        {
+            "class_name": "Conv2D",
+            "config": conv.get_config(),
+            "name": ENCODER_INPUT,
+            "inbound_nodes": [[[input_name, 0, 0, {}]]],
+        },
+    )
     from tf_keras.src.saving.serialization_lib import SafeModeScope
 
     with SafeModeScope(False):  # our own in-process config: backbones such as seresnet hold Lambda layers

@@ -25,8 +25,16 @@ from typing import Literal
 import tensorflow as tf
 
 from tfsky.errors import ConfigError
-from tfsky.models.pix2pix import (Norm, PairTrainer, down_block, norm_layer, replica_share, tanh_head, up_block,
-                                  weighted_l1)
+from tfsky.models.pix2pix import (
+    Norm,
+    PairTrainer,
+    down_block,
+    norm_layer,
+    replica_share,
+    tanh_head,
+    up_block,
+    weighted_l1,
+)
 
 
 @dataclasses.dataclass

@@ -51,8 +51,10 @@ class VGGPerceptualLoss:
     def __call__(self, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
         feats_a = self.features(_vgg_input(a), training=False)
         feats_b = self.features(_vgg_input(b), training=False)
-        distances = [tf.reduce_mean(tf.abs(tf.cast(fa, tf.float32) - tf.cast(fb, tf.float32)))
-                     for fa, fb in zip(feats_a, feats_b)]
+        distances = [
+            tf.reduce_mean(tf.abs(tf.cast(fa, tf.float32) - tf.cast(fb, tf.float32)))
+            for fa, fb in zip(feats_a, feats_b)
+        ]
         return tf.add_n(distances) / len(distances)
 
 

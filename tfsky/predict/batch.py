@@ -132,8 +132,9 @@ class PredictTask(Task):
         self.cloud = info.kind is ModelKind.CLOUD
         if self.config.camera_mask is not None:
             if self.cloud:
-                raise ConfigError("predict.camera_mask", "is for sky segmenters; a cloud model takes "
-                                  "predict.cloud.camera_mask")
+                raise ConfigError(
+                    "predict.camera_mask", "is for sky segmenters; a cloud model takes predict.cloud.camera_mask"
+                )
             self.prior = CameraPrior.load(self.config.camera_mask)
 
     def outputs(self, stem: Path) -> OutputPaths:
@@ -147,8 +148,10 @@ class PredictTask(Task):
         self.segmenter = TiledSegmenter.load(self.model_path, self.config.tiling)
         self.threshold = self.segmenter.mask_threshold(self.config.threshold)
         self.cover = FrameCover(self.config.cloud, self.threshold, self.segmenter.info) if self.cloud else None
-        self.facts = {"model": {"path": str(self.model_path), "id": model_id(self.model_path)},
-                      "tfsky_version": __version__}
+        self.facts = {
+            "model": {"path": str(self.model_path), "id": model_id(self.model_path)},
+            "tfsky_version": __version__,
+        }
 
     def process(self, item: Item, decoded: Decoded, outputs: OutputPaths, listener: Listener) -> Callable[[], None]:
         """Predict one decoded image; returns the writing of its outputs (sidecar last) for the runner's writer.
@@ -176,8 +179,16 @@ class PredictTask(Task):
         maps = Maps.of(outputs, probability, threshold)
         del probs, probability
         tiling = dataclasses.asdict(segmenter.tiling_for(height, width))
-        facts = dict(source=str(item.source), height=height, width=width, tiles=tiles, **tiling,
-                     seconds=round(seconds, 3), **self.facts, **frame_facts)
+        facts = dict(
+            source=str(item.source),
+            height=height,
+            width=width,
+            tiles=tiles,
+            **tiling,
+            seconds=round(seconds, 3),
+            **self.facts,
+            **frame_facts,
+        )
         restore = segmenter.inputs.restore
 
         def write() -> None:

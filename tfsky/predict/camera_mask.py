@@ -64,8 +64,19 @@ import numpy as np
 
 from tfsky.data.masks import iou as mask_iou, sky_mask
 from tfsky.data.scale import resize_image, working_size
-from tfsky.data.streams import (NIGHT_LUMINANCE, Frame, Stream, analysis_luminance, analysis_size, correlation,
-                                edge_map, edge_offset, manifest_files, read_manifest, update_manifest)
+from tfsky.data.streams import (
+    NIGHT_LUMINANCE,
+    Frame,
+    Stream,
+    analysis_luminance,
+    analysis_size,
+    correlation,
+    edge_map,
+    edge_offset,
+    manifest_files,
+    read_manifest,
+    update_manifest,
+)
 from tfsky.errors import ConfigError, InputError
 from tfsky.io.atomic import atomic_path, remove_stale_temps, write_json
 from tfsky.io.images import read_image, read_mask
@@ -230,8 +241,11 @@ def learn_camera_mask(
     candidates, rejected = candidate_frames(stream)
     steady = [f for f in candidates if f.reason != "moved"]
     if not steady:
-        raise InputError(where, f"no usable frames to learn the camera mask from ({_reason_counts(rejected)}); "
-                                "run tfsky streams validate first")
+        raise InputError(
+            where,
+            f"no usable frames to learn the camera mask from ({_reason_counts(rejected)}); "
+            "run tfsky streams validate first",
+        )
     median = median_frame([stream.path(f) for f in _evenly_spaced(steady, MEDIAN_FRAMES)])
     height, width = median.shape[:2]
     model_size = model.segmenter.model_size(height, width)
@@ -252,7 +266,9 @@ def learn_camera_mask(
         if progress is not None:
             progress(len(rejected) + done, len(stream.frames))
     if not state.used:
-        raise InputError(where, f"no frame survived the camera-mask checks ({_reason_counts(rejected + state.rejected)})")
+        raise InputError(
+            where, f"no frame survived the camera-mask checks ({_reason_counts(rejected + state.rejected)})"
+        )
     small = state.consensus.probability()
     full = (height, width)
     probability = small if grid == full else refine(small[..., None], resize_image(median, grid), median)[..., 0]
@@ -261,8 +277,9 @@ def learn_camera_mask(
     probability = np.where(said_sky & ~mask, np.float32(0), probability)
     agreement = cv2.resize(state.consensus.agreement(threshold), (width, height), interpolation=cv2.INTER_LINEAR)
     disagrees = _disagreeing(state, _on_grid(mask, grid), cfg.min_frame_iou)
-    return CameraMask(probability, mask, agreement, median, state.used, rejected + state.rejected, disagrees, grid,
-                      dropped)
+    return CameraMask(
+        probability, mask, agreement, median, state.used, rejected + state.rejected, disagrees, grid, dropped
+    )
 
 
 def sky_regions(mask: np.ndarray, min_region: float, keep_enclosed: bool = False) -> tuple[np.ndarray, dict]:
@@ -278,8 +295,11 @@ def sky_regions(mask: np.ndarray, min_region: float, keep_enclosed: bool = False
     inside = (left > 0) & (top > 0) & (left + width < mask.shape[1]) & (top + height < mask.shape[0])
     enclosed = ~small & inside & (not keep_enclosed)
     keep = np.concatenate([[False], ~(small | enclosed)])
-    dropped = {reason: {"regions": int(chosen.sum()), "pixels": int(area[chosen].sum())}
-               for reason, chosen in (("small", small), ("enclosed", enclosed)) if chosen.any()}
+    dropped = {
+        reason: {"regions": int(chosen.sum()), "pixels": int(area[chosen].sum())}
+        for reason, chosen in (("small", small), ("enclosed", enclosed))
+        if chosen.any()
+    }
     return keep[labels], dropped
 
 
@@ -299,21 +319,33 @@ def median_frame(paths: Sequence[Path]) -> np.ndarray:
     stack = np.stack([read_image(path) for path in paths])
     median = np.empty(stack.shape[1:], stack.dtype)
     for top in range(0, stack.shape[1], 64):
-        median[top:top + 64] = np.median(stack[:, top:top + 64], axis=0)
+        median[top : top + 64] = np.median(stack[:, top : top + 64], axis=0)
     return median
 
 
-def _fuse_frame(frame: Frame, image: np.ndarray, size: tuple[int, int], model: SkyModel, cfg: SkymaskConfig,
-                reference: np.ndarray, model_size: tuple[int, int], grid: tuple[int, int], state: "_State") -> None:
+def _fuse_frame(
+    frame: Frame,
+    image: np.ndarray,
+    size: tuple[int, int],
+    model: SkyModel,
+    cfg: SkymaskConfig,
+    reference: np.ndarray,
+    model_size: tuple[int, int],
+    grid: tuple[int, int],
+    state: "_State",
+) -> None:
     """Align one frame, predict it at the working scale and count it in the consensus (or record why not)."""
     if image.shape[:2] != size:
-        state.rejected.append(_rejection(frame, "size", f"{image.shape[1]}x{image.shape[0]}, the median frame is "
-                                                        f"{size[1]}x{size[0]}"))
+        state.rejected.append(
+            _rejection(frame, "size", f"{image.shape[1]}x{image.shape[0]}, the median frame is {size[1]}x{size[0]}")
+        )
         return
     edges = edge_map(analysis_luminance(image, cfg.analysis_width))
     dx, dy = edge_offset(edges, reference)
     if np.hypot(dx, dy) > cfg.max_offset * cfg.analysis_width:
-        state.rejected.append(_rejection(frame, "moved", f"offset ({dx:+.1f}, {dy:+.1f}) analysis px is too far to align"))
+        state.rejected.append(
+            _rejection(frame, "moved", f"offset ({dx:+.1f}, {dy:+.1f}) analysis px is too far to align")
+        )
         return
     aligned, inside = _shifted(edges, -dx, -dy)
     score = correlation(aligned[inside], reference[inside])
@@ -332,9 +364,13 @@ def _fuse_frame(frame: Frame, image: np.ndarray, size: tuple[int, int], model: S
     state.consensus.add(probability, confidence, valid)
     state.masks.append(np.packbits(sky_mask(probability)))
     state.valid.append(np.packbits(valid))
-    state.used.append({"file": frame.file, "weight": round(confidence, 4),
-                       "offset_px": [round(dx * size[1] / cfg.analysis_width, 1),
-                                     round(dy * size[1] / cfg.analysis_width, 1)]})
+    state.used.append(
+        {
+            "file": frame.file,
+            "weight": round(confidence, 4),
+            "offset_px": [round(dx * size[1] / cfg.analysis_width, 1), round(dy * size[1] / cfg.analysis_width, 1)],
+        }
+    )
 
 
 def _shifted(values: np.ndarray, dx: float, dy: float) -> tuple[np.ndarray, np.ndarray]:
@@ -413,8 +449,15 @@ class _State:
                 consensus = Consensus(grid)
                 consensus.weights = saved["weights"]
                 count = len(facts["used"])
-                return cls(key, consensus, facts["seen"], facts["used"], facts["rejected"],
-                           [saved[f"mask{i}"] for i in range(count)], [saved[f"valid{i}"] for i in range(count)])
+                return cls(
+                    key,
+                    consensus,
+                    facts["seen"],
+                    facts["used"],
+                    facts["rejected"],
+                    [saved[f"mask{i}"] for i in range(count)],
+                    [saved[f"valid{i}"] for i in range(count)],
+                )
         except (OSError, ValueError, KeyError):  # a damaged checkpoint: start over
             return fresh
 
@@ -442,8 +485,13 @@ class SkymaskPaths:
     @classmethod
     def beside(cls, manifest: Path) -> "SkymaskPaths":
         folder = manifest.parent
-        return cls(folder / f"{STEM}.png", folder / f"{STEM}_agreement.png", folder / f"{STEM}_overlay.jpg",
-                   folder / f"{STEM}.json", folder / f"{STEM}.checkpoint.npz")
+        return cls(
+            folder / f"{STEM}.png",
+            folder / f"{STEM}_agreement.png",
+            folder / f"{STEM}_overlay.jpg",
+            folder / f"{STEM}.json",
+            folder / f"{STEM}.checkpoint.npz",
+        )
 
     def __iter__(self) -> Iterator[Path]:
         return iter((self.mask, self.agreement, self.overlay, self.report))
@@ -486,23 +534,38 @@ class SkymaskTask(Task):
         assert isinstance(self.model, SkyModel)  # load() ran
         stream = decoded.take()
         listener.item_started(item.source, len(stream.frames))
-        learnt = learn_camera_mask(stream, self.model, self.cfg, self.threshold, checkpoint=outputs.checkpoint,
-                                   progress=listener.steps_done, where=item.source)
+        learnt = learn_camera_mask(
+            stream,
+            self.model,
+            self.cfg,
+            self.threshold,
+            checkpoint=outputs.checkpoint,
+            progress=listener.steps_done,
+            where=item.source,
+        )
         write_mask_png(outputs.mask, learnt.mask)
         write_png(outputs.agreement, np.rint(learnt.agreement * 255).astype(np.uint8))
         write_jpeg(outputs.overlay, overlay(learnt.median_frame, np.where(learnt.mask, 255, 0).astype(np.uint8)))
         report = skymask_report(stream, learnt, self.model, self.threshold, outputs)
-        record = {"mask": str(outputs.mask.resolve()), "agreement": str(outputs.agreement.resolve()),
-                  "overlay": str(outputs.overlay.resolve()), "report": str(outputs.report.resolve()),
-                  "model": self.model.id, "frames_used": len(learnt.used), "sky_disagrees": learnt.sky_disagrees}
-        update_manifest(item.source, read_manifest(item.source).version,
-                        lambda latest: dataclasses.replace(latest, skymask=record))
+        record = {
+            "mask": str(outputs.mask.resolve()),
+            "agreement": str(outputs.agreement.resolve()),
+            "overlay": str(outputs.overlay.resolve()),
+            "report": str(outputs.report.resolve()),
+            "model": self.model.id,
+            "frames_used": len(learnt.used),
+            "sky_disagrees": learnt.sky_disagrees,
+        }
+        update_manifest(
+            item.source, read_manifest(item.source).version, lambda latest: dataclasses.replace(latest, skymask=record)
+        )
         write_json(outputs.report, report)
         outputs.checkpoint.unlink(missing_ok=True)
 
 
-def skymask_report(stream: Stream, learnt: CameraMask, model: SkyModel, threshold: float,
-                   outputs: SkymaskPaths) -> dict:
+def skymask_report(
+    stream: Stream, learnt: CameraMask, model: SkyModel, threshold: float, outputs: SkymaskPaths
+) -> dict:
     """The facts of one learnt mask: ``camera_mask.json``."""
     return {
         "camera": stream.camera,
@@ -510,12 +573,18 @@ def skymask_report(stream: Stream, learnt: CameraMask, model: SkyModel, threshol
         "threshold": threshold,
         "size": list(learnt.mask.shape),
         "consensus_grid": list(learnt.grid),
-        "frames": {"total": len(stream.frames), "used": len(learnt.used), "rejected": len(learnt.rejected),
-                   "rejected_by_reason": dict(Counter(r["reason"] for r in learnt.rejected))},
+        "frames": {
+            "total": len(stream.frames),
+            "used": len(learnt.used),
+            "rejected": len(learnt.rejected),
+            "rejected_by_reason": dict(Counter(r["reason"] for r in learnt.rejected)),
+        },
         "sky_share": round(float(learnt.mask.mean()), 4),
         "regions_dropped": learnt.regions_dropped,
-        "agreement": {"mean": round(float(learnt.agreement.mean()), 4),
-                      "share_below_0.8": round(float((learnt.agreement < 0.8).mean()), 4)},
+        "agreement": {
+            "mean": round(float(learnt.agreement.mean()), 4),
+            "share_below_0.8": round(float((learnt.agreement < 0.8).mean()), 4),
+        },
         "alignment": "frames shifted by their edge offset against the median frame before fusing",
         "sky_disagrees": learnt.sky_disagrees,
         "used": learnt.used,
@@ -580,7 +649,9 @@ class CameraPrior:
 
     def __init__(self, sky: np.ndarray, path: Path):
         self.sky, self.path = sky, path
-        small = cv2.resize(sky.astype(np.uint8), analysis_size(sky.shape, EVIDENCE_WIDTH), interpolation=cv2.INTER_NEAREST)
+        small = cv2.resize(
+            sky.astype(np.uint8), analysis_size(sky.shape, EVIDENCE_WIDTH), interpolation=cv2.INTER_NEAREST
+        )
         self.small_sky = small > 0
 
     @classmethod
@@ -608,26 +679,38 @@ class CameraPrior:
         if image.dtype.kind == "f":
             raise InputError(source, "a camera prior is for 8/16-bit webcam frames, this is a float (HDR) image")
         luma = analysis_luminance(image, EVIDENCE_WIDTH)
-        sky = self.small_sky if self.small_sky.shape == luma.shape and self.small_sky.any() else np.ones(luma.shape, bool)
-        terms = {"brightness": ramp(float(luma[sky].mean()), BRIGHTNESS_RAMP),
-                 "contrast": ramp(float(luma.std()), CONTRAST_RAMP),
-                 "confidence": ramp(float(np.abs(2 * probability - 1).mean()), CONFIDENCE_RAMP)}
+        sky = (
+            self.small_sky if self.small_sky.shape == luma.shape and self.small_sky.any() else np.ones(luma.shape, bool)
+        )
+        terms = {
+            "brightness": ramp(float(luma[sky].mean()), BRIGHTNESS_RAMP),
+            "contrast": ramp(float(luma.std()), CONTRAST_RAMP),
+            "confidence": ramp(float(np.abs(2 * probability - 1).mean()), CONFIDENCE_RAMP),
+        }
         return {name: round(value, 4) for name, value in terms.items()} | {"weight": round(min(terms.values()), 4)}
 
-    def fuse(self, image: np.ndarray, probability: np.ndarray, threshold: float,
-             source: str | Path = "image") -> tuple[np.ndarray, dict]:
+    def fuse(
+        self, image: np.ndarray, probability: np.ndarray, threshold: float, source: str | Path = "image"
+    ) -> tuple[np.ndarray, dict]:
         """``weight * own + (1 - weight) * camera`` per pixel, and the facts for the sidecar.
 
         ``sky_disagrees``: the frame has evidence (weight >= 0.5) and its own sky's IoU with the camera's
         is below `MIN_SKY_AGREEMENT` (the camera moved, or something covers the sky): one to review.
         """
         if probability.shape != self.sky.shape:
-            raise InputError(source, f"is {probability.shape[1]}x{probability.shape[0]} but the camera mask "
-                                     f"{self.path} is {self.sky.shape[1]}x{self.sky.shape[0]}")
+            raise InputError(
+                source,
+                f"is {probability.shape[1]}x{probability.shape[0]} but the camera mask "
+                f"{self.path} is {self.sky.shape[1]}x{self.sky.shape[0]}",
+            )
         evidence = self.evidence(image, probability, source)
         weight = np.float32(evidence["weight"])
         fused = weight * probability + (1 - weight) * self.sky.astype(np.float32)
         own_iou = mask_iou(sky_mask(probability, threshold), self.sky)
-        facts = {"mask": str(self.path), "evidence": evidence, "own_sky_iou": round(own_iou, 4),
-                 "sky_disagrees": bool(evidence["weight"] >= 0.5 and own_iou < MIN_SKY_AGREEMENT)}
+        facts = {
+            "mask": str(self.path),
+            "evidence": evidence,
+            "own_sky_iou": round(own_iou, 4),
+            "sky_disagrees": bool(evidence["weight"] >= 0.5 and own_iou < MIN_SKY_AGREEMENT),
+        }
         return fused, facts

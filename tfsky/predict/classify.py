@@ -72,8 +72,10 @@ class WeatherClassifier:
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """``[N, classes]`` probabilities of ``[N, S, S, 3]`` uint8 model inputs, in batches."""
-        batches = [self.model(self.info.preprocess.apply(tf.constant(inputs[start:start + _BATCH])), training=False)
-                   for start in range(0, len(inputs), _BATCH)]
+        batches = [
+            self.model(self.info.preprocess.apply(tf.constant(inputs[start : start + _BATCH])), training=False)
+            for start in range(0, len(inputs), _BATCH)
+        ]
         if not batches:
             return np.zeros((0, len(self.conditions)))
         return np.concatenate([np.asarray(batch, np.float64) for batch in batches])
@@ -111,8 +113,9 @@ class SkyRegion:
         sky = sky_mask(probability, threshold)
         facts = {"fraction": round(float(sky.mean()), 4), "segmenter": self.id, **facts}
         if sky.any():
-            facts |= {name: round(float(value), 4)
-                      for name, value in zip(COLOUR_STATISTICS, colour_statistics(small, sky))}
+            facts |= {
+                name: round(float(value), 4) for name, value in zip(COLOUR_STATISTICS, colour_statistics(small, sky))
+            }
         return facts
 
 
@@ -147,8 +150,11 @@ def label_stream(stream: Stream, classifier: WeatherClassifier, sky_region: Opti
         return stream
     for index, probabilities, sky in zip(readable, classifier.probabilities(np.stack(inputs)), skies):
         best = int(probabilities.argmax())
-        prediction = {"condition": classifier.conditions[best], "probability": round(float(probabilities[best]), 4),
-                      "model": classifier.id}
+        prediction = {
+            "condition": classifier.conditions[best],
+            "probability": round(float(probabilities[best]), 4),
+            "model": classifier.id,
+        }
         if sky is not None:
             prediction["sky"] = sky
         changes: dict[str, Any] = {"prediction": prediction}
@@ -156,14 +162,18 @@ def label_stream(stream: Stream, classifier: WeatherClassifier, sky_region: Opti
             if sky is not None and sky["fraction"] < MIN_SKY_FRACTION:
                 changes |= {"condition": None, "confidence": None, "label_source": None}
             else:
-                changes |= {"condition": prediction["condition"], "confidence": prediction["probability"],
-                            "label_source": "model"}
+                changes |= {
+                    "condition": prediction["condition"],
+                    "confidence": prediction["probability"],
+                    "label_source": "model",
+                }
         frames[index] = dataclasses.replace(frames[index], **changes)
     return dataclasses.replace(stream, frames=frames)
 
 
-def label_streams(manifests: Path, classifier_path: Path,
-                  segmenter_path: Optional[Path] = None) -> tuple[list[tuple[Path, Stream]], list[str]]:
+def label_streams(
+    manifests: Path, classifier_path: Path, segmenter_path: Optional[Path] = None
+) -> tuple[list[tuple[Path, Stream]], list[str]]:
     """`label_stream` on every manifest of ``manifests``, each written back atomically (its version bumped).
 
     ``segmenter_path``: a sky segmenter whose sky mask each frame's ``sky`` statistics are measured on.
@@ -176,18 +186,27 @@ def label_streams(manifests: Path, classifier_path: Path,
     for path in manifest_files(manifests):
         try:
             stream = read_manifest(path)
-            labelled.append((path, update_manifest(path, stream.version,
-                                                   lambda s: label_stream(s, classifier, sky_region))))
+            labelled.append(
+                (path, update_manifest(path, stream.version, lambda s: label_stream(s, classifier, sky_region)))
+            )
         except TfskyError as err:
             skipped.append(str(err))
     return labelled, skipped
 
 
-def classify_many(model_path: str | Path, inputs: Sequence[Path], out_dir: str | Path, *, overwrite: bool = False,
-                  listener: Optional[Listener] = None, engine: Optional[Engine] = None) -> Report:
+def classify_many(
+    model_path: str | Path,
+    inputs: Sequence[Path],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    listener: Optional[Listener] = None,
+    engine: Optional[Engine] = None,
+) -> Report:
     """Classify every image of ``inputs`` into ``out_dir`` (see the module docstring); returns the job's report."""
-    report = run_job(ClassifyTask(Path(model_path)), inputs, out_dir, overwrite=overwrite, listener=listener,
-                     engine=engine)
+    report = run_job(
+        ClassifyTask(Path(model_path)), inputs, out_dir, overwrite=overwrite, listener=listener, engine=engine
+    )
     write_classification_table(as_path(out_dir), {str(source) for source in (*report.done, *report.skipped)})
     return report
 
@@ -220,11 +239,17 @@ class ClassifyTask(Task):
         assert self.classifier is not None  # load() ran
         inputs, (height, width) = decoded.take()
         probabilities = self.classifier.probabilities(inputs[None])[0]
-        write_json(outputs[0], {
-            "source": str(item.source), "height": height, "width": width,
-            **classification(dict(zip(self.classifier.conditions, probabilities.tolist()))),
-            "model": {"path": str(self.model_path), "id": self.classifier.id}, "tfsky_version": __version__,
-        })
+        write_json(
+            outputs[0],
+            {
+                "source": str(item.source),
+                "height": height,
+                "width": width,
+                **classification(dict(zip(self.classifier.conditions, probabilities.tolist()))),
+                "model": {"path": str(self.model_path), "id": self.classifier.id},
+                "tfsky_version": __version__,
+            },
+        )
 
 
 def read_ldr(path: Path) -> np.ndarray:
@@ -243,8 +268,11 @@ def sidecar_path(stem: Path) -> Path:
 def classification(probabilities: dict[str, float]) -> dict:
     """The sidecar entries of one image's class probabilities: the most probable condition first."""
     condition = max(probabilities, key=probabilities.__getitem__)
-    return {"condition": condition, "probability": round(probabilities[condition], 6),
-            "probabilities": {name: round(value, 6) for name, value in probabilities.items()}}
+    return {
+        "condition": condition,
+        "probability": round(probabilities[condition], 6),
+        "probabilities": {name: round(value, 6) for name, value in probabilities.items()},
+    }
 
 
 def write_classification_table(out_dir: Path | StorePath, sources: Collection[str]) -> Optional[Path | StorePath]:
@@ -256,8 +284,14 @@ def write_classification_table(out_dir: Path | StorePath, sources: Collection[st
     rows = []
     for facts in job_sidecars(out_dir, sources):
         if isinstance(facts.get("probabilities"), dict):
-            rows.append({"file": facts["source"], "condition": facts["condition"], "probability": facts["probability"],
-                         **{f"p_{name}": value for name, value in facts["probabilities"].items()}})
+            rows.append(
+                {
+                    "file": facts["source"],
+                    "condition": facts["condition"],
+                    "probability": facts["probability"],
+                    **{f"p_{name}": value for name, value in facts["probabilities"].items()},
+                }
+            )
     if not rows:
         return None
     rows.sort(key=lambda row: row["file"])

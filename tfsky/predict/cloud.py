@@ -108,15 +108,19 @@ class CloudCoverConfig:
         if not 0 <= self.dark_level < 255:
             raise ConfigError("dark_level", f"must be in 0..254; got {self.dark_level}")
         if not 0 <= self.okta_tolerance_pp < 100 / OKTAS / 2:
-            raise ConfigError("okta_tolerance_pp", f"must be in 0..{100 / OKTAS / 2} (half an okta); "
-                              f"got {self.okta_tolerance_pp}")
+            raise ConfigError(
+                "okta_tolerance_pp", f"must be in 0..{100 / OKTAS / 2} (half an okta); got {self.okta_tolerance_pp}"
+            )
         if not 0 < self.sun_level <= 255:
             raise ConfigError("sun_level", f"must be in 1..255; got {self.sun_level}")
         if self.sun_margin_px < 0:
             raise ConfigError("sun_margin_px", f"must be >= 0; got {self.sun_margin_px}")
         if not 0 <= self.clear_max_okta < self.overcast_min_okta <= OKTAS:
-            raise ConfigError("overcast_min_okta", f"must satisfy 0 <= clear_max_okta ({self.clear_max_okta}) < "
-                              f"overcast_min_okta ({self.overcast_min_okta}) <= {OKTAS}")
+            raise ConfigError(
+                "overcast_min_okta",
+                f"must satisfy 0 <= clear_max_okta ({self.clear_max_okta}) < "
+                f"overcast_min_okta ({self.overcast_min_okta}) <= {OKTAS}",
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +184,10 @@ def bright_pixels(image: np.ndarray, dark_level: int) -> np.ndarray:
 
 
 def cloud_cover(
-    cloud: np.ndarray, valid: np.ndarray, cfg: CloudCoverConfig, source: str | Path = "image",
+    cloud: np.ndarray,
+    valid: np.ndarray,
+    cfg: CloudCoverConfig,
+    source: str | Path = "image",
     lens: Optional[np.ndarray] = None,
 ) -> dict[str, object]:
     """The cloud-cover facts of one frame from its boolean cloud mask and valid-pixel mask.
@@ -210,8 +217,12 @@ def cloud_cover(
         "okta": value,
         "sky_condition": sky_condition(value, cfg),
         "valid_pixels": count,
-        "fisheye": {"centre_row": round(fisheye.centre[0], 2), "centre_col": round(fisheye.centre[1], 2),
-                    "horizon_radius": round(fisheye.radius, 2), "projection": fisheye.projection},
+        "fisheye": {
+            "centre_row": round(fisheye.centre[0], 2),
+            "centre_col": round(fisheye.centre[1], 2),
+            "horizon_radius": round(fisheye.radius, 2),
+            "projection": fisheye.projection,
+        },
     }
 
 
@@ -244,9 +255,12 @@ def training_camera_masks(info: Optional["ModelInfo"]) -> list[Path]:
             if path is None or path in paths:
                 continue
             if not path.is_file():
-                raise InputError(path, f"camera mask of the model's training camera {camera.get('name')} not found "
-                                 "(set predict.cloud.camera_masks or export.cloud.camera_masks to the masks on this "
-                                 "machine, or [] to use each frame's pixels brighter than dark_level)")
+                raise InputError(
+                    path,
+                    f"camera mask of the model's training camera {camera.get('name')} not found "
+                    "(set predict.cloud.camera_masks or export.cloud.camera_masks to the masks on this "
+                    "machine, or [] to use each frame's pixels brighter than dark_level)",
+                )
             paths.append(path)
     return paths
 
@@ -301,8 +315,10 @@ class CameraMasks:
             mask = self.masks[0]
             if mask.sky.shape != image.shape[:2]:
                 height, width = mask.sky.shape
-                raise InputError(source, f"frame is {image.shape[1]}x{image.shape[0]} but the camera mask "
-                                 f"{mask.path} is {width}x{height}")
+                raise InputError(
+                    source,
+                    f"frame is {image.shape[1]}x{image.shape[0]} but the camera mask {mask.path} is {width}x{height}",
+                )
             return mask.sky, mask
         bright = bright_pixels(image, self.cfg.dark_level)
         for mask in self.masks:
@@ -321,8 +337,11 @@ class CameraMasks:
         bright = tf.reduce_max(image, axis=-1) > (self.cfg.dark_level + 0.5 / 257) / 255.0
         if self.forced:
             sky = tf.constant(self.masks[0].sky)
-            tf.debugging.assert_equal(tf.shape(bright), tf.shape(sky),
-                                      message=f"the frame's size differs from the camera mask {self.masks[0].path}")
+            tf.debugging.assert_equal(
+                tf.shape(bright),
+                tf.shape(sky),
+                message=f"the frame's size differs from the camera mask {self.masks[0].path}",
+            )
             return sky
         valid = bright
         for mask in reversed(self.masks):  # the first fitting mask wins
@@ -376,5 +395,13 @@ class FrameCover:
         valid = lens & ~excluded
         cloud = sky_mask(cloud_prob, self.threshold) & valid
         facts = cloud_cover(cloud, valid, self.cfg, source, lens=lens)
-        return cloud, valid, {**facts, "camera_mask": str(mask.path) if mask else None, "sun": sun,
-                              "timestamp": timestamp_from_name(Path(source).name)}
+        return (
+            cloud,
+            valid,
+            {
+                **facts,
+                "camera_mask": str(mask.path) if mask else None,
+                "sun": sun,
+                "timestamp": timestamp_from_name(Path(source).name),
+            },
+        )

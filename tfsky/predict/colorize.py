@@ -39,8 +39,9 @@ class TiledColorizer(FrameColorizer):
         path: str | Path. The model file, for error messages.
     """
 
-    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None = None,
-                 path: str | Path = "model"):
+    def __init__(
+        self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None = None, path: str | Path = "model"
+    ):
         super().__init__(model, info, trained_config(info, TranslatorConfig, path).model.colorize, tiling)
 
     @classmethod
@@ -84,8 +85,14 @@ def colorize_images(
         ConfigError: a tile the refinement cannot take.
         InputError: the model (missing, or not a colorizer) or the output folder cannot be used.
     """
-    return run_job(ColorizeTask(model_path, config or ColorizeOptions()), inputs, out_dir, overwrite=overwrite,
-                   listener=listener, engine=engine)
+    return run_job(
+        ColorizeTask(model_path, config or ColorizeOptions()),
+        inputs,
+        out_dir,
+        overwrite=overwrite,
+        listener=listener,
+        engine=engine,
+    )
 
 
 class ColorizeTask(Task):

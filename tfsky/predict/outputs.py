@@ -134,8 +134,12 @@ def write_overlay(paths: OutputPaths, shown: np.ndarray) -> None:
 
 def write_sidecar(paths: OutputPaths, facts: dict[str, Any], mask: np.ndarray, threshold: float) -> dict[str, Any]:
     """Write the JSON sidecar LAST (it marks the image complete): ``facts`` plus sky fraction and output names."""
-    sidecar = dict(facts, sky_fraction=np.count_nonzero(mask) / mask.size, threshold=threshold,
-                   outputs={name: p.name for name, p in paths.named().items()})
+    sidecar = dict(
+        facts,
+        sky_fraction=np.count_nonzero(mask) / mask.size,
+        threshold=threshold,
+        outputs={name: p.name for name, p in paths.named().items()},
+    )
     write_json(paths.sidecar, sidecar)
     return sidecar
 
@@ -157,7 +161,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, restore: Restore = None, in_pla
     for row in range(0, image.shape[0], _BAND):
         band, band_mask = image[row : row + _BAND], mask[row : row + _BAND]
         tinted = band_mask == 255 if by_lookup else None
-        if tinted is not None and np.count_nonzero(band_mask) == np.count_nonzero(tinted):  # (by_lookup)  # a 0/255 band of a photo
+        if tinted is not None and np.count_nonzero(band_mask) == np.count_nonzero(
+            tinted
+        ):  # (by_lookup)  # a 0/255 band of a photo
             if out is not image:
                 out[row : row + _BAND] = band
             np.copyto(out[row : row + _BAND], cv2.LUT(band, _TINT), where=tinted[..., None])
@@ -207,14 +213,22 @@ def _by_bands(array: np.ndarray, convert, dtype) -> np.ndarray:
 
 CLASS_PNG_VALUES = {"outside": 0, "clear": 100, "cloud": 255}  # WSISEG's annotation values
 SERIES_CSV, SERIES_PLOT = "cloud_cover.csv", "cloud_cover.png"
-SERIES_COLUMNS = ("file", "timestamp", "cloud_fraction_pct", "cloud_fraction_solid_angle_pct", "okta",
-                  "sky_condition", "valid_pixels")
+SERIES_COLUMNS = (
+    "file",
+    "timestamp",
+    "cloud_fraction_pct",
+    "cloud_fraction_solid_angle_pct",
+    "okta",
+    "sky_condition",
+    "valid_pixels",
+)
 
 
 def write_class_mask(paths: OutputPaths, cloud: np.ndarray, valid: np.ndarray) -> None:
     """``name_classes.png``: 255 cloud, 100 clear sky, 0 outside the valid sky (as WSISEG annotations)."""
-    classes = np.where(valid, np.where(cloud, CLASS_PNG_VALUES["cloud"], CLASS_PNG_VALUES["clear"]),
-                       CLASS_PNG_VALUES["outside"]).astype(np.uint8)
+    classes = np.where(
+        valid, np.where(cloud, CLASS_PNG_VALUES["cloud"], CLASS_PNG_VALUES["clear"]), CLASS_PNG_VALUES["outside"]
+    ).astype(np.uint8)
     assert paths.classes is not None  # a cloud model's outputs
     write_png(paths.classes, classes)
 
@@ -238,8 +252,9 @@ def job_sidecars(out_dir: Path | StorePath, sources: Collection[str]) -> Iterato
             yield facts
 
 
-def write_cloud_series(out_dir: Path | StorePath,
-                       sources: Collection[str]) -> Optional[tuple[Path | StorePath, Path | StorePath]]:
+def write_cloud_series(
+    out_dir: Path | StorePath, sources: Collection[str]
+) -> Optional[tuple[Path | StorePath, Path | StorePath]]:
     """``cloud_cover.csv`` and ``cloud_cover.png`` in ``out_dir`` from the sidecars there of the frames ``sources``.
 
     Rows are in time order when every name carries a timestamp, else in file-name order.
@@ -249,8 +264,13 @@ def write_cloud_series(out_dir: Path | StorePath,
     for facts in job_sidecars(out_dir, sources):
         cover = facts.get("cloud_cover")
         if cover:
-            rows.append({"file": facts["source"], "timestamp": cover.get("timestamp") or "",
-                         **{key: cover[key] for key in SERIES_COLUMNS[2:]}})
+            rows.append(
+                {
+                    "file": facts["source"],
+                    "timestamp": cover.get("timestamp") or "",
+                    **{key: cover[key] for key in SERIES_COLUMNS[2:]},
+                }
+            )
     if not rows:
         return None
     rows.sort(key=lambda row: (row["timestamp"] or "", row["file"]))

@@ -31,8 +31,9 @@ def brightness(image: np.ndarray) -> np.ndarray:
     return colour.mean(axis=-1, dtype=np.float32) * np.float32(scale)
 
 
-def refine(probabilities: np.ndarray, small_image: np.ndarray, image: np.ndarray,
-           radius: int = RADIUS, eps: float = EPS) -> np.ndarray:
+def refine(
+    probabilities: np.ndarray, small_image: np.ndarray, image: np.ndarray, radius: int = RADIUS, eps: float = EPS
+) -> np.ndarray:
     """Float32 ``[H, W, K]`` probabilities at ``image``'s size from ``[h, w, K]`` ones at ``small_image``'s size.
 
     Args:

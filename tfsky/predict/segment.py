@@ -36,8 +36,19 @@ from tfsky.io.images import Channels, read_image
 from tfsky.models.bundle import ModelInfo, ModelKind, load_model
 from tfsky.predict.refine import refine
 from tfsky.progress import Once
-from tfsky.tiling import (AUTO, TilingConfig, auto_tiling_message, available_memory, choose_tiling, compiled_forward,
-                          count_tiles, model_tiling, overlap_of, resolved_tile, sliding_window_inference)
+from tfsky.tiling import (
+    AUTO,
+    TilingConfig,
+    auto_tiling_message,
+    available_memory,
+    choose_tiling,
+    compiled_forward,
+    count_tiles,
+    model_tiling,
+    overlap_of,
+    resolved_tile,
+    sliding_window_inference,
+)
 
 _READ_CHANNELS = (1, 3, 4)  # channel counts read_image converts to; others are read as stored
 _BAND = 256  # rows normalised at a time by `prepare`
@@ -94,8 +105,9 @@ class ModelInputs:
             trained = "HDR" if mode == "log" else "LDR"
             given = "HDR" if is_hdr(image) else "LDR"
             raise InputError(
-                source, f"model was trained on {trained} images (preprocess mode {mode}) but the image is "
-                f"{given} ({image.dtype})"
+                source,
+                f"model was trained on {trained} images (preprocess mode {mode}) but the image is "
+                f"{given} ({image.dtype})",
             )
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -167,7 +179,9 @@ class TiledSegmenter:
         tiling = self.tiling_for(*image.shape[:2])
 
         def predict(pixels):
-            return sliding_window_inference(pixels, self.predict_tiles, tiling, progress=progress, multiple=SIZE_MULTIPLE)
+            return sliding_window_inference(
+                pixels, self.predict_tiles, tiling, progress=progress, multiple=SIZE_MULTIPLE
+            )
 
         if size == image.shape[:2]:
             return predict(image)

@@ -30,7 +30,9 @@ import cv2
 import numpy as np
 
 MIN_PIXELS = 20  # smaller saturated specks (glints, a star-like reflection) are not the sun
-MIN_FILL = 0.25  # area / (pi * reach**2): WSISEG's saturated suns fill 0.29-0.74 (flare arms, glints), a thin streak less
+MIN_FILL = (
+    0.25  # area / (pi * reach**2): WSISEG's saturated suns fill 0.29-0.74 (flare arms, glints), a thin streak less
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +49,9 @@ class SunDisc:
         return np.hypot(rows - self.centre[0], cols - self.centre[1]) <= self.excluded_radius
 
 
-def find_sun(image: np.ndarray, within: Optional[np.ndarray], level: int = 250,
-             margin_px: float = 3.0) -> Optional[SunDisc]:
+def find_sun(
+    image: np.ndarray, within: Optional[np.ndarray], level: int = 250, margin_px: float = 3.0
+) -> Optional[SunDisc]:
     """The sun disc of a raw ``H x W x C`` frame (8- or 16-bit), searched ``within`` a boolean mask; None if absent.
 
     See the module docstring for the rule.
@@ -77,6 +80,11 @@ def sun_facts(sun: Optional[SunDisc], excluded_pixels: int) -> dict[str, object]
     """The ``sun`` entry of a frame's cloud-cover facts."""
     if sun is None:
         return {"found": False}
-    return {"found": True, "centre_row": round(sun.centre[0], 2), "centre_col": round(sun.centre[1], 2),
-            "radius": round(sun.radius, 2), "excluded_radius": round(sun.excluded_radius, 2),
-            "excluded_pixels": excluded_pixels}
+    return {
+        "found": True,
+        "centre_row": round(sun.centre[0], 2),
+        "centre_col": round(sun.centre[1], 2),
+        "radius": round(sun.radius, 2),
+        "excluded_radius": round(sun.excluded_radius, 2),
+        "excluded_pixels": excluded_pixels,
+    }

@@ -53,8 +53,15 @@ from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
 from tfsky.models.vae import set_sampling
 from tfsky.predict.segment import TiledSegmenter
 from tfsky.progress import Once
-from tfsky.tiling import (TilingConfig, auto_tiling_message, available_memory, choose_tiling, compiled_forward, model_tiling,
-                          sliding_window_inference)
+from tfsky.tiling import (
+    TilingConfig,
+    auto_tiling_message,
+    available_memory,
+    choose_tiling,
+    compiled_forward,
+    model_tiling,
+    sliding_window_inference,
+)
 from tfsky.train.config import TranslatorConfig, trained_config
 
 _BAND = 512  # rows blended at a time: no full-size float temporary for the composite
@@ -73,8 +80,15 @@ class TiledTranslator:
             downscaled frames. Defaults to False.
     """
 
-    def __init__(self, model: tf.keras.Model, info: ModelInfo, tiling: TilingConfig | None = None,
-                 sample: bool = False, native_scale: bool = False, path: str | Path = "model"):
+    def __init__(
+        self,
+        model: tf.keras.Model,
+        info: ModelInfo,
+        tiling: TilingConfig | None = None,
+        sample: bool = False,
+        native_scale: bool = False,
+        path: str | Path = "model",
+    ):
         self.info = info
         trained = trained_config(info, TranslatorConfig, path)
         self.working_side = None if native_scale else trained.data.load_size
@@ -87,8 +101,9 @@ class TiledTranslator:
         self._forward = compiled_forward(model, info.in_channels)
 
     @classmethod
-    def load(cls, path: str | Path, tiling: TilingConfig | None = None, sample: bool = False,
-             native_scale: bool = False) -> "TiledTranslator":
+    def load(
+        cls, path: str | Path, tiling: TilingConfig | None = None, sample: bool = False, native_scale: bool = False
+    ) -> "TiledTranslator":
         """Load a translator model file (``.keras`` + sidecar); a segmenter file is an `InputError`."""
         model, info = load_model(path, kind=ModelKind.TRANSLATOR)
         return cls(model, info, tiling, sample, native_scale, path)
@@ -101,8 +116,10 @@ class TiledTranslator:
     def check(self, image: np.ndarray, source: str | Path = "image") -> None:
         """Raise `InputError` unless ``image`` is what the model was trained on: uint8 H x W x C."""
         if image.ndim != 3 or image.shape[-1] != self.info.in_channels or image.dtype != np.uint8:
-            raise InputError(source, f"the translator takes 8-bit {self.info.in_channels}-channel images, "
-                             f"got {image.dtype} {image.shape}")
+            raise InputError(
+                source,
+                f"the translator takes 8-bit {self.info.in_channels}-channel images, got {image.dtype} {image.shape}",
+            )
 
     def translate(self, image: np.ndarray, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
         """Float32 [H, W, 3] in [0, 1]: the whole ``image`` (uint8 [H, W, 3]) in the target weather.
@@ -112,8 +129,12 @@ class TiledTranslator:
         self.check(image)
         height, width = image.shape[:2]
         working = resize_shorter_side(image, self.working_side) if self.working_side else image
-        tiling = choose_tiling(self.requested, self.multiple, working.shape[:2],  # `tile: auto`, as tfsky predict
-                               available_memory(self.requested.memory_budget))
+        tiling = choose_tiling(
+            self.requested,
+            self.multiple,
+            working.shape[:2],  # `tile: auto`, as tfsky predict
+            available_memory(self.requested.memory_budget),
+        )
         self.announce(auto_tiling_message(tiling, working.shape[:2], self.requested, self.multiple))
         out = sliding_window_inference(working, self.predict_tiles, tiling, progress=progress, multiple=self.multiple)
         if out.shape[:2] != (height, width):
@@ -206,8 +227,10 @@ class TranslateConfig:
     def validate(self) -> None:
         options = self.composite
         if options.enabled and options.mask is None and options.segmenter is None:
-            raise ConfigError("composite", "needs a sky source: composite.mask or composite.segmenter "
-                              "(--mask CAMERA_MASK or --segmenter MODEL)")
+            raise ConfigError(
+                "composite",
+                "needs a sky source: composite.mask or composite.segmenter (--mask CAMERA_MASK or --segmenter MODEL)",
+            )
 
 
 def translate_images(
@@ -241,8 +264,14 @@ def translate_images(
         InputError: the model, the output folder or the composite's mask or segmenter cannot be used.
             Problems with single images are reported, not raised.
     """
-    return run_job(TranslateTask(model_path, config or TranslateConfig()), inputs, out_dir, overwrite=overwrite,
-                   listener=listener, engine=engine)
+    return run_job(
+        TranslateTask(model_path, config or TranslateConfig()),
+        inputs,
+        out_dir,
+        overwrite=overwrite,
+        listener=listener,
+        engine=engine,
+    )
 
 
 class TranslateTask(Task):

@@ -42,8 +42,17 @@ from flask import Flask, jsonify, request, send_file, send_from_directory
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from tfsky.config import quoted
-from tfsky.data.streams import (CONDITIONS, EditError, StaleVersion, Stream, apply_edit, manifest_files,
-                                read_manifest, undo_edit, update_manifest)
+from tfsky.data.streams import (
+    CONDITIONS,
+    EditError,
+    StaleVersion,
+    Stream,
+    apply_edit,
+    manifest_files,
+    read_manifest,
+    undo_edit,
+    update_manifest,
+)
 from tfsky.errors import TfskyError
 from tfsky.review.demo import FrameDemo
 from tfsky.review.thumbnails import camera_mask_of, ensure_thumbnail, warm_thumbnails
@@ -67,8 +76,12 @@ def stream_ids(manifests: Path) -> dict[str, Path]:
     return {path.parent.name: path for path in manifest_files(manifests)}
 
 
-def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = None,
-               hosts: Collection[str] = ("localhost", "127.0.0.1")) -> Flask:
+def create_app(
+    manifests: Path,
+    warm: bool = True,
+    demo: Optional[FrameDemo] = None,
+    hosts: Collection[str] = ("localhost", "127.0.0.1"),
+) -> Flask:
     """The app over the manifests in ``manifests``.
 
     With ``warm``, missing thumbnails are made in the background; ``demo``
@@ -110,11 +123,17 @@ def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = N
     @app.before_request
     def own_page_only():
         if request.host not in app.config["REVIEW_HOSTS"]:
-            raise ApiError(403, f"Host {quoted(request.host)} is not an address of this review server "
-                                f"({', '.join(sorted(app.config['REVIEW_HOSTS']))})")
+            raise ApiError(
+                403,
+                f"Host {quoted(request.host)} is not an address of this review server "
+                f"({', '.join(sorted(app.config['REVIEW_HOSTS']))})",
+            )
         if request.method not in SAFE_METHODS and request.headers.get("Origin") != f"http://{request.host}":
-            raise ApiError(403, f"changes are accepted only from this server's page (Origin http://{request.host}); "
-                                f"got Origin {quoted(request.headers.get('Origin'))}")
+            raise ApiError(
+                403,
+                f"changes are accepted only from this server's page (Origin http://{request.host}); "
+                f"got Origin {quoted(request.headers.get('Origin'))}",
+            )
 
     @app.errorhandler(ApiError)
     def api_error(err: ApiError):
@@ -156,8 +175,15 @@ def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = N
         rows = []
         for stream_id, path in index.items():
             stream = read_manifest(path)
-            rows.append({"id": stream_id, "camera": stream.camera, "frames": len(stream.frames),
-                         "left": left_to_review(stream), "version": stream.version})
+            rows.append(
+                {
+                    "id": stream_id,
+                    "camera": stream.camera,
+                    "frames": len(stream.frames),
+                    "left": left_to_review(stream),
+                    "version": stream.version,
+                }
+            )
         return jsonify(rows)
 
     @app.get("/api/streams/<stream_id>")
@@ -206,8 +232,11 @@ def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = N
     def demo_panel(stream_id: str, panel: str, file: str):
         path, frame = frame_path(stream_id, file)
         if panel not in panels:
-            given = f"this server makes {', '.join(panels)}" if panels else "start the server with --segmenter " \
-                "and/or --translator"
+            given = (
+                f"this server makes {', '.join(panels)}"
+                if panels
+                else "start the server with --segmenter and/or --translator"
+            )
             raise ApiError(404, f"no {panel!r} panel: {given}")
         assert demo is not None  # (without one there are no panels)
         return send_file(demo.panel(path, frame, panel), mimetype="image/jpeg", max_age=3600)
@@ -222,8 +251,14 @@ def create_app(manifests: Path, warm: bool = True, demo: Optional[FrameDemo] = N
     return app
 
 
-def review_server(manifests: Path, host: str = "127.0.0.1", port: int = 0, warm: bool = True,
-                  demo: Optional[FrameDemo] = None, read_timeout: float = READ_TIMEOUT):
+def review_server(
+    manifests: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    warm: bool = True,
+    demo: Optional[FrameDemo] = None,
+    read_timeout: float = READ_TIMEOUT,
+):
     """A threaded WSGI server for the app (``port`` 0 picks a free one: ``server.server_port``).
 
     It answers only ``Host`` values naming it (loopback names and ``host``, with the bound port).

@@ -10,9 +10,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,900")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,900",
+)
 
 
 def missing_browser() -> str:
@@ -20,7 +28,7 @@ def missing_browser() -> str:
     absent = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
     if not absent:
         return ""
-    return (f"{' and '.join(absent)} not found on PATH (apt-get install chromium chromium-driver)")
+    return f"{' and '.join(absent)} not found on PATH (apt-get install chromium chromium-driver)"
 
 
 def headless_chromium(profile: Path):

@@ -69,7 +69,8 @@ def ensure_thumbnail(manifest: Path, frame_path: Path, camera_mask: Optional[Pat
 def warm_thumbnails(jobs: Iterable[tuple[Path, Path]]) -> threading.Thread:
     """Make the missing thumbnails of ``(manifest, frame path)`` jobs in a background thread."""
     jobs = list(jobs)
-    thread = threading.Thread(target=lambda: [ensure_thumbnail(m, f) for m, f in jobs], daemon=True,
-                              name="tfsky-thumbnails")
+    thread = threading.Thread(
+        target=lambda: [ensure_thumbnail(m, f) for m, f in jobs], daemon=True, name="tfsky-thumbnails"
+    )
     thread.start()
     return thread

@@ -25,9 +25,17 @@ from tfsky.serving.client import Client
 from tfsky.serving.segment_jobs import ENCODED_SUFFIXES, ServerSegmentTask
 
 
-def classify_files(client: Client, model: str, inputs: Sequence[Path], out: str | Path, *, version: int | None = None,
-                   label: str | None = None, overwrite: bool = False,
-                   listener: Optional[Listener] = None) -> Report:
+def classify_files(
+    client: Client,
+    model: str,
+    inputs: Sequence[Path],
+    out: str | Path,
+    *,
+    version: int | None = None,
+    label: str | None = None,
+    overwrite: bool = False,
+    listener: Optional[Listener] = None,
+) -> Report:
     """Classify every image of ``inputs`` through ``client`` into ``out``; see the module docstring.
 
     As for segmentation (`tfsky.serving.segment_jobs.segment_files`), a bad file or an image the server refuses is
@@ -57,9 +65,18 @@ class ServerClassifyTask(Task):
             image = read_ldr(path)
             (height, width), encoded = image.shape[:2], tf.io.encode_png(image).numpy()
         answer = self.client.classify_image(self.model, encoded, version=self.version, label=self.label)
-        write_json(outputs[0], {
-            "source": str(path), "height": int(height), "width": int(width), **classification(answer.probabilities),
-            "server": self.client.server, "model": self.model, "version": answer.version, "label": self.label,
-        })
+        write_json(
+            outputs[0],
+            {
+                "source": str(path),
+                "height": int(height),
+                "width": int(width),
+                **classification(answer.probabilities),
+                "server": self.client.server,
+                "model": self.model,
+                "version": answer.version,
+                "label": self.label,
+            },
+        )
 
     stops_the_job = ServerSegmentTask.stops_the_job  # the same rule: only a refused image lets the job go on

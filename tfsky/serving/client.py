@@ -57,8 +57,12 @@ CLASSIFY_SIGNATURE = "classify_image"  # what a served weather classifier has (`
 CLOUD_SIGNATURE = "predict_cloud"  # what a served cloud model has besides predict_image
 COLORIZE_SIGNATURE = "colorize_image"  # what a served colorizer has (`tfsky.export.colorize`)
 # The signature that tells each kind of export apart, most specific first (a cloud model has predict_image too).
-_KIND_SIGNATURES = ((ModelKind.CLASSIFIER, CLASSIFY_SIGNATURE), (ModelKind.COLORIZER, COLORIZE_SIGNATURE),
-                    (ModelKind.CLOUD, CLOUD_SIGNATURE), (ModelKind.SEGMENTER, "predict_image"))
+_KIND_SIGNATURES = (
+    (ModelKind.CLASSIFIER, CLASSIFY_SIGNATURE),
+    (ModelKind.COLORIZER, COLORIZE_SIGNATURE),
+    (ModelKind.CLOUD, CLOUD_SIGNATURE),
+    (ModelKind.SEGMENTER, "predict_image"),
+)
 _STATES = get_model_status_pb2.ModelVersionStatus.State
 
 
@@ -148,54 +152,71 @@ class Client:
 
     # ----------------------------------------------------------------- predictions
 
-    def predict_image(self, model: str, image_bytes: bytes, *, version: int | None = None,
-                      label: str | None = None) -> ImagePrediction:
+    def predict_image(
+        self, model: str, image_bytes: bytes, *, version: int | None = None, label: str | None = None
+    ) -> ImagePrediction:
         """Segment one encoded PNG/JPEG of any size on the server (``predict_image`` signature)."""
         inputs = {"image_bytes": np.array([image_bytes], dtype=object)}
-        return self._image_prediction(*self._predict(model, "predict_image", inputs, _IMAGE_OUTPUTS, version, label,
-                                                   rest_version=True))
+        return self._image_prediction(
+            *self._predict(model, "predict_image", inputs, _IMAGE_OUTPUTS, version, label, rest_version=True)
+        )
 
-    def predict_hdr(self, model: str, image: np.ndarray, *, version: int | None = None,
-                    label: str | None = None) -> ImagePrediction:
+    def predict_hdr(
+        self, model: str, image: np.ndarray, *, version: int | None = None, label: str | None = None
+    ) -> ImagePrediction:
         """Segment one float32 [H, W, C] HDR radiance image on the server (``predict_hdr`` signature)."""
         image = np.ascontiguousarray(image, dtype="<f4")
         inputs = {"image_raw": np.array([image.tobytes()], dtype=object), "shape": np.array([image.shape], np.int32)}
-        return self._image_prediction(*self._predict(model, "predict_hdr", inputs, _IMAGE_OUTPUTS, version, label,
-                                                   rest_version=True))
+        return self._image_prediction(
+            *self._predict(model, "predict_hdr", inputs, _IMAGE_OUTPUTS, version, label, rest_version=True)
+        )
 
-    def classify_image(self, model: str, image_bytes: bytes, *, version: int | None = None,
-                       label: str | None = None) -> ImageClassification:
+    def classify_image(
+        self, model: str, image_bytes: bytes, *, version: int | None = None, label: str | None = None
+    ) -> ImageClassification:
         """Class probabilities of one encoded PNG/JPEG of any size from a served weather classifier."""
         inputs = {"image_bytes": np.array([image_bytes], dtype=object)}
-        outputs, answered = self._predict(model, CLASSIFY_SIGNATURE, inputs, _CLASSIFY_OUTPUTS, version, label,
-                                          rest_version=True)
+        outputs, answered = self._predict(
+            model, CLASSIFY_SIGNATURE, inputs, _CLASSIFY_OUTPUTS, version, label, rest_version=True
+        )
         names = [name.decode("utf-8") for name in outputs["class_names"][0]]
         return ImageClassification(dict(zip(names, outputs["probabilities"][0].astype(float).tolist())), answered)
 
-    def predict_cloud(self, model: str, image_bytes: bytes, *, version: int | None = None,
-                      label: str | None = None) -> bytes:
+    def predict_cloud(
+        self, model: str, image_bytes: bytes, *, version: int | None = None, label: str | None = None
+    ) -> bytes:
         """The class mask PNG (255 cloud, 100 clear sky, 0 outside the valid sky) of one encoded frame from a
         served cloud model (``predict_cloud``)."""
         inputs = {"image_bytes": np.array([image_bytes], dtype=object)}
         outputs, _ = self._predict(model, CLOUD_SIGNATURE, inputs, _CLOUD_OUTPUTS, version, label)
         return outputs["class_mask_png_bytes"][0]
 
-    def colorize_image(self, model: str, image_bytes: bytes, *, version: int | None = None,
-                       label: str | None = None) -> bytes:
+    def colorize_image(
+        self, model: str, image_bytes: bytes, *, version: int | None = None, label: str | None = None
+    ) -> bytes:
         """The colour PNG (8-bit RGB, the input's size) of one encoded image from a served colorizer."""
         inputs = {"image_bytes": np.array([image_bytes], dtype=object)}
         outputs, _ = self._predict(model, COLORIZE_SIGNATURE, inputs, _COLORIZE_OUTPUTS, version, label)
         return outputs["png_bytes"][0]
 
-    def predict_tiles(self, model: str, tiles: np.ndarray, *, version: int | None = None,
-                      label: str | None = None) -> np.ndarray:
+    def predict_tiles(
+        self, model: str, tiles: np.ndarray, *, version: int | None = None, label: str | None = None
+    ) -> np.ndarray:
         """Probabilities [B, h, w, K] of normalised float32 tiles [B, h, w, C] (``serving_default``)."""
         inputs = {"tiles": np.asarray(tiles, np.float32)}
         outputs, _ = self._predict(model, "serving_default", inputs, {"probabilities": tf.float32}, version, label)
         return outputs["probabilities"]
 
-    def predict_large(self, model: str, image: np.ndarray, *, preprocess: Preprocess, tiling: TilingConfig,
-                      version: int | None = None, label: str | None = None) -> np.ndarray:
+    def predict_large(
+        self,
+        model: str,
+        image: np.ndarray,
+        *,
+        preprocess: Preprocess,
+        tiling: TilingConfig,
+        version: int | None = None,
+        label: str | None = None,
+    ) -> np.ndarray:
         """Probabilities [H, W, K] of a large [H, W, C] image tiled on the client, one request per tile batch.
 
         Args:
@@ -206,6 +227,7 @@ class Client:
             version: int. Version to use. Defaults to None (newest).
             label: str. Version label to use instead. Defaults to None.
         """
+
         def predict_batch(tiles: np.ndarray) -> np.ndarray:
             normalised = preprocess.apply(tiles).numpy()
             return self.predict_tiles(model, normalised, version=version, label=label)
@@ -243,8 +265,11 @@ class Client:
         for kind, signature in _KIND_SIGNATURES:
             if signature in names:
                 return kind
-        raise ServingRequestError(self.server, grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"model '{model}' is not a tfsky export (signatures: {', '.join(sorted(names))})")
+        raise ServingRequestError(
+            self.server,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"model '{model}' is not a tfsky export (signatures: {', '.join(sorted(names))})",
+        )
 
     def serving_version(self, model: str, *, label: str | None = None) -> int:
         """The version that answers requests for ``model`` (its newest, or ``label``'s) right now (GetModelMetadata)."""
@@ -270,12 +295,15 @@ class Client:
     def _base(self) -> str:
         return f"http://{self.server}"
 
-    def _predict(self, model, signature, inputs, outputs, version, label,
-                 rest_version: bool = False) -> tuple[dict[str, np.ndarray], int | None]:
+    def _predict(
+        self, model, signature, inputs, outputs, version, label, rest_version: bool = False
+    ) -> tuple[dict[str, np.ndarray], int | None]:
         """``(outputs, version that answered)``; over REST the version asked for, or (``rest_version``) looked up."""
         if self.rest:
-            body = {"signature_name": signature,
-                    "inputs": {name: rest.encode_value(name, value) for name, value in inputs.items()}}
+            body = {
+                "signature_name": signature,
+                "inputs": {name: rest.encode_value(name, value) for name, value in inputs.items()},
+            }
             url = rest.model_url(self._base, model, version, label, ":predict")
             arrays = rest.parse_outputs(self._call(lambda: self._http("POST", url, body)), outputs)
             if version is None and rest_version:  # one GET per image; tile batches do without
@@ -317,16 +345,21 @@ class Client:
         except (urllib.error.URLError, ConnectionError) as err:
             raise _Failed(grpc.StatusCode.UNAVAILABLE, str(getattr(err, "reason", err))) from None
         except (http.client.HTTPException, ValueError) as err:  # e.g. the gRPC port, or not TF Serving at all
-            raise _Failed(grpc.StatusCode.UNKNOWN, f"not a TF Serving REST answer ({type(err).__name__}); "
-                          "is this the REST port?") from None
+            raise _Failed(
+                grpc.StatusCode.UNKNOWN, f"not a TF Serving REST answer ({type(err).__name__}); is this the REST port?"
+            ) from None
 
     @staticmethod
     def _image_prediction(outputs: dict[str, np.ndarray], version: int | None) -> ImagePrediction:
         """The first (only) image of a ``predict_image``/``predict_hdr`` answer, probability decoded to float32."""
         probability_png = outputs["probability_png_bytes"][0]
         probability = tf.io.decode_png(probability_png, dtype=tf.uint16).numpy()[..., 0].astype(np.float32) / 65535.0
-        return ImagePrediction(mask_png=outputs["mask_png_bytes"][0], probability=probability,
-                               sky_fraction=float(outputs["sky_fraction"][0]), version=version)
+        return ImagePrediction(
+            mask_png=outputs["mask_png_bytes"][0],
+            probability=probability,
+            sky_fraction=float(outputs["sky_fraction"][0]),
+            version=version,
+        )
 
 
 def _fill_spec(spec, model: str, version: int | None, label: str | None, signature: str = "") -> None:

@@ -19,16 +19,25 @@ from tfsky.serving.client import Client
 from tfsky.serving.segment_jobs import ServerSegmentTask, encoded_ldr
 
 
-def colorize_files(client: Client, model: str, inputs: Sequence[Path], out: str | Path, *, version: int | None = None,
-                   label: str | None = None, overwrite: bool = False,
-                   listener: Optional[Listener] = None) -> Report:
+def colorize_files(
+    client: Client,
+    model: str,
+    inputs: Sequence[Path],
+    out: str | Path,
+    *,
+    version: int | None = None,
+    label: str | None = None,
+    overwrite: bool = False,
+    listener: Optional[Listener] = None,
+) -> Report:
     """Colorize every image of ``inputs`` through ``client`` into ``out``; see the module docstring.
 
     As for segmentation (`tfsky.serving.segment_jobs.segment_files`), a bad file or an image the server refuses is
     recorded in the report and the job goes on; other server failures stop it.
     """
-    return run_job(ServerColorizeTask(client, model, version, label), inputs, out, overwrite=overwrite,
-                   listener=listener)
+    return run_job(
+        ServerColorizeTask(client, model, version, label), inputs, out, overwrite=overwrite, listener=listener
+    )
 
 
 class ServerColorizeTask(Task):

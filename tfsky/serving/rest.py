@@ -105,7 +105,7 @@ def predict_response(outputs: dict[str, np.ndarray], row_format: bool) -> dict[s
     named = len(outputs) > 1
     if not row_format:
         if not named:
-            (name, value), = outputs.items()
+            ((name, value),) = outputs.items()
             return {"outputs": encode_value(name, value)}
         return {"outputs": {name: encode_value(name, value) for name, value in outputs.items()}}
     if any(np.ndim(value) == 0 for value in outputs.values()):

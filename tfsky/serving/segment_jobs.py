@@ -98,8 +98,7 @@ class ServerSegmentTask(Task):
     """Mask, probability map and sidecar of one image (and a cloud model's class mask), predicted by a server
     (runs on the local engine only)."""
 
-    def __init__(self, client: Client, model: str, version: int | None, label: str | None, tiled,
-                 cloud: bool = False):
+    def __init__(self, client: Client, model: str, version: int | None, label: str | None, tiled, cloud: bool = False):
         self.client, self.model, self.version, self.label, self.tiled = client, model, version, label, tiled
         self.cloud = cloud
 
@@ -154,8 +153,11 @@ def _cloud_prediction(prediction: ImagePrediction, classes_png: bytes, source: P
     cover["timestamp"] = timestamp_from_name(source.name)
     mask = np.where(valid, tf.io.decode_png(prediction.mask_png).numpy()[..., 0], 0).astype(np.uint8)
     probability = np.where(valid, prediction.probability, np.float32(0))
-    return prediction._replace(mask_png=tf.io.encode_png(mask[..., None]).numpy(), probability=probability,
-                               sky_fraction=np.count_nonzero(mask) / mask.size), cover
+    return prediction._replace(
+        mask_png=tf.io.encode_png(mask[..., None]).numpy(),
+        probability=probability,
+        sky_fraction=np.count_nonzero(mask) / mask.size,
+    ), cover
 
 
 def _client_tiling(version_dir: Path) -> tuple[ModelInfo, TilingConfig, float]:
@@ -163,8 +165,9 @@ def _client_tiling(version_dir: Path) -> tuple[ModelInfo, TilingConfig, float]:
     info = ModelInfo.from_json(metadata["model"])
     require_kind(info, version_dir, ModelKind.SEGMENTER)
     if info.kind is ModelKind.CLOUD:
-        raise InputError(version_dir, "is a cloud model: client-side tiling (--tiles) draws a 1-class sky mask; "
-                         "omit --tiles")
+        raise InputError(
+            version_dir, "is a cloud model: client-side tiling (--tiles) draws a 1-class sky mask; omit --tiles"
+        )
     return info, TilingConfig(**metadata["tiling"]), metadata["mask_threshold"]
 
 
@@ -172,12 +175,14 @@ def _segment(client: Client, model: str, path: Path, version, label, tiled) -> I
     if tiled is not None:
         info, tiling, threshold = tiled
         image = read_image(path, channels=info.in_channels)
-        prob = client.predict_large(model, image, preprocess=info.preprocess, tiling=tiling,
-                                    version=version, label=label)[..., 0]
+        prob = client.predict_large(
+            model, image, preprocess=info.preprocess, tiling=tiling, version=version, label=label
+        )[..., 0]
         mask = sky_mask(prob, threshold)
         answered = version if version is not None else client.serving_version(model, label=label)
-        return ImagePrediction(tf.io.encode_png(mask[..., None].astype(np.uint8) * 255).numpy(), prob, float(mask.mean()),
-                               answered)
+        return ImagePrediction(
+            tf.io.encode_png(mask[..., None].astype(np.uint8) * 255).numpy(), prob, float(mask.mean()), answered
+        )
     if path.suffix.lower() in ENCODED_SUFFIXES:
         return client.predict_image(model, encoded_ldr(path, "segmenter"), version=version, label=label)
     image = read_image(path)
@@ -186,14 +191,25 @@ def _segment(client: Client, model: str, path: Path, version, label, tiled) -> I
     return client.predict_image(model, tf.io.encode_png(image).numpy(), version=version, label=label)
 
 
-def _write(outputs: tuple[Path, ...], source: Path, prediction: ImagePrediction, server: str, model: str,
-           label, **facts) -> None:
+def _write(
+    outputs: tuple[Path, ...], source: Path, prediction: ImagePrediction, server: str, model: str, label, **facts
+) -> None:
     """Write the mask and the probability map, then the sidecar (with ``facts``) that marks the image complete."""
     mask_path, prob_path, sidecar_path = outputs
     height, width = prediction.probability.shape
     write_bytes(mask_path, prediction.mask_png)
     write_probability_png(prob_path, prediction.probability)
-    write_json(sidecar_path, {
-        "source": str(source), "server": server, "model": model, "version": prediction.version, "label": label,
-        "height": height, "width": width, "sky_fraction": prediction.sky_fraction, **facts,
-    })
+    write_json(
+        sidecar_path,
+        {
+            "source": str(source),
+            "server": server,
+            "model": model,
+            "version": prediction.version,
+            "label": label,
+            "height": height,
+            "width": width,
+            "sky_fraction": prediction.sky_fraction,
+            **facts,
+        },
+    )

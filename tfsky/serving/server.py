@@ -210,8 +210,9 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
         lengths = self.headers.get_all("Content-Length") or []
         if len(lengths) != 1 or not _DIGITS.fullmatch(lengths[0].strip()):
             self.close_connection = self.body_unread = True  # where the next request starts is unknown
-            raise _HttpError(400, f"invalid Content-Length {', '.join(lengths) or '(missing)'}: "
-                             "one non-negative integer is required")
+            raise _HttpError(
+                400, f"invalid Content-Length {', '.join(lengths) or '(missing)'}: one non-negative integer is required"
+            )
         length, limit = int(lengths[0]), self.server.max_body_bytes
         if length > limit:
             self.close_connection = self.body_unread = True
@@ -350,15 +351,18 @@ class DevServer:
             futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tfsky-grpc"),
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
         )
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.repository), self._grpc)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.repository), self._grpc
+        )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.repository), self._grpc)
         port = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
         if port == 0:
             raise TfskyError(f"cannot bind gRPC port {self.host}:{self.grpc_port} (in use?)")
         self.grpc_port = port
         try:
-            self._http = _RestServer((self.host, self.rest_port), self.repository, self.max_message_bytes,
-                                     self.read_timeout)
+            self._http = _RestServer(
+                (self.host, self.rest_port), self.repository, self.max_message_bytes, self.read_timeout
+            )
         except OSError as err:
             raise TfskyError(f"cannot bind REST port {self.host}:{self.rest_port} ({err.strerror})") from None
         self.rest_port = self._http.server_address[1]

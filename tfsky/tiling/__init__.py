@@ -50,22 +50,79 @@ the way in:
 from __future__ import annotations
 
 from tfsky.tiling.announce import auto_tiling_message
-from tfsky.tiling.auto import (CPU_MEMORY_BUDGET_GB, FORWARD_BYTES_PER_PIXEL, IMAGE_BYTES, MAX_AUTO_TILE, MIN_AUTO_TILE,
-                               RUNTIME_BYTES, available_memory, choose_tiling)
-from tfsky.tiling.config import (AUTO, AUTO_OVERLAP_PX, Resolution, TilingConfig, Tta, model_tiling, overlap_of,
-                                 resolved_tile)
-from tfsky.tiling.grid import (computed_pixels, count_tiles, overlap_pixels, reflect_indices, tile_axis, tile_starts,
-                               tile_stride)
-from tfsky.tiling.inference import (PredictBatch, compiled_forward, sliding_window_graph, sliding_window_inference,
-                                    with_tta)
+from tfsky.tiling.auto import (
+    CPU_MEMORY_BUDGET_GB,
+    FORWARD_BYTES_PER_PIXEL,
+    IMAGE_BYTES,
+    MAX_AUTO_TILE,
+    MIN_AUTO_TILE,
+    RUNTIME_BYTES,
+    available_memory,
+    choose_tiling,
+)
+from tfsky.tiling.config import (
+    AUTO,
+    AUTO_OVERLAP_PX,
+    Resolution,
+    TilingConfig,
+    Tta,
+    model_tiling,
+    overlap_of,
+    resolved_tile,
+)
+from tfsky.tiling.grid import (
+    computed_pixels,
+    count_tiles,
+    overlap_pixels,
+    reflect_indices,
+    tile_axis,
+    tile_starts,
+    tile_stride,
+)
+from tfsky.tiling.inference import (
+    PredictBatch,
+    compiled_forward,
+    sliding_window_graph,
+    sliding_window_inference,
+    with_tta,
+)
 from tfsky.tiling.seams import seam_score
 from tfsky.tiling.windows import WINDOWS, Window, blend_window, weight_profile, window_tensor
 
 __all__ = [
-    "AUTO", "AUTO_OVERLAP_PX", "CPU_MEMORY_BUDGET_GB", "FORWARD_BYTES_PER_PIXEL", "IMAGE_BYTES", "MAX_AUTO_TILE",
-    "MIN_AUTO_TILE", "RUNTIME_BYTES", "WINDOWS", "PredictBatch", "Resolution", "TilingConfig", "Tta", "Window",
-    "auto_tiling_message", "available_memory", "blend_window", "choose_tiling", "compiled_forward", "computed_pixels",
-    "count_tiles", "model_tiling", "overlap_of", "overlap_pixels", "reflect_indices", "resolved_tile", "seam_score",
-    "sliding_window_graph", "sliding_window_inference", "tile_axis", "tile_starts", "tile_stride", "weight_profile",
-    "window_tensor", "with_tta",
+    "AUTO",
+    "AUTO_OVERLAP_PX",
+    "CPU_MEMORY_BUDGET_GB",
+    "FORWARD_BYTES_PER_PIXEL",
+    "IMAGE_BYTES",
+    "MAX_AUTO_TILE",
+    "MIN_AUTO_TILE",
+    "RUNTIME_BYTES",
+    "WINDOWS",
+    "PredictBatch",
+    "Resolution",
+    "TilingConfig",
+    "Tta",
+    "Window",
+    "auto_tiling_message",
+    "available_memory",
+    "blend_window",
+    "choose_tiling",
+    "compiled_forward",
+    "computed_pixels",
+    "count_tiles",
+    "model_tiling",
+    "overlap_of",
+    "overlap_pixels",
+    "reflect_indices",
+    "resolved_tile",
+    "seam_score",
+    "sliding_window_graph",
+    "sliding_window_inference",
+    "tile_axis",
+    "tile_starts",
+    "tile_stride",
+    "weight_profile",
+    "window_tensor",
+    "with_tta",
 ]

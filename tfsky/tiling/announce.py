@@ -9,8 +9,9 @@ from tfsky.tiling.config import AUTO, TilingConfig, overlap_of, resolved_tile
 from tfsky.tiling.grid import count_tiles, tile_stride
 
 
-def auto_tiling_message(tiling: TilingConfig, size: tuple[int, int], requested: TilingConfig,
-                        multiple: int) -> Optional[str]:
+def auto_tiling_message(
+    tiling: TilingConfig, size: tuple[int, int], requested: TilingConfig, multiple: int
+) -> Optional[str]:
     """The line that tells what ``tile: auto`` chose for a ``size`` image cut into several tiles; None for
     explicit tiles, or for an image that is one tile. The object that chose the tiling logs it once
     (`tfsky.progress.Once`)."""
@@ -21,6 +22,8 @@ def auto_tiling_message(tiling: TilingConfig, size: tuple[int, int], requested: 
         return None
     where = f"{size[1]}x{size[0]} images"
     pixels = tile * tile * tiling.tile_batch
-    return (f"tiling auto: tile {tile}, overlap {tile - tile_stride(tile, overlap)} px, "
-            f"tile batch {tiling.tile_batch} for {where} ({pixels * FORWARD_BYTES_PER_PIXEL / 1e9:.2f} GB per call; "
-            f"memory budget {requested.memory_budget or CPU_MEMORY_BUDGET_GB} GB)")
+    return (
+        f"tiling auto: tile {tile}, overlap {tile - tile_stride(tile, overlap)} px, "
+        f"tile batch {tiling.tile_batch} for {where} ({pixels * FORWARD_BYTES_PER_PIXEL / 1e9:.2f} GB per call; "
+        f"memory budget {requested.memory_budget or CPU_MEMORY_BUDGET_GB} GB)"
+    )

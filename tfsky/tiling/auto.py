@@ -80,8 +80,13 @@ def _gpu_free_bytes() -> Optional[float]:
     import subprocess
 
     try:
-        answer = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
-                                capture_output=True, text=True, timeout=10, check=True)
+        answer = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return float(answer.stdout.split()[0]) * 2**20
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None

@@ -104,8 +104,9 @@ def model_tiling(tiling: Optional[TilingConfig], model_tile: int, multiple: int,
     except ConfigError as err:
         raise ConfigError(f"tiling.{err.key}", err.problem) from None
     if isinstance(resolved.tile, int) and resolved.tile % multiple:  # (None became the model's tile)
-        raise ConfigError("tiling.tile",
-                          f"must be a multiple of {multiple} for this {model} model; got {resolved.tile}")
+        raise ConfigError(
+            "tiling.tile", f"must be a multiple of {multiple} for this {model} model; got {resolved.tile}"
+        )
     return resolved
 
 

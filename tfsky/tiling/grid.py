@@ -61,8 +61,9 @@ def tile_axis(length, tile: int, overlap: float, multiple: Optional[int] = None)
 
 def count_tiles(height: int, width: int, tile: int, overlap: float, multiple: Optional[int] = None) -> int:
     """Number of tiles `sliding_window_inference` cuts from a ``height x width`` image."""
-    return int(tf.size(tile_axis(height, tile, overlap, multiple)[0])
-               * tf.size(tile_axis(width, tile, overlap, multiple)[0]))
+    return int(
+        tf.size(tile_axis(height, tile, overlap, multiple)[0]) * tf.size(tile_axis(width, tile, overlap, multiple)[0])
+    )
 
 
 def computed_pixels(height: int, width: int, tile: int, overlap: float, multiple: Optional[int] = None) -> int:

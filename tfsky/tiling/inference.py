@@ -85,7 +85,8 @@ def sliding_window_inference(
     tile, overlap = resolved_tile(tiling), overlap_of(tiling)
     height, width = image.shape[:2]
     (starts_y, last_y, padded_h), (starts_x, last_x, padded_w) = (
-        [np.asarray(value) for value in tile_axis(length, tile, overlap, multiple)] for length in (height, width))
+        [np.asarray(value) for value in tile_axis(length, tile, overlap, multiple)] for length in (height, width)
+    )
     padded = _reflect_pad(image, int(padded_h), int(padded_w))
     rows = [(y, tile) for y in starts_y[:-1]] + [(starts_y[-1], int(last_y))]
     cols = [(x, tile) for x in starts_x[:-1]] + [(starts_x[-1], int(last_x))]
@@ -109,8 +110,10 @@ def sliding_window_inference(
             done += len(batch_origins)
             if progress is not None:
                 progress(done, count)
-    profiles = [weight_profile(starts, length, windows[tile], windows[last]).numpy()
-                for starts, length, last in ((starts_y, padded_h, int(last_y)), (starts_x, padded_w, int(last_x)))]
+    profiles = [
+        weight_profile(starts, length, windows[tile], windows[last]).numpy()
+        for starts, length, last in ((starts_y, padded_h, int(last_y)), (starts_x, padded_w, int(last_x)))
+    ]
     assert total is not None  # an image has at least one tile
     _divide_by_weights(total, *profiles)
     if total.shape[:2] != (height, width):
@@ -127,8 +130,9 @@ def _reflect_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return image[rows][:, cols]
 
 
-def _tile_batches(image: np.ndarray, origins, height: int, width: int,
-                  tile_batch: int) -> Iterator[tuple[list, np.ndarray]]:
+def _tile_batches(
+    image: np.ndarray, origins, height: int, width: int, tile_batch: int
+) -> Iterator[tuple[list, np.ndarray]]:
     """Yield ``(origins, tiles)`` batches of ``tile_batch`` tiles of ``height x width``, cut lazily in raster order."""
     for first in range(0, len(origins), tile_batch):
         batch = origins[first : first + tile_batch]
@@ -141,8 +145,9 @@ def _divide_by_weights(total: np.ndarray, weights_y: np.ndarray, weights_x: np.n
         total[row : row + band] /= (weights_y[row : row + band, None] * weights_x[None, :])[..., None]
 
 
-def sliding_window_graph(image: tf.Tensor, predict_batch: PredictBatch, tiling: TilingConfig,
-                         multiple: Optional[int] = None) -> tf.Tensor:
+def sliding_window_graph(
+    image: tf.Tensor, predict_batch: PredictBatch, tiling: TilingConfig, multiple: Optional[int] = None
+) -> tf.Tensor:
     """The same tiled prediction in TensorFlow ops only: [H, W, C] -> float32 [H, W, K].
 
     Usable inside a ``tf.function`` whose input has unknown height and width
@@ -188,8 +193,14 @@ def sliding_window_graph(image: tf.Tensor, predict_batch: PredictBatch, tiling: 
             positions, weighted = weighted_batch(origins, offsets, window_2d, first)
             return first + tile_batch, tf.tensor_scatter_nd_add(total, positions, weighted)
 
-        _, total = tf.while_loop(lambda first, _, origins=origins: first < tf.shape(origins)[0], body,
-                                 (tf.constant(0), total), parallel_iterations=1)
-    weights = weight_profile(starts_y, padded_h, window, window_y)[:, None] * weight_profile(
-        starts_x, padded_w, window, window_x)[None, :]
+        _, total = tf.while_loop(
+            lambda first, _, origins=origins: first < tf.shape(origins)[0],
+            body,
+            (tf.constant(0), total),
+            parallel_iterations=1,
+        )
+    weights = (
+        weight_profile(starts_y, padded_h, window, window_y)[:, None]
+        * weight_profile(starts_x, padded_w, window, window_x)[None, :]
+    )
     return (total / weights[..., None])[:height, :width]

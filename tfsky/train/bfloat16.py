@@ -49,6 +49,11 @@ def check_bfloat16(model_path: str | Path, cfg: SegmenterConfig, progress: Optio
 def validation_batches(cfg: SegmenterConfig, batch_size: Optional[int] = None) -> tf.data.Dataset:
     """The validation batches training measures the model on (``train.validation_steps`` batches of
     ``batch_size``, default one replica's ``train.batch_size``)."""
-    return pipeline.segmentation_dataset(cfg.data, "val", batch_size or cfg.train.batch_size,
-                                         classes=cfg.model.classes, seed=cfg.train.seed,
-                                         max_batches=cfg.train.validation_steps)
+    return pipeline.segmentation_dataset(
+        cfg.data,
+        "val",
+        batch_size or cfg.train.batch_size,
+        classes=cfg.model.classes,
+        seed=cfg.train.seed,
+        max_batches=cfg.train.validation_steps,
+    )

@@ -46,9 +46,11 @@ class GateFit:
 
     def summary(self) -> str:
         gate = "none (no threshold beats the ungated model)" if self.threshold is None else f"{self.threshold:.2f}"
-        return (f"chroma gate {gate}, fitted on {self.images} training images: {self.gated} grey; mean PSNR "
-                f"{self.gated_psnr:.2f} dB gated, {self.model_psnr:.2f} ungated, {self.grey_psnr:.2f} grey "
-                f"({self.seconds:.0f} s)")
+        return (
+            f"chroma gate {gate}, fitted on {self.images} training images: {self.gated} grey; mean PSNR "
+            f"{self.gated_psnr:.2f} dB gated, {self.model_psnr:.2f} ungated, {self.grey_psnr:.2f} grey "
+            f"({self.seconds:.0f} s)"
+        )
 
 
 def best_gate_threshold(chroma, model_psnr, grey_psnr) -> Optional[float]:
@@ -66,8 +68,9 @@ def best_gate_threshold(chroma, model_psnr, grey_psnr) -> Optional[float]:
     return float(candidates[best]) if means[best] > model_psnr.mean() else None
 
 
-def fit_chroma_gate(model_path: Path, tiling: TilingConfig | None = None,
-                    progress: Optional[Progress] = None) -> GateFit:
+def fit_chroma_gate(
+    model_path: Path, tiling: TilingConfig | None = None, progress: Optional[Progress] = None
+) -> GateFit:
     """Fit the chroma gate of the colorizer at ``model_path`` on its training split; store it in the sidecar.
 
     Every training image is colorized at its native size with the gate off, as the evaluation reads it;
@@ -105,5 +108,12 @@ def fit_chroma_gate(model_path: Path, tiling: TilingConfig | None = None,
     info.chroma_gate = threshold
     write_json(info_path(model_path), info.to_json())
     gated = np.asarray(chroma) < (-np.inf if threshold is None else threshold)
-    return GateFit(threshold, len(chroma), int(gated.sum()), float(np.where(gated, grey_psnr, model_psnr).mean()),
-                   float(np.mean(model_psnr)), float(np.mean(grey_psnr)), time.monotonic() - start)
+    return GateFit(
+        threshold,
+        len(chroma),
+        int(gated.sum()),
+        float(np.where(gated, grey_psnr, model_psnr).mean()),
+        float(np.mean(model_psnr)),
+        float(np.mean(grey_psnr)),
+        time.monotonic() - start,
+    )

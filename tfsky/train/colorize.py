@@ -28,8 +28,15 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfsky.config import to_dict
-from tfsky.data.colour import (ab_bin_prior, colour_split, lab_to_rgb, load_frames, model_to_lab, training_dataset,
-                               validation_dataset)
+from tfsky.data.colour import (
+    ab_bin_prior,
+    colour_split,
+    lab_to_rgb,
+    load_frames,
+    model_to_lab,
+    training_dataset,
+    validation_dataset,
+)
 from tfsky.data.pairs import PREPROCESS
 from tfsky.errors import InputError
 from tfsky.models.bundle import ModelInfo, save_model
@@ -49,13 +56,16 @@ def train_colorizer(cfg: TranslatorConfig, *, resume: bool = False, verbose: int
     model_cfg, data = cfg.model.colorize, cfg.data
     split = colour_split(cfg.colour)
     skipped: list[str] = []
-    frames = {name: load_frames(split[name], data.load_size, data.crop_size, model_cfg.generator_size, skipped)
-              for name in ("train", "val")}
+    frames = {
+        name: load_frames(split[name], data.load_size, data.crop_size, model_cfg.generator_size, skipped)
+        for name in ("train", "val")
+    }
     for reason in skipped:
         log.warning("skipped %s", reason)
     if not frames["train"]:
-        raise InputError(cfg.colour.class_folders[0] if cfg.colour.class_folders else "colour.sources",
-                         "no readable training image")
+        raise InputError(
+            cfg.colour.class_folders[0] if cfg.colour.class_folders else "colour.sources", "no readable training image"
+        )
     if not frames["val"]:
         log.warning("no validation images (split by source): validating on the training frames (this measures fit)")
         frames["val"] = frames["train"]
@@ -65,8 +75,9 @@ def train_colorizer(cfg: TranslatorConfig, *, resume: bool = False, verbose: int
     val_frames = frames["val"]
     if cfg.train.validation_steps:
         val_frames = val_frames[: cfg.train.validation_steps * batch_size]
-    train_ds = training_dataset(frames["train"], data.crop_size, model_cfg.generator_size, batch_size, data.flip,
-                                cfg.train.seed)
+    train_ds = training_dataset(
+        frames["train"], data.crop_size, model_cfg.generator_size, batch_size, data.flip, cfg.train.seed
+    )
     val_ds = validation_dataset(val_frames, data.crop_size, batch_size)
     steps = cfg.train.steps_per_epoch or max(1, len(frames["train"]) // batch_size)
     prior = ab_bin_prior(frames["train"], model_cfg.ab_bin) if model_cfg.rebalance > 0 else None
@@ -76,11 +87,19 @@ def train_colorizer(cfg: TranslatorConfig, *, resume: bool = False, verbose: int
         run_dir, _ = start_run(cfg.train.runs_root, cfg.name, cfg, resume)
         callbacks = [StageSchedule(model_cfg.coarse_epochs)] if model_cfg.schedule == "staged" else []
         if cfg.train.early_stopping_patience is not None:
-            callbacks.append(tf.keras.callbacks.EarlyStopping(monitor=MONITOR, mode="min",
-                                                              patience=cfg.train.early_stopping_patience))
+            callbacks.append(
+                tf.keras.callbacks.EarlyStopping(
+                    monitor=MONITOR, mode="min", patience=cfg.train.early_stopping_patience
+                )
+            )
         result = fit_run(
-            model, train_ds, val_ds,
-            run_dir=run_dir, epochs=cfg.train.epochs, monitor=MONITOR, mode="min",
+            model,
+            train_ds,
+            val_ds,
+            run_dir=run_dir,
+            epochs=cfg.train.epochs,
+            monitor=MONITOR,
+            mode="min",
             save_best=lambda model, path, logs: save_colorizer(model, path, cfg, logs),
             images=colour_panels(val_ds, cfg.train.tensorboard_images),
             extra_callbacks=callbacks,
@@ -120,8 +139,9 @@ def colour_panels(val_ds: tf.data.Dataset, count: int):
     def panels(model: ColorizerTrainer) -> dict[str, tf.Tensor]:
         _, refined = model(inputs, training=False)
         grey = lab_to_rgb(model_to_lab(crop_l, tf.zeros_like(crop_ab)))
-        row = tf.concat([grey, lab_to_rgb(model_to_lab(crop_l, refined)), lab_to_rgb(model_to_lab(crop_l, crop_ab))],
-                        axis=2)
+        row = tf.concat(
+            [grey, lab_to_rgb(model_to_lab(crop_l, refined)), lab_to_rgb(model_to_lab(crop_l, crop_ab))], axis=2
+        )
         return {"grey | prediction | truth": row}
 
     return panels

@@ -164,8 +164,11 @@ class SegmenterConfig:
         if self.train.tensorboard_images > self.train.batch_size:
             raise ConfigError("train.tensorboard_images", f"must be <= train.batch_size ({self.train.batch_size})")
         if self.model.classes == 1 and any(source.kind == "allsky_folder" for source in self.data.sources):
-            raise ConfigError("model.classes", "all-sky sources have ignored pixels, which only a softmax head "
-                              "leaves out: use classes: 2 (0 clear sky, 1 cloud)")
+            raise ConfigError(
+                "model.classes",
+                "all-sky sources have ignored pixels, which only a softmax head "
+                "leaves out: use classes: 2 (0 clear sky, 1 cloud)",
+            )
 
 
 @dataclasses.dataclass
@@ -229,8 +232,9 @@ class TranslatorConfig:
         check_run_name(self.name)
         multiple = self.model.size_multiple
         if self.data.crop_size % multiple:
-            raise ConfigError("data.crop_size",
-                              f"must be a multiple of 2**depth = {multiple} for model.{self.model.kind}")
+            raise ConfigError(
+                "data.crop_size", f"must be a multiple of 2**depth = {multiple} for model.{self.model.kind}"
+            )
 
 
 @dataclasses.dataclass

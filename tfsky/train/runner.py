@@ -341,9 +341,11 @@ class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         for key, value in _plain_logs(logs).items():
             if key.endswith("loss") and not math.isfinite(value):
-                raise NonFiniteLoss(f"training stopped: {key} became {value} at epoch {self.epoch + 1}, batch "
-                                    f"{batch + 1} (too high a learning rate? inputs with NaN?); no model was saved "
-                                    "from this epoch")
+                raise NonFiniteLoss(
+                    f"training stopped: {key} became {value} at epoch {self.epoch + 1}, batch "
+                    f"{batch + 1} (too high a learning rate? inputs with NaN?); no model was saved "
+                    "from this epoch"
+                )
 
 
 class Budget(tf.keras.callbacks.Callback):

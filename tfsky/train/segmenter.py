@@ -40,8 +40,9 @@ MONITOR = "val_iou"
 THRESHOLD_BINS = 50  # candidate sky thresholds every 0.02
 
 
-def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, verbose: int = 2,
-                    progress: Optional[Progress] = None) -> RunResult:
+def train_segmenter(
+    cfg: SegmenterConfig, *, resume: bool = False, verbose: int = 2, progress: Optional[Progress] = None
+) -> RunResult:
     """Train (or, with ``resume``, continue the newest run of) ``cfg.name``.
 
     Args:
@@ -126,8 +127,10 @@ def ensure_cache(cfg: SegmenterConfig, progress: Optional[Progress] = None) -> N
     if (Path(cfg.data.cache) / cache.MANIFEST).is_file():
         return
     if cfg.train.strategy == "multi_worker":
-        raise ConfigError("data.cache", f"{cfg.data.cache} is not prepared; a multi-worker run needs it first "
-                          "(tfsky data prepare -c CONFIG)")
+        raise ConfigError(
+            "data.cache",
+            f"{cfg.data.cache} is not prepared; a multi-worker run needs it first (tfsky data prepare -c CONFIG)",
+        )
     cache.prepare_cache(cfg.data, progress=progress)
 
 
@@ -145,8 +148,9 @@ def training_steps(cfg: SegmenterConfig, batch_size: int) -> int:
 
 def make_datasets(cfg: SegmenterConfig, batch_size: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Training and validation batches of the global ``batch_size`` (validation cut to ``validation_steps``)."""
-    train_ds = pipeline.segmentation_dataset(cfg.data, "train", batch_size, classes=cfg.model.classes,
-                                             seed=cfg.train.seed)
+    train_ds = pipeline.segmentation_dataset(
+        cfg.data, "train", batch_size, classes=cfg.model.classes, seed=cfg.train.seed
+    )
     return train_ds, validation_batches(cfg, batch_size)
 
 
@@ -163,8 +167,9 @@ def learning_rate(train: SegmenterTrainConfig, steps_per_epoch: int):
     )
 
 
-def make_optimizer(train: SegmenterTrainConfig, steps_per_epoch: int, model: tf.keras.Model,
-                   backbone: str) -> tf.keras.optimizers.Optimizer:
+def make_optimizer(
+    train: SegmenterTrainConfig, steps_per_epoch: int, model: tf.keras.Model, backbone: str
+) -> tf.keras.optimizers.Optimizer:
     """The optimizer of ``train.optimizer`` with the learning rate (or schedule) of ``train``; with
     `paces_encoder`, the updates of ``model``'s ``backbone`` layers are scaled (`tfsky.train.encoder_rate`,
     driven by `pace_callbacks`). Call inside the strategy scope."""

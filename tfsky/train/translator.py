@@ -51,8 +51,10 @@ def train_translator(cfg: TranslatorConfig, *, resume: bool = False, verbose: in
     ensure_pairs(cfg)
     train_pairs, val_pairs = read_pairs(cfg.pairs.file, "train"), read_pairs(cfg.pairs.file, "val")
     if not val_pairs:
-        log.warning("%s has no validation camera: validating on the training pairs (this measures fit, "
-                    "not generalisation)", cfg.pairs.file)
+        log.warning(
+            "%s has no validation camera: validating on the training pairs (this measures fit, not generalisation)",
+            cfg.pairs.file,
+        )
         val_pairs = train_pairs
     strategy = make_strategy(cfg.train.strategy)
     batch_size = global_batch_size(cfg.train.batch_size, strategy)
@@ -64,8 +66,13 @@ def train_translator(cfg: TranslatorConfig, *, resume: bool = False, verbose: in
         model = build_translator_model(cfg)
         run_dir, _ = start_run(cfg.train.runs_root, cfg.name, cfg, resume)
         return fit_run(
-            model, train_ds, val_ds,
-            run_dir=run_dir, epochs=cfg.train.epochs, monitor=MONITOR, mode="min",
+            model,
+            train_ds,
+            val_ds,
+            run_dir=run_dir,
+            epochs=cfg.train.epochs,
+            monitor=MONITOR,
+            mode="min",
             save_best=lambda model, path, logs: save_translator(model, path, cfg, logs),
             images=triplet_panels(val_ds, cfg.train.tensorboard_images),
             extra_callbacks=_callbacks(cfg),
@@ -133,6 +140,7 @@ def _callbacks(cfg: TranslatorConfig) -> list[tf.keras.callbacks.Callback]:
     if cfg.model.kind == "vae":
         callbacks.append(KLWarmup(cfg.model.vae.kl_weight, cfg.model.vae.kl_warmup_epochs))
     if cfg.train.early_stopping_patience is not None:
-        callbacks.append(tf.keras.callbacks.EarlyStopping(monitor=MONITOR, mode="min",
-                                                          patience=cfg.train.early_stopping_patience))
+        callbacks.append(
+            tf.keras.callbacks.EarlyStopping(monitor=MONITOR, mode="min", patience=cfg.train.early_stopping_patience)
+        )
     return callbacks

@@ -1,7 +1,7 @@
 """Benchmark full-8K sky masks: tile size / overlap vs seams and agreement, the pixel limit, batch overhead.
 
 Everything runs the real trained ResNet34 U-Net (``--model``, default the leave-SkyFinder-out fold of
-``configs/sky_ldr_cpu.yaml``; nothing is trained here) on a real photo upscaled to 8192x4096 (a
+``configs/sky_ldr_cpu_scratch.yaml``; nothing is trained here) on a real photo upscaled to 8192x4096 (a
 Cityscapes frame, 2048x1024, cv2 linear x4, written as PNG). Each part runs in its own process, so
 its peak RSS (``os.wait4``) is its own:
 

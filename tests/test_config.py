@@ -169,7 +169,7 @@ def _shipped_schemas():
             "sky_hdr",
             "sky_tiny",
             "sky_ldr_cpu",
-            "sky_ldr_cpu_mobilenetv2",
+            "sky_ldr_cpu_scratch",
             "sky_ldr_mobilenetv2",
             "cloud_tiny",
             "cloud_wsiseg",

@@ -2,7 +2,7 @@
 
 ``precision: auto`` computes in bfloat16 on a CPU with a bfloat16 unit only for a model whose stored verdict
 is ok (`tfsky.models.precision.for_inference`), so the verdict is measured where the threshold is chosen: at
-the end of ``tfsky train segmenter`` (`store_bfloat16_verdict`), and for a model trained before, by
+the end of ``tfsky train segmenter`` (with the threshold, on the same loaded model), and for a model trained before, by
 ``tfsky evaluate precision`` (`check_bfloat16`).
 """
 

@@ -28,10 +28,10 @@ from tfsky.io.atomic import write_json
 from tfsky.models.bundle import ModelInfo, info_path, load_model, save_model
 from tfsky.models.losses import make_loss
 from tfsky.models.metrics import segmentation_metrics
-from tfsky.models.precision import global_batch_size, make_strategy, precision_policy
+from tfsky.models.precision import bfloat16_verdict, global_batch_size, make_strategy, precision_policy
 from tfsky.models.segmenter import build_segmenter, encoder_layers
 from tfsky.progress import Progress
-from tfsky.train.bfloat16 import store_bfloat16_verdict, validation_batches
+from tfsky.train.bfloat16 import validation_batches
 from tfsky.train.config import SegmenterConfig, SegmenterTrainConfig
 from tfsky.train.encoder_rate import EncoderRate, encoder_scaled
 from tfsky.train.runner import RunResult, fit_run, is_chief, seed_everything, start_run
@@ -79,10 +79,12 @@ def train_segmenter(
             verbose=verbose,
         )
     best = run_dir / "best.keras"
-    if cfg.model.classes == 1 and best.is_file() and is_chief():
-        store_threshold(best, val_ds)
-    if best.is_file() and is_chief():  # at the stored threshold: whether `precision: auto` may infer in bfloat16
-        store_bfloat16_verdict(best, val_ds)
+    if best.is_file() and is_chief():
+        model, info = load_model(best, precision="float32")  # loaded once for both choices
+        if cfg.model.classes == 1:
+            choose_threshold(model, info, val_ds)
+        info.bfloat16 = bfloat16_verdict(model, val_ds, info.threshold)  # at the chosen threshold
+        write_json(info_path(best), info.to_json())
     return result
 
 
@@ -91,6 +93,13 @@ def store_threshold(path: Path, val_ds: tf.data.Dataset) -> float:
     sidecar (`ModelInfo.threshold`), where predict, evaluate and export read it, with the validation
     expected calibration error (``metrics["val_calibration_error"]``)."""
     model, info = load_model(path, precision="float32")
+    choose_threshold(model, info, val_ds)
+    write_json(info_path(path), info.to_json())
+    return info.threshold
+
+
+def choose_threshold(model: tf.keras.Model, info: ModelInfo, val_ds: tf.data.Dataset) -> None:
+    """Set ``info.threshold`` (best IoU on the validation batches) and ``info.metrics["val_calibration_error"]``."""
     positive = np.zeros(THRESHOLD_BINS, np.int64)
     negative = np.zeros(THRESHOLD_BINS, np.int64)
     probability_sum = np.zeros(THRESHOLD_BINS, np.float64)
@@ -102,8 +111,6 @@ def store_threshold(path: Path, val_ds: tf.data.Dataset) -> float:
         probability_sum += np.histogram(probability, THRESHOLD_BINS, (0.0, 1.0), weights=probability)[0]
     info.threshold = best_iou_threshold(positive, negative)
     info.metrics["val_calibration_error"] = round(calibration_error(positive, negative, probability_sum), 4)
-    write_json(info_path(path), info.to_json())
-    return info.threshold
 
 
 def compiled_segmenter(cfg: SegmenterConfig, steps_per_epoch: int) -> tf.keras.Model:

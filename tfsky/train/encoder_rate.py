@@ -22,14 +22,12 @@ from typing import Any, Iterable
 import tensorflow as tf
 
 
-def encoder_scaled(optimizer_class: type) -> type:
-    """A subclass of the tf-keras optimizer class whose update of the variables given to its
-    ``scale_encoder(variables)`` is scaled by its ``encoder_scale`` variable (1.0 until `EncoderRate` sets it)."""
-    return _encoder_scaled(optimizer_class)
-
-
 @functools.cache
-def _encoder_scaled(base: Any) -> type:
+def encoder_scaled(base: Any) -> type:
+    """A subclass of the tf-keras optimizer class ``base`` whose update of the variables given to its
+    ``scale_encoder(variables)`` is scaled by its ``encoder_scale`` variable (1.0 until `EncoderRate` sets it);
+    one class per base."""
+
     def scale_encoder(self, encoder_variables: Iterable[tf.Variable]) -> None:
         """Mark the encoder's variables; call inside the strategy scope, before the first step."""
         self.encoder_keys = frozenset(self._var_key(variable) for variable in encoder_variables)

@@ -6,6 +6,8 @@ and the best model is evaluated on the left-out source's full-resolution
 images with `tfsky.evaluate.segmenter` (dataset-level and mean-per-image IoU,
 MCR, boundary F1, both naive baselines fitted on those images — their best
 case), after the fold model's threshold is chosen on its own validation split.
+Webcam sources (``camera_folder``) are also scored on their daytime frames with
+sky alone: a frame after dark has no visible sky for any appearance model.
 Results: ``scripts/results/loso.json`` (merged per fold name and TTA).
 
     python scripts/loso.py -c configs/sky_ldr_cpu.yaml --leave-out sky_cityscapes [--stage train|evaluate|all]
@@ -65,6 +67,7 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0) -> dict:
     )
     seconds = time.perf_counter() - start
     with_sky = [image for image in report.images if image.scores["model"].metrics()["sky_fraction_truth"] > 0]
+    daytime = daytime_files(source) if source.kind == "camera_folder" else None
     return {
         "model": str(model),
         "threshold": threshold,
@@ -79,7 +82,36 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0) -> dict:
         "overall": report.to_json()["overall"],
         "images_with_sky": len(with_sky),
         "overall_with_sky": report.overall(with_sky),
+        **(daytime_result(report, with_sky, daytime) if daytime is not None else {}),
     }
+
+
+def daytime_files(source) -> set[str]:
+    """Frames of a webcam source lit by day, as paths relative to its images folder.
+
+    Night is what `tfsky data validate` calls night: the mean Rec.709 luminance
+    over the frame's sky (its camera mask; the whole frame for a camera without
+    sky) below `NIGHT_LUMINANCE` — measured, not read from the clock.
+    """
+    from tfsky.data.sources import iter_source
+    from tfsky.data.streams import NIGHT_LUMINANCE, analysis_luminance
+    from tfsky.io.images import read_image
+
+    daytime = set()
+    for labelled in iter_source(source):
+        image = read_image(labelled.image_path)
+        sky = labelled.load_mask() > 0
+        luminance = analysis_luminance(image, image.shape[1])
+        level = luminance[sky].mean() if sky.any() else luminance.mean()
+        if level >= NIGHT_LUMINANCE:
+            daytime.add(labelled.image_path.relative_to(source.images).as_posix())
+    return daytime
+
+
+def daytime_result(report, with_sky: list, daytime: set[str]) -> dict:
+    """The report's scores on the daytime frames with sky (ids are ``<data folder>/<relative path>``)."""
+    images = [image for image in with_sky if image.id.split("/", 1)[1] in daytime]
+    return {"images_daytime_with_sky": len(images), "overall_daytime_with_sky": report.overall(images)}
 
 
 def variant(tta: str, working_factor: float) -> str:

@@ -34,6 +34,15 @@ its peak RSS (``os.wait4``) is its own:
    ``--batch-full`` copies at full resolution and on ``--batch-working`` copies at the working scale.
    ``batch_overhead_ratio`` = wall per image / the in-process warm prediction, measured just before
    (part 3) and just after (``after_batch``: one warm round in a new process), averaged.
+6. ``precision``: the model loaded at each inference precision of ``--precisions`` (`tfsky.models.bundle.load_model`;
+   bfloat16 is what ``precision: auto`` picks on a CPU with a bfloat16 unit, issue 25), one process each (float32
+   first): the 8K image at full resolution (first prediction, then ``--precision-rounds`` warm rounds with the
+   ``pixel_limit_ratio`` of part 3 against 1024-px probes *of the same precision*), at the working scale (first,
+   warm) and ``--precision-batch`` images at the working scale in a row (wall per image, decoding excluded); mask
+   agreement with the float32 masks of the same run; peak RSS. ``precision_speedup`` = float32 wall / bfloat16
+   wall (the processes run one after the other: the machine's drift enters it, not the pixel-limit ratios);
+   ``precision_auto`` what ``auto`` resolves to here. Without a bfloat16 unit (``cpu``) bfloat16 is
+   emulated, slower than float32: the figures then measure the fallback's cost, not the unit's gain.
 
 The load average is recorded before each part: the machine is shared. ``--parts`` runs some parts
 only; their results are merged into ``--out``. Old figures (256-px tiles, 25 % overlap, the seed's
@@ -41,6 +50,7 @@ approach) are those of the committed run of the previous version of this script 
 ResNet34, HDR input), kept under ``previous`` for comparison.
 
 Usage: python scripts/bench_predict.py [--batch-full 2] [--batch-working 6] [--out scripts/results/bench_predict.json]
+       python scripts/bench_predict.py --parts precision [--precisions float32,bfloat16] [--precision-batch 6]
 """
 
 from __future__ import annotations
@@ -66,10 +76,13 @@ REFERENCE = (1024, 128)  # tile, overlap px
 TILES, OVERLAPS, WINDOWS = (256, 384, 512, 768, 1024), (0, 8, 16, 24, 32, 64, 128), ("ramp", "gaussian")
 OVERLAP_TILE = None  # --overlap-tile: the overlaps part's tile (None: auto's)
 EDGE_DISTANCES = (0, 1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96)  # px from a tile's edge, for `edge_error_profile`
-STEADY_ROUNDS, PROBE_SECONDS = 5, 20.0
+STEADY_ROUNDS, PROBE_SECONDS = 5, 20.0  # --probe-seconds sets PROBE_SECONDS
+PRECISIONS, PRECISION_BATCH, PRECISION_ROUNDS = ("float32", "bfloat16"), 6, 3  # the precision part's
 
 
 def main() -> None:
+    global SIZE, CROP, TILES, WINDOWS, OVERLAPS, OVERLAP_TILE, PRECISIONS, PRECISION_BATCH, PRECISION_ROUNDS
+    global PROBE_SECONDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=MODEL[0] if MODEL else None)
     parser.add_argument("--batch-full", type=int, default=2)
@@ -83,17 +96,28 @@ def main() -> None:
         "--overlaps", default="0,8,16,24,32,64,128", help="Overlaps (px) of the sweep and of the overlaps part."
     )
     parser.add_argument("--overlap-tile", type=int, help="Tile of the overlaps part (default: auto's).")
+    parser.add_argument(
+        "--precisions", default=",".join(PRECISIONS), help="Inference precisions of the precision part (float32 first)."
+    )
+    parser.add_argument("--precision-batch", type=int, default=PRECISION_BATCH, help="Working-scale batch, images.")
+    parser.add_argument("--precision-rounds", type=int, default=PRECISION_ROUNDS, help="Warm full-resolution rounds.")
+    parser.add_argument(
+        "--probe-seconds", type=float, default=PROBE_SECONDS, help="Length of each per-pixel probe (sustained)."
+    )
     parser.add_argument("--parts", default=",".join(PARTS), help=f"Parts to run, of {','.join(PARTS)}.")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global SIZE, CROP, TILES, WINDOWS, OVERLAPS, OVERLAP_TILE
     SIZE = tuple(map(int, args.size.lower().split("x")))[::-1]
     CROP = tuple(map(int, args.crop.lower().split("x")))[::-1]
     TILES = tuple(map(int, args.tiles.split(",")))
     WINDOWS = tuple(args.windows.split(","))
     OVERLAPS = tuple(map(int, args.overlaps.split(",")))
     OVERLAP_TILE = args.overlap_tile
+    PRECISIONS = tuple(sorted(args.precisions.split(","), key=lambda name: name != "float32"))
+    if unknown := set(PRECISIONS) - {"float32", "bfloat16"}:
+        parser.error(f"--precisions: unknown {', '.join(sorted(unknown))} (float32, bfloat16)")
+    PRECISION_BATCH, PRECISION_ROUNDS, PROBE_SECONDS = args.precision_batch, args.precision_rounds, args.probe_seconds
     if args.phase:
         PHASES[args.phase](args.workdir, args.model)
         return
@@ -123,6 +147,8 @@ def run_all(workdir: Path, model: Path, batch_full: int, batch_working: int, par
     for phase in ("sweep", "reference", "overlaps", "auto", "working", "baselines"):
         if phase in parts:
             results[phase] = run_phase(phase, workdir, model)
+    if "precision" in parts:
+        results.update(run_precisions(workdir, model))
     if "auto" in results:
         results["pixel_limit_ratio"] = results["auto"]["full"]["steady"]["pixel_limit_ratio"]
         results["mask_agreement"] = results["auto"]["full"]["mask_agreement"]
@@ -194,7 +220,48 @@ def setup(workdir: Path) -> None:
         write_png(workdir / "image.png", cv2.resize(read_image(PHOTO), SIZE[::-1], interpolation=cv2.INTER_LINEAR))
 
 
-def run_phase(phase: str, workdir: Path, model: Path) -> dict:
+def run_precisions(workdir: Path, model: Path) -> dict:
+    """The precision part: one process per precision of `PRECISIONS` (float32 first, whose masks the others are
+    compared with), ``precision_speedup`` and what ``precision: auto`` resolves to on this CPU for this model."""
+    from tfsky.models.bundle import load_info
+    from tfsky.models.precision import _auto_for_inference, describe_verdict, resolve_precision
+
+    for stale in workdir.glob("precision_float32_*_mask.npy"):  # only this run's float32 masks count
+        stale.unlink()
+    rows = {name: run_phase("precision", workdir, model, ["--precisions", name]) for name in PRECISIONS}
+    verdict = load_info(model).bfloat16
+    return {
+        "precision": rows,
+        "precision_speedup": precision_speedup(rows),
+        "precision_auto": {
+            "training": resolve_precision("auto"),
+            "inference": _auto_for_inference(verdict),  # what load_model(precision="auto") does with this model
+            "verdict": describe_verdict(verdict),
+        },
+    }
+
+
+def precision_speedup(rows: dict) -> dict | None:
+    """float32 wall / bfloat16 wall (> 1: bfloat16 is faster) of the precision part's measurements, rounded to
+    3 places; None without both precisions. ``full``: the warm full-resolution medians; ``full_first``: the
+    first predictions (tracing included); ``working``: the warm working-scale prediction; ``working_batch``:
+    the working-scale batch, per image."""
+    if not {"float32", "bfloat16"} <= set(rows):
+        return None
+    walls = {
+        "full": lambda row: row["full"]["steady"]["warm_seconds_median"],
+        "full_first": lambda row: row["full"]["first_prediction_seconds"],
+        "working": lambda row: row["working"]["warm_seconds"],
+        "working_batch": lambda row: row["working_batch"]["wall_per_image"],
+    }
+    return {
+        name: round(wall(rows["float32"]) / wall(rows["bfloat16"]), 3) if wall(rows["bfloat16"]) else None
+        for name, wall in walls.items()
+    }
+
+
+def run_phase(phase: str, workdir: Path, model: Path, extra: list[str] | tuple = ()) -> dict:
+    """``phase`` in a child process (its own peak RSS), with this process's settings and ``extra`` arguments."""
     result = workdir / f"{phase}.json"
     result.unlink(missing_ok=True)
     load = os.getloadavg()
@@ -218,8 +285,17 @@ def run_phase(phase: str, workdir: Path, model: Path) -> dict:
             ",".join(WINDOWS),
             "--overlaps",
             ",".join(map(str, OVERLAPS)),
+            "--precisions",
+            ",".join(PRECISIONS),
+            "--precision-batch",
+            str(PRECISION_BATCH),
+            "--precision-rounds",
+            str(PRECISION_ROUNDS),
+            "--probe-seconds",
+            str(PROBE_SECONDS),
         ]
         + (["--overlap-tile", str(OVERLAP_TILE)] if OVERLAP_TILE else [])
+        + list(extra)  # (argparse: a repeated option's last value wins)
     )
     return dict(json.loads(result.read_text()), peak_rss_gb=rss, load_average_before=load)
 
@@ -235,15 +311,16 @@ def measure(command: list[str]) -> tuple[float, float]:
     return seconds, round(usage.ru_maxrss * 1024 / 1e9, 3)  # ru_maxrss is in KiB on Linux
 
 
-def _segmenter(model: Path, **tiling):
-    """A `TiledSegmenter` of ``model`` (loaded once per process) with ``tiling`` (full resolution by default)."""
+def _segmenter(model: Path, precision: str = "auto", **tiling):
+    """A `TiledSegmenter` of ``model`` at the inference ``precision`` (loaded once per process and precision)
+    with ``tiling`` (full resolution by default)."""
     from tfsky.models.bundle import load_model
     from tfsky.predict.segment import TiledSegmenter
     from tfsky.tiling import TilingConfig
 
-    if model not in _LOADED:
-        _LOADED[model] = load_model(model, kind="segmenter")
-    return TiledSegmenter(*_LOADED[model], TilingConfig(**{"resolution": "full", **tiling}))
+    if (model, precision) not in _LOADED:
+        _LOADED[model, precision] = load_model(model, precision, kind="segmenter")
+    return TiledSegmenter(*_LOADED[model, precision], TilingConfig(**{"resolution": "full", **tiling}))
 
 
 _LOADED: dict = {}
@@ -564,6 +641,53 @@ def working(workdir: Path, model: Path) -> None:
     )
 
 
+def precision(workdir: Path, model: Path) -> None:
+    """The precision part for one precision (``--precisions`` holds one in this process): see the module docstring.
+    float32 saves its masks for the others' agreement."""
+    import dataclasses
+
+    import numpy as np
+
+    from tfsky.data.masks import sky_mask
+    from tfsky.io.images import read_image
+
+    (name,) = PRECISIONS
+    image = read_image(workdir / "image.png")
+    result: dict = {"precision": name}
+    for mode in ("full", "working"):
+        segmenter = _segmenter(model, name, resolution=mode)
+        seconds, probability = _timed_probability(segmenter, image)  # the first of its mode: with the tracing
+        row = {"first_prediction_seconds": round(seconds, 2)}
+        if mode == "full":  # (the process's peak so far: the working scale's would repeat it)
+            row["peak_rss_gb_of_the_prediction"] = _peak_rss_gb()
+        mask = sky_mask(probability, segmenter.mask_threshold())
+        del probability
+        float32_mask = workdir / f"precision_float32_{mode}_mask.npy"
+        if name == "float32":
+            np.save(float32_mask, mask)
+        row["mask_agreement_with_float32"] = (
+            round(_agreement(mask, np.load(float32_mask)), 6) if float32_mask.exists() else None
+        )
+        row["sky_fraction"] = round(float(mask.mean()), 5)
+        row["tiling"] = dataclasses.asdict(segmenter.tiling_for(*SIZE))
+        row["tiles"] = segmenter.tile_count(*SIZE)
+        del mask
+        if mode == "full":
+            row["steady"] = _steady_state(segmenter, image, PRECISION_ROUNDS)
+        else:
+            row["warm_seconds"] = round(_timed_probability(segmenter, image)[0], 2)
+        result[mode] = row
+    working_scale = segmenter  # the last mode's: warm
+    walls = [_timed_probability(working_scale, image)[0] for _ in range(PRECISION_BATCH)]
+    result["working_batch"] = {
+        "images": PRECISION_BATCH,
+        "wall_seconds": round(sum(walls), 2),
+        "wall_per_image": round(sum(walls) / max(len(walls), 1), 3),
+        "walls": [round(wall, 2) for wall in walls],
+    }
+    _write(workdir, "precision", result)
+
+
 def _write(workdir: Path, phase: str, data: dict) -> None:
     from tfsky.io.atomic import write_json
 
@@ -578,8 +702,19 @@ PHASES = {
     "after_batch": after_batch,
     "working": working,
     "baselines": baselines,
+    "precision": precision,
 }
-PARTS = ("sweep", "reference", "overlaps", "auto", "working", "baselines", "batch_full", "batch_working")
+PARTS = (
+    "sweep",
+    "reference",
+    "overlaps",
+    "auto",
+    "working",
+    "baselines",
+    "batch_full",
+    "batch_working",
+    "precision",
+)
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""Benchmark segmenter training on CPU: steps/s, images/s and input wait, with and without XLA.
+"""Benchmark segmenter training on CPU: steps/s, images/s and input wait, with and without XLA, per precision.
 
 ResNet34 U-Net, float32, batch 8, 256x256 patches from the real `tf.data`
 pipeline (a cache prepared from ../shared/data/sky_ade20k in a temporary
@@ -8,7 +8,15 @@ train step (``train_on_batch``). An input-only loop over a fresh pipeline
 gives the pipeline's own throughput for comparison. Target: input wait < 5%
 of step time.
 
-    python scripts/bench_train.py [--steps 10] [--out scripts/results/bench_train.json]
+``precision``: the same loop (no XLA) with the model built and compiled under
+each Keras policy of ``--precisions`` (`precision_policy`; mixed_bfloat16 is
+what ``precision: auto`` trains in on a CPU with a bfloat16 unit, issue 25),
+``speedup`` = float32 s/step / mixed_bfloat16 s/step, and ``loss_scale``:
+whether Keras wrapped the optimizer in a `LossScaleOptimizer` (it must not for
+bfloat16, whose exponent is float32's). Without a bfloat16 unit (``cpu``) the
+bfloat16 maths is emulated and slower: the speed-up is then below 1.
+
+    python scripts/bench_train.py [--steps 10] [--precisions float32,mixed_bfloat16] [--out scripts/results/bench_train.json]
 """
 
 from __future__ import annotations
@@ -27,10 +35,9 @@ from tfsky.data.cache import prepare_cache
 from tfsky.data.config import DataConfig, SourceConfig
 from tfsky.data.pipeline import segmentation_dataset
 from tfsky.io.atomic import write_json
-from tfsky.models.precision import cpu_record
 from tfsky.models.losses import make_loss
 from tfsky.models.metrics import segmentation_metrics
-from tfsky.models.precision import precision_policy
+from tfsky.models.precision import cpu_record, precision_policy, resolve_precision
 from tfsky.models.segmenter import SegmenterModelConfig, build_segmenter
 
 BATCH = 8
@@ -77,8 +84,9 @@ def input_only(dataset: tf.data.Dataset, batches: int) -> dict:
     return {"batches": batches, "batches_per_s": batches / seconds, "images_per_s": batches * BATCH / seconds}
 
 
-def bench(jit_compile: bool, dataset: tf.data.Dataset, steps: int, warmup: int) -> dict:
-    with precision_policy("float32"):
+def bench(jit_compile: bool, dataset: tf.data.Dataset, steps: int, warmup: int, precision: str = "float32") -> dict:
+    """`train_loop` of a fresh model built and compiled under the Keras policy ``precision``."""
+    with precision_policy(precision) as policy:
         model = build_segmenter(SegmenterModelConfig(backbone="resnet34", jit_compile=jit_compile), 3)
         model.compile(
             optimizer=tf.keras.optimizers.Adam(1e-4),
@@ -89,13 +97,35 @@ def bench(jit_compile: bool, dataset: tf.data.Dataset, steps: int, warmup: int) 
         start = time.perf_counter()
         result = train_loop(model, dataset, steps, warmup)
     result["wall_seconds_including_warmup"] = time.perf_counter() - start
+    result["policy"] = policy
+    result["optimizer"] = type(model.optimizer).__name__
+    result["loss_scale"] = isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
     return result
+
+
+def bench_precisions(precisions: list[str], dataset: tf.data.Dataset, steps: int, warmup: int) -> dict:
+    """The train-step loop (no XLA) in each Keras policy of ``precisions``, one after the other, with the speed-up."""
+    rows = {name: bench(False, dataset, steps, warmup, name) for name in precisions}
+    return {**rows, "speedup": speedup(rows)}
+
+
+def speedup(rows: dict) -> float | None:
+    """float32 s/step over mixed_bfloat16 s/step (> 1: bfloat16 trains faster), rounded to 3 places; None without
+    both."""
+    if not {"float32", "mixed_bfloat16"} <= set(rows) or not rows["mixed_bfloat16"]["seconds_per_step"]:
+        return None
+    return round(rows["float32"]["seconds_per_step"] / rows["mixed_bfloat16"]["seconds_per_step"], 3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--precisions",
+        default="float32,mixed_bfloat16",
+        help="Keras policies of the precision section, comma-separated (empty: none).",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_train.json")
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -106,17 +136,22 @@ def main() -> None:
         results = {
             "setup": f"ResNet34 U-Net, float32, CPU, batch {BATCH}, {PATCH}x{PATCH}, Adam, bce_jaccard, "
             "real tf.data pipeline (sky_ade20k cache, augmentation on); the jit_compile model upsamples "
-            "bilinearly (XLA has no nearest-neighbour resize gradient)",
+            "bilinearly (XLA has no nearest-neighbour resize gradient); precision: the no-XLA loop with the model "
+            "built and compiled under each Keras policy",
             "input_only": input_only(dataset, 4 * args.steps),
             "no_jit": bench(False, dataset, args.steps, args.warmup),
             "jit_compile": bench(True, dataset, args.steps, args.warmup),
         }
+        precisions = [name for name in args.precisions.split(",") if name]
+        if precisions:
+            results["precision"] = bench_precisions(precisions, dataset, args.steps, args.warmup)
     results["environment"] = {
         "tensorflow": tf.__version__,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
+        "precision_auto": resolve_precision("auto"),
         "note": "the CPU was shared with other engineers' jobs during the run; absolute numbers are pessimistic",
     }
     write_json(args.out, {**results, "cpu": cpu_record()})

@@ -1,0 +1,40 @@
+"""scripts/bench_predict.py and bench_train.py: the precision axis's speed-ups are float32 wall / bfloat16 wall."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import bench_predict  # noqa: E402
+import bench_train  # noqa: E402
+
+
+def _predict_row(full: float, first: float, working: float, per_image: float) -> dict:
+    return {
+        "full": {"first_prediction_seconds": first, "steady": {"warm_seconds_median": full}},
+        "working": {"warm_seconds": working},
+        "working_batch": {"wall_per_image": per_image},
+    }
+
+
+def test_predict_speedup_is_float32_wall_over_bfloat16_wall_per_measurement():
+    rows = {"float32": _predict_row(30.0, 40.0, 2.0, 2.5), "bfloat16": _predict_row(10.0, 16.0, 4.0, 3.0)}
+    assert bench_predict.precision_speedup(rows) == {
+        "full": 3.0,
+        "full_first": 2.5,
+        "working": 0.5,
+        "working_batch": 0.833,
+    }
+
+
+def test_predict_speedup_needs_both_precisions():
+    assert bench_predict.precision_speedup({"float32": _predict_row(1, 1, 1, 1)}) is None
+    assert bench_predict.precision_speedup({"bfloat16": _predict_row(1, 1, 1, 1)}) is None
+
+
+def test_train_speedup_is_float32_step_over_mixed_bfloat16_step():
+    rows = {"float32": {"seconds_per_step": 3.0}, "mixed_bfloat16": {"seconds_per_step": 1.5}}
+    assert bench_train.speedup(rows) == 2.0
+    assert bench_train.speedup({"float32": {"seconds_per_step": 3.0}}) is None

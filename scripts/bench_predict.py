@@ -224,7 +224,7 @@ def run_precisions(workdir: Path, model: Path) -> dict:
     """The precision part: one process per precision of `PRECISIONS` (float32 first, whose masks the others are
     compared with), ``precision_speedup`` and what ``precision: auto`` resolves to on this CPU for this model."""
     from tfsky.models.bundle import load_info
-    from tfsky.models.precision import _auto_for_inference, describe_verdict, resolve_precision
+    from tfsky.models.precision import auto_for_inference, describe_verdict, resolve_precision
 
     for stale in workdir.glob("precision_float32_*_mask.npy"):  # only this run's float32 masks count
         stale.unlink()
@@ -235,7 +235,7 @@ def run_precisions(workdir: Path, model: Path) -> dict:
         "precision_speedup": precision_speedup(rows),
         "precision_auto": {
             "training": resolve_precision("auto"),
-            "inference": _auto_for_inference(verdict),  # what load_model(precision="auto") does with this model
+            "inference": auto_for_inference(verdict),  # what load_model(precision="auto") does with this model
             "verdict": describe_verdict(verdict),
         },
     }

@@ -181,13 +181,20 @@ def test_train_resume_and_evaluate_a_tiny_classifier(photo_folders, tmp_path, cl
 
 @pytest.fixture(scope="module")
 def untrained_classifier(photo_folders, tmp_path_factory) -> Path:
-    """A saved (untrained) two-class classifier at 32 px: labelling needs its files, not its skill."""
+    """A saved (untrained) two-class classifier at 32 px: labelling needs its files, not its skill.
+
+    Its head is scaled down so its probabilities stay near 0.5, never a saturated 1.0 (an untrained ResNet
+    fed 0-255 pixels by its encoder input gives huge logits).
+    """
     from tfsky.models.classifier import build_classifier
     from tfsky.train.classifier import save_classifier
 
     cfg = ClassifierConfig(name="t", data=data_config(photo_folders))
     path = tmp_path_factory.mktemp("model") / "best.keras"
-    save_classifier(build_classifier(cfg.model, 2), path, cfg, {})
+    model = build_classifier(cfg.model, 2)
+    logits = model.get_layer("logits")
+    logits.set_weights([weight * 1e-6 for weight in logits.get_weights()])
+    save_classifier(model, path, cfg, {})
     return path
 
 

@@ -176,7 +176,8 @@ def _shipped_schemas():
         )
     }
     schemas |= {
-        name: (ClassifierConfig, None) for name in ("weather_allsky", "weather_mwd", "weather_mwd_r34", "weather_tiny")
+        name: (ClassifierConfig, None)
+        for name in ("weather_allsky", "weather_mwd", "weather_mwd_mobilenetv2", "weather_mwd_r34", "weather_tiny")
     }
     return schemas
 

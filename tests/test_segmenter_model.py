@@ -321,11 +321,24 @@ def test_encoder_inside_the_segmenter_sees_what_the_bare_backbone_sees(tmp_path,
     )
 
 
-def test_shared_imagenet_mobilenetv2_gives_the_bare_backbone_features(shared_data):
+def imagenet_weather_classifier(weights):
+    from tfsky.models.classifier import ClassifierModelConfig, build_classifier
+
+    cfg = ClassifierModelConfig(backbone="mobilenetv2", encoder_weights=weights, encoder_batchnorm="frozen")
+    model = build_classifier(cfg, 4)
+    assert not model.get_layer("block_1_expand_BN").trainable and model.get_layer("logits").trainable
+    return model
+
+
+@pytest.mark.parametrize("head", ["segmenter", "weather classifier"])
+def test_shared_imagenet_mobilenetv2_gives_the_bare_backbone_features(shared_data, head):
     weights = shared_data.parent / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
     if not weights.is_file():
         pytest.skip(f"{weights} not here")
-    model = build_segmenter(tiny(backbone="mobilenetv2", encoder_weights=weights), 3)
+    if head == "segmenter":
+        model = build_segmenter(tiny(backbone="mobilenetv2", encoder_weights=weights), 3)
+    else:
+        model = imagenet_weather_classifier(weights)
     photo = read_image(shared_data / "sky_ade20k" / "images" / "ADE_train_00000004.jpg")
     photo = tf.image.resize(photo[None].astype(np.float32) / 255.0, (224, 224)).numpy()
     expected = bare_backbone_features("mobilenetv2", weights, photo, "out_relu")

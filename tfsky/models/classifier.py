@@ -1,7 +1,9 @@
 """The weather classifier: a segmentation-models backbone, global pooling and a float32 softmax head.
 
 The backbone is the bare encoder the segmenter uses (same builder, same layer
-names), so its weights can start from random, from a backbone ``.h5`` file
+names, the same in-graph ``encoder_input`` layer mapping [0, 1] pixels to the
+range its weights expect), so its weights can start from random, from a
+backbone ``.h5`` file such as the ImageNet ones
 (`tfsky.models.segmenter.load_encoder_weights`) or from the encoder of a
 trained tfsky sky segmenter (``encoder_from``: a sky-aware backbone).
 """
@@ -10,13 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import tensorflow as tf
 
 from tfsky.errors import ConfigError, InputError
 from tfsky.models.precision import Precision
-from tfsky.models.segmenter import _bare_backbone, load_encoder_weights, segmentation_models
+from tfsky.models.segmenter import (
+    _bare_backbone,
+    freeze_encoder_batchnorm,
+    load_encoder_weights,
+    segmentation_models,
+    with_encoder_input,
+)
 
 
 @dataclasses.dataclass
@@ -30,6 +38,8 @@ class ClassifierModelConfig:
         encoder_weights: Optional[Path]. Backbone ``.h5`` weights file. Defaults to None.
         encoder_from: Optional[Path]. A trained tfsky segmenter (``.keras``) with the same backbone,
             whose encoder initialises this one. Defaults to None.
+        encoder_batchnorm: str. ``train`` or ``frozen`` (keep the loaded encoder's batch-norm statistics),
+            as for the segmenter. Defaults to ``train``.
         precision: str. As for the segmenter. Defaults to ``auto``.
     """
 
@@ -37,6 +47,7 @@ class ClassifierModelConfig:
     dropout: float = 0.3
     encoder_weights: Optional[Path] = None
     encoder_from: Optional[Path] = None
+    encoder_batchnorm: Literal["train", "frozen"] = "train"
     precision: Precision = "auto"
 
     def validate(self) -> None:
@@ -60,10 +71,13 @@ def build_classifier(cfg: ClassifierModelConfig, classes: int) -> tf.keras.Model
     logits = tf.keras.layers.Dense(classes, name="logits")(features)
     probabilities = tf.keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     model = tf.keras.Model(backbone.input, probabilities, name=f"classifier_{cfg.backbone}")
+    model = with_encoder_input(model, cfg.backbone, 3)
     if cfg.encoder_weights is not None:
         load_encoder_weights(model, cfg.encoder_weights, cfg.backbone)
     if cfg.encoder_from is not None:
         copy_segmenter_encoder(model, backbone, cfg.encoder_from)
+    if cfg.encoder_batchnorm == "frozen":
+        freeze_encoder_batchnorm(model, cfg.backbone)
     return model
 
 

@@ -120,7 +120,7 @@ def for_inference(
     layer built in plain float16 are widened).
     """
     if precision == "auto":
-        precision = _auto_for_inference(verdict)
+        precision = auto_for_inference(verdict)
     layers = [module for module in model.submodules if isinstance(module, tf.keras.layers.Layer)]
     if precision == "bfloat16":
         return _rebuilt(model, "mixed_bfloat16")
@@ -129,7 +129,7 @@ def for_inference(
     return _rebuilt(model, "float32")
 
 
-def _auto_for_inference(verdict: Optional[dict]) -> InferencePrecision:
+def auto_for_inference(verdict: Optional[dict]) -> InferencePrecision:
     """What ``auto`` means for a model with the bfloat16 ``verdict`` on this machine (see `for_inference`)."""
     machine = resolve_precision("auto")
     if machine == "mixed_float16":

@@ -126,7 +126,7 @@ def build_segmenter(cfg: SegmenterModelConfig, in_channels: int) -> tf.keras.Mod
         to float32 probabilities ``[B, H, W, classes]``, named
         ``<architecture>_<backbone>`` with the same layer names on every build.
     """
-    base = _with_encoder_input(_build_base(cfg, in_channels), cfg.backbone, in_channels)
+    base = with_encoder_input(_build_base(cfg, in_channels), cfg.backbone, in_channels)
     if cfg.jit_compile:
         use_bilinear_upsampling(base)
     activation = "sigmoid" if cfg.classes == 1 else "softmax"
@@ -260,8 +260,11 @@ def encoder_input_affine(backbone: str, in_channels: int) -> tuple[np.ndarray, n
     return kernel.astype(np.float32), np.full(in_channels, bias.mean(), np.float32)
 
 
-def _with_encoder_input(base: tf.keras.Model, backbone: str, in_channels: int) -> tf.keras.Model:
+def with_encoder_input(base: tf.keras.Model, backbone: str, in_channels: int) -> tf.keras.Model:
     """``base`` (freshly built, untrained) with the fixed `ENCODER_INPUT` layer between its input and its first layers.
+
+    Segmenters and weather classifiers both go through it, so a backbone sees
+    the input its weights expect whichever head it has.
 
     Rebuilt from the functional config so the layers stay flat (a nested model
     would hide the encoder's layer names from `load_encoder_weights`).

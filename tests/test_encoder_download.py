@@ -71,6 +71,18 @@ def test_imagenet_weights_are_downloaded_once_into_the_keras_cache_and_loaded(we
     assert len(requests) == 1  # served from the cache the second time
 
 
+def test_the_weather_classifier_takes_imagenet_weights_the_same_way(weights_server):
+    from tfsky.models.classifier import ClassifierModelConfig, build_classifier
+
+    source, requests, _ = weights_server
+    cfg = ClassifierModelConfig(backbone="resnet18", encoder_weights="imagenet")
+    cfg.validate()
+    np.testing.assert_array_equal(_encoder_kernel(build_classifier(cfg, 4)), _encoder_kernel(source))
+    assert len(requests) == 1
+    with pytest.raises(ConfigError, match="no ImageNet weights are published for backbone 'densenet121'"):
+        ClassifierModelConfig(backbone="densenet121", encoder_weights="imagenet").validate()
+
+
 def test_a_corrupted_download_is_refused_by_its_checksum(weights_server, monkeypatch):
     monkeypatch.setitem(imagenet_entry("resnet18"), "md5", "0" * 32)
     with pytest.raises(ConfigError, match="cannot download the ImageNet resnet18 weights"):

@@ -20,8 +20,9 @@ from tfsky.errors import ConfigError, InputError
 from tfsky.models.precision import Precision
 from tfsky.models.segmenter import (
     _bare_backbone,
+    check_encoder_weights,
     freeze_encoder_batchnorm,
-    load_encoder_weights,
+    load_start_weights,
     segmentation_models,
     with_encoder_input,
 )
@@ -35,7 +36,8 @@ class ClassifierModelConfig:
         backbone: str. Any segmentation-models backbone (``resnet18``, ``mobilenetv2``,
             ``efficientnetb0``...). Defaults to ``resnet18``.
         dropout: float. Dropout before the head. Defaults to 0.3.
-        encoder_weights: Optional[Path]. Backbone ``.h5`` weights file. Defaults to None.
+        encoder_weights: Optional[str]. ``imagenet`` (downloaded once, as for the segmenter) or a local
+            backbone ``.h5`` weights file. Defaults to None.
         encoder_from: Optional[Path]. A trained tfsky segmenter (``.keras``) with the same backbone,
             whose encoder initialises this one. Defaults to None.
         encoder_batchnorm: str. ``train`` or ``frozen`` (keep the loaded encoder's batch-norm statistics),
@@ -45,7 +47,7 @@ class ClassifierModelConfig:
 
     backbone: str = "resnet18"
     dropout: float = 0.3
-    encoder_weights: Optional[Path] = None
+    encoder_weights: Optional[str] = None
     encoder_from: Optional[Path] = None
     encoder_batchnorm: Literal["train", "frozen"] = "train"
     precision: Precision = "auto"
@@ -58,9 +60,9 @@ class ClassifierModelConfig:
             raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout}")
         if self.encoder_weights is not None and self.encoder_from is not None:
             raise ConfigError("encoder_from", "set encoder_weights or encoder_from, not both")
-        for key in ("encoder_weights", "encoder_from"):
-            if getattr(self, key) is not None and not Path(getattr(self, key)).is_file():
-                raise ConfigError(key, f"file not found: {getattr(self, key)}")
+        check_encoder_weights(self.encoder_weights, self.backbone)
+        if self.encoder_from is not None and not Path(self.encoder_from).is_file():
+            raise ConfigError("encoder_from", f"file not found: {self.encoder_from}")
 
 
 def build_classifier(cfg: ClassifierModelConfig, classes: int) -> tf.keras.Model:
@@ -73,7 +75,7 @@ def build_classifier(cfg: ClassifierModelConfig, classes: int) -> tf.keras.Model
     model = tf.keras.Model(backbone.input, probabilities, name=f"classifier_{cfg.backbone}")
     model = with_encoder_input(model, cfg.backbone, 3)
     if cfg.encoder_weights is not None:
-        load_encoder_weights(model, cfg.encoder_weights, cfg.backbone)
+        load_start_weights(model, cfg.encoder_weights, cfg.backbone)
     if cfg.encoder_from is not None:
         copy_segmenter_encoder(model, backbone, cfg.encoder_from)
     if cfg.encoder_batchnorm == "frozen":

@@ -99,10 +99,7 @@ class SegmenterModelConfig:
             raise ConfigError("classes", f"must be >= 1; got {self.classes}")
         if not self.decoder_filters or min(self.decoder_filters) < 1:
             raise ConfigError("decoder_filters", "must be a non-empty list of positive integers")
-        if self.encoder_weights == IMAGENET:
-            imagenet_entry(self.backbone)
-        elif self.encoder_weights is not None and not Path(self.encoder_weights).is_file():
-            raise ConfigError("encoder_weights", f"weights file not found: {self.encoder_weights}")
+        check_encoder_weights(self.encoder_weights, self.backbone)
 
 
 @functools.cache
@@ -132,13 +129,28 @@ def build_segmenter(cfg: SegmenterModelConfig, in_channels: int) -> tf.keras.Mod
     activation = "sigmoid" if cfg.classes == 1 else "softmax"
     probabilities = tf.keras.layers.Activation(activation, dtype="float32", name="probabilities")(base.output)
     model = tf.keras.Model(base.input, probabilities, name=f"{cfg.architecture}_{cfg.backbone}")
-    if cfg.encoder_weights == IMAGENET:
-        load_encoder_weights(model, download_imagenet_encoder(cfg.backbone), cfg.backbone)
-    elif cfg.encoder_weights is not None:
-        load_encoder_weights(model, cfg.encoder_weights, cfg.backbone)
+    if cfg.encoder_weights is not None:
+        load_start_weights(model, cfg.encoder_weights, cfg.backbone)
     if cfg.encoder_batchnorm == "frozen":
         freeze_encoder_batchnorm(model, cfg.backbone)
     return model
+
+
+def check_encoder_weights(weights: Optional[str], backbone: str) -> None:
+    """The config check of ``encoder_weights``: ``imagenet`` must be published for ``backbone``, a file must exist.
+
+    Raises:
+        ConfigError: it is neither (key ``encoder_weights``).
+    """
+    if weights == IMAGENET:
+        imagenet_entry(backbone)
+    elif weights is not None and not Path(weights).is_file():
+        raise ConfigError("encoder_weights", f"weights file not found: {weights}")
+
+
+def load_start_weights(model: tf.keras.Model, weights: str | Path, backbone: str) -> None:
+    """Start ``model``'s encoder from ``weights``: ``imagenet`` (downloaded once) or a backbone ``.h5`` file."""
+    load_encoder_weights(model, download_imagenet_encoder(backbone) if weights == IMAGENET else weights, backbone)
 
 
 def freeze_encoder_batchnorm(model: tf.keras.Model, backbone: str) -> None:

@@ -177,7 +177,7 @@ def _shipped_schemas():
     }
     schemas |= {
         name: (ClassifierConfig, None)
-        for name in ("weather_allsky", "weather_mwd", "weather_mwd_mobilenetv2", "weather_mwd_r34", "weather_tiny")
+        for name in ("weather_allsky", "weather_mwd", "weather_mwd_r34", "weather_mwd_scratch", "weather_tiny")
     }
     return schemas
 

@@ -122,6 +122,16 @@ def test_predict_with_a_classifier_writes_sidecars_and_one_table_resumably(serve
     assert len(table(out / TABLE)) == 2  # the table still lists the skipped images
 
 
+def test_predict_with_a_classifier_takes_the_inference_precision(served, cli, tmp_path):
+    image = served["files"][0]
+    result = cli("predict", "-m", served["model"], image, "-o", tmp_path, "--precision", "bfloat16", "-q")
+    assert result.exit_code == 0, result.stderr  # a setting of both kinds, not refused as a segmenter's
+    facts = sidecar(tmp_path / "blue.json")
+    assert facts["precision"] == "bfloat16"
+    # bfloat16 maths (8 mantissa bits) through a ResNet18: probabilities near 0.5 move by a few 1e-3
+    np.testing.assert_allclose(list(facts["probabilities"].values()), served["expected"][image], atol=0.02)
+
+
 def test_predict_with_a_classifier_reports_a_bad_file_and_an_hdr_image_and_goes_on(served, cli, tmp_path):
     from tfsky.io.writers import write_exr
 

@@ -218,6 +218,26 @@ def test_config_section_is_read_and_flags_override_it(cli, ldr_model, tmp_path):
     )
 
 
+def test_the_inference_precision_is_chosen_said_and_recorded(cli, ldr_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("TFSKY_CPU_BF16", "0")  # a CPU without a bfloat16 unit: auto computes in float32
+    write_png(tmp_path / "a.png", ldr_image())
+    auto = cli("predict", "-m", ldr_model, tmp_path / "a.png", "-o", tmp_path / "auto", "-q")
+    assert auto.exit_code == 0, auto.stderr
+    fast = cli("predict", "-m", ldr_model, tmp_path / "a.png", "-o", tmp_path / "fast", "--precision", "bfloat16", "-q")
+    assert fast.exit_code == 0, fast.stderr
+    facts = {run: json.loads((tmp_path / run / "a.json").read_text()) for run in ("auto", "fast")}
+    assert (facts["auto"]["precision"], facts["fast"]["precision"]) == ("float32", "bfloat16")
+    probability = {run: read_image(tmp_path / run / "a_prob.png", channels=None)[..., 0] / 65535 for run in facts}
+    # bfloat16 keeps 8 mantissa bits (steps of 2-4e-3 near these values) through two small layers
+    np.testing.assert_allclose(probability["fast"], probability["auto"], atol=0.02)
+    assert not np.array_equal(probability["fast"], probability["auto"])  # it did compute in bfloat16
+    bad = cli("predict", "-m", ldr_model, tmp_path / "a.png", "-o", tmp_path / "bad", "--precision", "half")
+    assert bad.exit_code == 1
+    assert bad.stderr.strip() == (
+        "Error: config key 'predict.precision': must be one of auto, float32, bfloat16, as_trained; got 'half'"
+    )
+
+
 def test_channel_and_dynamic_range_mismatches_are_one_line_errors(cli, ldr_model, hdr_model, tmp_path):
     two_channel = tiny_segmenter(tmp_path / "two.keras", channels=2)
     write_png(tmp_path / "rgb.png", ldr_image())

@@ -14,6 +14,9 @@ from tfsky.cli.options import OverlapOption, TileBatchOption, TileOption, TtaOpt
 from tfsky.cli.options import MemoryBudgetOption, ResolutionOption
 
 
+SHARED_SETTINGS = ("precision",)  # predict.* keys that classifiers take too
+
+
 @engine_flags
 def predict_cli(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (recursive) or .txt manifests.")],
@@ -50,6 +53,13 @@ def predict_cli(
             "undefined (config: predict.cloud.sun; default: on).",
         ),
     ] = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(
+            help="auto | float32 | bfloat16 | as_trained: what the model computes in; auto takes bfloat16 only on "
+            "a CPU with a bfloat16 unit for a model whose masks keep (config: predict.precision).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
     engine: EngineFlags = EngineFlags(),  # --engine, --address, --workers, ... (engine_flags)
     config: ConfigOption = None,
@@ -69,6 +79,7 @@ def predict_cli(
     from tfsky.predict.classify import classify_many
 
     flags = {
+        "precision": precision,
         "threshold": threshold,
         "prob_format": prob_format,
         "camera_mask": camera_mask,
@@ -83,7 +94,9 @@ def predict_cli(
     runner = engine.make()
     with JobProgress(quiet) as listener:
         if classifier:
-            report = classify_many(model, inputs, out, overwrite=overwrite, listener=listener, engine=runner)
+            report = classify_many(
+                model, inputs, out, overwrite=overwrite, listener=listener, engine=runner, precision=cfg.precision
+            )
         else:
             report = predict_many(model, inputs, out, cfg, overwrite=overwrite, listener=listener, engine=runner)
     finish(report, out, quiet)
@@ -91,14 +104,16 @@ def predict_cli(
 
 def _segmenter_settings(flags: dict[str, Any], config: Optional[Path], set_: Optional[list[str]]) -> list[str]:
     """What a classifier is given of the segmenter settings: the flags (``--threshold``), then the ``predict.*``
-    keys that --config and --set change from their defaults (``predict.tiling.tta (--config/--set)``)."""
+    keys that --config and --set change from their defaults (``predict.tiling.tta (--config/--set)``); the
+    precision applies to both kinds."""
     from tfsky.predict.batch import PredictConfig
 
-    given = [key for key, value in flags.items() if value is not None]
+    given = [key for key, value in flags.items() if value is not None and key not in SHARED_SETTINGS]
     from_files = _changed_keys(
         dataclasses.asdict(command_config(PredictConfig, "predict", config, set_, {})),
         dataclasses.asdict(PredictConfig()),
     )
+    from_files = [key for key in from_files if key not in SHARED_SETTINGS]
     return [f"--{key.split('.')[-1].replace('_', '-')}" for key in given] + [
         f"predict.{key} (--config/--set)" for key in from_files if key not in given
     ]

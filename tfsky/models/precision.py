@@ -119,14 +119,25 @@ def for_inference(
     nothing: mixed-precision weights are stored in float32 (the weights of a
     layer built in plain float16 are widened).
     """
-    if precision == "auto":
-        precision = auto_for_inference(verdict)
+    precision = inference_precision(precision, verdict)
     layers = [module for module in model.submodules if isinstance(module, tf.keras.layers.Layer)]
     if precision == "bfloat16":
         return _rebuilt(model, "mixed_bfloat16")
     if precision == "as_trained" or not any(_computes_in_half(layer) for layer in layers):
         return model
     return _rebuilt(model, "float32")
+
+
+def inference_precision(precision: InferencePrecision, verdict: Optional[dict]) -> InferencePrecision:
+    """``precision`` with ``auto`` resolved for a model with the bfloat16 ``verdict`` on this machine."""
+    return auto_for_inference(verdict) if precision == "auto" else precision
+
+
+def compute_dtype(model: tf.keras.Model) -> str:
+    """What ``model`` computes in, as the sidecars of `tfsky predict` record it: ``bfloat16`` or ``float16`` when
+    its layers do (a float32 head aside), else ``float32``."""
+    dtypes = {module.compute_dtype for module in model.submodules if isinstance(module, tf.keras.layers.Layer)}
+    return next((half for half in ("bfloat16", "float16") if half in dtypes), "float32")
 
 
 def auto_for_inference(verdict: Optional[dict]) -> InferencePrecision:

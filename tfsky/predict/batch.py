@@ -30,6 +30,7 @@ from tfsky.errors import ConfigError, InputError
 from tfsky.io.stores import as_path
 from tfsky.batch import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelKind, load_info
+from tfsky.models.precision import InferencePrecision
 from tfsky.predict.outputs import (
     Maps,
     OutputPaths,
@@ -60,6 +61,10 @@ class PredictConfig:
         camera_mask: Optional[Path]. A sky segmenter's camera prior (``tfsky streams skymask``'s
             ``camera_mask.png``, white = sky): each frame's probabilities are mixed with it by the frame's
             evidence (`tfsky.predict.camera_mask.CameraPrior`). Defaults to None.
+        precision: str. ``auto``, ``float32``, ``bfloat16`` or ``as_trained``
+            (`tfsky.models.precision.for_inference`): ``auto`` computes in bfloat16 only on a CPU with a
+            bfloat16 unit and for a model whose stored verdict says its masks keep. Sidecars record what
+            the model computed in. Defaults to ``auto``.
     """
 
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
@@ -67,6 +72,7 @@ class PredictConfig:
     prob_format: ProbFormat = "png16"
     cloud: CloudCoverConfig = dataclasses.field(default_factory=CloudCoverConfig)
     camera_mask: Optional[Path] = None
+    precision: InferencePrecision = "auto"
 
     def validate(self) -> None:
         if self.threshold is not None and not 0 <= self.threshold <= 1:
@@ -145,11 +151,12 @@ class PredictTask(Task):
         return self.inputs_of_model.read(source)
 
     def load(self) -> None:
-        self.segmenter = TiledSegmenter.load(self.model_path, self.config.tiling)
+        self.segmenter = TiledSegmenter.load(self.model_path, self.config.tiling, self.config.precision)
         self.threshold = self.segmenter.mask_threshold(self.config.threshold)
         self.cover = FrameCover(self.config.cloud, self.threshold, self.segmenter.info) if self.cloud else None
         self.facts = {
             "model": {"path": str(self.model_path), "id": model_id(self.model_path)},
+            "precision": self.segmenter.precision,
             "tfsky_version": __version__,
         }
 

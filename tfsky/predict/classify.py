@@ -31,7 +31,7 @@ from tfsky.io.images import read_image
 from tfsky.io.stores import StorePath, as_path
 from tfsky.batch import Decoded, Engine, Item, Listener, Report, Task, run_job
 from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
-from tfsky.models.precision import InferencePrecision
+from tfsky.models.precision import InferencePrecision, compute_dtype
 from tfsky.predict.camera_mask import CameraPrior
 from tfsky.predict.outputs import job_sidecars
 from tfsky.predict.segment import TiledSegmenter, model_id
@@ -202,10 +202,19 @@ def classify_many(
     overwrite: bool = False,
     listener: Optional[Listener] = None,
     engine: Optional[Engine] = None,
+    precision: InferencePrecision = "auto",
 ) -> Report:
-    """Classify every image of ``inputs`` into ``out_dir`` (see the module docstring); returns the job's report."""
+    """Classify every image of ``inputs`` into ``out_dir`` (see the module docstring); returns the job's report.
+
+    ``precision``: the inference precision (`tfsky.models.bundle.load_model`).
+    """
     report = run_job(
-        ClassifyTask(Path(model_path)), inputs, out_dir, overwrite=overwrite, listener=listener, engine=engine
+        ClassifyTask(Path(model_path), precision),
+        inputs,
+        out_dir,
+        overwrite=overwrite,
+        listener=listener,
+        engine=engine,
     )
     write_classification_table(as_path(out_dir), {str(source) for source in (*report.done, *report.skipped)})
     return report
@@ -214,8 +223,9 @@ def classify_many(
 class ClassifyTask(Task):
     """The sidecar of one image: its condition and class probabilities from a local classifier."""
 
-    def __init__(self, model_path: Path):
+    def __init__(self, model_path: Path, precision: InferencePrecision = "auto"):
         self.model_path = model_path
+        self.precision = precision
         self.sizes: tuple[int, int] = (0, 0)
         self.classifier: Optional[WeatherClassifier] = None
 
@@ -233,7 +243,7 @@ class ClassifyTask(Task):
         return classifier_input(image, *self.sizes), image.shape[:2]
 
     def load(self) -> None:
-        self.classifier = WeatherClassifier.load(self.model_path)
+        self.classifier = WeatherClassifier.load(self.model_path, self.precision)
 
     def process(self, item: Item, decoded: Decoded, outputs: tuple[Path], listener: Listener) -> None:
         assert self.classifier is not None  # load() ran
@@ -247,6 +257,7 @@ class ClassifyTask(Task):
                 "width": width,
                 **classification(dict(zip(self.classifier.conditions, probabilities.tolist()))),
                 "model": {"path": str(self.model_path), "id": self.classifier.id},
+                "precision": compute_dtype(self.classifier.model),
                 "tfsky_version": __version__,
             },
         )

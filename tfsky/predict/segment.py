@@ -34,6 +34,7 @@ from tfsky.data.transforms import is_hdr
 from tfsky.errors import InputError
 from tfsky.io.images import Channels, read_image
 from tfsky.models.bundle import ModelInfo, ModelKind, load_model
+from tfsky.models.precision import InferencePrecision, compute_dtype
 from tfsky.predict.refine import refine
 from tfsky.progress import Once
 from tfsky.tiling import (
@@ -153,11 +154,14 @@ class TiledSegmenter:
         self.announce = Once()  # what ``tile: auto`` chose, once per image size
         self.tiling = choose_tiling(self.requested, SIZE_MULTIPLE, None, available_memory(self.requested.memory_budget))
         self._forward = compiled_forward(model, info.in_channels)
+        self.precision = compute_dtype(model)  # what the tiles are computed in (sidecars record it)
 
     @classmethod
-    def load(cls, path: str | Path, tiling: TilingConfig | None = None) -> "TiledSegmenter":
-        """Load a tfsky model file (``.keras`` + sidecar) for tiled prediction."""
-        model, info = load_model(path, kind=ModelKind.SEGMENTER)
+    def load(
+        cls, path: str | Path, tiling: TilingConfig | None = None, precision: InferencePrecision = "auto"
+    ) -> "TiledSegmenter":
+        """Load a tfsky model file (``.keras`` + sidecar) for tiled prediction at the inference ``precision``."""
+        model, info = load_model(path, precision, kind=ModelKind.SEGMENTER)
         return cls(model, info, tiling)
 
     def read(self, path: str | Path) -> np.ndarray:

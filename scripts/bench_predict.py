@@ -40,7 +40,8 @@ its peak RSS (``os.wait4``) is its own:
    ``pixel_limit_ratio`` of part 3 against 1024-px probes *of the same precision*), at the working scale (first,
    warm) and ``--precision-batch`` images at the working scale in a row (wall per image, decoding excluded); mask
    agreement with the float32 masks of the same run; peak RSS. ``precision_speedup`` = float32 wall / bfloat16
-   wall (the processes run one after the other: the machine's drift enters it, not the pixel-limit ratios);
+   wall (``precision_speedup_auto``: / the wall of ``auto``, the build the model's verdict chose, e.g. bfloat16 with
+   the encoder in float32) (the processes run one after the other: the machine's drift enters it, not the pixel-limit ratios);
    ``precision_auto`` what ``auto`` resolves to here. Without a bfloat16 unit (``cpu``) bfloat16 is
    emulated, slower than float32: the figures then measure the fallback's cost, not the unit's gain.
 
@@ -115,8 +116,8 @@ def main() -> None:
     OVERLAPS = tuple(map(int, args.overlaps.split(",")))
     OVERLAP_TILE = args.overlap_tile
     PRECISIONS = tuple(sorted(args.precisions.split(","), key=lambda name: name != "float32"))
-    if unknown := set(PRECISIONS) - {"float32", "bfloat16"}:
-        parser.error(f"--precisions: unknown {', '.join(sorted(unknown))} (float32, bfloat16)")
+    if unknown := set(PRECISIONS) - {"float32", "bfloat16", "auto"}:
+        parser.error(f"--precisions: unknown {', '.join(sorted(unknown))} (float32, bfloat16, auto)")
     PRECISION_BATCH, PRECISION_ROUNDS, PROBE_SECONDS = args.precision_batch, args.precision_rounds, args.probe_seconds
     if args.phase:
         PHASES[args.phase](args.workdir, args.model)
@@ -233,6 +234,7 @@ def run_precisions(workdir: Path, model: Path) -> dict:
     return {
         "precision": rows,
         "precision_speedup": precision_speedup(rows),
+        "precision_speedup_auto": precision_speedup(rows, "auto"),
         "precision_auto": {
             "training": resolve_precision("auto"),
             "inference": auto_for_inference(verdict),  # what load_model(precision="auto") does with this model
@@ -241,12 +243,12 @@ def run_precisions(workdir: Path, model: Path) -> dict:
     }
 
 
-def precision_speedup(rows: dict) -> dict | None:
-    """float32 wall / bfloat16 wall (> 1: bfloat16 is faster) of the precision part's measurements, rounded to
+def precision_speedup(rows: dict, fast: str = "bfloat16") -> dict | None:
+    """float32 wall / ``fast`` wall (> 1: ``fast`` is faster) of the precision part's measurements, rounded to
     3 places; None without both precisions. ``full``: the warm full-resolution medians; ``full_first``: the
     first predictions (tracing included); ``working``: the warm working-scale prediction; ``working_batch``:
     the working-scale batch, per image."""
-    if not {"float32", "bfloat16"} <= set(rows):
+    if not {"float32", fast} <= set(rows):
         return None
     walls = {
         "full": lambda row: row["full"]["steady"]["warm_seconds_median"],
@@ -255,7 +257,7 @@ def precision_speedup(rows: dict) -> dict | None:
         "working_batch": lambda row: row["working_batch"]["wall_per_image"],
     }
     return {
-        name: round(wall(rows["float32"]) / wall(rows["bfloat16"]), 3) if wall(rows["bfloat16"]) else None
+        name: round(wall(rows["float32"]) / wall(rows[fast]), 3) if wall(rows[fast]) else None
         for name, wall in walls.items()
     }
 

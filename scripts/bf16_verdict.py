@@ -3,8 +3,7 @@
 Per model: the verdict ``precision: auto`` goes by (`tfsky.models.precision.bfloat16_verdict`: mask agreement
 at the stored threshold, validation IoU in each precision, ok iff agreement >= 0.999 and |IoU change| < 0.002)
 with the whole network in bfloat16, and with ``--keep GROUP`` the same with a group of layers kept in float32
-(``encoder``: the layers before the decoder; ``decoder``: the decoder and the head; ``last-stage``: the last
-decoder stage and the head; layer names of segmentation-models' U-Net), with that group's share of the
+(`tfsky.models.precision.float32_part_layers`: ``encoder``, ``decoder``, ``last-stage``), with that group's share of the
 network's multiply-accumulates at the training patch size: what keeping it float32 costs on a CPU with a
 bfloat16 unit. The model's sidecar is not written (``tfsky evaluate precision`` does that), so a model may be
 read-only. Each run merges one entry (model x group) into ``scripts/results/bf16_verdict.json``; a pass over
@@ -19,6 +18,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
@@ -27,28 +27,19 @@ import tensorflow as tf
 from tfsky.config import load_config
 from tfsky.io.atomic import write_json
 from tfsky.models.bundle import load_model
-from tfsky.models.precision import BF16_MAX_IOU_CHANGE, BF16_MIN_AGREEMENT, bfloat16_verdict, cpu_record
+from tfsky.models.precision import (
+    BF16_MAX_IOU_CHANGE,
+    BF16_MIN_AGREEMENT,
+    FloatPart,
+    bfloat16_verdict,
+    cpu_record,
+    float32_part_layers,
+)
 from tfsky.train.bfloat16 import validation_batches
 from tfsky.train.config import SegmenterConfig
 
 RESULTS = Path(__file__).parent / "results" / "bf16_verdict.json"
-GROUPS = ("none", "encoder", "decoder", "last-stage")
-
-
-def kept_layers(model: tf.keras.Model, group: str) -> list[str]:
-    """Names of the layers of ``group`` (see the module docstring) in a segmentation-models U-Net."""
-    names = [layer.name for layer in model.layers]
-    decoder = [i for i, name in enumerate(names) if name.startswith("decoder_")]
-    if group == "none":
-        return []
-    if not decoder:
-        raise SystemExit(f"{model.name}: no decoder_* layers (not a U-Net of segmentation-models)")
-    if group == "encoder":
-        return names[1 : decoder[0]]
-    if group == "decoder":
-        return names[decoder[0] :]
-    stage = names[decoder[-1]].split("_")[1].rstrip("ab")  # decoder_stage4b_relu -> stage4
-    return [name for i, name in enumerate(names) if i > decoder[-1] or name.startswith(f"decoder_{stage}")]
+GROUPS = ("none", *get_args(FloatPart))
 
 
 def macs_share(model: tf.keras.Model, layers: list[str], size: int) -> float:
@@ -73,10 +64,13 @@ def main() -> None:
 
     cfg = load_config(SegmenterConfig, args.config or args.model.parent / "config.yaml", args.set)
     model, info = load_model(args.model, precision="float32")
-    kept = kept_layers(model, args.keep)
+    part = None if args.keep == "none" else args.keep
+    kept = float32_part_layers(model, part)
+    if part and not kept:
+        raise SystemExit(f"{args.model}: no decoder_* layers (not a U-Net of segmentation-models)")
     batches = [(images.numpy(), masks.numpy()) for images, masks in validation_batches(cfg)]
     start = time.perf_counter()
-    verdict = bfloat16_verdict(model, batches, info.threshold, float32_layers=kept)
+    verdict = bfloat16_verdict(model, batches, info.threshold, float32_part=part, fallback=None)
     verdict["seconds"] = round(time.perf_counter() - start, 1)  # float32 and bfloat16 passes
     verdict["iou_change"] = round(verdict["iou_bfloat16"] - verdict["iou_float32"], 5)
     verdict["float32_layers"] = len(kept)

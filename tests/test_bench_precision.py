@@ -29,6 +29,17 @@ def test_predict_speedup_is_float32_wall_over_bfloat16_wall_per_measurement():
     }
 
 
+def test_predict_speedup_of_auto_divides_by_the_auto_rows():
+    rows = {"float32": _predict_row(30.0, 40.0, 2.0, 2.5), "auto": _predict_row(15.0, 20.0, 1.0, 1.25)}
+    assert bench_predict.precision_speedup(rows, "auto") == {
+        "full": 2.0,
+        "full_first": 2.0,
+        "working": 2.0,
+        "working_batch": 2.0,
+    }
+    assert bench_predict.precision_speedup(rows) is None
+
+
 def test_predict_speedup_needs_both_precisions():
     assert bench_predict.precision_speedup({"float32": _predict_row(1, 1, 1, 1)}) is None
     assert bench_predict.precision_speedup({"bfloat16": _predict_row(1, 1, 1, 1)}) is None

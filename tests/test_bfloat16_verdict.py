@@ -94,10 +94,71 @@ def test_the_verdict_is_cut_at_the_given_threshold():
     assert verdict["agreement"] == 1.0
 
 
-def test_layers_kept_in_float32_show_where_the_disagreement_comes_from():
+def tiny_unet() -> tf.keras.Model:
+    """`tiny_segmenter` laid out like a segmentation-models U-Net: the flipping logit in the encoder, then an
+    identity ``decoder_stage0_conv``. Kept in float32, the encoder gives the float32 logit (-0.05 at
+    `FLIPS_TO_SKY`), which bfloat16 rounds but keeps negative: the masks stay the float32 masks."""
+    inputs = tf.keras.Input((None, None, 3))
+    logit = tf.keras.layers.Conv2D(1, 1, name="encoder_logit")(inputs)
+    decoded = tf.keras.layers.Conv2D(1, 1, name="decoder_stage0_conv")(logit)
+    model = tf.keras.Model(inputs, tf.keras.layers.Activation("sigmoid", dtype="float32", name="head")(decoded))
+    model.get_layer("encoder_logit").set_weights(
+        [np.array([100.0, 0, 0], np.float32).reshape(1, 1, 3, 1), np.array([-50.0], np.float32)]
+    )
+    model.get_layer("decoder_stage0_conv").set_weights([np.ones((1, 1, 1, 1), np.float32), np.zeros(1, np.float32)])
+    return model
+
+
+def test_the_parts_of_a_unet_a_bfloat16_build_may_keep_in_float32():
+    model = tiny_unet()
+    assert precision.float32_part_layers(model, "encoder") == ["encoder_logit"]
+    assert precision.float32_part_layers(model, "decoder") == ["decoder_stage0_conv", "head"]
+    assert precision.float32_part_layers(model, "last-stage") == ["decoder_stage0_conv", "head"]
+    assert precision.float32_part_layers(model, None) == []
+    assert precision.float32_part_layers(tiny_segmenter(), "encoder") == []  # no decoder_* layers: no parts
+
+
+def test_a_part_kept_in_float32_shows_where_the_disagreement_comes_from():
     flipping = [batch(scene(flips=20))]
-    assert bfloat16_verdict(tiny_segmenter(), flipping, float32_layers=["features"])["agreement"] == 1.0
-    assert bfloat16_verdict(tiny_segmenter(), flipping, float32_layers=["elsewhere"])["agreement"] < 1.0
+    no_fallback = {"fallback": None}
+    assert bfloat16_verdict(tiny_unet(), flipping, float32_part="encoder", **no_fallback)["agreement"] == 1.0
+    assert bfloat16_verdict(tiny_unet(), flipping, float32_part="decoder", **no_fallback)["agreement"] < 1.0
+
+
+def test_when_the_whole_network_fails_the_verdict_keeps_the_encoder_in_float32():
+    verdict = bfloat16_verdict(tiny_unet(), [batch(scene(flips=20))])
+    assert verdict["ok"] is True and verdict["float32_part"] == "encoder" and verdict["agreement"] == 1.0
+    assert verdict["whole_network"]["agreement"] == pytest.approx(1 - 20 / 1024)
+    whole_only = bfloat16_verdict(tiny_unet(), [batch(scene(flips=20))], fallback=None)
+    assert whole_only["ok"] is False and whole_only["float32_part"] is None and "whole_network" not in whole_only
+
+
+def test_a_model_that_passes_whole_is_not_split_and_one_without_parts_just_fails():
+    passing = bfloat16_verdict(tiny_unet(), [batch(scene())])
+    assert passing["ok"] is True and passing["float32_part"] is None and "whole_network" not in passing
+    failing = bfloat16_verdict(tiny_segmenter(), [batch(scene(flips=20))])
+    assert failing["ok"] is False and failing["float32_part"] is None
+
+
+def test_auto_builds_what_the_verdict_passed_and_an_explicit_bfloat16_builds_the_whole_network(
+    tmp_path, monkeypatch, caplog
+):
+    with_bf16_unit(monkeypatch, True)
+    caplog.set_level(logging.INFO, logger="tfsky")
+    verdict = bfloat16_verdict(tiny_unet(), [batch(scene(flips=20))])
+    path = tmp_path / "unet.keras"
+    save_model(tiny_unet(), path, ModelInfo("segmenter", Preprocess(), tile_size=32, bfloat16=verdict))
+    auto, _ = load_model(path)
+    assert auto.get_layer("encoder_logit").compute_dtype == "float32"
+    assert auto.get_layer("decoder_stage0_conv").compute_dtype == "bfloat16"
+    image, truth = batch(scene(flips=20))
+    assert np.array_equal(auto(image).numpy() >= 0.5, truth >= 0.5)  # the float32 masks, flips included
+    notes = [record.getMessage() for record in caplog.records if record.name.startswith("tfsky")]
+    assert "its bfloat16 verdict is ok with the encoder in float32" in notes[0]
+    assert "the whole network in bfloat16: agreement 0.98047" in notes[0]
+    whole, _ = load_model(path, precision="bfloat16")
+    assert whole.get_layer("encoder_logit").compute_dtype == "bfloat16"
+    assert not np.array_equal(whole(image).numpy() >= 0.5, truth >= 0.5)
 
 
 def saved(tmp_path, verdict, name="best") -> str:

@@ -37,6 +37,7 @@ from tfsky.progress import Progress, logger, tracked
 
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 InferencePrecision = Literal["auto", "float32", "bfloat16", "as_trained"]
+FloatPart = Literal["encoder", "decoder", "last-stage"]  # a part of a U-Net a bfloat16 build may keep in float32
 StrategyName = Literal["default", "mirrored", "multi_worker"]
 
 
@@ -44,6 +45,7 @@ BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # /proc/cpuinfo flags o
 BF16_OVERRIDE = "TFSKY_CPU_BF16"  # 1 / 0: take the CPU's bfloat16 support as given (tests, odd platforms)
 BF16_MIN_AGREEMENT = 0.999  # share of mask pixels bfloat16 must leave unchanged for `auto` to use it (issue 25)
 BF16_MAX_IOU_CHANGE = 0.002  # and the validation IoU must move by less than this
+FALLBACK_PART: FloatPart = "encoder"  # kept in float32 when the whole network in bfloat16 fails the verdict
 
 
 def resolve_precision(name: Precision) -> str:
@@ -112,18 +114,21 @@ def for_inference(
     CPU. ``auto`` follows `resolve_precision`: it keeps them on a GPU; on a CPU
     with a bfloat16 unit it computes in bfloat16 when the model's stored
     ``verdict`` (`bfloat16_verdict`) is ok, else in float32, saying why on the
-    ``tfsky`` logger; on any other CPU in float32. ``float32`` always rebuilds,
-    ``as_trained`` never. ``bfloat16`` rebuilds every layer in mixed_bfloat16
-    (float32 weights, bfloat16 maths; layers pinned to float32, like the
-    probability head, stay float32), whatever the verdict. Rebuilding loses
-    nothing: mixed-precision weights are stored in float32 (the weights of a
-    layer built in plain float16 are widened).
+    ``tfsky`` logger, and keeps the part the verdict names (``float32_part``:
+    the encoder, where only that build kept the masks) in float32; on any
+    other CPU in float32. ``float32`` always rebuilds, ``as_trained`` never.
+    ``bfloat16`` rebuilds every layer in mixed_bfloat16 (float32 weights,
+    bfloat16 maths; layers pinned to float32, like the probability head, stay
+    float32), whatever the verdict. Rebuilding loses nothing: mixed-precision
+    weights are stored in float32 (the weights of a layer built in plain
+    float16 are widened).
     """
-    precision = inference_precision(precision, verdict)
+    chosen = inference_precision(precision, verdict)
     layers = [module for module in model.submodules if isinstance(module, tf.keras.layers.Layer)]
-    if precision == "bfloat16":
-        return _rebuilt(model, "mixed_bfloat16")
-    if precision == "as_trained" or not any(_computes_in_half(layer) for layer in layers):
+    if chosen == "bfloat16":
+        part = verdict.get("float32_part") if precision == "auto" and isinstance(verdict, dict) else None
+        return _rebuilt(model, "mixed_bfloat16", float32_part_layers(model, part))
+    if chosen == "as_trained" or not any(_computes_in_half(layer) for layer in layers):
         return model
     return _rebuilt(model, "float32")
 
@@ -166,6 +171,10 @@ def describe_verdict(verdict: Optional[dict]) -> str:
         f"mask agreement {verdict['agreement']:.5f}, IoU {verdict['iou_float32']:.4f} -> "
         f"{verdict['iou_bfloat16']:.4f} ({change:+.4f})"
     )
+    if bfloat16_ok(verdict) and verdict.get("float32_part"):
+        whole = verdict.get("whole_network", {})
+        failed = f"; the whole network in bfloat16: agreement {whole['agreement']:.5f}" if whole else ""
+        return f"its bfloat16 verdict is ok with the {verdict['float32_part']} in float32: {figures}{failed}"
     if bfloat16_ok(verdict):
         return f"its bfloat16 verdict is ok: {figures}"
     return (
@@ -179,24 +188,50 @@ def bfloat16_verdict(
     batches: Iterable,
     threshold: float = SKY_THRESHOLD,
     progress: Optional[Progress] = None,
-    float32_layers: Collection[str] = (),
+    float32_part: Optional[FloatPart] = None,
+    fallback: Optional[FloatPart] = FALLBACK_PART,
 ) -> dict:
     """Whether ``model`` keeps its masks when it computes in bfloat16 (`for_inference`), measured on ``batches``.
 
     bfloat16 keeps 8 mantissa bits, and a trained U-Net moved up to 2.5 % of an
     image's mask pixels with it (issue 25), so ``auto`` trusts it per model, on
     evidence. ``batches`` are ``(images, true masks)`` as the validation split
-    gives them. The float32 and bfloat16 masks (the sky cut at ``threshold`` of a
-    one-class model, the arg-max class of a softmax head) are compared pixel by
-    pixel (``agreement``), and each is scored against the truth with the IoU of
+    gives them (iterable twice: a list or a `tf.data.Dataset`). The float32 and
+    bfloat16 masks (the sky cut at ``threshold`` of a one-class model, the
+    arg-max class of a softmax head) are compared pixel by pixel
+    (``agreement``), and each is scored against the truth with the IoU of
     training (`tfsky.models.metrics.IoU`). ``ok`` when agreement >=
     `BF16_MIN_AGREEMENT` and the IoU changes by less than `BF16_MAX_IOU_CHANGE`.
     ``cpu`` is the CPU measured on: without a bfloat16 unit the same roundings
     are emulated, and accumulation order may differ from a unit's.
-    ``float32_layers``: names of layers the bfloat16 build keeps in float32, to
-    find where the disagreement comes from (``scripts/bf16_verdict.py``).
+
+    ``float32_part`` (`float32_part_layers`) is kept in float32 in the bfloat16
+    build. When the whole network fails, the ``fallback`` part is tried (the
+    encoder: in the MobileNetV2 U-Nets the error came from there, and it holds
+    ~8 % of the multiply-accumulates, `scripts/bf16_verdict.py`); if that
+    build passes, the verdict is its own, with ``float32_part`` naming the
+    part `for_inference` keeps and ``whole_network`` the failed attempt.
     """
-    reference, fast = for_inference(model, "float32"), _rebuilt(model, "mixed_bfloat16", float32_layers)
+    verdict = _compared(model, batches, threshold, progress, float32_part)
+    if verdict["ok"] or float32_part or not fallback or not float32_part_layers(model, fallback):
+        return verdict
+    kept = _compared(model, batches, threshold, progress, fallback)
+    if not kept["ok"]:
+        return verdict
+    whole = {key: verdict[key] for key in ("agreement", "iou_bfloat16")}
+    return {**kept, "whole_network": whole}
+
+
+def _compared(
+    model: tf.keras.Model,
+    batches: Iterable,
+    threshold: float,
+    progress: Optional[Progress],
+    float32_part: Optional[FloatPart],
+) -> dict:
+    """The verdict of `bfloat16_verdict` for one bfloat16 build (``float32_part`` kept in float32)."""
+    reference = for_inference(model, "float32")
+    fast = _rebuilt(model, "mixed_bfloat16", float32_part_layers(model, float32_part))
     scores: dict[str, IoU] = {}
     same = pixels = 0
     with tracked(progress, None, "float32 and bfloat16") as progress:
@@ -218,9 +253,27 @@ def bfloat16_verdict(
         "iou_float32": iou["float32"],
         "iou_bfloat16": iou["bfloat16"],
         "ok": ok,
+        "float32_part": float32_part,
         "pixels": pixels,
         "cpu": cpu_record()["model"] or "unknown",
     }
+
+
+def float32_part_layers(model: tf.keras.Model, part: Optional[FloatPart]) -> list[str]:
+    """Names of the layers of ``part`` in an encoder-decoder of segmentation-models (flat, its decoder layers named
+    ``decoder_*``): ``encoder``, the layers between the input (and its fixed ``encoder_input`` scaling) and the
+    decoder; ``decoder``, the decoder and the head; ``last-stage``, the last decoder stage and the head. Empty for
+    no part or a model without ``decoder_*`` layers."""
+    names = [layer.name for layer in model.layers]
+    decoder = [i for i, name in enumerate(names) if name.startswith("decoder_")]
+    if part is None or not decoder:
+        return []
+    if part == "encoder":
+        return names[1 : decoder[0]]
+    if part == "decoder":
+        return names[decoder[0] :]
+    stage = names[decoder[-1]].split("_")[1].rstrip("ab")  # decoder_stage4b_relu -> stage4
+    return [name for i, name in enumerate(names) if i > decoder[-1] or name.startswith(f"decoder_{stage}")]
 
 
 def _mask_labels(probabilities: np.ndarray, threshold: float) -> np.ndarray:

@@ -33,7 +33,7 @@ from tfsky.data.scale import resize_image, working_size
 from tfsky.data.transforms import is_hdr
 from tfsky.errors import InputError
 from tfsky.io.images import Channels, read_image
-from tfsky.models.bundle import ModelInfo, ModelKind, load_model
+from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
 from tfsky.models.precision import InferencePrecision, compute_dtype
 from tfsky.predict.refine import refine
 from tfsky.progress import Once
@@ -160,7 +160,11 @@ class TiledSegmenter:
     def load(
         cls, path: str | Path, tiling: TilingConfig | None = None, precision: InferencePrecision = "auto"
     ) -> "TiledSegmenter":
-        """Load a tfsky model file (``.keras`` + sidecar) for tiled prediction at the inference ``precision``."""
+        """Load a tfsky model file (``.keras`` + sidecar) for tiled prediction at the inference ``precision``.
+
+        A tile the model cannot take is reported from its sidecar, before the weights load.
+        """
+        segmenter_tiling(tiling, load_info(path, ModelKind.SEGMENTER))
         model, info = load_model(path, precision, kind=ModelKind.SEGMENTER)
         return cls(model, info, tiling)
 

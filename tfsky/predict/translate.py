@@ -67,6 +67,12 @@ from tfsky.train.config import TranslatorConfig, trained_config
 _BAND = 512  # rows blended at a time: no full-size float temporary for the composite
 
 
+def translator_tiling(tiling: TilingConfig | None, info: ModelInfo, path: str | Path) -> TilingConfig:
+    """The requested tiling of the translator ``info`` describes (`model_tiling`: its tile and size multiple)."""
+    multiple = trained_config(info, TranslatorConfig, path).model.size_multiple
+    return model_tiling(tiling, info.tile_size, multiple, info.task)
+
+
 class TiledTranslator:
     """A translator that maps whole uint8 RGB frames of any size to the target weather.
 
@@ -93,7 +99,7 @@ class TiledTranslator:
         trained = trained_config(info, TranslatorConfig, path)
         self.working_side = None if native_scale else trained.data.load_size
         self.multiple = trained.model.size_multiple
-        self.requested = model_tiling(tiling, info.tile_size, self.multiple, info.task)
+        self.requested = translator_tiling(tiling, info, path)
         self.announce = Once()  # what ``tile: auto`` chose, once per image size
         self.tiling = choose_tiling(self.requested, self.multiple, None, available_memory(self.requested.memory_budget))
         if info.task == "vae":
@@ -104,7 +110,9 @@ class TiledTranslator:
     def load(
         cls, path: str | Path, tiling: TilingConfig | None = None, sample: bool = False, native_scale: bool = False
     ) -> "TiledTranslator":
-        """Load a translator model file (``.keras`` + sidecar); a segmenter file is an `InputError`."""
+        """Load a translator model file (``.keras`` + sidecar); a segmenter file is an `InputError`, a tile the
+        model cannot take a `ConfigError` before the weights load."""
+        translator_tiling(tiling, load_info(path, ModelKind.TRANSLATOR), path)
         model, info = load_model(path, kind=ModelKind.TRANSLATOR)
         return cls(model, info, tiling, sample, native_scale, path)
 

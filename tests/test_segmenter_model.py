@@ -14,6 +14,7 @@ from tfsky.models.metrics import F1, IoU
 from tfsky.data.transforms import Preprocess
 from tfsky.models.bundle import ModelInfo, load_model, save_model
 from tfsky.models.precision import (
+    BF16_OVERRIDE,
     check_tf_config,
     for_inference,
     global_batch_size,
@@ -79,6 +80,7 @@ def without_gpu(monkeypatch) -> None:
 
 
 def test_auto_precision_is_mixed_float16_with_a_gpu_and_float32_without(monkeypatch):
+    monkeypatch.setenv(BF16_OVERRIDE, "0")  # a CPU without a bfloat16 unit (tests/test_precision_auto.py: with one)
     fake_gpu = [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")]
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: fake_gpu if kind == "GPU" else [])
     assert resolve_precision("auto") == "mixed_float16"

@@ -36,7 +36,8 @@ from tfsky.evaluate.config import EvaluateConfig
 from tfsky.evaluate.metrics import BOUNDARY_BAND
 from tfsky.evaluate.baselines import Baselines, fit_baselines
 from tfsky.evaluate.report import Table, markdown_document, signed, write_report
-from tfsky.predict.segment import TiledSegmenter
+from tfsky.models.bundle import ModelKind, load_info
+from tfsky.predict.segment import ModelInputs, TiledSegmenter
 from tfsky.progress import Progress, tracked
 from tfsky.tiling import TilingConfig
 
@@ -213,10 +214,11 @@ def evaluate_segmenter(
             no image that could be evaluated.
     """
     model_path, data = Path(model_path), Path(data)
+    # bad data is reported with the sidecar alone, before the weights load (and the precision note)
+    source = open_data(data, split, labels_csv, ModelInputs(load_info(model_path, ModelKind.SEGMENTER)))
+    baselines = _fit(source, data)
     segmenter = TiledSegmenter.load(model_path, tiling)
     threshold = segmenter.mask_threshold(threshold)
-    source = open_data(data, split, labels_csv, segmenter)
-    baselines = _fit(source, data)
     results, skipped = score_items(
         source.items(), lambda image: sky_mask(segmenter.probabilities(image), threshold), baselines, band, progress
     )
@@ -262,7 +264,7 @@ def _fit(source: EvalData, data: Path) -> Baselines:
     return fitted
 
 
-def open_data(data: Path, split: str, labels_csv: Optional[str | Path], segmenter: TiledSegmenter) -> EvalData:
+def open_data(data: Path, split: str, labels_csv: Optional[str | Path], inputs: ModelInputs) -> EvalData:
     """Recognise the layout of ``data`` and list its labelled images (checked against the model when loaded).
 
     Raises:
@@ -281,12 +283,12 @@ def open_data(data: Path, split: str, labels_csv: Optional[str | Path], segmente
             )
         return EvalData(
             "cache",
-            functools.partial(_cached_items, data, split, segmenter),
-            functools.partial(_cached_items, data, "train", segmenter),
+            functools.partial(_cached_items, data, split, inputs),
+            functools.partial(_cached_items, data, "train", inputs),
         )
     config = _folder_source(data)
     conditions = read_conditions(Path(labels_csv)) if labels_csv is not None else {}
-    items = functools.partial(_folder_items, config, conditions, segmenter)
+    items = functools.partial(_folder_items, config, conditions, inputs)
     if labels_csv is not None and conditions and all(item.condition is None for item in items()):
         raise InputError(labels_csv, f"names none of the images in {data} (paths are relative to {config.images})")
     return EvalData(config.kind, items, None)
@@ -305,27 +307,27 @@ def _folder_source(data: Path) -> SourceConfig:
     )
 
 
-def _cached_items(cache: Path, split: str, segmenter: TiledSegmenter) -> Iterator[Item]:
+def _cached_items(cache: Path, split: str, inputs: ModelInputs) -> Iterator[Item]:
     for cached in iter_cached(cache, split=split):
-        yield Item(cached.id, cached.condition, functools.partial(_checked_cached, cached, segmenter))
+        yield Item(cached.id, cached.condition, functools.partial(_checked_cached, cached, inputs))
 
 
-def _checked_cached(cached: CachedImage, segmenter: TiledSegmenter) -> tuple[np.ndarray, np.ndarray]:
-    segmenter.check(cached.image, cached.id)
+def _checked_cached(cached: CachedImage, inputs: ModelInputs) -> tuple[np.ndarray, np.ndarray]:
+    inputs.check(cached.image, cached.id)
     return cached.image, cached.mask == SKY_CLASS
 
 
-def _folder_items(config: SourceConfig, conditions: dict[str, str], segmenter: TiledSegmenter) -> Iterator[Item]:
+def _folder_items(config: SourceConfig, conditions: dict[str, str], inputs: ModelInputs) -> Iterator[Item]:
     for labelled in iter_source(config):
         condition = conditions.get(labelled.image_path.relative_to(config.images).as_posix())
-        yield Item(labelled.id, condition, functools.partial(_load_labelled, labelled, segmenter))
+        yield Item(labelled.id, condition, functools.partial(_load_labelled, labelled, inputs))
 
 
-def _load_labelled(labelled: LabelledImage, segmenter: TiledSegmenter) -> tuple[np.ndarray, np.ndarray]:
+def _load_labelled(labelled: LabelledImage, inputs: ModelInputs) -> tuple[np.ndarray, np.ndarray]:
     """Read an image for the model and its mask; a missing mask or a size mismatch is an `InputError`."""
     if labelled.problem:
         raise InputError(labelled.image_path, labelled.problem)
-    image = segmenter.read(labelled.image_path)
+    image = inputs.read(labelled.image_path)
     mask = labelled.load_mask()
     if mask.shape != image.shape[:2]:
         raise InputError(

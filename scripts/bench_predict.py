@@ -51,7 +51,8 @@ approach) are those of the committed run of the previous version of this script 
 ResNet34, HDR input), kept under ``previous`` for comparison.
 
 Usage: python scripts/bench_predict.py [--batch-full 2] [--batch-working 6] [--out scripts/results/bench_predict.json]
-       python scripts/bench_predict.py --parts precision [--precisions float32,bfloat16] [--precision-batch 6]
+       python scripts/bench_predict.py --parts precision [--precisions float32,bfloat16,auto] [--precision-batch 6]
+           --out scripts/results/bench_predict_precision.json   (its own file: ``cpu`` is the CPU of the last run)
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def main() -> None:
         PHASES[args.phase](args.workdir, args.model)
         return
     existing = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if "parts" not in existing:  # a result of the previous version of this script: kept for comparison
+    if existing and "parts" not in existing:  # a result of the previous version of this script: kept for comparison
         existing = {"previous": existing}
     with tempfile.TemporaryDirectory(prefix="bench_predict.") as temp:
         workdir = args.workdir or Path(temp)

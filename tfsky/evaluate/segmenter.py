@@ -36,8 +36,9 @@ from tfsky.evaluate.config import EvaluateConfig
 from tfsky.evaluate.metrics import BOUNDARY_BAND
 from tfsky.evaluate.baselines import Baselines, fit_baselines
 from tfsky.evaluate.report import Table, markdown_document, signed, write_report
-from tfsky.models.bundle import ModelKind, load_info
-from tfsky.predict.segment import ModelInputs, TiledSegmenter
+from tfsky.models.bundle import ModelKind, read_model
+from tfsky.models.precision import for_inference
+from tfsky.predict.segment import ModelInputs, TiledSegmenter, segmenter_tiling
 from tfsky.progress import Progress, tracked
 from tfsky.tiling import TilingConfig
 
@@ -214,10 +215,12 @@ def evaluate_segmenter(
             no image that could be evaluated.
     """
     model_path, data = Path(model_path), Path(data)
-    # bad data is reported with the sidecar alone, before the weights load (and the precision note)
-    source = open_data(data, split, labels_csv, ModelInputs(load_info(model_path, ModelKind.SEGMENTER)))
+    # a bad model file, a tile it cannot take, then bad data: each one line, before the precision note
+    model, info = read_model(model_path, ModelKind.SEGMENTER)
+    segmenter_tiling(tiling, info)
+    source = open_data(data, split, labels_csv, ModelInputs(info))
     baselines = _fit(source, data)
-    segmenter = TiledSegmenter.load(model_path, tiling)
+    segmenter = TiledSegmenter(for_inference(model, "auto", info.bfloat16), info, tiling)
     threshold = segmenter.mask_threshold(threshold)
     results, skipped = score_items(
         source.items(), lambda image: sky_mask(segmenter.probabilities(image), threshold), baselines, band, progress

@@ -206,9 +206,19 @@ def load_model(path: str | Path, precision: InferencePrecision = "auto", kind: M
     (``as_trained``); see `tfsky.models.precision.for_inference`. ``kind``: the kind of model the
     caller needs (`require_kind`), checked before the weights are read.
     """
-    import tensorflow as tf
-
     from tfsky.models.precision import for_inference
+
+    model, info = read_model(path, kind)
+    return for_inference(model, precision, info.bfloat16), info
+
+
+def read_model(path: str | Path, kind: ModelKind | str | None = None):
+    """`load_model` without the precision step: the model as it was saved, and its sidecar.
+
+    For callers that check the rest of their input (tile, data) before `for_inference` decides the
+    precision and says so: a bad input is then one line, not the precision note and an error.
+    """
+    import tensorflow as tf
 
     path = Path(path)
     info = load_info(path, kind)
@@ -220,7 +230,7 @@ def load_model(path: str | Path, precision: InferencePrecision = "auto", kind: M
         )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise InputError(path, f"cannot load model ({str(err).splitlines()[0]})") from None
-    return for_inference(model, precision, info.bfloat16), info
+    return model, info
 
 
 def _load_archive(path: Path):

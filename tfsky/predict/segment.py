@@ -33,8 +33,8 @@ from tfsky.data.scale import resize_image, working_size
 from tfsky.data.transforms import is_hdr
 from tfsky.errors import InputError
 from tfsky.io.images import Channels, read_image
-from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
-from tfsky.models.precision import InferencePrecision, compute_dtype
+from tfsky.models.bundle import ModelInfo, ModelKind, read_model
+from tfsky.models.precision import InferencePrecision, compute_dtype, for_inference
 from tfsky.predict.refine import refine
 from tfsky.progress import Once
 from tfsky.tiling import (
@@ -162,11 +162,11 @@ class TiledSegmenter:
     ) -> "TiledSegmenter":
         """Load a tfsky model file (``.keras`` + sidecar) for tiled prediction at the inference ``precision``.
 
-        A tile the model cannot take is reported from its sidecar, before the weights load.
+        A bad model file, then a tile the model cannot take, are reported before the precision note.
         """
-        segmenter_tiling(tiling, load_info(path, ModelKind.SEGMENTER))
-        model, info = load_model(path, precision, kind=ModelKind.SEGMENTER)
-        return cls(model, info, tiling)
+        model, info = read_model(path, ModelKind.SEGMENTER)
+        segmenter_tiling(tiling, info)
+        return cls(for_inference(model, precision, info.bfloat16), info, tiling)
 
     def read(self, path: str | Path) -> np.ndarray:
         """An image file ready for `probabilities` (`ModelInputs.read`)."""

@@ -49,7 +49,8 @@ from tfsky.errors import ConfigError, InputError
 from tfsky.io.images import read_image, read_mask
 from tfsky.io.writers import write_png
 from tfsky.batch import Decoded, Engine, Item, Listener, Report, Task, run_job
-from tfsky.models.bundle import ModelInfo, ModelKind, load_info, load_model
+from tfsky.models.bundle import ModelInfo, ModelKind, load_info, read_model
+from tfsky.models.precision import for_inference
 from tfsky.models.vae import set_sampling
 from tfsky.predict.segment import TiledSegmenter
 from tfsky.progress import Once
@@ -111,10 +112,10 @@ class TiledTranslator:
         cls, path: str | Path, tiling: TilingConfig | None = None, sample: bool = False, native_scale: bool = False
     ) -> "TiledTranslator":
         """Load a translator model file (``.keras`` + sidecar); a segmenter file is an `InputError`, a tile the
-        model cannot take a `ConfigError` before the weights load."""
-        translator_tiling(tiling, load_info(path, ModelKind.TRANSLATOR), path)
-        model, info = load_model(path, kind=ModelKind.TRANSLATOR)
-        return cls(model, info, tiling, sample, native_scale, path)
+        model cannot take a `ConfigError`, both reported before the precision note."""
+        model, info = read_model(path, ModelKind.TRANSLATOR)
+        translator_tiling(tiling, info, path)
+        return cls(for_inference(model, "auto", info.bfloat16), info, tiling, sample, native_scale, path)
 
     def predict_tiles(self, tiles) -> tf.Tensor:
         """Raw tiles (uint8) -> translated tiles in [0, 1]."""

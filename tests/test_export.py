@@ -15,10 +15,13 @@ from tfsky.export.metadata import export_info
 from tfsky.export.savedmodel import export_model, next_version
 from tfsky.io.writers import write_png
 from tfsky.models.bundle import ModelInfo, save_model
+from tfsky.models.precision import bfloat16_verdict
 from tfsky.predict.segment import TiledSegmenter
 from tfsky.tiling import AUTO_OVERLAP_PX, MAX_AUTO_TILE
+from tests.test_bfloat16_verdict import batch, scene, tiny_unet
 
 TILE = 32
+BF16_OK = {"agreement": 1.0, "iou_float32": 0.9, "iou_bfloat16": 0.9, "ok": True, "float32_part": None}
 
 
 def tiny_segmenter(seed: int = 0, output_dtype: str = "float32") -> tf.keras.Model:
@@ -30,8 +33,9 @@ def tiny_segmenter(seed: int = 0, output_dtype: str = "float32") -> tf.keras.Mod
     return tf.keras.Model(inputs, tf.keras.layers.Activation("sigmoid", dtype=output_dtype)(x))
 
 
-def save_tiny(path, preprocess: Preprocess = Preprocess(), **kwargs):
-    save_model(tiny_segmenter(**kwargs), path, ModelInfo(task="segmenter", preprocess=preprocess, tile_size=TILE))
+def save_tiny(path, preprocess: Preprocess = Preprocess(), bfloat16=None, **kwargs):
+    info = ModelInfo(task="segmenter", preprocess=preprocess, tile_size=TILE, bfloat16=bfloat16)
+    save_model(tiny_segmenter(**kwargs), path, info)
     return path
 
 
@@ -90,7 +94,7 @@ def test_serving_default_is_float32_for_a_mixed_precision_model(tmp_path):
 
 
 def test_bfloat16_export_computes_in_bfloat16_and_answers_float32_within_its_precision(tmp_path):
-    save_tiny(tmp_path / "m.keras", seed=4)
+    save_tiny(tmp_path / "m.keras", seed=4, bfloat16=BF16_OK)
     tiles = np.random.default_rng(4).random((2, TILE, TILE, 3), dtype=np.float32)
     outputs = {}
     for precision in ("float32", "bfloat16"):
@@ -104,6 +108,38 @@ def test_bfloat16_export_computes_in_bfloat16_and_answers_float32_within_its_pre
     # bfloat16 keeps 8 mantissa bits: a step of 2**-8 = 0.0039 relative; two layers and a sigmoid (slope <= 1/4)
     assert difference.max() < 0.02
     assert difference.max() > 1e-6  # it really computed in bfloat16, not float32
+
+
+def test_bfloat16_export_is_the_build_the_verdict_passed_and_keeps_its_masks(tmp_path):
+    """The whole network in bfloat16 flips pixels of this U-Net-shaped model; its verdict kept the encoder in
+    float32, and that is what the SavedModel serves: the float32 masks, flips included."""
+    unet = tiny_unet()
+    image, truth = batch(scene(flips=20))
+    verdict = bfloat16_verdict(unet, [(image, truth)])
+    assert verdict["ok"] and verdict["float32_part"] == "encoder"  # the whole network failed
+    path = tmp_path / "unet.keras"
+    save_model(unet, path, ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=TILE, bfloat16=verdict))
+    version_dir = export_model(path, tmp_path / "models", "unet", precision="bfloat16")
+    out = tf.saved_model.load(str(version_dir)).signatures["serving_default"](tiles=tf.constant(image))
+    assert np.array_equal(out["probabilities"].numpy() >= 0.5, truth >= 0.5)
+    assert export_info(version_dir)[0]["compute_dtypes"] == ["bfloat16", "float32"]
+
+
+@pytest.mark.parametrize(
+    ("verdict", "problem"),
+    [
+        ({**BF16_OK, "agreement": 0.99, "ok": False}, "its bfloat16 verdict failed: mask agreement 0.99000"),
+        (None, "the model has no bfloat16 verdict"),
+    ],
+)
+def test_bfloat16_export_of_a_model_without_a_passing_verdict_is_one_clear_line(tmp_path, cli, verdict, problem):
+    model = save_tiny(tmp_path / "m.keras", bfloat16=verdict)
+    result = cli("export", "-m", model, "--repo", tmp_path / "models", "--precision", "bfloat16")
+    assert result.exit_code != 0 and "Traceback" not in result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert str(model) in line and "cannot export in bfloat16" in line and problem in line
+    assert "tfsky evaluate precision" in line
+    assert not (tmp_path / "models").exists()
 
 
 def assert_within_float16_steps(actual: np.ndarray, expected_float16: np.ndarray, steps: int) -> None:

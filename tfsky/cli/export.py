@@ -47,7 +47,8 @@ def export_cli(
         typer.Option(
             "--precision",
             help="float32 (CPU serving, the shipped image), as_trained (keep a mixed-precision model's "
-            "float16 layers, for a GPU server) or bfloat16 (a CPU server with AMX-BF16/AVX512-BF16) "
+            "float16 layers, for a GPU server) or bfloat16 (a CPU server with AMX-BF16/AVX512-BF16; a segmenter needs a "
+            "passing bfloat16 verdict and exports the build it passed) "
             "(config: export.precision).",
         ),
     ] = None,

@@ -24,8 +24,9 @@ class ExportConfig:
         version: Optional[int]. Version number. Defaults to None (the next free one).
         precision: str. ``float32`` (CPU serving, the shipped image), ``as_trained`` (keep a
             mixed-precision model's float16 layers, for a GPU server) or ``bfloat16`` (bfloat16 maths
-            with float32 weights and outputs, for a CPU server with AMX-BF16 / AVX512-BF16: measure
-            its masks first, `tfsky.models.precision.for_inference`). Defaults to ``float32``.
+            with float32 weights and outputs, for a CPU server with AMX-BF16 / AVX512-BF16; a segmenter
+            exports the build its stored bfloat16 verdict passed and is refused without one,
+            `tfsky.export.segmenter.load`). Defaults to ``float32``.
         tiling: TilingConfig. In-graph tiling of the ``predict_image`` signature
             (``tile: null`` = the model's training tile).
         cloud: CloudCoverConfig. Cloud models: the camera masks embedded in the ``predict_cloud``

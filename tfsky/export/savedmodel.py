@@ -90,7 +90,8 @@ def export_model(
         precision: str. ``float32`` rebuilds a mixed-precision model in float32
             (the shipped TF Serving image runs on CPU, where float16 is ~13x
             slower); ``as_trained`` keeps float16 layers, for a GPU server;
-            ``bfloat16`` computes in bfloat16 (a CPU server with a bfloat16 unit).
+            ``bfloat16`` computes in bfloat16 (a CPU server with a bfloat16 unit; a segmenter as its
+            stored bfloat16 verdict passed, refused without a passing one).
             Defaults to ``float32``.
         cloud: CloudCoverConfig. Cloud models: the camera masks embedded in ``predict_cloud``.
             Defaults to None (the masks of the model's training cameras).

@@ -42,8 +42,8 @@ from tfsky.data.masks import SKY_CLASS, sky_mask_graph
 from tfsky.errors import InputError
 from tfsky.export import warmup
 from tfsky.export.decode import decode_normalised, decode_raw_image, pixel_limit
-from tfsky.models.bundle import ModelInfo, ModelKind, load_model
-from tfsky.models.precision import InferencePrecision
+from tfsky.models.bundle import ModelInfo, ModelKind, read_model
+from tfsky.models.precision import InferencePrecision, bfloat16_ok, describe_verdict, for_inference, verified_bfloat16
 from tfsky.predict.cloud import CameraMasks, CloudCoverConfig
 from tfsky.predict.outputs import CLASS_PNG_VALUES
 from tfsky.predict.refine import refine_graph
@@ -60,14 +60,30 @@ def load(model_path: str | Path, precision: InferencePrecision):
     """The exporter of `tfsky.export.savedmodel.EXPORTERS` for segmenters and cloud models: the loaded model,
     its sidecar and a function of ``(tiling, cloud, max_pixels)`` building the `SegmenterModule`.
 
+    ``bfloat16`` exports the build the model's bfloat16 verdict passed (`tfsky.models.precision.bfloat16_verdict`:
+    the whole network, or with the part it kept in float32), so a served mask agrees with float32's as measured:
+    a served model is not checked again, and a whole-network bfloat16 build lost half the sky of an 8K
+    panorama that the verdict's build kept (issue 25).
+
     Raises:
-        InputError: not a segmenter, or a segmenter of more than one class that is not a cloud model.
+        InputError: not a segmenter, a segmenter of more than one class that is not a cloud model, or
+            ``bfloat16`` for a model without a bfloat16 verdict that passed.
     """
-    model, info = load_model(model_path, precision=precision, kind=ModelKind.SEGMENTER)
+    model, info = read_model(model_path, kind=ModelKind.SEGMENTER)
     if info.classes != 1 and info.kind is not ModelKind.CLOUD:
         raise InputError(
             model_path, f"only 1-class segmenters and cloud models can be exported; this one has {info.classes} classes"
         )
+    if precision == "bfloat16":
+        if not bfloat16_ok(info.bfloat16):
+            raise InputError(
+                model_path,
+                f"cannot export in bfloat16: {describe_verdict(info.bfloat16)}; export it in float32, or measure it "
+                "with `tfsky evaluate precision`",
+            )
+        model = verified_bfloat16(model, info.bfloat16)
+    else:
+        model = for_inference(model, precision, info.bfloat16)
     return model, info, lambda tiling, cloud, max_pixels: SegmenterModule(model, info, tiling, cloud, max_pixels)
 
 

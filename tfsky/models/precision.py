@@ -126,11 +126,17 @@ def for_inference(
     chosen = inference_precision(precision, verdict)
     layers = [module for module in model.submodules if isinstance(module, tf.keras.layers.Layer)]
     if chosen == "bfloat16":
-        part = verdict.get("float32_part") if precision == "auto" and isinstance(verdict, dict) else None
-        return _rebuilt(model, "mixed_bfloat16", float32_part_layers(model, part))
+        return verified_bfloat16(model, verdict if precision == "auto" else None)
     if chosen == "as_trained" or not any(_computes_in_half(layer) for layer in layers):
         return model
     return _rebuilt(model, "float32")
+
+
+def verified_bfloat16(model: tf.keras.Model, verdict: Optional[dict]) -> tf.keras.Model:
+    """``model`` computing in mixed_bfloat16 as its ``verdict`` was measured: with the verdict's ``float32_part``
+    in float32 (None: the whole network)."""
+    part = verdict.get("float32_part") if isinstance(verdict, dict) else None
+    return _rebuilt(model, "mixed_bfloat16", float32_part_layers(model, part))
 
 
 def inference_precision(precision: InferencePrecision, verdict: Optional[dict]) -> InferencePrecision:

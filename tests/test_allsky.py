@@ -166,6 +166,30 @@ def test_colour_jitter_scales_brightness_and_channels_within_range():
     assert np.all(color_jitter(tf.ones([4, 2, 2, 3]), tf.constant([1, 2]), cfg).numpy() <= 1)
 
 
+def test_saturation_and_haze_pull_colours_to_grey_within_their_ranges():
+    blue = tf.tile(tf.constant([[[[0.2, 0.4, 0.9]]]]), [256, 2, 2, 1])
+    luminance = float(np.dot([0.2, 0.4, 0.9], [0.2126, 0.7152, 0.0722]))
+    out = color_jitter(blue, tf.constant([3, 4]), AugmentConfig(saturation=1.0)).numpy()[:, 0, 0]
+    share = (out - blue.numpy()[:, 0, 0]) / (luminance - blue.numpy()[:, 0, 0])  # the way to grey, per channel
+    assert np.allclose(share, share[:, :1], atol=1e-5)  # every channel moves the same share: a hue-free pull
+    assert share.min() >= -1e-6 and share.max() <= 1 + 1e-6 and np.ptp(share) > 0.8  # U(0, 1), per sample
+    assert np.allclose(out @ [0.2126, 0.7152, 0.0722], luminance, atol=1e-5)  # the Rec.709 weights sum to 1
+    hazy = color_jitter(blue, tf.constant([3, 4]), AugmentConfig(haze=0.5)).numpy()[:, 0, 0]
+    veil = hazy - blue.numpy()[:, 0, 0]  # = t (a - x): red rises towards a grey a in [0.6, 1], blue barely
+    assert np.all(veil[:, 0] >= -1e-6) and np.all(veil[:, 2] <= 0.1 * 0.5 + 1e-6)
+    assert np.all(np.ptp(hazy, axis=-1) >= 0.5 * np.ptp([0.2, 0.4, 0.9]) - 1e-5)  # t <= 0.5 keeps half the colour
+    assert np.ptp(np.ptp(hazy, axis=-1)) > 0.2  # t differs per sample
+    assert np.array_equal(color_jitter(blue, tf.constant([3, 4]), AugmentConfig()).numpy(), blue.numpy())
+
+
+def test_saturation_needs_rgb_and_both_are_shares():
+    recipe = REPO / "configs" / "sky_ldr_cpu.yaml"
+    with pytest.raises(ConfigError, match=r"'data.augment.saturation': needs RGB images \(channels: 3\); got channels: 1"):
+        load_config(SegmenterConfig, recipe, ["data.channels=1", "data.augment.saturation=0.5"])
+    with pytest.raises(ConfigError, match=r"'data.augment.haze': must be in \[0, 1\]"):
+        load_config(SegmenterConfig, recipe, ["data.augment.haze=1.5"])
+
+
 def test_prepared_cache_and_pipeline_carry_ignore_as_empty_one_hot_rows(shared_data, tmp_path):
     frames = [
         "ASC100-1006_001.png",

@@ -12,8 +12,9 @@ on 256-pixel float32 RGB patches it is ~8x faster than TensorFlow's
 every channel of every pixel (same matrices and fill; values within 1e-4).
 
 Photometric, HDR: exposure ``x * 2**e`` and gamma ``x ** exp(g)`` on LINEAR
-radiance, before the log transform. LDR (`color_jitter`): brightness and
-white balance (per-channel gains) in model space, clipped to [0, 1].
+radiance, before the log transform. LDR (`color_jitter`): desaturation, a grey
+haze veil, brightness and white balance (per-channel gains) in model space,
+clipped to [0, 1].
 
 All randomness is stateless TensorFlow (``seed`` is a ``[2]`` int tensor), so a
 pipeline seeded once is reproducible.
@@ -28,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsky.data.config import AugmentConfig
+from tfsky.io.images import REC709_LUMA
 
 
 def affine_transforms(
@@ -135,10 +137,21 @@ def photometric(radiance: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.
 
 
 def color_jitter(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
-    """Per sample of model-space LDR ``[B, H, W, C]``: brightness ``2**U(-b, b)`` times per-channel
-    white-balance gains ``exp(U(-w, w))``, clipped to [0, 1] (a camera's exposure and colour drift)."""
+    """Per sample of model-space LDR ``[B, H, W, C]``: colours pulled towards grey by ``U(0, saturation)``, a grey
+    veil ``(1 - t) x + t a`` (``t ~ U(0, haze)``, ``a ~ U(0.6, 1)``), then brightness ``2**U(-b, b)`` times
+    per-channel white-balance gains ``exp(U(-w, w))``, clipped to [0, 1]: the scene's air and colour, then the
+    camera's exposure and colour drift. A switched-off part leaves the image exactly as it was."""
     batch, channels = tf.shape(image)[0], tf.shape(image)[-1]
-    brightness_seed, balance_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    stops = tf.random.stateless_uniform([batch, 1, 1, 1], brightness_seed, -cfg.brightness, cfg.brightness)
-    gains = tf.random.stateless_uniform([batch, 1, 1, channels], balance_seed, -cfg.white_balance, cfg.white_balance)
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+
+    def per_sample(seed: tf.Tensor, low: float, high: float, width=1) -> tf.Tensor:
+        return tf.random.stateless_uniform([batch, 1, 1, width], seed, low, high)
+
+    if cfg.saturation:
+        luminance = tf.reduce_sum(image * tf.constant(REC709_LUMA, tf.float32), axis=-1, keepdims=True)
+        image += per_sample(seeds[0], 0.0, cfg.saturation) * (luminance - image)
+    if cfg.haze:
+        image += per_sample(seeds[1], 0.0, cfg.haze) * (per_sample(seeds[2], 0.6, 1.0) - image)
+    stops = per_sample(seeds[3], -cfg.brightness, cfg.brightness)
+    gains = per_sample(seeds[4], -cfg.white_balance, cfg.white_balance, channels)
     return tf.clip_by_value(image * tf.pow(2.0, stops) * tf.exp(gains), 0.0, 1.0)

@@ -134,6 +134,11 @@ class AugmentConfig:
             brightness)`` in model space (clipped to [0, 1]); 0 switches it off. Defaults to 0.
         white_balance: float. LDR only: each colour channel is multiplied by
             ``exp(U(-white_balance, white_balance))``; 0 switches it off. Defaults to 0.
+        saturation: float. LDR RGB only: colours are pulled towards their Rec.709 luminance by
+            ``U(0, saturation)`` (1 can make a patch grey: a grey sky over grey ground, where a
+            blue-sky rule fails); 0 switches it off. Defaults to 0.
+        haze: float. LDR only: a uniform grey veil ``(1 - t) x + t a`` with ``t ~ U(0, haze)`` and
+            airlight ``a ~ U(0.6, 1)`` (haze, fog, flat overcast light); 0 switches it off. Defaults to 0.
         exposure_ev: float. HDR only (``preprocess.mode: log``): radiance is
             multiplied by ``2 ** U(-exposure_ev, exposure_ev)``. Defaults to 1.
         gamma: float. HDR only: radiance is raised to ``exp(U(-gamma, gamma))``;
@@ -150,6 +155,8 @@ class AugmentConfig:
     mask_fill: int = 0
     brightness: float = 0.0
     white_balance: float = 0.0
+    saturation: float = 0.0
+    haze: float = 0.0
     exposure_ev: float = 1.0
     gamma: float = 0.0
 
@@ -157,6 +164,9 @@ class AugmentConfig:
         for key in ("rotation", "shift", "shear", "zoom", "exposure_ev", "gamma", "brightness", "white_balance"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0; got {getattr(self, key)}")
+        for key in ("saturation", "haze"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(key, f"must be in [0, 1] (a share of the way to grey); got {getattr(self, key)}")
         if not 0 <= self.mask_fill <= 255:
             raise ConfigError("mask_fill", f"must be a class id in 0..255; got {self.mask_fill}")
         if self.zoom >= 1:
@@ -236,6 +246,8 @@ class DataConfig:
             raise ConfigError("stride", f"must be in 1..patch_size ({self.patch_size}); got {self.stride}")
         if self.channels not in (1, 3, 4):
             raise ConfigError("channels", f"must be 1, 3 or 4; got {self.channels}")
+        if self.augment.saturation and self.channels != 3:
+            raise ConfigError("augment.saturation", f"needs RGB images (channels: 3); got channels: {self.channels}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError("val_fraction", f"must be between 0 and 1 (exclusive); got {self.val_fraction}")
         for key in ("patches_per_image", "max_pixels", "shard_size_mb", "shuffle_buffer"):

@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from tfsky.data.augment import apply_affine, color_jitter, photometric, random_affine
 from tfsky.data.cache import compression_type, read_manifest, shard_paths
-from tfsky.data.config import DataConfig
+from tfsky.data.config import AugmentConfig, DataConfig
 from tfsky.data.records import parse_example
 from tfsky.errors import InputError
 from tfsky.tiling import count_tiles, reflect_indices, tile_starts
@@ -385,13 +385,17 @@ def _cut_patch(image: tf.Tensor, mask: tf.Tensor, row: tf.Tensor, col: tf.Tensor
     )
 
 
+def _jitters_colour(augment: AugmentConfig) -> bool:
+    return any((augment.brightness, augment.white_balance, augment.saturation, augment.haze))
+
+
 def _finish(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, cfg: DataConfig, augment: bool, classes: int):
     """A batch of cache-dtype patches -> model inputs and targets (augmented when ``augment``)."""
     photometric_seed, geometric_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if augment and cfg.preprocess.mode == "log":
         image = photometric(tf.cast(image, tf.float32), photometric_seed, cfg.augment)
     image = cfg.preprocess.apply(image)
-    if augment and cfg.preprocess.mode == "ldr" and (cfg.augment.brightness or cfg.augment.white_balance):
+    if augment and cfg.preprocess.mode == "ldr" and _jitters_colour(cfg.augment):
         image = color_jitter(image, photometric_seed, cfg.augment)
     if augment:  # the mask is warped as its uint8 class ids
         size = cfg.patch_size

@@ -46,7 +46,7 @@ def newest_best(cfg) -> Path:
     return runs[-1]
 
 
-def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0) -> dict:
+def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0, tile: int | None = None) -> dict:
     """Choose the fold model's threshold on its own validation split (as `tfsky train` does), then
     evaluate it on the left-out source's full-resolution images."""
     from tfsky.evaluate.segmenter import evaluate_segmenter
@@ -61,10 +61,9 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0) -> dict:
     calibration_error = load_info(model).metrics["val_calibration_error"]
     data = source.images if source.kind == "camera_folder" else Path(source.images).parent
     start = time.perf_counter()
-    out_dir = model.parent / f"eval-{source.name}-{variant(tta, working_factor)}"
-    report = evaluate_segmenter(
-        model, data, out_dir=out_dir, tiling=TilingConfig(tta=tta, working_factor=working_factor)
-    )
+    out_dir = model.parent / f"eval-{source.name}-{variant(tta, working_factor, tile)}"
+    tiling = TilingConfig(tta=tta, working_factor=working_factor, tile=tile)
+    report = evaluate_segmenter(model, data, out_dir=out_dir, tiling=tiling)
     seconds = time.perf_counter() - start
     with_sky = [image for image in report.images if image.scores["model"].metrics()["sky_fraction_truth"] > 0]
     daytime = daytime_files(source) if source.kind == "camera_folder" else None
@@ -74,6 +73,7 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0) -> dict:
         "val_calibration_error": calibration_error,
         "tta": tta,
         "working_factor": working_factor,
+        "tile": tile or "training tile",
         "images": len(report.images),
         "skipped": len(report.skipped),
         "seconds_per_image": round(seconds / max(len(report.images), 1), 2),
@@ -114,9 +114,11 @@ def daytime_result(report, with_sky: list, daytime: set[str]) -> dict:
     return {"images_daytime_with_sky": len(images), "overall_daytime_with_sky": report.overall(images)}
 
 
-def variant(tta: str, working_factor: float) -> str:
-    """The evaluation's name in results: the TTA, with ``-x<factor>`` when not at the working scale itself."""
-    return tta if working_factor == 1 else f"{tta}-x{working_factor:g}"
+def variant(tta: str, working_factor: float, tile: int | None = None) -> str:
+    """The evaluation's name in results: the TTA, with ``-x<factor>`` when not at the working scale itself and
+    ``-tile<N>`` when not with the model's training tile."""
+    name = tta if working_factor == 1 else f"{tta}-x{working_factor:g}"
+    return name if tile is None else f"{name}-tile{tile}"
 
 
 def record(key: str, result: dict, path: Path = RESULTS) -> None:
@@ -141,6 +143,12 @@ def main() -> None:
         default=1.0,
         help="predict at this multiple of the working scale (predict.tiling.working_factor)",
     )
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="prediction tile in pixels (predict.tiling.tile; default: the training tile)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="TF intra-op threads per run (0 = all cores)")
     parser.add_argument("--set", action="append", default=[], help="recipe override key=value")
     args = parser.parse_args()
@@ -160,8 +168,9 @@ def main() -> None:
         if args.stage in ("train", "all"):
             train_segmenter(cfg)
         if args.stage in ("evaluate", "all"):
-            result = {**evaluate_fold(cfg, source, args.tta, args.working_factor), "load_average": os.getloadavg()}
-            record(f"{cfg.name}/{variant(args.tta, args.working_factor)}", result)
+            result = evaluate_fold(cfg, source, args.tta, args.working_factor, args.tile)
+            result["load_average"] = os.getloadavg()
+            record(f"{cfg.name}/{variant(args.tta, args.working_factor, args.tile)}", result)
             print(json.dumps(result["overall"], indent=1))
 
 

@@ -53,3 +53,10 @@ def test_a_fold_names_itself_after_the_left_out_source_and_an_unknown_source_is_
     assert Path(cfg.data.cache) == Path(recipe.data.cache).parent / cfg.name
     with pytest.raises(SystemExit, match="--leave-out nowhere: not a source of the recipe"):
         loso.fold_config(recipe, "nowhere")
+
+
+def test_an_evaluation_is_named_by_what_differs_from_the_recipe_prediction():
+    assert loso.variant("none", 1.0) == "none"
+    assert loso.variant("flip2", 1.5) == "flip2-x1.5"
+    assert loso.variant("none", 1.0, 384) == "none-tile384"
+    assert loso.variant("rot4", 2.0, 256) == "rot4-x2-tile256"

@@ -57,8 +57,8 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0, tile: int 
     from tfsky.train.segmenter import make_datasets, store_threshold
 
     model = newest_best(cfg)
-    threshold = store_threshold(model, make_datasets(cfg, cfg.train.batch_size)[1])
-    calibration_error = load_info(model).metrics["val_calibration_error"]
+    threshold = store_threshold(model, make_datasets(cfg, cfg.train.batch_size)[1], cfg.train.threshold)
+    metrics = load_info(model).metrics
     data = source.images if source.kind == "camera_folder" else Path(source.images).parent
     start = time.perf_counter()
     out_dir = model.parent / f"eval-{source.name}-{variant(tta, working_factor, tile)}"
@@ -70,7 +70,8 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0, tile: int 
     return {
         "model": str(model),
         "threshold": threshold,
-        "val_calibration_error": calibration_error,
+        "val_best_threshold": metrics["val_best_threshold"],
+        "val_calibration_error": metrics["val_calibration_error"],
         "tta": tta,
         "working_factor": working_factor,
         "tile": tile or "training tile",

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfsky.config import load_config
 from tfsky.data.masks import best_iou_threshold, calibration_error
 from tfsky.data.transforms import Preprocess
 from tfsky.models.bundle import ModelInfo, load_info, save_model
+from tfsky.errors import ConfigError
+from tfsky.train.config import SegmenterConfig
 from tfsky.train.segmenter import THRESHOLD_BINS, store_threshold
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def histogram(values) -> np.ndarray:
@@ -42,6 +49,7 @@ def test_store_threshold_writes_the_validation_choice_into_the_sidecar(tmp_path)
     val_ds = tf.data.Dataset.from_tensor_slices((images, truth)).batch(2)
     assert store_threshold(path, val_ds) == pytest.approx(0.32)
     assert load_info(path).threshold == pytest.approx(0.32)
+    assert load_info(path).metrics["val_best_threshold"] == pytest.approx(0.32)
     # 12 of 32 rows are sky at P = 0.33 (true share 1), 20 are ground at P = 0.08 (true share 0)
     assert load_info(path).metrics["val_calibration_error"] == pytest.approx(12 / 32 * 0.67 + 20 / 32 * 0.08, abs=1e-4)
 
@@ -56,3 +64,23 @@ def test_calibration_error_is_zero_when_probabilities_are_the_sky_share_and_grow
     counts = (histogram(overconfident[is_sky == 1]), histogram(overconfident[is_sky == 0]))
     sums = np.histogram(overconfident, THRESHOLD_BINS, (0.0, 1.0), weights=overconfident)[0]
     assert calibration_error(*counts, sums) == pytest.approx((10 * 0.25 + 10 * 0.09) / 20)
+
+
+def test_a_fixed_threshold_is_stored_and_the_validation_best_is_still_recorded(tmp_path):
+    inputs = tf.keras.Input((None, None, 3))
+    model = tf.keras.Model(inputs, tf.reduce_mean(inputs, axis=-1, keepdims=True))  # P(sky) = brightness
+    path = tmp_path / "best.keras"
+    save_model(model, path, ModelInfo("segmenter", Preprocess(), tile_size=32))
+    truth = np.zeros((2, 32, 32, 1), np.float32)
+    truth[:, :12] = 1
+    images = np.where(truth == 1, 0.33, 0.08).repeat(3, axis=-1).astype(np.float32)
+    val_ds = tf.data.Dataset.from_tensor_slices((images, truth)).batch(2)
+    assert store_threshold(path, val_ds, fixed=0.5) == 0.5
+    info = load_info(path)
+    assert info.threshold == 0.5 and info.metrics["val_best_threshold"] == pytest.approx(0.32)
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.1"])
+def test_a_fixed_threshold_outside_zero_one_is_one_config_error(value):
+    with pytest.raises(ConfigError, match=r"'train.threshold': must be between 0 and 1 \(exclusive\), or null"):
+        load_config(SegmenterConfig, REPO / "configs" / "sky_ldr_cpu.yaml", [f"train.threshold={value}"])

@@ -120,7 +120,7 @@ def assert_run_files_valid(run_dir: Path, epochs: int) -> list[dict]:
 
 
 def test_train_segmenter_writes_a_complete_run_folder(tmp_path, cli):
-    result = cli("train", "segmenter", "--config", write_config(tmp_path), "--quiet")
+    result = cli("train", "segmenter", "--config", write_config(tmp_path, threshold=0.4), "--quiet")
     assert result.exit_code == 0, result.stderr
     run_dir = only_run_dir(tmp_path)
     assert str(run_dir) in result.stdout and "val_iou" in result.stdout
@@ -129,6 +129,7 @@ def test_train_segmenter_writes_a_complete_run_folder(tmp_path, cli):
     _, info = load_model(run_dir / "best.keras")
     best = max(rows, key=lambda row: float(row["val_iou"]))
     assert info.metrics["val_iou"] == pytest.approx(float(best["val_iou"]))
+    assert info.threshold == 0.4 and 0 < info.metrics["val_best_threshold"] < 1  # fixed, the validation's cut kept
     assert info.bfloat16["pixels"] == 2 * 2 * 64 * 64 and isinstance(info.bfloat16["ok"], bool)  # validation batches
     assert info.config["model"]["backbone"] == "resnet18"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 2

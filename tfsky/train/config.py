@@ -104,6 +104,11 @@ class SegmenterTrainConfig(TrainConfig):
             `tfsky.train.encoder_rate`). Defaults to 1.0.
         decoder_first_epochs: int. Epochs at the start in which only the
             decoder learns (the encoder is paused). Defaults to 0.
+        threshold: Optional[float]. The sky cut stored with a one-class model. None chooses the
+            best-IoU cut on the validation batches; a number fixes it (the validation split holds the
+            training sources, and a cut chosen there can fit them and cost IoU on photos from elsewhere:
+            docs/results/segmenter-generalisation.md). The validation's best cut is recorded either way
+            (``metrics["val_best_threshold"]``). Defaults to None.
     """
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -115,10 +120,15 @@ class SegmenterTrainConfig(TrainConfig):
     plateau_patience: int = 3
     encoder_lr_factor: float = 1.0
     decoder_first_epochs: int = 0
+    threshold: Optional[float] = None
 
     def validate(self) -> None:
         super().validate()
         _at_least("decoder_first_epochs", self.decoder_first_epochs, 0)
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise ConfigError(
+                "threshold", f"must be between 0 and 1 (exclusive), or null to choose it; got {self.threshold}"
+            )
         if not 0 < self.encoder_lr_factor <= 1:
             raise ConfigError("encoder_lr_factor", f"must be in (0, 1]; got {self.encoder_lr_factor}")
         if self.decoder_first_epochs >= self.epochs:

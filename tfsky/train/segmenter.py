@@ -82,24 +82,27 @@ def train_segmenter(
     if best.is_file() and is_chief():
         model, info = load_model(best, precision="float32")  # loaded once for both choices
         if cfg.model.classes == 1:
-            choose_threshold(model, info, val_ds)
+            choose_threshold(model, info, val_ds, cfg.train.threshold)
         info.bfloat16 = bfloat16_verdict(model, val_ds, info.threshold)  # at the chosen threshold
         write_json(info_path(best), info.to_json())
     return result
 
 
-def store_threshold(path: Path, val_ds: tf.data.Dataset) -> float:
-    """Choose the sky threshold of the saved model at ``path`` on the validation batches and store it in its
-    sidecar (`ModelInfo.threshold`), where predict, evaluate and export read it, with the validation
-    expected calibration error (``metrics["val_calibration_error"]``)."""
+def store_threshold(path: Path, val_ds: tf.data.Dataset, fixed: Optional[float] = None) -> float:
+    """Choose the sky threshold of the saved model at ``path`` on the validation batches (or take ``fixed``)
+    and store it in its sidecar (`ModelInfo.threshold`), where predict, evaluate and export read it, with
+    the validation's best cut and expected calibration error (`choose_threshold`)."""
     model, info = load_model(path, precision="float32")
-    choose_threshold(model, info, val_ds)
+    choose_threshold(model, info, val_ds, fixed)
     write_json(info_path(path), info.to_json())
     return info.threshold
 
 
-def choose_threshold(model: tf.keras.Model, info: ModelInfo, val_ds: tf.data.Dataset) -> None:
-    """Set ``info.threshold`` (best IoU on the validation batches) and ``info.metrics["val_calibration_error"]``."""
+def choose_threshold(
+    model: tf.keras.Model, info: ModelInfo, val_ds: tf.data.Dataset, fixed: Optional[float] = None
+) -> None:
+    """Set ``info.threshold`` (``fixed``, or the best IoU on the validation batches), and in ``info.metrics``
+    the validation's best cut (``val_best_threshold``) and expected calibration error (``val_calibration_error``)."""
     positive = np.zeros(THRESHOLD_BINS, np.int64)
     negative = np.zeros(THRESHOLD_BINS, np.int64)
     probability_sum = np.zeros(THRESHOLD_BINS, np.float64)
@@ -109,7 +112,9 @@ def choose_threshold(model: tf.keras.Model, info: ModelInfo, val_ds: tf.data.Dat
         positive += np.histogram(probability[truth], THRESHOLD_BINS, (0.0, 1.0))[0]
         negative += np.histogram(probability[~truth], THRESHOLD_BINS, (0.0, 1.0))[0]
         probability_sum += np.histogram(probability, THRESHOLD_BINS, (0.0, 1.0), weights=probability)[0]
-    info.threshold = best_iou_threshold(positive, negative)
+    best = best_iou_threshold(positive, negative)
+    info.threshold = best if fixed is None else fixed
+    info.metrics["val_best_threshold"] = best
     info.metrics["val_calibration_error"] = round(calibration_error(positive, negative, probability_sum), 4)
 
 

@@ -61,7 +61,7 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0, tile: int 
     metrics = load_info(model).metrics
     data = source.images if source.kind == "camera_folder" else Path(source.images).parent
     start = time.perf_counter()
-    out_dir = model.parent / f"eval-{source.name}-{variant(tta, working_factor, tile)}"
+    out_dir = model.parent / f"eval-{source.name}-{variant(tta, working_factor, tile, cfg.train.threshold)}"
     tiling = TilingConfig(tta=tta, working_factor=working_factor, tile=tile)
     report = evaluate_segmenter(model, data, out_dir=out_dir, tiling=tiling)
     seconds = time.perf_counter() - start
@@ -115,11 +115,12 @@ def daytime_result(report, with_sky: list, daytime: set[str]) -> dict:
     return {"images_daytime_with_sky": len(images), "overall_daytime_with_sky": report.overall(images)}
 
 
-def variant(tta: str, working_factor: float, tile: int | None = None) -> str:
-    """The evaluation's name in results: the TTA, with ``-x<factor>`` when not at the working scale itself and
-    ``-tile<N>`` when not with the model's training tile."""
+def variant(tta: str, working_factor: float, tile: int | None = None, threshold: float | None = None) -> str:
+    """The evaluation's name in results: the TTA, with ``-x<factor>`` when not at the working scale itself,
+    ``-tile<N>`` when not with the model's training tile and ``-t<cut>`` with a fixed threshold."""
     name = tta if working_factor == 1 else f"{tta}-x{working_factor:g}"
-    return name if tile is None else f"{name}-tile{tile}"
+    name = name if tile is None else f"{name}-tile{tile}"
+    return name if threshold is None else f"{name}-t{threshold:g}"
 
 
 def record(key: str, result: dict, path: Path = RESULTS) -> None:
@@ -171,7 +172,7 @@ def main() -> None:
         if args.stage in ("evaluate", "all"):
             result = evaluate_fold(cfg, source, args.tta, args.working_factor, args.tile)
             result["load_average"] = os.getloadavg()
-            record(f"{cfg.name}/{variant(args.tta, args.working_factor, args.tile)}", result)
+            record(f"{cfg.name}/{variant(args.tta, args.working_factor, args.tile, cfg.train.threshold)}", result)
             print(json.dumps(result["overall"], indent=1))
 
 

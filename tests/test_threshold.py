@@ -38,15 +38,20 @@ def test_best_threshold_trades_false_positives_against_misses():
     assert best_iou_threshold(positive, negative) == pytest.approx(0.44)
 
 
-def test_store_threshold_writes_the_validation_choice_into_the_sidecar(tmp_path):
+def brightness_model_and_validation(tmp_path) -> tuple[Path, tf.data.Dataset]:
+    """A saved model with P(sky) = brightness, and validation batches of dim sky (0.33) over dark ground (0.08)."""
     inputs = tf.keras.Input((None, None, 3))
-    model = tf.keras.Model(inputs, tf.reduce_mean(inputs, axis=-1, keepdims=True))  # P(sky) = brightness
+    model = tf.keras.Model(inputs, tf.reduce_mean(inputs, axis=-1, keepdims=True))
     path = tmp_path / "best.keras"
     save_model(model, path, ModelInfo("segmenter", Preprocess(), tile_size=32))
     truth = np.zeros((4, 32, 32, 1), np.float32)
     truth[:, :12] = 1
-    images = np.where(truth == 1, 0.33, 0.08).repeat(3, axis=-1).astype(np.float32)  # dim sky, dark ground
-    val_ds = tf.data.Dataset.from_tensor_slices((images, truth)).batch(2)
+    images = np.where(truth == 1, 0.33, 0.08).repeat(3, axis=-1).astype(np.float32)
+    return path, tf.data.Dataset.from_tensor_slices((images, truth)).batch(2)
+
+
+def test_store_threshold_writes_the_validation_choice_into_the_sidecar(tmp_path):
+    path, val_ds = brightness_model_and_validation(tmp_path)
     assert store_threshold(path, val_ds) == pytest.approx(0.32)
     assert load_info(path).threshold == pytest.approx(0.32)
     assert load_info(path).metrics["val_best_threshold"] == pytest.approx(0.32)
@@ -67,14 +72,7 @@ def test_calibration_error_is_zero_when_probabilities_are_the_sky_share_and_grow
 
 
 def test_a_fixed_threshold_is_stored_and_the_validation_best_is_still_recorded(tmp_path):
-    inputs = tf.keras.Input((None, None, 3))
-    model = tf.keras.Model(inputs, tf.reduce_mean(inputs, axis=-1, keepdims=True))  # P(sky) = brightness
-    path = tmp_path / "best.keras"
-    save_model(model, path, ModelInfo("segmenter", Preprocess(), tile_size=32))
-    truth = np.zeros((2, 32, 32, 1), np.float32)
-    truth[:, :12] = 1
-    images = np.where(truth == 1, 0.33, 0.08).repeat(3, axis=-1).astype(np.float32)
-    val_ds = tf.data.Dataset.from_tensor_slices((images, truth)).batch(2)
+    path, val_ds = brightness_model_and_validation(tmp_path)
     assert store_threshold(path, val_ds, fixed=0.5) == 0.5
     info = load_info(path)
     assert info.threshold == 0.5 and info.metrics["val_best_threshold"] == pytest.approx(0.32)

@@ -114,3 +114,25 @@ def test_group_pattern_errors_name_the_key(tmp_path):
         SourceConfig(kind="mask_folder", images=tmp_path, masks=tmp_path, group_pattern="([").validate()
     with pytest.raises(ConfigError, match="group_pattern.*mask_folder sources only"):
         SourceConfig(kind="camera_folder", images=tmp_path, group_pattern="x").validate()
+
+
+def test_exclude_drops_the_named_images_of_any_source_kind(shared_data):
+    gopro = shared_data / "sky_gopro"
+    every = [
+        item.id
+        for item in iter_source(SourceConfig(kind="mask_folder", images=gopro / "images", masks=gopro / "masks"))
+    ]
+    cfg = SourceConfig(
+        kind="mask_folder", images=gopro / "images", masks=gopro / "masks", exclude=["193878.*", "7912e*"]
+    )
+    kept = [item.id for item in iter_source(cfg)]
+    dropped = sorted(set(every) - set(kept))
+    assert len(every) == 20 and [name.split("/")[1].split(".")[0] for name in dropped] == [
+        "193878",
+        "7912e366988030ad54ae2e6989804dad",
+    ]
+    assert kept == [item for item in every if item not in dropped]  # the order of the rest is kept
+    webcams = shared_data / "skyfinder_webcams"
+    frames = list(iter_source(SourceConfig(kind="camera_folder", images=webcams, exclude=["10917/*", "623/2012*"])))
+    assert Counter(item.group.split("/")[1] for item in frames) == {"623": 5, "684": 10, "9730": 10}
+    assert all(not item.image_path.name.startswith("2012") for item in frames if item.group.endswith("/623"))

@@ -70,6 +70,8 @@ class SourceConfig:
             group, so consecutive video frames stay on one side of the split
             (CamVid: ``^[^_]+``, the sequence prefix). Images it does not match are
             their own group. Defaults to None (every image is its own group).
+        exclude: list[str]. Images left out of the source: glob patterns (``fnmatch``) on the image's
+            path relative to ``images``, e.g. pairs whose mask is known to be wrong. Defaults to ``[]``.
     """
 
     kind: SourceKind
@@ -85,6 +87,7 @@ class SourceConfig:
     weight: float = 1.0
     allsky: AllSkyConfig = dataclasses.field(default_factory=AllSkyConfig)
     group_pattern: Optional[str] = None
+    exclude: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.name is None:

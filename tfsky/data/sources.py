@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fnmatch
 import functools
 import re
 from pathlib import Path
@@ -86,13 +87,16 @@ def iter_source(cfg: SourceConfig) -> Iterator[LabelledImage]:
         InputError: a label file (COCO JSON, labels CSV) is unusable as a whole.
     """
     _check_paths(cfg)
-    if cfg.kind == "mask_folder":
-        return _mask_folder(cfg)
-    if cfg.kind == "camera_folder":
-        return _camera_folder(cfg)
-    if cfg.kind == "allsky_folder":
-        return _allsky_folder(cfg)
-    return _coco(cfg)
+    readers = {"mask_folder": _mask_folder, "camera_folder": _camera_folder, "allsky_folder": _allsky_folder}
+    items = readers.get(cfg.kind, _coco)(cfg)
+    if not cfg.exclude:
+        return items
+    return (item for item in items if not _excluded(item, cfg.exclude))
+
+
+def _excluded(item: LabelledImage, patterns: list[str]) -> bool:
+    relative = item.id.split("/", 1)[1]  # ids are <source>/<path relative to images>
+    return any(fnmatch.fnmatchcase(relative, pattern) for pattern in patterns)
 
 
 def _check_paths(cfg: SourceConfig) -> None:

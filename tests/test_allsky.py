@@ -184,7 +184,9 @@ def test_saturation_and_haze_pull_colours_to_grey_within_their_ranges():
 
 def test_saturation_needs_rgb_and_both_are_shares():
     recipe = REPO / "configs" / "sky_ldr_cpu.yaml"
-    with pytest.raises(ConfigError, match=r"'data.augment.saturation': needs RGB images \(channels: 3\); got channels: 1"):
+    with pytest.raises(
+        ConfigError, match=r"'data.augment.saturation': needs RGB images \(channels: 3\); got channels: 1"
+    ):
         load_config(SegmenterConfig, recipe, ["data.channels=1", "data.augment.saturation=0.5"])
     with pytest.raises(ConfigError, match=r"'data.augment.haze': must be in \[0, 1\]"):
         load_config(SegmenterConfig, recipe, ["data.augment.haze=1.5"])

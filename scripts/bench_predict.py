@@ -39,7 +39,8 @@ its peak RSS (``os.wait4``) is its own:
    first): the 8K image at full resolution (first prediction, then ``--precision-rounds`` warm rounds with the
    ``pixel_limit_ratio`` of part 3 against 1024-px probes *of the same precision*), at the working scale (first,
    warm) and ``--precision-batch`` images at the working scale in a row (wall per image, decoding excluded); mask
-   agreement with the float32 masks of the same run; peak RSS. ``precision_speedup`` = float32 wall / bfloat16
+   agreement with the float32 masks of the same run; the full-resolution seam score (`tfsky.tiling.seam_score`, as
+   in part 3: bfloat16 must not add steps at tile borders); peak RSS. ``precision_speedup`` = float32 wall / bfloat16
    wall (``precision_speedup_auto``: / the wall of ``auto``, the build the model's verdict chose, e.g. bfloat16 with
    the encoder in float32) (the processes run one after the other: the machine's drift enters it, not the pixel-limit ratios);
    ``precision_auto`` what ``auto`` resolves to here. Without a bfloat16 unit (``cpu``) bfloat16 is
@@ -653,6 +654,7 @@ def precision(workdir: Path, model: Path) -> None:
 
     from tfsky.data.masks import sky_mask
     from tfsky.io.images import read_image
+    from tfsky.tiling import seam_score
 
     (name,) = PRECISIONS
     image = read_image(workdir / "image.png")
@@ -663,6 +665,8 @@ def precision(workdir: Path, model: Path) -> None:
         row = {"first_prediction_seconds": round(seconds, 2)}
         if mode == "full":  # (the process's peak so far: the working scale's would repeat it)
             row["peak_rss_gb_of_the_prediction"] = _peak_rss_gb()
+            tiling = segmenter.tiling_for(*SIZE)
+            row["seam_score"] = round(seam_score(probability, tiling.tile, tiling.overlap, 32), 3)
         mask = sky_mask(probability, segmenter.mask_threshold())
         del probability
         float32_mask = workdir / f"precision_float32_{mode}_mask.npy"

@@ -13,7 +13,7 @@ masks, so any other model has seen the answer. Per camera:
   with no mask, so SkyFinder's mask does not pick the frames) reported apart;
 * camera 10917 sees no sky: its false-sky pixels, of the mask and of every frame;
 * ``regions_dropped``: the sky regions the region rules removed from each mask
-  (`tfsky.predict.camera_mask.sky_regions`), and each frame's ``evidence`` terms.
+  (`tfsky.data.masks.sky_regions`), and each frame's ``evidence`` terms.
 
 Frames are validated without SkyFinder's mask. Results: ``scripts/results/eval_skymask.json``.
 

@@ -46,9 +46,12 @@ def newest_best(cfg) -> Path:
     return runs[-1]
 
 
-def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0, tile: int | None = None) -> dict:
+def evaluate_fold(
+    cfg, source, tta: str, working_factor: float = 1.0, tile: int | None = None, drop_enclosed: bool = False
+) -> dict:
     """Choose the fold model's threshold on its own validation split (as `tfsky train` does), then
-    evaluate it on the left-out source's full-resolution images."""
+    evaluate it on the left-out source's full-resolution images (``drop_enclosed``: as ``tfsky evaluate
+    --drop-enclosed`` scores them)."""
     from tfsky.evaluate.segmenter import evaluate_segmenter
     from tfsky.models.bundle import load_info
     from tfsky.models.precision import cpu_record
@@ -61,9 +64,11 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0, tile: int 
     metrics = load_info(model).metrics
     data = source.images if source.kind == "camera_folder" else Path(source.images).parent
     start = time.perf_counter()
-    out_dir = model.parent / f"eval-{source.name}-{variant(tta, working_factor, tile, cfg.train.threshold)}"
+    name = variant(tta, working_factor, tile, cfg.train.threshold, drop_enclosed)
     tiling = TilingConfig(tta=tta, working_factor=working_factor, tile=tile)
-    report = evaluate_segmenter(model, data, out_dir=out_dir, tiling=tiling)
+    report = evaluate_segmenter(
+        model, data, out_dir=model.parent / f"eval-{source.name}-{name}", tiling=tiling, drop_enclosed=drop_enclosed
+    )
     seconds = time.perf_counter() - start
     with_sky = [image for image in report.images if image.scores["model"].metrics()["sky_fraction_truth"] > 0]
     daytime = daytime_files(source) if source.kind == "camera_folder" else None
@@ -75,6 +80,7 @@ def evaluate_fold(cfg, source, tta: str, working_factor: float = 1.0, tile: int 
         "tta": tta,
         "working_factor": working_factor,
         "tile": tile or "training tile",
+        "drop_enclosed": drop_enclosed,
         "images": len(report.images),
         "skipped": len(report.skipped),
         "seconds_per_image": round(seconds / max(len(report.images), 1), 2),
@@ -115,12 +121,20 @@ def daytime_result(report, with_sky: list, daytime: set[str]) -> dict:
     return {"images_daytime_with_sky": len(images), "overall_daytime_with_sky": report.overall(images)}
 
 
-def variant(tta: str, working_factor: float, tile: int | None = None, threshold: float | None = None) -> str:
+def variant(
+    tta: str,
+    working_factor: float,
+    tile: int | None = None,
+    threshold: float | None = None,
+    drop_enclosed: bool = False,
+) -> str:
     """The evaluation's name in results: the TTA, with ``-x<factor>`` when not at the working scale itself,
-    ``-tile<N>`` when not with the model's training tile and ``-t<cut>`` with a fixed threshold."""
+    ``-tile<N>`` when not with the model's training tile, ``-t<cut>`` with a fixed threshold and
+    ``-dropenclosed`` without the enclosed sky regions."""
     name = tta if working_factor == 1 else f"{tta}-x{working_factor:g}"
     name = name if tile is None else f"{name}-tile{tile}"
-    return name if threshold is None else f"{name}-t{threshold:g}"
+    name = name if threshold is None else f"{name}-t{threshold:g}"
+    return f"{name}-dropenclosed" if drop_enclosed else name
 
 
 def record(key: str, result: dict, path: Path = RESULTS) -> None:
@@ -151,6 +165,11 @@ def main() -> None:
         default=None,
         help="prediction tile in pixels (predict.tiling.tile; default: the training tile)",
     )
+    parser.add_argument(
+        "--drop-enclosed",
+        action="store_true",
+        help="score the masks without the sky regions that touch no border (tfsky evaluate --drop-enclosed)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="TF intra-op threads per run (0 = all cores)")
     parser.add_argument("--set", action="append", default=[], help="recipe override key=value")
     args = parser.parse_args()
@@ -170,9 +189,10 @@ def main() -> None:
         if args.stage in ("train", "all"):
             train_segmenter(cfg)
         if args.stage in ("evaluate", "all"):
-            result = evaluate_fold(cfg, source, args.tta, args.working_factor, args.tile)
+            result = evaluate_fold(cfg, source, args.tta, args.working_factor, args.tile, args.drop_enclosed)
             result["load_average"] = os.getloadavg()
-            record(f"{cfg.name}/{variant(args.tta, args.working_factor, args.tile, cfg.train.threshold)}", result)
+            name = variant(args.tta, args.working_factor, args.tile, cfg.train.threshold, args.drop_enclosed)
+            record(f"{cfg.name}/{name}", result)
             print(json.dumps(result["overall"], indent=1))
 
 

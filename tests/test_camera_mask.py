@@ -27,7 +27,6 @@ from tfsky.predict.camera_mask import (
     SkymaskConfig,
     SkyModel,
     SkymaskPaths,
-    sky_regions,
     skymask_streams,
 )
 from test_predict import tiny_segmenter
@@ -181,23 +180,6 @@ def test_pixels_no_frame_saw_are_not_sky():
     consensus = Consensus((1, 2))
     consensus.add(np.array([[0.9, 0.9]], np.float32), 1.0, np.array([[True, False]]))
     assert consensus.probability()[0, 1] == 0 and consensus.agreement(0.5)[0, 1] == 0
-
-
-def test_sky_regions_drop_small_ones_and_the_ones_the_scene_encloses():
-    mask = np.zeros((100, 100), bool)
-    mask[:30, 10:90] = True  # the sky: reaches the top
-    mask[50:70, 40:60] = True  # 4 %, enclosed: a facade
-    mask[80:84, 97:] = True  # 0.12 %, at the border: a speck
-    kept, dropped = sky_regions(mask, 0.01)
-    np.testing.assert_array_equal(kept, np.pad(np.ones((30, 80), bool), ((0, 70), (10, 10))))
-    assert dropped == {"small": {"regions": 1, "pixels": 12}, "enclosed": {"regions": 1, "pixels": 400}}
-    kept, dropped = sky_regions(mask, 0.0, keep_enclosed=True)  # an all-sky fisheye keeps everything
-    np.testing.assert_array_equal(kept, mask)
-    assert dropped == {}
-    fisheye = np.zeros((100, 100), bool)
-    fisheye[10:90, 10:90] = True
-    np.testing.assert_array_equal(sky_regions(fisheye, 0.01, keep_enclosed=True)[0], fisheye)
-    assert not sky_regions(fisheye, 0.01)[0].any()
 
 
 # --- tfsky streams skymask -----------------------------------------------------------------------

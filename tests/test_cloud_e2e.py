@@ -64,6 +64,10 @@ def test_evaluate_segmenter_on_a_cloud_model_reports_cloud_metrics_per_camera(tr
     truth_pixels = np.asarray(frame["model"]["confusion"]).sum()
     assert truth_pixels == np.asarray(frame["red_blue_ratio"]["confusion"]).sum()  # same labelled pixels
     assert "Cloud segmentation: overall" in (root / "eval" / "eval.md").read_text()
+    enclosed = cli("evaluate", "segmenter", "-m", model, "-d", root / "cache", "-o", root / "x", "--drop-enclosed")
+    assert enclosed.exit_code == 1 and enclosed.stderr.strip() == (
+        "Error: config key 'evaluate.drop_enclosed': is for sky segmenters; a cloud model's clouds are enclosed"
+    )
     sun = summary["sun"]["overall"]  # the sun as tfsky predict finds it, against the annotation's undefined pixels
     assert sun["frames"] == summary["counts"]["evaluated"] and 0 <= sun["found"] <= sun["frames"]
     found = [f["sun"] for f in summary["frames"] if f["sun"]["found"]]

@@ -251,6 +251,24 @@ def test_bad_image_is_skipped_reported_and_fails_the_run(cli, model, mask_folder
     assert result.stdout.strip() == f"evaluated 2 images, skipped 3; wrote {out}/eval.json, eval.md"
 
 
+def test_drop_enclosed_scores_the_mask_without_the_blue_car_inside_the_scene(cli, model, tmp_path):
+    image = photo_with_errors()
+    image[30:34, 0:10] = GROUND
+    image[30:34, 20:30] = CAR  # 40 false-sky pixels that touch no border of the frame
+    write_png(tmp_path / "photos" / "images" / "a.png", image)
+    write_png(tmp_path / "photos" / "masks" / "a.png", half_sky_mask())
+    reports = {}
+    for flag, out, iou in (("--keep-enclosed", "kept", 1200 / 1320), ("--drop-enclosed", "dropped", 1200 / 1280)):
+        result = cli("evaluate", "segmenter", "-m", model, "-d", tmp_path / "photos", "-o", tmp_path / out, flag)
+        assert result.exit_code == 0, result.stderr
+        reports[out] = report = read_report(tmp_path / out)
+        assert report["overall"]["model"]["dataset_level"]["iou"] == pytest.approx(iou)
+        assert report["drop_enclosed"] is (flag == "--drop-enclosed")
+    for baseline in ("horizon", "color_threshold"):  # the baselines' masks stay whole
+        assert reports["dropped"]["overall"][baseline] == reports["kept"]["overall"][baseline]
+    assert "without the sky regions that touch no border" in (tmp_path / "dropped" / "eval.md").read_text()
+
+
 def test_sky_mask_thresholds_the_sky_probability_of_sigmoid_and_softmax_models():
     from tfsky.evaluate.segmenter import sky_mask
 

@@ -61,3 +61,4 @@ def test_an_evaluation_is_named_by_what_differs_from_the_recipe_prediction():
     assert loso.variant("none", 1.0, 384) == "none-tile384"
     assert loso.variant("rot4", 2.0, 256) == "rot4-x2-tile256"
     assert loso.variant("none", 1.0, None, 0.5) == "none-t0.5"
+    assert loso.variant("none", 1.0, None, 0.5, drop_enclosed=True) == "none-t0.5-dropenclosed"

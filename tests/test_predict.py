@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfsky.data.masks import sky_mask
 from tfsky.data.transforms import Preprocess
 from tfsky.errors import InputError
 from tfsky.io.images import read_image
@@ -216,6 +217,26 @@ def test_config_section_is_read_and_flags_override_it(cli, ldr_model, tmp_path):
     assert bad.stderr.strip() == (
         "Error: config key 'predict.tiling.window': must be one of ramp, constant, gaussian, hann, spline; got 'box'"
     )
+
+
+def test_drop_enclosed_leaves_the_sky_regions_inside_the_scene_out_of_mask_and_sidecar(cli, ldr_model, tmp_path):
+    write_png(tmp_path / "a.png", ldr_image())
+    result = cli("predict", "-m", ldr_model, tmp_path / "a.png", "-o", tmp_path / "out", "--drop-enclosed", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    expected = TiledSegmenter.load(ldr_model).probabilities(read_image(tmp_path / "a.png"))[..., 0]
+    whole, kept = sky_mask(expected, 0.5), sky_mask(expected, 0.5, drop_enclosed=True)
+    assert (whole & ~kept).sum() > 0  # the random net calls enclosed specks sky: there is something to drop
+    mask, _, _, sidecar = outputs_of(tmp_path / "out", "a")
+    np.testing.assert_array_equal(read_image(mask, channels=None)[..., 0] == 255, kept)
+    facts = json.loads(sidecar.read_text())
+    assert facts["enclosed_sky_dropped"]["pixels"] == (whole & ~kept).sum()
+    assert facts["sky_fraction"] == pytest.approx(kept.mean())
+    config = tmp_path / "keep.yaml"  # the flag overrides the config; without either, nothing is dropped
+    config.write_text("predict:\n  drop_enclosed: true\n")
+    args = ("predict", "-m", ldr_model, tmp_path / "a.png", "-o", tmp_path / "kept", "-c", config, "--keep-enclosed")
+    assert cli(*args).exit_code == 0
+    np.testing.assert_array_equal(read_image(tmp_path / "kept" / "a_mask.png", channels=None)[..., 0] == 255, whole)
+    assert "enclosed_sky_dropped" not in json.loads((tmp_path / "kept" / "a.json").read_text())
 
 
 def test_the_inference_precision_is_chosen_said_and_recorded(cli, ldr_model, tmp_path, monkeypatch):

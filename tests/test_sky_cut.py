@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfsky.data.masks import Confusion, iou_f1, sky_mask, sky_mask_graph
+from tfsky.data.masks import Confusion, iou_f1, sky_mask, sky_mask_graph, sky_regions
 from tfsky.evaluate import metrics
 from tfsky.evaluate.segmenter import sky_mask as evaluator_mask
 from tfsky.models.metrics import F1, IoU
@@ -74,3 +74,34 @@ def test_iou_f1_is_the_same_on_numbers_arrays_and_tensors(counts):
         assert on_arrays[index].tolist() == [value, value]
         assert on_tensors[index].numpy().tolist() == pytest.approx([value, value], rel=1e-15)
     assert on_numbers.iou == (1.0 if counts == (0, 0, 0) else tp / (tp + fp + fn))
+
+
+def test_sky_regions_drop_small_ones_and_the_ones_the_scene_encloses():
+    mask = np.zeros((100, 100), bool)
+    mask[:30, 10:90] = True  # the sky: reaches the top
+    mask[50:70, 40:60] = True  # 4 %, enclosed: a facade
+    mask[80:84, 97:] = True  # 0.12 %, at the border: a speck
+    kept, dropped = sky_regions(mask, 0.01)
+    np.testing.assert_array_equal(kept, np.pad(np.ones((30, 80), bool), ((0, 70), (10, 10))))
+    assert dropped == {"small": {"regions": 1, "pixels": 12}, "enclosed": {"regions": 1, "pixels": 400}}
+    kept, dropped = sky_regions(mask, 0.0, keep_enclosed=True)  # an all-sky fisheye keeps everything
+    np.testing.assert_array_equal(kept, mask)
+    assert dropped == {}
+    fisheye = np.zeros((100, 100), bool)
+    fisheye[10:90, 10:90] = True
+    np.testing.assert_array_equal(sky_regions(fisheye, 0.01, keep_enclosed=True)[0], fisheye)
+    assert not sky_regions(fisheye, 0.01)[0].any()
+
+
+def test_drop_enclosed_cuts_a_photo_without_the_sky_regions_inside_the_scene():
+    probability = np.zeros((60, 80), np.float32)
+    probability[:20] = 0.9  # the sky: reaches the top, left and right borders
+    probability[40:50, 30:45] = 0.7  # grey road called sky: touches no border
+    probability[52:, 70:] = 0.6  # a patch in the corner: touches the bottom and right borders, kept
+    sky = sky_mask(probability, 0.5, drop_enclosed=True)
+    np.testing.assert_array_equal(sky, sky_mask(probability, 0.5) & ~(probability == np.float32(0.7)))
+    assert sky[:20].all() and sky[52:, 70:].all() and not sky[40:50, 30:45].any()
+    np.testing.assert_array_equal(evaluator_mask(probability[..., None], 0.5, drop_enclosed=True), sky)
+    all_sky = np.full((60, 80), 0.9, np.float32)
+    all_sky[0] = all_sky[-1] = all_sky[:, 0] = all_sky[:, -1] = 0.1  # a fisheye disc inside the frame
+    assert not sky_mask(all_sky, 0.5, drop_enclosed=True).any()  # why it is never for all-sky frames

@@ -51,6 +51,14 @@ def segmenter(
     band: Annotated[
         Optional[float], typer.Option("--band", help="Boundary F1 tolerance in pixels (config: evaluate.band).")
     ] = None,
+    drop_enclosed: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--drop-enclosed/--keep-enclosed",
+            help="Score sky masks without the sky regions that touch no border of the frame, as tfsky predict "
+            "--drop-enclosed draws them (config: evaluate.drop_enclosed; default: keep).",
+        ),
+    ] = None,
     tile: TileOption = None,
     overlap: OverlapOption = None,
     window: WindowOption = None,
@@ -72,6 +80,7 @@ def segmenter(
     """
     from rich.console import Console
 
+    from tfsky.errors import ConfigError
     from tfsky.evaluate.config import EvaluateConfig
     from tfsky.evaluate.report import rich_table
     from tfsky.evaluate.segmenter import evaluate_segmenter, overall_table, verdict
@@ -80,6 +89,7 @@ def segmenter(
         "split": split,
         "threshold": threshold,
         "band": band,
+        "drop_enclosed": drop_enclosed,
         **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget),
     }
     cfg = command_config(EvaluateConfig, "evaluate", config, set_, flags)
@@ -88,6 +98,8 @@ def segmenter(
     from tfsky.models.bundle import ModelKind, kind_of
 
     if kind_of(model) is ModelKind.CLOUD:  # cloud metrics and cloud baselines (an unreadable model: reported below)
+        if cfg.drop_enclosed:
+            raise ConfigError("evaluate.drop_enclosed", "is for sky segmenters; a cloud model's clouds are enclosed")
         return _evaluate_cloud(model, data, cfg, out_dir, console)
     with ProgressBar("loading the model, fitting the baselines...", quiet) as progress:
         report = evaluate_segmenter(
@@ -99,6 +111,7 @@ def segmenter(
             labels_csv=labels,
             out_dir=out_dir,
             tiling=cfg.tiling,
+            drop_enclosed=cfg.drop_enclosed,
             progress=progress,
         )
     summary = report.to_json()

@@ -60,6 +60,15 @@ def predict_cli(
             "a CPU with a bfloat16 unit for a model whose masks keep (config: predict.precision).",
         ),
     ] = None,
+    drop_enclosed: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--drop-enclosed/--keep-enclosed",
+            help="Sky segmenters on photos of the horizon: leave out sky regions that touch no border of the "
+            "frame (road or wall called sky); never for all-sky fisheye frames (config: predict.drop_enclosed; "
+            "default: keep).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs are already complete.")] = False,
     engine: EngineFlags = EngineFlags(),  # --engine, --address, --workers, ... (engine_flags)
     config: ConfigOption = None,
@@ -84,6 +93,7 @@ def predict_cli(
         "prob_format": prob_format,
         "camera_mask": camera_mask,
         "cloud.sun": sun,
+        "drop_enclosed": drop_enclosed,
         **tiling_flags(tile, overlap, window, tile_batch, tta, resolution, memory_budget),
     }
     cfg = command_config(PredictConfig, "predict", config, set_, flags)

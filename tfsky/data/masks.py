@@ -8,6 +8,9 @@ validation), so every user imports them from here:
   export signatures, the Keras metrics): a pixel is sky when P(sky) ``>=``
   the threshold. Masks, sky fractions, evaluation, export, serving, streams,
   composites and the Keras IoU/F1 all cut here;
+- `sky_regions`: the connected sky regions a frame can hold (camera masks
+  drop small and enclosed ones; ``drop_enclosed`` masks of photos the
+  enclosed ones);
 - `iou_f1`: IoU and F1 from confusion counts (numbers, arrays or TF
   tensors), with the one convention for empty masks. `Confusion` holds the
   counts of numpy masks; `tfsky.evaluate.metrics` builds the evaluation
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 import tensorflow as tf
 
@@ -31,16 +35,41 @@ def sky_probability(probabilities: np.ndarray) -> np.ndarray:
     return probabilities[..., 0] if probabilities.shape[-1] == 1 else probabilities[..., SKY_CLASS]
 
 
-def sky_mask(probability: np.ndarray, threshold: float = SKY_THRESHOLD) -> np.ndarray:
+def sky_mask(probability: np.ndarray, threshold: float = SKY_THRESHOLD, drop_enclosed: bool = False) -> np.ndarray:
     """Boolean sky mask of sky (or cloud) probabilities: True where ``probability >= threshold``.
 
     The one sky cut: a pixel exactly at the threshold is sky. Float probabilities are compared in their
-    own precision, as `sky_mask_graph` (the same cut as a TensorFlow op) compares them.
+    own precision, as `sky_mask_graph` (the same cut as a TensorFlow op) compares them. ``drop_enclosed``
+    (an ``[H, W]`` frame only) also drops the sky regions that touch no border of the frame
+    (`sky_regions`): in a photo of the horizon the sky reaches the frame's edge, a patch of grey road or
+    wall called sky inside the scene does not. Never for an all-sky fisheye frame, whose sky is a disc.
     """
     probability = np.asarray(probability)
     if probability.dtype.kind == "f":
         threshold = probability.dtype.type(threshold)
-    return probability >= threshold
+    mask = probability >= threshold
+    return sky_regions(mask, 0.0)[0] if drop_enclosed else mask
+
+
+def sky_regions(mask: np.ndarray, min_region: float, keep_enclosed: bool = False) -> tuple[np.ndarray, dict]:
+    """``mask`` without the regions that cannot be a camera's sky, and what was dropped per reason.
+
+    A connected (8-neighbour) region is dropped as ``small`` when it covers less than ``min_region`` of
+    the frame, else as ``enclosed`` when it touches no border of the frame (unless ``keep_enclosed``).
+    The facts: ``{reason: {"regions": n, "pixels": n}}``.
+    """
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    left, top, width, height, area = stats[1:].T  # row 0 is the background
+    small = area < min_region * mask.size
+    inside = (left > 0) & (top > 0) & (left + width < mask.shape[1]) & (top + height < mask.shape[0])
+    enclosed = ~small & inside & (not keep_enclosed)
+    keep = np.concatenate([[False], ~(small | enclosed)])
+    dropped = {
+        reason: {"regions": int(chosen.sum()), "pixels": int(area[chosen].sum())}
+        for reason, chosen in (("small", small), ("enclosed", enclosed))
+        if chosen.any()
+    }
+    return keep[labels], dropped
 
 
 def sky_mask_graph(probability: tf.Tensor, threshold: float | tf.Tensor = SKY_THRESHOLD) -> tf.Tensor:

@@ -24,6 +24,8 @@ class EvaluateConfig:
         tiling: TilingConfig. Tiles, blending and flip TTA, as ``tfsky predict`` takes them
             (``tile: null`` = the model's training tile).
         cloud: CloudCoverConfig. Cloud models: the cloud-cover settings of ``tfsky predict`` (the sun search).
+        drop_enclosed: bool. Sky segmenters: score the masks without the sky regions that touch no border of
+            the frame, as ``tfsky predict --drop-enclosed`` draws them. Defaults to False.
     """
 
     split: str = "val"
@@ -31,6 +33,7 @@ class EvaluateConfig:
     band: float = BOUNDARY_BAND
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
     cloud: CloudCoverConfig = dataclasses.field(default_factory=CloudCoverConfig)
+    drop_enclosed: bool = False
 
     def validate(self) -> None:
         if self.threshold is not None and not 0 <= self.threshold <= 1:

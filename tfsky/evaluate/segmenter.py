@@ -90,6 +90,7 @@ class EvalReport:
     threshold: float
     band: float
     tiling: TilingConfig
+    drop_enclosed: bool
     baselines: Baselines
     images: list[ImageResult]
     skipped: list[dict[str, str]]
@@ -123,6 +124,7 @@ class EvalReport:
             "data_kind": self.data_kind,
             "split": self.split,
             "threshold": self.threshold,
+            "drop_enclosed": self.drop_enclosed,
             "boundary_band": self.band,
             "tiling": dataclasses.asdict(self.tiling),
             "headline": HEADLINE,
@@ -145,9 +147,10 @@ def model_minus_baselines(overall: dict, aggregation: str = HEADLINE) -> dict[st
     }
 
 
-def sky_mask(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """Boolean sky mask from ``H x W x K`` probabilities: P(sky) ``>= threshold``, as `tfsky predict` draws it."""
-    return sky.sky_mask(sky.sky_probability(probabilities), threshold)
+def sky_mask(probabilities: np.ndarray, threshold: float, drop_enclosed: bool = False) -> np.ndarray:
+    """Boolean sky mask from ``H x W x K`` probabilities: P(sky) ``>= threshold`` (without the enclosed sky
+    regions with ``drop_enclosed``), as `tfsky predict` draws it."""
+    return sky.sky_mask(sky.sky_probability(probabilities), threshold, drop_enclosed)
 
 
 def score_items(
@@ -192,6 +195,7 @@ def evaluate_segmenter(
     labels_csv: Optional[str | Path] = None,
     out_dir: Optional[str | Path] = None,
     tiling: TilingConfig | None = None,
+    drop_enclosed: bool = EvaluateConfig.drop_enclosed,
     progress: Optional[Progress] = None,
 ) -> EvalReport:
     """Evaluate a saved segmenter and both baselines; write ``eval.json`` and ``eval.md``.
@@ -208,6 +212,8 @@ def evaluate_segmenter(
         out_dir: where the reports go. Defaults to ``eval/`` beside the model.
         tiling: TilingConfig. Tiles, blending and flip TTA, as ``tfsky predict`` takes them (the model's
             training tile by default). Defaults to None (the `TilingConfig` defaults).
+        drop_enclosed: bool. Score the masks without the sky regions that touch no border of the frame, as
+            ``tfsky predict --drop-enclosed`` draws them (the baselines' masks stay whole). Defaults to False.
         progress: Progress. Advanced with each image id once it is scored (`tfsky.progress`).
 
     Raises:
@@ -223,7 +229,11 @@ def evaluate_segmenter(
     segmenter = TiledSegmenter(for_inference(model, "auto", info.bfloat16), info, tiling)
     threshold = segmenter.mask_threshold(threshold)
     results, skipped = score_items(
-        source.items(), lambda image: sky_mask(segmenter.probabilities(image), threshold), baselines, band, progress
+        source.items(),
+        lambda image: sky_mask(segmenter.probabilities(image), threshold, drop_enclosed),
+        baselines,
+        band,
+        progress,
     )
     if not results:
         first = f": {skipped[0]['reason']}" if skipped else ""
@@ -236,6 +246,7 @@ def evaluate_segmenter(
         threshold,
         band,
         segmenter.tiling,
+        drop_enclosed,
         baselines,
         results,
         skipped,
@@ -424,7 +435,8 @@ def report_markdown(summary: dict) -> str:
     paragraphs = [
         f"Model `{summary['model']}` on `{summary['data']}` ({summary['data_kind']}{split}): "
         f"{counts['evaluated']} images evaluated, {counts['skipped']} skipped.",
-        f"Sky = probability >= {summary['threshold']} (softmax models: channel 1). "
+        f"Sky = probability >= {summary['threshold']} (softmax models: channel 1)"
+        f"{', without the sky regions that touch no border of the frame' if summary['drop_enclosed'] else ''}. "
         f"Boundary F1 tolerance: {summary['boundary_band']} px.",
         f"Baselines: horizon at {b['horizon_fraction']:.3f} of the image height; color threshold: B >= R and "
         f"brightness >= {b['color_threshold']:.3f}. Fitted on {b['fitted_on']} ({b['fit_images']} images).",

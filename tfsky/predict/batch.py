@@ -65,6 +65,10 @@ class PredictConfig:
             (`tfsky.models.precision.for_inference`): ``auto`` computes in bfloat16 only on a CPU with a
             bfloat16 unit and for a model whose stored verdict says its masks keep. Sidecars record what
             the model computed in. Defaults to ``auto``.
+        drop_enclosed: bool. Sky segmenters: leave out of the mask the sky regions that touch no border of
+            the frame (`tfsky.data.masks.sky_mask`) — for photos of the horizon, where they are road or wall
+            called sky (Cityscapes left out: +0.05 IoU, docs/results/segmenter-generalisation.md); never for
+            all-sky fisheye frames. The sidecar counts what was dropped. Defaults to False.
     """
 
     tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
@@ -73,6 +77,7 @@ class PredictConfig:
     cloud: CloudCoverConfig = dataclasses.field(default_factory=CloudCoverConfig)
     camera_mask: Optional[Path] = None
     precision: InferencePrecision = "auto"
+    drop_enclosed: bool = False
 
     def validate(self) -> None:
         if self.threshold is not None and not 0 <= self.threshold <= 1:
@@ -142,6 +147,8 @@ class PredictTask(Task):
                     "predict.camera_mask", "is for sky segmenters; a cloud model takes predict.cloud.camera_mask"
                 )
             self.prior = CameraPrior.load(self.config.camera_mask)
+        if self.config.drop_enclosed and self.cloud:
+            raise ConfigError("predict.drop_enclosed", "is for sky segmenters; a cloud model's clouds are enclosed")
 
     def outputs(self, stem: Path) -> OutputPaths:
         return OutputPaths.for_stem(stem, self.config.prob_format, cloud=self.cloud)
@@ -183,7 +190,9 @@ class PredictTask(Task):
             cloud, valid, frame_facts["cloud_cover"] = self.cover(image, probability, item.source)
             probability = np.where(valid, probability, 0.0)
             classes = (cloud, valid)
-        maps = Maps.of(outputs, probability, threshold)
+        maps = Maps.of(outputs, probability, threshold, self.config.drop_enclosed)
+        if maps.dropped is not None:
+            frame_facts["enclosed_sky_dropped"] = maps.dropped
         del probs, probability
         tiling = dataclasses.asdict(segmenter.tiling_for(height, width))
         facts = dict(

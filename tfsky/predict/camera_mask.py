@@ -62,7 +62,7 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence
 import cv2
 import numpy as np
 
-from tfsky.data.masks import iou as mask_iou, sky_mask
+from tfsky.data.masks import iou as mask_iou, sky_mask, sky_regions
 from tfsky.data.scale import resize_image, working_size
 from tfsky.data.streams import (
     NIGHT_LUMINANCE,
@@ -200,7 +200,7 @@ class Consensus:
 class CameraMask:
     """A learnt camera mask at the frames' size, its agreement, the median frame, and what went into it.
 
-    ``probability`` is the fused consensus with the dropped regions (``regions_dropped``, `sky_regions`) at 0.
+    ``probability`` is the fused consensus with the dropped regions (``regions_dropped``, `tfsky.data.masks.sky_regions`) at 0.
     """
 
     probability: np.ndarray
@@ -280,27 +280,6 @@ def learn_camera_mask(
     return CameraMask(
         probability, mask, agreement, median, state.used, rejected + state.rejected, disagrees, grid, dropped
     )
-
-
-def sky_regions(mask: np.ndarray, min_region: float, keep_enclosed: bool = False) -> tuple[np.ndarray, dict]:
-    """``mask`` without the regions that cannot be a camera's sky, and what was dropped per reason.
-
-    A connected (8-neighbour) region is dropped as ``small`` when it covers less than ``min_region`` of
-    the frame, else as ``enclosed`` when it touches no border of the frame (unless ``keep_enclosed``).
-    The facts: ``{reason: {"regions": n, "pixels": n}}``.
-    """
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    left, top, width, height, area = stats[1:].T  # row 0 is the background
-    small = area < min_region * mask.size
-    inside = (left > 0) & (top > 0) & (left + width < mask.shape[1]) & (top + height < mask.shape[0])
-    enclosed = ~small & inside & (not keep_enclosed)
-    keep = np.concatenate([[False], ~(small | enclosed)])
-    dropped = {
-        reason: {"regions": int(chosen.sum()), "pixels": int(area[chosen].sum())}
-        for reason, chosen in (("small", small), ("enclosed", enclosed))
-        if chosen.any()
-    }
-    return keep[labels], dropped
 
 
 def candidate_frames(stream: Stream) -> tuple[list[Frame], list[dict]]:

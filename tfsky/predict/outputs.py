@@ -39,7 +39,7 @@ from typing import Any, Callable, Collection, Iterator, Literal, Optional
 import cv2
 import numpy as np
 
-from tfsky.data.masks import sky_mask
+from tfsky.data.masks import sky_mask, sky_regions
 from tfsky.data.transforms import is_hdr
 from tfsky.io.atomic import atomic_path, write_json, write_text
 from tfsky.io.images import luminance
@@ -105,12 +105,19 @@ class Maps:
 
     prob: np.ndarray
     mask: np.ndarray
+    dropped: Optional[dict] = None  # with drop_enclosed: the enclosed sky regions taken out (`sky_regions`)
 
     @classmethod
-    def of(cls, paths: OutputPaths, prob: np.ndarray, threshold: float) -> "Maps":
-        """The maps of sky probability ``prob`` [H, W] (pixels >= ``threshold`` are 255 in the mask)."""
+    def of(cls, paths: OutputPaths, prob: np.ndarray, threshold: float, drop_enclosed: bool = False) -> "Maps":
+        """The maps of sky probability ``prob`` [H, W] (pixels >= ``threshold`` are 255 in the mask; with
+        ``drop_enclosed`` not those of sky regions that touch no border of the frame, `sky_mask`)."""
         stored = prob if paths.prob.suffix == ".tif" else _by_bands(prob, _to_uint16, np.uint16)
-        return cls(stored, _by_bands(prob, lambda band: np.where(sky_mask(band, threshold), 255, 0), np.uint8))
+        mask = _by_bands(prob, lambda band: np.where(sky_mask(band, threshold), 255, 0), np.uint8)
+        if not drop_enclosed:
+            return cls(stored, mask)
+        kept, dropped = sky_regions(mask > 0, 0.0)
+        mask[~kept] = 0
+        return cls(stored, mask, dropped.get("enclosed", {"regions": 0, "pixels": 0}))
 
 
 def write_maps(paths: OutputPaths, maps: Maps) -> None:

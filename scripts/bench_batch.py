@@ -2,7 +2,10 @@
 
 The images: 4 real webcam frames (/work/shared/data/skyfinder_webcams, 640x480 and 1280x960) and 4 real
 HDR panoramas (hdr_polyhaven_1k) tone-mapped to 8 bits and upscaled to 8192x4096 JPEGs. The model: a
-randomly initialised ResNet34 U-Net (float32, ``tile: auto``, LDR preprocessing). Every run is one whole
+randomly initialised ResNet34 U-Net (float32, ``tile: auto``, LDR preprocessing), or a trained one
+(``--model``); it predicts at ``--precision`` (default ``auto``: bfloat16 on a CPU with a bfloat16 unit for a
+model whose stored bfloat16 verdict passed, issue 25; a random model has none, so float32) and
+``--resolution`` (default ``full``: tiles of the full image). Every run is one whole
 ``tfsky predict --overwrite`` process (start-up, model load, decode, prediction, writing the outputs):
 
 (a) ``--engine local`` with TensorFlow (and oneDNN's OpenMP) limited to ``--threads`` threads;
@@ -21,6 +24,7 @@ adds (start-up, Ray, scheduling, decode and encode in the workers); the second s
 itself ran slower. The 1-minute load average is recorded before and after every run.
 
 Usage: python scripts/bench_batch.py [--threads 1] [--size 8192x4096] [--rounds 3]
+       [--model runs/<name>/<ts>/best.keras] [--precision auto] [--resolution full]
        [--out scripts/results/bench_batch.json]
 """
 
@@ -57,13 +61,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Runs of each engine, interleaved (median reported).")
     parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "bench_batch.json")
     parser.add_argument("--workdir", type=Path, help="Keep images, model and outputs here (default: a temp dir).")
+    parser.add_argument("--model", type=Path, help="A trained tfsky segmenter (default: a random ResNet34 U-Net).")
+    parser.add_argument("--precision", default="auto", help="tfsky predict --precision of every run.")
+    parser.add_argument("--resolution", default="full", help="tfsky predict --resolution of every run.")
     args = parser.parse_args()
+    flags = ["--precision", args.precision, "--resolution", args.resolution]
     width, height = map(int, args.size.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="bench_batch.") as temp:
         workdir = args.workdir or Path(temp)
         workdir.mkdir(parents=True, exist_ok=True)
         images = setup(workdir, width, height)
-        results = run_all(workdir, images, args.threads, args.rounds)
+        model = args.model or random_model(workdir)
+        results = run_all(workdir, model, images, args.threads, args.rounds, flags)
     results["panorama_size"] = {"width": width, "height": height}
     from tfsky.io.atomic import write_json
     from tfsky.models.precision import cpu_record
@@ -73,14 +82,11 @@ def main() -> None:
 
 
 def setup(workdir: Path, width: int, height: int) -> Path:
-    """The 8 images (webcam frames linked, panoramas upscaled) in ``workdir/images`` and the model."""
+    """The 8 images (webcam frames linked, panoramas upscaled) in ``workdir/images``."""
     import cv2
 
-    from tfsky.data.transforms import Preprocess
     from tfsky.io.images import read_image
     from tfsky.io.writers import write_jpeg
-    from tfsky.models.bundle import ModelInfo, save_model
-    from tfsky.models.segmenter import SegmenterModelConfig, build_segmenter
     from tfsky.predict.outputs import display_rgb, hdr_exposure
 
     images = workdir / "images"
@@ -96,13 +102,23 @@ def setup(workdir: Path, width: int, height: int) -> Path:
             hdr = read_image(SHARED / "hdr_polyhaven_1k" / name)
             ldr = (display_rgb(hdr, hdr_exposure(hdr[::4, ::4])) * 255).round().astype("uint8")
             write_jpeg(target, cv2.resize(ldr, (width, height), interpolation=cv2.INTER_LINEAR))
-    if not (workdir / "model.keras").exists():
-        model = build_segmenter(SegmenterModelConfig(backbone="resnet34", precision="float32"), in_channels=3)
-        save_model(model, workdir / "model.keras", ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=TILE))
     return images
 
 
-def run_all(workdir: Path, images: Path, threads: int, rounds: int) -> dict:
+def random_model(workdir: Path) -> Path:
+    """``workdir/model.keras``: a randomly initialised float32 ResNet34 U-Net (the default subject)."""
+    from tfsky.data.transforms import Preprocess
+    from tfsky.models.bundle import ModelInfo, save_model
+    from tfsky.models.segmenter import SegmenterModelConfig, build_segmenter
+
+    path = workdir / "model.keras"
+    if not path.exists():
+        model = build_segmenter(SegmenterModelConfig(backbone="resnet34", precision="float32"), in_channels=3)
+        save_model(model, path, ModelInfo(task="segmenter", preprocess=Preprocess(), tile_size=TILE))
+    return path
+
+
+def run_all(workdir: Path, model: Path, images: Path, threads: int, rounds: int, flags: list[str]) -> dict:
     """Every engine once per round, in a rotated order; medians per engine; masks compared with the local run."""
     load_before = os.getloadavg()
     names = list(ENGINES)
@@ -111,12 +127,14 @@ def run_all(workdir: Path, images: Path, threads: int, rounds: int) -> dict:
     for round_number in range(rounds):
         shift = round_number % len(names)
         for name in names[shift:] + names[:shift]:
-            runs[name].append(run_once(workdir, images, name, threads))
+            runs[name].append(run_once(workdir, model, images, name, threads, flags))
             print(f"round {round_number + 1} {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
     summary = {name: summarise(runs[name], count) for name in names}
     return {
         "note": "shared machine (2 CPU cores used by several engineers at once): timings drift with the load",
-        "model": "ResNet34 U-Net, random init, float32, tile auto at the default budget (see each run's tiling)",
+        "model": str(model) if model != workdir / "model.keras" else "ResNet34 U-Net, random init, float32",
+        "predict_flags": flags,
+        "tiling": "tile auto at the default budget (see each run's tiling)",
         "images": count,
         "threads_per_worker": threads,
         "rounds": rounds,
@@ -133,27 +151,28 @@ def run_all(workdir: Path, images: Path, threads: int, rounds: int) -> dict:
     }
 
 
-def run_once(workdir: Path, images: Path, name: str, threads: int) -> dict:
-    """One whole ``tfsky predict --overwrite`` process of engine ``name``: wall time, model times, load."""
+def run_once(workdir: Path, model: Path, images: Path, name: str, threads: int, flags: list[str]) -> dict:
+    """One whole ``tfsky predict --overwrite`` process of engine ``name``: wall time, model times, precision, load."""
     from tfsky.batch.ray_engine import thread_limits
 
     env = dict(os.environ, **thread_limits(threads))  # the local run; Ray workers get the same from the engine
-    flags = ENGINES[name]
+    engine = ENGINES[name]
     command = [
         sys.executable,
         "-m",
         "tfsky.cli.main",
         "predict",
         "-m",
-        str(workdir / "model.keras"),
+        str(model),
         str(images),
         "-o",
         str(workdir / name),
         "--overwrite",
         "--quiet",
         *flags,
+        *engine,
     ]
-    if flags:
+    if engine:
         command += ["--cpus-per-worker", str(threads)]
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -171,6 +190,7 @@ def run_once(workdir: Path, images: Path, name: str, threads: int) -> dict:
     return {
         "seconds": round(seconds, 1),
         "model_seconds": model_seconds,
+        "precision": sorted({sidecar["precision"] for sidecar in sidecars}),
         "tiling": tiles,
         "load_average_before": round(load, 2),
         "load_average_after": round(os.getloadavg()[0], 2),

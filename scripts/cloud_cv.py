@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from loso import newest_best, record  # noqa: E402 - the fold helpers shared with the leave-one-source-out check
 
 RESULTS = Path(__file__).parent / "results" / "cloud_cv.json"
-METRICS = ("pixel_accuracy", "cloud_fraction_mae_pp", "iou_cloud", "okta_exact")
+METRICS = ("pixel_accuracy", "cloud_fraction_mae_pp", "cloud_fraction_bias_pp", "iou_cloud", "okta_exact")
 
 
 def frame_numbers(recipe) -> dict[tuple[str, str], list[int]]:
@@ -97,6 +97,7 @@ def fold_scores(summary: dict) -> dict:
         return {
             "pixel_accuracy": values["pixel_accuracy"],
             "cloud_fraction_mae_pp": values["cloud_fraction_mae_pp"],
+            "cloud_fraction_bias_pp": values["cloud_fraction_bias_pp"],
             "iou_cloud": values["iou_per_class"]["cloud"],
             "okta_exact": values["okta_exact"],
             "frames": values["frames"],
@@ -109,7 +110,7 @@ def fold_scores(summary: dict) -> dict:
 
 
 def mean_over_folds(folds: dict[str, dict]) -> dict:
-    """The mean of every metric over the folds done (a metric None in a fold is left out of its mean)."""
+    """The mean of every metric over the folds done (a metric None or absent in a fold is left out of its mean)."""
     first = next(iter(folds.values()))["scores"]
     mean: dict = {}
     for group, predictors in first.items():
@@ -118,7 +119,7 @@ def mean_over_folds(folds: dict[str, dict]) -> dict:
                 values = [
                     fold["scores"][group][name][metric]
                     for fold in folds.values()
-                    if group in fold["scores"] and fold["scores"][group][name][metric] is not None
+                    if group in fold["scores"] and fold["scores"][group][name].get(metric) is not None
                 ]
                 mean.setdefault(group, {}).setdefault(name, {})[metric] = sum(values) / len(values) if values else None
     return mean

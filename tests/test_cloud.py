@@ -141,6 +141,16 @@ def test_frame_scores_leave_ignored_pixels_out_and_summaries_add_counts():
     assert result["cloud_f1"] == pytest.approx(4 / 6)
     assert result["cloud_fraction_mae_pp"] == pytest.approx(0.0) and result["okta_exact"] == 1.0
     assert result["condition_confusion"]["partial"]["partial"] == 1
+    # a frame with 2 of its 4 cloud pixels missed and one with a clear pixel called cloud: MAE vs bias
+    under = frame_score(np.array([[True, False, False, True]]), np.array([[1, 1, 1, 1]], np.uint8))
+    over = frame_score(np.array([[True, False, False, False]]), np.array([[0, 0, 0, 0]], np.uint8))
+    both = summarise(
+        [FrameResult(n, "cam", None, {"model": s}) for n, s in (("u", under), ("o", over))], "model", CloudCoverConfig()
+    )
+    assert under.pred_pct - under.truth_pct == pytest.approx(-50.0) and over.pred_pct == pytest.approx(25.0)
+    assert both["cloud_fraction_mae_pp"] == pytest.approx(37.5) and both["cloud_fraction_bias_pp"] == pytest.approx(
+        -12.5
+    )
 
 
 def test_cloudnet_is_the_described_network_and_classifies_one_pixel_per_patch():

@@ -55,3 +55,16 @@ def test_a_fold_config_holds_its_blocks_out_under_its_own_name_and_cache(recipe)
 def test_too_many_folds_for_a_camera_is_one_line():
     with pytest.raises(SystemExit, match="--folds 4: camera cam of src has only 3 frames"):
         cloud_cv.fold_ranges({("src", "cam"): [1, 2, 3]}, 4)
+
+
+def test_fold_means_skip_a_metric_a_fold_did_not_record():
+    def fold(accuracy, bias=None):
+        scores = {"pixel_accuracy": accuracy, "cloud_fraction_mae_pp": 2.0, "iou_cloud": None, "okta_exact": 1.0}
+        if bias is not None:
+            scores["cloud_fraction_bias_pp"] = bias
+        return {"scores": {"camera1": {"model": scores}}}
+
+    # fold 0 was scored before the bias was recorded; IoU cloud is None (no cloud) in every fold
+    mean = cloud_cv.mean_over_folds({"0": fold(0.9), "1": fold(0.95, -1.5), "2": fold(0.97, 0.5)})["camera1"]["model"]
+    assert mean["pixel_accuracy"] == pytest.approx(0.94) and mean["cloud_fraction_bias_pp"] == pytest.approx(-0.5)
+    assert mean["iou_cloud"] is None and mean["cloud_fraction_mae_pp"] == pytest.approx(2.0)

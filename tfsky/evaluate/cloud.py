@@ -11,7 +11,9 @@ config, by frame number): per-class IoU, mean IoU, pixel accuracy, F1 of the
 cloud class (confusion counts summed over all labelled pixels, scored by
 `tfsky.data.masks.Confusion`; a class in neither truth nor prediction is not
 scored: None, left out of the mean), the mean absolute error of the cloud
-fraction in percentage points, exact and within-one okta agreement, and the
+fraction in percentage points and its mean signed error (the bias: positive
+when the predictor calls too much cloud, so a systematic error is told from
+scatter), exact and within-one okta agreement, and the
 confusion matrix of the derived sky condition against the frames' sky-type
 labels.
 
@@ -139,7 +141,8 @@ def summarise(frames: list[FrameResult], name: str, cover: CloudCoverConfig) -> 
     cloud = Confusion(tp, fp, fn, tn)
     per_class = (Confusion(tn, fn, fp, tp), cloud)  # each class as the positive one
     iou = [c.iou if c.tp + c.fp + c.fn else None for c in per_class]  # a class nowhere is not scored
-    errors = np.array([abs(score.truth_pct - score.pred_pct) for score in scores])
+    signed = np.array([score.pred_pct - score.truth_pct for score in scores])
+    errors = np.abs(signed)
     okta_truth = np.array([okta(score.truth_pct, cover.okta_tolerance_pp) for score in scores])
     okta_pred = np.array([okta(score.pred_pct, cover.okta_tolerance_pp) for score in scores])
     conditions = {t: {p: 0 for p in CONDITIONS} for t in CONDITIONS}
@@ -157,6 +160,7 @@ def summarise(frames: list[FrameResult], name: str, cover: CloudCoverConfig) -> 
         "pixel_accuracy": cloud.pixel_accuracy if cloud.total else None,
         "cloud_f1": cloud.f1 if tp + fp + fn else None,
         "cloud_fraction_mae_pp": float(errors.mean()) if errors.size else None,
+        "cloud_fraction_bias_pp": float(signed.mean()) if signed.size else None,
         "okta_exact": float(np.mean(okta_truth == okta_pred)) if errors.size else None,
         "okta_within_1": float(np.mean(np.abs(okta_truth - okta_pred) <= 1)) if errors.size else None,
         "condition_confusion": conditions,
@@ -322,8 +326,8 @@ def results_table(summary: dict, group: str = OVERALL) -> Table:
     for name, values in summary["results"][group].items():
         rows.append([
             LABELS[name], values["frames"], *values["iou_per_class"].values(), values["mean_iou"],
-            values["pixel_accuracy"], values["cloud_f1"], values["cloud_fraction_mae_pp"], values["okta_exact"],
-            values["okta_within_1"], values["condition_accuracy"],
+            values["pixel_accuracy"], values["cloud_f1"], values["cloud_fraction_mae_pp"],
+            values["cloud_fraction_bias_pp"], values["okta_exact"], values["okta_within_1"], values["condition_accuracy"],
         ])  # fmt: skip
     columns = [
         "",
@@ -334,13 +338,14 @@ def results_table(summary: dict, group: str = OVERALL) -> Table:
         "pixel acc.",
         "cloud F1",
         "CF MAE (pp)",
+        "CF bias (pp)",
         "okta exact",
         "okta ±1",
         "condition acc.",
     ]
     note = (
         "Confusion counts summed over every labelled pixel (ignore excluded); CF MAE = mean absolute error of "
-        "the per-frame cloud fraction in percentage points."
+        "the per-frame cloud fraction in percentage points, CF bias its mean signed error (> 0: too much cloud)."
     )
     return Table(f"Cloud segmentation: {group}", columns, rows, note)
 

@@ -14,7 +14,7 @@ are compared on the same folds. Results: ``scripts/results/cloud_cv.json``
 recipe, overrides and TTA.
 
     python scripts/cloud_cv.py -c configs/cloud_wsiseg.yaml --folds 5 [--fold 0 ...] \\
-        [--stage train|evaluate|all] [--set key=value ...] [--tta rot8]
+        [--stage train|evaluate|all] [--set key=value ...] [--tta rot8] [--cut stored|validation|0.5]
 """
 
 from __future__ import annotations
@@ -125,6 +125,30 @@ def mean_over_folds(folds: dict[str, dict]) -> dict:
     return mean
 
 
+def parse_cut(cut: str) -> float | None:
+    """``--cut``: None for ``stored`` and ``validation`` (chosen per fold), else the number in (0, 1)."""
+    if cut in ("stored", "validation"):
+        return None
+    try:
+        value = float(cut)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise SystemExit(f"--cut must be stored, validation or a number in (0, 1); got {cut!r}")
+    return value
+
+
+def validation_cut(cfg, model: Path) -> float:
+    """The fold model's best-IoU P(cloud) cut on its own validation split (`choose_threshold`, as ``tfsky
+    train`` stores it), without touching the model's sidecar."""
+    from tfsky.models.bundle import load_model
+    from tfsky.train.segmenter import choose_threshold, make_datasets
+
+    network, info = load_model(model, precision="float32")
+    choose_threshold(network, info, make_datasets(cfg, cfg.train.batch_size)[1])
+    return info.threshold
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", required=True)
@@ -132,6 +156,12 @@ def main() -> None:
     parser.add_argument("--fold", type=int, action="append", help="fold index 0..folds-1 (repeatable; default all)")
     parser.add_argument("--stage", choices=("train", "evaluate", "all"), default="all")
     parser.add_argument("--tta", default="none", help="TTA of the evaluation: none | flip2 | flip4 | rot4 | rot8")
+    parser.add_argument(
+        "--cut",
+        default="stored",
+        help="P(cloud) cut scored: stored (the model's own) | validation (the best cloud IoU on the fold's "
+        "validation split, as tfsky train chooses it) | a number in (0, 1)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="TF intra-op threads per run (0 = all cores)")
     parser.add_argument("--set", action="append", default=[], help="recipe override key=value (repeatable)")
     args = parser.parse_args()
@@ -140,6 +170,7 @@ def main() -> None:
     folds = args.fold if args.fold is not None else list(range(args.folds))
     if any(not 0 <= fold < args.folds for fold in folds):
         raise SystemExit(f"--fold must be in 0..{args.folds - 1}; got {folds}")
+    fixed_cut = parse_cut(args.cut)
 
     import tfsky  # noqa: F401 - Keras 2 mode, set before TensorFlow is imported
     import tensorflow as tf
@@ -161,7 +192,7 @@ def main() -> None:
     lever = hashlib.sha256("\n".join(args.set).encode()).hexdigest()[:8] if args.set else ""
     stem = f"{recipe.name}-cv{args.folds}" + (f"-{lever}" if lever else "")
     ranges = fold_ranges(frame_numbers(recipe), args.folds)
-    key = f"{stem}/{args.tta}"
+    key = f"{stem}/{args.tta}" + ("" if args.cut == "stored" else f"-cut{args.cut}")
     for fold in folds:
         cfg = fold_config(recipe, ranges[fold], f"{stem}-{fold}")
         if args.stage in ("train", "all"):
@@ -169,12 +200,14 @@ def main() -> None:
         if args.stage in ("evaluate", "all"):
             model = newest_best(cfg)
             data = native_data(cfg, f"{recipe.name}-cv{args.folds}-{fold}-native")
+            threshold = validation_cut(cfg, model) if args.cut == "validation" else fixed_cut
             start = time.perf_counter()
             report = evaluate_cloud(
                 model,
                 data.cache,
                 split="test",
-                out_dir=model.parent / f"eval-cv-{args.tta}",
+                threshold=threshold,
+                out_dir=model.parent / f"eval-cv-{key.split('/')[1]}",
                 tiling=TilingConfig(tta=args.tta),
             )
             seconds = time.perf_counter() - start
@@ -185,6 +218,7 @@ def main() -> None:
                 "model": str(model),
                 "test_frames": ranges[fold],
                 "frames": summary["counts"]["evaluated"],
+                "threshold": summary["threshold"],
                 "seconds_per_frame": round(seconds / max(summary["counts"]["evaluated"], 1), 3),
                 "load_average": os.getloadavg(),
                 "cpu": cpu_record(),

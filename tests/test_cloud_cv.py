@@ -68,3 +68,13 @@ def test_fold_means_skip_a_metric_a_fold_did_not_record():
     mean = cloud_cv.mean_over_folds({"0": fold(0.9), "1": fold(0.95, -1.5), "2": fold(0.97, 0.5)})["camera1"]["model"]
     assert mean["pixel_accuracy"] == pytest.approx(0.94) and mean["cloud_fraction_bias_pp"] == pytest.approx(-0.5)
     assert mean["iou_cloud"] is None and mean["cloud_fraction_mae_pp"] == pytest.approx(2.0)
+
+
+def test_the_cut_flag_is_stored_validation_or_a_number_inside_zero_one():
+    assert cloud_cv.parse_cut("stored") is None and cloud_cv.parse_cut("validation") is None
+    assert cloud_cv.parse_cut("0.45") == 0.45
+    for bad in ("1", "0", "half"):
+        with pytest.raises(
+            SystemExit, match=f"--cut must be stored, validation or a number in \\(0, 1\\); got '{bad}'"
+        ):
+            cloud_cv.parse_cut(bad)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tfsky.config import load_config
+from tfsky.models.bundle import load_info
 from tfsky.train.config import SegmenterConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +65,9 @@ def test_evaluate_segmenter_on_a_cloud_model_reports_cloud_metrics_per_camera(tr
     truth_pixels = np.asarray(frame["model"]["confusion"]).sum()
     assert truth_pixels == np.asarray(frame["red_blue_ratio"]["confusion"]).sum()  # same labelled pixels
     assert "Cloud segmentation: overall" in (root / "eval" / "eval.md").read_text()
+    info = load_info(model)  # the cut on P(cloud) was chosen on validation (cloud_tiny fixes none) and scored
+    assert info.threshold == info.metrics["val_best_threshold"] and 0 < info.threshold < 1
+    assert summary["threshold"] == info.threshold and 0 <= info.metrics["val_calibration_error"] <= 1
     enclosed = cli("evaluate", "segmenter", "-m", model, "-d", root / "cache", "-o", root / "x", "--drop-enclosed")
     assert enclosed.exit_code == 1 and enclosed.stderr.strip() == (
         "Error: config key 'evaluate.drop_enclosed': is for sky segmenters; a cloud model's clouds are enclosed"

@@ -78,6 +78,30 @@ def test_a_fixed_threshold_is_stored_and_the_validation_best_is_still_recorded(t
     assert info.threshold == 0.5 and info.metrics["val_best_threshold"] == pytest.approx(0.32)
 
 
+def test_a_cloud_model_gets_its_cut_on_p_cloud_from_the_labelled_pixels_only(tmp_path):
+    """A two-class (softmax) model with P(cloud) = brightness; one-hot masks whose all-zero rows are ignored
+    (outside the lens): thin cloud at 0.15 and thick at 0.33 (6 rows each), clear sky at 0.08 (4 rows),
+    and 16 ignored rows at 0.2. On the labelled pixels every cut in (0.08, 0.15] is perfect (0.14 nearest
+    0.5); counting the ignored rows as clear would make 0.14 call them all cloud (IoU 12/28) and pick 0.32."""
+    inputs = tf.keras.Input((None, None, 3))
+    brightness = tf.reduce_mean(inputs, axis=-1, keepdims=True)
+    path = tmp_path / "best.keras"
+    save_model(
+        tf.keras.Model(inputs, tf.concat([1 - brightness, brightness], -1)),
+        path,
+        ModelInfo("segmenter", Preprocess(), tile_size=32, classes=2),
+    )
+    levels = np.repeat([0.15, 0.33, 0.08, 0.2], [6, 6, 4, 16])  # per row
+    one_hot = np.repeat([[0, 1], [0, 1], [1, 0], [0, 0]], [6, 6, 4, 16], axis=0)
+    images = np.broadcast_to(levels[None, :, None, None], (2, 32, 32, 3)).astype(np.float32)
+    masks = np.broadcast_to(one_hot[None, :, None, :], (2, 32, 32, 2)).astype(np.float32)
+    val_ds = tf.data.Dataset.from_tensor_slices((images, masks)).batch(1)
+    assert store_threshold(path, val_ds) == pytest.approx(0.14)
+    # calibration over the 16 labelled rows: cloud at 0.15 and 0.33 (true share 1), clear at 0.08 (share 0)
+    expected = (6 * 0.85 + 6 * 0.67 + 4 * 0.08) / 16
+    assert load_info(path).metrics["val_calibration_error"] == pytest.approx(expected, abs=1e-4)
+
+
 @pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.1"])
 def test_a_fixed_threshold_outside_zero_one_is_one_config_error(value):
     with pytest.raises(ConfigError, match=r"'train.threshold': must be between 0 and 1 \(exclusive\), or null"):

@@ -7,8 +7,9 @@ augmentation and preprocessing are applied at read time and may change freely.
 
 ``best.keras`` is chosen on ``val_iou``; its sidecar ``best.json`` holds the
 preprocessing, tile size, working scale, channels, classes, resolved config,
-the best epoch's validation metrics, for one-class models the sky
-threshold with the best IoU on the validation batches (chosen after training),
+the best epoch's validation metrics, the cut on P(sky) (or a two-class
+cloud model's P(cloud)) with the best IoU on the validation batches (chosen
+after training, unless ``train.threshold`` fixes it),
 and the bfloat16 verdict measured on the same batches (`tfsky.train.bfloat16`).
 """
 
@@ -23,7 +24,7 @@ import tensorflow as tf
 from tfsky.config import to_dict
 from tfsky.data import cache, pipeline
 from tfsky.errors import ConfigError
-from tfsky.data.masks import best_iou_threshold, calibration_error
+from tfsky.data.masks import SKY_CLASS, best_iou_threshold, calibration_error, sky_probability
 from tfsky.io.atomic import write_json
 from tfsky.models.bundle import ModelInfo, info_path, load_model, save_model
 from tfsky.models.losses import make_loss
@@ -81,7 +82,7 @@ def train_segmenter(
     best = run_dir / "best.keras"
     if best.is_file() and is_chief():
         model, info = load_model(best, precision="float32")  # loaded once for both choices
-        if cfg.model.classes == 1:
+        if cfg.model.classes <= 2:  # one cut: P(sky), or a cloud model's P(cloud)
             choose_threshold(model, info, val_ds, cfg.train.threshold)
         info.bfloat16 = bfloat16_verdict(model, val_ds, info.threshold)  # at the chosen threshold
         write_json(info_path(best), info.to_json())
@@ -101,21 +102,32 @@ def store_threshold(path: Path, val_ds: tf.data.Dataset, fixed: Optional[float] 
 def choose_threshold(
     model: tf.keras.Model, info: ModelInfo, val_ds: tf.data.Dataset, fixed: Optional[float] = None
 ) -> None:
-    """Set ``info.threshold`` (``fixed``, or the best IoU on the validation batches), and in ``info.metrics``
-    the validation's best cut (``val_best_threshold``) and expected calibration error (``val_calibration_error``)."""
+    """Set ``info.threshold`` (``fixed``, or the best IoU of the positive class on the labelled pixels of the
+    validation batches), and in ``info.metrics`` the validation's best cut (``val_best_threshold``) and
+    expected calibration error (``val_calibration_error``)."""
     positive = np.zeros(THRESHOLD_BINS, np.int64)
     negative = np.zeros(THRESHOLD_BINS, np.int64)
     probability_sum = np.zeros(THRESHOLD_BINS, np.float64)
     for images, masks in val_ds:
-        probability = model(images, training=False).numpy()[..., 0]
-        truth = masks.numpy()[..., 0] >= 0.5
-        positive += np.histogram(probability[truth], THRESHOLD_BINS, (0.0, 1.0))[0]
-        negative += np.histogram(probability[~truth], THRESHOLD_BINS, (0.0, 1.0))[0]
+        probability = sky_probability(model(images, training=False).numpy())
+        truth, labelled = positive_pixels(masks.numpy())
+        probability = probability[labelled]
+        positive += np.histogram(probability[truth[labelled]], THRESHOLD_BINS, (0.0, 1.0))[0]
+        negative += np.histogram(probability[~truth[labelled]], THRESHOLD_BINS, (0.0, 1.0))[0]
         probability_sum += np.histogram(probability, THRESHOLD_BINS, (0.0, 1.0), weights=probability)[0]
     best = best_iou_threshold(positive, negative)
     info.threshold = best if fixed is None else fixed
     info.metrics["val_best_threshold"] = best
     info.metrics["val_calibration_error"] = round(calibration_error(positive, negative, probability_sum), 4)
+
+
+def positive_pixels(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(truth, labelled)`` of a batch of pipeline masks: the 0/1 sky channel (every pixel labelled), or
+    one-hot rows whose positive class is `SKY_CLASS` (a cloud model's cloud; an all-zero row is ignored)."""
+    if masks.shape[-1] == 1:
+        truth = masks[..., 0] >= 0.5
+        return truth, np.ones_like(truth)
+    return masks[..., SKY_CLASS] >= 0.5, masks.sum(axis=-1) > 0
 
 
 def compiled_segmenter(cfg: SegmenterConfig, steps_per_epoch: int) -> tf.keras.Model:

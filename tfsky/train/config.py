@@ -105,10 +105,11 @@ class SegmenterTrainConfig(TrainConfig):
         decoder_first_epochs: int. Epochs at the start in which only the
             decoder learns (the encoder is paused). Defaults to 0.
         threshold: Optional[float]. The cut stored with the model, on P(sky) (or a two-class cloud
-            model's P(cloud)). None chooses the best-IoU cut on the validation batches; a number fixes it (the validation split holds the
-            training sources, and a cut chosen there can fit them and cost IoU on photos from elsewhere:
-            docs/results/segmenter-generalisation.md). The validation's best cut is recorded either way
-            (``metrics["val_best_threshold"]``). Defaults to None.
+            model's P(cloud)). None chooses the best-IoU cut on the validation batches; a number fixes
+            it (the validation split holds the training sources, and a cut chosen there can fit them
+            and cost IoU on photos from elsewhere: docs/results/segmenter-generalisation.md). The
+            validation's best cut is recorded either way (``metrics["val_best_threshold"]``).
+            Defaults to None.
     """
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"

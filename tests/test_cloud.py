@@ -24,7 +24,7 @@ def targets_with_ignore():
     return tf.constant([[[[1.0, 0.0], [0.0, 1.0], IGNORED, [0.0, 1.0]]]])
 
 
-@pytest.mark.parametrize("name", ["bce_jaccard", "dice", "focal", "bce"])
+@pytest.mark.parametrize("name", ["bce_jaccard", "bce_lovasz", "dice", "focal", "bce"])
 def test_categorical_losses_ignore_pixels_with_empty_targets(name):
     truth = targets_with_ignore()
     pred = np.array([[[[0.7, 0.3], [0.2, 0.8], [0.5, 0.5], [0.4, 0.6]]]], np.float32)

@@ -216,7 +216,7 @@ def test_softmax_metric_uses_argmax_and_averages_classes():
     assert metric.result().numpy() == pytest.approx((1 + 1 / 2 + 1 / 2) / 3)
 
 
-@pytest.mark.parametrize("name", ["bce_jaccard", "dice", "focal", "bce"])
+@pytest.mark.parametrize("name", ["bce_jaccard", "bce_lovasz", "dice", "focal", "bce"])
 @pytest.mark.parametrize("classes", [1, 3])
 def test_losses_are_float32_and_smaller_for_better_predictions(name, classes):
     truth = tf.one_hot([[[0, 1, 2, 0]]], 3)[..., :classes] if classes > 1 else masks([1, 0, 1, 1])

@@ -10,6 +10,12 @@ pixels they are the usual categorical losses (the cross-entropy is per pixel,
 summed over classes). A serialisable Keras `Loss` casts both tensors to
 float32 first, so a float16 tensor can never reach a log or a ratio (the
 mixed-precision NaN).
+
+``bce_lovasz`` swaps the soft Jaccard term for the Lovász-softmax loss (Berman
+et al., CVPR 2018): the tight convex extension of 1 - IoU, whose gradient goes
+to the pixels ranked worst — at a segmentation's edges — rather than being
+spread over every pixel's probability. A sigmoid head is scored as the two
+classes (1 - p, p). Segmentation-models has no Lovász loss, so it lives here.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import tensorflow as tf
 
 from tfsky.models.segmenter import segmentation_models
 
-LossName = Literal["bce_jaccard", "dice", "focal", "bce"]
+LossName = Literal["bce_jaccard", "bce_lovasz", "dice", "focal", "bce"]
 
 
 SMOOTH = 1e-5  # segmentation-models' smoothing of the soft Dice / Jaccard ratios
@@ -39,7 +45,15 @@ def _binary_loss(name: LossName):
         return losses.BinaryFocalLoss()
     if name == "bce":
         return losses.BinaryCELoss()
+    if name == "bce_lovasz":
+        bce = losses.BinaryCELoss()
+        return lambda y_true, y_pred: bce(y_true, y_pred) + masked_lovasz(two_classes(y_true), two_classes(y_pred))
     raise ValueError(f"unknown loss {name!r}")
+
+
+def two_classes(y: tf.Tensor) -> tf.Tensor:
+    """A one-channel sky target or probability ``[..., 1]`` as the two-class ``[..., (1 - y, y)]``."""
+    return tf.concat([1 - y, y], axis=-1)
 
 
 def valid_pixels(y_true: tf.Tensor) -> tf.Tensor:
@@ -79,10 +93,42 @@ def masked_dice(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     return 1 - tf.reduce_mean((2 * intersection + SMOOTH) / (truth + pred + SMOOTH))
 
 
+def lovasz_gradient(truth_sorted: tf.Tensor) -> tf.Tensor:
+    """The Lovász extension's weights for errors sorted in decreasing order: the Jaccard loss's increments."""
+    positives = tf.reduce_sum(truth_sorted)
+    intersection = positives - tf.cumsum(truth_sorted)
+    union = positives + tf.cumsum(1 - truth_sorted)
+    jaccard = 1 - intersection / union
+    return tf.concat([jaccard[:1], jaccard[1:] - jaccard[:-1]], axis=0)
+
+
+def masked_lovasz(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Lovász-softmax over the labelled pixels of the batch, mean over the classes present in the target.
+
+    At a hard (one-hot) prediction it equals 1 - IoU exactly, averaged over those classes.
+    """
+    classes = y_pred.shape[-1]
+    y_true, y_pred = tf.reshape(y_true, [-1, classes]), tf.reshape(y_pred, [-1, classes])
+    labelled = tf.reduce_sum(y_true, axis=-1) > 0
+    y_true, y_pred = tf.boolean_mask(y_true, labelled), tf.boolean_mask(y_pred, labelled)
+    losses, present = [], []
+    for c in range(classes):
+        truth = y_true[:, c]
+        errors = tf.abs(truth - y_pred[:, c])
+        order = tf.argsort(errors, direction="DESCENDING")
+        weights = tf.stop_gradient(lovasz_gradient(tf.gather(truth, order)))
+        losses.append(tf.tensordot(tf.gather(errors, order), weights, 1))
+        present.append(tf.cast(tf.reduce_sum(truth) > 0, tf.float32))
+    present_classes = tf.stack(present)
+    return tf.math.divide_no_nan(tf.reduce_sum(tf.stack(losses) * present_classes), tf.reduce_sum(present_classes))
+
+
 def _categorical_loss(name: LossName):
     """The masked categorical loss for ``name`` on a softmax head."""
     if name == "bce_jaccard":
         return lambda y_true, y_pred: masked_crossentropy(y_true, y_pred) + masked_jaccard(y_true, y_pred)
+    if name == "bce_lovasz":
+        return lambda y_true, y_pred: masked_crossentropy(y_true, y_pred) + masked_lovasz(y_true, y_pred)
     if name == "dice":
         return masked_dice
     if name == "focal":
@@ -98,7 +144,8 @@ class SegmentationLoss(tf.keras.losses.Loss):
 
     Args:
         kind: str. ``bce_jaccard`` (binary cross-entropy + soft Jaccard; the
-            default), ``dice``, ``focal`` or ``bce``. With ``classes > 1`` the
+            default), ``bce_lovasz`` (cross-entropy + Lovász-softmax),
+            ``dice``, ``focal`` or ``bce``. With ``classes > 1`` the
             masked categorical counterparts are used.
         classes: int. Number of output channels (1 = sigmoid head).
     """

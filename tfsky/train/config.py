@@ -90,7 +90,7 @@ class SegmenterTrainConfig(TrainConfig):
         optimizer: str. ``adam``, ``adamw`` (with ``weight_decay``) or ``sgd``
             (momentum 0.9). Defaults to ``adam``.
         weight_decay: float. Decoupled weight decay for ``adamw``. Defaults to 1e-4.
-        loss: str. ``bce_jaccard``, ``dice``, ``focal`` or ``bce`` (categorical
+        loss: str. ``bce_jaccard``, ``bce_lovasz``, ``dice``, ``focal`` or ``bce`` (categorical
             forms for a softmax head). Defaults to ``bce_jaccard``.
         lr_schedule: str. ``constant``; ``cosine`` (decay to 0 over all steps,
             after ``warmup_epochs`` of linear warm-up); ``plateau`` (multiply by

@@ -77,6 +77,13 @@ def test_lovasz_gives_ignored_pixels_no_gradient_and_labelled_ones_some():
     assert np.all(np.isfinite(grad)) and np.abs(grad[~ignored]).sum() > 0
 
 
+def test_lovasz_compiles_with_xla_to_the_same_value():
+    truth, pred = random_case(6)
+    truth, pred = tf.constant(truth.reshape(1, 5, 8, 3)), tf.constant(pred.reshape(1, 5, 8, 3))
+    compiled = tf.function(masked_lovasz, jit_compile=True)
+    assert compiled(truth, pred).numpy() == pytest.approx(masked_lovasz(truth, pred).numpy(), rel=1e-5)
+
+
 def test_lovasz_of_an_all_ignored_batch_is_zero():
     assert masked_lovasz(tf.zeros([1, 2, 2, 2]), tf.fill([1, 2, 2, 2], 0.5)).numpy() == 0.0
 

@@ -105,16 +105,17 @@ def lovasz_gradient(truth_sorted: tf.Tensor) -> tf.Tensor:
 def masked_lovasz(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """Lovász-softmax over the labelled pixels of the batch, mean over the classes present in the target.
 
-    At a hard (one-hot) prediction it equals 1 - IoU exactly, averaged over those classes.
+    At a hard (one-hot) prediction it equals 1 - IoU exactly, averaged over those classes. An ignored
+    pixel gets error 0 and is no positive, so it sorts after every error and changes no weight before it:
+    the same value as dropping it, with static shapes (XLA compiles it).
     """
     classes = y_pred.shape[-1]
     y_true, y_pred = tf.reshape(y_true, [-1, classes]), tf.reshape(y_pred, [-1, classes])
-    labelled = tf.reduce_sum(y_true, axis=-1) > 0
-    y_true, y_pred = tf.boolean_mask(y_true, labelled), tf.boolean_mask(y_pred, labelled)
+    labelled = tf.reduce_sum(y_true, axis=-1)
     losses, present = [], []
     for c in range(classes):
         truth = y_true[:, c]
-        errors = tf.abs(truth - y_pred[:, c])
+        errors = tf.abs(truth - y_pred[:, c]) * labelled
         order = tf.argsort(errors, direction="DESCENDING")
         weights = tf.stop_gradient(lovasz_gradient(tf.gather(truth, order)))
         losses.append(tf.tensordot(tf.gather(errors, order), weights, 1))
